@@ -1,0 +1,326 @@
+"""Configuration of the sandbox EHR: tenants, vendor profiles, client registrations, policies, faults.
+
+Everything here is plain data. Policies and faults are mutable on purpose: the sandbox's admin API
+changes them at run time so a test can flip a switch between two requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Vendor = Literal["cerner", "epic", "generic"]
+ClientAuth = Literal["public", "client_secret_basic", "client_secret_post", "private_key_jwt"]
+PkceMode = Literal["required", "accepted", "ignored"]
+ScopeSyntax = Literal["v1", "v2", "both"]
+RefreshMode = Literal["none", "rolling", "indefinite", "strict_rotation"]
+
+#: The patient-compartment resource types the sandbox serves (plus Patient and Binary).
+COMPARTMENT_TYPES: tuple[str, ...] = (
+    "Observation",
+    "Condition",
+    "MedicationRequest",
+    "AllergyIntolerance",
+    "Immunization",
+    "Encounter",
+    "Procedure",
+    "DiagnosticReport",
+    "DocumentReference",
+    "CarePlan",
+    "Goal",
+)
+SERVED_TYPES: tuple[str, ...] = ("Patient", *COMPARTMENT_TYPES, "Binary")
+
+
+@dataclass
+class ClientRegistration:
+    """An application registered with the sandbox's authorization server."""
+
+    client_id: str
+    auth: ClientAuth = "public"
+    redirect_uris: list[str] = field(default_factory=list)
+    #: Scopes this client is registered for; ``None`` means "anything the tenant supports".
+    scopes: list[str] | None = None
+    secret: str | None = None
+    #: For ``private_key_jwt``: where the sandbox fetches the client's JWKS, or the JWKS inline.
+    jwks_url: str | None = None
+    jwks: dict[str, Any] | None = None
+    #: Cerner registers an application for one persona; a provider app used for a patient
+    #: launch gets ``client-persona-mismatch``.
+    persona: Literal["patient", "provider"] = "patient"
+    #: Tenants this client may be used with; empty means every tenant.
+    tenants: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TenantPolicy:
+    """Switches that make one tenant behave like a particular real deployment."""
+
+    # Discovery
+    well_known: bool = True
+    advertise_code_challenge_methods: bool = True
+    # Authorization
+    pkce: PkceMode = "required"
+    #: Patient id picked without a login page (headless tests, demo, benchmarks); ``None`` shows
+    #: the login + consent page.
+    auto_approve_patient: str | None = None
+    # Scope policy: granted = requested ∩ registered ∩ policy
+    wildcards_supported: bool = True
+    scope_syntax: ScopeSyntax = "both"
+    #: When set, nothing outside this list is ever granted (production tenants seen granting
+    #: only ``openid fhirUser launch online_access``).
+    trim_to: list[str] | None = None
+    drop_offline_for_public: bool = False
+    #: Epic: a refresh token is issued but ``offline_access`` is missing from ``scope``.
+    hide_offline_access_in_scope: bool = False
+    #: A registration change that has not reached this tenant: these scopes are silently dropped.
+    missing_scopes: list[str] = field(default_factory=list)
+    # Tokens
+    access_token_lifetime: int = 3600
+    refresh_mode: RefreshMode = "none"
+    #: Absolute lifetime of a grant's refresh token in seconds (``None``: no limit).
+    refresh_absolute_lifetime: int | None = None
+    #: A grant unused for this long is revoked (Cerner: about three months).
+    refresh_idle_limit: int | None = None
+    #: Refreshing one grant more often than this is throttled (Cerner: once a minute).
+    refresh_min_interval: int = 0
+    #: Include a ``tenant`` field in the token response (Cerner does).
+    token_response_tenant: bool = True
+    # FHIR search rules
+    count_defaults: dict[str, int] = field(default_factory=dict)
+    count_maxima: dict[str, int] = field(default_factory=dict)
+    default_count: int = 50
+    max_count: int = 200
+    #: Types on which ``_lastUpdated`` is accepted; others answer 400.
+    last_updated_types: list[str] = field(default_factory=lambda: list(SERVED_TYPES))
+    #: Types that must be searched with a ``category`` (value: the accepted categories).
+    required_categories: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
+class FaultSpec:
+    """One injected fault. Applies to matching requests ``count`` times, or at ``rate``."""
+
+    kind: Literal[
+        "latency",
+        "status_500",
+        "status_503",
+        "throttle",
+        "throttle_no_retry_after",
+        "reset",
+        "malformed_json",
+        "truncated",
+        "next_self",
+        "next_foreign",
+        "empty_last_page_with_next",
+        "foreign_patient_entry",
+        "token_outage",
+        "epic_merged_400_html",
+    ]
+    #: Which requests: ``fhir`` (any FHIR request), a resource type name, or ``token``.
+    target: str = "fhir"
+    count: int | None = None
+    rate: float | None = None
+    latency_ms: int = 0
+    retry_after: int = 1
+
+
+@dataclass
+class PatientSpec:
+    """A synthetic patient and how many resources of each type it has."""
+
+    id: str
+    given: str
+    family: str
+    birth_date: str = "1970-01-01"
+    gender: Literal["male", "female", "other", "unknown"] = "unknown"
+    #: Resource counts per type; types missing here get the generator's default.
+    sizes: dict[str, int] = field(default_factory=dict)
+    #: Portal login name and password for the login page.
+    username: str = ""
+    password: str = "portal"  # noqa: S105 - sandbox-only demo credential, documented as such
+
+
+@dataclass
+class TenantConfig:
+    """One EHR tenant: its id (a path segment), vendor profile, host name and policies."""
+
+    id: str
+    name: str
+    vendor: Vendor = "generic"
+    #: Cerner's token endpoint and tokens name a host; tokens of one host are refused on another.
+    host: str = "fhir-sandbox"
+    policy: TenantPolicy = field(default_factory=TenantPolicy)
+    faults: list[FaultSpec] = field(default_factory=list)
+    patients: list[PatientSpec] = field(default_factory=list)
+
+
+@dataclass
+class SandboxConfig:
+    """The whole sandbox: tenants, client registrations and the data seed."""
+
+    tenants: list[TenantConfig]
+    clients: list[ClientRegistration]
+    seed: int = 20261122
+    #: Size of the request log ring buffer.
+    request_log_size: int = 100_000
+
+    def tenant(self, tenant_id: str) -> TenantConfig | None:
+        """The tenant with this id, or ``None``."""
+        return next((t for t in self.tenants if t.id == tenant_id), None)
+
+    def client(self, client_id: str) -> ClientRegistration | None:
+        """The client registration with this id, or ``None``."""
+        return next((c for c in self.clients if c.client_id == client_id), None)
+
+
+def vendor_policy(vendor: Vendor, **overrides: Any) -> TenantPolicy:
+    """A policy with the documented defaults of a vendor, adjusted by ``overrides``."""
+    if vendor == "cerner":
+        base = TenantPolicy(
+            advertise_code_challenge_methods=False,
+            wildcards_supported=False,
+            access_token_lifetime=570,
+            refresh_mode="none",
+            refresh_idle_limit=90 * 24 * 3600,
+            refresh_min_interval=60,
+            count_defaults={"Observation": 50, "DocumentReference": 10},
+            count_maxima={"Observation": 200, "DocumentReference": 100},
+            default_count=20,
+            max_count=100,
+            last_updated_types=["Observation", "DocumentReference", "Condition", "Encounter"],
+            required_categories={"CarePlan": ["assess-plan"]},
+        )
+    elif vendor == "epic":
+        base = TenantPolicy(
+            pkce="accepted",
+            drop_offline_for_public=True,
+            hide_offline_access_in_scope=True,
+            access_token_lifetime=3600,
+            refresh_mode="rolling",
+            token_response_tenant=False,
+            default_count=100,
+            max_count=1000,
+            last_updated_types=[],
+            required_categories={
+                "Observation": [
+                    "laboratory",
+                    "vital-signs",
+                    "social-history",
+                    "survey",
+                    "imaging",
+                    "exam",
+                ],
+                "CarePlan": ["longitudinal", "encounter", "38717003", "736271009"],
+            },
+        )
+    else:
+        base = TenantPolicy()
+    return dataclasses.replace(base, **overrides)
+
+
+def default_config(redirect_uris: list[str] | None = None) -> SandboxConfig:
+    """Three tenants (Cerner-, Epic- and generic-shaped) with demo patients and demo clients."""
+    redirects = list(redirect_uris or ["http://127.0.0.1:8000/callback"])
+    patients = [
+        PatientSpec(
+            id="12724066",
+            given="Nancy",
+            family="Smart",
+            birth_date="1990-09-15",
+            gender="female",
+            username="nancysmart",
+        ),
+        PatientSpec(
+            id="12742400",
+            given="Wilma",
+            family="Smart",
+            birth_date="1947-05-26",
+            gender="female",
+            username="wilmasmart",
+            sizes={"Observation": 400},
+        ),
+        PatientSpec(
+            id="12457977",
+            given="Timmy",
+            family="Smart",
+            birth_date="2012-02-05",
+            gender="male",
+            username="timmysmart",
+        ),
+    ]
+    tenants = [
+        TenantConfig(
+            id="ec2458f2-1e24-41c8-b71b-0e701af7583d",
+            name="Oracle Health Sandbox (Cerner-shaped)",
+            vendor="cerner",
+            host="fhir-myrecord.sandbox",
+            policy=vendor_policy("cerner"),
+            patients=patients,
+        ),
+        TenantConfig(
+            id="epic-sandbox",
+            name="Epic-shaped Sandbox",
+            vendor="epic",
+            host="fhir.epic.sandbox",
+            policy=vendor_policy("epic"),
+            patients=patients,
+        ),
+        TenantConfig(
+            id="generic",
+            name="Generic SMART Sandbox",
+            vendor="generic",
+            policy=vendor_policy("generic"),
+            patients=patients,
+        ),
+    ]
+    clients = [
+        ClientRegistration(client_id="syncsvc-public", auth="public", redirect_uris=redirects),
+        ClientRegistration(
+            client_id="syncsvc-confidential",
+            auth="client_secret_basic",
+            secret="sandbox-secret",  # noqa: S106 - sandbox-only demo credential
+            redirect_uris=redirects,
+        ),
+    ]
+    return SandboxConfig(tenants=tenants, clients=clients)
+
+
+def _build(cls: type[Any], raw: dict[str, Any]) -> Any:
+    """Build a dataclass from a JSON object, recursing into the nested config dataclasses."""
+    nested: dict[str, type[Any]] = {"policy": TenantPolicy}
+    list_nested: dict[str, type[Any]] = {
+        "faults": FaultSpec,
+        "patients": PatientSpec,
+        "tenants": TenantConfig,
+        "clients": ClientRegistration,
+    }
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in nested and isinstance(value, dict):
+            kwargs[key] = _build(nested[key], value)
+        elif key in list_nested and isinstance(value, list):
+            kwargs[key] = [_build(list_nested[key], item) for item in value]
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: Path) -> SandboxConfig:
+    """Read a sandbox configuration from a JSON file (same shape as these dataclasses)."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: the configuration must be a JSON object")
+    for tenant in raw.get("tenants", []):
+        vendor = tenant.get("vendor", "generic")
+        policy_overrides = tenant.get("policy", {})
+        tenant["policy"] = dataclasses.asdict(vendor_policy(vendor)) | policy_overrides
+    config: SandboxConfig = _build(SandboxConfig, raw)
+    return config
