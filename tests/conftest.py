@@ -1,0 +1,3 @@
+"""Shared fixtures: the sandbox EHR and the databases (SQLite and PostgreSQL)."""
+
+pytest_plugins = ["tests.fixtures.sandbox"]
