@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sandbox = commands.add_parser(
-        "sandbox", help="run the sandbox EHR (Cerner-, Epic- and generic-shaped tenants) on loopback"
+        "sandbox",
+        help="run the sandbox EHR (Cerner-, Epic- and generic-shaped tenants) on loopback",
     )
     sandbox.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
     sandbox.add_argument("--config", type=Path, help="JSON configuration file (default: built-in)")

@@ -17,7 +17,8 @@ def describe(sandbox: RunningSandbox) -> str:
             f"  FHIR base  {urls.fhir_base}",
             f"  authorize  {urls.authorize}",
             f"  token      {urls.token}",
-            f"  tokens     {policy.access_token_lifetime}s access, refresh mode {policy.refresh_mode}",
+            f"  tokens     {policy.access_token_lifetime}s access, "
+            f"refresh mode {policy.refresh_mode}",
         ]
         if policy.auto_approve_patient:
             lines.append(f"  auto-approves patient {policy.auto_approve_patient} (no login page)")

@@ -1,4 +1,4 @@
-"""Configuration of the sandbox EHR: tenants, vendor profiles, client registrations, policies, faults.
+"""Configuration of the sandbox EHR: tenants, vendor profiles, client registrations, policies.
 
 Everything here is plain data. Policies and faults are mutable on purpose: the sandbox's admin API
 changes them at run time so a test can flip a switch between two requests.

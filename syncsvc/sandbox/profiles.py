@@ -14,7 +14,9 @@ from .config import TenantConfig, Vendor
 ROUTE_TEMPLATES: dict[Vendor, dict[str, str]] = {
     "cerner": {
         "fhir_base": "/r4/{tenant}",
-        "authorize": "/tenants/{tenant}/protocols/oauth2/profiles/smart-v1/personas/patient/authorize",
+        "authorize": (
+            "/tenants/{tenant}/protocols/oauth2/profiles/smart-v1/personas/patient/authorize"
+        ),
         "token": "/tenants/{tenant}/hosts/{host}/protocols/oauth2/profiles/smart-v1/token",
         "revoke": "/tenants/{tenant}/hosts/{host}/protocols/oauth2/profiles/smart-v1/token/revoke",
         "introspect": (

@@ -1,7 +1,7 @@
 """The sandbox EHR as an aiohttp application, and a handle that runs it on loopback.
 
-``create_sandbox_app`` assembles the authorization server, the FHIR server and the admin API over one
-shared :class:`SandboxState`. ``running_sandbox`` serves it on 127.0.0.1 (an ephemeral port by
+``create_sandbox_app`` assembles the authorization server, the FHIR server and the admin API over
+one shared :class:`SandboxState`. ``running_sandbox`` serves it on 127.0.0.1 (an ephemeral port by
 default) for tests, the demo and benchmarks.
 """
 
@@ -66,7 +66,9 @@ def _claim_str(claims: dict[str, object] | None, name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def create_sandbox_app(config: SandboxConfig, origin: str = "http://127.0.0.1:0") -> web.Application:
+def create_sandbox_app(
+    config: SandboxConfig, origin: str = "http://127.0.0.1:0"
+) -> web.Application:
     """The sandbox application; ``origin`` is fixed up by ``running_sandbox`` once bound."""
     app = web.Application(middlewares=[request_log_middleware])
     state = SandboxState(config, origin)
@@ -104,13 +106,12 @@ async def running_sandbox(
 ) -> AsyncIterator[RunningSandbox]:
     """Serve the sandbox on ``host:port`` (port 0: ephemeral) until the block exits."""
     app = create_sandbox_app(config)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, shutdown_timeout=2.0)
+    site = web.TCPSite(runner, host, port)
     await site.start()
     try:
-        sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-        bound_port = sockets[0].getsockname()[1] if sockets else port
+        bound_port = int(runner.addresses[0][1]) if runner.addresses else port
         origin = f"http://{host}:{bound_port}"
         app[STATE_KEY].origin = origin
         yield RunningSandbox(app=app, state=app[STATE_KEY], origin=origin)

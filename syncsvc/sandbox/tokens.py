@@ -37,4 +37,5 @@ class TokenSigner:
 
     def jwks(self) -> dict[str, Any]:
         """The public JWKS document."""
-        return KeySet([self._key]).as_dict(private=False)
+        document: dict[str, Any] = dict(KeySet([self._key]).as_dict(private=False))
+        return document
