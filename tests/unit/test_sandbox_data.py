@@ -1,0 +1,264 @@
+"""The sandbox's synthetic data: determinism, sizes, FHIR shapes, codings and mutations."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from syncsvc.sandbox.config import COMPARTMENT_TYPES, SandboxConfig, TenantConfig, default_config
+from syncsvc.sandbox.data import DEFAULT_SIZE_RANGE, Bucket, DataStore, category_tokens
+
+NANCY = "12724066"
+WILMA = "12742400"
+BASE = "http://127.0.0.1:9/fhir/generic"
+
+
+def _store(config: SandboxConfig | None = None) -> DataStore:
+    return DataStore(config or default_config(), lambda tenant: f"http://127.0.0.1:9/t/{tenant.id}")
+
+
+def _tenant(store: DataStore, vendor: str = "generic") -> TenantConfig:
+    return next(t for t in store.config.tenants if t.vendor == vendor)
+
+
+def _bucket(
+    store: DataStore, resource_type: str, patient: str = NANCY, vendor: str = "generic"
+) -> Bucket:
+    bucket = store.bucket(_tenant(store, vendor), patient, resource_type)
+    assert bucket is not None
+    return bucket
+
+
+def _resources(bucket: Bucket) -> list[dict[str, Any]]:
+    return [orjson.loads(e.body) for e in bucket.entries]
+
+
+def _codings(concept: dict[str, Any]) -> set[tuple[str, str]]:
+    return {(c["system"], c["code"]) for c in concept["coding"]}
+
+
+@pytest.mark.parametrize("resource_type", ["Patient", *COMPARTMENT_TYPES])
+def test_generation_is_deterministic_from_the_seed(resource_type: str) -> None:
+    first = [e.body for e in _bucket(_store(), resource_type).entries]
+    second = [e.body for e in _bucket(_store(), resource_type).entries]
+    reseeded = dataclasses.replace(default_config(), seed=7)
+    other = [e.body for e in _bucket(_store(reseeded), resource_type).entries]
+
+    assert first == second
+    if resource_type != "Patient":
+        assert first != other
+
+
+def test_sizes_come_from_the_patient_spec_or_a_small_default() -> None:
+    store = _store()
+
+    wilma = _bucket(store, "Observation", WILMA)
+    defaults = [len(_bucket(store, t).entries) for t in COMPARTMENT_TYPES]
+
+    assert len(wilma.entries) == 400
+    assert all(DEFAULT_SIZE_RANGE[0] <= n <= DEFAULT_SIZE_RANGE[1] for n in defaults)
+    assert len(_bucket(store, "Patient").entries) == 1
+
+
+def test_an_unknown_patient_or_type_has_no_bucket() -> None:
+    store = _store()
+
+    assert store.bucket(_tenant(store), "nobody", "Observation") is None
+    assert store.bucket(_tenant(store), NANCY, "Coverage") is None
+
+
+@pytest.mark.parametrize("resource_type", COMPARTMENT_TYPES)
+def test_every_resource_has_id_meta_and_the_patient_reference(resource_type: str) -> None:
+    bucket = _bucket(_store(), resource_type)
+    field = "patient" if resource_type in ("AllergyIntolerance", "Immunization") else "subject"
+
+    resources = _resources(bucket)
+
+    assert resources
+    for resource, entry in zip(resources, bucket.entries, strict=True):
+        assert resource["resourceType"] == resource_type
+        assert resource["id"] == entry.id
+        assert resource["meta"]["versionId"] == "1"
+        updated = datetime.fromisoformat(resource["meta"]["lastUpdated"])
+        assert updated.tzinfo is not None
+        assert resource[field] == {"reference": f"Patient/{NANCY}"}
+    keys = [(e.ms, e.id) for e in bucket.entries]
+    assert keys == sorted(keys)
+    assert len({e.id for e in bucket.entries}) == len(keys)
+
+
+def test_resource_ids_differ_between_patients() -> None:
+    store = _store()
+
+    nancy = {e.id for e in _bucket(store, "Condition").entries}
+    wilma = {e.id for e in _bucket(store, "Condition", WILMA).entries}
+
+    assert nancy.isdisjoint(wilma)
+
+
+def test_observations_carry_loinc_codes_ucum_units_and_categories() -> None:
+    resources = _resources(_bucket(_store(), "Observation", WILMA))
+
+    categories = {r["category"][0]["coding"][0]["code"] for r in resources}
+    quantities = [r for r in resources if "valueQuantity" in r]
+    codes = {c for r in resources for c in _codings(r["code"])}
+
+    assert {"vital-signs", "laboratory"} <= categories
+    assert {("http://loinc.org", "8867-4"), ("http://loinc.org", "2339-0")} <= codes
+    for observation in quantities:
+        assert observation["valueQuantity"]["system"] == "http://unitsofmeasure.org"
+        assert observation["status"] == "final"
+    heart_rates = [r for r in quantities if r["code"]["coding"][0]["code"] == "8867-4"]
+    assert heart_rates
+    assert {r["valueQuantity"]["unit"] for r in heart_rates} == {"/min"}
+
+
+@pytest.mark.parametrize(
+    ("resource_type", "element", "system"),
+    [
+        ("Condition", "code", "http://snomed.info/sct"),
+        ("Procedure", "code", "http://snomed.info/sct"),
+        ("AllergyIntolerance", "code", "http://snomed.info/sct"),
+        (
+            "MedicationRequest",
+            "medicationCodeableConcept",
+            "http://www.nlm.nih.gov/research/umls/rxnorm",
+        ),
+        ("Immunization", "vaccineCode", "http://hl7.org/fhir/sid/cvx"),
+        ("DiagnosticReport", "code", "http://loinc.org"),
+    ],
+)
+def test_terminologies_per_type(resource_type: str, element: str, system: str) -> None:
+    resources = _resources(_bucket(_store(), resource_type))
+
+    assert {c[0] for r in resources for c in _codings(r[element])} == {system}
+
+
+def test_care_plan_categories_follow_the_vendor() -> None:
+    store = _store()
+
+    cerner = set().union(
+        *(e.categories for e in _bucket(store, "CarePlan", vendor="cerner").entries)
+    )
+    epic = [e.categories for e in _bucket(store, "CarePlan", vendor="epic").entries]
+
+    assert "assess-plan" in cerner
+    assert "longitudinal" not in cerner
+    assert all(("38717003" in c) == ("longitudinal" in c) for c in epic)
+    assert all(("736271009" in c) == ("encounter" in c) for c in epic)
+
+
+def test_document_content_is_a_binary_of_the_announced_size() -> None:
+    store = _store()
+    tenant = _tenant(store)
+
+    for document in _resources(_bucket(store, "DocumentReference")):
+        attachment = document["content"][0]["attachment"]
+        assert attachment["url"].startswith(f"http://127.0.0.1:9/t/{tenant.id}/Binary/")
+        binary = store.binary(tenant, attachment["url"].rsplit("/", 1)[1])
+        assert binary is not None
+        assert binary.patient_id == NANCY
+        content = orjson.loads(binary.body)
+        assert content["resourceType"] == "Binary"
+        assert len(base64.b64decode(content["data"])) == attachment["size"]
+
+
+def test_binary_lookup_generates_documents_on_demand() -> None:
+    warm = _store()
+    url = _resources(_bucket(warm, "DocumentReference", WILMA))[0]["content"][0]["attachment"][
+        "url"
+    ]
+    cold = _store()
+
+    binary = cold.binary(_tenant(cold), url.rsplit("/", 1)[1])
+
+    assert binary is not None
+    assert binary.patient_id == WILMA
+
+
+def test_owner_finds_the_patient_of_any_id() -> None:
+    store = _store()
+    tenant = _tenant(store)
+    wilmas = _bucket(_store(), "Goal", WILMA).entries[0].id
+
+    assert store.owner(tenant, "Goal", wilmas) == WILMA
+    assert store.owner(tenant, "Goal", "nope") is None
+
+
+def test_large_buckets_hold_bytes_not_dicts() -> None:
+    config = default_config()
+    config.tenants[2].patients[0].sizes = {"Observation": 10_000}
+    bucket = _bucket(_store(config), "Observation")
+
+    assert len(bucket.entries) == 10_000
+    assert all(isinstance(e.body, bytes) for e in bucket.entries[:100])
+    assert not hasattr(bucket.entries[0], "__dict__")
+
+
+def test_add_update_delete_and_entered_in_error() -> None:
+    store = _store()
+    bucket = _bucket(store, "Condition")
+    count = len(bucket.entries)
+    now = 1_900_000_000.5
+
+    added = store.add(bucket, {"code": {"text": "New"}, "subject": {"reference": "Patient/x"}}, now)
+    updated = store.update(bucket, bucket.entries[0].id, {"code": {"text": "Changed"}}, now + 1)
+    assert updated is not None
+    marked = store.enter_in_error(bucket, added.id, now + 2)
+    assert marked is not None
+    deleted_id = bucket.entries[0].id
+    assert store.delete(bucket, deleted_id)
+
+    assert len(bucket.entries) == count
+    assert orjson.loads(added.body)["subject"] == {"reference": f"Patient/{NANCY}"}
+    assert (updated.version, updated.ms) == (2, 1_900_000_001_500)
+    assert bucket.entries[-2:] == [updated, marked]
+    marked_resource = orjson.loads(marked.body)
+    assert marked_resource["verificationStatus"]["coding"][0]["code"] == "entered-in-error"
+    assert "clinicalStatus" not in marked_resource
+    assert marked.version == 2
+    assert deleted_id in bucket.deleted
+    assert deleted_id not in bucket.by_id
+    assert not store.delete(bucket, deleted_id)
+    assert store.update(bucket, deleted_id, {}, now) is None
+    with pytest.raises(ValueError, match="already exists"):
+        store.add(bucket, {"id": added.id}, now)
+
+
+def test_category_filters_are_cached_until_the_bucket_changes() -> None:
+    store = _store()
+    bucket = _bucket(store, "Observation", WILMA)
+    vitals = (frozenset({"vital-signs"}),)
+
+    first = bucket.source(vitals)
+    assert bucket.source(vitals) is first
+    store.add(bucket, {"category": [{"coding": [{"code": "vital-signs"}]}]}, 1_900_000_000.0)
+    refreshed = bucket.source(vitals)
+
+    assert refreshed is not first
+    assert len(refreshed) == len(first) + 1
+
+
+def test_window_bounds_by_last_updated() -> None:
+    bucket = _bucket(_store(), "Observation", WILMA)
+    pivot = bucket.entries[100].ms
+
+    _, lo, hi = bucket.window((), pivot, None)
+    _, lo2, hi2 = bucket.window((), None, pivot)
+
+    assert (lo, hi) == (100, 400)
+    assert (lo2, hi2) == (0, 100)
+
+
+def test_category_tokens_read_code_and_system_code() -> None:
+    tokens = category_tokens({"category": [{"coding": [{"system": "s", "code": "c"}]}]})
+    single = category_tokens({"category": {"coding": [{"code": "x"}]}})
+
+    assert tokens == {"c", "s|c"}
+    assert single == {"x", "|x"}
+    assert category_tokens({}) == frozenset()
