@@ -167,6 +167,8 @@ class SandboxConfig:
     seed: int = 20261122
     #: Size of the request log ring buffer.
     request_log_size: int = 100_000
+    #: RSA private key (PEM) the sandbox signs tokens with; generated at start when absent.
+    signing_key_pem: str | None = None
 
     def tenant(self, tenant_id: str) -> TenantConfig | None:
         """The tenant with this id, or ``None``."""

@@ -88,7 +88,7 @@ class SandboxState:
     def __init__(self, config: SandboxConfig, origin: str = "http://127.0.0.1:0") -> None:
         self.config = config
         self.origin = origin
-        self.signer = TokenSigner()
+        self.signer = TokenSigner(private_key_pem=config.signing_key_pem)
         self.codes: dict[str, AuthCode] = {}
         self.grants: dict[str, Grant] = {}
         #: Current refresh token → grant id.

@@ -14,9 +14,14 @@ SIGNING_ALGORITHM = "RS256"
 class TokenSigner:
     """One RSA key pair per sandbox process; its public half is served as the issuer's JWKS."""
 
-    def __init__(self, kid: str = "sandbox-1") -> None:
+    def __init__(self, kid: str = "sandbox-1", private_key_pem: str | None = None) -> None:
         self.kid = kid
-        self._key = RSAKey.generate_key(2048, parameters={"kid": kid, "use": "sig"})
+        parameters = {"kid": kid, "use": "sig"}
+        self._key = (
+            RSAKey.import_key(private_key_pem, parameters=parameters)
+            if private_key_pem
+            else RSAKey.generate_key(2048, parameters=parameters)
+        )
 
     def sign(self, claims: dict[str, Any]) -> str:
         """A compact JWS of ``claims``."""
@@ -34,6 +39,11 @@ class TokenSigner:
         except (JoseError, ValueError):
             return None
         return dict(decoded.claims)
+
+    def private_pem(self) -> str:
+        """The private key as PEM, to start another sandbox that honours the same tokens."""
+        pem = self._key.as_pem(private=True)
+        return pem.decode("ascii") if isinstance(pem, bytes) else str(pem)
 
     def jwks(self) -> dict[str, Any]:
         """The public JWKS document."""
