@@ -6,7 +6,7 @@ from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import KeyParameters, KeySet, RSAKey
 
 SIGNING_ALGORITHM = "RS256"
 
@@ -16,7 +16,7 @@ class TokenSigner:
 
     def __init__(self, kid: str = "sandbox-1", private_key_pem: str | None = None) -> None:
         self.kid = kid
-        parameters = {"kid": kid, "use": "sig"}
+        parameters: KeyParameters = {"kid": kid, "use": "sig"}
         self._key = (
             RSAKey.import_key(private_key_pem, parameters=parameters)
             if private_key_pem
