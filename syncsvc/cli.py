@@ -21,15 +21,24 @@ def _cmd_sandbox(args: argparse.Namespace) -> int:
     from syncsvc.sandbox.config import default_config, load_config
     from syncsvc.sandbox.server import running_sandbox
 
-    config = load_config(args.config) if args.config else default_config(args.redirect_uri)
+    try:
+        config = load_config(args.config) if args.config else default_config(args.redirect_uri)
+    except (OSError, ValueError, TypeError) as exc:
+        # A bad file is an operator mistake: say which and why, without a traceback.
+        print(f"syncsvc sandbox: cannot load {args.config}: {exc}", file=sys.stderr)
+        return 2
 
     async def serve() -> None:
         async with running_sandbox(config, host="127.0.0.1", port=args.port) as sandbox:
             print(describe(sandbox), flush=True)
             await asyncio.Event().wait()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve())
+    except OSError as exc:
+        print(f"syncsvc sandbox: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,3 +1,3 @@
 """Shared fixtures: the sandbox EHR and the databases (SQLite and PostgreSQL)."""
 
-pytest_plugins = ["tests.fixtures.sandbox"]
+pytest_plugins = ["tests.fixtures.sandbox", "tests.fixtures.browser"]

@@ -11,15 +11,22 @@ from html import escape
 from .config import PatientSpec, TenantConfig
 
 _STYLE = (
-    "body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem}"
-    "fieldset{margin:1rem 0}label{display:block;margin:.3rem 0}"
-    "button{margin-right:.5rem;padding:.4rem 1rem}.error{color:#a00}"
+    "body{font-family:system-ui,sans-serif;max-width:40rem;margin:2rem auto;padding:0 1rem;"
+    "color:#222;line-height:1.4}"
+    "h1{font-size:1.6rem}fieldset{margin:1rem 0;border:1px solid #ccc;border-radius:6px}"
+    "label{display:block;margin:.3rem 0}input[type=password]{margin-left:.5rem;padding:.3rem}"
+    "small{display:block;color:#555;margin-top:.4rem}"
+    "button{margin-right:.5rem;padding:.5rem 1.2rem;border-radius:4px;border:1px solid #888;"
+    "background:#f4f4f4;font-size:1rem;cursor:pointer}"
+    "button[value=approve]{background:#1a5fb4;border-color:#1a5fb4;color:#fff}"
+    ".error{color:#a00;font-weight:600}"
 )
 
 
 def _page(title: str, body: str) -> str:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
         f"<body>{body}</body></html>"
     )

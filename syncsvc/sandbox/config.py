@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Vendor = Literal["cerner", "epic", "generic"]
 ClientAuth = Literal["public", "client_secret_basic", "client_secret_post", "private_key_jwt"]
@@ -320,9 +320,22 @@ def load_config(path: Path) -> SandboxConfig:
     raw = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: the configuration must be a JSON object")
-    for tenant in raw.get("tenants", []):
+    tenants = raw.get("tenants")
+    if not isinstance(tenants, list) or not tenants:
+        raise ValueError(f"{path}: 'tenants' must be a non-empty list")
+    for tenant in tenants:
+        if not isinstance(tenant, dict):
+            raise ValueError(f"{path}: every tenant must be a JSON object")
         vendor = tenant.get("vendor", "generic")
+        if vendor not in get_args(Vendor):
+            raise ValueError(f"{path}: tenant vendor must be one of {get_args(Vendor)}")
         policy_overrides = tenant.get("policy", {})
+        if not isinstance(policy_overrides, dict):
+            raise ValueError(f"{path}: a tenant's 'policy' must be a JSON object")
+        # Overrides apply on top of the vendor's documented defaults, as in ``vendor_policy``.
         tenant["policy"] = dataclasses.asdict(vendor_policy(vendor)) | policy_overrides
     config: SandboxConfig = _build(SandboxConfig, raw)
+    ids = [t.id for t in config.tenants]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{path}: tenant ids must be unique")
     return config

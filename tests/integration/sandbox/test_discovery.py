@@ -183,3 +183,41 @@ async def test_discovery_of_unknown_tenant_or_wrong_vendor_shape_is_404(
     )
 
     assert (unknown, wrong_shape, wrong_shape_wk) == (404, 404, 404)
+
+
+async def test_cerner_urls_have_the_documented_shapes(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    """The Cerner-shaped tenant's discovered URLs are Oracle Health's path shapes, literally."""
+    origin = sandbox.origin
+    host = sandbox.tenant(CERNER_TENANT).host
+    smart = f"{origin}/tenants/{CERNER_TENANT}/protocols/oauth2/profiles/smart-v1"
+    hosted = f"{origin}/tenants/{CERNER_TENANT}/hosts/{host}/protocols/oauth2/profiles/smart-v1"
+
+    status, doc = await _get(http, f"{origin}/r4/{CERNER_TENANT}/.well-known/smart-configuration")
+    metadata, _ = await _get(http, f"{origin}/r4/{CERNER_TENANT}/metadata")
+
+    assert (status, metadata) == (200, 200)
+    assert sandbox.urls(CERNER_TENANT).fhir_base == f"{origin}/r4/{CERNER_TENANT}"
+    assert doc["authorization_endpoint"] == f"{smart}/personas/patient/authorize"
+    assert doc["token_endpoint"] == f"{hosted}/token"
+    assert doc["revocation_endpoint"] == f"{hosted}/token/revoke"
+    assert doc["introspection_endpoint"] == f"{hosted}/token/introspect"
+
+
+async def test_vendor_shapes_share_no_paths(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    """Nothing may assume a vendor's URL shape: each profile's endpoints differ from the others."""
+    paths: dict[str, set[str]] = {}
+    for tenant_id in (CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT):
+        base = sandbox.urls(tenant_id).fhir_base
+        _, doc = await _get(http, f"{base}/.well-known/smart-configuration")
+        endpoints = [doc[k] for k in ("authorization_endpoint", "token_endpoint", "jwks_uri")]
+        shapes = {e.replace(tenant_id, "{tenant}") for e in [base, *endpoints]}
+        paths[tenant_id] = shapes
+        assert len(shapes) == 4
+
+    assert paths[CERNER_TENANT].isdisjoint(paths[EPIC_TENANT])
+    assert paths[CERNER_TENANT].isdisjoint(paths[GENERIC_TENANT])
+    assert paths[EPIC_TENANT].isdisjoint(paths[GENERIC_TENANT])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+import time
 import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -75,6 +77,29 @@ async def test_ten_thousand_resources_page_completely_once_each_in_stable_order(
     assert keys == sorted(keys)
     assert [r["id"] for r in again] == ids
     assert {r["subject"]["reference"] for r in resources} == {f"Patient/{NANCY}"}
+
+
+async def test_late_pages_of_ten_thousand_are_no_slower_than_early_ones(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    """Paging cost does not grow with the offset (no re-scan or re-generation per page)."""
+    base = sandbox.urls(CERNER_TENANT).fhir_base
+    token = mint_access_token(sandbox, CERNER_TENANT, NANCY, "patient/Observation.read")
+    next_url: str | None = f"{base}/Observation?patient={NANCY}&_count=100"
+    durations: list[float] = []
+    while next_url is not None:
+        assert len(durations) < MAX_PAGES, "paging did not end"
+        started = time.perf_counter()
+        status, bundle = await _get(http, next_url, token)
+        durations.append(time.perf_counter() - started)
+        assert status == 200
+        next_url = _next(bundle)
+
+    assert len(durations) == LARGE // 100
+    # Skip the first page (it builds the search); compare medians, with a floor for timer noise.
+    early = statistics.median(durations[1:11])
+    late = statistics.median(durations[-10:])
+    assert late <= 3 * early + 0.02, f"early pages {early:.4f}s, late pages {late:.4f}s"
 
 
 async def test_next_links_are_opaque_absolute_and_under_the_base(
