@@ -1,0 +1,185 @@
+"""A FHIR R4 client bound to one base URL and one access token.
+
+The binding is the security boundary: the bearer token goes only to URLs under the exact base it
+was issued for (same scheme, host, port and path prefix). Paging ``next`` links are opaque and
+followed as given, but only when they pass that check; a ``next`` that leaves the base stops the
+search instead (Cerner-style tenants are told apart by path, so even the same host is not enough).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+import orjson
+
+from syncsvc.errors import SyncsvcError, Transient
+from syncsvc.smart.vendor_errors import FhirFailure, classify_fhir_failure
+
+FHIR_JSON = "application/fhir+json"
+MAX_PAGE_BYTES = 64 * 1024 * 1024
+#: A search never follows more pages than this; a real record fits with room to spare and a
+#: server that pages forever is stopped.
+MAX_PAGES_PER_SEARCH = 10_000
+
+
+class FhirRequestError(SyncsvcError):
+    """A FHIR request failed in a way the caller decides about (see ``failure.kind``)."""
+
+    def __init__(self, failure: FhirFailure) -> None:
+        super().__init__(failure.detail, reason=failure.kind)
+        self.failure = failure
+
+
+class ForeignNextLink(SyncsvcError):
+    """A paging link pointed outside the connection's base; the token was not sent there."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The EHR's paging link pointed outside this connection's FHIR base; paging stopped "
+            "and the token was not sent there.",
+            reason="foreign_next_link",
+        )
+
+
+class PagingLoop(SyncsvcError):
+    """The server's ``next`` links went in a circle."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The EHR's paging links repeated a page; paging stopped.", reason="paging_loop"
+        )
+
+
+@dataclass
+class Page:
+    """One searchset page."""
+
+    url: str
+    resources: list[dict[str, Any]]
+    next_url: str | None
+    size_bytes: int
+    raw_entries: int = 0
+    #: The Bundle's own ``self`` link, which a looping server repeats as ``next``.
+    self_url: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def is_under_base(url: str, base: str) -> bool:
+    """Whether ``url`` is under ``base``: same scheme, host and port, path below the base path."""
+    target, root = urlsplit(url), urlsplit(base)
+    if (target.scheme.lower(), target.netloc.lower()) != (root.scheme.lower(), root.netloc.lower()):
+        return False
+    if target.username or target.password:
+        return False
+    base_path = root.path.rstrip("/")
+    return target.path == base_path or target.path.startswith(base_path + "/")
+
+
+class FhirClient:
+    """Requests against one FHIR base with one bearer token."""
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, access_token: str) -> None:
+        self._http = http
+        self.base = base.rstrip("/")
+        self._token = access_token
+        self.requests = 0
+        self.bytes_received = 0
+
+    def use_token(self, access_token: str) -> None:
+        """Switch to a refreshed access token of the same grant."""
+        self._token = access_token
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}", "Accept": FHIR_JSON}
+
+    async def get(self, url: str, params: Mapping[str, str] | None = None) -> tuple[Any, int]:
+        """GET a URL under the base; the parsed JSON and its size. Raises on any failure."""
+        if not is_under_base(url, self.base):
+            raise ForeignNextLink
+        self.requests += 1
+        try:
+            async with self._http.get(
+                url, params=params, headers=self._headers(), allow_redirects=False
+            ) as response:
+                body = await response.content.read(MAX_PAGE_BYTES + 1)
+                if len(body) > MAX_PAGE_BYTES:
+                    raise Transient("The EHR answered with an oversized page")
+                if not 200 <= response.status < 300:
+                    raise FhirRequestError(
+                        classify_fhir_failure(
+                            response.status,
+                            response.headers.get("WWW-Authenticate"),
+                            response.headers.get("Retry-After"),
+                            body,
+                        )
+                    )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Transient(f"The EHR could not be reached ({type(exc).__name__})") from exc
+        self.bytes_received += len(body)
+        try:
+            return orjson.loads(body), len(body)
+        except orjson.JSONDecodeError as exc:
+            raise Transient("The EHR answered with malformed JSON") from exc
+
+    async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
+        """Read one resource by id."""
+        doc, _ = await self.get(f"{self.base}/{resource_type}/{resource_id}")
+        if not isinstance(doc, dict) or doc.get("resourceType") != resource_type:
+            raise Transient(f"The EHR answered a {resource_type} read with something else")
+        return doc
+
+    async def search(self, resource_type: str, params: Mapping[str, str]) -> AsyncIterator[Page]:
+        """Pages of a search, following ``next`` links only while they stay under the base."""
+        url: str | None = f"{self.base}/{resource_type}"
+        query: Mapping[str, str] | None = params
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES_PER_SEARCH):
+            if url is None:
+                return
+            doc, size = await self.get(url, query)
+            page = _parse_bundle(url if query is None else _with_query(url, query), doc, size)
+            yield page
+            next_url = page.next_url
+            if next_url is not None:
+                if next_url in seen or next_url in (page.url, page.self_url):
+                    raise PagingLoop
+                if not is_under_base(next_url, self.base):
+                    raise ForeignNextLink
+                seen.add(next_url)
+            url, query = next_url, None
+        raise PagingLoop
+
+
+def _with_query(url: str, params: Mapping[str, str]) -> str:
+    return f"{url}?{urlencode(params)}"
+
+
+def _parse_bundle(url: str, doc: Any, size: int) -> Page:
+    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+        raise Transient("The EHR answered a search with something other than a Bundle")
+    resources: list[dict[str, Any]] = []
+    entries = doc.get("entry") or []
+    if not isinstance(entries, list):
+        raise Transient("The EHR's Bundle.entry is not a list")
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict):
+            mode = (entry.get("search") or {}).get("mode", "match")
+            if mode == "match":
+                resources.append(resource)
+    links: dict[str, str] = {}
+    for link in doc.get("link") or []:
+        if isinstance(link, dict) and isinstance(link.get("url"), str) and link["url"]:
+            links[str(link.get("relation"))] = link["url"]
+    return Page(
+        url=url,
+        resources=resources,
+        next_url=links.get("next"),
+        size_bytes=size,
+        raw_entries=len(entries),
+        self_url=links.get("self"),
+    )

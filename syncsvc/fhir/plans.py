@@ -1,0 +1,131 @@
+"""Per-vendor query plans: how to search each resource type of one patient.
+
+Plans are data, not code paths. Each vendor profile says which parameter names the patient, which
+searches need a ``category`` (Epic refuses Observation and CarePlan searches without one; Cerner
+wants ``category=assess-plan`` on CarePlan), the page size to ask for, and whether ``_lastUpdated``
+may be used. A tenant may override any of it, and the CapabilityStatement decides ``_lastUpdated``
+where it lists search parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncsvc.smart.discovery import SmartConfiguration
+
+#: The parameter that names the patient, per FHIR R4's patient compartment definitions.
+PATIENT_PARAM: dict[str, str] = {
+    "Observation": "patient",
+    "Condition": "patient",
+    "MedicationRequest": "patient",
+    "AllergyIntolerance": "patient",
+    "Immunization": "patient",
+    "Encounter": "patient",
+    "Procedure": "patient",
+    "DiagnosticReport": "patient",
+    "DocumentReference": "patient",
+    "CarePlan": "patient",
+    "Goal": "patient",
+}
+
+
+@dataclass(frozen=True)
+class TypePlan:
+    """How to search one resource type for one patient."""
+
+    resource_type: str
+    patient_param: str = "patient"
+    count: int | None = 100
+    #: Each entry is one search (with its extra parameters); several when a category is required.
+    variants: tuple[Mapping[str, str], ...] = (dict[str, str](),)
+    #: Whether ``_lastUpdated`` may narrow an incremental pull (``None``: ask discovery).
+    last_updated: bool | None = None
+
+    def searches(self, patient_id: str) -> list[dict[str, str]]:
+        """The query parameter sets for a full pull of this type."""
+        base = {self.patient_param: patient_id}
+        if self.count:
+            base["_count"] = str(self.count)
+        return [{**base, **variant} for variant in self.variants]
+
+
+@dataclass(frozen=True)
+class VendorPlan:
+    """Plans of every type for one vendor profile."""
+
+    vendor: str
+    types: dict[str, TypePlan] = field(default_factory=dict)
+    default_count: int | None = 100
+
+    def for_type(self, resource_type: str) -> TypePlan:
+        """The plan of ``resource_type`` (a generic one if the vendor says nothing special)."""
+        plan = self.types.get(resource_type)
+        if plan is not None:
+            return plan
+        return TypePlan(
+            resource_type=resource_type,
+            patient_param=PATIENT_PARAM.get(resource_type, "patient"),
+            count=self.default_count,
+        )
+
+
+def _categories(*values: str) -> tuple[Mapping[str, str], ...]:
+    return tuple({"category": value} for value in values)
+
+
+VENDOR_PLANS: dict[str, VendorPlan] = {
+    "cerner": VendorPlan(
+        vendor="cerner",
+        default_count=100,
+        types={
+            # Cerner documents Observation _count up to 200 and DocumentReference up to 100.
+            "Observation": TypePlan("Observation", count=200),
+            "DocumentReference": TypePlan("DocumentReference", count=100),
+            "CarePlan": TypePlan("CarePlan", variants=_categories("assess-plan")),
+        },
+    ),
+    "epic": VendorPlan(
+        vendor="epic",
+        default_count=100,
+        types={
+            "Observation": TypePlan(
+                "Observation",
+                variants=_categories(
+                    "laboratory", "vital-signs", "social-history", "survey", "imaging", "exam"
+                ),
+                last_updated=False,
+            ),
+            "CarePlan": TypePlan(
+                "CarePlan", variants=_categories("longitudinal", "encounter"), last_updated=False
+            ),
+        },
+    ),
+    "generic": VendorPlan(vendor="generic", default_count=100),
+}
+
+
+def plan_for(vendor: str, overrides: Mapping[str, Any] | None = None) -> VendorPlan:
+    """The vendor's plan with per-tenant ``overrides`` (``{type: {field: value}}``) applied."""
+    base = VENDOR_PLANS.get(vendor, VENDOR_PLANS["generic"])
+    if not overrides:
+        return base
+    types = dict(base.types)
+    for resource_type, changes in overrides.items():
+        current = base.for_type(resource_type)
+        values = dict(changes)
+        if "variants" in values:
+            values["variants"] = tuple(dict(v) for v in values["variants"])
+        types[resource_type] = dataclasses.replace(current, **values)
+    return dataclasses.replace(base, types=types)
+
+
+def supports_last_updated(plan: TypePlan, config: SmartConfiguration | None) -> bool:
+    """Whether an incremental pull of this type may filter on ``_lastUpdated``."""
+    if plan.last_updated is not None:
+        return plan.last_updated
+    if config is None or not config.resource_search_params:
+        return False
+    return config.supports_search_param(plan.resource_type, "_lastUpdated")

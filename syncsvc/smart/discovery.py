@@ -1,0 +1,233 @@
+"""SMART discovery: where a FHIR base's authorization server lives and what it supports.
+
+Reads ``{base}/.well-known/smart-configuration`` and falls back to the CapabilityStatement's
+``oauth-uris`` extension (SMART App Launch 2.x, section "Conformance"), which older Cerner and Epic
+deployments still rely on. The result is validated here so nothing downstream sees a relative or
+plain-http URL for a remote host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from syncsvc.errors import DiscoveryError
+
+OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+#: Cerner's published smart-configuration omits ``code_challenge_methods_supported`` although
+#: its servers accept S256; the SMART spec makes S256 mandatory for servers, so absence means S256.
+ASSUMED_CHALLENGE_METHODS = ("S256",)
+MAX_DOCUMENT_BYTES = 2 * 1024 * 1024
+
+Source = Literal["well-known", "capability-statement"]
+
+
+@dataclass(frozen=True)
+class SmartConfiguration:
+    """What a FHIR base's SMART authorization server offers, as discovered."""
+
+    fhir_base: str
+    authorization_endpoint: str
+    token_endpoint: str
+    source: Source
+    issuer: str | None = None
+    jwks_uri: str | None = None
+    revocation_endpoint: str | None = None
+    introspection_endpoint: str | None = None
+    capabilities: tuple[str, ...] = ()
+    #: ``None`` when the server does not say (then nothing can be concluded from it).
+    scopes_supported: tuple[str, ...] | None = None
+    code_challenge_methods: tuple[str, ...] = ASSUMED_CHALLENGE_METHODS
+    code_challenge_methods_advertised: bool = False
+    token_endpoint_auth_methods: tuple[str, ...] = ()
+    #: Resource types the CapabilityStatement lists, with the search parameters of each.
+    resource_search_params: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form for storage."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SmartConfiguration:
+        """Inverse of :meth:`to_json`."""
+        tuples = (
+            "capabilities",
+            "code_challenge_methods",
+            "token_endpoint_auth_methods",
+        )
+        values = dict(data)
+        for name in tuples:
+            values[name] = tuple(values.get(name) or ())
+        if values.get("scopes_supported") is not None:
+            values["scopes_supported"] = tuple(values["scopes_supported"])
+        values["resource_search_params"] = {
+            k: tuple(v) for k, v in (values.get("resource_search_params") or {}).items()
+        }
+        return cls(**values)
+
+    def supports_search_param(self, resource_type: str, param: str) -> bool:
+        """Whether the CapabilityStatement lists ``param`` for ``resource_type``."""
+        return param in self.resource_search_params.get(resource_type, ())
+
+
+def normalise_base(url: str) -> str:
+    """A FHIR base as syncsvc stores and compares it: no trailing slash, no query or fragment."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise DiscoveryError(f"'{url}' is not an absolute http(s) URL")
+    if parts.query or parts.fragment:
+        raise DiscoveryError(f"A FHIR base has no query or fragment: '{url}'")
+    return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """Whether ``host`` is a loopback name or address (plain http is allowed only there)."""
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_endpoint(url: Any, what: str) -> str:
+    """``url`` if it is an absolute https URL (or http on loopback); else a DiscoveryError."""
+    if not isinstance(url, str) or not url:
+        raise DiscoveryError(f"The server's {what} is missing")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise DiscoveryError(f"The server's {what} is not an absolute URL: '{url}'")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise DiscoveryError(f"The server's {what} must use https: '{url}'")
+    return url
+
+
+def _optional_endpoint(url: Any, what: str) -> str | None:
+    return None if url in (None, "") else validate_endpoint(url, what)
+
+
+def _str_tuple(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(item for item in value if isinstance(item, str))
+
+
+async def _get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    headers = {"Accept": "application/json, application/fhir+json"}
+    async with http.get(url, headers=headers, allow_redirects=False) as response:
+        body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
+        if len(body) > MAX_DOCUMENT_BYTES:
+            raise DiscoveryError(f"{url} answered with an oversized document")
+        if response.status != 200:
+            return response.status, None
+        try:
+            return 200, orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return 200, None
+
+
+def parse_smart_configuration(base: str, doc: Any) -> SmartConfiguration:
+    """Validate a ``.well-known/smart-configuration`` document."""
+    if not isinstance(doc, dict):
+        raise DiscoveryError("The smart-configuration document is not a JSON object")
+    advertised = _str_tuple(doc.get("code_challenge_methods_supported"))
+    if "code_challenge_methods_supported" in doc and "S256" not in advertised:
+        raise DiscoveryError("The server does not support PKCE with S256, which SMART requires")
+    scopes = doc.get("scopes_supported")
+    return SmartConfiguration(
+        fhir_base=base,
+        source="well-known",
+        issuer=_optional_endpoint(doc.get("issuer"), "issuer"),
+        jwks_uri=_optional_endpoint(doc.get("jwks_uri"), "jwks_uri"),
+        authorization_endpoint=validate_endpoint(
+            doc.get("authorization_endpoint"), "authorization endpoint"
+        ),
+        token_endpoint=validate_endpoint(doc.get("token_endpoint"), "token endpoint"),
+        revocation_endpoint=_optional_endpoint(
+            doc.get("revocation_endpoint"), "revocation endpoint"
+        ),
+        introspection_endpoint=_optional_endpoint(
+            doc.get("introspection_endpoint"), "introspection endpoint"
+        ),
+        capabilities=_str_tuple(doc.get("capabilities")),
+        scopes_supported=_str_tuple(scopes) if isinstance(scopes, list) else None,
+        code_challenge_methods=advertised or ASSUMED_CHALLENGE_METHODS,
+        code_challenge_methods_advertised=bool(advertised),
+        token_endpoint_auth_methods=_str_tuple(doc.get("token_endpoint_auth_methods_supported")),
+    )
+
+
+def _oauth_uris(statement: dict[str, Any]) -> dict[str, str]:
+    uris: dict[str, str] = {}
+    rests = statement.get("rest")
+    for rest in rests if isinstance(rests, list) else []:
+        security = rest.get("security") if isinstance(rest, dict) else None
+        extensions = security.get("extension") if isinstance(security, dict) else None
+        for ext in extensions if isinstance(extensions, list) else []:
+            if not isinstance(ext, dict) or ext.get("url") != OAUTH_URIS_EXTENSION:
+                continue
+            for inner in ext.get("extension") or []:
+                if isinstance(inner, dict) and isinstance(inner.get("valueUri"), str):
+                    uris[str(inner.get("url"))] = inner["valueUri"]
+    return uris
+
+
+def resource_search_params(statement: Any) -> dict[str, tuple[str, ...]]:
+    """Resource types of a CapabilityStatement with their search parameter names."""
+    found: dict[str, tuple[str, ...]] = {}
+    if not isinstance(statement, dict):
+        return found
+    for rest in statement.get("rest") or []:
+        if not isinstance(rest, dict):
+            continue
+        for resource in rest.get("resource") or []:
+            if not isinstance(resource, dict) or not isinstance(resource.get("type"), str):
+                continue
+            params = resource.get("searchParam") or []
+            found[resource["type"]] = tuple(
+                p["name"] for p in params if isinstance(p, dict) and isinstance(p.get("name"), str)
+            )
+    return found
+
+
+def parse_capability_statement(base: str, statement: Any) -> SmartConfiguration:
+    """Endpoints from a CapabilityStatement's ``oauth-uris`` extension (the pre-2.0 way)."""
+    if not isinstance(statement, dict) or statement.get("resourceType") != "CapabilityStatement":
+        raise DiscoveryError("The server's metadata is not a FHIR CapabilityStatement")
+    uris = _oauth_uris(statement)
+    return SmartConfiguration(
+        fhir_base=base,
+        source="capability-statement",
+        authorization_endpoint=validate_endpoint(uris.get("authorize"), "authorization endpoint"),
+        token_endpoint=validate_endpoint(uris.get("token"), "token endpoint"),
+        revocation_endpoint=_optional_endpoint(uris.get("revoke"), "revocation endpoint"),
+        introspection_endpoint=_optional_endpoint(uris.get("introspect"), "introspection endpoint"),
+        resource_search_params=resource_search_params(statement),
+    )
+
+
+async def discover(http: aiohttp.ClientSession, fhir_base: str) -> SmartConfiguration:
+    """Discover a FHIR base's SMART configuration (well-known first, CapabilityStatement after)."""
+    base = normalise_base(fhir_base)
+    try:
+        status, doc = await _get_json(http, f"{base}/.well-known/smart-configuration")
+        meta_status, statement = await _get_json(http, f"{base}/metadata")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise DiscoveryError(f"Could not reach {base}: {type(exc).__name__}") from exc
+    search_params = resource_search_params(statement) if meta_status == 200 else {}
+    if status == 200 and doc is not None:
+        config = parse_smart_configuration(base, doc)
+        return SmartConfiguration(**{**config.__dict__, "resource_search_params": search_params})
+    if meta_status == 200 and statement is not None:
+        return parse_capability_statement(base, statement)
+    raise DiscoveryError(
+        f"{base} publishes neither .well-known/smart-configuration (HTTP {status}) "
+        f"nor a CapabilityStatement with SMART endpoints (HTTP {meta_status})"
+    )

@@ -1,0 +1,206 @@
+"""Reading EHR error answers: OAuth error redirects, token errors and FHIR 401/403 bodies.
+
+Vendors add detail in their own shapes. Cerner puts a URN inside ``error_uri``
+(``.../errors/<urlencoded urn>/instances/<uuid>?...``) and, on the resource server, inside a JSON
+``message``; Epic answers 403 with an empty body and a ``WWW-Authenticate`` header. This module
+turns all of them into one small vocabulary the rest of syncsvc acts on.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+import orjson
+
+TENANT_MISMATCH_URN = "urn:cerner:error:oauth2:resource-access:tenant-mismatch"
+INSUFFICIENT_SCOPES_URN = "urn:cerner:error:oauth2:resource-access:insufficient-scopes"
+
+_URN_IN_PATH = re.compile(r"/errors/(?P<urn>[^/]+)/instances/")
+_WWW_AUTH_PARAM = re.compile(r'(?P<key>[a-zA-Z_]+)="(?P<value>[^"]*)"')
+
+#: What each known authorization answer means, in words a patient can act on.
+_AUTHORIZE_EXPLANATIONS: dict[str, str] = {
+    "access_denied": (
+        "You chose not to share your record, so nothing was connected. You can try again at "
+        "any time."
+    ),
+    "missing-patient": (
+        "The EHR did not select a patient record. Sign in with the patient's portal account and "
+        "pick the record to share."
+    ),
+    "invalid-launch-code": (
+        "The EHR did not recognise the launch it was given. Start the connection again from "
+        "this service rather than from a saved link."
+    ),
+    "denied-by-server": (
+        "The EHR's authorization server refused the request. The provider may not allow this "
+        "application; contact the service operator."
+    ),
+    "client-persona-mismatch": (
+        "This application is registered with the EHR for clinicians, not patients. The service "
+        "operator must fix the registration."
+    ),
+    "invalid_scope": "The EHR refused the permissions requested. The operator must fix them.",
+    "unauthorized_client": "The EHR does not allow this application to connect this way.",
+    "invalid_request": "The EHR rejected the connection request as malformed.",
+    "server_error": "The EHR had an internal error. Please try again later.",
+    "temporarily_unavailable": "The EHR is temporarily unavailable. Please try again later.",
+}
+
+
+@dataclass(frozen=True)
+class OAuthError:
+    """An OAuth error answer (redirect or token endpoint) with the vendor's URN if any."""
+
+    error: str
+    description: str | None = None
+    error_uri: str | None = None
+
+    @property
+    def urn(self) -> str | None:
+        """The Cerner-style URN carried in ``error_uri``, if any."""
+        return urn_from_error_uri(self.error_uri)
+
+    @property
+    def reason(self) -> str:
+        """The most specific short code: the URN's last segment, else the OAuth error code."""
+        urn = self.urn
+        return urn.rsplit(":", 1)[-1] if urn else self.error
+
+    def explain(self) -> str:
+        """A plain-words explanation of this error for the patient."""
+        return _AUTHORIZE_EXPLANATIONS.get(self.reason) or _AUTHORIZE_EXPLANATIONS.get(
+            self.error, "The EHR reported an error and nothing was connected."
+        )
+
+
+def urn_from_error_uri(error_uri: str | None) -> str | None:
+    """The URN inside a Cerner-style ``error_uri``, or ``None``."""
+    if not error_uri:
+        return None
+    match = _URN_IN_PATH.search(urlsplit(error_uri).path)
+    if match is None:
+        return None
+    urn = unquote(match["urn"])
+    return urn if urn.startswith("urn:") else None
+
+
+def safe_error_uri(error_uri: str | None) -> str | None:
+    """``error_uri`` if it is an http(s) URL that may be shown as a link, else ``None``."""
+    if not error_uri:
+        return None
+    parts = urlsplit(error_uri)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return error_uri
+
+
+def parse_www_authenticate(header: str | None) -> dict[str, str]:
+    """The parameters of a ``Bearer`` challenge (``error``, ``error_description``, ``realm``)."""
+    if not header:
+        return {}
+    return {m["key"].lower(): m["value"] for m in _WWW_AUTH_PARAM.finditer(header)}
+
+
+FhirFailureKind = Literal[
+    "tenant_mismatch",
+    "insufficient_scope",
+    "invalid_token",
+    "bad_request",
+    "not_found",
+    "gone",
+    "throttled",
+    "upstream_5xx",
+    "forbidden",
+    "unexpected",
+]
+
+
+@dataclass(frozen=True)
+class FhirFailure:
+    """What a non-2xx FHIR answer means for syncsvc."""
+
+    kind: FhirFailureKind
+    status: int
+    detail: str
+    retry_after: float | None = None
+
+
+def _json_message(body: bytes) -> tuple[str, str]:
+    """The Cerner ``message`` and an OperationOutcome's diagnostics text, if present."""
+    try:
+        doc = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return "", ""
+    if not isinstance(doc, dict):
+        return "", ""
+    message = doc.get("message") if isinstance(doc.get("message"), str) else ""
+    outcome = ""
+    if doc.get("resourceType") == "OperationOutcome":
+        texts = []
+        for issue in doc.get("issue") or []:
+            if isinstance(issue, dict):
+                text = issue.get("diagnostics") or (issue.get("details") or {}).get("text")
+                if isinstance(text, str):
+                    texts.append(text)
+                elif isinstance(issue.get("code"), str):
+                    texts.append(f"issue code '{issue['code']}'")
+        outcome = "; ".join(texts)
+    return str(message), outcome
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds form only; dates are ignored)."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def classify_fhir_failure(
+    status: int, www_authenticate: str | None, retry_after: str | None, body: bytes
+) -> FhirFailure:
+    """Classify a non-2xx answer of a FHIR server."""
+    challenge = parse_www_authenticate(www_authenticate)
+    message, outcome = _json_message(body[:65536])
+    description = challenge.get("error_description", "")
+    if status == 401:
+        if TENANT_MISMATCH_URN in message or "not valid for this tenant" in description.lower():
+            return FhirFailure(
+                "tenant_mismatch", status, "The EHR says the token is not valid for this tenant"
+            )
+        return FhirFailure("invalid_token", status, description or "The access token was refused")
+    if status == 403:
+        if (
+            INSUFFICIENT_SCOPES_URN in message
+            or "insufficient_scope" in message
+            or challenge.get("error") == "insufficient_scope"
+        ):
+            return FhirFailure(
+                "insufficient_scope", status, "The grant does not cover this resource type"
+            )
+        return FhirFailure("forbidden", status, outcome or "The EHR refused access")
+    if status == 429:
+        return FhirFailure(
+            "throttled", status, "The EHR is throttling requests", parse_retry_after(retry_after)
+        )
+    if status >= 500:
+        return FhirFailure(
+            "upstream_5xx",
+            status,
+            f"The EHR answered HTTP {status}",
+            parse_retry_after(retry_after),
+        )
+    if status == 404:
+        return FhirFailure("not_found", status, outcome or "Not found")
+    if status == 410:
+        return FhirFailure("gone", status, outcome or "Deleted at the EHR")
+    if status == 400:
+        return FhirFailure("bad_request", status, outcome or "The EHR rejected the search")
+    return FhirFailure("unexpected", status, outcome or f"Unexpected HTTP {status}")

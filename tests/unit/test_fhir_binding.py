@@ -1,0 +1,38 @@
+"""The base binding: a token goes only to URLs under the exact base it was issued for."""
+
+from __future__ import annotations
+
+import pytest
+
+from syncsvc.fhir.client import is_under_base
+
+BASE = "https://fhir.example.com/r4/ec2458f2"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://fhir.example.com/r4/ec2458f2",
+        "https://fhir.example.com/r4/ec2458f2/Observation?patient=1",
+        "https://FHIR.example.com/r4/ec2458f2/Observation?pageContext=x&direction=NEXT",
+    ],
+)
+def test_urls_under_the_base_are_accepted(url: str) -> None:
+    assert is_under_base(url, BASE)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://fhir.example.com/r4/ec2458f2/Observation",  # scheme downgrade
+        "https://fhir.example.com:8443/r4/ec2458f2/Observation",  # other port
+        "https://fhir.example.com/r4/ec2458f2-other/Observation",  # sibling tenant, same prefix
+        "https://fhir.example.com/r4/other/Observation",  # other tenant
+        "https://evil.example.com/r4/ec2458f2/Observation",  # other host
+        "https://fhir.example.com.evil.example/r4/ec2458f2/Observation",
+        "https://user:pw@fhir.example.com/r4/ec2458f2/Observation",
+        "/r4/ec2458f2/Observation",  # relative
+    ],
+)
+def test_urls_outside_the_base_are_refused(url: str) -> None:
+    assert not is_under_base(url, BASE)
