@@ -1,0 +1,85 @@
+"""The compartment guard, and the canonical bytes and hash syncsvc stores for each resource.
+
+Every resource stored for a connection must belong to that connection's patient: the Patient
+itself, or a resource whose patient reference (``subject``, ``patient``, or the type's own
+compartment parameter) names that patient. An EHR that slips another patient's entry into a
+searchset (it happens with merged records and buggy paging) gets it rejected and counted here,
+never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+#: Where each type names its patient, in the order to look (FHIR R4 patient compartment).
+_PATIENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "Observation": ("subject",),
+    "Condition": ("subject",),
+    "MedicationRequest": ("subject",),
+    "AllergyIntolerance": ("patient",),
+    "Immunization": ("patient",),
+    "Encounter": ("subject",),
+    "Procedure": ("subject",),
+    "DiagnosticReport": ("subject",),
+    "DocumentReference": ("subject",),
+    "CarePlan": ("subject",),
+    "Goal": ("subject",),
+}
+_DEFAULT_FIELDS = ("subject", "patient")
+
+
+def _reference_ids(value: Any) -> list[str]:
+    """Patient ids named by a Reference (relative ``Patient/x`` or absolute ``.../Patient/x``)."""
+    if not isinstance(value, dict):
+        return []
+    reference = value.get("reference")
+    if not isinstance(reference, str):
+        return []
+    path = reference.split("?", 1)[0].split("/_history/", 1)[0].rstrip("/")
+    parts = path.split("/")
+    if len(parts) >= 2 and parts[-2] == "Patient" and parts[-1]:
+        return [parts[-1]]
+    return []
+
+
+def belongs_to_patient(resource: dict[str, Any], patient_id: str) -> bool:
+    """Whether ``resource`` is in the patient compartment of ``patient_id``."""
+    resource_type = resource.get("resourceType")
+    if resource_type == "Patient":
+        return resource.get("id") == patient_id
+    if not isinstance(resource_type, str):
+        return False
+    fields = _PATIENT_FIELDS.get(resource_type, _DEFAULT_FIELDS)
+    found: list[str] = []
+    for name in fields:
+        found.extend(_reference_ids(resource.get(name)))
+    # Every patient reference must be this patient: one foreign reference is enough to refuse.
+    return bool(found) and all(pid == patient_id for pid in found)
+
+
+@dataclass(frozen=True)
+class Canonical:
+    """A resource as stored: canonical JSON bytes and their SHA-256."""
+
+    body: bytes
+    content_hash: str
+
+
+def canonical(resource: dict[str, Any]) -> Canonical:
+    """Canonical bytes (sorted keys) and hash, so an unchanged resource compares equal."""
+    body = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
+    return Canonical(body=body, content_hash=hashlib.sha256(body).hexdigest())
+
+
+def resource_identity(resource: dict[str, Any]) -> tuple[str, str] | None:
+    """``(type, id)`` of a resource, or ``None`` when either is missing or malformed."""
+    resource_type, resource_id = resource.get("resourceType"), resource.get("id")
+    if not isinstance(resource_type, str) or not isinstance(resource_id, str) or not resource_id:
+        return None
+    if len(resource_id) > 64:  # FHIR ids are at most 64 characters
+        return None
+    return resource_type, resource_id
