@@ -5,6 +5,11 @@ Every error the service raises on purpose is a :class:`SyncsvcError` with a shor
 contains a token, a secret or an upstream body. Sync work acts on two axes:
 :class:`ReauthRequired` (the grant is gone; stop and ask the patient) and :class:`Transient` (try
 again later, keep every token).
+
+``reason`` is also available as ``code``. Launch failures share :class:`LaunchError` and differ by
+reason: ``state_unknown``, ``state_expired``, ``state_replayed``, ``state_browser_mismatch``,
+``link_invalid``, ``link_expired``, ``link_used``, ``ehr_error`` (the EHR redirected back with an
+``error``; ``error_uri`` carries its link), ``id_token_*`` (identity token rejected).
 """
 
 from __future__ import annotations
@@ -20,6 +25,11 @@ class SyncsvcError(Exception):
         super().__init__(message)
         self.message = message
         self.reason = reason or self.default_reason
+
+    @property
+    def code(self) -> str:
+        """The stable reason code (an alias of ``reason``)."""
+        return self.reason
 
     def __str__(self) -> str:
         return self.message
@@ -109,6 +119,13 @@ class Unauthorized(SyncsvcError):
 
     status = 401
     default_reason = "unauthorized"
+
+
+class Conflict(SyncsvcError):
+    """A compare-and-swap write lost to a concurrent writer; re-read and decide again."""
+
+    status = 409
+    default_reason = "conflict"
 
 
 class NotFound(SyncsvcError):

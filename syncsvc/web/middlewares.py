@@ -28,9 +28,7 @@ _SECURITY_HEADERS = {
 
 
 def _wants_html(request: web.Request) -> bool:
-    return "text/html" in request.headers.get("Accept", "") and not request.path.startswith(
-        "/api/"
-    )
+    return "text/html" in request.headers.get("Accept", "") and not request.path.startswith("/api/")
 
 
 @web.middleware
@@ -61,9 +59,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 @web.middleware
-async def security_headers_middleware(
-    request: web.Request, handler: Handler
-) -> web.StreamResponse:
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Headers every syncsvc answer carries; pages are never cached (they show patient data)."""
     response = await handler(request)
     for name, value in _SECURITY_HEADERS.items():

@@ -1,0 +1,86 @@
+"""Async engines and session factories for SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+URLs are accepted in their everyday spelling (``postgresql://``, ``sqlite:///``) and rewritten to
+the async drivers. SQLite connections get WAL (readers do not block the writer), enforced foreign
+keys (SQLite ignores them by default) and a busy timeout (a second writer waits, not fails).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from syncsvc.errors import ConfigError
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+
+def normalise_url(url: str | URL) -> URL:
+    """``url`` with its driver set to asyncpg or aiosqlite; ConfigError for anything else."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:  # sqlalchemy raises ArgumentError, ValueError or TypeError
+        raise ConfigError("database_url is not a valid database URL") from exc
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise ConfigError(
+            f"database_url scheme {parsed.drivername!r} is not supported "
+            "(use postgresql:// or sqlite:///)"
+        )
+    return parsed.set(drivername=driver)
+
+
+def is_sqlite(url: str | URL) -> bool:
+    """Whether ``url`` names a SQLite database."""
+    return normalise_url(url).get_backend_name() == "sqlite"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # Safe with WAL: a power loss may drop the last commits, never corrupt the file.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+    finally:
+        cursor.close()
+
+
+def create_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
+    """An async engine for ``url``, creating a SQLite file's directory if needed."""
+    parsed = normalise_url(url)
+    kwargs: dict[str, Any] = {"echo": echo}
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            raise ConfigError("an in-memory SQLite database is not supported; name a file")
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    else:
+        # A connection broken by a database restart is replaced, not handed to a request.
+        kwargs["pool_pre_ping"] = True
+    engine = create_async_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """The session factory: use ``async with sessionmaker.begin() as session`` per unit of work."""
+    return async_sessionmaker(engine, expire_on_commit=False)

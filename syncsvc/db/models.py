@@ -1,0 +1,188 @@
+"""The tables of syncsvc as typed SQLAlchemy models.
+
+Primary keys are UUID4 strings made in Python, so a row's id is known before it is inserted: the
+vault binds each ciphertext to its row id, and connection ids appear in URLs. Columns ending in
+``_enc`` hold vault ciphertexts, never plaintext. Every timestamp is timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any, Literal, get_args
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base, UTCDateTime
+
+Vendor = Literal["cerner", "epic", "generic"]
+AuthMethodName = Literal["public", "client_secret_basic", "client_secret_post", "private_key_jwt"]
+ConnectionStatus = Literal["active", "needs_reauth", "revoked", "misbound", "error"]
+VENDORS: tuple[str, ...] = get_args(Vendor)
+AUTH_METHOD_NAMES: tuple[str, ...] = get_args(AuthMethodName)
+CONNECTION_STATUSES: tuple[str, ...] = get_args(ConnectionStatus)
+
+URL_LENGTH = 2048
+ID_LENGTH = 36
+
+
+def new_id() -> str:
+    """A new row id (UUID4 string)."""
+    return str(uuid.uuid4())
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join(f"'{value}'" for value in values)
+    return f"{column} IN ({quoted})"
+
+
+class Tenant(Base):
+    """One EHR FHIR base with syncsvc's client registration there."""
+
+    __tablename__ = "tenants"
+    __table_args__ = (
+        CheckConstraint(_in("vendor", VENDORS), name="vendor"),
+        CheckConstraint(_in("auth_method", AUTH_METHOD_NAMES), name="auth_method"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
+    #: The short handle operators use on the command line.
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    vendor: Mapped[str] = mapped_column(String(16), default="generic")
+    #: Normalised: no trailing slash. Also the ``aud`` sent on authorize, byte for byte.
+    fhir_base: Mapped[str] = mapped_column(String(URL_LENGTH), unique=True)
+    issuer: Mapped[str | None] = mapped_column(String(URL_LENGTH))
+    #: authorize / token / revoke / introspect / jwks URLs from discovery.
+    endpoints: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    capabilities: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: None when the server does not advertise ``scopes_supported``.
+    scopes_supported: Mapped[list[str] | None] = mapped_column(JSON)
+    discovery_fetched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    discovery_error: Mapped[str | None] = mapped_column(Text)
+    client_id: Mapped[str] = mapped_column(String(255))
+    auth_method: Mapped[str] = mapped_column(String(32), default="public")
+    client_secret_enc: Mapped[str | None] = mapped_column(Text)
+    private_key_enc: Mapped[str | None] = mapped_column(Text)
+    key_id: Mapped[str | None] = mapped_column(String(255))
+    redirect_uri: Mapped[str] = mapped_column(String(URL_LENGTH))
+    #: Resource types (or explicit scopes) the operator wants for this tenant.
+    configured_scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class Connection(Base):
+    """A patient's grant at one tenant, with the exact binding it was issued for."""
+
+    __tablename__ = "connections"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "user_id", "patient_id"),
+        CheckConstraint(_in("status", CONNECTION_STATUSES), name="status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"))
+    #: The host application's user id.
+    user_id: Mapped[str] = mapped_column(String(255), index=True)
+    patient_id: Mapped[str] = mapped_column(String(255))
+    # The binding: a token is only ever sent to URLs under this base, to this token endpoint.
+    fhir_base: Mapped[str] = mapped_column(String(URL_LENGTH))
+    aud: Mapped[str] = mapped_column(String(URL_LENGTH))
+    issuer: Mapped[str | None] = mapped_column(String(URL_LENGTH))
+    token_endpoint: Mapped[str] = mapped_column(String(URL_LENGTH))
+    client_id: Mapped[str] = mapped_column(String(255))
+    requested_scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    granted_scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    status_reason: Mapped[str | None] = mapped_column(String(64))
+    status_message: Mapped[str | None] = mapped_column(Text)
+    error_uri: Mapped[str | None] = mapped_column(String(URL_LENGTH))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    connected_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_refresh_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_sync_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    next_refresh_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    next_sync_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    failure_count: Mapped[int] = mapped_column(Integer, default=0)
+    backoff_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class Credential(Base):
+    """The encrypted tokens of one connection; ``version`` guards concurrent writers."""
+
+    __tablename__ = "credentials"
+
+    connection_id: Mapped[str] = mapped_column(
+        ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    refresh_token_enc: Mapped[str | None] = mapped_column(Text)
+    access_token_enc: Mapped[str | None] = mapped_column(Text)
+    access_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    refresh_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    #: The vault key id both ciphertexts are under (for ``keys status`` at a glance).
+    key_id: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class LaunchAttempt(Base):
+    """One authorize redirect in flight: its state (hashed), PKCE verifier and nonce."""
+
+    __tablename__ = "launch_attempts"
+
+    id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
+    #: sha256 hex of the ``state`` sent to the EHR; the state itself is never stored.
+    state_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    code_verifier_enc: Mapped[str] = mapped_column(Text)
+    nonce: Mapped[str] = mapped_column(String(128))
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(String(255))
+    #: sha256 hex of the browser-binding cookie value.
+    browser_binding_hash: Mapped[str] = mapped_column(String(64))
+    requested_scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    outcome: Mapped[str | None] = mapped_column(String(64))
+
+
+class ConnectLink(Base):
+    """A signed connect link's id, so each link works once."""
+
+    __tablename__ = "connect_links"
+
+    #: The link's ``jti``, carried inside the signed token.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255))
+    tenant_id: Mapped[str | None] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), index=True)
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+__all__ = [
+    "AUTH_METHOD_NAMES",
+    "CONNECTION_STATUSES",
+    "VENDORS",
+    "Base",
+    "ConnectLink",
+    "Connection",
+    "Credential",
+    "LaunchAttempt",
+    "Tenant",
+    "new_id",
+]

@@ -1,0 +1,146 @@
+"""Vault key rotation over the database: count ciphertexts per key id and re-encrypt them.
+
+Re-encryption runs in small batches, each in its own short transaction, and every row update is
+guarded by the ciphertext it read: a value rewritten concurrently (a token refresh) is left alone,
+since the writer already used the current primary key. Running it again is harmless.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import InstrumentedAttribute
+
+from syncsvc.vault import Purpose, Vault, key_id_of
+
+from .base import Base
+from .models import Credential, LaunchAttempt, Tenant
+
+Progress = Callable[[str, int], None]
+
+
+@dataclass(frozen=True)
+class EncryptedColumns:
+    """A table's primary key and its ciphertext columns with their vault purposes."""
+
+    table: str
+    model: type[Base]
+    key: InstrumentedAttribute[str]
+    columns: tuple[tuple[InstrumentedAttribute[Any], Purpose], ...]
+    #: Set to the new key id when a row is re-encrypted.
+    kid_column: str | None = None
+
+
+ENCRYPTED: tuple[EncryptedColumns, ...] = (
+    EncryptedColumns(
+        "tenants",
+        Tenant,
+        Tenant.id,
+        (
+            (Tenant.client_secret_enc, Purpose.CLIENT_SECRET),
+            (Tenant.private_key_enc, Purpose.PRIVATE_KEY),
+        ),
+    ),
+    EncryptedColumns(
+        "credentials",
+        Credential,
+        Credential.connection_id,
+        (
+            (Credential.refresh_token_enc, Purpose.REFRESH_TOKEN),
+            (Credential.access_token_enc, Purpose.ACCESS_TOKEN),
+        ),
+        kid_column="key_id",
+    ),
+    EncryptedColumns(
+        "launch_attempts",
+        LaunchAttempt,
+        LaunchAttempt.id,
+        ((LaunchAttempt.code_verifier_enc, Purpose.CODE_VERIFIER),),
+    ),
+)
+
+
+async def count_by_key_id(session: AsyncSession, batch_size: int = 1000) -> dict[str, int]:
+    """How many stored ciphertexts each key id protects."""
+    counts: Counter[str] = Counter()
+    for spec in ENCRYPTED:
+        for column, _ in spec.columns:
+            result = await session.stream_scalars(
+                select(column).where(column.is_not(None)).execution_options(yield_per=batch_size)
+            )
+            async for value in result:
+                counts[key_id_of(value)] += 1
+    return dict(counts)
+
+
+def _stale(column: InstrumentedAttribute[Any], prefix: str) -> Any:
+    # substr, not LIKE: key ids may contain '_', a LIKE wildcard.
+    return func.substr(column, 1, len(prefix)) != prefix
+
+
+async def reencrypt_all(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    vault: Vault,
+    *,
+    batch_size: int = 200,
+    progress: Progress | None = None,
+) -> dict[str, int]:
+    """Re-encrypt every ciphertext not under the primary key; returns rows rewritten per table."""
+    prefix = f"v1.{vault.primary_kid}."
+    rewritten: dict[str, int] = {}
+    for spec in ENCRYPTED:
+        stale = or_(*(_stale(column, prefix) for column, _ in spec.columns))
+        done = 0
+        after = ""
+        # Keyset pagination by primary key: every batch moves forward, so the loop ends even if
+        # some rows cannot be rewritten (changed concurrently).
+        while True:
+            async with sessionmaker.begin() as session:
+                rows = (
+                    await session.execute(
+                        select(spec.key, *(column for column, _ in spec.columns))
+                        .where(spec.key > after, stale)
+                        .order_by(spec.key)
+                        .limit(batch_size)
+                    )
+                ).all()
+                for row in rows:
+                    row_id, *values = row
+                    done += await _rewrite_row(session, spec, vault, row_id, values)
+            if not rows:
+                break
+            after = rows[-1][0]
+            if progress is not None:
+                progress(spec.table, done)
+        rewritten[spec.table] = done
+    return rewritten
+
+
+async def _rewrite_row(
+    session: AsyncSession, spec: EncryptedColumns, vault: Vault, row_id: str, values: list[Any]
+) -> int:
+    changes: dict[str, Any] = {}
+    guards = [spec.key == row_id]
+    for (column, purpose), value in zip(spec.columns, values, strict=True):
+        if value is None:
+            guards.append(column.is_(None))
+            continue
+        guards.append(column == value)
+        if vault.needs_rotation(value):
+            changes[column.key] = vault.reencrypt(value, purpose=purpose, row=row_id)
+    if not changes:
+        return 0
+    if spec.kid_column is not None:
+        changes[spec.kid_column] = vault.primary_kid
+    result = await session.execute(
+        update(spec.model)
+        .where(*guards)
+        .values(**changes)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) == 1)

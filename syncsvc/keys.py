@@ -1,0 +1,22 @@
+"""Typed application keys for the shared resources of one aiohttp application (no globals).
+
+Each resource is created and closed in the app's ``cleanup_ctx``, in dependency order.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from syncsvc.settings import Settings
+from syncsvc.signing import Signer
+from syncsvc.vault import Vault
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", AsyncEngine)
+SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
+VAULT = web.AppKey("vault", Vault)
+SIGNER = web.AppKey("signer", Signer)
+#: The one outbound HTTP client of the process (DummyCookieJar, explicit timeouts).
+HTTP = web.AppKey("http", aiohttp.ClientSession)

@@ -1,0 +1,327 @@
+"""Service settings, read once from ``SYNCSVC_*`` environment variables and an optional TOML file.
+
+Precedence: built-in defaults < the config file named by ``SYNCSVC_CONFIG`` < environment
+variables. The environment wins because deployments inject per-instance values (database URL,
+keys) on top of a shared file. File keys are the setting names in lower case without the prefix
+(``database_url``, ``public_url``, ``api_keys`` ...); list-valued settings may be TOML arrays there
+and comma-separated strings in the environment.
+
+Secrets are wrapped in :class:`Secret`, which prints as ``**********`` and must be ``reveal()``-ed
+to use; database URLs are shown through :func:`censor_dsn`. Invalid values raise
+:class:`~syncsvc.errors.ConfigError` naming the setting, never its value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hmac
+import json
+import os
+import re
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Self, cast
+from urllib.parse import urlsplit
+
+from syncsvc.errors import ConfigError
+
+PREFIX = "SYNCSVC_"
+MASK = "**********"
+#: Key ids appear inside ciphertext envelopes (``v1.<kid>.<data>``), so no dots.
+KID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+VAULT_KEY_BYTES = 32
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+LogFormat = Literal["json", "console"]
+
+
+class Secret:
+    """A secret string that never shows itself in ``repr``, ``str``, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value itself: call only where it is used."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{MASK}')"
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        # Constant-time, so comparing a presented API key leaks no prefix timing.
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(("Secret", self._value))
+
+
+@dataclass(frozen=True)
+class VaultKey:
+    """One key of the vault key ring: its id and 32 raw key bytes."""
+
+    kid: str
+    key: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if not KID_PATTERN.match(self.kid):
+            raise ConfigError(f"vault key id {self.kid!r} must match {KID_PATTERN.pattern}")
+        if len(self.key) != VAULT_KEY_BYTES:
+            raise ConfigError(f"vault key {self.kid!r} must be {VAULT_KEY_BYTES} bytes (AES-256)")
+
+    def encoded(self) -> str:
+        """The key as URL-safe base64, the form used in settings and key files."""
+        return base64.urlsafe_b64encode(self.key).decode("ascii")
+
+
+def decode_vault_key(kid: str, encoded: str) -> VaultKey:
+    """A key ring entry from its id and base64 (standard or URL-safe, padding optional)."""
+    text = encoded.strip()
+    padded = text + "=" * (-len(text) % 4)
+    try:
+        raw = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ConfigError(f"vault key {kid!r} is not valid base64") from exc
+    return VaultKey(kid=kid, key=raw)
+
+
+def parse_vault_keys(value: str | list[Any]) -> tuple[VaultKey, ...]:
+    """Parse ``kid1:base64,kid2:base64`` (or a list of ``kid:base64``); the first is primary."""
+    items = value.split(",") if isinstance(value, str) else value
+    keys: list[VaultKey] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError("vault_keys entries must be strings of the form kid:base64key")
+        if not item.strip():
+            continue
+        kid, sep, encoded = item.strip().partition(":")
+        if not sep:
+            raise ConfigError("vault_keys entries must have the form kid:base64key")
+        keys.append(decode_vault_key(kid.strip(), encoded))
+    return _unique_kids(keys)
+
+
+def read_key_file(path: Path) -> tuple[VaultKey, ...]:
+    """The key ring of a JSON key file ``{"primary": kid, "keys": {kid: b64}}``, primary first."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read vault key file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"vault key file {path} is not valid JSON") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), dict):
+        raise ConfigError(f'vault key file {path} must hold {{"primary": ..., "keys": {{...}}}}')
+    entries = cast("dict[str, Any]", document["keys"])
+    primary = document.get("primary")
+    if primary not in entries:
+        raise ConfigError(f"vault key file {path}: primary key id is missing from keys")
+    keys = [decode_vault_key(primary, str(entries[primary]))]
+    keys += [decode_vault_key(kid, str(value)) for kid, value in entries.items() if kid != primary]
+    return _unique_kids(keys)
+
+
+def _unique_kids(keys: list[VaultKey]) -> tuple[VaultKey, ...]:
+    kids = [key.kid for key in keys]
+    if len(set(kids)) != len(kids):
+        raise ConfigError("vault key ids must be unique")
+    return tuple(keys)
+
+
+def censor_dsn(url: str) -> str:
+    """``url`` with any password replaced by ``***``, safe to log."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about one syncsvc process; build with :meth:`from_env`."""
+
+    data_dir: Path = Path(".syncsvc")
+    database_url: str = field(default="", repr=False)
+    public_url: str = "http://127.0.0.1:8000"
+    #: The key ring, primary first; empty means "not configured" (the vault refuses to start).
+    vault_keys: tuple[VaultKey, ...] = ()
+    #: Where the key ring came from, if a file: ``keys rotate`` writes the new key there.
+    vault_key_file: Path | None = None
+    #: HMAC key for connect links and browser-binding cookies.
+    link_signing_key: Secret | None = None
+    #: Host-application API keys accepted by ``/api/v1``.
+    api_keys: tuple[Secret, ...] = ()
+    #: Bearer token for the operator endpoints.
+    admin_token: Secret | None = None
+    log_format: LogFormat = "json"
+    log_level: str = "INFO"
+    tick_seconds: float = 5.0
+    refresh_margin_seconds: int = 120
+    #: Never refresh one grant more often than this (Cerner throttles faster refreshes).
+    min_refresh_interval_seconds: int = 60
+    #: Refresh idle grants at least this often (Cerner revokes offline access unused ~90 days).
+    keepalive_days: int = 30
+    lease_seconds: int = 120
+    launch_ttl_seconds: int = 600
+    connect_link_ttl_seconds: int = 86_400
+
+    def __post_init__(self) -> None:
+        if not self.database_url:
+            default = f"sqlite+aiosqlite:///{self.data_dir / 'syncsvc.db'}"
+            object.__setattr__(self, "database_url", default)
+        object.__setattr__(self, "public_url", _validate_public_url(self.public_url))
+        if self.log_format not in ("json", "console"):
+            raise ConfigError("log_format must be 'json' or 'console'")
+        level = self.log_level.upper()
+        if level not in LOG_LEVELS:
+            raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        object.__setattr__(self, "log_level", level)
+        if self.tick_seconds <= 0:
+            raise ConfigError("tick_seconds must be positive")
+        for name in (
+            "refresh_margin_seconds",
+            "min_refresh_interval_seconds",
+            "lease_seconds",
+            "launch_ttl_seconds",
+            "connect_link_ttl_seconds",
+            "keepalive_days",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer")
+
+    @property
+    def database_url_censored(self) -> str:
+        """The database URL with its password hidden, for logs and status output."""
+        return censor_dsn(self.database_url)
+
+    @property
+    def public_is_https(self) -> bool:
+        """Whether the public URL is https (cookies get ``Secure`` then)."""
+        return self.public_url.startswith("https://")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Settings from ``environ`` (default ``os.environ``) over the ``SYNCSVC_CONFIG`` file."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        config_path = env.get(f"{PREFIX}CONFIG")
+        if config_path:
+            values.update(_read_config_file(Path(config_path)))
+        for name in _FIELD_NAMES:
+            raw = env.get(PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        return cls._from_raw(values)
+
+    @classmethod
+    def for_tests(cls, data_dir: Path | None = None, **overrides: Any) -> Self:
+        """Settings for a test: fresh random keys, console logs, and any overrides."""
+        values: dict[str, Any] = {
+            "data_dir": data_dir or Path(".syncsvc-test"),
+            "vault_keys": (VaultKey("test1", secrets.token_bytes(VAULT_KEY_BYTES)),),
+            "link_signing_key": Secret(secrets.token_urlsafe(32)),
+            "api_keys": (Secret("test-api-key"),),
+            "admin_token": Secret("test-admin-token"),
+            "log_format": "console",
+            "log_level": "DEBUG",
+        }
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def _from_raw(cls, raw: dict[str, Any]) -> Self:
+        """Convert raw strings (environment) or TOML values into typed settings."""
+        unknown = set(raw) - set(_FIELD_NAMES) - {"vault_key_file"}
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for name, value in raw.items():
+            kwargs[name] = _convert(name, value)
+        if kwargs.get("vault_keys") and kwargs.get("vault_key_file"):
+            raise ConfigError("set either vault_keys or vault_key_file, not both")
+        key_file = kwargs.get("vault_key_file")
+        if key_file is not None:
+            kwargs["vault_keys"] = read_key_file(key_file)
+        return cls(**kwargs)
+
+
+_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
+_INT_FIELDS = {
+    "refresh_margin_seconds",
+    "min_refresh_interval_seconds",
+    "keepalive_days",
+    "lease_seconds",
+    "launch_ttl_seconds",
+    "connect_link_ttl_seconds",
+}
+
+
+def _convert(name: str, value: Any) -> Any:
+    """One raw setting to its typed form; ConfigError names the setting, never the value."""
+    if name == "vault_keys":
+        if not isinstance(value, str | list):
+            raise ConfigError("vault_keys must be a string or a list")
+        return parse_vault_keys(value)
+    if name == "api_keys":
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ConfigError("api_keys must be a comma-separated string or a list")
+        return tuple(Secret(str(item).strip()) for item in items if str(item).strip())
+    if name in ("link_signing_key", "admin_token"):
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{name} must be a non-empty string")
+        return Secret(value)
+    if name in ("data_dir", "vault_key_file"):
+        return Path(str(value)).expanduser()
+    if name in _INT_FIELDS:
+        try:
+            return int(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} must be an integer") from exc
+    if name == "tick_seconds":
+        try:
+            return float(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name} must be a number") from exc
+    if not isinstance(value, str):
+        raise ConfigError(f"{name} must be a string")
+    return value.strip()
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _validate_public_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError("public_url must be an absolute http(s) URL")
+    if parts.query or parts.fragment:
+        raise ConfigError("public_url must not have a query or fragment")
+    return url.rstrip("/")

@@ -1,0 +1,188 @@
+"""Settings: environment and file parsing, precedence, validation, secrets that never print."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+
+from syncsvc.db.engine import normalise_url
+from syncsvc.errors import ConfigError
+from syncsvc.settings import MASK, Secret, Settings, censor_dsn
+
+
+def _key() -> str:
+    return base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def test_defaults_use_sqlite_in_the_data_dir() -> None:
+    settings = Settings.from_env({})
+    assert settings.data_dir == Path(".syncsvc")
+    assert settings.database_url == "sqlite+aiosqlite:///.syncsvc/syncsvc.db"
+    assert settings.public_url == "http://127.0.0.1:8000"
+    assert settings.tick_seconds == 5.0
+    assert settings.keepalive_days == 30
+    assert settings.vault_keys == ()
+    assert settings.log_format == "json"
+
+
+def test_environment_is_parsed_into_types() -> None:
+    first, second = _key(), _key()
+    settings = Settings.from_env(
+        {
+            "SYNCSVC_DATA_DIR": "data/x",
+            "SYNCSVC_PUBLIC_URL": "https://sync.example.org/",
+            "SYNCSVC_VAULT_KEYS": f"new:{first}, old:{second}",
+            "SYNCSVC_API_KEYS": "a1,b2",
+            "SYNCSVC_ADMIN_TOKEN": "adm",
+            "SYNCSVC_LINK_SIGNING_KEY": "hmac",
+            "SYNCSVC_TICK_SECONDS": "0.5",
+            "SYNCSVC_KEEPALIVE_DAYS": "7",
+            "SYNCSVC_LOG_LEVEL": "debug",
+            "SYNCSVC_LOG_FORMAT": "console",
+        }
+    )
+    assert settings.database_url == "sqlite+aiosqlite:///data/x/syncsvc.db"
+    assert settings.public_url == "https://sync.example.org"
+    assert settings.public_is_https
+    assert [key.kid for key in settings.vault_keys] == ["new", "old"]
+    assert settings.vault_keys[0].key == base64.b64decode(first)
+    assert [key.reveal() for key in settings.api_keys] == ["a1", "b2"]
+    assert settings.admin_token is not None
+    assert settings.admin_token.reveal() == "adm"
+    assert settings.tick_seconds == 0.5
+    assert settings.keepalive_days == 7
+    assert settings.log_level == "DEBUG"
+
+
+def test_environment_wins_over_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "syncsvc.toml"
+    config.write_text(
+        'public_url = "https://file.example"\n'
+        'database_url = "postgresql://u:p@db/file"\n'
+        'api_keys = ["k1", "k2"]\n'
+        "keepalive_days = 10\n"
+    )
+    settings = Settings.from_env(
+        {"SYNCSVC_CONFIG": str(config), "SYNCSVC_PUBLIC_URL": "https://env.example"}
+    )
+    assert settings.public_url == "https://env.example"
+    assert settings.database_url == "postgresql://u:p@db/file"
+    assert len(settings.api_keys) == 2
+    assert settings.keepalive_days == 10
+
+
+def test_key_file_is_read_primary_first(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"primary": "b", "keys": {"a": _key(), "b": _key()}}))
+    settings = Settings.from_env({"SYNCSVC_VAULT_KEY_FILE": str(path)})
+    assert [key.kid for key in settings.vault_keys] == ["b", "a"]
+    assert settings.vault_key_file == path
+
+
+@pytest.mark.parametrize(
+    ("env", "names"),
+    [
+        ({"SYNCSVC_TICK_SECONDS": "soon"}, "tick_seconds"),
+        ({"SYNCSVC_TICK_SECONDS": "0"}, "tick_seconds"),
+        ({"SYNCSVC_KEEPALIVE_DAYS": "-1"}, "keepalive_days"),
+        ({"SYNCSVC_LOG_FORMAT": "xml"}, "log_format"),
+        ({"SYNCSVC_LOG_LEVEL": "loud"}, "log_level"),
+        ({"SYNCSVC_PUBLIC_URL": "sync.example.org"}, "public_url"),
+        ({"SYNCSVC_VAULT_KEYS": "nocolon"}, "vault_keys"),
+        ({"SYNCSVC_VAULT_KEYS": "k1:!!notbase64!!"}, "vault key"),
+        ({"SYNCSVC_VAULT_KEYS": "k1:" + base64.b64encode(b"short").decode()}, "32 bytes"),
+        ({"SYNCSVC_VAULT_KEYS": "bad.kid:" + base64.b64encode(bytes(32)).decode()}, "key id"),
+        ({"SYNCSVC_VAULT_KEY_FILE": "/nonexistent/keys.json"}, "key file"),
+        ({"SYNCSVC_CONFIG": "/nonexistent/syncsvc.toml"}, "config file"),
+    ],
+)
+def test_invalid_values_raise_config_error_naming_the_setting(
+    env: dict[str, str], names: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert names in caught.value.message
+
+
+def test_duplicate_kids_and_both_key_sources_are_refused(tmp_path: Path) -> None:
+    key = _key()
+    with pytest.raises(ConfigError, match="unique"):
+        Settings.from_env({"SYNCSVC_VAULT_KEYS": f"a:{key},a:{key}"})
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"primary": "a", "keys": {"a": key}}))
+    with pytest.raises(ConfigError, match="not both"):
+        Settings.from_env({"SYNCSVC_VAULT_KEYS": f"a:{key}", "SYNCSVC_VAULT_KEY_FILE": str(path)})
+
+
+def test_unknown_file_setting_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "syncsvc.toml"
+    config.write_text('public_uri = "https://typo.example"\n')
+    with pytest.raises(ConfigError, match="public_uri"):
+        Settings.from_env({"SYNCSVC_CONFIG": str(config)})
+
+
+def test_secrets_never_print() -> None:
+    secret = Secret("hunter2-token")
+    assert str(secret) == MASK
+    assert "hunter2" not in repr(secret)
+    assert f"{secret}" == MASK
+    assert secret.reveal() == "hunter2-token"
+    assert secret == Secret("hunter2-token")
+    assert secret != Secret("other")
+
+
+def test_settings_repr_shows_no_secret_or_password() -> None:
+    settings = Settings.for_tests(
+        database_url="postgresql://syncsvc:pa55word@db.example/prod",
+        admin_token=Secret("admin-secret-value"),
+    )
+    shown = repr(settings)
+    assert "pa55word" not in shown
+    assert "admin-secret-value" not in shown
+    assert settings.link_signing_key is not None
+    assert settings.link_signing_key.reveal() not in shown
+    for key in settings.vault_keys:
+        assert key.encoded() not in shown
+    assert settings.database_url_censored == "postgresql://syncsvc:***@db.example/prod"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://u:secret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+        ("postgresql://u:p%40ss@h/db?sslmode=require", "postgresql://u:***@h/db?sslmode=require"),
+        ("sqlite+aiosqlite:///x/y.db", "sqlite+aiosqlite:///x/y.db"),
+    ],
+)
+def test_censor_dsn(url: str, shown: str) -> None:
+    assert censor_dsn(url) == shown
+
+
+def test_replace_revalidates() -> None:
+    settings = Settings.for_tests()
+    assert settings.replace(keepalive_days=3).keepalive_days == 3
+    with pytest.raises(ConfigError):
+        settings.replace(log_format="yaml")
+
+
+@pytest.mark.parametrize(
+    ("url", "driver"),
+    [
+        ("postgresql://u@h/db", "postgresql+asyncpg"),
+        ("postgres://u@h/db", "postgresql+asyncpg"),
+        ("sqlite:///x.db", "sqlite+aiosqlite"),
+        ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite"),
+    ],
+)
+def test_database_urls_are_rewritten_to_async_drivers(url: str, driver: str) -> None:
+    assert normalise_url(url).drivername == driver
+
+
+def test_unsupported_database_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="mysql"):
+        normalise_url("mysql://u@h/db")
