@@ -1,0 +1,194 @@
+"""Tenants: registering an EHR FHIR base with syncsvc's client there, and keeping discovery fresh.
+
+Registration runs discovery first, so a typo in a base URL is an error at ``tenants add`` time,
+not at a patient's first launch. Client secrets and private keys are encrypted under the vault,
+bound to the tenant row. Registering a name again updates that tenant (``tenants import`` relies
+on this being idempotent).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import aiohttp
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from syncsvc.db import repo
+from syncsvc.db.models import AUTH_METHOD_NAMES, VENDORS, Tenant, new_id
+from syncsvc.errors import ConfigError, DiscoveryError
+from syncsvc.smart.client_auth import ClientCredentials
+from syncsvc.smart.discovery import SmartConfiguration, discover, normalise_base
+from syncsvc.vault import Purpose, Vault
+
+#: What syncsvc asks for when the operator names nothing: the patient's everyday record.
+DEFAULT_RESOURCE_TYPES: tuple[str, ...] = (
+    "Patient",
+    "AllergyIntolerance",
+    "Condition",
+    "Observation",
+    "MedicationRequest",
+    "Immunization",
+    "Procedure",
+    "Encounter",
+    "DiagnosticReport",
+    "DocumentReference",
+    "CarePlan",
+    "Goal",
+)
+#: Re-discover a tenant's endpoints when the stored document is older than this.
+DISCOVERY_TTL = dt.timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class TenantSpec:
+    """What an operator says about a tenant; the rest is discovered."""
+
+    name: str
+    fhir_base: str
+    client_id: str
+    redirect_uri: str
+    display_name: str | None = None
+    vendor: str = "generic"
+    auth_method: str = "public"
+    client_secret: str | None = field(default=None, repr=False)
+    private_key_pem: str | None = field(default=None, repr=False)
+    key_id: str | None = None
+    resource_types: tuple[str, ...] = DEFAULT_RESOURCE_TYPES
+
+    def __post_init__(self) -> None:
+        if not self.name or len(self.name) > 64:
+            raise ConfigError("A tenant name must be 1 to 64 characters.")
+        if self.vendor not in VENDORS:
+            raise ConfigError(f"vendor must be one of {', '.join(VENDORS)}")
+        if self.auth_method not in AUTH_METHOD_NAMES:
+            raise ConfigError(f"auth method must be one of {', '.join(AUTH_METHOD_NAMES)}")
+        needs_secret = self.auth_method in ("client_secret_basic", "client_secret_post")
+        if needs_secret and not self.client_secret:
+            raise ConfigError(f"auth method {self.auth_method} needs a client secret")
+        if self.auth_method == "private_key_jwt" and not self.private_key_pem:
+            raise ConfigError("auth method private_key_jwt needs a private key")
+        if not self.client_id:
+            raise ConfigError("A client id is required.")
+
+
+def smart_configuration(tenant: Tenant) -> SmartConfiguration | None:
+    """The tenant's stored discovery result, or None if discovery never succeeded."""
+    if not tenant.endpoints:
+        return None
+    return SmartConfiguration.from_json(dict(tenant.endpoints))
+
+
+def client_credentials(vault: Vault, tenant: Tenant) -> ClientCredentials:
+    """The tenant's client registration with its secret material decrypted."""
+    secret = (
+        vault.decrypt(tenant.client_secret_enc, purpose=Purpose.CLIENT_SECRET, row=tenant.id)
+        if tenant.client_secret_enc
+        else None
+    )
+    private_key = (
+        vault.decrypt(tenant.private_key_enc, purpose=Purpose.PRIVATE_KEY, row=tenant.id)
+        if tenant.private_key_enc
+        else None
+    )
+    return ClientCredentials(
+        client_id=tenant.client_id,
+        method=tenant.auth_method,  # type: ignore[arg-type]  # constrained by a CHECK
+        secret=secret,
+        private_key_pem=private_key,
+        key_id=tenant.key_id,
+    )
+
+
+def _discovery_columns(config: SmartConfiguration, now: dt.datetime) -> dict[str, object]:
+    return {
+        "issuer": config.issuer,
+        "endpoints": config.to_json(),
+        "capabilities": list(config.capabilities),
+        "scopes_supported": None
+        if config.scopes_supported is None
+        else list(config.scopes_supported),
+        "discovery_fetched_at": now,
+        "discovery_error": None,
+    }
+
+
+async def register_tenant(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    spec: TenantSpec,
+    *,
+    now: dt.datetime,
+) -> Tenant:
+    """Discover ``spec.fhir_base`` and create or update the tenant named ``spec.name``.
+
+    DiscoveryError if the base publishes no usable SMART configuration; nothing is stored then.
+    """
+    base = normalise_base(spec.fhir_base)
+    config = await discover(http, base)
+    async with sessionmaker.begin() as session:
+        existing = await repo.get_tenant_by_name(session, spec.name)
+        other = await repo.get_tenant_by_base(session, base)
+        if other is not None and (existing is None or other.id != existing.id):
+            raise ConfigError(f"The FHIR base {base} is already registered as '{other.name}'.")
+        tenant_id = existing.id if existing else new_id()
+        columns: dict[str, object] = {
+            "display_name": spec.display_name or spec.name,
+            "vendor": spec.vendor,
+            "fhir_base": base,
+            "client_id": spec.client_id,
+            "auth_method": spec.auth_method,
+            "client_secret_enc": _seal(vault, spec.client_secret, Purpose.CLIENT_SECRET, tenant_id),
+            "private_key_enc": _seal(vault, spec.private_key_pem, Purpose.PRIVATE_KEY, tenant_id),
+            "key_id": spec.key_id,
+            "redirect_uri": spec.redirect_uri,
+            "configured_scopes": list(dict.fromkeys(spec.resource_types)),
+            **_discovery_columns(config, now),
+        }
+        if existing is None:
+            return await repo.create_tenant(
+                session, id=tenant_id, name=spec.name, now=now, **columns
+            )
+        return await repo.update_tenant(session, tenant_id, now=now, **columns)
+
+
+def _seal(vault: Vault, value: str | None, purpose: Purpose, row: str) -> str | None:
+    return None if value is None else vault.encrypt(value, purpose=purpose, row=row)
+
+
+async def fresh_configuration(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    http: aiohttp.ClientSession,
+    tenant: Tenant,
+    *,
+    now: dt.datetime,
+    ttl: dt.timedelta = DISCOVERY_TTL,
+) -> SmartConfiguration:
+    """The tenant's configuration, re-discovered when stale.
+
+    A failed re-discovery keeps the last good document (an EHR's metadata outage must not stop
+    launches that would work) and records the failure for the health page; with no good
+    document at all the DiscoveryError propagates.
+    """
+    stored = smart_configuration(tenant)
+    fetched = tenant.discovery_fetched_at
+    if stored is not None and fetched is not None and now - fetched < ttl:
+        return stored
+    try:
+        config = await discover(http, tenant.fhir_base)
+    except DiscoveryError as exc:
+        async with sessionmaker.begin() as session:
+            await repo.update_tenant(session, tenant.id, now=now, discovery_error=exc.message)
+        if stored is None:
+            raise
+        return stored
+    async with sessionmaker.begin() as session:
+        await repo.update_tenant(session, tenant.id, now=now, **_discovery_columns(config, now))
+    return config
+
+
+def resource_types_of(tenant: Tenant) -> Sequence[str]:
+    """The resource types the operator configured for a tenant."""
+    return tuple(tenant.configured_scopes) or DEFAULT_RESOURCE_TYPES
