@@ -28,7 +28,7 @@ from syncsvc.vault import Vault
 from tests.fixtures.sandbox import TEST_REDIRECT_URI
 from tests.integration.sandbox.authflow import obtain_tokens
 
-SANDBOX_SECRET = "sandbox-secret"  # noqa: S105 - the sandbox's documented demo credential
+SANDBOX_SECRET = "sandbox-secret"
 
 
 def utcnow() -> dt.datetime:
@@ -69,8 +69,8 @@ async def connect_patient(
     http: aiohttp.ClientSession,
     sandbox: RunningSandbox,
     tenant: Tenant,
-    sandbox_tenant: str,
     *,
+    sandbox_tenant: str,
     patient_id: str = "12724066",
     user_id: str = "user-1",
     scopes: list[str] | None = None,

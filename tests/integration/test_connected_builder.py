@@ -40,7 +40,9 @@ async def test_connected_patient_has_tokens_bound_to_its_row(
     sessionmaker: Sessionmaker, vault: Vault, http: aiohttp.ClientSession, sandbox: RunningSandbox
 ) -> None:
     tenant = await register_sandbox_tenant(sessionmaker, vault, http, sandbox, EPIC_TENANT)
-    connection = await connect_patient(sessionmaker, vault, http, sandbox, tenant, EPIC_TENANT)
+    connection = await connect_patient(
+        sessionmaker, vault, http, sandbox, tenant, sandbox_tenant=EPIC_TENANT
+    )
     async with sessionmaker() as session:
         tokens = await load_tokens(session, vault, connection.id)
         stored = await repo.get_credentials(session, connection.id)
