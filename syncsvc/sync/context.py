@@ -1,0 +1,45 @@
+"""What background work needs from the process, handed down explicitly (no globals)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from syncsvc.settings import Settings
+from syncsvc.vault import Vault
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def new_owner_id() -> str:
+    """A lease owner id naming this process (host and pid help an operator find it)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True)
+class SyncContext:
+    """The shared resources of refresh and pull work in one process."""
+
+    settings: Settings
+    sessionmaker: async_sessionmaker[AsyncSession]
+    vault: Vault
+    #: The process's one outbound client (DummyCookieJar, explicit timeouts).
+    http: aiohttp.ClientSession
+    #: The lease owner id of this process.
+    owner: str = field(default_factory=new_owner_id)
+    #: Injected so tests can move time without sleeping.
+    clock: Callable[[], dt.datetime] = utcnow
+
+    def now(self) -> dt.datetime:
+        """The current time by this context's clock."""
+        return self.clock()
