@@ -58,7 +58,7 @@ PHI_KEYS = frozenset(
 )
 _PARAMS = (
     "access_token|refresh_token|id_token|code|code_verifier|client_secret|client_assertion"
-    "|assertion|state|password|token"
+    "|assertion|state|password|token|link"
 )
 _VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # A JWT (JWS compact form): header and payload are base64url JSON, so both start with eyJ.

@@ -512,3 +512,11 @@ async def release_lease(session: AsyncSession, connection_id: str, owner: str) -
         .execution_options(synchronize_session=False)
     )
     return _rowcount(result) == 1
+
+
+async def delete_credentials(session: AsyncSession, connection_id: str) -> bool:
+    """Delete a connection's stored tokens at once; returns whether there were any."""
+    result = await session.execute(
+        delete(Credential).where(Credential.connection_id == connection_id)
+    )
+    return _rowcount(result) == 1

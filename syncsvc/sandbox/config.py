@@ -89,6 +89,10 @@ class TenantPolicy:
     refresh_min_interval: int = 0
     #: Include a ``tenant`` field in the token response (Cerner does).
     token_response_tenant: bool = True
+    #: A gateway wired to the wrong tenant: the token response's ``tenant`` and the access
+    #: token's tenant claims name this tenant id instead, so the FHIR server answers every
+    #: request with tenant-mismatch (what a token issued for another tenant gets at Cerner).
+    issue_tokens_for_tenant: str | None = None
     # FHIR search rules
     count_defaults: dict[str, int] = field(default_factory=dict)
     count_maxima: dict[str, int] = field(default_factory=dict)

@@ -344,7 +344,7 @@ def _token_body(
         "need_patient_banner": True,
     }
     if policy.token_response_tenant:
-        body["tenant"] = tenant.id
+        body["tenant"] = policy.issue_tokens_for_tenant or tenant.id
     if with_id_token and "openid" in scopes:
         body["id_token"] = state.signer.sign(
             id_token_claims(ctx, tenant, grant, scopes, nonce=nonce, now=now)
@@ -359,6 +359,7 @@ def access_token_claims(
 ) -> dict[str, Any]:
     """The claims of an access token (the contract the FHIR server reads)."""
     urls = ctx.state.urls(tenant)
+    tenant_claim = tenant.policy.issue_tokens_for_tenant or tenant.id
     claims: dict[str, Any] = {
         "iss": urls.issuer,
         "aud": urls.fhir_base,
@@ -366,7 +367,7 @@ def access_token_claims(
         "iat": now,
         "exp": now + tenant.policy.access_token_lifetime,
         "jti": uuid.uuid4().hex,
-        "tenant": tenant.id,
+        "tenant": tenant_claim,
         "host": tenant.host,
         "scope": scope,
         "patient": grant.patient_id,
@@ -376,7 +377,7 @@ def access_token_claims(
     if tenant.vendor == "cerner":
         claims[CERNER_CLAIMS] = {
             "ver": "1.0",
-            "tnt": tenant.id,
+            "tnt": tenant_claim,
             "azs": scope,
             "user": {"principal": grant.patient_id, "principalType": "PATIENT"},
             "ctx": {"patient": grant.patient_id},

@@ -1,0 +1,80 @@
+"""The syncsvc web application: ``create_app(settings)``.
+
+Shared resources are typed ``AppKey`` entries (``syncsvc.keys``) created and closed in
+``cleanup_ctx`` generators, in dependency order: database, then the outbound HTTP client.
+Configuration problems (no vault key, no link-signing key) fail at creation, before listening.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from syncsvc.db.engine import create_engine, create_sessionmaker
+from syncsvc.errors import ConfigError
+from syncsvc.http import create_http_client
+from syncsvc.keys import ENGINE, HTTP, SESSIONMAKER, SETTINGS, SIGNER, VAULT
+from syncsvc.settings import Settings
+from syncsvc.signing import Signer
+from syncsvc.vault import Vault
+from syncsvc.web.middlewares import (
+    context_middleware,
+    error_middleware,
+    security_headers_middleware,
+)
+from syncsvc.web.routes import setup_routes
+
+MAX_REQUEST_BYTES = 1024 * 1024
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    engine = create_engine(app[SETTINGS].database_url)
+    app[ENGINE] = engine
+    app[SESSIONMAKER] = create_sessionmaker(engine)
+    yield
+    await engine.dispose()
+
+
+def _outbound_http(
+    shared: aiohttp.ClientSession | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        if shared is not None:
+            app[HTTP] = shared
+            yield
+            return
+        client = create_http_client()
+        app[HTTP] = client
+        yield
+        await client.close()
+
+    return context
+
+
+def create_app(settings: Settings, *, http: aiohttp.ClientSession | None = None) -> web.Application:
+    """The application for ``settings``; ``http`` lets a caller share its client (not closed)."""
+    if settings.link_signing_key is None:
+        raise ConfigError(
+            "No link-signing key is configured: set SYNCSVC_LINK_SIGNING_KEY (a long random "
+            "string; connect links and patient sessions are signed with it)."
+        )
+    app = web.Application(
+        middlewares=[context_middleware, security_headers_middleware, error_middleware],
+        client_max_size=MAX_REQUEST_BYTES,
+    )
+    app[SETTINGS] = settings
+    app[VAULT] = Vault.from_settings(settings)
+    app[SIGNER] = Signer(settings.link_signing_key.reveal())
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("syncsvc.web", "templates"),
+        autoescape=True,
+    )
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_outbound_http(http))
+    setup_routes(app)
+    return app

@@ -1,0 +1,42 @@
+"""Credentials at the HTTP edge: host-app API keys and the operator token (``Bearer``)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from syncsvc.errors import Unauthorized
+from syncsvc.keys import SETTINGS
+from syncsvc.settings import Secret
+
+
+def _bearer(request: web.Request) -> Secret | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return Secret(value.strip())
+
+
+def _matches(presented: Secret | None, accepted: tuple[Secret, ...]) -> bool:
+    if presented is None:
+        return False
+    # Compare against every key (no early exit) so timing does not tell which one matched.
+    results = [presented == key for key in accepted]
+    return any(results)
+
+
+def require_api_key(request: web.Request) -> None:
+    """Allow the request only with a configured host-application API key."""
+    if not _matches(_bearer(request), request.app[SETTINGS].api_keys):
+        raise Unauthorized(
+            "A valid API key is required (Authorization: Bearer <key>).", reason="api_key_required"
+        )
+
+
+def require_operator(request: web.Request) -> None:
+    """Allow the request only with the operator token."""
+    token = request.app[SETTINGS].admin_token
+    if token is None or not _matches(_bearer(request), (token,)):
+        raise Unauthorized(
+            "The operator token is required (Authorization: Bearer <token>).",
+            reason="operator_token_required",
+        )

@@ -1,0 +1,72 @@
+"""The two cookies of the patient pages.
+
+``syncsvc_browser`` binds a launch to the browser that started it: its value is random and only
+its hash is stored with the launch attempt, so a callback URL replayed from another browser (or
+a leaked state) does not complete anything. ``syncsvc_session`` is a signed, expiring note of the
+host-app user a connect link was issued to, so a patient can retry or come back to their status
+page without a new link. Both are ``HttpOnly`` and ``SameSite=Lax`` (sent on the EHR's top-level
+redirect back, not on cross-site form posts), and ``Secure`` whenever the public URL is https.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from aiohttp import web
+
+from syncsvc.errors import LaunchError
+from syncsvc.keys import SETTINGS, SIGNER
+
+BROWSER_COOKIE = "syncsvc_browser"
+SESSION_COOKIE = "syncsvc_session"
+SESSION_SECONDS = 12 * 3600
+MAX_COOKIE_LENGTH = 512
+
+
+def _set(
+    response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: int | None
+) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=request.app[SETTINGS].public_is_https,
+    )
+
+
+def browser_binding(request: web.Request) -> str | None:
+    """The browser-binding value this request carries, if any."""
+    value = request.cookies.get(BROWSER_COOKIE)
+    return value if value and len(value) <= MAX_COOKIE_LENGTH else None
+
+
+def new_browser_binding() -> str:
+    """A fresh random browser-binding value (256 bits)."""
+    return secrets.token_urlsafe(32)
+
+
+def set_browser_binding(request: web.Request, response: web.StreamResponse, value: str) -> None:
+    """Set (or renew) the browser-binding cookie."""
+    _set(response, request, BROWSER_COOKIE, value, None)
+
+
+def session_user(request: web.Request) -> str | None:
+    """The host-app user of a valid patient session, or None."""
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token or len(token) > MAX_COOKIE_LENGTH:
+        return None
+    try:
+        payload = request.app[SIGNER].verify("patient-session", token, max_age=SESSION_SECONDS)
+    except LaunchError:
+        return None
+    user = payload.get("uid")
+    return user if isinstance(user, str) and user else None
+
+
+def start_session(request: web.Request, response: web.StreamResponse, user_id: str) -> None:
+    """Remember ``user_id`` in a signed session cookie."""
+    token = request.app[SIGNER].sign("patient-session", {"uid": user_id})
+    _set(response, request, SESSION_COOKIE, token, SESSION_SECONDS)

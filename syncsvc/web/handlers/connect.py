@@ -1,0 +1,183 @@
+"""The patient's connect pages: choose a provider, go to the EHR, come back connected.
+
+``GET /connect?link=…`` only shows the page (link scanners prefetch URLs); the "Connect" button
+POSTs to ``/connect/start``, which uses up the link, starts a patient session and redirects to
+the EHR. ``GET /callback`` is where the EHR sends the browser back. Every failure renders a page
+that says what happened and what to do, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from syncsvc.connect_links import peek_connect_link, use_connect_link
+from syncsvc.db import repo
+from syncsvc.db.models import Tenant
+from syncsvc.errors import LaunchError
+from syncsvc.keys import SESSIONMAKER, SIGNER
+from syncsvc.launch import LaunchOutcome, complete_launch, start_launch
+from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed
+from syncsvc.web.cookies import (
+    browser_binding,
+    new_browser_binding,
+    session_user,
+    set_browser_binding,
+    start_session,
+)
+from syncsvc.web.services import launch_services
+
+MAX_FORM_BYTES = 16 * 1024
+#: Headings by the kind of failure, so the page's first line already says what happened.
+_HEADINGS = {
+    "access_denied": "You chose not to share your record",
+    "link_used": "This link has already been used",
+    "link_expired": "This link has expired",
+    "link_invalid": "This link is not valid",
+    "link_unknown": "This link is not valid",
+}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _error_page(
+    request: web.Request, exc: LaunchError, *, status: int = 400, can_retry: bool = False
+) -> web.Response:
+    context: dict[str, Any] = {
+        "heading": _HEADINGS.get(exc.reason, "Your record was not connected"),
+        "message": exc.message,
+        "reason": exc.reason,
+        "error_uri": exc.error_uri,
+        "error_uri_label": "details from your provider",
+        "retry_url": "/connect" if can_retry or session_user(request) else None,
+    }
+    return aiohttp_jinja2.render_template("launch_error.html", request, context, status=status)
+
+
+async def _tenants_for(request: web.Request, tenant_name: str | None) -> list[Tenant]:
+    async with request.app[SESSIONMAKER]() as session:
+        if tenant_name is None:
+            return await repo.list_tenants(session)
+        tenant = await repo.get_tenant_by_name(session, tenant_name)
+    return [tenant] if tenant is not None else []
+
+
+async def connect_page(request: web.Request) -> web.Response:
+    """The provider choice for a connect link (or for the patient's session)."""
+    token = request.query.get("link")
+    tenant_name: str | None = None
+    if token:
+        try:
+            async with request.app[SESSIONMAKER]() as session:
+                claims = await peek_connect_link(session, request.app[SIGNER], token, now=_now())
+        except LaunchError as exc:
+            gone = exc.reason in ("link_used", "link_expired")
+            return _error_page(request, exc, status=410 if gone else 400)
+        tenant_name = claims.tenant
+    elif session_user(request) is None:
+        return _error_page(
+            request,
+            LaunchError(
+                "To connect your record, open the link the application gave you.",
+                reason="link_missing",
+            ),
+        )
+    tenants = await _tenants_for(request, tenant_name)
+    context = {"tenants": tenants, "link": token or "", "start_url": "/connect/start"}
+    return aiohttp_jinja2.render_template("connect.html", request, context)
+
+
+async def _user_for_start(request: web.Request, token: object, tenant_name: str) -> str:
+    """The user a launch is for: from the link (using it up) or from the patient session."""
+    if isinstance(token, str) and token:
+        async with request.app[SESSIONMAKER].begin() as session:
+            claims = await use_connect_link(session, request.app[SIGNER], token, now=_now())
+        if claims.tenant is not None and claims.tenant != tenant_name:
+            raise LaunchError("This link is for another provider.", reason="link_tenant_mismatch")
+        return claims.user_id
+    user_id = session_user(request)
+    if user_id is None:
+        raise LaunchError(
+            "Your session has ended. Open the link the application gave you again, or ask it "
+            "for a new one.",
+            reason="session_missing",
+        )
+    return user_id
+
+
+async def start(request: web.Request) -> web.StreamResponse:
+    """Use the link (or session), record a launch attempt and redirect to the EHR."""
+    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        return _error_page(request, LaunchError("The form was too large.", reason="form_too_large"))
+    form = await request.post()
+    tenant_name = form.get("tenant")
+    if not isinstance(tenant_name, str) or not tenant_name:
+        return _error_page(
+            request, LaunchError("Choose a provider first.", reason="tenant_missing")
+        )
+    try:
+        user_id = await _user_for_start(request, form.get("link"), tenant_name)
+    except LaunchError as exc:
+        return _error_page(request, exc)
+    response: web.StreamResponse
+    try:
+        binding = browser_binding(request) or new_browser_binding()
+        launch = await start_launch(
+            launch_services(request),
+            tenant_name=tenant_name,
+            user_id=user_id,
+            browser_binding=binding,
+            now=_now(),
+        )
+        response = web.Response(status=303, headers={"Location": launch.authorize_url})
+    except LaunchError as exc:
+        # The link is used up by now: the session lets the patient retry without a new one.
+        response = _error_page(request, exc, can_retry=True)
+    else:
+        set_browser_binding(request, response, binding)
+    start_session(request, response, user_id)
+    return response
+
+
+async def callback(request: web.Request) -> web.Response:
+    """Where the EHR sends the browser back (``redirect_uri``)."""
+    try:
+        outcome = await complete_launch(
+            launch_services(request),
+            request.query,
+            browser_binding=browser_binding(request),
+            now=_now(),
+        )
+    except LaunchError as exc:
+        return _error_page(request, exc)
+    return _connected_page(request, outcome)
+
+
+def _connected_page(request: web.Request, outcome: LaunchOutcome) -> web.Response:
+    report = outcome.report
+    context = {
+        "connection": outcome.connection,
+        "tenant": outcome.tenant,
+        "patient_name": outcome.patient_name,
+        "synced_types": [f"{RESOURCE_DESCRIPTIONS.get(t, t)} ({t})" for t in report.synced_types],
+        "trimmed": explain_trimmed(report),
+        "offline": report.offline,
+        "status_url": None,
+    }
+    status = 200 if outcome.connection.status == "active" else 409
+    return aiohttp_jinja2.render_template("connected.html", request, context, status=status)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the patient pages."""
+    app.router.add_get("/connect", connect_page)
+    app.router.add_post("/connect/start", start)
+    app.router.add_get("/callback", callback)
+
+
+__all__ = ["setup_routes"]

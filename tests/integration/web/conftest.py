@@ -1,0 +1,114 @@
+"""A running syncsvc web application on loopback, wired to the sandbox EHR.
+
+The service's socket is bound before anything else, so its public URL (and thereby the redirect
+URI the sandbox's clients are registered with) is known before either server starts.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from syncsvc.app import create_app
+from syncsvc.sandbox.config import ClientRegistration, SandboxConfig
+from syncsvc.settings import Settings
+from syncsvc.smart.client_auth import generate_private_key
+from syncsvc.vault import Vault
+
+PKJWT_CLIENT = "syncsvc-pkjwt"
+PKJWT_KEY_ID = "syncsvc-test-key"
+
+
+@dataclass(frozen=True)
+class RunningService:
+    """syncsvc serving on loopback."""
+
+    app: web.Application
+    origin: str
+    settings: Settings
+    vault: Vault
+
+    @property
+    def callback(self) -> str:
+        """The redirect URI (``{origin}/callback``)."""
+        return f"{self.origin}/callback"
+
+
+@pytest.fixture
+def service_socket() -> Iterator[socket.socket]:
+    """A listening-ready socket on 127.0.0.1 at an ephemeral port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def service_origin(service_socket: socket.socket) -> str:
+    """The service's origin URL."""
+    return f"http://127.0.0.1:{service_socket.getsockname()[1]}"
+
+
+@pytest.fixture(scope="session")
+def pkjwt_private_key() -> str:
+    """One RSA key for the private_key_jwt client of the run."""
+    return generate_private_key("RSA", kid=PKJWT_KEY_ID)
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path, service_origin: str) -> Settings:
+    """Test settings whose public URL is the service's origin."""
+    return Settings.for_tests(data_dir=tmp_path, database_url=db_url, public_url=service_origin)
+
+
+@pytest.fixture
+def sandbox_config(sandbox_config: SandboxConfig, service_origin: str) -> SandboxConfig:
+    """The sandbox with syncsvc's callback registered, and a private_key_jwt client."""
+    callback = f"{service_origin}/callback"
+    for client in sandbox_config.clients:
+        client.redirect_uris.append(callback)
+    sandbox_config.clients.append(
+        ClientRegistration(
+            client_id=PKJWT_CLIENT,
+            auth="private_key_jwt",
+            redirect_uris=[callback],
+            jwks_url=f"{service_origin}/.well-known/jwks.json",
+        )
+    )
+    return sandbox_config
+
+
+@pytest.fixture
+async def service(
+    settings: Settings, service_socket: socket.socket, service_origin: str
+) -> AsyncIterator[RunningService]:
+    """syncsvc's web application serving on the pre-bound socket."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
+    await runner.setup()
+    site = web.SockSite(runner, service_socket)
+    await site.start()
+    try:
+        yield RunningService(app, service_origin, settings, Vault.from_settings(settings))
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def api(service: RunningService) -> AsyncIterator[aiohttp.ClientSession]:
+    """A host application's HTTP client, with its API key."""
+    async with aiohttp.ClientSession(
+        base_url=service.origin,
+        headers={"Authorization": "Bearer test-api-key"},
+        timeout=aiohttp.ClientTimeout(total=20),
+    ) as session:
+        yield session
