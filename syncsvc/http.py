@@ -24,3 +24,23 @@ def create_http_client(
         connector=aiohttp.TCPConnector(limit=100, limit_per_host=20),
         headers={"User-Agent": USER_AGENT},
     )
+
+
+class BodyTooLarge(Exception):
+    """A body exceeded the size syncsvc accepts for it."""
+
+
+async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """The whole body of a stream, or BodyTooLarge past ``limit`` bytes.
+
+    ``StreamReader.read(n)`` returns as soon as *some* data is buffered, which silently cuts a
+    body that arrives in several chunks; this reads to the end.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)

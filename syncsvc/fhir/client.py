@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from syncsvc.errors import SyncsvcError, Transient
+from syncsvc.http import BodyTooLarge, read_body
 from syncsvc.smart.vendor_errors import FhirFailure, classify_fhir_failure
 
 FHIR_JSON = "application/fhir+json"
@@ -100,14 +101,19 @@ class FhirClient:
         """GET a URL under the base; the parsed JSON and its size. Raises on any failure."""
         if not is_under_base(url, self.base):
             raise ForeignNextLink
+        return await self.fetch(url, params)
+
+    async def fetch(self, url: str, params: Mapping[str, str] | None = None) -> tuple[Any, int]:
+        """One GET of ``url`` (the caller has checked it is under the base)."""
         self.requests += 1
         try:
             async with self._http.get(
                 url, params=params, headers=self._headers(), allow_redirects=False
             ) as response:
-                body = await response.content.read(MAX_PAGE_BYTES + 1)
-                if len(body) > MAX_PAGE_BYTES:
-                    raise Transient("The EHR answered with an oversized page")
+                try:
+                    body = await read_body(response.content, MAX_PAGE_BYTES)
+                except BodyTooLarge as exc:
+                    raise Transient("The EHR answered with an oversized page") from exc
                 if not 200 <= response.status < 300:
                     raise FhirRequestError(
                         classify_fhir_failure(

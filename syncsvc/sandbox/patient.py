@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from syncsvc.http import read_body
 from syncsvc.smart.discovery import is_loopback_host
 
 MAX_STEPS = 12
@@ -127,7 +128,7 @@ class ScriptedPatient:
         async with self.http.request(
             method, self._check(url), data=data, allow_redirects=False
         ) as response:
-            body = (await response.content.read(PAGE_LIMIT_BYTES)).decode("utf-8", "replace")
+            body = (await read_body(response.content, PAGE_LIMIT_BYTES)).decode("utf-8", "replace")
             location = response.headers.get("Location")
             return response.status, body, urljoin(url, location) if location else None
 

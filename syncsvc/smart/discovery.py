@@ -17,6 +17,7 @@ import aiohttp
 import orjson
 
 from syncsvc.errors import DiscoveryError
+from syncsvc.http import BodyTooLarge, read_body
 
 OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 #: Cerner's published smart-configuration omits ``code_challenge_methods_supported`` although
@@ -122,9 +123,10 @@ def _str_tuple(value: Any) -> tuple[str, ...]:
 async def _get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
     headers = {"Accept": "application/json, application/fhir+json"}
     async with http.get(url, headers=headers, allow_redirects=False) as response:
-        body = await response.content.read(MAX_DOCUMENT_BYTES + 1)
-        if len(body) > MAX_DOCUMENT_BYTES:
-            raise DiscoveryError(f"{url} answered with an oversized document")
+        try:
+            body = await read_body(response.content, MAX_DOCUMENT_BYTES)
+        except BodyTooLarge as exc:
+            raise DiscoveryError(f"{url} answered with an oversized document") from exc
         if response.status != 200:
             return response.status, None
         try:

@@ -17,6 +17,7 @@ from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
 from syncsvc.errors import LaunchError
+from syncsvc.http import BodyTooLarge, read_body
 
 #: SMART requires RS256 support; RS384/ES384 must be listed explicitly for joserfc to accept them.
 ACCEPTED_ALGORITHMS = ["RS256", "RS384", "ES256", "ES384"]
@@ -38,8 +39,8 @@ async def fetch_jwks(http: aiohttp.ClientSession, jwks_uri: str) -> KeySet:
     """The issuer's public keys."""
     try:
         async with http.get(jwks_uri, allow_redirects=False) as response:
-            body = await response.content.read(MAX_JWKS_BYTES + 1)
-            if response.status != 200 or len(body) > MAX_JWKS_BYTES:
+            body = await read_body(response.content, MAX_JWKS_BYTES)
+            if response.status != 200:
                 raise LaunchError(
                     "The EHR's signing keys could not be fetched, so its sign-in could not be "
                     "verified. Please try again later.",
@@ -47,6 +48,7 @@ async def fetch_jwks(http: aiohttp.ClientSession, jwks_uri: str) -> KeySet:
                 )
         return KeySet.import_key_set(orjson.loads(body))
     except (
+        BodyTooLarge,
         aiohttp.ClientError,
         TimeoutError,
         orjson.JSONDecodeError,

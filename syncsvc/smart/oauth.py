@@ -9,6 +9,7 @@ malformed answer is transient: an EHR having a bad minute must never cost a pati
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from syncsvc.errors import ReauthRequired, Transient
+from syncsvc.http import BodyTooLarge, read_body
 
 from .client_auth import ClientCredentials, apply_client_auth
 from .scopes import split_scope_string
@@ -215,9 +217,10 @@ async def _token_request(
         async with http.post(
             token_endpoint, data=form, headers=headers, allow_redirects=False
         ) as response:
-            body = await response.content.read(MAX_TOKEN_RESPONSE_BYTES + 1)
-            if len(body) > MAX_TOKEN_RESPONSE_BYTES:
-                raise Transient("The token endpoint answered with an oversized body")
+            try:
+                body = await read_body(response.content, MAX_TOKEN_RESPONSE_BYTES)
+            except BodyTooLarge as exc:
+                raise Transient("The token endpoint answered with an oversized body") from exc
             if response.status != 200:
                 raise classify_token_error(
                     response.status, body, response.headers.get("Retry-After")
@@ -280,7 +283,8 @@ async def revoke_token(
         async with http.post(
             revocation_endpoint, data=form, headers=headers, allow_redirects=False
         ) as response:
-            await response.content.read(65536)
+            with contextlib.suppress(BodyTooLarge):
+                await read_body(response.content, 65536)
             # RFC 7009 section 2.2: 200 also for tokens that were already invalid.
             if response.status != 200:
                 raise Transient(f"The revocation endpoint answered HTTP {response.status}")

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from syncsvc.connect_links import issue_connect_link
 from syncsvc.errors import BadRequest
+from syncsvc.http import BodyTooLarge, read_body
 from syncsvc.keys import SESSIONMAKER, SETTINGS, SIGNER
 from syncsvc.web.auth import require_api_key
 
@@ -20,9 +21,10 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body, or BadRequest saying what is wrong with it."""
     if request.content_length is not None and request.content_length > MAX_JSON_BYTES:
         raise BadRequest("The request body is too large.", reason="body_too_large")
-    raw = await request.content.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise BadRequest("The request body is too large.", reason="body_too_large")
+    try:
+        raw = await read_body(request.content, MAX_JSON_BYTES)
+    except BodyTooLarge as exc:
+        raise BadRequest("The request body is too large.", reason="body_too_large") from exc
     try:
         body = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError as exc:

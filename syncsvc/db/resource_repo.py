@@ -1,0 +1,430 @@
+"""Queries on synced resources and sync bookkeeping; each takes an ``AsyncSession``, none commits.
+
+The write path is built for throughput: a page of resources costs a fixed handful of statements
+whatever its size (one read of the stored hashes, one seq reservation, one history copy, one
+multi-row upsert), rows are plain tuples and dicts rather than ORM objects, and bodies are the
+canonical bytes as they were hashed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    CursorResult,
+    Insert,
+    String,
+    Table,
+    and_,
+    bindparam,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import Connection, Resource, ResourceCursor, ResourceHistory, SyncRun, SyncState
+
+#: Rows per upsert statement: PostgreSQL allows 32,767 bind parameters per statement and SQLite
+#: 32,766; a resource row takes 11.
+UPSERT_CHUNK = 1_000
+#: Ids per ``IN (...)`` list, for the same limit.
+IN_CHUNK = 5_000
+
+T = TypeVar("T")
+
+#: The Core table: executemany statements on it skip the ORM's per-row bookkeeping.
+RESOURCES: Table = Resource.__table__  # type: ignore[assignment]  # a mapped class's table
+
+_RESOURCE_COLUMNS = (
+    "connection_id",
+    "resource_type",
+    "resource_id",
+    "version_id",
+    "last_updated",
+    "body",
+    "content_hash",
+    "seq",
+    "stored_at",
+    "deleted_at",
+    "deleted_reason",
+)
+_KEY = ("connection_id", "resource_type", "resource_id")
+#: What a version of a resource carries into history (``replaced_at`` is added).
+_HISTORY_COLUMNS = (
+    "connection_id",
+    "resource_type",
+    "resource_id",
+    "version_id",
+    "last_updated",
+    "body",
+    "content_hash",
+    "seq",
+    "stored_at",
+)
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def _rowcount(result: Any) -> int:
+    assert isinstance(result, CursorResult)  # noqa: S101 - DML always yields a CursorResult
+    return result.rowcount
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """What the write path needs to know about a stored resource to compare a new one."""
+
+    content_hash: str
+    deleted_reason: str | None
+
+
+# --- resources -------------------------------------------------------------------------------
+
+
+def _pg_lookup(columns: Sequence[str]) -> str:
+    """PostgreSQL: ``columns`` of a connection's resources of one type with the ids ``:ids``.
+
+    One primary-key probe per id, whatever the planner knows: a ``LIMIT`` in a lateral subquery
+    cannot be flattened into a join. Before a fresh table has statistics PostgreSQL plans
+    ``resource_id = ANY(...)`` (or an ``IN`` list) as a filter over the connection's whole type,
+    which makes a large first sync quadratic. One array parameter also keeps the SQL text the
+    same for every page, so asyncpg prepares it once.
+    """
+    picked = ", ".join(f"r.{name}" for name in columns)
+    # Column names are module constants; every value is bound.
+    return (
+        f"SELECT {picked} FROM unnest(CAST(:ids AS VARCHAR[])) AS u(id) "  # noqa: S608
+        f"CROSS JOIN LATERAL (SELECT * FROM resources WHERE connection_id = :cid "
+        f"AND resource_type = :rtype AND resource_id = u.id LIMIT 1) AS r"
+    )
+
+
+_PG_STORED_VERSIONS = text(
+    _pg_lookup(("resource_id", "content_hash", "deleted_reason"))
+).bindparams(bindparam("ids", type_=postgresql.ARRAY(String())))
+
+
+async def stored_versions(
+    session: AsyncSession, connection_id: str, resource_type: str, resource_ids: Sequence[str]
+) -> dict[str, StoredVersion]:
+    """The stored hash and deletion flag of each of ``resource_ids`` that is stored."""
+    postgres = _dialect(session) == "postgresql"
+    found: dict[str, StoredVersion] = {}
+    for chunk in _chunks(resource_ids, IN_CHUNK):
+        if postgres:
+            rows = await session.execute(
+                _PG_STORED_VERSIONS,
+                {"ids": list(chunk), "cid": connection_id, "rtype": resource_type},
+            )
+        else:
+            rows = await session.execute(
+                select(Resource.resource_id, Resource.content_hash, Resource.deleted_reason).where(
+                    Resource.connection_id == connection_id,
+                    Resource.resource_type == resource_type,
+                    Resource.resource_id.in_(chunk),
+                )
+            )
+        for resource_id, content_hash, deleted_reason in rows:
+            found[str(resource_id)] = StoredVersion(
+                str(content_hash), None if deleted_reason is None else str(deleted_reason)
+            )
+    return found
+
+
+async def reserve_seqs(session: AsyncSession, connection_id: str, count: int) -> int:
+    """Reserve ``count`` consecutive seqs of a connection; returns the first.
+
+    The cursor row stays locked until the caller's transaction ends, so a connection's seqs
+    become visible in order.
+    """
+    bump = (
+        update(ResourceCursor)
+        .where(ResourceCursor.connection_id == connection_id)
+        .values(last_seq=ResourceCursor.last_seq + count)
+        .returning(ResourceCursor.last_seq)
+    )
+    last = await session.scalar(bump)
+    if last is None:
+        # First write of this connection. Two first writers would collide on the primary key
+        # and one transaction fails; the lease keeps that from happening in practice.
+        await session.execute(
+            insert(ResourceCursor).values(connection_id=connection_id, last_seq=count)
+        )
+        last = count
+    return int(last) - count + 1
+
+
+_HISTORY_INSERT = f"INSERT INTO resource_history ({', '.join(_HISTORY_COLUMNS)}, replaced_at) "
+_PG_COPY_TO_HISTORY = text(
+    f"{_HISTORY_INSERT} SELECT *, :replaced_at FROM ({_pg_lookup(_HISTORY_COLUMNS)}) AS old"  # noqa: S608
+).bindparams(
+    bindparam("ids", type_=postgresql.ARRAY(String())),
+    bindparam("replaced_at", type_=Resource.stored_at.type),
+)
+
+
+async def copy_to_history(
+    session: AsyncSession,
+    connection_id: str,
+    resource_type: str,
+    resource_ids: Sequence[str],
+    *,
+    now: dt.datetime,
+) -> None:
+    """Copy the stored versions of ``resource_ids`` into history, inside the database."""
+    postgres = _dialect(session) == "postgresql"
+    columns = [getattr(Resource, name) for name in _HISTORY_COLUMNS]
+    for chunk in _chunks(resource_ids, IN_CHUNK):
+        if postgres:
+            await session.execute(
+                _PG_COPY_TO_HISTORY,
+                {
+                    "ids": list(chunk),
+                    "cid": connection_id,
+                    "rtype": resource_type,
+                    "replaced_at": now,
+                },
+            )
+            continue
+        source = select(*columns, bindparam("replaced_at", now, type_=Resource.stored_at.type))
+        source = source.where(
+            Resource.connection_id == connection_id,
+            Resource.resource_type == resource_type,
+            Resource.resource_id.in_(chunk),
+        )
+        await session.execute(
+            insert(ResourceHistory).from_select([*_HISTORY_COLUMNS, "replaced_at"], source)
+        )
+
+
+def _upsert(dialect: str) -> Insert:
+    # Built on the Core table and executed with a list of parameter sets: compiled once and
+    # cached, where ``values([...])`` would be compiled again for every page.
+    table = RESOURCES
+    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    return statement.on_conflict_do_update(
+        index_elements=list(_KEY),
+        set_={name: statement.excluded[name] for name in _RESOURCE_COLUMNS if name not in _KEY},
+    )
+
+
+async def upsert_resources(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert or overwrite resources, a page in one call.
+
+    Each row maps every column of ``resources``; the caller has already left out rows whose
+    content is unchanged, so nothing is rewritten needlessly. SQLAlchemy sends the parameter
+    sets as multi-row ``VALUES`` batches (``insertmanyvalues``) or one driver ``executemany``.
+    """
+    if rows:
+        await session.execute(_upsert(_dialect(session)), list(rows))
+
+
+async def has_resources(session: AsyncSession, connection_id: str, resource_type: str) -> bool:
+    """Whether a connection has any stored resource of one type (deleted ones included)."""
+    found = await session.scalar(
+        select(Resource.resource_id)
+        .where(Resource.connection_id == connection_id, Resource.resource_type == resource_type)
+        .limit(1)
+    )
+    return found is not None
+
+
+async def live_resource_ids(
+    session: AsyncSession, connection_id: str, resource_type: str
+) -> set[str]:
+    """Ids of a connection's resources of one type that are not flagged deleted."""
+    rows = await session.scalars(
+        select(Resource.resource_id).where(
+            Resource.connection_id == connection_id,
+            Resource.resource_type == resource_type,
+            Resource.deleted_at.is_(None),
+        )
+    )
+    return set(rows)
+
+
+async def flag_deleted(
+    session: AsyncSession,
+    connection_id: str,
+    resource_type: str,
+    resource_ids: Sequence[str],
+    *,
+    reason: str,
+    now: dt.datetime,
+) -> int:
+    """Flag resources deleted (kept, not erased), each with a new seq; returns how many."""
+    if not resource_ids:
+        return 0
+    first = await reserve_seqs(session, connection_id, len(resource_ids))
+    # Core, not ORM: an executemany UPDATE through the ORM wants whole primary keys per row.
+    table = RESOURCES
+    statement = (
+        update(table)
+        .where(
+            table.c.connection_id == connection_id,
+            table.c.resource_type == resource_type,
+            table.c.resource_id == bindparam("rid"),
+        )
+        .values(seq=bindparam("new_seq"), deleted_at=now, deleted_reason=reason, stored_at=now)
+    )
+    params = [{"rid": rid, "new_seq": first + i} for i, rid in enumerate(resource_ids)]
+    result = await session.execute(statement, params)
+    return _rowcount(result)
+
+
+async def changes_since(
+    session: AsyncSession, connection_id: str, after_seq: int, *, limit: int = 500
+) -> list[Resource]:
+    """A connection's resources written after ``after_seq``, in seq order (a host's cursor)."""
+    return list(
+        await session.scalars(
+            select(Resource)
+            .where(Resource.connection_id == connection_id, Resource.seq > after_seq)
+            .order_by(Resource.seq)
+            .limit(limit)
+        )
+    )
+
+
+async def get_resource(
+    session: AsyncSession, connection_id: str, resource_type: str, resource_id: str
+) -> Resource | None:
+    """One stored resource."""
+    return await session.get(Resource, (connection_id, resource_type, resource_id))
+
+
+async def resource_history(
+    session: AsyncSession, connection_id: str, resource_type: str, resource_id: str
+) -> list[ResourceHistory]:
+    """Earlier versions of one resource, oldest first."""
+    return list(
+        await session.scalars(
+            select(ResourceHistory)
+            .where(
+                ResourceHistory.connection_id == connection_id,
+                ResourceHistory.resource_type == resource_type,
+                ResourceHistory.resource_id == resource_id,
+            )
+            .order_by(ResourceHistory.id)
+        )
+    )
+
+
+# --- sync states -----------------------------------------------------------------------------
+
+
+async def sync_states(session: AsyncSession, connection_id: str) -> dict[str, SyncState]:
+    """The sync state of each resource type of a connection."""
+    rows = await session.scalars(select(SyncState).where(SyncState.connection_id == connection_id))
+    return {row.resource_type: row for row in rows}
+
+
+async def save_sync_state(
+    session: AsyncSession,
+    connection_id: str,
+    resource_type: str,
+    *,
+    now: dt.datetime,
+    **fields: Any,
+) -> None:
+    """Create or update the sync state of one type with ``fields``."""
+    values = {"updated_at": now, **fields}
+    result = await session.execute(
+        update(SyncState)
+        .where(
+            and_(SyncState.connection_id == connection_id, SyncState.resource_type == resource_type)
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if _rowcount(result) == 0:
+        defaults: dict[str, Any] = {
+            "new_count": 0,
+            "changed_count": 0,
+            "unchanged_count": 0,
+            "deleted_count": 0,
+            "rejected_count": 0,
+        }
+        await session.execute(
+            insert(SyncState).values(
+                connection_id=connection_id,
+                resource_type=resource_type,
+                **(defaults | values),
+            )
+        )
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+async def start_run(
+    session: AsyncSession,
+    *,
+    run_id: str,
+    connection_id: str,
+    owner: str | None,
+    full: bool,
+    now: dt.datetime,
+) -> None:
+    """Record that a run started (it reads ``running`` until :func:`finish_run`)."""
+    await session.execute(
+        insert(SyncRun).values(
+            id=run_id,
+            connection_id=connection_id,
+            owner=owner,
+            full=full,
+            started_at=now,
+            outcome="running",
+            new_count=0,
+            changed_count=0,
+            unchanged_count=0,
+            deleted_count=0,
+            rejected_count=0,
+            type_results={},
+            bytes_received=0,
+            requests=0,
+        )
+    )
+
+
+async def finish_run(session: AsyncSession, run_id: str, **fields: Any) -> None:
+    """Record how a run ended."""
+    await session.execute(
+        update(SyncRun)
+        .where(SyncRun.id == run_id)
+        .values(**fields)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def get_run(session: AsyncSession, run_id: str) -> SyncRun | None:
+    """One run record."""
+    return await session.get(SyncRun, run_id)
+
+
+async def stamp_connection_sync(
+    session: AsyncSession, connection_id: str, *, now: dt.datetime, success: bool
+) -> None:
+    """Set ``last_sync_at`` (and ``last_success_at`` when the run succeeded)."""
+    values: dict[str, Any] = {"last_sync_at": now}
+    if success:
+        values["last_success_at"] = now
+    await session.execute(
+        update(Connection)
+        .where(Connection.id == connection_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )

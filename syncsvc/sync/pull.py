@@ -1,0 +1,488 @@
+"""Pulling one connection's record: every granted type, paged, incremental where possible.
+
+One run goes type by type. Each page is stored in its own short transaction between two HTTP
+calls; a type's watermark moves only when the type completed, so a crash or a transient failure
+makes the next run redo that type idempotently (unchanged resources are compared, not rewritten).
+Every run leaves a ``sync_runs`` row and per-type ``sync_states``.
+
+Failures are sorted by how far they reach (issue: background sync, resource pull):
+
+* one type: 403 ``insufficient_scope`` (``denied`` until the grant changes), 400 and other
+  refusals (``error`` with the OperationOutcome text), a ``next`` link outside the base, a paging
+  loop;
+* the whole run: 401 tenant-mismatch (the connection becomes ``misbound``), 429 / 5xx / network
+  / malformed answers (``transient``: the caller backs off; stored pages are kept), a grant that
+  can no longer be refreshed (``reauth``).
+
+A 401 ``invalid_token`` gets one forced token from the token source and one retry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+import structlog
+
+from syncsvc.db import repo, resource_repo
+from syncsvc.db.models import Connection, SyncState, Tenant, new_id
+from syncsvc.errors import Misbound, NotFound, ReauthRequired, SyncsvcError, Transient
+from syncsvc.fhir.client import (
+    FhirClient,
+    FhirRequestError,
+    ForeignNextLink,
+    PagingLoop,
+    is_under_base,
+)
+from syncsvc.fhir.plans import TypePlan, plan_for, supports_last_updated
+from syncsvc.smart.scopes import covered_types
+from syncsvc.sync.context import SyncContext
+from syncsvc.sync.store import (
+    REJECTED_SHOWN,
+    Counts,
+    PreparedPage,
+    flag_vanished,
+    prepare_page,
+    store_page,
+)
+from syncsvc.tenants import resource_types_of, smart_configuration
+
+log = structlog.get_logger("syncsvc.sync.pull")
+
+TokenSource = Callable[[bool], Awaitable[str]]
+"""``get(force_refresh)`` → an access token of the connection's grant.
+
+Called with ``False`` before each request, and with ``True`` once after a 401 ``invalid_token``.
+"""
+
+#: An incremental pull asks for ``_lastUpdated`` after the watermark minus this, so a resource
+#: committed at the EHR with a timestamp just before an earlier pull's newest one is not missed.
+WATERMARK_OVERLAP = dt.timedelta(minutes=5)
+#: How often a type that could be pulled incrementally is pulled in full instead, to notice
+#: resources that vanished upstream (searches do not return deletions).
+FULL_RECONCILIATION_INTERVAL = dt.timedelta(days=7)
+
+RunOutcome = Literal["ok", "partial", "transient", "misbound", "reauth", "error", "inactive"]
+TypeStatus = Literal["ok", "denied", "error", "skipped", "incomplete"]
+Mode = Literal["full", "incremental", "none"]
+
+#: FHIR failure kinds that end only the type they happened on.
+_TYPE_ERRORS = frozenset({"bad_request", "forbidden", "not_found", "gone", "unexpected"})
+
+
+@dataclass
+class TypeResult:
+    """How one resource type fared in a run."""
+
+    resource_type: str
+    status: TypeStatus
+    mode: Mode
+    counts: Counts = field(default_factory=Counts)
+    error_class: str | None = None
+    error_message: str | None = None
+    #: ``Type/id`` of resources the compartment guard refused (the first few).
+    rejected: list[str] = field(default_factory=list)
+
+    def report(self) -> dict[str, Any]:
+        """The JSON form kept in the run record."""
+        return {
+            "status": self.status,
+            "mode": self.mode,
+            **self.counts.as_dict(),
+            "error_class": self.error_class,
+            "error_message": self.error_message,
+            "rejected_ids": self.rejected,
+        }
+
+
+@dataclass
+class RunSummary:
+    """What a run did, and what the scheduler needs to plan the next one."""
+
+    connection_id: str
+    outcome: RunOutcome
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    run_id: str | None = None
+    full: bool = False
+    types: dict[str, TypeResult] = field(default_factory=dict)
+    counts: Counts = field(default_factory=Counts)
+    error_class: str | None = None
+    error_message: str | None = None
+    #: Seconds the EHR asked us to wait (429/503 ``Retry-After``), for the back-off.
+    retry_after: float | None = None
+    requests: int = 0
+    bytes_received: int = 0
+    #: Forced token refreshes after a 401 ``invalid_token``.
+    forced_refreshes: int = 0
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the run got through every type it could (some may be denied or in error)."""
+        return self.outcome in ("ok", "partial")
+
+
+class _StopRun(Exception):
+    """A failure that ends the whole run."""
+
+    def __init__(
+        self,
+        outcome: RunOutcome,
+        error_class: str,
+        message: str,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.error_class = error_class
+        self.message = message
+        self.retry_after = retry_after
+
+
+class _TypeFailed(Exception):
+    """A failure that ends one type; the run goes on with the next."""
+
+    def __init__(self, status: TypeStatus, error_class: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_class = error_class
+        self.message = message
+
+
+class GrantClient(FhirClient):
+    """A FHIR client that asks a token source for the token before each request.
+
+    A 401 ``invalid_token`` (an access token expiring mid-pull: Cerner's live 570 s) gets one
+    forced token and one retry of the same request; a second refusal propagates.
+    """
+
+    def __init__(self, http: aiohttp.ClientSession, base: str, token_source: TokenSource) -> None:
+        super().__init__(http, base, "")
+        self._source = token_source
+        self.forced_refreshes = 0
+
+    async def get(self, url: str, params: Mapping[str, str] | None = None) -> tuple[Any, int]:
+        """GET with a current token, retried once with a forced new token after a 401."""
+        if not is_under_base(url, self.base):
+            raise ForeignNextLink
+        self.use_token(await self._source(False))
+        try:
+            return await self.fetch(url, params)
+        except FhirRequestError as exc:
+            if exc.failure.kind != "invalid_token":
+                raise
+        self.forced_refreshes += 1
+        self.use_token(await self._source(True))
+        return await self.fetch(url, params)
+
+
+def grant_fingerprint(granted_scopes: Sequence[str]) -> str:
+    """A digest of a grant's scopes: a denied type is retried once this changes."""
+    joined = " ".join(sorted({scope.lower() for scope in granted_scopes}))
+    return hashlib.sha256(joined.encode()).hexdigest()
+
+
+def _instant(moment: dt.datetime) -> str:
+    """A FHIR instant in UTC with milliseconds (``Z``, so nothing needs URL-escaping)."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass
+class _Plan:
+    """What one run will do for one type."""
+
+    resource_type: str
+    type_plan: TypePlan
+    mode: Mode
+    since: dt.datetime | None
+    state: SyncState | None
+
+
+async def pull_connection(
+    ctx: SyncContext,
+    connection_id: str,
+    token_source: TokenSource,
+    *,
+    full: bool = False,
+    types: Sequence[str] | None = None,
+) -> RunSummary:
+    """Pull a connection's granted resource types and store them; never raises for EHR failures.
+
+    ``full`` forces a full pull (and vanished-resource reconciliation) of every type; ``types``
+    narrows the run to those types (still only where the grant covers them).
+    """
+    started = ctx.now()
+    async with ctx.sessionmaker.begin() as session:
+        connection = await repo.get_connection(session, connection_id)
+        if connection is None:
+            raise NotFound("No such connection.")
+        tenant = await repo.get_tenant(session, connection.tenant_id)
+        if tenant is None:
+            raise NotFound("No such tenant.")
+        if connection.status != "active":
+            return RunSummary(connection_id, "inactive", started, started)
+        states = await resource_repo.sync_states(session, connection_id)
+        run_id = new_id()
+        await resource_repo.start_run(
+            session,
+            run_id=run_id,
+            connection_id=connection_id,
+            owner=ctx.owner,
+            full=full,
+            now=started,
+        )
+    summary = RunSummary(connection_id, "ok", started, started, run_id=run_id, full=full)
+    client = GrantClient(ctx.http, connection.fhir_base, token_source)
+    fingerprint = grant_fingerprint(connection.granted_scopes)
+    try:
+        for plan in _plans(connection, tenant, states, full=full, types=types, now=started):
+            result = await _run_type(
+                ctx, client, connection, plan, fingerprint=fingerprint, summary=summary
+            )
+            summary.types[plan.resource_type] = result
+            summary.counts.add(result.counts)
+    except _StopRun as stop:
+        summary.outcome = stop.outcome
+        summary.error_class = stop.error_class
+        summary.error_message = stop.message
+        summary.retry_after = stop.retry_after
+        if stop.outcome == "misbound":
+            async with ctx.sessionmaker.begin() as session:
+                await repo.set_connection_status(
+                    session,
+                    connection_id,
+                    status="misbound",
+                    now=ctx.now(),
+                    reason="tenant_mismatch",
+                    message=(
+                        "The EHR says this connection's token is not valid for its FHIR "
+                        "server. Syncing stopped; the operator must check the tenant."
+                    ),
+                )
+    else:
+        if any(r.status in ("denied", "error") for r in summary.types.values()):
+            summary.outcome = "partial"
+    summary.requests = client.requests
+    summary.bytes_received = client.bytes_received
+    summary.forced_refreshes = client.forced_refreshes
+    summary.finished_at = ctx.now()
+    await _finish(ctx, summary)
+    return summary
+
+
+def _plans(
+    connection: Connection,
+    tenant: Tenant,
+    states: Mapping[str, SyncState],
+    *,
+    full: bool,
+    types: Sequence[str] | None,
+    now: dt.datetime,
+) -> list[_Plan]:
+    # Only what the *granted* scopes cover, in the operator's order for this tenant.
+    wanted = covered_types(connection.granted_scopes, resource_types_of(tenant))
+    if types is not None:
+        wanted = [t for t in wanted if t in set(types)]
+    vendor_plan = plan_for(tenant.vendor)
+    config = smart_configuration(tenant)
+    plans: list[_Plan] = []
+    for resource_type in wanted:
+        type_plan = vendor_plan.for_type(resource_type)
+        state = states.get(resource_type)
+        incremental_ok = resource_type != "Patient" and supports_last_updated(type_plan, config)
+        due_full = (
+            full
+            or not incremental_ok
+            or state is None
+            or state.watermark is None
+            or state.last_full_at is None
+            or now - state.last_full_at >= FULL_RECONCILIATION_INTERVAL
+        )
+        if due_full:
+            plans.append(_Plan(resource_type, type_plan, "full", None, state))
+        else:
+            assert state is not None  # noqa: S101 - due_full covers a missing state
+            assert state.watermark is not None  # noqa: S101 - ditto for a missing watermark
+            since = state.watermark - WATERMARK_OVERLAP
+            plans.append(_Plan(resource_type, type_plan, "incremental", since, state))
+    return plans
+
+
+async def _run_type(
+    ctx: SyncContext,
+    client: GrantClient,
+    connection: Connection,
+    plan: _Plan,
+    *,
+    fingerprint: str,
+    summary: RunSummary,
+) -> TypeResult:
+    resource_type = plan.resource_type
+    state = plan.state
+    if state is not None and state.status == "denied" and state.grant_fingerprint == fingerprint:
+        # Denied for this very grant before: asking again would be refused again.
+        return TypeResult(
+            resource_type,
+            "skipped",
+            "none",
+            error_class=state.error_class,
+            error_message=state.error_message,
+        )
+    result = TypeResult(resource_type, "ok", plan.mode)
+    attempt_at = ctx.now()
+    try:
+        seen, newest = await _fetch_and_store(ctx, client, connection, plan, result)
+    except _TypeFailed as failure:
+        result.status = failure.status
+        result.error_class = failure.error_class
+        result.error_message = failure.message
+        async with ctx.sessionmaker.begin() as session:
+            await resource_repo.save_sync_state(
+                session,
+                connection.id,
+                resource_type,
+                now=ctx.now(),
+                status=failure.status,
+                error_class=failure.error_class,
+                error_message=failure.message,
+                grant_fingerprint=fingerprint if failure.status == "denied" else None,
+                last_attempt_at=attempt_at,
+                **result.counts.columns(),
+            )
+        return result
+    except _StopRun:
+        summary.types[resource_type] = dataclasses.replace(result, status="incomplete")
+        summary.counts.add(result.counts)
+        raise
+    now = ctx.now()
+    async with ctx.sessionmaker.begin() as session:
+        if plan.mode == "full":
+            result.counts.deleted += await flag_vanished(
+                session, connection.id, resource_type, seen, now=now
+            )
+        previous = state.watermark if state is not None else None
+        watermark = max(filter(None, (previous, newest)), default=None)
+        fields: dict[str, Any] = {
+            "status": "ok",
+            "watermark": watermark,
+            "error_class": None,
+            "error_message": None,
+            "grant_fingerprint": None,
+            "last_attempt_at": attempt_at,
+            "last_success_at": now,
+            **result.counts.columns(),
+        }
+        if plan.mode == "full":
+            fields["last_full_at"] = attempt_at
+        await resource_repo.save_sync_state(
+            session, connection.id, resource_type, now=now, **fields
+        )
+    return result
+
+
+async def _fetch_and_store(
+    ctx: SyncContext,
+    client: GrantClient,
+    connection: Connection,
+    plan: _Plan,
+    result: TypeResult,
+) -> tuple[set[str], dt.datetime | None]:
+    """Fetch every page of one type and store each; the ids seen and the newest lastUpdated."""
+    seen: set[str] = set()
+    newest: dt.datetime | None = None
+    async with ctx.sessionmaker.begin() as session:
+        first_time = not await resource_repo.has_resources(
+            session, connection.id, plan.resource_type
+        )
+
+    async def keep(page: PreparedPage) -> None:
+        nonlocal newest
+        async with ctx.sessionmaker.begin() as session:
+            counts = await store_page(
+                session,
+                connection.id,
+                page,
+                now=ctx.now(),
+                only_stored=seen if first_time else None,
+            )
+        result.counts.add(counts)
+        if page.rejected:
+            room = REJECTED_SHOWN - len(result.rejected)
+            result.rejected.extend(page.rejected[: max(room, 0)])
+        seen.update(item.resource_id for item in page.items)
+        if page.max_last_updated is not None and (newest is None or page.max_last_updated > newest):
+            newest = page.max_last_updated
+
+    try:
+        if plan.resource_type == "Patient":
+            # The Patient is read by id: a search would need a parameter vendors spell apart.
+            resource = await client.read("Patient", connection.patient_id)
+            await keep(prepare_page([resource], "Patient", connection.patient_id))
+            return seen, newest
+        for params in plan.type_plan.searches(connection.patient_id):
+            if plan.since is not None:
+                params["_lastUpdated"] = f"gt{_instant(plan.since)}"
+            async for page in client.search(plan.resource_type, params):
+                await keep(prepare_page(page.resources, plan.resource_type, connection.patient_id))
+    except FhirRequestError as exc:
+        raise _classify(exc) from exc
+    except (ForeignNextLink, PagingLoop) as exc:
+        raise _TypeFailed("error", exc.reason, exc.message) from exc
+    except Transient as exc:
+        raise _StopRun("transient", exc.reason, exc.message, exc.retry_after) from exc
+    except ReauthRequired as exc:
+        raise _StopRun("reauth", exc.reason, exc.message) from exc
+    except Misbound as exc:
+        raise _StopRun("misbound", exc.reason, exc.message) from exc
+    except SyncsvcError as exc:
+        # Anything else the token source raises (a lost refresh race, say): try again later.
+        raise _StopRun("transient", exc.reason, exc.message) from exc
+    return seen, newest
+
+
+def _classify(exc: FhirRequestError) -> _TypeFailed | _StopRun:
+    failure = exc.failure
+    if failure.kind == "insufficient_scope":
+        return _TypeFailed("denied", failure.kind, failure.detail)
+    if failure.kind in _TYPE_ERRORS:
+        return _TypeFailed("error", failure.kind, failure.detail)
+    if failure.kind == "tenant_mismatch":
+        return _StopRun("misbound", failure.kind, failure.detail)
+    # throttled, upstream_5xx, and an invalid_token that a fresh token did not cure.
+    return _StopRun("transient", failure.kind, failure.detail, failure.retry_after)
+
+
+async def _finish(ctx: SyncContext, summary: RunSummary) -> None:
+    assert summary.run_id is not None  # noqa: S101 - only started runs are finished
+    async with ctx.sessionmaker.begin() as session:
+        await resource_repo.finish_run(
+            session,
+            summary.run_id,
+            finished_at=summary.finished_at,
+            outcome=summary.outcome,
+            type_results={name: r.report() for name, r in summary.types.items()},
+            error_class=summary.error_class,
+            error_message=summary.error_message,
+            bytes_received=summary.bytes_received,
+            requests=summary.requests,
+            **summary.counts.columns(),
+        )
+        await resource_repo.stamp_connection_sync(
+            session, summary.connection_id, now=summary.finished_at, success=summary.succeeded
+        )
+    log.info(
+        "sync run",
+        connection_id=summary.connection_id,
+        run_id=summary.run_id,
+        outcome=summary.outcome,
+        error_class=summary.error_class,
+        requests=summary.requests,
+        bytes=summary.bytes_received,
+        seconds=round((summary.finished_at - summary.started_at).total_seconds(), 3),
+        **summary.counts.as_dict(),
+    )

@@ -1,0 +1,248 @@
+"""Per-type and per-run outcomes of a pull when the EHR refuses, misbehaves or breaks."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import aiohttp
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from syncsvc.db import repo, resource_repo
+from syncsvc.sandbox.config import SandboxConfig
+from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.settings import Settings
+from syncsvc.sync.context import SyncContext
+from syncsvc.sync.pull import pull_connection
+from syncsvc.vault import Vault
+from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
+from tests.integration.connected import connect_patient, register_sandbox_tenant
+
+from . import NANCY, MintedTokens, SandboxAdmin, StoredTokens, ids_of, stored
+
+TYPES = ("Patient", "Condition", "Observation", "Goal")
+SCOPES = " ".join(f"patient/{t}.read" for t in TYPES)
+
+
+@pytest.fixture
+def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
+    """Nancy with a few pages of Conditions and Observations."""
+    for tenant in sandbox_config.tenants:
+        tenant.patients[0].sizes = {"Condition": 25, "Observation": 250, "Goal": 4}
+    return sandbox_config
+
+
+@pytest.fixture
+def ctx(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    vault: Vault,
+    http: aiohttp.ClientSession,
+) -> SyncContext:
+    """A sync context on this test's database."""
+    return SyncContext(settings, sessionmaker, vault, http)
+
+
+@pytest.fixture
+def admin(sandbox: RunningSandbox, http: aiohttp.ClientSession) -> SandboxAdmin:
+    """The sandbox's admin API."""
+    return SandboxAdmin(sandbox, http)
+
+
+async def _connected(
+    ctx: SyncContext, sandbox: RunningSandbox, sandbox_tenant: str = GENERIC_TENANT
+) -> StoredTokens:
+    tenant = await register_sandbox_tenant(
+        ctx.sessionmaker, ctx.vault, ctx.http, sandbox, sandbox_tenant, resource_types=TYPES
+    )
+    connection = await connect_patient(
+        ctx.sessionmaker, ctx.vault, ctx.http, sandbox, tenant, sandbox_tenant=sandbox_tenant
+    )
+    return StoredTokens(ctx, connection, tenant)
+
+
+async def test_insufficient_scope_denies_one_type_until_the_grant_changes(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    connection = (await _connected(ctx, sandbox)).connection
+    # The EHR recorded Goal in the grant but its tokens do not carry it.
+    narrow = MintedTokens(sandbox, GENERIC_TENANT, NANCY, SCOPES.replace("patient/Goal.read", ""))
+
+    first = await pull_connection(ctx, connection.id, narrow)
+
+    assert first.outcome == "partial"
+    assert first.types["Goal"].status == "denied"
+    assert first.types["Goal"].error_class == "insufficient_scope"
+    assert {first.types[t].status for t in ("Patient", "Condition", "Observation")} == {"ok"}
+    rows = await stored(ctx, connection.id)
+    assert len(ids_of(rows, "Condition")) == 25
+    assert not ids_of(rows, "Goal")
+    mark = len(await admin.requests())
+
+    again = await pull_connection(ctx, connection.id, narrow)
+
+    assert again.types["Goal"].status == "skipped"
+    assert not [e for e in await admin.requests(mark) if "/Goal?" in e["url"]]
+    # A new grant (the patient reconnected with Goal) lifts the denial.
+    async with ctx.sessionmaker.begin() as session:
+        row = await repo.get_connection(session, connection.id)
+        assert row is not None
+        row.granted_scopes = [*row.granted_scopes, "patient/Goal.rs"]
+    full = MintedTokens(sandbox, GENERIC_TENANT, NANCY, SCOPES)
+    regranted = await pull_connection(ctx, connection.id, full, types=["Goal"])
+    assert regranted.types["Goal"].status == "ok"
+    assert regranted.types["Goal"].counts.new == 4
+
+
+async def test_a_next_link_to_another_origin_stops_the_type_and_the_token_stays_home(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    tokens = await _connected(ctx, sandbox)
+    await admin.faults(GENERIC_TENANT, [{"kind": "next_foreign", "target": "Observation"}])
+
+    summary = await pull_connection(ctx, tokens.connection.id, tokens)
+
+    observation = summary.types["Observation"]
+    assert summary.outcome == "partial"
+    assert observation.status == "error"
+    assert observation.error_class == "foreign_next_link"
+    assert observation.counts.new == 100  # the first page, from the right origin
+    assert summary.types["Goal"].status == "ok"  # later types carried on
+    log = await admin.requests()
+    home = urlsplit(sandbox.origin).netloc
+    assert all(urlsplit(entry["url"]).netloc == home for entry in log)
+    # Every request syncsvc made is in the sandbox's log: none went anywhere else.
+    fhir = [e for e in log if e["tenant_id"] == GENERIC_TENANT and "/admin/" not in e["url"]]
+    assert len([e for e in fhir if e["token_id"]]) == summary.requests
+    async with ctx.sessionmaker() as session:
+        states = await resource_repo.sync_states(session, tokens.connection.id)
+    assert states["Observation"].status == "error"
+    assert states["Observation"].watermark is None  # the type did not complete
+
+
+async def test_a_next_link_equal_to_the_page_itself_stops_the_type(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    tokens = await _connected(ctx, sandbox)
+    await admin.faults(GENERIC_TENANT, [{"kind": "next_self", "target": "Observation"}])
+
+    summary = await pull_connection(ctx, tokens.connection.id, tokens)
+
+    assert summary.types["Observation"].status == "error"
+    assert summary.types["Observation"].error_class == "paging_loop"
+    assert summary.types["Observation"].counts.new == 100
+    obs_requests = [e for e in await admin.requests() if "/Observation?" in e["url"]]
+    assert len(obs_requests) == 1  # the loop was seen before the page was fetched again
+
+
+async def test_another_patients_entry_is_rejected_counted_and_never_stored(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    tokens = await _connected(ctx, sandbox)
+    await admin.faults(
+        GENERIC_TENANT, [{"kind": "foreign_patient_entry", "target": "Condition", "count": 1}]
+    )
+
+    summary = await pull_connection(ctx, tokens.connection.id, tokens)
+
+    condition = summary.types["Condition"]
+    assert summary.outcome == "ok"
+    assert condition.counts.rejected == 1
+    assert condition.counts.new == 25
+    assert len(condition.rejected) == 1
+    rejected_id = condition.rejected[0].split("/", 1)[1]
+    rows = await stored(ctx, tokens.connection.id)
+    assert ("Condition", rejected_id) not in rows
+    assert ids_of(rows, "Condition") == await admin.ids(GENERIC_TENANT, NANCY, "Condition")
+    async with ctx.sessionmaker() as session:
+        run = await resource_repo.get_run(session, summary.run_id or "")
+    assert run is not None
+    assert run.rejected_count == 1
+    assert run.type_results["Condition"]["rejected_ids"] == condition.rejected
+
+
+async def test_tenant_mismatch_makes_the_connection_misbound_and_stops(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    connection = (await _connected(ctx, sandbox, CERNER_TENANT)).connection
+    foreign = MintedTokens(sandbox, CERNER_TENANT, NANCY, SCOPES, host="fhir.other.example")
+
+    summary = await pull_connection(ctx, connection.id, foreign)
+
+    assert summary.outcome == "misbound"
+    assert summary.error_class == "tenant_mismatch"
+    assert summary.requests == 1
+    assert foreign.forced == 0  # not retried with another token
+    async with ctx.sessionmaker() as session:
+        row = await repo.get_connection(session, connection.id)
+    assert row is not None
+    assert (row.status, row.status_reason) == ("misbound", "tenant_mismatch")
+    assert row.status_message
+    assert row.last_success_at is None
+    assert row.last_sync_at == summary.finished_at
+    later = await pull_connection(ctx, connection.id, foreign)
+    assert later.outcome == "inactive"
+    fhir = [e for e in await admin.requests() if e["tenant_id"] and e["token_id"]]
+    assert len(fhir) == 1  # the refused one; nothing after the connection was misbound
+
+
+@pytest.mark.parametrize(
+    "fault", ["malformed_json", "truncated", "status_500", "status_503", "throttle", "reset"]
+)
+async def test_a_broken_answer_ends_the_run_transient_and_keeps_what_was_stored(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin, fault: str
+) -> None:
+    tokens = await _connected(ctx, sandbox)
+    # aiohttp quietly retries a request once when a reused connection is reset.
+    count = 2 if fault == "reset" else 1
+    await admin.faults(GENERIC_TENANT, [{"kind": fault, "target": "Observation", "count": count}])
+
+    summary = await pull_connection(ctx, tokens.connection.id, tokens)
+
+    assert summary.outcome == "transient"
+    assert summary.error_class
+    assert summary.types["Observation"].status == "incomplete"
+    assert "Goal" not in summary.types  # the run stopped there
+    if fault == "throttle":
+        assert summary.retry_after == 1
+    rows = await stored(ctx, tokens.connection.id)
+    assert len(ids_of(rows, "Condition")) == 25  # earlier pages kept
+    async with ctx.sessionmaker() as session:
+        states = await resource_repo.sync_states(session, tokens.connection.id)
+        connection = await repo.get_connection(session, tokens.connection.id)
+    assert "Observation" not in states
+    assert connection is not None
+    assert connection.last_success_at is None
+    assert connection.status == "active"
+
+    retried = await pull_connection(ctx, tokens.connection.id, tokens)
+
+    assert retried.outcome == "ok"
+    # Condition completed before: its retry is incremental and finds nothing new.
+    assert retried.types["Condition"].mode == "incremental"
+    assert retried.types["Condition"].counts.new == retried.types["Condition"].counts.changed == 0
+    assert retried.types["Observation"].counts.new == 250
+    assert len(await stored(ctx, tokens.connection.id)) == 1 + 25 + 250 + 4
+
+
+async def test_an_access_token_expiring_mid_pull_is_replaced_once(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    tokens = await _connected(ctx, sandbox, CERNER_TENANT)
+
+    async def expire_after_third_request(call: int) -> None:
+        if call == 4:
+            # Cerner's tokens live 570 s: ten minutes pass between two pages.
+            await admin.advance_clock(600)
+
+    tokens.before_call = expire_after_third_request
+
+    summary = await pull_connection(ctx, tokens.connection.id, tokens)
+
+    assert summary.outcome == "ok", summary
+    assert tokens.forced == summary.forced_refreshes == 1
+    rows = await stored(ctx, tokens.connection.id)
+    for resource_type in ("Condition", "Observation", "Goal"):
+        assert ids_of(rows, resource_type) == await admin.ids(CERNER_TENANT, NANCY, resource_type)
+    refused = [e for e in await admin.requests() if e["status"] == 401]
+    assert len(refused) == 1

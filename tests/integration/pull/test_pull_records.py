@@ -1,0 +1,221 @@
+"""Full and incremental pulls of every granted type on Cerner-, Epic- and generic-shaped tenants."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import aiohttp
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from syncsvc.db import repo, resource_repo
+from syncsvc.sandbox.config import SandboxConfig
+from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.settings import Settings
+from syncsvc.sync.context import SyncContext
+from syncsvc.sync.pull import pull_connection
+from syncsvc.vault import Vault
+from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
+from tests.integration.connected import connect_patient, register_sandbox_tenant
+
+from . import NANCY, SandboxAdmin, StoredTokens, ids_of, stored
+
+
+@pytest.fixture
+def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
+    """Nancy with enough Observations to page on every tenant (Cerner pages at 200)."""
+    for tenant in sandbox_config.tenants:
+        tenant.patients[0].sizes = {"Observation": 450, "Condition": 30}
+    return sandbox_config
+
+
+@pytest.fixture
+def ctx(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    vault: Vault,
+    http: aiohttp.ClientSession,
+) -> SyncContext:
+    """A sync context on this test's database."""
+    return SyncContext(settings, sessionmaker, vault, http)
+
+
+@pytest.fixture
+def admin(sandbox: RunningSandbox, http: aiohttp.ClientSession) -> SandboxAdmin:
+    """The sandbox's admin API."""
+    return SandboxAdmin(sandbox, http)
+
+
+async def _connected(
+    ctx: SyncContext, sandbox: RunningSandbox, sandbox_tenant: str
+) -> StoredTokens:
+    tenant = await register_sandbox_tenant(
+        ctx.sessionmaker, ctx.vault, ctx.http, sandbox, sandbox_tenant
+    )
+    connection = await connect_patient(
+        ctx.sessionmaker, ctx.vault, ctx.http, sandbox, tenant, sandbox_tenant=sandbox_tenant
+    )
+    return StoredTokens(ctx, connection, tenant)
+
+
+@pytest.mark.parametrize("sandbox_tenant", [CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT])
+async def test_a_first_pull_stores_every_granted_type_in_full(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin, sandbox_tenant: str
+) -> None:
+    tokens = await _connected(ctx, sandbox, sandbox_tenant)
+    connection_id = tokens.connection.id
+
+    summary = await pull_connection(ctx, connection_id, tokens)
+
+    assert summary.outcome == "ok", summary
+    rows = await stored(ctx, connection_id)
+    assert set(summary.types) == {
+        "Patient",
+        "AllergyIntolerance",
+        "Condition",
+        "Observation",
+        "MedicationRequest",
+        "Immunization",
+        "Procedure",
+        "Encounter",
+        "DiagnosticReport",
+        "DocumentReference",
+        "CarePlan",
+        "Goal",
+    }
+    for resource_type, result in summary.types.items():
+        assert result.status == "ok"
+        assert result.mode == "full"
+        if resource_type == "Patient":
+            assert ids_of(rows, "Patient") == {NANCY}
+            continue
+        # Epic's category rule: Observation and CarePlan are searched per category, and the
+        # union of those searches is the whole record.
+        upstream = await admin.ids(sandbox_tenant, NANCY, resource_type)
+        assert ids_of(rows, resource_type) == upstream, resource_type
+        assert result.counts.new == len(upstream)
+    assert summary.counts.new == len(rows)
+    # Seqs are a gapless 1..n on a first pull: each write got exactly one.
+    assert sorted(row.seq for row in rows.values()) == list(range(1, len(rows) + 1))
+    log = await admin.requests()
+    searches = [e["url"] for e in log if "/Observation?" in e["url"]]
+    assert any("pageContext=" in url for url in searches)  # paged
+    if sandbox_tenant == EPIC_TENANT:
+        assert all("category=" in url or "pageContext=" in url for url in searches)
+
+    async with ctx.sessionmaker() as session:
+        run = await resource_repo.get_run(session, summary.run_id or "")
+        connection = await repo.get_connection(session, connection_id)
+        states = await resource_repo.sync_states(session, connection_id)
+    assert run is not None
+    assert run.outcome == "ok"
+    assert run.finished_at is not None
+    assert run.new_count == len(rows)
+    assert run.requests == summary.requests > len(summary.types)
+    assert run.bytes_received > 0
+    assert run.type_results["Observation"]["new"] == summary.types["Observation"].counts.new
+    assert connection is not None
+    assert connection.last_sync_at == connection.last_success_at == summary.finished_at
+    assert connection.next_sync_at is not None  # left for the scheduler
+    assert all(state.status == "ok" and state.last_full_at for state in states.values())
+
+
+async def test_incremental_pull_stores_only_changes_and_reconciliation_flags_deletions(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    tokens = await _connected(ctx, sandbox, GENERIC_TENANT)
+    connection_id = tokens.connection.id
+    first = await pull_connection(ctx, connection_id, tokens)
+    assert first.outcome == "ok"
+    before = await stored(ctx, connection_id)
+    patient = f"tenants/{GENERIC_TENANT}/patients/{NANCY}"
+    conditions = sorted(ids_of(before, "Condition"))
+    goals = sorted(ids_of(before, "Goal"))
+    # The EHR adds, changes, deletes and enters in error.
+    added = await admin.call(
+        "POST",
+        f"{patient}/Observation",
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "valueQuantity": {"value": 71, "unit": "/min"},
+        },
+    )
+    await admin.call("PATCH", f"{patient}/Condition/{conditions[0]}", {"note": [{"text": "x"}]})
+    await admin.call("POST", f"{patient}/Condition/{conditions[1]}/entered-in-error")
+    await admin.call("DELETE", f"{patient}/Goal/{goals[0]}")
+    mark = len(await admin.requests())
+
+    second = await pull_connection(ctx, connection_id, tokens)
+
+    assert second.outcome == "ok"
+    assert second.types["Observation"].mode == "incremental"
+    assert second.types["Observation"].counts.new == 1
+    assert second.types["Condition"].counts.changed == 1
+    assert second.types["Condition"].counts.deleted == 1
+    # An incremental search cannot see a deletion: the Goal is still there, unflagged.
+    assert second.types["Goal"].counts.deleted == 0
+    assert second.counts.new + second.counts.changed + second.counts.deleted == 3
+    searches = [e["url"] for e in (await admin.requests(mark)) if "/Condition?" in e["url"]]
+    assert searches
+    assert all("_lastUpdated=gt" in url for url in searches)
+    after = await stored(ctx, connection_id)
+    assert ("Observation", added["id"]) in after
+    changed = {("Condition", conditions[0]), ("Condition", conditions[1])}
+    for key, row in before.items():
+        if key in changed:
+            continue
+        # Not rewritten: same seq and same write time.
+        assert (after[key].seq, after[key].stored_at) == (row.seq, row.stored_at), key
+    top = max(row.seq for row in before.values())
+    assert after[("Condition", conditions[0])].seq > top
+    eie = after[("Condition", conditions[1])]
+    assert eie.deleted_reason == "entered-in-error"
+    assert eie.deleted_at is not None
+    async with ctx.sessionmaker() as session:
+        history = await resource_repo.resource_history(
+            session, connection_id, "Condition", conditions[0]
+        )
+        since = await resource_repo.changes_since(session, connection_id, top)
+    assert [h.content_hash for h in history] == [before[("Condition", conditions[0])].content_hash]
+    assert {(r.resource_type, r.resource_id) for r in since} == changed | {
+        ("Observation", added["id"])
+    }
+
+    reconciled = await pull_connection(ctx, connection_id, tokens, full=True)
+
+    assert reconciled.outcome == "ok"
+    assert reconciled.types["Goal"].counts.deleted == 1
+    assert reconciled.counts.new == reconciled.counts.changed == 0
+    final = await stored(ctx, connection_id)
+    vanished = final[("Goal", goals[0])]
+    assert vanished.deleted_reason == "vanished"
+    assert vanished.deleted_at is not None
+    assert vanished.body == before[("Goal", goals[0])].body  # kept, not erased
+    assert vanished.seq > max(row.seq for row in after.values())
+    untouched = set(final) - {("Goal", goals[0])}
+    assert all(final[key].seq == after[key].seq for key in untouched)
+
+
+async def test_a_stale_reconciliation_makes_an_incremental_type_full_again(
+    ctx: SyncContext, sandbox: RunningSandbox
+) -> None:
+    tokens = await _connected(ctx, sandbox, GENERIC_TENANT)
+    connection_id = tokens.connection.id
+    await pull_connection(ctx, connection_id, tokens)
+    # Eight days later, by the service's clock.
+    later = SyncContext(
+        ctx.settings,
+        ctx.sessionmaker,
+        ctx.vault,
+        ctx.http,
+        clock=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(days=8),
+    )
+
+    summary = await pull_connection(later, connection_id, tokens, types=["Condition", "Goal"])
+
+    assert set(summary.types) == {"Condition", "Goal"}
+    assert {r.mode for r in summary.types.values()} == {"full"}
+    assert summary.counts.unchanged > 0
+    assert summary.counts.new == summary.counts.changed == 0
