@@ -31,7 +31,8 @@ from .auth_support import (
     resolve_tenant,
 )
 from .client_auth import ClientAuthError
-from .config import ClientRegistration, TenantConfig, Vendor
+from .config import ClientRegistration, FaultSpec, TenantConfig, Vendor
+from .faults import RESET_LOG_STATUS, reset_connection
 from .profiles import ROUTE_TEMPLATES
 from .scope_policy import grant_scopes, issues_refresh_token, returned_scope, split
 from .state import AuthCode, Grant
@@ -119,7 +120,7 @@ async def _authenticate(
 def _token_handler(ctx: AuthContext, vendor: Vendor) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         tenant = resolve_tenant(request, ctx.state, vendor)
-        fault = await _token_fault(ctx, tenant)
+        fault = await _token_fault(ctx, request, tenant)
         if fault is not None:
             return fault
         form = await _form(request)
@@ -136,7 +137,9 @@ def _token_handler(ctx: AuthContext, vendor: Vendor) -> Handler:
     return handler
 
 
-async def _token_fault(ctx: AuthContext, tenant: TenantConfig) -> web.Response | None:
+async def _token_fault(
+    ctx: AuthContext, request: web.Request, tenant: TenantConfig
+) -> web.Response | None:
     """Apply the tenant's token-endpoint faults; a response means the request fails with it."""
     for fault in tenant.faults:
         if fault.target != "token":
@@ -152,7 +155,45 @@ async def _token_fault(ctx: AuthContext, tenant: TenantConfig) -> web.Response |
             )
         elif fault.kind == "epic_merged_400_html" and ctx.state.should_fire(fault):
             return web.Response(status=400, text=EPIC_MERGED_400_HTML, content_type="text/html")
+        elif fault.kind in _TOKEN_ERROR_KINDS and ctx.state.should_fire(fault):
+            return _token_error_fault(request, fault)
     return None
+
+
+#: Generic faults that also apply to the token endpoint (``target="token"``).
+_TOKEN_ERROR_KINDS = frozenset(
+    {
+        "status_500",
+        "status_503",
+        "throttle",
+        "throttle_no_retry_after",
+        "reset",
+        "malformed_json",
+        "truncated",
+    }
+)
+
+
+def _token_error_fault(request: web.Request, fault: FaultSpec) -> web.Response:
+    """A broken token answer: an outage, throttling, a dropped connection or a broken body."""
+    if fault.kind == "throttle":
+        return web.json_response(
+            {"error": "temporarily_unavailable", "error_description": "Too many requests"},
+            status=429,
+            headers={"Retry-After": str(fault.retry_after)},
+        )
+    if fault.kind == "throttle_no_retry_after":
+        return web.json_response({"error": "temporarily_unavailable"}, status=429)
+    if fault.kind in ("status_500", "status_503"):
+        return web.Response(status=int(fault.kind[-3:]), text="Server error (injected)")
+    if fault.kind == "malformed_json":
+        return web.Response(
+            status=200, text='{"access_token": "abc", ', content_type="application/json"
+        )
+    if fault.kind == "truncated":
+        return web.Response(status=200, text='{"access_tok', content_type="application/json")
+    reset_connection(request)
+    return web.Response(status=RESET_LOG_STATUS)
 
 
 def _grant(

@@ -1,0 +1,519 @@
+"""Token refresh of one connection: when it is due, the single-flight refresh, and its outcomes.
+
+The caller holds the connection's lease (``claim_due_connections``). A refresh is three steps and
+never holds a transaction across the network: (1) renew the lease and read the connection, its
+tenant and tokens; (2) call the EHR's token endpoint; (3) in a transaction of its own, store the
+answer with compare-and-swap and update the connection's bookkeeping, committed before the new
+access token is handed to anyone. A crash between the EHR rotating a refresh token and step 3 is
+the one window that can lose a grant; the lease keeps a second worker from widening it.
+
+Failures follow the two axes of :mod:`syncsvc.errors`: :class:`~syncsvc.errors.ReauthRequired`
+marks the connection ``needs_reauth`` and stops retrying; :class:`~syncsvc.errors.Transient`
+backs off (honouring ``Retry-After``) and keeps every stored token untouched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from syncsvc.db import repo
+from syncsvc.db.models import Connection
+from syncsvc.errors import Conflict, ReauthRequired, Transient
+from syncsvc.logging import get_logger
+from syncsvc.settings import Settings
+from syncsvc.smart.client_auth import ClientCredentials
+from syncsvc.smart.oauth import TokenResponse, refresh_tokens
+from syncsvc.tenants import client_credentials
+
+from .backoff import Backoff
+from .context import SyncContext
+from .credentials import StoredTokens, load_tokens, save_tokens
+
+RefreshOutcome = Literal["refreshed", "not_due", "needs_reauth", "transient", "lost_lease"]
+
+#: Retry policy for failed refreshes: a first retry within 15 s, at most an hour apart.
+REFRESH_BACKOFF = Backoff(base_seconds=15.0, cap_seconds=3600.0)
+#: The reason recorded when a grant without a refresh token runs out.
+OFFLINE_ACCESS_NOT_GRANTED = "offline_access_not_granted"
+OFFLINE_ACCESS = "offline_access"
+#: ``Connection.status_reason`` is a String(64).
+REASON_LENGTH = 64
+
+#: What each reauth reason means, in words a patient or operator can act on.
+_REAUTH_MESSAGES: dict[str, str] = {
+    "invalid_grant": (
+        "The EHR no longer accepts this connection (it was revoked, expired or left unused too "
+        "long). The patient needs to connect again."
+    ),
+    "invalid_client": (
+        "The EHR no longer recognises this application's registration. The operator must fix "
+        "the registration, then the patient connects again."
+    ),
+    "unauthorized_client": (
+        "The EHR no longer allows this application to renew access. The operator must fix the "
+        "registration, then the patient connects again."
+    ),
+    "empty_scopes": (
+        "The EHR withdrew every permission this connection had. The patient needs to connect again."
+    ),
+    "invalid_scope": (
+        "The EHR no longer grants the permissions this connection had. The patient needs to "
+        "connect again."
+    ),
+    OFFLINE_ACCESS_NOT_GRANTED: (
+        "The EHR granted access only while the patient was signed in (no offline access), and "
+        "that access has expired. The patient needs to connect again to keep syncing."
+    ),
+    "tokens_missing": (
+        "No tokens are stored for this connection. The patient needs to connect again."
+    ),
+}
+_DEFAULT_REAUTH_MESSAGE = (
+    "The EHR refused to renew this connection's access. The patient needs to connect again."
+)
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """What one refresh attempt did. Tokens are kept out of ``repr`` by :class:`StoredTokens`."""
+
+    outcome: RefreshOutcome
+    #: The current tokens after the call (when known).
+    tokens: StoredTokens | None
+    message: str | None = None
+    retry_at: dt.datetime | None = None
+    #: For ``needs_reauth``: the stable reason code and the EHR's error page, if it gave one.
+    reason: str | None = None
+    error_uri: str | None = None
+
+
+@dataclass(frozen=True)
+class RefreshSchedule:
+    """The scheduling rule's parameters, from :class:`~syncsvc.settings.Settings`."""
+
+    margin: dt.timedelta
+    min_interval: dt.timedelta
+    keepalive: dt.timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RefreshSchedule:
+        """The schedule configured for this process."""
+        return cls(
+            margin=dt.timedelta(seconds=settings.refresh_margin_seconds),
+            min_interval=dt.timedelta(seconds=settings.min_refresh_interval_seconds),
+            keepalive=dt.timedelta(days=settings.keepalive_days),
+        )
+
+
+def next_refresh_at(
+    schedule: RefreshSchedule,
+    *,
+    now: dt.datetime,
+    access_expires_at: dt.datetime | None,
+    last_refresh_at: dt.datetime | None,
+    connected_at: dt.datetime | None = None,
+    has_refresh_token: bool = True,
+) -> dt.datetime:
+    """When a grant should next be refreshed (the scheduling rule; pure).
+
+    ``margin`` before the access token expires, and at least every ``keepalive`` since the grant
+    was last exercised (last refresh, else the launch): Cerner revokes offline access unused for
+    about three months. Never sooner than ``min_interval`` after the last refresh: Cerner answers
+    faster refreshes of one grant with 429. A grant without a refresh token cannot be refreshed;
+    its next look is when the access token expires (the connection then needs the patient).
+    """
+    if not has_refresh_token:
+        return access_expires_at or now
+    ahead = access_expires_at - schedule.margin if access_expires_at is not None else now
+    anchor = last_refresh_at or connected_at or now
+    due = min(ahead, anchor + schedule.keepalive)
+    if last_refresh_at is not None:
+        due = max(due, last_refresh_at + schedule.min_interval)
+    return due
+
+
+def narrowed_scopes(
+    recorded: Sequence[str], response: TokenResponse, *, holds_refresh_token: bool
+) -> list[str] | None:
+    """The recorded grant narrowed to what a refresh response says was granted, or None.
+
+    Only narrows: a scope the response names that the grant lacks is not recorded (a refresh
+    cannot widen a grant). ``offline_access`` stays while a refresh token is held: Epic leaves it
+    out of every ``scope`` it returns while still issuing refresh tokens. A response without
+    ``scope``, or with an empty one, says nothing about the grant.
+    """
+    if not response.scope_returned or not response.scopes:
+        return None
+    granted = {scope.lower() for scope in response.scopes}
+    kept = [
+        scope
+        for scope in recorded
+        if scope.lower() in granted or (holds_refresh_token and scope.lower() == OFFLINE_ACCESS)
+    ]
+    return kept if len(kept) < len(recorded) else None
+
+
+def _reauth_message(reason: str) -> str:
+    return _REAUTH_MESSAGES.get(reason.replace("-", "_"), _DEFAULT_REAUTH_MESSAGE)
+
+
+def _on_clock(response: TokenResponse, now: dt.datetime) -> TokenResponse:
+    """``response`` with its expiry on the context's clock.
+
+    ``refresh_tokens`` turns ``expires_in`` into an instant by the wall clock, while every other
+    time this module stores comes from ``SyncContext.clock``. In production the two agree to the
+    microsecond; a test that moves the context clock would otherwise store expiries in its past.
+    """
+    skew = now.timestamp() - time.time()
+    return dataclasses.replace(response, expires_at=response.expires_at + skew)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What transaction 1 read: the connection (detached), client credentials and tokens."""
+
+    connection: Connection
+    credentials: ClientCredentials
+    tokens: StoredTokens | None
+
+
+async def _read(ctx: SyncContext, connection_id: str, now: dt.datetime) -> _Snapshot | None:
+    """Transaction 1: renew the lease and read what a refresh needs; None if the lease is lost."""
+    async with ctx.sessionmaker.begin() as session:
+        renewed = await repo.renew_lease(
+            session, connection_id, ctx.owner, now=now, lease_seconds=ctx.settings.lease_seconds
+        )
+        if not renewed:
+            return None
+        connection = await repo.get_connection(session, connection_id)
+        if connection is None:
+            return None
+        tenant = await repo.get_tenant(session, connection.tenant_id)
+        if tenant is None:
+            return None
+        tokens = await load_tokens(session, ctx.vault, connection_id)
+        return _Snapshot(connection, client_credentials(ctx.vault, tenant), tokens)
+
+
+async def _fresh_connection(session: AsyncSession, connection_id: str) -> Connection:
+    connection = await repo.get_connection(session, connection_id)
+    if connection is None:
+        # Deleted (the patient disconnected) between the two transactions.
+        raise Conflict("The connection was deleted during its refresh.")
+    return connection
+
+
+async def _record_schedule(
+    ctx: SyncContext, snapshot: _Snapshot, due: dt.datetime, now: dt.datetime
+) -> None:
+    """Write ``next_refresh_at`` when it moved, so the scheduler does not claim this again now."""
+    if snapshot.connection.next_refresh_at == due:
+        return
+    async with ctx.sessionmaker.begin() as session:
+        connection = await _fresh_connection(session, snapshot.connection.id)
+        connection.next_refresh_at = due
+        connection.updated_at = now
+
+
+async def _mark_needs_reauth(
+    session: AsyncSession,
+    connection_id: str,
+    *,
+    reason: str,
+    error_uri: str | None,
+    tokens: StoredTokens | None,
+    now: dt.datetime,
+) -> RefreshResult:
+    """Mark the connection ``needs_reauth`` and stop scheduling refreshes for it."""
+    reason = reason[:REASON_LENGTH]
+    message = _reauth_message(reason)
+    await repo.set_connection_status(
+        session,
+        connection_id,
+        status="needs_reauth",
+        now=now,
+        reason=reason,
+        message=message,
+        error_uri=error_uri,
+    )
+    connection = await _fresh_connection(session, connection_id)
+    connection.next_refresh_at = None
+    connection.backoff_until = None
+    return RefreshResult(
+        "needs_reauth", tokens, message=message, reason=reason, error_uri=error_uri
+    )
+
+
+async def _needs_reauth(
+    ctx: SyncContext,
+    connection_id: str,
+    *,
+    reason: str,
+    tokens: StoredTokens | None,
+    now: dt.datetime,
+) -> RefreshResult:
+    """:func:`_mark_needs_reauth` in a transaction of its own."""
+    async with ctx.sessionmaker.begin() as session:
+        return await _mark_needs_reauth(
+            session, connection_id, reason=reason, error_uri=None, tokens=tokens, now=now
+        )
+
+
+async def _someone_else_refreshed(
+    session: AsyncSession, ctx: SyncContext, previous: StoredTokens
+) -> StoredTokens | None:
+    """The stored tokens if another writer replaced ``previous`` since it was read, else None."""
+    current = await load_tokens(session, ctx.vault, previous.connection_id)
+    if current is not None and current.version != previous.version:
+        return current
+    return None
+
+
+def _theirs(tokens: StoredTokens) -> RefreshResult:
+    return RefreshResult(
+        "refreshed", tokens, message="Another worker stored newer tokens first; using those."
+    )
+
+
+async def _stored(
+    ctx: SyncContext,
+    snapshot: _Snapshot,
+    previous: StoredTokens,
+    response: TokenResponse,
+    now: dt.datetime,
+) -> RefreshResult:
+    """Transaction 2 after a successful refresh: tokens (compare-and-swap) and bookkeeping."""
+    schedule = RefreshSchedule.from_settings(ctx.settings)
+    async with ctx.sessionmaker.begin() as session:
+        connection = await _fresh_connection(session, snapshot.connection.id)
+        try:
+            stored = await save_tokens(
+                session, ctx.vault, connection.id, response, previous=previous, now=now
+            )
+        except Conflict:
+            # Another writer (a worker whose lease we took over, or a reconnect) stored first.
+            # Theirs are at least as new as ours; ours are dropped, theirs are scheduled.
+            current = await load_tokens(session, ctx.vault, connection.id)
+            if current is None:
+                raise
+            connection.next_refresh_at = next_refresh_at(
+                schedule,
+                now=now,
+                access_expires_at=current.access_expires_at,
+                last_refresh_at=connection.last_refresh_at,
+                connected_at=connection.connected_at,
+                has_refresh_token=current.refresh_token is not None,
+            )
+            connection.updated_at = now
+            return _theirs(current)
+        connection.last_refresh_at = now
+        connection.failure_count = 0
+        connection.backoff_until = None
+        connection.next_refresh_at = next_refresh_at(
+            schedule,
+            now=now,
+            access_expires_at=stored.access_expires_at,
+            last_refresh_at=now,
+            connected_at=connection.connected_at,
+            has_refresh_token=stored.refresh_token is not None,
+        )
+        narrowed = narrowed_scopes(
+            connection.granted_scopes,
+            response,
+            holds_refresh_token=stored.refresh_token is not None,
+        )
+        if narrowed is not None:
+            connection.granted_scopes = narrowed
+        connection.updated_at = now
+    return RefreshResult("refreshed", stored)
+
+
+async def _failed(
+    ctx: SyncContext, previous: StoredTokens, error: ReauthRequired | Transient
+) -> RefreshResult:
+    """Transaction 2 after a failed refresh: needs_reauth, or back off keeping every token."""
+    now = ctx.now()
+    async with ctx.sessionmaker.begin() as session:
+        # A refresh token rotated away by another writer is refused with invalid_grant: that is
+        # not the patient's grant failing, and must not cost them the connection.
+        theirs = await _someone_else_refreshed(session, ctx, previous)
+        if theirs is not None:
+            return _theirs(theirs)
+        if isinstance(error, ReauthRequired):
+            return await _mark_needs_reauth(
+                session,
+                previous.connection_id,
+                reason=error.reason,
+                error_uri=error.error_uri,
+                tokens=previous,
+                now=now,
+            )
+        connection = await _fresh_connection(session, previous.connection_id)
+        connection.failure_count += 1
+        retry_at = REFRESH_BACKOFF.retry_at(
+            now, connection.failure_count, retry_after=error.retry_after
+        )
+        connection.backoff_until = retry_at
+        connection.next_refresh_at = retry_at
+        connection.updated_at = now
+    return RefreshResult("transient", previous, message=error.message, retry_at=retry_at)
+
+
+async def _refresh(ctx: SyncContext, connection_id: str, *, force: bool) -> RefreshResult:
+    now = ctx.now()
+    snapshot = await _read(ctx, connection_id, now)
+    if snapshot is None:
+        return RefreshResult("lost_lease", None, message="The lease on this connection was lost.")
+    connection, tokens = snapshot.connection, snapshot.tokens
+    if connection.status != "active":
+        return RefreshResult(
+            "needs_reauth",
+            tokens,
+            message=connection.status_message or f"The connection is {connection.status}.",
+            reason=connection.status_reason or connection.status,
+            error_uri=connection.error_uri,
+        )
+    if tokens is None:
+        return await _needs_reauth(
+            ctx, connection_id, reason="tokens_missing", tokens=None, now=now
+        )
+    schedule = RefreshSchedule.from_settings(ctx.settings)
+    due = next_refresh_at(
+        schedule,
+        now=now,
+        access_expires_at=tokens.access_expires_at,
+        last_refresh_at=connection.last_refresh_at,
+        connected_at=connection.connected_at,
+        has_refresh_token=tokens.refresh_token is not None,
+    )
+    if tokens.refresh_token is None:
+        # No offline access: the EHR has nothing to refresh. Use the access token while it lasts.
+        if tokens.access_valid(now):
+            await _record_schedule(ctx, snapshot, due, now)
+            return RefreshResult("not_due", tokens, message="No refresh token was granted.")
+        return await _needs_reauth(
+            ctx,
+            connection_id,
+            reason=OFFLINE_ACCESS_NOT_GRANTED,
+            tokens=tokens,
+            now=now,
+        )
+    if connection.backoff_until is not None and connection.backoff_until > now:
+        return RefreshResult(
+            "transient",
+            tokens,
+            message="Backing off after a failed refresh.",
+            retry_at=connection.backoff_until,
+        )
+    if not force and now < due:
+        await _record_schedule(ctx, snapshot, due, now)
+        return RefreshResult("not_due", tokens)
+    throttle_until = (
+        connection.last_refresh_at + schedule.min_interval
+        if connection.last_refresh_at is not None
+        else None
+    )
+    if throttle_until is not None and now < throttle_until:
+        # Even a forced refresh waits out the minimum interval: the EHR would answer 429.
+        if tokens.access_valid(now):
+            return RefreshResult("not_due", tokens, message="Refreshed moments ago.")
+        return RefreshResult(
+            "transient", tokens, message="Refreshed moments ago.", retry_at=throttle_until
+        )
+    return await _call_ehr(ctx, snapshot, tokens, tokens.refresh_token)
+
+
+async def _call_ehr(
+    ctx: SyncContext, snapshot: _Snapshot, tokens: StoredTokens, refresh_token: str
+) -> RefreshResult:
+    """Step 2, outside any transaction: the token request, then transaction 2 for its outcome."""
+    try:
+        response = await refresh_tokens(
+            ctx.http,
+            # The binding: this grant's tokens only ever go to the endpoint that issued them.
+            token_endpoint=snapshot.connection.token_endpoint,
+            refresh_token=refresh_token,
+            credentials=snapshot.credentials,
+        )
+    except (ReauthRequired, Transient) as exc:
+        return await _failed(ctx, tokens, exc)
+    now = ctx.now()
+    return await _stored(ctx, snapshot, tokens, _on_clock(response, now), now)
+
+
+async def refresh_connection(
+    ctx: SyncContext, connection_id: str, *, force: bool = False
+) -> RefreshResult:
+    """Refresh one leased connection's tokens if due (or ``force``), committing before returning.
+
+    Outcomes: ``refreshed`` (new tokens stored, or another writer's found), ``not_due``,
+    ``needs_reauth`` (the patient must reconnect; retrying stopped), ``transient`` (backing
+    off; old tokens kept) and ``lost_lease`` (no EHR call was made).
+    """
+    log = get_logger(__name__).bind(connection_id=connection_id)
+    result = await _refresh(ctx, connection_id, force=force)
+    fields = {
+        "outcome": result.outcome,
+        "forced": force,
+        "reason": result.reason,
+        "detail": result.message,
+        "retry_at": result.retry_at.isoformat() if result.retry_at else None,
+        "access_expires_at": result.tokens.access_expires_at.isoformat()
+        if result.tokens is not None and result.tokens.access_expires_at is not None
+        else None,
+    }
+    if result.outcome in ("needs_reauth", "transient"):
+        log.warning("refresh", **fields)
+    elif result.outcome == "not_due":
+        log.debug("refresh", **fields)
+    else:
+        log.info("refresh", **fields)
+    return result
+
+
+async def ensure_access_token(
+    ctx: SyncContext, connection_id: str, *, min_valid_seconds: float = 60, force: bool = False
+) -> StoredTokens:
+    """Tokens whose access token lives ``min_valid_seconds`` more, refreshing (forced) if needed.
+
+    For the pull engine between pages: a 570-second Cerner token can expire mid-pull. ``force``
+    refreshes even a token that looks valid (after the EHR answered 401 ``invalid_token``).
+    Raises :class:`~syncsvc.errors.ReauthRequired` or :class:`~syncsvc.errors.Transient` so the
+    caller can stop or back off. A grant that cannot be refreshed yet (no offline access, or
+    refreshed moments ago) returns its access token while it is still valid at all.
+    """
+    if not force:
+        async with ctx.sessionmaker() as session:
+            tokens = await load_tokens(session, ctx.vault, connection_id)
+        if tokens is not None and tokens.access_valid(ctx.now(), min_valid_seconds):
+            return tokens
+    result = await refresh_connection(ctx, connection_id, force=True)
+    if (
+        result.outcome in ("refreshed", "not_due")
+        and result.tokens is not None
+        and result.tokens.access_valid(ctx.now())
+    ):
+        return result.tokens
+    if result.outcome == "needs_reauth":
+        raise ReauthRequired(
+            result.message or _DEFAULT_REAUTH_MESSAGE,
+            reason=result.reason,
+            error_uri=result.error_uri,
+        )
+    retry_after = (
+        max((result.retry_at - ctx.now()).total_seconds(), 0.0)
+        if result.retry_at is not None
+        else None
+    )
+    raise Transient(
+        result.message or "No valid access token is available yet.",
+        reason="lost_lease" if result.outcome == "lost_lease" else None,
+        retry_after=retry_after,
+    )

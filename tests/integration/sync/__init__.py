@@ -1,0 +1,1 @@
+"""Background sync against the sandbox EHR and a real database."""
