@@ -1,7 +1,8 @@
 """The syncsvc web application: ``create_app(settings)``.
 
 Shared resources are typed ``AppKey`` entries (``syncsvc.keys``) created and closed in
-``cleanup_ctx`` generators, in dependency order: database, then the outbound HTTP client.
+``cleanup_ctx`` generators, in dependency order: database, the outbound HTTP client, then the
+sync scheduler (which needs both, and stops first).
 Configuration problems (no vault key, no link-signing key) fail at creation, before listening.
 """
 
@@ -17,9 +18,11 @@ from aiohttp import web
 from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.errors import ConfigError
 from syncsvc.http import create_http_client
-from syncsvc.keys import ENGINE, HTTP, SESSIONMAKER, SETTINGS, SIGNER, VAULT
+from syncsvc.keys import ENGINE, HTTP, SCHEDULER, SESSIONMAKER, SETTINGS, SIGNER, VAULT
 from syncsvc.settings import Settings
 from syncsvc.signing import Signer
+from syncsvc.sync.context import SyncContext
+from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
 from syncsvc.web.middlewares import (
     context_middleware,
@@ -55,8 +58,31 @@ def _outbound_http(
     return context
 
 
-def create_app(settings: Settings, *, http: aiohttp.ClientSession | None = None) -> web.Application:
-    """The application for ``settings``; ``http`` lets a caller share its client (not closed)."""
+async def _background_sync(app: web.Application) -> AsyncIterator[None]:
+    context = SyncContext(
+        settings=app[SETTINGS],
+        sessionmaker=app[SESSIONMAKER],
+        vault=app[VAULT],
+        http=app[HTTP],
+    )
+    scheduler = SyncScheduler(context)
+    app[SCHEDULER] = scheduler
+    scheduler.start()
+    yield
+    await scheduler.stop()
+
+
+def create_app(
+    settings: Settings,
+    *,
+    http: aiohttp.ClientSession | None = None,
+    background: bool = False,
+) -> web.Application:
+    """The application for ``settings``.
+
+    ``http`` lets a caller share its client (not closed here); ``background`` runs the sync
+    scheduler inside the web process (``syncsvc serve`` does; tests drive sync explicitly).
+    """
     if settings.link_signing_key is None:
         raise ConfigError(
             "No link-signing key is configured: set SYNCSVC_LINK_SIGNING_KEY (a long random "
@@ -76,5 +102,7 @@ def create_app(settings: Settings, *, http: aiohttp.ClientSession | None = None)
     )
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_outbound_http(http))
+    if background:
+        app.cleanup_ctx.append(_background_sync)
     setup_routes(app)
     return app

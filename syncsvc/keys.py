@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from syncsvc.settings import Settings
 from syncsvc.signing import Signer
+from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -20,3 +21,5 @@ VAULT = web.AppKey("vault", Vault)
 SIGNER = web.AppKey("signer", Signer)
 #: The one outbound HTTP client of the process (DummyCookieJar, explicit timeouts).
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+#: The background sync tick, when this process runs one.
+SCHEDULER = web.AppKey("scheduler", SyncScheduler)

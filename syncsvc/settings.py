@@ -178,6 +178,11 @@ class Settings:
     #: Refresh idle grants at least this often (Cerner revokes offline access unused ~90 days).
     keepalive_days: int = 30
     lease_seconds: int = 120
+    #: How often each connection's resources are pulled when nothing failed.
+    sync_interval_seconds: int = 6 * 3600
+    #: Connections one process works at the same time, and how many one tick claims.
+    sync_concurrency: int = 8
+    claim_batch_size: int = 100
     launch_ttl_seconds: int = 600
     connect_link_ttl_seconds: int = 86_400
 
@@ -201,6 +206,9 @@ class Settings:
             "launch_ttl_seconds",
             "connect_link_ttl_seconds",
             "keepalive_days",
+            "sync_interval_seconds",
+            "sync_concurrency",
+            "claim_batch_size",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer")
@@ -273,6 +281,9 @@ _INT_FIELDS = {
     "lease_seconds",
     "launch_ttl_seconds",
     "connect_link_ttl_seconds",
+    "sync_interval_seconds",
+    "sync_concurrency",
+    "claim_batch_size",
 }
 
 

@@ -121,13 +121,16 @@ async def register_tenant(
     spec: TenantSpec,
     *,
     now: dt.datetime,
+    run_discovery: bool = True,
 ) -> Tenant:
     """Discover ``spec.fhir_base`` and create or update the tenant named ``spec.name``.
 
     DiscoveryError if the base publishes no usable SMART configuration; nothing is stored then.
+    ``run_discovery=False`` (bulk imports) stores the tenant undiscovered, keeping any earlier
+    discovery result; the first launch discovers it then.
     """
     base = normalise_base(spec.fhir_base)
-    config = await discover(http, base)
+    config = await discover(http, base) if run_discovery else None
     async with sessionmaker.begin() as session:
         existing = await repo.get_tenant_by_name(session, spec.name)
         other = await repo.get_tenant_by_base(session, base)
@@ -145,8 +148,9 @@ async def register_tenant(
             "key_id": spec.key_id,
             "redirect_uri": spec.redirect_uri,
             "configured_scopes": list(dict.fromkeys(spec.resource_types)),
-            **_discovery_columns(config, now),
         }
+        if config is not None:
+            columns.update(_discovery_columns(config, now))
         if existing is None:
             return await repo.create_tenant(
                 session, id=tenant_id, name=spec.name, now=now, **columns

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncScalarResult, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import InstrumentedAttribute
 
 from syncsvc.vault import Purpose, Vault, key_id_of
@@ -70,7 +70,7 @@ async def count_by_key_id(session: AsyncSession, batch_size: int = 1000) -> dict
     counts: Counter[str] = Counter()
     for spec in ENCRYPTED:
         for column, _ in spec.columns:
-            result = await session.stream_scalars(
+            result: AsyncScalarResult[str] = await session.stream_scalars(
                 select(column).where(column.is_not(None)).execution_options(yield_per=batch_size)
             )
             async for value in result:
@@ -110,7 +110,7 @@ async def reencrypt_all(
                     )
                 ).all()
                 for row in rows:
-                    row_id, *values = row
+                    row_id, values = str(row[0]), list(row[1:])
                     done += await _rewrite_row(session, spec, vault, row_id, values)
             if not rows:
                 break

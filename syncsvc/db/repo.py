@@ -520,3 +520,9 @@ async def delete_credentials(session: AsyncSession, connection_id: str) -> bool:
         delete(Credential).where(Credential.connection_id == connection_id)
     )
     return _rowcount(result) == 1
+
+
+async def delete_connection(session: AsyncSession, connection_id: str) -> bool:
+    """Delete a connection; its tokens and synced data go with it (foreign keys cascade)."""
+    result = await session.execute(delete(Connection).where(Connection.id == connection_id))
+    return _rowcount(result) == 1

@@ -8,6 +8,7 @@ default) for tests, the demo and benchmarks.
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -102,13 +103,19 @@ class RunningSandbox:
 
 @contextlib.asynccontextmanager
 async def running_sandbox(
-    config: SandboxConfig, host: str = "127.0.0.1", port: int = 0
+    config: SandboxConfig,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    sock: socket.socket | None = None,
 ) -> AsyncIterator[RunningSandbox]:
-    """Serve the sandbox on ``host:port`` (port 0: ephemeral) until the block exits."""
+    """Serve the sandbox on ``host:port`` (port 0: ephemeral), or on a bound ``sock``."""
     app = create_sandbox_app(config)
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site: web.BaseSite = (
+        web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
+    )
     await site.start()
     try:
         bound_port = int(runner.addresses[0][1]) if runner.addresses else port

@@ -1,0 +1,58 @@
+"""What every command shares: settings loading, a database for one command, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from syncsvc.settings import Settings
+
+Handler = Callable[[argparse.Namespace], int]
+
+#: Exit codes: 0 done, 1 the work failed, 2 the command was used wrongly or is misconfigured.
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def fail(command: str, message: str, code: int = EXIT_FAILED) -> int:
+    """Tell the operator what went wrong (no traceback) and return the exit code."""
+    print(f"syncsvc {command}: {message}", file=sys.stderr)
+    return code
+
+
+def load_settings(command: str) -> Settings | None:
+    """The process settings, or None after telling the operator what is wrong."""
+    from syncsvc.errors import ConfigError
+    from syncsvc.settings import Settings
+
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        fail(command, exc.message, EXIT_USAGE)
+        return None
+
+
+@asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """A session factory on the configured database for the duration of one command."""
+    from syncsvc.db.engine import create_engine, create_sessionmaker
+
+    engine = create_engine(settings.database_url)
+    try:
+        yield create_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+
+
+def print_json(payload: Any) -> None:
+    """One JSON document on standard output (datetimes as RFC 3339)."""
+    import orjson
+
+    sys.stdout.write(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode() + "\n")
+    sys.stdout.flush()

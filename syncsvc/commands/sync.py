@@ -1,0 +1,123 @@
+"""``syncsvc sync --once`` and ``syncsvc worker``: background sync without, or as, a daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import TYPE_CHECKING
+
+from syncsvc.commands.common import EXIT_USAGE, database, fail, load_settings, print_json
+
+if TYPE_CHECKING:
+    from syncsvc.settings import Settings
+    from syncsvc.sync.runner import WorkReport
+
+
+async def _once(settings: Settings, args: argparse.Namespace) -> WorkReport:
+    from syncsvc.db import repo
+    from syncsvc.errors import NotFound
+    from syncsvc.http import create_http_client
+    from syncsvc.sync.context import SyncContext
+    from syncsvc.sync.runner import run_due
+    from syncsvc.vault import Vault
+
+    async with database(settings) as sessionmaker, create_http_client() as http:
+        tenant_id = None
+        if args.tenant:
+            async with sessionmaker() as session:
+                tenant = await repo.get_tenant_by_name(session, args.tenant)
+            if tenant is None:
+                raise NotFound(f"no tenant named '{args.tenant}'")
+            tenant_id = tenant.id
+        context = SyncContext(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            vault=Vault.from_settings(settings),
+            http=http,
+        )
+        return await run_due(context, tenant_id=tenant_id, connection_ids=args.connection)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from syncsvc.errors import SyncsvcError
+    from syncsvc.logging import configure_logging
+
+    if not args.once:
+        return fail(
+            "sync",
+            "only --once is supported here; run `syncsvc worker` to keep syncing",
+            EXIT_USAGE,
+        )
+    settings = load_settings("sync")
+    if settings is None:
+        return EXIT_USAGE
+    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+    try:
+        report = asyncio.run(_once(settings, args))
+    except SyncsvcError as exc:
+        return fail("sync", exc.message)
+    print_json(report.to_json())
+    return 1 if report.failures else 0
+
+
+async def _work_forever(settings: Settings) -> None:
+    from syncsvc.http import create_http_client
+    from syncsvc.sync.context import SyncContext
+    from syncsvc.sync.scheduler import SyncScheduler
+    from syncsvc.vault import Vault
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with database(settings) as sessionmaker, create_http_client() as http:
+        scheduler = SyncScheduler(
+            SyncContext(
+                settings=settings,
+                sessionmaker=sessionmaker,
+                vault=Vault.from_settings(settings),
+                http=http,
+            )
+        )
+        scheduler.start()
+        await stop.wait()
+        await scheduler.stop()
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from syncsvc.errors import SyncsvcError
+    from syncsvc.logging import configure_logging
+
+    settings = load_settings("worker")
+    if settings is None:
+        return EXIT_USAGE
+    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_work_forever(settings))
+    except SyncsvcError as exc:
+        return fail("worker", exc.message)
+    print("worker stopped", file=sys.stderr)
+    return 0
+
+
+def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``sync`` and ``worker``."""
+    sync = commands.add_parser(
+        "sync",
+        help="refresh and pull everything due now, then exit with a JSON summary",
+    )
+    sync.add_argument("--once", action="store_true", required=True, help="run once and exit")
+    sync.add_argument("--tenant", help="only this tenant's connections")
+    sync.add_argument(
+        "--connection", action="append", metavar="ID", help="only this connection (repeatable)"
+    )
+    sync.set_defaults(handler=_sync)
+
+    worker = commands.add_parser(
+        "worker", help="run background sync without the web application (SIGTERM stops it)"
+    )
+    worker.set_defaults(handler=_worker)

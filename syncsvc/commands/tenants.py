@@ -1,0 +1,322 @@
+"""``syncsvc tenants add|list|show|remove|import``: the EHR FHIR bases syncsvc connects to."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from syncsvc.commands.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    database,
+    fail,
+    load_settings,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from syncsvc.db.models import Tenant
+    from syncsvc.settings import Settings
+    from syncsvc.tenants import TenantSpec
+
+AUTH_METHODS = ("public", "client_secret_basic", "client_secret_post", "private_key_jwt")
+VENDORS = ("cerner", "epic", "generic")
+
+
+def tenant_summary(tenant: Tenant, connections: int | None = None) -> dict[str, Any]:
+    """What an operator sees of a tenant (never a secret: only whether one is set)."""
+    endpoints = tenant.endpoints or {}
+    summary: dict[str, Any] = {
+        "name": tenant.name,
+        "display_name": tenant.display_name,
+        "vendor": tenant.vendor,
+        "fhir_base": tenant.fhir_base,
+        "issuer": tenant.issuer,
+        "client_id": tenant.client_id,
+        "auth_method": tenant.auth_method,
+        "client_secret_set": tenant.client_secret_enc is not None,
+        "private_key_set": tenant.private_key_enc is not None,
+        "key_id": tenant.key_id,
+        "redirect_uri": tenant.redirect_uri,
+        "resource_types": list(tenant.configured_scopes),
+        "discovery": {
+            "source": endpoints.get("source"),
+            "authorization_endpoint": endpoints.get("authorization_endpoint"),
+            "token_endpoint": endpoints.get("token_endpoint"),
+            "revocation_endpoint": endpoints.get("revocation_endpoint"),
+            "capabilities": list(tenant.capabilities or []),
+            "scopes_supported": tenant.scopes_supported,
+            "fetched_at": tenant.discovery_fetched_at,
+            "last_error": tenant.discovery_error,
+        },
+    }
+    if connections is not None:
+        summary["connections"] = connections
+    return summary
+
+
+def _print_tenant(summary: dict[str, Any]) -> None:
+    discovery = summary["discovery"]
+    print(f"{summary['name']}: {summary['display_name']} ({summary['vendor']})")
+    print(f"  FHIR base       {summary['fhir_base']}")
+    print(f"  client          {summary['client_id']} ({summary['auth_method']})")
+    print(f"  redirect URI    {summary['redirect_uri']}")
+    print(f"  resource types  {', '.join(summary['resource_types'])}")
+    if discovery["source"]:
+        print(
+            f"  discovered from {discovery['source']} at {discovery['fetched_at']:%Y-%m-%d %H:%M}Z"
+        )
+        print(f"  authorize       {discovery['authorization_endpoint']}")
+        print(f"  token           {discovery['token_endpoint']}")
+        print(f"  revoke          {discovery['revocation_endpoint'] or '(not offered)'}")
+        scopes = discovery["scopes_supported"]
+        print(f"  scopes offered  {len(scopes) if scopes is not None else 'not advertised'}")
+    else:
+        print("  discovery       not yet run (the first launch discovers it)")
+    if discovery["last_error"]:
+        print(f"  last discovery error: {discovery['last_error']}")
+    if "connections" in summary:
+        print(f"  connections     {summary['connections']}")
+
+
+async def _register(settings: Settings, spec: TenantSpec, *, run_discovery: bool) -> Tenant:
+    from syncsvc.http import create_http_client
+    from syncsvc.tenants import register_tenant
+    from syncsvc.vault import Vault
+
+    vault = Vault.from_settings(settings)
+    async with database(settings) as sessionmaker, create_http_client() as http:
+        return await register_tenant(
+            sessionmaker,
+            vault,
+            http,
+            spec,
+            now=dt.datetime.now(dt.UTC),
+            run_discovery=run_discovery,
+        )
+
+
+def _add(args: argparse.Namespace) -> int:
+    from syncsvc.errors import SyncsvcError
+    from syncsvc.tenants import DEFAULT_RESOURCE_TYPES, TenantSpec
+
+    settings = load_settings("tenants add")
+    if settings is None:
+        return EXIT_USAGE
+    try:
+        private_key = args.private_key.read_text(encoding="utf-8") if args.private_key else None
+    except OSError as exc:
+        return fail("tenants add", f"cannot read {args.private_key}: {exc.strerror}", EXIT_USAGE)
+    auth = args.auth_method or (
+        "private_key_jwt"
+        if private_key
+        else "client_secret_basic"
+        if args.client_secret
+        else "public"
+    )
+    try:
+        spec = TenantSpec(
+            name=args.name,
+            display_name=args.display_name,
+            fhir_base=args.base,
+            client_id=args.client_id,
+            vendor=args.vendor,
+            auth_method=auth,
+            client_secret=args.client_secret,
+            private_key_pem=private_key,
+            key_id=args.key_id,
+            redirect_uri=args.redirect_uri or f"{settings.public_url}/callback",
+            resource_types=tuple(args.scopes) if args.scopes else DEFAULT_RESOURCE_TYPES,
+        )
+        tenant = asyncio.run(_register(settings, spec, run_discovery=True))
+    except SyncsvcError as exc:
+        return fail("tenants add", exc.message)
+    summary = tenant_summary(tenant)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"registered tenant '{tenant.name}'; discovery succeeded:")
+        _print_tenant(summary)
+    return 0
+
+
+async def _load(settings: Settings, name: str | None) -> list[tuple[Tenant, int]]:
+    from syncsvc.db import repo
+
+    async with database(settings) as sessionmaker, sessionmaker() as session:
+        tenants = await repo.list_tenants(session)
+        if name is not None:
+            tenants = [t for t in tenants if t.name == name]
+        return [(t, len(await repo.list_connections(session, tenant_id=t.id))) for t in tenants]
+
+
+def _list(args: argparse.Namespace) -> int:
+    settings = load_settings("tenants list")
+    if settings is None:
+        return EXIT_USAGE
+    rows = asyncio.run(_load(settings, None))
+    if args.json:
+        print_json([tenant_summary(t, count) for t, count in rows])
+        return 0
+    if not rows:
+        print("no tenants yet: add one with `syncsvc tenants add` or `syncsvc tenants import`")
+    for tenant, count in rows:
+        print(f"{tenant.name}\t{tenant.vendor}\t{count} connections\t{tenant.fhir_base}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    settings = load_settings("tenants show")
+    if settings is None:
+        return EXIT_USAGE
+    rows = asyncio.run(_load(settings, args.name))
+    if not rows:
+        return fail("tenants show", f"no tenant named '{args.name}'")
+    tenant, count = rows[0]
+    if args.json:
+        print_json(tenant_summary(tenant, count))
+    else:
+        _print_tenant(tenant_summary(tenant, count))
+    return 0
+
+
+async def _remove(settings: Settings, name: str, *, force: bool) -> str | None:
+    from syncsvc.db import repo
+
+    async with database(settings) as sessionmaker, sessionmaker.begin() as session:
+        tenant = await repo.get_tenant_by_name(session, name)
+        if tenant is None:
+            return f"no tenant named '{name}'"
+        connections = await repo.list_connections(session, tenant_id=tenant.id)
+        if connections and not force:
+            return (
+                f"tenant '{name}' has {len(connections)} connections; disconnect them first or "
+                "pass --force to delete them with their tokens and data"
+            )
+        for connection in connections:
+            await repo.delete_connection(session, connection.id)
+        await repo.delete_tenant(session, tenant.id)
+    return None
+
+
+def _remove_cmd(args: argparse.Namespace) -> int:
+    settings = load_settings("tenants remove")
+    if settings is None:
+        return EXIT_USAGE
+    problem = asyncio.run(_remove(settings, args.name, force=args.force))
+    if problem is not None:
+        return fail("tenants remove", problem)
+    print(f"removed tenant '{args.name}'")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from syncsvc.endpoint_import import read_endpoint_file
+    from syncsvc.errors import SyncsvcError
+    from syncsvc.tenants import TenantSpec
+
+    settings = load_settings("tenants import")
+    if settings is None:
+        return EXIT_USAGE
+    try:
+        report = read_endpoint_file(args.file)
+    except SyncsvcError as exc:
+        return fail("tenants import", exc.message, EXIT_USAGE)
+    total = len(report.endpoints)
+    print(f"{args.file}: {report.format} bundle, {total} endpoints", file=sys.stderr)
+
+    async def run() -> int:
+        done = 0
+        for endpoint in report.endpoints:
+            spec = TenantSpec(
+                name=endpoint.name,
+                display_name=endpoint.display_name,
+                fhir_base=endpoint.fhir_base,
+                client_id=args.client_id,
+                vendor=endpoint.vendor,
+                auth_method=args.auth_method,
+                client_secret=args.client_secret,
+                redirect_uri=args.redirect_uri or f"{settings.public_url}/callback",
+            )
+            await _register(settings, spec, run_discovery=args.discover)
+            done += 1
+            if done % 50 == 0 or done == total:
+                print(f"  {done}/{total} tenants created or updated", file=sys.stderr, flush=True)
+        return done
+
+    try:
+        done = asyncio.run(run())
+    except SyncsvcError as exc:
+        return fail("tenants import", exc.message)
+    for reason in report.skipped:
+        print(f"  skipped: {reason}", file=sys.stderr)
+    if args.json:
+        print_json({"format": report.format, "imported": done, "skipped": list(report.skipped)})
+    else:
+        print(f"imported {done} tenants, skipped {len(report.skipped)}")
+    return 0 if done or not total else EXIT_FAILED
+
+
+def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``tenants``."""
+    tenants = commands.add_parser("tenants", help="EHR tenants: add, list, show, remove, import")
+    actions = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
+
+    add = actions.add_parser(
+        "add",
+        help="register a FHIR base with syncsvc's client there (runs discovery)",
+        description="Register a tenant. Discovery runs at once and its result is shown.",
+    )
+    add.add_argument("--name", required=True, help="short handle used in links and commands")
+    add.add_argument("--base", required=True, help="the FHIR base URL (also the aud)")
+    add.add_argument("--client-id", required=True)
+    secret = add.add_mutually_exclusive_group()
+    secret.add_argument("--client-secret", help="for client_secret_basic/_post")
+    secret.add_argument("--private-key", type=Path, help="PEM file, for private_key_jwt")
+    add.add_argument("--key-id", help="kid of the private key in the served JWKS")
+    add.add_argument("--auth-method", choices=AUTH_METHODS, help="default: from the secret given")
+    add.add_argument("--vendor", choices=VENDORS, default="generic")
+    add.add_argument("--display-name", help="the name patients see (default: --name)")
+    add.add_argument("--redirect-uri", help="default: SYNCSVC_PUBLIC_URL + /callback")
+    add.add_argument(
+        "--scopes", nargs="+", metavar="TYPE", help="resource types to request (default: a set)"
+    )
+    add.add_argument("--json", action="store_true", help="print the result as JSON")
+    add.set_defaults(handler=_add)
+
+    listing = actions.add_parser("list", help="every tenant with its connection count")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_list)
+
+    show = actions.add_parser("show", help="one tenant with its discovery result")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_show)
+
+    remove = actions.add_parser("remove", help="delete a tenant")
+    remove.add_argument("name")
+    remove.add_argument(
+        "--force", action="store_true", help="also delete its connections, tokens and data"
+    )
+    remove.set_defaults(handler=_remove_cmd)
+
+    imports = actions.add_parser(
+        "import",
+        help="create or update tenants from a User-access Brands or Oracle Health endpoint bundle",
+        description=(
+            "Idempotent: re-importing updates the same tenants (names derive from the bundle). "
+            "Discovery runs at each tenant's first launch unless --discover is given."
+        ),
+    )
+    imports.add_argument("file", type=Path)
+    imports.add_argument("--client-id", required=True, help="syncsvc's client id at these EHRs")
+    imports.add_argument("--auth-method", choices=AUTH_METHODS[:3], default="public")
+    imports.add_argument("--client-secret")
+    imports.add_argument("--redirect-uri")
+    imports.add_argument("--discover", action="store_true", help="run discovery for each now")
+    imports.add_argument("--json", action="store_true")
+    imports.set_defaults(handler=_import)

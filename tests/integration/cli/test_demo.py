@@ -1,0 +1,35 @@
+"""``syncsvc demo --once``: the README's first command, headless, on a fresh data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.integration.cli.runner import syncsvc
+
+
+async def test_demo_once_connects_syncs_and_prints_one_json_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCSVC_")}
+    data = tmp_path / "demo"
+    result = await syncsvc(None, "demo", "--once", "--data-dir", str(data), env=env)
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1
+    summary = result.json()
+    assert isinstance(summary, dict)
+    assert summary["ok"] is True
+    assert summary["connections_made"] == 1
+    [connection] = summary["connections"]
+    assert connection["status"] == "active"
+    assert "patient/Observation.read" in connection["granted_scopes"]
+    assert connection["trimmed_scopes"] == []
+    assert summary["resources_stored"] == sum(connection["resources"].values())
+    assert summary["resources_stored"] > 100
+    assert summary["sync"]["sync"] == {"ok": 1}
+    assert "generated a vault key" in result.stderr
+    key_file = data / "vault-keys.json"
+    assert key_file.stat().st_mode & 0o077 == 0  # readable by the owner only
+    # A second run reuses the key (the stored tokens stay readable) and reconnects the patient.
+    again = await syncsvc(None, "demo", "--once", "--data-dir", str(data), env=env)
+    assert again.code == 0, again.stderr
+    assert "generated a vault key" not in again.stderr

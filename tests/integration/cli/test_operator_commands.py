@@ -1,0 +1,123 @@
+"""``tenants``, ``connect-link`` and ``sync --once`` as an operator runs them: real processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiohttp
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.settings import Settings
+from syncsvc.vault import Vault
+from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
+from tests.integration.cli.runner import syncsvc
+from tests.integration.connected import connect_patient, register_sandbox_tenant
+from tests.integration.dbdata import add_tenant
+
+Sessionmaker = async_sessionmaker[AsyncSession]
+
+DATA = Path(__file__).resolve().parents[2] / "data" / "endpoints"
+
+
+async def test_tenants_add_show_list_and_remove(
+    settings: Settings, sandbox: RunningSandbox, sessionmaker: Sessionmaker
+) -> None:
+    base = sandbox.urls(CERNER_TENANT).fhir_base
+    added = await syncsvc(
+        settings,
+        "tenants", "add", "--name", "cerner", "--base", base + "/", "--vendor", "cerner",
+        "--client-id", "syncsvc-confidential", "--client-secret", "sandbox-secret",
+    )  # fmt: skip
+    assert added.code == 0, added.stderr
+    assert "discovery succeeded" in added.stdout
+    assert sandbox.urls(CERNER_TENANT).token in added.stdout
+    assert "sandbox-secret" not in added.stdout + added.stderr
+
+    shown = await syncsvc(settings, "tenants", "show", "cerner", "--json")
+    assert shown.code == 0, shown.stderr
+    detail = shown.json()
+    assert isinstance(detail, dict)
+    assert detail["fhir_base"] == base  # normalised: no trailing slash
+    assert detail["client_secret_set"] is True
+    assert detail["auth_method"] == "client_secret_basic"
+    assert detail["discovery"]["source"] == "well-known"
+    assert "sandbox-secret" not in shown.stdout
+
+    listed = await syncsvc(settings, "tenants", "list")
+    assert "cerner\tcerner\t0 connections" in listed.stdout
+
+    removed = await syncsvc(settings, "tenants", "remove", "cerner")
+    assert removed.code == 0, removed.stderr
+    gone = await syncsvc(settings, "tenants", "show", "cerner")
+    assert gone.code == 1
+    assert "no tenant named 'cerner'" in gone.stderr
+
+
+async def test_tenants_add_with_a_wrong_base_fails_clearly(
+    settings: Settings, sandbox: RunningSandbox, sessionmaker: Sessionmaker
+) -> None:
+    result = await syncsvc(
+        settings,
+        "tenants", "add", "--name", "nowhere", "--base", f"{sandbox.origin}/fhir/no-such-tenant",
+        "--client-id", "syncsvc-public",
+    )  # fmt: skip
+    assert result.code == 1
+    assert "publishes neither .well-known/smart-configuration" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_tenants_import_is_idempotent(settings: Settings, sessionmaker: Sessionmaker) -> None:
+    first = await syncsvc(
+        settings, "tenants", "import", str(DATA / "oracle_current.json"),
+        "--client-id", "syncsvc-public", "--json",
+    )  # fmt: skip
+    assert first.code == 0, first.stderr
+    summary = first.json()
+    assert isinstance(summary, dict)
+    assert summary["imported"] >= 1
+    again = await syncsvc(
+        settings, "tenants", "import", str(DATA / "oracle_current.json"),
+        "--client-id", "syncsvc-public", "--json",
+    )  # fmt: skip
+    assert again.json() == summary
+    listed = await syncsvc(settings, "tenants", "list", "--json")
+    tenants = listed.json()
+    assert isinstance(tenants, list)
+    assert len(tenants) == summary["imported"]
+    assert {t["vendor"] for t in tenants} == {"cerner"}
+
+
+async def test_connect_link_names_the_user_and_tenant(
+    settings: Settings, sessionmaker: Sessionmaker
+) -> None:
+    async with sessionmaker.begin() as session:
+        await add_tenant(session, name="clinic")
+    made = await syncsvc(settings, "connect-link", "--user", "u-42", "--tenant", "clinic")
+    assert made.code == 0, made.stderr
+    assert made.stdout.startswith(f"{settings.public_url}/connect?link=")
+    unknown = await syncsvc(settings, "connect-link", "--user", "u-42", "--tenant", "nope")
+    assert unknown.code == 1
+    assert "no tenant named 'nope'" in unknown.stderr
+
+
+async def test_sync_once_pulls_what_is_due_and_reports_json(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    tenant = await register_sandbox_tenant(sessionmaker, vault, http, sandbox, GENERIC_TENANT)
+    await connect_patient(sessionmaker, vault, http, sandbox, tenant, sandbox_tenant=GENERIC_TENANT)
+    result = await syncsvc(settings, "sync", "--once")
+    assert result.code == 0, result.stderr
+    report = result.json()
+    assert isinstance(report, dict)
+    assert report["connections"] == 1
+    assert report["sync"] == {"ok": 1}
+    assert report["resources"]["new"] > 0
+    nothing = await syncsvc(settings, "sync", "--once")
+    assert nothing.json() == {
+        "connections": 0, "refresh": {}, "sync": {}, "resources": {}, "failures": 0,
+    }  # fmt: skip
