@@ -1,0 +1,62 @@
+"""Cookies of the patient pages are Secure whenever the public URL is https."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from syncsvc.app import create_app
+from syncsvc.connect_links import issue_connect_link
+from syncsvc.keys import SESSIONMAKER, SIGNER
+from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.settings import Settings
+from syncsvc.tenants import TenantSpec, register_tenant
+from syncsvc.vault import Vault
+from tests.fixtures.sandbox import GENERIC_TENANT
+
+PUBLIC = "https://sync.example.org"
+
+
+async def test_https_public_url_makes_every_cookie_secure(
+    db_url: str, tmp_path: Path, sandbox: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    settings = Settings.for_tests(data_dir=tmp_path, database_url=db_url, public_url=PUBLIC)
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        origin = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        now = dt.datetime.now(dt.UTC)
+        spec = TenantSpec(
+            name="generic",
+            fhir_base=sandbox.urls(GENERIC_TENANT).fhir_base,
+            client_id="syncsvc-public",
+            redirect_uri=f"{PUBLIC}/callback",
+        )
+        await register_tenant(app[SESSIONMAKER], Vault.from_settings(settings), http, spec, now=now)
+        async with app[SESSIONMAKER].begin() as session:
+            link = await issue_connect_link(
+                session, app[SIGNER], settings, user_id="u-1", tenant_name="generic", now=now
+            )
+        token = link.url.split("link=", 1)[1]
+        async with http.post(
+            f"{origin}/connect/start",
+            data={"link": token, "tenant": "generic"},
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 303
+            assert response.headers["Location"].startswith(sandbox.urls(GENERIC_TENANT).authorize)
+            cookies = response.headers.getall("Set-Cookie")
+    finally:
+        await runner.cleanup()
+    assert {c.split("=", 1)[0] for c in cookies} == {"syncsvc_browser", "syncsvc_session"}
+    for cookie in cookies:
+        attributes = [part.strip().lower() for part in cookie.split(";")]
+        assert "secure" in attributes
+        assert "httponly" in attributes
+        assert "samesite=lax" in attributes
