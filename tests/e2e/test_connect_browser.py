@@ -1,0 +1,50 @@
+"""A person connects their record in a real browser: link, provider, EHR login, back to syncsvc."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from playwright.async_api import Page
+from sqlalchemy import select
+
+from syncsvc.db.models import Connection
+from syncsvc.keys import SESSIONMAKER
+from syncsvc.sandbox.server import RunningSandbox
+from tests.fixtures.sandbox import CERNER_TENANT
+from tests.integration.web.conftest import RunningService
+from tests.integration.web.flows import new_link, register
+
+pytestmark = pytest.mark.browser
+
+
+async def test_patient_connects_through_every_page(
+    browser_page: Page,
+    service: RunningService,
+    api: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    await register(service, http, sandbox, CERNER_TENANT, name="cerner")
+    link = await new_link(api, "user-browser", tenant="cerner")
+    page = browser_page
+
+    await page.goto(link)
+    assert await page.get_by_role("heading", level=1).inner_text() == "Connect your health record"
+    await page.get_by_role("button", name="Connect to Oracle Health Sandbox").click()
+
+    # The EHR's own login and consent page.
+    await page.wait_for_url(f"{sandbox.origin}/**")
+    await page.get_by_role("radio", name="Wilma Smart").check()
+    await page.get_by_label("Password").fill("portal")
+    await page.get_by_role("button", name="Approve").click()
+
+    await page.wait_for_url(f"{service.callback}?**")
+    assert await page.get_by_role("heading", level=1).inner_text() == "Your record is connected"
+    body = await page.locator("body").inner_text()
+    assert "Wilma Smart" in body
+    assert "Observations" in body or "Observation" in body
+    async with service.app[SESSIONMAKER]() as session:
+        [connection] = list(await session.scalars(select(Connection)))
+    assert connection.patient_id == "12742400"
+    assert connection.user_id == "user-browser"
+    assert connection.status == "active"
