@@ -82,6 +82,9 @@ class Tenant(Base):
     redirect_uri: Mapped[str] = mapped_column(String(URL_LENGTH))
     #: Resource types (or explicit scopes) the operator wants for this tenant.
     configured_scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: Per-type query plan changes over the vendor profile (``{type: {field: value}}``), e.g.
+    #: a smaller ``_count`` or other required categories at this deployment.
+    plan_overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
