@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.db import repo
 from syncsvc.db.models import AUTH_METHOD_NAMES, VENDORS, Tenant, new_id
 from syncsvc.errors import ConfigError, DiscoveryError
+from syncsvc.fhir.plans import plan_for
 from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.discovery import SmartConfiguration, discover, normalise_base
 from syncsvc.vault import Purpose, Vault
@@ -56,6 +57,8 @@ class TenantSpec:
     private_key_pem: str | None = field(default=None, repr=False)
     key_id: str | None = None
     resource_types: tuple[str, ...] = DEFAULT_RESOURCE_TYPES
+    #: Changes to the vendor's query plans at this tenant (see ``syncsvc.fhir.plans.plan_for``).
+    plan_overrides: dict[str, dict[str, object]] | None = None
 
     def __post_init__(self) -> None:
         if not self.name or len(self.name) > 64:
@@ -71,6 +74,20 @@ class TenantSpec:
             raise ConfigError("auth method private_key_jwt needs a private key")
         if not self.client_id:
             raise ConfigError("A client id is required.")
+        if self.plan_overrides is not None:
+            validate_plan_overrides(self.plan_overrides, self.vendor)
+
+
+def validate_plan_overrides(overrides: object, vendor: str) -> None:
+    """ConfigError unless ``overrides`` is ``{type: {plan field: value}}`` that builds a plan."""
+    if not isinstance(overrides, dict) or not all(
+        isinstance(k, str) and isinstance(v, dict) for k, v in overrides.items()
+    ):
+        raise ConfigError("plan overrides must be a JSON object of {resource type: {field: value}}")
+    try:
+        plan_for(vendor, overrides)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"plan overrides are not valid: {exc}") from exc
 
 
 def smart_configuration(tenant: Tenant) -> SmartConfiguration | None:
@@ -148,6 +165,7 @@ async def register_tenant(
             "key_id": spec.key_id,
             "redirect_uri": spec.redirect_uri,
             "configured_scopes": list(dict.fromkeys(spec.resource_types)),
+            "plan_overrides": spec.plan_overrides,
         }
         if config is not None:
             columns.update(_discovery_columns(config, now))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ def tenant_summary(tenant: Tenant, connections: int | None = None) -> dict[str, 
         "key_id": tenant.key_id,
         "redirect_uri": tenant.redirect_uri,
         "resource_types": list(tenant.configured_scopes),
+        "plan_overrides": tenant.plan_overrides,
         "discovery": {
             "source": endpoints.get("source"),
             "authorization_endpoint": endpoints.get("authorization_endpoint"),
@@ -109,8 +111,11 @@ def _add(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         private_key = args.private_key.read_text(encoding="utf-8") if args.private_key else None
+        plans = json.loads(args.plans.read_text(encoding="utf-8")) if args.plans else None
     except OSError as exc:
-        return fail("tenants add", f"cannot read {args.private_key}: {exc.strerror}", EXIT_USAGE)
+        return fail("tenants add", f"cannot read {exc.filename}: {exc.strerror}", EXIT_USAGE)
+    except ValueError as exc:
+        return fail("tenants add", f"{args.plans} is not valid JSON: {exc}", EXIT_USAGE)
     auth = args.auth_method or (
         "private_key_jwt"
         if private_key
@@ -131,6 +136,7 @@ def _add(args: argparse.Namespace) -> int:
             key_id=args.key_id,
             redirect_uri=args.redirect_uri or f"{settings.public_url}/callback",
             resource_types=tuple(args.scopes) if args.scopes else DEFAULT_RESOURCE_TYPES,
+            plan_overrides=plans,
         )
         tenant = asyncio.run(_register(settings, spec, run_discovery=True))
     except SyncsvcError as exc:
@@ -284,6 +290,12 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add.add_argument("--redirect-uri", help="default: SYNCSVC_PUBLIC_URL + /callback")
     add.add_argument(
         "--scopes", nargs="+", metavar="TYPE", help="resource types to request (default: a set)"
+    )
+    add.add_argument(
+        "--plans",
+        type=Path,
+        metavar="FILE",
+        help='JSON query plan overrides, e.g. {"Observation": {"count": 50}}',
     )
     add.add_argument("--json", action="store_true", help="print the result as JSON")
     add.set_defaults(handler=_add)

@@ -121,3 +121,28 @@ async def test_sync_once_pulls_what_is_due_and_reports_json(
     assert nothing.json() == {
         "connections": 0, "refresh": {}, "sync": {}, "resources": {}, "failures": 0,
     }  # fmt: skip
+
+
+async def test_tenants_add_takes_query_plan_overrides(
+    settings: Settings, sandbox: RunningSandbox, sessionmaker: Sessionmaker, tmp_path: Path
+) -> None:
+    plans = tmp_path / "plans.json"
+    plans.write_text('{"Observation": {"count": 50}}', encoding="utf-8")
+    base = sandbox.urls(GENERIC_TENANT).fhir_base
+    added = await syncsvc(
+        settings,
+        "tenants", "add", "--name", "generic", "--base", base, "--client-id", "syncsvc-public",
+        "--plans", str(plans), "--json",
+    )  # fmt: skip
+    assert added.code == 0, added.stderr
+    summary = added.json()
+    assert isinstance(summary, dict)
+    assert summary["plan_overrides"] == {"Observation": {"count": 50}}
+    plans.write_text('{"Observation": {"no_such_field": 1}}', encoding="utf-8")
+    refused = await syncsvc(
+        settings,
+        "tenants", "add", "--name", "other", "--base", base, "--client-id", "syncsvc-public",
+        "--plans", str(plans),
+    )  # fmt: skip
+    assert refused.code == 1
+    assert "plan overrides are not valid" in refused.stderr
