@@ -18,7 +18,8 @@ from aiohttp import web
 from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.errors import ConfigError
 from syncsvc.http import create_http_client
-from syncsvc.keys import ENGINE, HTTP, SCHEDULER, SESSIONMAKER, SETTINGS, SIGNER, VAULT
+from syncsvc.keys import ENGINE, HTTP, METRICS, SCHEDULER, SESSIONMAKER, SETTINGS, SIGNER, VAULT
+from syncsvc.metrics import Metrics
 from syncsvc.settings import Settings
 from syncsvc.signing import Signer
 from syncsvc.sync.context import SyncContext
@@ -88,11 +89,19 @@ def create_app(
             "No link-signing key is configured: set SYNCSVC_LINK_SIGNING_KEY (a long random "
             "string; connect links and patient sessions are signed with it)."
         )
+    metrics = Metrics()
     app = web.Application(
-        middlewares=[context_middleware, security_headers_middleware, error_middleware],
+        # Metrics sit outside the error boundary, so they see the status the client gets.
+        middlewares=[
+            context_middleware,
+            metrics.middleware,
+            security_headers_middleware,
+            error_middleware,
+        ],
         client_max_size=MAX_REQUEST_BYTES,
     )
     app[SETTINGS] = settings
+    app[METRICS] = metrics
     app[VAULT] = Vault.from_settings(settings)
     app[SIGNER] = Signer(settings.link_signing_key.reveal())
     aiohttp_jinja2.setup(

@@ -10,10 +10,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from syncsvc.commands import database, demo, keys, links, sandbox, serve, sync, tenants
+from syncsvc.commands import (
+    connections,
+    database,
+    demo,
+    keys,
+    links,
+    sandbox,
+    serve,
+    sync,
+    tenants,
+)
 from syncsvc.commands.common import Handler
 
-COMMAND_GROUPS = (serve, sync, demo, sandbox, database, tenants, links, keys)
+COMMAND_GROUPS = (serve, sync, demo, sandbox, database, tenants, connections, links, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,9 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
+from types import SimpleNamespace
+
 import aiohttp
 
 USER_AGENT = "syncsvc/0.1 (+SMART on FHIR sync)"
+
+#: What a request made from the current task waits for first: the per-tenant rate budget the
+#: sync runner installs while it works one connection (``syncsvc.sync.limits``); None elsewhere.
+REQUEST_GATE: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
+    "syncsvc_request_gate", default=None
+)
+
+
+async def _await_gate(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestStartParams,
+) -> None:
+    # Trace callbacks run in the requesting task, so they see its context variables.
+    gate = REQUEST_GATE.get()
+    if gate is not None:
+        await gate()
+
+
+def gated_trace() -> aiohttp.TraceConfig:
+    """A trace config that makes every request wait for :data:`REQUEST_GATE` first."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(_await_gate)
+    return trace
 
 
 def create_http_client(
@@ -14,7 +42,8 @@ def create_http_client(
 
     ``DummyCookieJar``: no cookie set by one patient's EHR ever rides on another's request.
     ``allow_redirects`` stays per call; token and FHIR calls pass ``False`` so a bearer token is
-    never carried to a URL it was not issued for.
+    never carried to a URL it was not issued for. Every request first waits for the
+    :data:`REQUEST_GATE` of the task sending it (the tenant's rate budget during sync work).
     """
     return aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -23,6 +52,7 @@ def create_http_client(
         ),
         connector=aiohttp.TCPConnector(limit=100, limit_per_host=20),
         headers={"User-Agent": USER_AGENT},
+        trace_configs=[gated_trace()],
     )
 
 

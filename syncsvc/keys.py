@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from syncsvc.metrics import Metrics
 from syncsvc.settings import Settings
 from syncsvc.signing import Signer
 from syncsvc.sync.scheduler import SyncScheduler
@@ -23,3 +24,5 @@ SIGNER = web.AppKey("signer", Signer)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 #: The background sync tick, when this process runs one.
 SCHEDULER = web.AppKey("scheduler", SyncScheduler)
+#: This application's Prometheus registry and instruments (never the global registry).
+METRICS = web.AppKey("metrics", Metrics)

@@ -196,8 +196,10 @@ def configure_logging(
         root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(log_level.upper())
-    # SQLAlchemy echoes bound parameters (ciphertexts, hashes) at INFO; keep it at WARNING.
-    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+    # SQLAlchemy echoes bound parameters (ciphertexts, hashes) at INFO, and aiosqlite logs every
+    # statement with its parameters (patient ids, resource bodies) at DEBUG: keep both at WARNING.
+    for name in ("sqlalchemy", "aiosqlite"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

@@ -17,6 +17,7 @@ import base64
 import binascii
 import dataclasses
 import hmac
+import ipaddress
 import json
 import os
 import re
@@ -185,12 +186,20 @@ class Settings:
     claim_batch_size: int = 100
     launch_ttl_seconds: int = 600
     connect_link_ttl_seconds: int = 86_400
+    #: Where webhooks are POSTed (https, or http on loopback); None sends none.
+    webhook_url: str | None = None
+    #: HMAC-SHA256 key of the ``Syncsvc-Signature`` header; required with ``webhook_url``.
+    webhook_secret: Secret | None = None
 
     def __post_init__(self) -> None:
         if not self.database_url:
             default = f"sqlite+aiosqlite:///{self.data_dir / 'syncsvc.db'}"
             object.__setattr__(self, "database_url", default)
         object.__setattr__(self, "public_url", _validate_public_url(self.public_url))
+        if self.webhook_url is not None:
+            object.__setattr__(self, "webhook_url", _validate_webhook_url(self.webhook_url))
+            if not self.webhook_secret:
+                raise ConfigError("webhook_url needs webhook_secret (webhooks are always signed)")
         if self.log_format not in ("json", "console"):
             raise ConfigError("log_format must be 'json' or 'console'")
         level = self.log_level.upper()
@@ -298,7 +307,7 @@ def _convert(name: str, value: Any) -> Any:
         if not isinstance(items, list):
             raise ConfigError("api_keys must be a comma-separated string or a list")
         return tuple(Secret(str(item).strip()) for item in items if str(item).strip())
-    if name in ("link_signing_key", "admin_token"):
+    if name in ("link_signing_key", "admin_token", "webhook_secret"):
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{name} must be a non-empty string")
         return Secret(value)
@@ -336,3 +345,17 @@ def _validate_public_url(url: str) -> str:
     if parts.query or parts.fragment:
         raise ConfigError("public_url must not have a query or fragment")
     return url.rstrip("/")
+
+
+def _validate_webhook_url(url: str) -> str:
+    # A webhook carries connection ids and statuses: https, or plain http to loopback only.
+    parts = urlsplit(url)
+    try:
+        loopback = ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        loopback = parts.hostname == "localhost"
+    if not parts.netloc or not (parts.scheme == "https" or (parts.scheme == "http" and loopback)):
+        raise ConfigError("webhook_url must be an https URL (http only on a loopback address)")
+    if parts.fragment:
+        raise ConfigError("webhook_url must not have a fragment")
+    return url

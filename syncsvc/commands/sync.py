@@ -38,7 +38,15 @@ async def _once(settings: Settings, args: argparse.Namespace) -> WorkReport:
             vault=Vault.from_settings(settings),
             http=http,
         )
-        return await run_due(context, tenant_id=tenant_id, connection_ids=args.connection)
+        report = await run_due(context, tenant_id=tenant_id, connection_ids=args.connection)
+        if not args.tenant and not args.connection:
+            # The outboxes are global: a run limited to one tenant or connection leaves them.
+            from syncsvc.revocations import retry_pending
+            from syncsvc.webhooks import deliver_due
+
+            await deliver_due(context)
+            await retry_pending(context)
+        return report
 
 
 def _sync(args: argparse.Namespace) -> int:

@@ -19,9 +19,11 @@ from sqlalchemy.orm import InstrumentedAttribute
 from syncsvc.vault import Purpose, Vault, key_id_of
 
 from .base import Base
-from .models import Credential, LaunchAttempt, Tenant
+from .models import Credential, LaunchAttempt, PendingRevocation, Tenant
 
 Progress = Callable[[str, int], None]
+#: The RFC 7009 type hint of a pending access-token revocation (a name, not a secret).
+ACCESS_TOKEN_HINT = "access_token"  # noqa: S105
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,12 @@ class EncryptedColumns:
     columns: tuple[tuple[InstrumentedAttribute[Any], Purpose], ...]
     #: Set to the new key id when a row is re-encrypted.
     kid_column: str | None = None
+    #: Only rows matching this condition (one purpose per spec when a row says its purpose).
+    only: Any = None
+
+    def conditions(self) -> list[Any]:
+        """The row filter of this spec, as a list for ``where``."""
+        return [] if self.only is None else [self.only]
 
 
 ENCRYPTED: tuple[EncryptedColumns, ...] = (
@@ -62,6 +70,21 @@ ENCRYPTED: tuple[EncryptedColumns, ...] = (
         LaunchAttempt.id,
         ((LaunchAttempt.code_verifier_enc, Purpose.CODE_VERIFIER),),
     ),
+    # A pending revocation's token is sealed under the purpose its RFC 7009 hint names.
+    EncryptedColumns(
+        "pending_revocations",
+        PendingRevocation,
+        PendingRevocation.id,
+        ((PendingRevocation.token_enc, Purpose.ACCESS_TOKEN),),
+        only=PendingRevocation.token_type_hint == ACCESS_TOKEN_HINT,
+    ),
+    EncryptedColumns(
+        "pending_revocations",
+        PendingRevocation,
+        PendingRevocation.id,
+        ((PendingRevocation.token_enc, Purpose.REFRESH_TOKEN),),
+        only=PendingRevocation.token_type_hint != ACCESS_TOKEN_HINT,
+    ),
 )
 
 
@@ -71,7 +94,9 @@ async def count_by_key_id(session: AsyncSession, batch_size: int = 1000) -> dict
     for spec in ENCRYPTED:
         for column, _ in spec.columns:
             result: AsyncScalarResult[str] = await session.stream_scalars(
-                select(column).where(column.is_not(None)).execution_options(yield_per=batch_size)
+                select(column)
+                .where(column.is_not(None), *spec.conditions())
+                .execution_options(yield_per=batch_size)
             )
             async for value in result:
                 counts[key_id_of(value)] += 1
@@ -104,7 +129,7 @@ async def reencrypt_all(
                 rows = (
                     await session.execute(
                         select(spec.key, *(column for column, _ in spec.columns))
-                        .where(spec.key > after, stale)
+                        .where(spec.key > after, stale, *spec.conditions())
                         .order_by(spec.key)
                         .limit(batch_size)
                     )
@@ -117,7 +142,7 @@ async def reencrypt_all(
             after = rows[-1][0]
             if progress is not None:
                 progress(spec.table, done)
-        rewritten[spec.table] = done
+        rewritten[spec.table] = rewritten.get(spec.table, 0) + done
     return rewritten
 
 

@@ -20,4 +20,4 @@ async def count_resources(session: AsyncSession, connection_id: str) -> dict[str
         .group_by(Resource.resource_type)
         .order_by(Resource.resource_type)
     )
-    return {resource_type: int(count) for resource_type, count in rows.tuples()}
+    return {resource_type: int(count) for resource_type, count in rows}

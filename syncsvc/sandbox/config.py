@@ -124,7 +124,7 @@ class FaultSpec:
         "token_outage",
         "epic_merged_400_html",
     ]
-    #: Which requests: ``fhir`` (any FHIR request), a resource type name, or ``token``.
+    #: Which requests: ``fhir`` (any FHIR request), a resource type name, ``token`` or ``revoke``.
     target: str = "fhir"
     count: int | None = None
     rate: float | None = None

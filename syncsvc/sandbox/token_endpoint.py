@@ -138,11 +138,11 @@ def _token_handler(ctx: AuthContext, vendor: Vendor) -> Handler:
 
 
 async def _token_fault(
-    ctx: AuthContext, request: web.Request, tenant: TenantConfig
+    ctx: AuthContext, request: web.Request, tenant: TenantConfig, target: str = "token"
 ) -> web.Response | None:
-    """Apply the tenant's token-endpoint faults; a response means the request fails with it."""
+    """Apply the tenant's faults for ``target`` (``token`` or ``revoke``); a response fails it."""
     for fault in tenant.faults:
-        if fault.target != "token":
+        if fault.target != target:
             continue
         if fault.kind == "latency" and ctx.state.should_fire(fault):
             await asyncio.sleep(fault.latency_ms / 1000)
@@ -454,6 +454,9 @@ def id_token_claims(
 def _revoke_handler(ctx: AuthContext, vendor: Vendor) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         tenant = resolve_tenant(request, ctx.state, vendor)
+        fault = await _token_fault(ctx, request, tenant, target="revoke")
+        if fault is not None:
+            return fault
         form = await _form(request)
         try:
             client = await _authenticate(ctx, request, tenant, form)

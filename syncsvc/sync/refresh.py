@@ -17,20 +17,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import repo
-from syncsvc.db.models import Connection
+from syncsvc.db import disconnect_repo, repo
+from syncsvc.db.models import Connection, new_id
 from syncsvc.errors import Conflict, ReauthRequired, Transient
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
 from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.oauth import TokenResponse, refresh_tokens
 from syncsvc.tenants import client_credentials
+from syncsvc.vault import Purpose
 
 from .backoff import Backoff
 from .context import SyncContext
@@ -90,6 +91,7 @@ class RefreshResult:
     message: str | None = None
     retry_at: dt.datetime | None = None
     #: For ``needs_reauth``: the stable reason code and the EHR's error page, if it gave one.
+    #: For ``transient``: the failure's reason code when the EHR was asked (None when not).
     reason: str | None = None
     error_uri: str | None = None
 
@@ -302,7 +304,15 @@ async def _stored(
             # Theirs are at least as new as ours; ours are dropped, theirs are scheduled.
             current = await load_tokens(session, ctx.vault, connection.id)
             if current is None:
-                raise
+                # Disconnected while the EHR was answering: the tokens it just issued belong to
+                # nobody now, so they are queued for revocation like the disconnect's own.
+                await _orphaned(ctx, session, snapshot, response, now)
+                return RefreshResult(
+                    "needs_reauth",
+                    None,
+                    message="The connection was disconnected during the refresh.",
+                    reason="disconnected",
+                )
             connection.next_refresh_at = next_refresh_at(
                 schedule,
                 now=now,
@@ -335,6 +345,36 @@ async def _stored(
     return RefreshResult("refreshed", stored)
 
 
+async def _orphaned(
+    ctx: SyncContext,
+    session: AsyncSession,
+    snapshot: _Snapshot,
+    response: TokenResponse,
+    now: dt.datetime,
+) -> None:
+    """Queue the token of a refresh whose connection was disconnected meanwhile for revocation."""
+    tenant = await repo.get_tenant(session, snapshot.connection.tenant_id)
+    endpoint = (tenant.endpoints or {}).get("revocation_endpoint") if tenant else None
+    if tenant is None or not isinstance(endpoint, str) or not endpoint:
+        return
+    token, hint, purpose = (
+        (response.refresh_token, "refresh_token", Purpose.REFRESH_TOKEN)
+        if response.refresh_token
+        else (response.access_token, "access_token", Purpose.ACCESS_TOKEN)
+    )
+    revocation_id = new_id()
+    await disconnect_repo.add_pending_revocation(
+        session,
+        revocation_id=revocation_id,
+        tenant_id=tenant.id,
+        connection_id=snapshot.connection.id,
+        revocation_endpoint=endpoint,
+        token_enc=ctx.vault.encrypt(token, purpose=purpose, row=revocation_id),
+        token_type_hint=hint,
+        now=now,
+    )
+
+
 async def _failed(
     ctx: SyncContext, previous: StoredTokens, error: ReauthRequired | Transient
 ) -> RefreshResult:
@@ -363,7 +403,9 @@ async def _failed(
         connection.backoff_until = retry_at
         connection.next_refresh_at = retry_at
         connection.updated_at = now
-    return RefreshResult("transient", previous, message=error.message, retry_at=retry_at)
+    return RefreshResult(
+        "transient", previous, message=error.message, retry_at=retry_at, reason=error.reason
+    )
 
 
 async def _refresh(ctx: SyncContext, connection_id: str, *, force: bool) -> RefreshResult:
@@ -479,7 +521,12 @@ async def refresh_connection(
 
 
 async def ensure_access_token(
-    ctx: SyncContext, connection_id: str, *, min_valid_seconds: float = 60, force: bool = False
+    ctx: SyncContext,
+    connection_id: str,
+    *,
+    min_valid_seconds: float = 60,
+    force: bool = False,
+    on_refresh: Callable[[RefreshResult], None] | None = None,
 ) -> StoredTokens:
     """Tokens whose access token lives ``min_valid_seconds`` more, refreshing (forced) if needed.
 
@@ -488,6 +535,7 @@ async def ensure_access_token(
     Raises :class:`~syncsvc.errors.ReauthRequired` or :class:`~syncsvc.errors.Transient` so the
     caller can stop or back off. A grant that cannot be refreshed yet (no offline access, or
     refreshed moments ago) returns its access token while it is still valid at all.
+    ``on_refresh`` sees the result of the refresh, when one was attempted (events record it).
     """
     if not force:
         async with ctx.sessionmaker() as session:
@@ -495,6 +543,8 @@ async def ensure_access_token(
         if tokens is not None and tokens.access_valid(ctx.now(), min_valid_seconds):
             return tokens
     result = await refresh_connection(ctx, connection_id, force=True)
+    if on_refresh is not None:
+        on_refresh(result)
     if (
         result.outcome in ("refreshed", "not_due")
         and result.tokens is not None

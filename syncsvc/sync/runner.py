@@ -4,23 +4,38 @@ The database says what is due (``next_refresh_at``, ``next_sync_at``); the lease
 it. One call of :func:`run_due` claims batches until nothing due is left (or ``max_batches``),
 works each batch with bounded concurrency, and hands every lease back, whatever happened. The
 scheduler's tick, ``syncsvc sync --once`` and the demo all come through here.
+
+While a batch is worked its leases are renewed every third of ``lease_seconds``, so a lease
+expires only when its process died or stalled, never because a pull ran long or waited for its
+tenant's turn: only then may another process take the connection over. Each connection is
+worked under its tenant's limits (:mod:`syncsvc.sync.limits`): tenant slots are taken before the
+process-wide ones, so connections waiting for a busy tenant never block other tenants. When
+``stop`` is set, connections not yet started are handed back at once and running ones finish.
+Every connection's run ends in one transaction that schedules its next pull and records its
+events (:mod:`syncsvc.sync.outcomes`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from syncsvc import webhooks
 from syncsvc.db import repo
 from syncsvc.db.models import Connection
-from syncsvc.errors import SyncsvcError
+from syncsvc.errors import SyncsvcError, Transient
 from syncsvc.logging import get_logger
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.limits import TenantGate, TenantLimiter
+from syncsvc.sync.outcomes import ConnectionRun, record_run
 from syncsvc.sync.pull import RunSummary, pull_connection
 from syncsvc.sync.refresh import ensure_access_token, refresh_connection
 
@@ -30,6 +45,8 @@ log = get_logger("syncsvc.sync.runner")
 SYNC_BACKOFF = Backoff(base_seconds=30.0, cap_seconds=6 * 3600.0)
 #: One run_due call stops claiming after this many batches, so a tick always ends.
 DEFAULT_MAX_BATCHES = 50
+#: Leases are renewed this many times per ``lease_seconds`` while their batch is worked.
+RENEWALS_PER_LEASE = 3
 
 
 @dataclass
@@ -41,6 +58,9 @@ class WorkReport:
     sync: Counter[str] = field(default_factory=Counter)
     resources: Counter[str] = field(default_factory=Counter)
     failures: int = 0
+    #: Claimed connections handed back unworked because ``stop`` was set.
+    handed_back: int = 0
+    events: int = 0
 
     @property
     def connections_worked(self) -> int:
@@ -54,6 +74,8 @@ class WorkReport:
         self.sync.update(other.sync)
         self.resources.update(other.resources)
         self.failures += other.failures
+        self.handed_back += other.handed_back
+        self.events += other.events
 
     def to_json(self) -> dict[str, Any]:
         """The report as a JSON-ready dict (``sync --once`` prints it)."""
@@ -70,8 +92,53 @@ def _is_due(moment: dt.datetime | None, now: dt.datetime) -> bool:
     return moment is not None and moment <= now
 
 
-async def _schedule_after_sync(
-    ctx: SyncContext, connection_id: str, summary: RunSummary, failures: int
+class _Leases:
+    """The leases of one claimed batch, renewed until each connection is released."""
+
+    def __init__(self, ctx: SyncContext, connection_ids: Sequence[str]) -> None:
+        self._ctx = ctx
+        self.pending = set(connection_ids)
+        #: Leases found expired and possibly taken over (this process stalled past them).
+        self.lost: set[str] = set()
+
+    async def renew(self) -> None:
+        """Renew every pending lease; note the ones that were lost.
+
+        One short transaction per lease: a transaction locking many connection rows in turn
+        could deadlock with another process's work on one of them.
+        """
+        for connection_id in sorted(self.pending - self.lost):
+            async with self._ctx.sessionmaker.begin() as session:
+                kept = await repo.renew_lease(
+                    session,
+                    connection_id,
+                    self._ctx.owner,
+                    now=self._ctx.now(),
+                    lease_seconds=self._ctx.settings.lease_seconds,
+                )
+            if not kept and connection_id in self.pending:
+                self.lost.add(connection_id)
+                log.warning("lease lost while working", connection_id=connection_id)
+
+    async def keep_alive(self) -> None:
+        """Renew pending leases every third of ``lease_seconds`` until cancelled."""
+        interval = self._ctx.settings.lease_seconds / RENEWALS_PER_LEASE
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.renew()
+            except Exception:
+                # The database may blip; the next renewal (well before expiry) tries again.
+                log.exception("lease renewal failed")
+
+    def check(self, connection_id: str) -> None:
+        """Raise :class:`Transient` if this connection's lease was lost (stop working it)."""
+        if connection_id in self.lost:
+            raise Transient("The lease on this connection was lost.", reason="lost_lease")
+
+
+def _schedule_after_sync(
+    ctx: SyncContext, connection: Connection, summary: RunSummary, failures: int
 ) -> None:
     """Set ``next_sync_at`` from the run's outcome (back off on transient failures)."""
     now = ctx.now()
@@ -87,20 +154,108 @@ async def _schedule_after_sync(
     else:
         # misbound, reauth, inactive: the connection's status says why; nothing is retried.
         next_sync = None
+    connection.next_sync_at = next_sync if connection.status == "active" else None
+    connection.failure_count = failures
+    connection.updated_at = now
+
+
+async def _close_run(
+    ctx: SyncContext,
+    connection_id: str,
+    run: ConnectionRun,
+    *,
+    failures: int,
+    report: WorkReport,
+) -> None:
+    """One transaction: schedule the next pull (if this process still holds the lease), events."""
+    summary = run.summary
+    if summary is None and not run.refreshes:
+        return
     async with ctx.sessionmaker.begin() as session:
-        connection = await repo.get_connection(session, connection_id)
-        if connection is not None:
-            connection.next_sync_at = next_sync if connection.status == "active" else None
-            connection.failure_count = failures
-            connection.updated_at = now
+        if summary is not None and await _still_ours(ctx, session, connection_id):
+            connection = await repo.get_connection(session, connection_id)
+            if connection is not None:
+                _schedule_after_sync(ctx, connection, summary, failures)
+        report.events += await record_run(session, run, at=ctx.now())
+        await _notify_host_app(ctx, session, connection_id, run)
 
 
-async def work_connection(ctx: SyncContext, connection: Connection, report: WorkReport) -> None:
+async def _notify_host_app(
+    ctx: SyncContext, session: AsyncSession, connection_id: str, run: ConnectionRun
+) -> None:
+    """Queue the host application's webhook for what this run did (in its own transaction)."""
+    if ctx.settings.webhook_url is None:
+        return
+    connection = await repo.get_connection(session, connection_id)
+    if connection is None:
+        return
+    summary, now = run.summary, ctx.now()
+    if connection.status == "needs_reauth":
+        event, data = "connection.needs_reauth", _status_data(connection)
+    elif connection.status == "misbound":
+        event, data = "connection.misbound", _status_data(connection)
+    elif summary is not None and summary.outcome in ("ok", "partial"):
+        event = "sync.completed"
+        data = {
+            "run_id": summary.run_id,
+            "outcome": summary.outcome,
+            "counts": summary.counts.as_dict(),
+            "full": summary.full,
+        }
+    else:
+        return
+    await webhooks.enqueue(session, ctx.settings, event, connection=connection, data=data, now=now)
+
+
+def _status_data(connection: Connection) -> dict[str, Any]:
+    return {
+        "reason": connection.status_reason,
+        "message": connection.status_message,
+        "error_uri": connection.error_uri,
+    }
+
+
+async def _still_ours(ctx: SyncContext, session: AsyncSession, connection_id: str) -> bool:
+    # A process that stalled past its lease must not overwrite the schedule of the process
+    # that took the connection over; renewing is the check, and keeps the lease to release.
+    return await repo.renew_lease(
+        session,
+        connection_id,
+        ctx.owner,
+        now=ctx.now(),
+        lease_seconds=ctx.settings.lease_seconds,
+    )
+
+
+async def work_connection(
+    ctx: SyncContext,
+    connection: Connection,
+    report: WorkReport,
+    *,
+    leases: _Leases | None = None,
+) -> None:
     """Refresh and/or pull one leased connection, as due; never raises for EHR trouble."""
     bound = log.bind(connection_id=connection.id)
+    run = ConnectionRun(tenant_id=connection.tenant_id, connection_id=connection.id)
+    try:
+        await _work(ctx, connection, report, run, leases)
+    finally:
+        await _close_run(ctx, connection.id, run, failures=connection.failure_count, report=report)
+    if run.summary is not None:
+        bound.debug("connection worked", outcome=run.summary.outcome)
+
+
+async def _work(
+    ctx: SyncContext,
+    connection: Connection,
+    report: WorkReport,
+    run: ConnectionRun,
+    leases: _Leases | None,
+) -> None:
     now = ctx.now()
     if _is_due(connection.next_refresh_at, now):
         result = await refresh_connection(ctx, connection.id)
+        run.refreshes.append(result)
         report.refresh[result.outcome] += 1
         if result.outcome in ("needs_reauth", "lost_lease"):
             return
@@ -108,33 +263,62 @@ async def work_connection(ctx: SyncContext, connection: Connection, report: Work
         return
 
     async def token_source(force: bool) -> str:
-        tokens = await ensure_access_token(ctx, connection.id, force=force)
+        if leases is not None:
+            # Checked before every request: a pull stops at the next page once the lease is
+            # gone, rather than racing the process that took the connection over.
+            leases.check(connection.id)
+        tried = len(run.refreshes)
+        try:
+            tokens = await ensure_access_token(
+                ctx, connection.id, force=force, on_refresh=run.refreshes.append
+            )
+        except Transient as exc:
+            last = run.refreshes[-1] if len(run.refreshes) > tried else None
+            if last is not None and last.outcome == "transient" and last.reason is None:
+                # Our own back-off (or minimum interval) withheld the refresh: no EHR failure.
+                raise Transient(
+                    exc.message, reason="backing_off", retry_after=exc.retry_after
+                ) from exc
+            raise
         if tokens.access_token is None:  # pragma: no cover - ensure_access_token guarantees it
             raise SyncsvcError("no access token")
         return tokens.access_token
 
     summary = await pull_connection(ctx, connection.id, token_source)
+    run.summary = summary
     report.sync[summary.outcome] += 1
     for name, value in summary.counts.as_dict().items():
         report.resources[name] += value
-    await _schedule_after_sync(ctx, connection.id, summary, connection.failure_count)
-    bound.debug("connection worked", outcome=summary.outcome)
 
 
 async def _work_leased(
-    ctx: SyncContext, connection: Connection, report: WorkReport, limit: asyncio.Semaphore
+    ctx: SyncContext,
+    connection: Connection,
+    report: WorkReport,
+    *,
+    gate: TenantGate,
+    concurrency: asyncio.Semaphore,
+    leases: _Leases,
+    stop: asyncio.Event | None,
 ) -> None:
-    async with limit:
-        try:
-            await work_connection(ctx, connection, report)
-        except Exception:
-            # One connection's unexpected failure must not stop the batch; it is logged with
-            # its id and retried when its lease expires or is released.
-            report.failures += 1
-            log.exception("connection work failed", connection_id=connection.id)
-        finally:
-            async with ctx.sessionmaker.begin() as session:
-                await repo.release_lease(session, connection.id, ctx.owner)
+    try:
+        # The tenant's slot first: a connection waiting for its tenant holds no process slot.
+        async with gate.working(), concurrency:
+            if stop is not None and stop.is_set():
+                report.handed_back += 1
+                return
+            if connection.id in leases.lost:
+                return
+            await work_connection(ctx, connection, report, leases=leases)
+    except Exception:
+        # One connection's unexpected failure must not stop the batch; it is logged with
+        # its id and retried when its lease expires or is released.
+        report.failures += 1
+        log.exception("connection work failed", connection_id=connection.id)
+    finally:
+        leases.pending.discard(connection.id)
+        async with ctx.sessionmaker.begin() as session:
+            await repo.release_lease(session, connection.id, ctx.owner)
 
 
 async def claim(
@@ -157,6 +341,48 @@ async def claim(
         )
 
 
+async def _vendors(ctx: SyncContext, tenant_ids: set[str]) -> dict[str, str]:
+    """The vendor profile of each tenant (limits default per vendor)."""
+    async with ctx.sessionmaker() as session:
+        tenants = [await repo.get_tenant(session, tenant_id) for tenant_id in sorted(tenant_ids)]
+    return {tenant.id: tenant.vendor for tenant in tenants if tenant is not None}
+
+
+async def _work_batch(
+    ctx: SyncContext,
+    batch: list[Connection],
+    report: WorkReport,
+    *,
+    limiter: TenantLimiter,
+    concurrency: asyncio.Semaphore,
+    stop: asyncio.Event | None,
+) -> None:
+    vendors = await _vendors(ctx, {connection.tenant_id for connection in batch})
+    leases = _Leases(ctx, [connection.id for connection in batch])
+    keeper = asyncio.create_task(leases.keep_alive())
+    try:
+        async with asyncio.TaskGroup() as group:
+            for connection in batch:
+                gate = limiter.gate(
+                    connection.tenant_id, vendors.get(connection.tenant_id, "generic")
+                )
+                group.create_task(
+                    _work_leased(
+                        ctx,
+                        connection,
+                        report,
+                        gate=gate,
+                        concurrency=concurrency,
+                        leases=leases,
+                        stop=stop,
+                    )
+                )
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
+
+
 async def run_due(
     ctx: SyncContext,
     *,
@@ -164,9 +390,15 @@ async def run_due(
     connection_ids: Sequence[str] | None = None,
     max_batches: int = DEFAULT_MAX_BATCHES,
     stop: asyncio.Event | None = None,
+    limiter: TenantLimiter | None = None,
 ) -> WorkReport:
-    """Claim and work due connections until none is left, ``max_batches`` or ``stop`` is set."""
+    """Claim and work due connections until none is left, ``max_batches`` or ``stop`` is set.
+
+    ``limiter`` holds the per-tenant limits across calls (the scheduler keeps one per process);
+    without one, this call gets its own with the vendor defaults.
+    """
     report = WorkReport()
+    limiter = limiter or TenantLimiter()
     concurrency = asyncio.Semaphore(ctx.settings.sync_concurrency)
     for _ in range(max_batches):
         if stop is not None and stop.is_set():
@@ -180,7 +412,5 @@ async def run_due(
         if not batch:
             break
         report.claimed += len(batch)
-        async with asyncio.TaskGroup() as group:
-            for connection in batch:
-                group.create_task(_work_leased(ctx, connection, report, concurrency))
+        await _work_batch(ctx, batch, report, limiter=limiter, concurrency=concurrency, stop=stop)
     return report

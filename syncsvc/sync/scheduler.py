@@ -3,32 +3,60 @@
 There is one job per process, never one per connection: the database holds the schedule
 (``next_refresh_at``, ``next_sync_at``) and leases decide who works what, so any number of
 ``serve`` and ``worker`` processes can share one PostgreSQL database. This module is the only one
-that touches APScheduler (untyped), behind a small typed class.
+that touches APScheduler (untyped), behind a small typed class. The per-tenant limits live as
+long as the scheduler, so they hold across ticks.
+
+Stopping: no new tick starts and the running one stops claiming; connections it claimed but
+has not started are handed back at once, those in flight finish, and every lease is released.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from syncsvc.logging import get_logger
+from syncsvc.revocations import retry_pending
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.limits import TenantLimiter
 from syncsvc.sync.runner import WorkReport, run_due
+from syncsvc.webhooks import deliver_due
 
 log = get_logger("syncsvc.sync.scheduler")
+#: APScheduler's logger, which warns each time a tick is due while the previous one still runs.
+APSCHEDULER_LOGGER = "apscheduler.scheduler"
 #: A tick claims at most this many batches, so it ends and the next tick re-reads the schedule.
 BATCHES_PER_TICK = 4
 DRAIN_TIMEOUT_SECONDS = 30.0
 
 
+class _SkipNotice(logging.Filter):
+    """Drops APScheduler's "maximum number of running instances reached" warning.
+
+    A tick outlasting the interval is expected (``max_instances=1`` and ``coalesce`` exist for
+    it); warning on every skipped interval would flood the log of a busy worker.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances" not in record.getMessage()
+
+
+def _quiet_skips() -> None:
+    logger = logging.getLogger(APSCHEDULER_LOGGER)
+    if not any(isinstance(f, _SkipNotice) for f in logger.filters):
+        logger.addFilter(_SkipNotice())
+
+
 class SyncScheduler:
     """Runs :func:`~syncsvc.sync.runner.run_due` every ``tick_seconds`` until stopped."""
 
-    def __init__(self, ctx: SyncContext) -> None:
+    def __init__(self, ctx: SyncContext, *, limiter: TenantLimiter | None = None) -> None:
         self._ctx = ctx
+        self.limiter = limiter or TenantLimiter()
         self._stopping = asyncio.Event()
         self._busy = asyncio.Lock()
         self._scheduler: Any = None
@@ -49,6 +77,7 @@ class SyncScheduler:
             next_run_time=dt.datetime.now(dt.UTC),
             id="syncsvc-tick",
         )
+        _quiet_skips()
         scheduler.start()
         self._scheduler = scheduler
         log.info("scheduler started", owner=self._ctx.owner, tick=self._ctx.settings.tick_seconds)
@@ -61,14 +90,30 @@ class SyncScheduler:
             self.last_tick_at = self._ctx.now()
             self.ticks += 1
             try:
-                report = await run_due(self._ctx, max_batches=BATCHES_PER_TICK, stop=self._stopping)
+                report = await run_due(
+                    self._ctx,
+                    max_batches=BATCHES_PER_TICK,
+                    stop=self._stopping,
+                    limiter=self.limiter,
+                )
             except Exception:
                 # The database may be briefly unreachable; the next tick tries again.
                 log.exception("tick failed")
                 return
             self.last_report = report
+            await self._work_outboxes()
             if report.claimed:
-                log.info("tick", **report.to_json())
+                log.info(
+                    "tick", handed_back=report.handed_back, events=report.events, **report.to_json()
+                )
+
+    async def _work_outboxes(self) -> None:
+        """Deliver due webhooks and retry pending revocations (each failure is its own)."""
+        for name, work in (("webhooks", deliver_due), ("revocations", retry_pending)):
+            try:
+                await work(self._ctx)
+            except Exception:
+                log.exception("outbox failed", outbox=name)
 
     async def stop(self) -> None:
         """Stop claiming, let the running tick finish (its leases are released), then shut down."""

@@ -1,4 +1,4 @@
-"""A person connects their record in a real browser: link, provider, EHR login, back to syncsvc."""
+"""A person's path in a real browser: link, provider, EHR login, success, status, disconnect."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ from playwright.async_api import Page
 from sqlalchemy import select
 
 from syncsvc.db.models import Connection
-from syncsvc.keys import SESSIONMAKER
+from syncsvc.db.stats_repo import count_resources
+from syncsvc.keys import HTTP, SESSIONMAKER, VAULT
 from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.sync.context import SyncContext
+from syncsvc.sync.runner import run_due
 from tests.fixtures.sandbox import CERNER_TENANT
 from tests.integration.web.conftest import RunningService
 from tests.integration.web.flows import new_link, register
@@ -17,7 +20,7 @@ from tests.integration.web.flows import new_link, register
 pytestmark = pytest.mark.browser
 
 
-async def test_patient_connects_through_every_page(
+async def test_patient_connects_sees_the_sync_and_disconnects(
     browser_page: Page,
     service: RunningService,
     api: aiohttp.ClientSession,
@@ -48,3 +51,30 @@ async def test_patient_connects_through_every_page(
     assert connection.patient_id == "12742400"
     assert connection.user_id == "user-browser"
     assert connection.status == "active"
+
+    # The first background sync, then the patient's status page in the same browser session.
+    context = SyncContext(
+        settings=service.settings,
+        sessionmaker=service.app[SESSIONMAKER],
+        vault=service.app[VAULT],
+        http=service.app[HTTP],
+    )
+    report = await run_due(context)
+    assert report.sync == {"ok": 1}
+    await page.goto(f"{service.origin}/status")
+    assert await page.get_by_role("heading", level=1).inner_text() == "Your connected records"
+    status = await page.locator("body").inner_text()
+    assert "What is synced" in status
+    assert "(Observation): " in status
+    assert "Last synced: not yet" not in status
+
+    await page.get_by_role("link", name="Disconnect").click()
+    assert (await page.get_by_role("heading", level=1).inner_text()).startswith("Disconnect")
+    await page.get_by_role("button", name="Disconnect").click()
+    assert (await page.get_by_role("heading", level=1).inner_text()).endswith("is disconnected")
+    async with service.app[SESSIONMAKER]() as session:
+        [after] = list(await session.scalars(select(Connection)))
+        assert await count_resources(session, after.id) == {}
+    assert after.status == "revoked"
+    # The EHR was told: the grant's refresh token no longer works there.
+    assert any(e.url.endswith("/revoke") for e in sandbox.state.request_log)

@@ -167,7 +167,7 @@ def _connected_page(request: web.Request, outcome: LaunchOutcome) -> web.Respons
         "synced_types": [f"{RESOURCE_DESCRIPTIONS.get(t, t)} ({t})" for t in report.synced_types],
         "trimmed": explain_trimmed(report),
         "offline": report.offline,
-        "status_url": None,
+        "status_url": "/status",
     }
     status = 200 if outcome.connection.status == "active" else 409
     return aiohttp_jinja2.render_template("connected.html", request, context, status=status)

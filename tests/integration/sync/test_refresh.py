@@ -18,13 +18,15 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection
+from syncsvc.db.models import Connection, PendingRevocation
+from syncsvc.disconnect import disconnect_connection
 from syncsvc.errors import ReauthRequired, Transient
+from syncsvc.revocations import retry_pending, token_purpose
 from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.faults import reset_connection
 from syncsvc.sandbox.server import RunningSandbox
@@ -789,3 +791,45 @@ async def test_no_token_appears_in_results_or_logs(
     shown = repr(results) + repr(logs) + "".join(str(r.message) for r in results)
     for secret in secrets:
         assert secret not in shown
+
+
+async def test_a_disconnect_during_the_refresh_queues_the_new_token_for_revocation(
+    ctx: SyncContext, sandbox: RunningSandbox, gateway: Gateway
+) -> None:
+    tenant = sandbox.tenant(GENERIC_TENANT)
+    tenant.policy.refresh_mode = "rolling"
+    cid = await connect(ctx, sandbox, GENERIC_TENANT)
+    await through_gateway(ctx, cid, gateway)
+    grant = next(iter(sandbox.state.grants.values()))
+    # The EHR's revocation endpoint is down, so the disconnect's own revocation is only queued
+    # and the refresh in flight goes through.
+    outage = FaultSpec(kind="token_outage", target="revoke")
+    tenant.faults.append(outage)
+
+    async def patient_disconnects() -> None:
+        # While the EHR is answering: the credentials row is deleted, its token queued.
+        await disconnect_connection(ctx, cid, by="patient", erase=True)
+
+    gateway.before = patient_disconnects
+    result = await refresh(ctx, cid, force=True)
+
+    assert result.outcome == "needs_reauth"
+    assert result.reason == "disconnected"
+    assert result.tokens is None
+    async with ctx.sessionmaker() as session:
+        assert await load_tokens(session, ctx.vault, cid) is None
+        pending = list(await session.scalars(select(PendingRevocation)))
+    # Both are queued: the disconnect's token, and the one the EHR issued during it (live now).
+    queued = {
+        ctx.vault.decrypt(p.token_enc, purpose=token_purpose(p.token_type_hint), row=p.id)
+        for p in pending
+        if p.connection_id == cid
+    }
+    assert grant.refresh_token is not None
+    assert grant.refresh_token in queued
+    assert len(queued) == 2
+    assert not grant.revoked
+    tenant.faults.remove(outage)
+    report = await retry_pending(ctx)
+    assert report.revoked >= 1
+    assert grant.revoked

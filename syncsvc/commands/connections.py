@@ -1,0 +1,390 @@
+"""``syncsvc connections list|show|sync|disconnect``: the patients' connections, for operators.
+
+Nothing printed here is a secret: tokens appear only as whether they are stored and when they
+expire. Exit codes follow the other commands: 0 done, 1 the work failed (an unknown id, a
+connection that cannot sync), 2 wrong usage or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import TYPE_CHECKING, Any
+
+from syncsvc.commands.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    database,
+    fail,
+    load_settings,
+    print_json,
+)
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from syncsvc.db.models import Connection
+    from syncsvc.disconnect import DisconnectResult
+    from syncsvc.settings import Settings
+    from syncsvc.sync.runner import WorkReport
+
+STATUSES = ("active", "needs_reauth", "revoked", "misbound", "error")
+#: Sync outcomes after which ``sync --now`` reports success.
+GOOD_OUTCOMES = frozenset({"ok", "partial"})
+
+
+class CommandFailed(Exception):
+    """The command cannot do what was asked; the message says why."""
+
+
+async def _summary(
+    session: AsyncSession, connection: Connection, tenant_name: str
+) -> dict[str, Any]:
+    from syncsvc.db.stats_repo import count_resources
+
+    counts = await count_resources(session, connection.id)
+    return {
+        "id": connection.id,
+        "tenant": tenant_name,
+        "user": connection.user_id,
+        "patient": connection.patient_id,
+        "status": connection.status,
+        "reason": connection.status_reason,
+        "granted_scopes": list(connection.granted_scopes),
+        "last_sync_at": connection.last_sync_at,
+        "last_success_at": connection.last_success_at,
+        "resource_counts": counts,
+        "resources": sum(counts.values()),
+    }
+
+
+async def _tenant_names(session: AsyncSession) -> dict[str, str]:
+    from syncsvc.db import repo
+
+    return {tenant.id: tenant.name for tenant in await repo.list_tenants(session)}
+
+
+async def _list(settings: Settings, args: argparse.Namespace) -> list[dict[str, Any]]:
+    from syncsvc.db import repo
+
+    async with database(settings) as sessionmaker, sessionmaker() as session:
+        names = await _tenant_names(session)
+        tenant_id = None
+        if args.tenant is not None:
+            tenant_id = next((i for i, name in names.items() if name == args.tenant), None)
+            if tenant_id is None:
+                raise CommandFailed(f"no tenant named '{args.tenant}'")
+        connections = await repo.list_connections(
+            session, user_id=args.user, tenant_id=tenant_id, status=args.status
+        )
+        return [await _summary(session, c, names.get(c.tenant_id, "?")) for c in connections]
+
+
+def _when(value: Any) -> str:
+    return "never" if value is None else f"{value:%Y-%m-%d %H:%M}Z"
+
+
+def _list_cmd(args: argparse.Namespace) -> int:
+    settings = load_settings("connections list")
+    if settings is None:
+        return EXIT_USAGE
+    try:
+        rows = asyncio.run(_list(settings, args))
+    except CommandFailed as exc:
+        return fail("connections list", str(exc))
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        print("no connections match", file=sys.stderr)
+    for row in rows:
+        status = row["status"] + (f" ({row['reason']})" if row["reason"] else "")
+        print(
+            f"{row['id']}\t{row['tenant']}\t{row['user']}\t{status}\t"
+            f"last sync {_when(row['last_success_at'])}\t{row['resources']} resources"
+        )
+    return 0
+
+
+async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from syncsvc.db import disconnect_repo, repo
+    from syncsvc.db.models import SyncState
+    from syncsvc.smart.scopes import explain_trimmed, grant_report
+
+    async with database(settings) as sessionmaker, sessionmaker() as session:
+        connection = await repo.get_connection(session, connection_id)
+        if connection is None:
+            raise CommandFailed(f"no connection with id '{connection_id}'")
+        tenant = await repo.get_tenant(session, connection.tenant_id)
+        detail = await _summary(session, connection, tenant.name if tenant else "?")
+        credentials = await repo.get_credentials(session, connection_id)
+        has_refresh = credentials is not None and credentials.refresh_token_enc is not None
+        report = grant_report(
+            connection.requested_scopes, connection.granted_scopes, has_refresh_token=has_refresh
+        )
+        states = await session.scalars(
+            select(SyncState)
+            .where(SyncState.connection_id == connection_id)
+            .order_by(SyncState.resource_type)
+        )
+        pending = await disconnect_repo.pending_revocations_of(session, connection_id)
+        detail |= {
+            "status_message": connection.status_message,
+            "error_uri": connection.error_uri,
+            "requested_scopes": list(connection.requested_scopes),
+            "trimmed": explain_trimmed(report),
+            "offline": report.offline,
+            "connected_at": connection.connected_at,
+            "last_refresh_at": connection.last_refresh_at,
+            "next_refresh_at": connection.next_refresh_at,
+            "next_sync_at": connection.next_sync_at,
+            "backoff_until": connection.backoff_until,
+            "failure_count": connection.failure_count,
+            "tokens": None
+            if credentials is None
+            else {
+                "refresh_token": has_refresh,
+                "access_expires_at": credentials.access_expires_at,
+                "refresh_expires_at": credentials.refresh_expires_at,
+                "key_id": credentials.key_id,
+            },
+            "sync_states": {
+                row.resource_type: {
+                    "status": row.status,
+                    "last_success_at": row.last_success_at,
+                    "error_class": row.error_class,
+                }
+                for row in states
+            },
+            "pending_revocations": [
+                {
+                    "token_type_hint": row.token_type_hint,
+                    "attempts": row.attempts,
+                    "next_attempt_at": row.next_attempt_at,
+                    "last_error": row.last_error,
+                }
+                for row in pending
+            ],
+        }
+    return detail
+
+
+def _print_detail(detail: dict[str, Any]) -> None:
+    print(f"{detail['id']}: {detail['tenant']}, user {detail['user']}, patient {detail['patient']}")
+    status = detail["status"] + (f" ({detail['reason']})" if detail["reason"] else "")
+    print(f"  status          {status}")
+    if detail["status_message"]:
+        print(f"  message         {detail['status_message']}")
+    if detail["error_uri"]:
+        print(f"  EHR's link      {detail['error_uri']}")
+    print(f"  connected       {_when(detail['connected_at'])}")
+    print(f"  last sync       {_when(detail['last_success_at'])}")
+    print(f"  next refresh    {_when(detail['next_refresh_at'])}")
+    print(f"  next sync       {_when(detail['next_sync_at'])}")
+    tokens = detail["tokens"]
+    if tokens is None:
+        print("  tokens          none stored")
+    else:
+        kind = "refresh and access" if tokens["refresh_token"] else "access only"
+        print(f"  tokens          {kind}, access expires {_when(tokens['access_expires_at'])}")
+    print(f"  granted         {' '.join(detail['granted_scopes']) or '(nothing)'}")
+    for sentence in detail["trimmed"]:
+        print(f"  not granted     {sentence}")
+    for resource_type, count in detail["resource_counts"].items():
+        print(f"  {resource_type:<15} {count}")
+    for pending in detail["pending_revocations"]:
+        print(
+            f"  revocation      pending after {pending['attempts']} attempt(s), next "
+            f"{_when(pending['next_attempt_at'])}: {pending['last_error'] or 'not tried yet'}"
+        )
+
+
+def _show_cmd(args: argparse.Namespace) -> int:
+    settings = load_settings("connections show")
+    if settings is None:
+        return EXIT_USAGE
+    try:
+        detail = asyncio.run(_show(settings, args.id))
+    except CommandFailed as exc:
+        return fail("connections show", str(exc))
+    if args.json:
+        print_json(detail)
+    else:
+        _print_detail(detail)
+    return 0
+
+
+async def _sync(settings: Settings, connection_id: str, *, now: bool) -> WorkReport | None:
+    from syncsvc.db import repo
+    from syncsvc.http import create_http_client
+    from syncsvc.sync.context import SyncContext, utcnow
+    from syncsvc.sync.runner import run_due
+    from syncsvc.vault import Vault
+
+    async with database(settings) as sessionmaker:
+        async with sessionmaker.begin() as session:
+            connection = await repo.get_connection(session, connection_id)
+            if connection is None:
+                raise CommandFailed(f"no connection with id '{connection_id}'")
+            if connection.status != "active":
+                reason = f" ({connection.status_reason})" if connection.status_reason else ""
+                raise CommandFailed(
+                    f"connection {connection_id} is {connection.status}{reason}; it cannot sync "
+                    "until the patient reconnects"
+                )
+            connection.next_sync_at = utcnow()
+            backoff = connection.backoff_until
+        if not now:
+            return None
+        if backoff is not None and backoff > utcnow():
+            raise CommandFailed(
+                f"connection {connection_id} is backing off until {_when(backoff)} after EHR "
+                "errors; it will sync then"
+            )
+        print(f"syncing connection {connection_id} ...", file=sys.stderr, flush=True)
+        async with create_http_client() as http:
+            ctx = SyncContext(
+                settings=settings,
+                sessionmaker=sessionmaker,
+                vault=Vault.from_settings(settings),
+                http=http,
+            )
+            report = await run_due(ctx, connection_ids=[connection_id], max_batches=1)
+        print("sync finished", file=sys.stderr, flush=True)
+        return report
+
+
+def _sync_cmd(args: argparse.Namespace) -> int:
+    from syncsvc.errors import SyncsvcError
+    from syncsvc.logging import configure_logging
+
+    settings = load_settings("connections sync")
+    if settings is None:
+        return EXIT_USAGE
+    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+    try:
+        report = asyncio.run(_sync(settings, args.id, now=args.now))
+    except (CommandFailed, SyncsvcError) as exc:
+        return fail("connections sync", str(exc))
+    if report is None:
+        print(f"connection {args.id} is due now; a running worker or `serve` syncs it next tick")
+        return 0
+    print_json(report.to_json())
+    if not report.claimed:
+        return fail("connections sync", "the connection was not claimed: another worker holds it")
+    ok = not report.failures and set(report.sync) <= GOOD_OUTCOMES
+    return 0 if ok else EXIT_FAILED
+
+
+async def _disconnect(settings: Settings, connection_id: str, *, erase: bool) -> DisconnectResult:
+    from syncsvc.disconnect import disconnect_connection
+    from syncsvc.errors import NotFound
+    from syncsvc.http import create_http_client
+    from syncsvc.sync.context import SyncContext
+    from syncsvc.vault import Vault
+
+    async with database(settings) as sessionmaker, create_http_client() as http:
+        ctx = SyncContext(
+            settings=settings,
+            sessionmaker=sessionmaker,
+            vault=Vault.from_settings(settings),
+            http=http,
+        )
+        try:
+            return await disconnect_connection(ctx, connection_id, by="operator", erase=erase)
+        except NotFound as exc:
+            raise CommandFailed(f"no connection with id '{connection_id}'") from exc
+
+
+_REVOCATION_WORDS = {
+    "revoked": "revoked at the EHR",
+    "pending": "revocation pending (the EHR did not confirm; retried in the background)",
+    "not_offered": "the EHR offers no revocation",
+    "nothing_to_revoke": "no token left to revoke",
+}
+
+
+def _disconnect_cmd(args: argparse.Namespace) -> int:
+    from syncsvc.errors import SyncsvcError
+    from syncsvc.logging import configure_logging
+
+    settings = load_settings("connections disconnect")
+    if settings is None:
+        return EXIT_USAGE
+    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+    try:
+        result = asyncio.run(_disconnect(settings, args.id, erase=not args.keep_data))
+    except (CommandFailed, SyncsvcError) as exc:
+        return fail("connections disconnect", str(exc))
+    if args.json:
+        print_json(result.to_json())
+        return 0
+    parts = [
+        "tokens deleted" if result.tokens_deleted else "no tokens were stored",
+        _REVOCATION_WORDS[result.revocation],
+        f"data erased ({result.resources_erased} resources)"
+        if result.data_erased
+        else f"data kept ({result.resources_kept} resources)",
+    ]
+    already = " (it was already disconnected)" if result.already_disconnected else ""
+    print(
+        f"disconnected {result.connection_id} at {result.tenant_name}{already}: {'; '.join(parts)}"
+    )
+    return 0
+
+
+def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``connections``."""
+    connections = commands.add_parser(
+        "connections", help="patients' connections: list, show, sync, disconnect"
+    )
+    actions = connections.add_subparsers(
+        dest="connections_command", required=True, metavar="ACTION"
+    )
+
+    listing = actions.add_parser(
+        "list",
+        help="connections with status, last sync and resource counts",
+        description="List connections, oldest first, optionally filtered.",
+    )
+    listing.add_argument("--user", help="only this host-application user's connections")
+    listing.add_argument("--tenant", help="only this tenant's connections (tenant name)")
+    listing.add_argument("--status", choices=STATUSES, help="only connections in this status")
+    listing.add_argument("--json", action="store_true", help="print the result as JSON")
+    listing.set_defaults(handler=_list_cmd)
+
+    show = actions.add_parser("show", help="one connection in detail (never its tokens)")
+    show.add_argument("id", help="the connection id")
+    show.add_argument("--json", action="store_true", help="print the result as JSON")
+    show.set_defaults(handler=_show_cmd)
+
+    sync = actions.add_parser(
+        "sync",
+        help="make a connection due for sync now",
+        description=(
+            "Set the connection's next sync to now, so the running worker or `serve` syncs it at "
+            "its next tick. With --now, sync it here and print the JSON report."
+        ),
+    )
+    sync.add_argument("id", help="the connection id")
+    sync.add_argument("--now", action="store_true", help="sync it in this process, now")
+    sync.set_defaults(handler=_sync_cmd)
+
+    disconnect = actions.add_parser(
+        "disconnect",
+        help="disconnect: delete tokens, revoke at the EHR, erase the synced data",
+        description=(
+            "Mark the connection revoked, delete its tokens at once, revoke the grant at the EHR "
+            "(retried in the background if the EHR is down) and erase its synced data unless "
+            "--keep-data. Running it again is harmless."
+        ),
+    )
+    disconnect.add_argument("id", help="the connection id")
+    disconnect.add_argument(
+        "--keep-data", action="store_true", help="keep the synced resources (default: erase)"
+    )
+    disconnect.add_argument("--json", action="store_true", help="print the result as JSON")
+    disconnect.set_defaults(handler=_disconnect_cmd)

@@ -1,0 +1,232 @@
+"""Disconnecting a connection: stop, forget the tokens, erase the data if asked, revoke at the EHR.
+
+One transaction does everything local at once: the connection becomes ``revoked`` (with who did
+it as the reason), it leaves the schedule, its credentials are deleted, its synced data is erased
+when asked, and the token to revoke (the refresh token; the access token when there is none) is
+queued in ``pending_revocations``, encrypted and leased to this call. Only then is the EHR called
+(RFC 7009), once and briefly; success deletes the queued row, failure leaves it for
+:func:`syncsvc.revocations.retry_pending`. So an EHR that is down cannot leave anything
+half-done: the tokens are gone here either way, and the revocation is retried and reported.
+
+The connection row is kept, so the host application can see that (and when) it was disconnected;
+a later launch for the same patient reconnects it. Disconnecting again is harmless: it erases
+data kept the first time if asked, and reports a revocation still pending.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+from syncsvc.db import disconnect_repo, repo
+from syncsvc.db.event_repo import add_event
+from syncsvc.db.models import Connection, new_id
+from syncsvc.db.stats_repo import count_resources
+from syncsvc.errors import NotFound, VaultError
+from syncsvc.logging import get_logger
+from syncsvc.revocations import (
+    ACCESS_TOKEN_HINT,
+    LEASE_SECONDS,
+    REFRESH_TOKEN_HINT,
+    ClaimedRevocation,
+    attempt,
+    token_purpose,
+)
+from syncsvc.sync.context import SyncContext
+from syncsvc.sync.credentials import StoredTokens, load_tokens
+from syncsvc.tenants import client_credentials
+
+log = get_logger("syncsvc.disconnect")
+
+DisconnectedBy = Literal["patient", "host_app", "operator"]
+DISCONNECTED_BY: tuple[str, ...] = get_args(DisconnectedBy)
+#: ``revoked``: the EHR confirmed. ``pending``: queued, retried in the background.
+#: ``not_offered``: the EHR publishes no revocation endpoint. ``nothing_to_revoke``: no token held.
+RevocationOutcome = Literal["revoked", "pending", "not_offered", "nothing_to_revoke"]
+#: The inline attempt is short: a person is waiting, and a failure is retried anyway.
+INLINE_REVOKE_TIMEOUT_SECONDS = 5.0
+
+_MESSAGES = {
+    "patient": "The patient disconnected this connection.",
+    "host_app": "The application disconnected this connection.",
+    "operator": "The service operator disconnected this connection.",
+}
+
+
+@dataclass(frozen=True)
+class DisconnectResult:
+    """Exactly what a disconnect did, for the result page, the API and the CLI."""
+
+    connection_id: str
+    tenant_name: str
+    provider: str
+    #: The connection was already disconnected before this call.
+    already_disconnected: bool
+    #: Tokens were stored and are now deleted (False: none were left to delete).
+    tokens_deleted: bool
+    revocation: RevocationOutcome
+    data_erased: bool
+    resources_erased: int
+    #: Live resources still stored for the connection (0 when erased).
+    resources_kept: int
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "connection_id": self.connection_id,
+            "tenant": self.tenant_name,
+            "provider": self.provider,
+            "already_disconnected": self.already_disconnected,
+            "tokens_deleted": self.tokens_deleted,
+            "revocation": self.revocation,
+            "data_erased": self.data_erased,
+            "resources_erased": self.resources_erased,
+            "resources_kept": self.resources_kept,
+        }
+
+
+def _token_to_revoke(tokens: StoredTokens | None, now: dt.datetime) -> tuple[str, str] | None:
+    """The token whose revocation ends the grant, with its RFC 7009 type hint."""
+    if tokens is None:
+        return None
+    if tokens.refresh_token:
+        # RFC 7009 section 2.1: revoking a refresh token should also end its access tokens.
+        return tokens.refresh_token, REFRESH_TOKEN_HINT
+    if tokens.access_token and tokens.access_valid(now):
+        return tokens.access_token, ACCESS_TOKEN_HINT
+    return None
+
+
+def _stop(connection: Connection, by: DisconnectedBy, now: dt.datetime) -> bool:
+    """Mark the connection revoked and unscheduled; returns whether it already was revoked."""
+    already = connection.status == "revoked"
+    if not already:
+        connection.status = "revoked"
+        connection.status_reason = f"disconnected_by_{by}"
+        connection.status_message = _MESSAGES[by]
+        connection.error_uri = None
+    connection.next_refresh_at = None
+    connection.next_sync_at = None
+    connection.backoff_until = None
+    connection.failure_count = 0
+    connection.updated_at = now
+    return already
+
+
+async def disconnect_connection(
+    ctx: SyncContext,
+    connection_id: str,
+    *,
+    by: DisconnectedBy,
+    erase: bool,
+    user_id: str | None = None,
+    revoke_timeout_seconds: float = INLINE_REVOKE_TIMEOUT_SECONDS,
+) -> DisconnectResult:
+    """Disconnect a connection (only if it is ``user_id``'s, when given); NotFound otherwise."""
+    now = ctx.now()
+    claimed: ClaimedRevocation | None = None
+    async with ctx.sessionmaker.begin() as session:
+        connection = await repo.get_connection(session, connection_id)
+        if connection is None or (user_id is not None and connection.user_id != user_id):
+            raise NotFound("No such connection.")
+        tenant = await repo.get_tenant(session, connection.tenant_id)
+        if tenant is None:  # pragma: no cover - the foreign key forbids it
+            raise NotFound("No such connection.")
+        try:
+            tokens = await load_tokens(session, ctx.vault, connection_id)
+        except VaultError:
+            # Undecryptable (key retired): nothing can be revoked, but it is deleted all the same.
+            log.warning("disconnect with unreadable tokens", connection_id=connection_id)
+            tokens = None
+        already = _stop(connection, by, now)
+        tokens_deleted = await repo.delete_credentials(session, connection_id)
+        erased = await disconnect_repo.erase_synced_data(session, connection_id) if erase else 0
+        kept = 0 if erase else sum((await count_resources(session, connection_id)).values())
+        endpoint = (tenant.endpoints or {}).get("revocation_endpoint")
+        to_revoke = _token_to_revoke(tokens, now)
+        if to_revoke is not None and isinstance(endpoint, str) and endpoint:
+            token, hint = to_revoke
+            revocation_id = new_id()
+            await disconnect_repo.add_pending_revocation(
+                session,
+                revocation_id=revocation_id,
+                tenant_id=tenant.id,
+                connection_id=connection_id,
+                revocation_endpoint=endpoint,
+                token_enc=ctx.vault.encrypt(token, purpose=token_purpose(hint), row=revocation_id),
+                token_type_hint=hint,
+                now=now,
+                # Leased to this call: a background retry must not race the inline attempt.
+                lease_owner=ctx.owner,
+                lease_until=now + dt.timedelta(seconds=LEASE_SECONDS),
+            )
+            try:
+                credentials = client_credentials(ctx.vault, tenant)
+            except VaultError:
+                # The tenant's client secret is unreadable: no attempt now; the queued row is
+                # retried (and given up on, if the secret stays unreadable) in the background.
+                log.warning("disconnect without client credentials", tenant=tenant.name)
+            else:
+                claimed = ClaimedRevocation(
+                    id=revocation_id,
+                    tenant_id=tenant.id,
+                    connection_id=connection_id,
+                    revocation_endpoint=endpoint,
+                    token_type_hint=hint,
+                    attempts=0,
+                    token=token,
+                    credentials=credentials,
+                )
+        still_pending = bool(await disconnect_repo.pending_revocations_of(session, connection_id))
+        await add_event(
+            session,
+            tenant_id=tenant.id,
+            connection_id=connection_id,
+            kind="disconnect",
+            outcome="ok",
+            detail=f"by {by.replace('_', ' ')}; data {'erased' if erase else 'kept'}"
+            + ("; already disconnected" if already else ""),
+            at=now,
+        )
+        tenant_name, provider = tenant.name, tenant.display_name
+    revocation: RevocationOutcome
+    if claimed is not None:
+        outcome = await attempt(ctx, claimed, timeout_seconds=revoke_timeout_seconds)
+        revocation = "revoked" if outcome == "revoked" else "pending"
+    elif still_pending:
+        revocation = "pending"
+    elif to_revoke is not None:
+        revocation = "not_offered"
+    else:
+        revocation = "nothing_to_revoke"
+    result = DisconnectResult(
+        connection_id=connection_id,
+        tenant_name=tenant_name,
+        provider=provider,
+        already_disconnected=already,
+        tokens_deleted=tokens_deleted,
+        revocation=revocation,
+        data_erased=erase,
+        resources_erased=erased,
+        resources_kept=kept,
+    )
+    log.info(
+        "disconnected",
+        connection_id=connection_id,
+        tenant=tenant_name,
+        by=by,
+        revocation=revocation,
+        erased=erase,
+        already=already,
+    )
+    return result
+
+
+__all__ = [
+    "DISCONNECTED_BY",
+    "DisconnectResult",
+    "DisconnectedBy",
+    "RevocationOutcome",
+    "disconnect_connection",
+]

@@ -1,0 +1,336 @@
+"""Tenant health reports: figures an operator reads, the facts the rules judge, and the verdict.
+
+A report is computed at request (or scrape) time from the connections, events and sync runs in
+the database; nothing is cached, so two processes always agree. Errors by class come from the
+``events`` table (the runner records one per failed refresh, pull or type); the outcome chart
+comes from ``sync_runs``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from syncsvc.db import health_repo, repo
+from syncsvc.db.health_repo import ConnectionFacts, ErrorCount
+from syncsvc.db.models import CONNECTION_STATUSES, RUN_OUTCOMES, Tenant
+from syncsvc.smart.scopes import grant_report
+
+from .rules import TenantFacts, Verdict, evaluate
+
+HOUR = dt.timedelta(hours=1)
+DAY = dt.timedelta(days=1)
+#: The outcome chart shows this many one-hour buckets, the newest ending now.
+CHART_BUCKETS = 24
+
+
+def percentile(values: Sequence[float], pct: float) -> float | None:
+    """The nearest-rank ``pct`` percentile of ``values`` (``None`` when empty)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True)
+class ErrorWindow:
+    """Errors in one window: per class, and insufficient_scope per resource type."""
+
+    by_class: dict[str, int] = field(default_factory=dict)
+    insufficient_scope_by_type: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Every error in the window."""
+        return sum(self.by_class.values())
+
+    @classmethod
+    def of(cls, counts: Iterable[ErrorCount]) -> ErrorWindow:
+        """The window summing ``counts``."""
+        by_class: Counter[str] = Counter()
+        by_type: Counter[str] = Counter()
+        for item in counts:
+            by_class[item.error_class] += item.count
+            if item.error_class == "insufficient_scope":
+                by_type[item.resource_type or "unknown"] += item.count
+        return cls(dict(sorted(by_class.items())), dict(sorted(by_type.items())))
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {
+            "total": self.total,
+            "by_class": self.by_class,
+            "insufficient_scope_by_type": self.insufficient_scope_by_type,
+        }
+
+
+@dataclass(frozen=True)
+class ScopeGrant:
+    """One requested scope: how many connections asked for it and how many were granted it."""
+
+    scope: str
+    requested: int
+    granted: int
+
+    @property
+    def trimmed(self) -> int:
+        """Connections that asked for the scope and did not get it."""
+        return self.requested - self.granted
+
+
+@dataclass(frozen=True)
+class OutcomeBucket:
+    """Sync runs started in one hour, by outcome."""
+
+    start: dt.datetime
+    outcomes: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        """Runs in the bucket."""
+        return sum(self.outcomes.values())
+
+
+@dataclass(frozen=True)
+class TenantHealth:
+    """Everything the health endpoints say about one tenant."""
+
+    name: str
+    display_name: str
+    vendor: str
+    now: dt.datetime
+    verdict: Verdict
+    connections: dict[str, int]
+    last_refresh_at: dt.datetime | None
+    last_sync_success_at: dt.datetime | None
+    lag_p50_seconds: float | None
+    lag_p95_seconds: float | None
+    lag_connections: int
+    errors_hour: ErrorWindow
+    errors_day: ErrorWindow
+    scopes: tuple[ScopeGrant, ...]
+    discovery_fetched_at: dt.datetime | None
+    discovery_error: str | None
+    has_discovery_document: bool
+    refresh_earliest: dt.datetime | None
+    refresh_latest: dt.datetime | None
+    refresh_due_next_hour: int
+    outcomes: tuple[OutcomeBucket, ...] = ()
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``degraded`` or ``failing``."""
+        return self.verdict.status
+
+    @property
+    def discovery_age_seconds(self) -> float | None:
+        """Seconds since the last good discovery document was fetched."""
+        if self.discovery_fetched_at is None:
+            return None
+        return round((self.now - self.discovery_fetched_at).total_seconds(), 1)
+
+    @property
+    def last_sync_success_age_seconds(self) -> float | None:
+        """Seconds since the newest successful sync of any connection."""
+        if self.last_sync_success_at is None:
+            return None
+        return round((self.now - self.last_sync_success_at).total_seconds(), 1)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON body of ``GET /tenants/{tenant}/health``."""
+        body: dict[str, Any] = {
+            "tenant": self.name,
+            "display_name": self.display_name,
+            "vendor": self.vendor,
+            "generated_at": self.now,
+            "status": self.verdict.status,
+            "rule": {"id": self.verdict.rule, "reason": self.verdict.reason},
+            "rules_fired": [
+                {"id": f.rule, "status": f.status, "reason": f.reason}
+                for f in self.verdict.findings
+            ],
+            "connections": {"total": sum(self.connections.values()), **self.connections},
+            "last_success": {
+                "refresh_at": self.last_refresh_at,
+                "sync_at": self.last_sync_success_at,
+            },
+            "sync_lag_seconds": {
+                "p50": self.lag_p50_seconds,
+                "p95": self.lag_p95_seconds,
+                "active_connections": self.lag_connections,
+            },
+            "errors": {
+                "last_hour": self.errors_hour.to_json(),
+                "last_day": self.errors_day.to_json(),
+            },
+            "scopes": [
+                {"scope": s.scope, "requested": s.requested, "granted": s.granted}
+                for s in self.scopes
+            ],
+            "discovery": {
+                "fetched_at": self.discovery_fetched_at,
+                "age_seconds": self.discovery_age_seconds,
+                "last_error": self.discovery_error,
+                "has_document": self.has_discovery_document,
+            },
+            "refresh_horizon": {
+                "earliest": self.refresh_earliest,
+                "latest": self.refresh_latest,
+                "due_next_hour": self.refresh_due_next_hour,
+            },
+        }
+        if self.outcomes:
+            body["sync_outcomes"] = {
+                "bucket_seconds": int(HOUR.total_seconds()),
+                "buckets": [{"start": b.start, **b.outcomes} for b in self.outcomes],
+            }
+        return body
+
+
+def _lag_seconds(connection: ConnectionFacts, now: dt.datetime) -> float:
+    # A connection that never synced has lagged since it was made.
+    since = connection.last_success_at or connection.connected_at or connection.created_at
+    return max(0.0, (now - since).total_seconds())
+
+
+def scope_grants(connections: Iterable[ConnectionFacts]) -> tuple[ScopeGrant, ...]:
+    """Per requested scope, how many connections requested it and how many were granted it.
+
+    "Granted" follows the launch's own grant report: a v1 read scope answered with the v2
+    equivalent counts, and ``offline_access`` counts when a refresh token was issued.
+    """
+    requested: Counter[str] = Counter()
+    granted: Counter[str] = Counter()
+    for connection in connections:
+        report = grant_report(
+            connection.requested_scopes,
+            connection.granted_scopes,
+            has_refresh_token=connection.has_refresh_token,
+        )
+        trimmed = set(report.trimmed)
+        for scope in report.requested:
+            requested[scope] += 1
+            if scope not in trimmed:
+                granted[scope] += 1
+    return tuple(ScopeGrant(s, requested[s], granted[s]) for s in sorted(requested))
+
+
+def outcome_buckets(
+    runs: Iterable[tuple[dt.datetime, str]], now: dt.datetime, buckets: int = CHART_BUCKETS
+) -> tuple[OutcomeBucket, ...]:
+    """Runs per outcome in ``buckets`` one-hour buckets, the last one holding ``now``."""
+    last_start = now.replace(minute=0, second=0, microsecond=0)
+    first_start = last_start - (buckets - 1) * HOUR
+    counts = [dict.fromkeys(RUN_OUTCOMES, 0) for _ in range(buckets)]
+    for started_at, outcome in runs:
+        index = int((started_at - first_start) // HOUR)
+        if 0 <= index < buckets and outcome in counts[index]:
+            counts[index][outcome] += 1
+    return tuple(OutcomeBucket(first_start + i * HOUR, counts[i]) for i in range(buckets))
+
+
+def build_health(
+    tenant: Tenant,
+    *,
+    connections: Sequence[ConnectionFacts],
+    errors_hour: Iterable[ErrorCount],
+    errors_day: Iterable[ErrorCount],
+    now: dt.datetime,
+    runs: Iterable[tuple[dt.datetime, str]] | None = None,
+) -> TenantHealth:
+    """The report of one tenant from its rows."""
+    by_status = dict.fromkeys(CONNECTION_STATUSES, 0)
+    for connection in connections:
+        by_status[connection.status] = by_status.get(connection.status, 0) + 1
+    active = [c for c in connections if c.status == "active"]
+    lags = [_lag_seconds(c, now) for c in active]
+    lag_p50, lag_p95 = percentile(lags, 50), percentile(lags, 95)
+    successes = [c.last_success_at for c in connections if c.last_success_at is not None]
+    refreshes = [c.last_refresh_at for c in connections if c.last_refresh_at is not None]
+    horizon = sorted(c.next_refresh_at for c in active if c.next_refresh_at is not None)
+    hour_window, day_window = ErrorWindow.of(errors_hour), ErrorWindow.of(errors_day)
+    has_document = bool(tenant.endpoints)
+    facts = TenantFacts(
+        now=now,
+        connections=by_status,
+        last_sync_success_at=max(successes, default=None),
+        oldest_active_since=min((c.connected_at or c.created_at for c in active), default=None),
+        sync_lag_p95_seconds=lag_p95,
+        errors_last_hour=hour_window.by_class,
+        errors_last_day=day_window.by_class,
+        discovery_error=tenant.discovery_error,
+        has_discovery_document=has_document,
+    )
+    return TenantHealth(
+        name=tenant.name,
+        display_name=tenant.display_name,
+        vendor=tenant.vendor,
+        now=now,
+        verdict=evaluate(facts),
+        connections=by_status,
+        last_refresh_at=max(refreshes, default=None),
+        last_sync_success_at=facts.last_sync_success_at,
+        lag_p50_seconds=None if lag_p50 is None else round(lag_p50, 1),
+        lag_p95_seconds=None if lag_p95 is None else round(lag_p95, 1),
+        lag_connections=len(active),
+        errors_hour=hour_window,
+        errors_day=day_window,
+        scopes=scope_grants(c for c in connections if c.status != "revoked"),
+        discovery_fetched_at=tenant.discovery_fetched_at,
+        discovery_error=tenant.discovery_error,
+        has_discovery_document=has_document,
+        refresh_earliest=horizon[0] if horizon else None,
+        refresh_latest=horizon[-1] if horizon else None,
+        refresh_due_next_hour=sum(1 for moment in horizon if moment <= now + HOUR),
+        outcomes=outcome_buckets(runs, now) if runs is not None else (),
+    )
+
+
+async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime) -> TenantHealth:
+    """The full report of one tenant, with its outcome chart."""
+    ids = [tenant.id]
+    connections = await health_repo.connection_facts(session, ids)
+    errors_hour = await health_repo.error_counts(session, now - HOUR, ids)
+    errors_day = await health_repo.error_counts(session, now - DAY, ids)
+    first_bucket = now.replace(minute=0, second=0, microsecond=0) - (CHART_BUCKETS - 1) * HOUR
+    runs = await health_repo.run_outcomes(session, tenant.id, first_bucket)
+    return build_health(
+        tenant,
+        connections=connections,
+        errors_hour=errors_hour,
+        errors_day=errors_day,
+        now=now,
+        runs=runs,
+    )
+
+
+async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[TenantHealth]:
+    """The report of every tenant, by name (no outcome charts), in four queries."""
+    tenants = await repo.list_tenants(session)
+    connections: defaultdict[str, list[ConnectionFacts]] = defaultdict(list)
+    for row in await health_repo.connection_facts(session):
+        connections[row.tenant_id].append(row)
+    errors_hour: defaultdict[str, list[ErrorCount]] = defaultdict(list)
+    for item in await health_repo.error_counts(session, now - HOUR):
+        errors_hour[item.tenant_id].append(item)
+    errors_day: defaultdict[str, list[ErrorCount]] = defaultdict(list)
+    for item in await health_repo.error_counts(session, now - DAY):
+        errors_day[item.tenant_id].append(item)
+    reports = [
+        build_health(
+            t,
+            connections=connections[t.id],
+            errors_hour=errors_hour[t.id],
+            errors_day=errors_day[t.id],
+            now=now,
+        )
+        for t in tenants
+    ]
+    return sorted(reports, key=lambda r: r.name)

@@ -1,0 +1,292 @@
+"""The documented rules that decide a tenant's health, and the rule that decided it.
+
+Rules are checked in the order of :data:`RULES`: every ``failing`` rule comes before every
+``degraded`` one, so the first rule that fires is the worst one and is reported as *the* rule that
+decided the status; the others that fired are listed beside it. No rule firing means ``ok``.
+
+Connections a patient revoked are not a health signal: they are left out of every share.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+Status = Literal["ok", "degraded", "failing"]
+STATUSES: tuple[Status, ...] = ("ok", "degraded", "failing")
+
+#: A share of needs_reauth connections at or above this fails the tenant ...
+REAUTH_FAILING_SHARE = 0.5
+#: ... and at or above this degrades it (patients leaving one by one is normal; a wave is not).
+REAUTH_DEGRADED_SHARE = 0.2
+#: Without a successful sync for this long (while connections should be syncing) the tenant fails.
+NO_SYNC_FAILING = dt.timedelta(hours=24)
+#: When the p95 sync lag over active connections exceeds this, the tenant is degraded.
+SYNC_LAG_DEGRADED = dt.timedelta(hours=6)
+#: Transient upstream errors in the last hour at or above this count degrade the tenant.
+TRANSIENT_ERRORS_DEGRADED = 3
+#: Error classes that say the EHR is slow, overloaded or broken right now (retried with backoff).
+TRANSIENT_CLASSES = frozenset({"throttled", "upstream_5xx", "timeout", "network", "malformed"})
+#: Error classes where the EHR sent something outside the patient's binding (rejected by us).
+INTEGRITY_CLASSES = frozenset(
+    {"tenant_mismatch", "foreign_next_link", "compartment_violation", "paging_loop"}
+)
+
+
+@dataclass(frozen=True)
+class TenantFacts:
+    """What the rules look at for one tenant (computed from the database by ``report``)."""
+
+    now: dt.datetime
+    #: Connections per status (every status of ``CONNECTION_STATUSES`` may be absent).
+    connections: Mapping[str, int] = field(default_factory=dict)
+    #: The newest ``last_success_at`` over the tenant's connections.
+    last_sync_success_at: dt.datetime | None = None
+    #: When the longest-standing active connection was made (grace for brand-new tenants).
+    oldest_active_since: dt.datetime | None = None
+    #: p95 of now - last success over active connections, in seconds.
+    sync_lag_p95_seconds: float | None = None
+    #: Errors by class in the last hour and in the last day (summed event counts).
+    errors_last_hour: Mapping[str, int] = field(default_factory=dict)
+    errors_last_day: Mapping[str, int] = field(default_factory=dict)
+    discovery_error: str | None = None
+    #: Whether a good discovery document is held (launches and refresh can still work).
+    has_discovery_document: bool = True
+
+    def count(self, status: str) -> int:
+        """Connections in ``status``."""
+        return int(self.connections.get(status, 0))
+
+    @property
+    def live_connections(self) -> int:
+        """Connections that have not been revoked by the patient."""
+        return sum(n for status, n in self.connections.items() if status != "revoked")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One health rule: what it means, the status it sets, and its check."""
+
+    id: str
+    status: Status
+    description: str
+    #: Returns why it fired (with the numbers), or ``None`` when it does not apply.
+    check: Callable[[TenantFacts], str | None]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A rule that fired, and why."""
+
+    rule: str
+    status: Status
+    reason: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A tenant's status, the rule that decided it, and every rule that fired."""
+
+    status: Status
+    rule: str
+    reason: str
+    findings: tuple[Finding, ...] = ()
+
+
+def _misbound(facts: TenantFacts) -> str | None:
+    n = facts.count("misbound")
+    if n == 0:
+        return None
+    return f"{n} connection(s) misbound: the EHR answered for a different patient or server."
+
+
+def _reauth_share(facts: TenantFacts, threshold: float) -> str | None:
+    live = facts.live_connections
+    n = facts.count("needs_reauth")
+    if live == 0 or n == 0 or n / live < threshold:
+        return None
+    return f"{n} of {live} connections need the patient to reconnect ({n / live:.0%})."
+
+
+def _reauth_majority(facts: TenantFacts) -> str | None:
+    return _reauth_share(facts, REAUTH_FAILING_SHARE)
+
+
+def _reauth_wave(facts: TenantFacts) -> str | None:
+    return _reauth_share(facts, REAUTH_DEGRADED_SHARE)
+
+
+def _no_recent_sync(facts: TenantFacts) -> str | None:
+    if facts.count("active") == 0 or facts.oldest_active_since is None:
+        return None
+    if facts.now - facts.oldest_active_since < NO_SYNC_FAILING:
+        return None  # every active connection is younger than the window: not yet due to judge
+    last = facts.last_sync_success_at
+    if last is not None and facts.now - last < NO_SYNC_FAILING:
+        return None
+    hours = int(NO_SYNC_FAILING.total_seconds() // 3600)
+    since = "ever" if last is None else f"since {last.isoformat()}"
+    return f"No successful sync in the last {hours} h ({since}) with active connections."
+
+
+def _discovery_failing(facts: TenantFacts) -> str | None:
+    if facts.discovery_error is None or facts.has_discovery_document:
+        return None
+    return "Discovery fails and no good discovery document is held: launches cannot start."
+
+
+def _discovery_stale(facts: TenantFacts) -> str | None:
+    if facts.discovery_error is None or not facts.has_discovery_document:
+        return None
+    return "The last discovery failed; the last good document is still in use."
+
+
+def _integrity(facts: TenantFacts) -> str | None:
+    hits = {k: v for k, v in facts.errors_last_day.items() if k in INTEGRITY_CLASSES and v}
+    if not hits:
+        return None
+    listed = ", ".join(f"{k} x{v}" for k, v in sorted(hits.items()))
+    return f"The EHR sent data outside a patient's binding in the last day ({listed})."
+
+
+def _transient(facts: TenantFacts) -> str | None:
+    hits = {k: v for k, v in facts.errors_last_hour.items() if k in TRANSIENT_CLASSES and v}
+    total = sum(hits.values())
+    if total < TRANSIENT_ERRORS_DEGRADED:
+        return None
+    listed = ", ".join(f"{k} x{v}" for k, v in sorted(hits.items()))
+    return f"{total} transient upstream errors in the last hour ({listed})."
+
+
+def _insufficient_scope(facts: TenantFacts) -> str | None:
+    n = facts.errors_last_day.get("insufficient_scope", 0)
+    if not n:
+        return None
+    return f"{n} request(s) refused for insufficient scope in the last day."
+
+
+def _refused(facts: TenantFacts) -> str | None:
+    n = facts.errors_last_day.get("refused", 0)
+    if not n:
+        return None
+    return (
+        f"{n} search(es) refused by the EHR in the last day (400/403/404/410: a query plan the "
+        "EHR does not accept, or a type it does not serve)."
+    )
+
+
+def _error_connections(facts: TenantFacts) -> str | None:
+    n = facts.count("error")
+    if n == 0:
+        return None
+    return f"{n} connection(s) stopped on an unexpected error."
+
+
+def _sync_lag(facts: TenantFacts) -> str | None:
+    lag = facts.sync_lag_p95_seconds
+    if lag is None or lag <= SYNC_LAG_DEGRADED.total_seconds():
+        return None
+    hours = SYNC_LAG_DEGRADED.total_seconds() / 3600
+    return f"p95 sync lag is {lag / 3600:.1f} h (over {hours:g} h)."
+
+
+#: Every rule, worst first. The first that fires decides the status.
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "misbound_connections",
+        "failing",
+        "Any connection is misbound (the EHR answered for another patient or server).",
+        _misbound,
+    ),
+    Rule(
+        "reauth_majority",
+        "failing",
+        f"At least {REAUTH_FAILING_SHARE:.0%} of non-revoked connections need reauthorization.",
+        _reauth_majority,
+    ),
+    Rule(
+        "no_recent_sync",
+        "failing",
+        "Active connections exist, the oldest is over 24 h old, and no connection synced "
+        "successfully in the last 24 h.",
+        _no_recent_sync,
+    ),
+    Rule(
+        "discovery_failing",
+        "failing",
+        "Discovery fails and no good discovery document is held.",
+        _discovery_failing,
+    ),
+    Rule(
+        "integrity_errors",
+        "degraded",
+        "The EHR sent data outside a patient's binding in the last day (tenant_mismatch, "
+        "foreign_next_link, compartment_violation, paging_loop).",
+        _integrity,
+    ),
+    Rule(
+        "reauth_wave",
+        "degraded",
+        f"At least {REAUTH_DEGRADED_SHARE:.0%} of non-revoked connections need reauthorization.",
+        _reauth_wave,
+    ),
+    Rule(
+        "transient_errors",
+        "degraded",
+        f"At least {TRANSIENT_ERRORS_DEGRADED} transient upstream errors (throttled, "
+        "upstream_5xx, timeout, network, malformed) in the last hour.",
+        _transient,
+    ),
+    Rule(
+        "insufficient_scope",
+        "degraded",
+        "Any request was refused for insufficient scope in the last day.",
+        _insufficient_scope,
+    ),
+    Rule(
+        "refused_searches",
+        "degraded",
+        "The EHR refused a resource search outright in the last day (400, plain 403, 404, 410).",
+        _refused,
+    ),
+    Rule(
+        "error_connections",
+        "degraded",
+        "Any connection stopped on an unexpected error.",
+        _error_connections,
+    ),
+    Rule(
+        "sync_lag",
+        "degraded",
+        "The p95 sync lag over active connections is over 6 h.",
+        _sync_lag,
+    ),
+    Rule(
+        "discovery_stale",
+        "degraded",
+        "The last discovery failed while a good document is still held.",
+        _discovery_stale,
+    ),
+)
+OK_RULE = "all_clear"
+OK_REASON = "No health rule fired."
+
+
+def evaluate(facts: TenantFacts, rules: Sequence[Rule] = RULES) -> Verdict:
+    """The verdict of ``rules`` on ``facts``: the first rule that fires decides."""
+    findings = tuple(
+        Finding(rule.id, rule.status, reason)
+        for rule in rules
+        if (reason := rule.check(facts)) is not None
+    )
+    if not findings:
+        return Verdict("ok", OK_RULE, OK_REASON)
+    first = findings[0]
+    return Verdict(first.status, first.rule, first.reason, findings)
+
+
+def worst(statuses: Sequence[Status]) -> Status:
+    """The worst of ``statuses`` (``ok`` for none)."""
+    return max(statuses, key=STATUSES.index, default="ok")

@@ -1,0 +1,298 @@
+"""Revoking a disconnected connection's token at the EHR (RFC 7009), retried until confirmed.
+
+A disconnect deletes the connection's credentials at once and leaves the one token to revoke in
+``pending_revocations``, encrypted and bound to that row. Each attempt follows the house rule of
+never holding a transaction across the network: lease the row and decrypt its token (tx 1), call
+the revocation endpoint, then delete the row on success or record the failure with backoff
+(tx 2). The lease keeps two processes from revoking the same row at once; a crashed attempt's
+lease expires and the row is taken over. After :data:`MAX_ATTEMPTS` failures the token is deleted
+anyway and the failure recorded as an event: a token nobody holds any more is the next best thing
+to a revoked one, and keeping it forever would be worse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from syncsvc.db import disconnect_repo, repo
+from syncsvc.db.event_repo import add_event
+from syncsvc.db.models import PendingRevocation
+from syncsvc.errors import SyncsvcError, VaultError
+from syncsvc.logging import get_logger
+from syncsvc.smart.client_auth import ClientCredentials
+from syncsvc.smart.oauth import revoke_token
+from syncsvc.sync.backoff import Backoff
+from syncsvc.sync.context import SyncContext
+from syncsvc.tenants import client_credentials
+from syncsvc.vault import Purpose, Vault
+
+log = get_logger("syncsvc.revocations")
+
+AttemptOutcome = Literal["revoked", "retrying", "given_up"]
+
+#: Failed revocations are retried on this schedule: within minutes first, then up to 6 h apart.
+REVOCATION_BACKOFF = Backoff(base_seconds=60.0, cap_seconds=6 * 3600.0)
+#: After this many failed attempts (spread over up to a day by the backoff) the token is dropped.
+MAX_ATTEMPTS = 12
+#: How long one attempt may hold a row; far above any revocation request's duration.
+LEASE_SECONDS = 120
+#: A background attempt's time limit (the disconnect itself waits less: see ``disconnect``).
+ATTEMPT_TIMEOUT_SECONDS = 15.0
+DEFAULT_LIMIT = 50
+#: ``pending_revocations.last_error`` is for people: keep it short.
+ERROR_LENGTH = 500
+# S105: RFC 7009 token type hints, not secrets.
+REFRESH_TOKEN_HINT = "refresh_token"  # noqa: S105
+ACCESS_TOKEN_HINT = "access_token"  # noqa: S105
+
+
+def token_purpose(token_type_hint: str) -> Purpose:
+    """The vault purpose a pending token is sealed under, from its RFC 7009 type hint."""
+    if token_type_hint == ACCESS_TOKEN_HINT:
+        return Purpose.ACCESS_TOKEN
+    return Purpose.REFRESH_TOKEN
+
+
+@dataclass(frozen=True)
+class ClaimedRevocation:
+    """A leased pending revocation with what the attempt needs, decrypted."""
+
+    id: str
+    tenant_id: str
+    connection_id: str | None
+    revocation_endpoint: str
+    token_type_hint: str
+    attempts: int
+    token: str = field(repr=False)
+    credentials: ClientCredentials = field(repr=False)
+
+
+@dataclass
+class RevocationReport:
+    """What one :func:`retry_pending` call did."""
+
+    claimed: int = 0
+    revoked: int = 0
+    retrying: int = 0
+    given_up: int = 0
+
+    def count(self, outcome: AttemptOutcome) -> None:
+        """Count one attempt's outcome."""
+        if outcome == "revoked":
+            self.revoked += 1
+        elif outcome == "retrying":
+            self.retrying += 1
+        else:
+            self.given_up += 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The report as a JSON-ready dict."""
+        return {
+            "claimed": self.claimed,
+            "revoked": self.revoked,
+            "retrying": self.retrying,
+            "given_up": self.given_up,
+        }
+
+
+async def _give_up(
+    ctx: SyncContext, row: PendingRevocation, *, reason: str, error_class: str
+) -> AttemptOutcome:
+    """Delete a revocation that cannot succeed (token and row) and record why."""
+    async with ctx.sessionmaker.begin() as session:
+        if not await disconnect_repo.delete_pending_revocation(session, row.id, ctx.owner):
+            return "retrying"
+        await add_event(
+            session,
+            tenant_id=row.tenant_id,
+            connection_id=row.connection_id,
+            kind="revocation",
+            outcome="failed",
+            error_class=error_class,
+            detail=reason,
+            at=ctx.now(),
+        )
+    log.warning(
+        "revocation given up",
+        connection_id=row.connection_id,
+        revocation_id=row.id,
+        error_class=error_class,
+    )
+    return "given_up"
+
+
+def _open(vault: Vault, row: PendingRevocation) -> str:
+    return vault.decrypt(row.token_enc, purpose=token_purpose(row.token_type_hint), row=row.id)
+
+
+async def attempt(
+    ctx: SyncContext, claimed: ClaimedRevocation, *, timeout_seconds: float
+) -> AttemptOutcome:
+    """Call the EHR once for a leased revocation, then record the outcome (its own transaction).
+
+    ``revoked``: confirmed, row and token deleted. ``retrying``: rescheduled with backoff.
+    ``given_up``: the last allowed attempt failed; row and token deleted, failure recorded.
+    """
+    error_class = "revocation_failed"
+    try:
+        async with asyncio.timeout(timeout_seconds):
+            await revoke_token(
+                ctx.http,
+                revocation_endpoint=claimed.revocation_endpoint,
+                token=claimed.token,
+                token_type_hint=claimed.token_type_hint,
+                credentials=claimed.credentials,
+            )
+    except TimeoutError:
+        error, error_class = "The revocation endpoint did not answer in time.", "timeout"
+    except SyncsvcError as exc:
+        # Transient (5xx, 429, network) and client-authentication problems alike: retry later.
+        error = exc.message
+    else:
+        return await _confirmed(ctx, claimed)
+    return await _failed(ctx, claimed, error=error, error_class=error_class)
+
+
+async def _confirmed(ctx: SyncContext, claimed: ClaimedRevocation) -> AttemptOutcome:
+    async with ctx.sessionmaker.begin() as session:
+        await disconnect_repo.delete_pending_revocation(session, claimed.id, ctx.owner)
+        await add_event(
+            session,
+            tenant_id=claimed.tenant_id,
+            connection_id=claimed.connection_id,
+            kind="revocation",
+            outcome="ok",
+            detail=f"{claimed.token_type_hint} revoked after {claimed.attempts + 1} attempt(s)",
+            at=ctx.now(),
+        )
+    log.info("token revoked", connection_id=claimed.connection_id, attempts=claimed.attempts + 1)
+    return "revoked"
+
+
+async def _failed(
+    ctx: SyncContext, claimed: ClaimedRevocation, *, error: str, error_class: str
+) -> AttemptOutcome:
+    now = ctx.now()
+    attempts = claimed.attempts + 1
+    async with ctx.sessionmaker.begin() as session:
+        if attempts >= MAX_ATTEMPTS:
+            deleted = await disconnect_repo.delete_pending_revocation(
+                session, claimed.id, ctx.owner
+            )
+            outcome: AttemptOutcome = "given_up" if deleted else "retrying"
+            detail = f"gave up after {attempts} attempts: {error}"
+        else:
+            await disconnect_repo.reschedule_pending_revocation(
+                session,
+                claimed.id,
+                ctx.owner,
+                attempts=attempts,
+                next_attempt_at=REVOCATION_BACKOFF.retry_at(now, attempts),
+                last_error=error[:ERROR_LENGTH],
+            )
+            outcome, detail = "retrying", f"attempt {attempts} failed: {error}"
+        await add_event(
+            session,
+            tenant_id=claimed.tenant_id,
+            connection_id=claimed.connection_id,
+            kind="revocation",
+            outcome="failed" if outcome == "given_up" else "transient",
+            error_class=error_class,
+            detail=detail,
+            at=now,
+        )
+    log.warning(
+        "revocation failed",
+        connection_id=claimed.connection_id,
+        attempts=attempts,
+        outcome=outcome,
+        error_class=error_class,
+    )
+    return outcome
+
+
+async def _claim(ctx: SyncContext, limit: int) -> tuple[list[ClaimedRevocation], list[str]]:
+    """Transaction 1: lease due rows and decrypt what each attempt needs.
+
+    Returns the claimed revocations and the ids of rows whose token cannot be decrypted any more
+    (its vault key was retired): those can never succeed.
+    """
+    claimed: list[ClaimedRevocation] = []
+    unreadable: list[str] = []
+    async with ctx.sessionmaker.begin() as session:
+        rows = await disconnect_repo.claim_pending_revocations(
+            session, ctx.owner, ctx.now(), LEASE_SECONDS, limit
+        )
+        for row in rows:
+            tenant = await repo.get_tenant(session, row.tenant_id)
+            try:
+                token = _open(ctx.vault, row)
+                if tenant is None:  # pragma: no cover - the foreign key cascades
+                    raise VaultError("The tenant is gone.")
+                credentials = client_credentials(ctx.vault, tenant)
+            except VaultError:
+                unreadable.append(row.id)
+                continue
+            claimed.append(
+                ClaimedRevocation(
+                    id=row.id,
+                    tenant_id=row.tenant_id,
+                    connection_id=row.connection_id,
+                    revocation_endpoint=row.revocation_endpoint,
+                    token_type_hint=row.token_type_hint,
+                    attempts=row.attempts,
+                    token=token,
+                    credentials=credentials,
+                )
+            )
+    return claimed, unreadable
+
+
+async def _give_up_unreadable(ctx: SyncContext, ids: Sequence[str]) -> int:
+    given_up = 0
+    for revocation_id in ids:
+        async with ctx.sessionmaker() as session:
+            row = await session.get(PendingRevocation, revocation_id)
+        if row is not None:
+            outcome = await _give_up(
+                ctx,
+                row,
+                reason="the token or the client secret can no longer be decrypted (key retired)",
+                error_class="vault_error",
+            )
+            given_up += outcome == "given_up"
+    return given_up
+
+
+async def retry_pending(ctx: SyncContext, limit: int = DEFAULT_LIMIT) -> RevocationReport:
+    """Claim up to ``limit`` due revocations and attempt each once (bounded concurrency)."""
+    report = RevocationReport()
+    claimed, unreadable = await _claim(ctx, limit)
+    report.claimed = len(claimed) + len(unreadable)
+    report.given_up += await _give_up_unreadable(ctx, unreadable)
+    concurrency = asyncio.Semaphore(ctx.settings.sync_concurrency)
+
+    async def one(item: ClaimedRevocation) -> None:
+        async with concurrency:
+            report.count(await attempt(ctx, item, timeout_seconds=ATTEMPT_TIMEOUT_SECONDS))
+
+    async with asyncio.TaskGroup() as group:
+        for item in claimed:
+            group.create_task(one(item))
+    if report.claimed:
+        log.info("revocations retried", **report.to_json())
+    return report
+
+
+__all__ = [
+    "MAX_ATTEMPTS",
+    "REVOCATION_BACKOFF",
+    "ClaimedRevocation",
+    "RevocationReport",
+    "attempt",
+    "retry_pending",
+    "token_purpose",
+]

@@ -1,0 +1,220 @@
+"""Operator endpoints: liveness and readiness probes, tenant health, Prometheus metrics.
+
+``/healthz`` and ``/readyz`` are for load balancers: no credential, no data beyond which check
+failed. ``/tenants/health``, ``/tenants/{tenant}/health`` and ``/metrics`` need the operator token:
+tenant names, error counts and scope grants describe the deployment's EHR relationships, and
+Prometheus sends a bearer token with ``authorization: {credentials: ...}`` in its scrape config.
+The health pages answer JSON by default and HTML to a browser (``Accept: text/html``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+from sqlalchemy.exc import SQLAlchemyError
+
+from syncsvc.db import health_repo, migrate, repo
+from syncsvc.errors import NotFound
+from syncsvc.health.chart import outcome_chart
+from syncsvc.health.report import TenantHealth, all_tenant_health, tenant_health
+from syncsvc.health.rules import RULES, worst
+from syncsvc.keys import METRICS, SCHEDULER, SESSIONMAKER, SETTINGS
+from syncsvc.logging import get_logger
+from syncsvc.metrics import CONTENT_TYPE
+from syncsvc.web.auth import require_operator
+from syncsvc.web.handlers.api import json_response
+
+log = get_logger("syncsvc.web.operators")
+#: A readiness probe gives up on the database after this long (a load balancer is waiting).
+READY_TIMEOUT_SECONDS = 5.0
+#: The scheduler is stale when its last tick is older than this many tick intervals ...
+SCHEDULER_STALE_TICKS = 6
+#: ... or than this floor, whichever is longer (a tick of several batches takes a while).
+SCHEDULER_STALE_FLOOR = dt.timedelta(seconds=60)
+
+#: The newest migration in the source tree; read once, the files do not change under a process.
+head_revision = functools.cache(migrate.head_revision)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _quality(accept: str, media_type: str) -> float:
+    """The q-value ``accept`` gives ``media_type`` (exact, then ``type/*``, then ``*/*``)."""
+    main = media_type.split("/", 1)[0]
+    best: tuple[int, float] = (-1, 0.0)
+    for item in accept.split(","):
+        name, *params = (part.strip() for part in item.split(";"))
+        specificity = {media_type: 2, f"{main}/*": 1, "*/*": 0}.get(name.lower())
+        if specificity is None:
+            continue
+        q = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        best = max(best, (specificity, q))
+    return best[1]
+
+
+def wants_html(request: web.Request) -> bool:
+    """Whether the client prefers HTML over JSON (JSON wins ties: it is the default)."""
+    accept = request.headers.get("Accept", "")
+    return _quality(accept, "text/html") > _quality(accept, "application/json")
+
+
+def _age(moment: dt.datetime | None, now: dt.datetime) -> str:
+    """A short age for people: ``42 s``, ``7 min``, ``3.5 h``, ``2.0 d`` (``never`` for None)."""
+    if moment is None:
+        return "never"
+    return _duration((now - moment).total_seconds())
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 0:
+        return f"in {_duration(-seconds)}"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def _negotiated(
+    request: web.Request, body: dict[str, Any], template: str, context: dict[str, Any]
+) -> web.Response:
+    if wants_html(request):
+        response = aiohttp_jinja2.render_template(
+            template, request, {**context, "age": _age, "duration": _duration}
+        )
+    else:
+        response = json_response(body)
+    response.headers["Vary"] = "Accept, Authorization"
+    return response
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """``GET /healthz``: the process answers."""
+    return json_response({"status": "alive"})
+
+
+async def _database_checks(request: web.Request) -> dict[str, str]:
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+            async with request.app[SESSIONMAKER]() as session:
+                current = await health_repo.schema_revision(session)
+    except (OSError, TimeoutError, SQLAlchemyError) as exc:
+        # The class only: a driver's message may carry the DSN.
+        log.warning("readiness: database unreachable", error_class=type(exc).__name__)
+        return {"database": "unreachable", "migrations": "unknown"}
+    head = head_revision()
+    if current != head:
+        log.warning("readiness: schema not at head", current=current, head=head)
+        return {"database": "ok", "migrations": "not_at_head"}
+    return {"database": "ok", "migrations": "ok"}
+
+
+def _scheduler_check(request: web.Request) -> str:
+    scheduler = request.app.get(SCHEDULER)
+    if scheduler is None:
+        return "not_running"
+    if scheduler.last_tick_at is None:
+        return "not_ticked"
+    tick = dt.timedelta(seconds=request.app[SETTINGS].tick_seconds)
+    if _now() - scheduler.last_tick_at > max(tick * SCHEDULER_STALE_TICKS, SCHEDULER_STALE_FLOOR):
+        return "stale"
+    return "ok"
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: database reachable, schema at head, and the scheduler ticking (if any)."""
+    checks = await _database_checks(request)
+    checks["scheduler"] = _scheduler_check(request)
+    ready = all(value in ("ok", "not_running") for value in checks.values())
+    return json_response(
+        {"status": "ready" if ready else "not_ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+def _summary(report: TenantHealth) -> dict[str, Any]:
+    return {
+        "tenant": report.name,
+        "display_name": report.display_name,
+        "status": report.status,
+        "rule": {"id": report.verdict.rule, "reason": report.verdict.reason},
+        "connections": {"total": sum(report.connections.values()), **report.connections},
+        "last_successful_sync_at": report.last_sync_success_at,
+        "sync_lag_p95_seconds": report.lag_p95_seconds,
+        "errors_last_hour": report.errors_hour.total,
+        "errors_last_day": report.errors_day.total,
+        "href": f"/tenants/{report.name}/health",
+    }
+
+
+async def tenants_health(request: web.Request) -> web.Response:
+    """``GET /tenants/health``: every tenant's status and the rule that decided it."""
+    require_operator(request)
+    now = _now()
+    async with request.app[SESSIONMAKER]() as session:
+        reports = await all_tenant_health(session, now)
+    status = worst([r.verdict.status for r in reports])
+    body = {
+        "status": status,
+        "generated_at": now,
+        "tenants": [_summary(r) for r in reports],
+        "rules": [
+            {"id": rule.id, "status": rule.status, "description": rule.description}
+            for rule in RULES
+        ],
+    }
+    context = {"status": status, "now": now, "reports": reports}
+    return _negotiated(request, body, "tenants_health.html", context)
+
+
+async def one_tenant_health(request: web.Request) -> web.Response:
+    """``GET /tenants/{tenant}/health``: one tenant's status, its reasons and its figures."""
+    require_operator(request)
+    name = request.match_info["tenant"]
+    now = _now()
+    async with request.app[SESSIONMAKER]() as session:
+        tenant = await repo.get_tenant_by_name(session, name)
+        if tenant is None:
+            raise NotFound("No tenant has that name.", reason="tenant_not_found")
+        report = await tenant_health(session, tenant, now)
+    context = {"h": report, "chart": outcome_chart(report.outcomes), "rules": RULES}
+    return _negotiated(request, report.to_json(), "tenant_health.html", context)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus exposition, tenant gauges computed from the database now."""
+    require_operator(request)
+    async with request.app[SESSIONMAKER]() as session:
+        reports = await all_tenant_health(session, _now())
+    body = request.app[METRICS].exposition(reports)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the probes, the tenant health endpoints and the metrics endpoint."""
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/tenants/health", tenants_health)
+    app.router.add_get("/tenants/{tenant}/health", one_tenant_health)
+    app.router.add_get("/metrics", metrics)
+
+
+__all__ = ["setup_routes", "wants_html"]

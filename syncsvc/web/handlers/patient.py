@@ -1,0 +1,296 @@
+"""The patient's own pages: the status of their connections, and disconnecting one.
+
+Every page needs the patient session a connect link starts (``syncsvc_session``); without one it
+says how to get back: open the link the application gave them. A connection id that is not the
+session user's answers exactly like an unknown one (404), so ids leak nothing.
+
+The disconnect form is protected twice against cross-site posts: the session cookie is
+``SameSite=Lax`` (not sent on a cross-site POST), and the form carries a token that is an HMAC of
+the session cookie itself, which another site cannot read or compute.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from typing import Any
+
+import aiohttp_jinja2
+from aiohttp import web
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from syncsvc.db import disconnect_repo, repo
+from syncsvc.db.models import Connection, Tenant
+from syncsvc.db.stats_repo import count_resources
+from syncsvc.disconnect import DisconnectResult, disconnect_connection
+from syncsvc.errors import NotFound
+from syncsvc.keys import HTTP, SESSIONMAKER, SETTINGS, VAULT
+from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed, grant_report
+from syncsvc.sync.context import SyncContext
+from syncsvc.web.cookies import SESSION_COOKIE, session_user
+
+MAX_FORM_BYTES = 16 * 1024
+CSRF_FIELD = "csrf"
+STATUS_URL = "/status"
+
+#: Each status in plain words: a heading, the card's colour and what it means for the patient.
+_STATUS_WORDS: dict[str, tuple[str, str, str]] = {
+    "active": (
+        "Connected",
+        "ok",
+        "Your record is being kept up to date in the background.",
+    ),
+    "needs_reauth": (
+        "Needs you to reconnect",
+        "warn",
+        "Your provider no longer accepts this connection, so your record is not being updated. "
+        "Reconnect to continue.",
+    ),
+    "misbound": (
+        "Could not be connected safely",
+        "bad",
+        "Your provider issued this sign-in for a different organisation, so nothing from it is "
+        "used. The service operator must check the provider's setup; reconnecting will not help "
+        "until then.",
+    ),
+    "error": (
+        "Stopped because of a problem",
+        "bad",
+        "Syncing stopped because of a problem on our side or your provider's. The service "
+        "operator can see it; you do not need to do anything.",
+    ),
+    "revoked": ("Disconnected", "muted", "This connection has ended; nothing is synced any more."),
+}
+_DISCONNECTED_BY = {
+    "disconnected_by_patient": "You disconnected it.",
+    "disconnected_by_host_app": "The application you use disconnected it.",
+    "disconnected_by_operator": "The service operator disconnected it.",
+}
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _when(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else f"{moment:%d %b %Y, %H:%M} UTC"
+
+
+def csrf_token(request: web.Request) -> str | None:
+    """The disconnect form's token for this session (None without a session cookie)."""
+    session_cookie = request.cookies.get(SESSION_COOKIE)
+    key = request.app[SETTINGS].link_signing_key
+    if not session_cookie or key is None:
+        return None
+    message = f"syncsvc/patient-csrf/{session_cookie}".encode()
+    return hmac.new(key.reveal().encode(), message, hashlib.sha256).hexdigest()
+
+
+def _csrf_valid(request: web.Request, presented: object) -> bool:
+    expected = csrf_token(request)
+    return (
+        expected is not None
+        and isinstance(presented, str)
+        and hmac.compare_digest(expected, presented)
+    )
+
+
+def _page(
+    request: web.Request, status: int, heading: str, message: str, *, signed_in: bool
+) -> web.Response:
+    context = {
+        "heading": heading,
+        "message": message,
+        "reason": None,
+        "error_uri": None,
+        "retry_url": None,
+        "status_url": STATUS_URL if signed_in else None,
+    }
+    return aiohttp_jinja2.render_template("launch_error.html", request, context, status=status)
+
+
+def _signed_out(request: web.Request) -> web.Response:
+    return _page(
+        request,
+        401,
+        "Open your application's link first",
+        "To see or change your connected records, open the link the application gave you "
+        "again (or ask it for a new one). For your privacy, this page is only shown in the "
+        "browser where you connected.",
+        signed_in=False,
+    )
+
+
+def _not_found(request: web.Request) -> web.Response:
+    return _page(
+        request,
+        404,
+        "This connection was not found",
+        "It may have been removed. Your connections are listed on your status page.",
+        signed_in=True,
+    )
+
+
+def _grant_view(connection: Connection, has_refresh_token: bool) -> dict[str, Any]:
+    report = grant_report(
+        connection.requested_scopes,
+        connection.granted_scopes,
+        has_refresh_token=has_refresh_token,
+    )
+    return {
+        "granted": [f"{RESOURCE_DESCRIPTIONS.get(t, t)} ({t})" for t in report.synced_types],
+        "trimmed": explain_trimmed(report),
+    }
+
+
+async def _connection_view(
+    session: AsyncSession, connection: Connection, tenant: Tenant
+) -> dict[str, Any]:
+    heading, tone, meaning = _STATUS_WORDS.get(connection.status, _STATUS_WORDS["error"])
+    counts = await count_resources(session, connection.id)
+    order = list(RESOURCE_DESCRIPTIONS)
+    synced = [
+        {"type": t, "description": RESOURCE_DESCRIPTIONS.get(t, t), "count": n}
+        for t, n in sorted(
+            counts.items(), key=lambda i: (order.index(i[0]) if i[0] in order else len(order), i[0])
+        )
+    ]
+    view: dict[str, Any] = {
+        "id": connection.id,
+        "provider": tenant.display_name,
+        "tenant": tenant.name,
+        "status": connection.status,
+        "heading": heading,
+        "tone": tone,
+        "meaning": meaning,
+        "detail": None,
+        "error_uri": None,
+        "connected_at": _when(connection.connected_at),
+        "last_sync": _when(connection.last_success_at),
+        "synced": synced,
+        "total": sum(counts.values()),
+        "grant": None,
+        "can_reconnect": connection.status in ("needs_reauth", "revoked"),
+        "can_disconnect": connection.status != "revoked" or bool(counts),
+        "revocation_pending": False,
+    }
+    if connection.status == "needs_reauth":
+        view["detail"] = connection.status_message
+        view["error_uri"] = connection.error_uri
+    elif connection.status == "misbound":
+        view["detail"] = connection.status_message
+    elif connection.status == "revoked":
+        view["detail"] = _DISCONNECTED_BY.get(connection.status_reason or "")
+        pending = await disconnect_repo.pending_revocations_of(session, connection.id)
+        view["revocation_pending"] = bool(pending)
+    if connection.status in ("active", "needs_reauth", "error"):
+        credentials = await repo.get_credentials(session, connection.id)
+        has_refresh = credentials is not None and credentials.refresh_token_enc is not None
+        view["grant"] = _grant_view(connection, has_refresh)
+    return view
+
+
+async def status_page(request: web.Request) -> web.Response:
+    """``GET /status``: every connection of the session's user, in plain words."""
+    user_id = session_user(request)
+    if user_id is None:
+        return _signed_out(request)
+    views = []
+    async with request.app[SESSIONMAKER]() as session:
+        for connection in await repo.list_connections(session, user_id=user_id):
+            tenant = await repo.get_tenant(session, connection.tenant_id)
+            if tenant is not None:
+                views.append(await _connection_view(session, connection, tenant))
+    context = {"connections": views, "start_url": "/connect/start", "connect_url": "/connect"}
+    return aiohttp_jinja2.render_template("status.html", request, context)
+
+
+async def _own_connection(
+    request: web.Request, user_id: str
+) -> tuple[Connection, Tenant, int] | None:
+    connection_id = request.match_info["connection_id"]
+    async with request.app[SESSIONMAKER]() as session:
+        connection = await repo.get_connection(session, connection_id)
+        if connection is None or connection.user_id != user_id:
+            return None
+        tenant = await repo.get_tenant(session, connection.tenant_id)
+        if tenant is None:  # pragma: no cover - the foreign key forbids it
+            return None
+        total = sum((await count_resources(session, connection.id)).values())
+    return connection, tenant, total
+
+
+async def disconnect_page(request: web.Request) -> web.Response:
+    """``GET /status/connections/{id}/disconnect``: what disconnecting does, and the choice."""
+    user_id = session_user(request)
+    if user_id is None:
+        return _signed_out(request)
+    found = await _own_connection(request, user_id)
+    if found is None:
+        return _not_found(request)
+    connection, tenant, total = found
+    context = {
+        "connection": connection,
+        "provider": tenant.display_name,
+        "total": total,
+        "revocation_offered": bool((tenant.endpoints or {}).get("revocation_endpoint")),
+        "csrf_field": CSRF_FIELD,
+        "csrf": csrf_token(request),
+        "action": request.path,
+        "status_url": STATUS_URL,
+    }
+    return aiohttp_jinja2.render_template("disconnect_confirm.html", request, context)
+
+
+async def disconnect(request: web.Request) -> web.Response:
+    """``POST /status/connections/{id}/disconnect``: disconnect, then say exactly what happened."""
+    user_id = session_user(request)
+    if user_id is None:
+        return _signed_out(request)
+    if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
+        return _page(request, 400, "The form was too large", "Please try again.", signed_in=True)
+    form = await request.post()
+    if not _csrf_valid(request, form.get(CSRF_FIELD)):
+        return _page(
+            request,
+            403,
+            "This form has expired",
+            "Nothing was changed. Go back to your connections and try again.",
+            signed_in=True,
+        )
+    choice = form.get("data", "erase")
+    if choice not in ("erase", "keep"):
+        return _page(
+            request, 400, "Choose what to do with your data", "Please try again.", signed_in=True
+        )
+    app = request.app
+    ctx = SyncContext(
+        settings=app[SETTINGS], sessionmaker=app[SESSIONMAKER], vault=app[VAULT], http=app[HTTP]
+    )
+    try:
+        result = await disconnect_connection(
+            ctx,
+            request.match_info["connection_id"],
+            by="patient",
+            erase=choice == "erase",
+            user_id=user_id,
+        )
+    except NotFound:
+        return _not_found(request)
+    return _disconnected_page(request, result)
+
+
+def _disconnected_page(request: web.Request, result: DisconnectResult) -> web.Response:
+    context = {"result": result, "status_url": STATUS_URL}
+    return aiohttp_jinja2.render_template("disconnected.html", request, context)
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register the patient's status and disconnect pages."""
+    app.router.add_get(STATUS_URL, status_page)
+    app.router.add_get("/status/connections/{connection_id}/disconnect", disconnect_page)
+    app.router.add_post("/status/connections/{connection_id}/disconnect", disconnect)
+
+
+__all__ = ["csrf_token", "setup_routes"]

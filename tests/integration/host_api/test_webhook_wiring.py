@@ -1,0 +1,71 @@
+"""Webhooks come from real work: a completed sync and a revoked grant notify the host app."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import aiohttp
+import orjson
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from syncsvc import webhooks
+from syncsvc.db import repo
+from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.settings import Secret, Settings
+from syncsvc.sync.context import SyncContext
+from syncsvc.sync.runner import run_due
+from syncsvc.vault import Vault
+from tests.fixtures.sandbox import GENERIC_TENANT
+from tests.integration.connected import connect_patient, register_sandbox_tenant
+from tests.integration.host_api.conftest import Receiver
+from tests.integration.host_api.test_webhooks import SECRET
+
+Sessionmaker = async_sessionmaker[AsyncSession]
+
+
+async def test_sync_completed_and_needs_reauth_are_delivered_signed(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+    receiver: Receiver,
+) -> None:
+    hooked = settings.replace(webhook_url=receiver.url, webhook_secret=Secret(SECRET))
+    ctx = SyncContext(settings=hooked, sessionmaker=sessionmaker, vault=vault, http=http)
+    tenant = await register_sandbox_tenant(sessionmaker, vault, http, sandbox, GENERIC_TENANT)
+    connection = await connect_patient(
+        sessionmaker, vault, http, sandbox, tenant, sandbox_tenant=GENERIC_TENANT
+    )
+    report = await run_due(ctx)
+    assert report.sync == {"ok": 1}
+    delivered = await webhooks.deliver_due(ctx)
+    assert delivered.delivered == 1
+    headers, body = receiver.received[0]
+    event = orjson.loads(body)
+    assert event["type"] == "sync.completed"
+    assert event["data"]["connection_id"] == connection.id
+    assert event["data"]["counts"]["new"] > 0
+    assert webhooks.verify_signature(
+        SECRET, headers[webhooks.SIGNATURE_HEADER], body, now=ctx.now()
+    )
+    assert b"access_token" not in body
+
+    # The EHR revokes the grant; the next refresh learns it and the host app is told.
+    for grant in sandbox.state.grants.values():
+        grant.revoked = True
+    later = ctx.now() + dt.timedelta(hours=1)  # the access token is due for refresh by then
+    ctx = SyncContext(
+        settings=hooked, sessionmaker=sessionmaker, vault=vault, http=http, clock=lambda: later
+    )
+    async with sessionmaker.begin() as session:
+        stored = await repo.get_connection(session, connection.id)
+        assert stored is not None
+        stored.next_refresh_at = later
+    second = await run_due(ctx)
+    assert second.refresh == {"needs_reauth": 1}
+    await webhooks.deliver_due(ctx)
+    types = [orjson.loads(b)["type"] for _, b in receiver.received]
+    assert types == ["sync.completed", "connection.needs_reauth"]
+    reauth = orjson.loads(receiver.received[1][1])
+    assert reauth["data"]["reason"] == "invalid_grant"

@@ -1,0 +1,157 @@
+"""Disconnecting from the patient's page: confirmation, CSRF, erase or keep, and the EHR's side."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from syncsvc.db import repo
+from syncsvc.keys import SESSIONMAKER
+from syncsvc.sandbox.patient import ScriptedPatient
+from syncsvc.sandbox.server import RunningSandbox
+from tests.integration.patient.helpers import (
+    connect_and_sync,
+    connection,
+    counts,
+    events,
+    form_posting_to,
+    grant_of,
+    words,
+)
+from tests.integration.web.conftest import RunningService
+from tests.integration.web.flows import new_link
+
+
+async def test_disconnect_revokes_deletes_tokens_and_erases_by_default(
+    service: RunningService,
+    api: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    async with ScriptedPatient(username="nancysmart") as patient:
+        connected = await connect_and_sync(service, api, http, sandbox, patient)
+        status = await patient.open(f"{service.origin}/status")
+        confirm = await patient.open(
+            f"{service.origin}/status/connections/{connected.id}/disconnect"
+        )
+        assert confirm.status == 200
+        assert "Disconnect Generic SMART Sandbox?" in words(confirm.body)
+        form = form_posting_to(confirm.body, f"/status/connections/{connected.id}/disconnect")
+        assert form.fields["data"] == "erase"  # the default choice
+        assert form.fields["csrf"]
+        done = await patient.submit(confirm.url, form)
+        after = await patient.open(f"{service.origin}/status")
+    assert f"/status/connections/{connected.id}/disconnect" in status.body
+    assert done.status == 200, done.body
+    text = words(done.body)
+    assert "Generic SMART Sandbox is disconnected" in text
+    assert "keys this service held for your record at Generic SMART Sandbox were deleted" in text
+    assert "confirmed that this service's access is cancelled" in text
+    assert "Your synced data was erased" in text
+
+    row = await connection(service, connected.id)
+    assert row.status == "revoked"
+    assert row.status_reason == "disconnected_by_patient"
+    assert row.next_sync_at is None
+    assert row.next_refresh_at is None
+    assert await counts(service, connected.id) == {"resources": 0, "credentials": 0, "pending": 0}
+    assert grant_of(sandbox).revoked
+    [disconnect] = await events(service, "disconnect")
+    assert disconnect.detail == "by patient; data erased"
+    [revocation] = await events(service, "revocation")
+    assert revocation.outcome == "ok"
+    # The status page now says what happened and offers to connect again.
+    assert "Disconnected." in words(after.body)
+    assert "You disconnected it." in after.body
+    assert form_posting_to(after.body, "/connect/start").fields["tenant"] == "generic"
+    assert f"/status/connections/{connected.id}/disconnect" not in after.body
+
+
+async def test_keeping_the_data_then_erasing_it_later(
+    service: RunningService,
+    api: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    async with ScriptedPatient(username="nancysmart") as patient:
+        connected = await connect_and_sync(service, api, http, sandbox, patient)
+        synced = (await counts(service, connected.id))["resources"]
+        url = f"{service.origin}/status/connections/{connected.id}/disconnect"
+        confirm = await patient.open(url)
+        kept = await patient.submit(confirm.url, form_posting_to(confirm.body, url), data="keep")
+        assert f"Your synced data was kept ({synced} records)" in words(kept.body)
+        assert (await counts(service, connected.id))["resources"] == synced
+        status = await patient.open(f"{service.origin}/status")
+        assert f"Data still kept here ({synced} records)" in words(status.body)
+        assert "Erase the kept data" in status.body
+        # Disconnecting again erases what was kept; the revocation is not repeated.
+        again = await patient.open(url)
+        erased = await patient.submit(again.url, form_posting_to(again.body, url))
+    text = words(erased.body)
+    assert "This connection was already disconnected." in text
+    assert "This service holds no keys for your record" in text
+    assert f"Your synced data was erased ({synced} records)" in text
+    assert await counts(service, connected.id) == {"resources": 0, "credentials": 0, "pending": 0}
+    assert len(await events(service, "revocation")) == 1
+    row = await connection(service, connected.id)
+    assert row.status_reason == "disconnected_by_patient"
+
+
+async def test_the_form_needs_its_session_token(
+    service: RunningService,
+    api: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    async with ScriptedPatient(username="nancysmart") as patient:
+        connected = await connect_and_sync(service, api, http, sandbox, patient)
+        url = f"{service.origin}/status/connections/{connected.id}/disconnect"
+        confirm = await patient.open(url)
+        form = form_posting_to(confirm.body, url)
+        forged = await patient.submit(confirm.url, form, csrf="0" * 64)
+        missing = await patient.submit(confirm.url, form, csrf="")
+        bad_choice = await patient.submit(confirm.url, form, data="shred")
+    assert forged.status == 403
+    assert "Nothing was changed" in words(forged.body)
+    assert missing.status == 403
+    assert bad_choice.status == 400
+    row = await connection(service, connected.id)
+    assert row.status == "active"
+    assert (await counts(service, connected.id))["credentials"] == 1
+    assert not grant_of(sandbox).revoked
+
+
+async def test_another_users_connection_is_not_found(
+    service: RunningService,
+    api: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    async with ScriptedPatient(username="nancysmart") as owner:
+        connected = await connect_and_sync(service, api, http, sandbox, owner)
+    async with ScriptedPatient(username="wilmasmart") as other:
+        page = await other.connect(await new_link(api, "user-8", tenant="generic"))
+        assert page.status == 200
+        url = f"{service.origin}/status/connections/{connected.id}/disconnect"
+        shown = await other.open(url)
+        unknown = await other.open(f"{service.origin}/status/connections/no-such-id/disconnect")
+        status = await other.open(f"{service.origin}/status")
+        # The other session's own, valid form token does not reach someone else's connection.
+        [own] = await _connections_of(service, "user-8")
+        own_url = f"{service.origin}/status/connections/{own}/disconnect"
+        own_form = form_posting_to((await other.open(own_url)).body, own_url)
+        own_form.action = url
+        posted = await other.submit(own_url, own_form)
+    assert shown.status == 404
+    assert unknown.status == 404
+    assert words(shown.body) == words(unknown.body)
+    assert "Nancy" not in status.body
+    assert connected.id not in status.body
+    assert posted.status == 404
+    row = await connection(service, connected.id)
+    assert row.status == "active"
+    assert (await counts(service, connected.id))["credentials"] == 1
+
+
+async def _connections_of(service: RunningService, user_id: str) -> list[str]:
+    async with service.app[SESSIONMAKER]() as session:
+        return [c.id for c in await repo.list_connections(session, user_id=user_id)]

@@ -1,0 +1,220 @@
+"""The tick and its leases: claim and work what is due, never twice at once, hand back on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import aiohttp
+import pytest
+from sqlalchemy import update
+
+from syncsvc.db.models import Connection, SyncRun
+from syncsvc.sandbox.config import FaultSpec, SandboxConfig
+from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.settings import Settings
+from syncsvc.sync.runner import run_due
+from syncsvc.sync.scheduler import SyncScheduler
+from syncsvc.vault import Vault
+from tests.fixtures.sandbox import GENERIC_TENANT
+
+from . import (
+    NANCY,
+    Sessionmaker,
+    connect_many,
+    connections,
+    contexts,
+    events,
+    overlapping,
+    runs,
+    wait_until,
+)
+
+
+@pytest.fixture
+def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
+    """Nancy auto-approved, with small Condition and Observation lists (one page each)."""
+    for tenant in sandbox_config.tenants:
+        tenant.policy.auto_approve_patient = NANCY
+        tenant.patients[0].sizes = {"Condition": 3, "Observation": 6}
+    return sandbox_config
+
+
+def slow_fhir(sandbox: RunningSandbox, latency_ms: int) -> None:
+    """Every FHIR request of the generic tenant takes ``latency_ms`` longer."""
+    sandbox.tenant(GENERIC_TENANT).faults = [FaultSpec(kind="latency", latency_ms=latency_ms)]
+
+
+async def test_a_tick_claims_works_and_releases_what_is_due(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    _, ids = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 3)
+    async with contexts(settings, sessionmaker, vault, 1) as (ctx,):
+        scheduler = SyncScheduler(ctx)
+        await scheduler.tick()
+        report = scheduler.last_report
+
+    assert report is not None
+    assert report.claimed == 3
+    assert report.sync == {"ok": 3}
+    # The fresh tokens need no refresh yet: the refresh rule moved next_refresh_at ahead.
+    assert report.refresh == {"not_due": 3}
+    rows = await connections(sessionmaker)
+    now = dt.datetime.now(dt.UTC)
+    for connection_id in ids:
+        row = rows[connection_id]
+        assert row.lease_owner is None
+        assert row.lease_until is None
+        assert row.next_sync_at is not None
+        assert row.next_sync_at > now
+        assert row.next_refresh_at is not None
+        assert row.next_refresh_at > now
+    # One ok event per pulled connection (a refresh that was not due is no event).
+    recorded = await events(sessionmaker)
+    assert [(e.kind, e.outcome, e.error_class) for e in recorded] == [("sync", "ok", None)] * 3
+    assert {e.connection_id for e in recorded} == set(ids)
+    # Nothing is due any more: the next tick claims nothing.
+    async with contexts(settings, sessionmaker, vault, 1) as (ctx,):
+        again = SyncScheduler(ctx)
+        await again.tick()
+    assert again.last_report is not None
+    assert again.last_report.claimed == 0
+
+
+async def test_two_schedulers_never_work_one_connection_at_the_same_time(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    _, ids = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 8)
+    slow_fhir(sandbox, 40)
+    # Small batches, so the two claimers interleave batch by batch.
+    small = settings.replace(claim_batch_size=2, sync_concurrency=2)
+    claimed = 0
+    async with contexts(small, sessionmaker, vault, 2) as (first, second):
+        one, two = SyncScheduler(first), SyncScheduler(second)
+        # A claim that loses a race for its rows (SQLite has no SKIP LOCKED) ends that tick
+        # early; ticking again picks up the rest, as the scheduler's interval does.
+        for _ in range(len(ids)):
+            await asyncio.gather(one.tick(), two.tick())
+            reports = (one.last_report, two.last_report)
+            claimed += sum(r.claimed for r in reports if r is not None)
+            if claimed == len(ids):
+                break
+
+    assert claimed == len(ids)
+    done = await runs(sessionmaker)
+    assert sorted(r.connection_id for r in done) == sorted(ids)  # each pulled exactly once
+    assert overlapping(done) == []
+
+
+async def test_a_lease_is_renewed_while_its_work_runs_long(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    _, (connection_id,) = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 1)
+    # Three FHIR requests of 700 ms each: the pull outlasts a one-second lease twice over.
+    slow_fhir(sandbox, 700)
+    short = settings.replace(lease_seconds=1)
+    async with contexts(short, sessionmaker, vault, 2) as (worker, rival):
+        working = asyncio.create_task(run_due(worker))
+
+        async def leased() -> bool:
+            return (await connections(sessionmaker))[connection_id].lease_owner == worker.owner
+
+        await wait_until(leased)
+        rival_claims = 0
+        while not working.done():
+            rival_claims += (await run_due(rival)).claimed
+            await asyncio.sleep(0.1)
+        report = await working
+
+    assert report.sync == {"ok": 1}
+    assert rival_claims == 0
+    assert len(await runs(sessionmaker)) == 1
+
+
+async def test_an_expired_lease_of_a_crashed_owner_is_taken_over(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    _, (crashed, alive) = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 2)
+    now = dt.datetime.now(dt.UTC)
+    async with sessionmaker.begin() as session:
+        # A worker died holding this lease a minute ago (its expiry has passed) ...
+        await session.execute(
+            update(Connection)
+            .where(Connection.id == crashed)
+            .values(lease_owner="dead-worker", lease_until=now - dt.timedelta(seconds=1))
+        )
+        # ... while this one's owner is alive and still within its lease.
+        await session.execute(
+            update(Connection)
+            .where(Connection.id == alive)
+            .values(lease_owner="live-worker", lease_until=now + dt.timedelta(minutes=5))
+        )
+    async with contexts(settings, sessionmaker, vault, 1) as (ctx,):
+        report = await run_due(ctx)
+
+    assert report.claimed == 1
+    assert report.sync == {"ok": 1}
+    done = await runs(sessionmaker)
+    assert [(r.connection_id, r.owner) for r in done] == [(crashed, ctx.owner)]
+    rows = await connections(sessionmaker)
+    assert rows[crashed].lease_owner is None
+    assert rows[alive].lease_owner == "live-worker"
+
+
+async def test_stop_hands_back_unstarted_work_finishes_the_rest_and_releases_leases(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    _, ids = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 6)
+    slow_fhir(sandbox, 150)
+    # Two at a time, one tick claims all six: four wait when stop() comes.
+    narrow = settings.replace(sync_concurrency=2, tick_seconds=60)
+    async with contexts(narrow, sessionmaker, vault, 1) as (ctx,):
+        scheduler = SyncScheduler(ctx)
+        scheduler.start()
+
+        async def all_leased() -> bool:
+            rows = (await connections(sessionmaker)).values()
+            return sum(row.lease_owner == ctx.owner for row in rows) == len(ids)
+
+        await wait_until(all_leased)
+        await scheduler.stop()
+        report = scheduler.last_report
+
+    assert report is not None
+    assert report.claimed == len(ids)
+    assert report.handed_back > 0
+    assert report.sync.total() + report.handed_back == len(ids)
+    rows = await connections(sessionmaker)
+    assert all(row.lease_owner is None and row.lease_until is None for row in rows.values())
+    done = await runs(sessionmaker)
+    # Work in flight finished (no run was left half-recorded) ...
+    assert all(r.outcome == "ok" and r.finished_at is not None for r in done)
+    assert len(done) == report.sync.total()
+    # ... and what was handed back is still due, for whichever process ticks next.
+    pulled = {r.connection_id for r in done}
+    now = dt.datetime.now(dt.UTC)
+    for connection_id in set(ids) - pulled:
+        due = rows[connection_id].next_sync_at
+        assert due is not None
+        assert due <= now
+    assert isinstance(done[0], SyncRun)
