@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from syncsvc.commands import (
+    bench,
     connections,
     database,
     demo,
@@ -23,7 +24,7 @@ from syncsvc.commands import (
 )
 from syncsvc.commands.common import Handler
 
-COMMAND_GROUPS = (serve, sync, demo, sandbox, database, tenants, connections, links, keys)
+COMMAND_GROUPS = (serve, sync, demo, sandbox, database, tenants, connections, links, keys, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -221,15 +221,70 @@ def _upsert(dialect: str) -> Insert:
     )
 
 
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+_TIME_COLUMNS = frozenset({"last_updated", "stored_at", "deleted_at"})
+_UPDATED = [name for name in _RESOURCE_COLUMNS if name not in _KEY]
+_SQLITE_UPSERT = (
+    f"INSERT INTO resources ({', '.join(_RESOURCE_COLUMNS)}) "  # noqa: S608 - module constants
+    f"VALUES ({', '.join('?' for _ in _RESOURCE_COLUMNS)}) "
+    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+)
+_PG_TYPES = {
+    "connection_id": "varchar",
+    "resource_type": "varchar",
+    "resource_id": "varchar",
+    "version_id": "varchar",
+    "last_updated": "timestamptz",
+    "body": "bytea",
+    "content_hash": "varchar",
+    "seq": "bigint",
+    "stored_at": "timestamptz",
+    "deleted_at": "timestamptz",
+    "deleted_reason": "varchar",
+}
+_PG_UPSERT = (
+    f"INSERT INTO resources ({', '.join(_RESOURCE_COLUMNS)}) "  # noqa: S608 - module constants
+    "SELECT * FROM unnest("
+    + ", ".join(f"${i}::{_PG_TYPES[name]}[]" for i, name in enumerate(_RESOURCE_COLUMNS, 1))
+    + f") ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+)
+
+
+def _sqlite_time(value: dt.datetime | None) -> str | None:
+    # What UTCDateTime stores on SQLite: UTC without an offset, SQLAlchemy's text format.
+    if value is None:
+        return None
+    return value.astimezone(dt.UTC).strftime(_SQLITE_TIME)
+
+
 async def upsert_resources(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
     """Insert or overwrite resources, a page in one call.
 
     Each row maps every column of ``resources``; the caller has already left out rows whose
-    content is unchanged, so nothing is rewritten needlessly. SQLAlchemy sends the parameter
-    sets as multi-row ``VALUES`` batches (``insertmanyvalues``) or one driver ``executemany``.
+    content is unchanged, so nothing is rewritten needlessly. The statement goes to the driver
+    as it is, in the caller's transaction: on SQLite one ``executemany`` (one trip to the
+    driver's thread), on PostgreSQL one ``INSERT ... SELECT FROM unnest(...)`` with one array
+    per column (one round trip, encoded in C). Per-row work in Python is building the tuple.
     """
-    if rows:
-        await session.execute(_upsert(_dialect(session)), list(rows))
+    if not rows:
+        return
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver: Any = raw.driver_connection
+    if _dialect(session) == "postgresql":
+        columns = [[row[name] for row in rows] for name in _RESOURCE_COLUMNS]
+        await driver.execute(_PG_UPSERT, *columns)
+        return
+    values = [
+        tuple(
+            _sqlite_time(row[name]) if name in _TIME_COLUMNS else row[name]
+            for name in _RESOURCE_COLUMNS
+        )
+        for row in rows
+    ]
+    await driver.executemany(_SQLITE_UPSERT, values)
 
 
 async def has_resources(session: AsyncSession, connection_id: str, resource_type: str) -> bool:

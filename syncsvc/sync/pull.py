@@ -19,6 +19,7 @@ A 401 ``invalid_token`` gets one forced token from the token source and one retr
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
@@ -28,6 +29,7 @@ from typing import Any, Literal
 
 import aiohttp
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo, resource_repo
 from syncsvc.db.models import Connection, SyncState, Tenant, new_id
@@ -42,11 +44,13 @@ from syncsvc.fhir.client import (
 from syncsvc.fhir.plans import TypePlan, plan_for, supports_last_updated
 from syncsvc.smart.scopes import covered_types
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.credentials import StoredTokens
 from syncsvc.sync.store import (
     REJECTED_SHOWN,
     Counts,
     PreparedPage,
     flag_vanished,
+    group_writer,
     prepare_page,
     store_page,
 )
@@ -59,6 +63,41 @@ TokenSource = Callable[[bool], Awaitable[str]]
 
 Called with ``False`` before each request, and with ``True`` once after a 401 ``invalid_token``.
 """
+
+
+class CachedTokenSource:
+    """A :data:`TokenSource` that reads the stored token once and reuses it while it lives.
+
+    ``load(force)`` returns the connection's tokens (``ensure_access_token`` does: a database
+    read and a decryption, refreshing first when due). A pull asks before every page; this
+    answers from memory while the access token has ``margin_seconds`` left and goes back to
+    ``load`` only when it runs short or the EHR refused it (``force``).
+    """
+
+    def __init__(
+        self,
+        load: Callable[[bool], Awaitable[StoredTokens]],
+        clock: Callable[[], dt.datetime],
+        *,
+        margin_seconds: float = 60,
+    ) -> None:
+        self._load = load
+        self._clock = clock
+        self._margin = margin_seconds
+        self._tokens: StoredTokens | None = None
+        #: How often ``load`` was called (the rest were answered from memory).
+        self.loads = 0
+
+    async def __call__(self, force: bool) -> str:
+        """An access token of the grant; a fresh one from ``load`` when ``force``."""
+        tokens = self._tokens
+        if force or tokens is None or not tokens.access_valid(self._clock(), self._margin):
+            self.loads += 1
+            tokens = self._tokens = await self._load(force)
+        if tokens.access_token is None:
+            raise Transient("No access token is available.")
+        return tokens.access_token
+
 
 #: An incremental pull asks for ``_lastUpdated`` after the watermark minus this, so a resource
 #: committed at the EHR with a timestamp just before an earlier pull's newest one is not missed.
@@ -217,7 +256,12 @@ async def pull_connection(
     narrows the run to those types (still only where the grant covers them).
     """
     started = ctx.now()
-    async with ctx.sessionmaker.begin() as session:
+    writer = group_writer(ctx.sessionmaker)
+    run_id = new_id()
+
+    async def begin(
+        session: AsyncSession,
+    ) -> tuple[Connection, Tenant, dict[str, SyncState]] | None:
         connection = await repo.get_connection(session, connection_id)
         if connection is None:
             raise NotFound("No such connection.")
@@ -225,9 +269,8 @@ async def pull_connection(
         if tenant is None:
             raise NotFound("No such tenant.")
         if connection.status != "active":
-            return RunSummary(connection_id, "inactive", started, started)
+            return None
         states = await resource_repo.sync_states(session, connection_id)
-        run_id = new_id()
         await resource_repo.start_run(
             session,
             run_id=run_id,
@@ -236,6 +279,12 @@ async def pull_connection(
             full=full,
             now=started,
         )
+        return connection, tenant, states
+
+    begun = await writer.run(begin)
+    if begun is None:
+        return RunSummary(connection_id, "inactive", started, started)
+    connection, tenant, states = begun
     summary = RunSummary(connection_id, "ok", started, started, run_id=run_id, full=full)
     client = GrantClient(ctx.http, connection.fhir_base, token_source)
     fingerprint = grant_fingerprint(connection.granted_scopes)
@@ -341,30 +390,37 @@ async def _run_type(
         result.status = failure.status
         result.error_class = failure.error_class
         result.error_message = failure.message
-        async with ctx.sessionmaker.begin() as session:
+        failed_at = ctx.now()
+        status, error_class, message = failure.status, failure.error_class, failure.message
+
+        async def record_failure(session: AsyncSession) -> None:
             await resource_repo.save_sync_state(
                 session,
                 connection.id,
                 resource_type,
-                now=ctx.now(),
-                status=failure.status,
-                error_class=failure.error_class,
-                error_message=failure.message,
-                grant_fingerprint=fingerprint if failure.status == "denied" else None,
+                now=failed_at,
+                status=status,
+                error_class=error_class,
+                error_message=message,
+                grant_fingerprint=fingerprint if status == "denied" else None,
                 last_attempt_at=attempt_at,
                 **result.counts.columns(),
             )
+
+        await group_writer(ctx.sessionmaker).run(record_failure)
         return result
     except _StopRun:
         summary.types[resource_type] = dataclasses.replace(result, status="incomplete")
         summary.counts.add(result.counts)
         raise
     now = ctx.now()
-    async with ctx.sessionmaker.begin() as session:
+
+    async def record_success(session: AsyncSession) -> int:
+        # The unit may run again if its group fails, so it returns what it did, never adds.
+        vanished = 0
         if plan.mode == "full":
-            result.counts.deleted += await flag_vanished(
-                session, connection.id, resource_type, seen, now=now
-            )
+            vanished = await flag_vanished(session, connection.id, resource_type, seen, now=now)
+        counts = dataclasses.replace(result.counts, deleted=result.counts.deleted + vanished)
         previous = state.watermark if state is not None else None
         watermark = max(filter(None, (previous, newest)), default=None)
         fields: dict[str, Any] = {
@@ -375,13 +431,16 @@ async def _run_type(
             "grant_fingerprint": None,
             "last_attempt_at": attempt_at,
             "last_success_at": now,
-            **result.counts.columns(),
+            **counts.columns(),
         }
         if plan.mode == "full":
             fields["last_full_at"] = attempt_at
         await resource_repo.save_sync_state(
             session, connection.id, resource_type, now=now, **fields
         )
+        return vanished
+
+    result.counts.deleted += await group_writer(ctx.sessionmaker).run(record_success)
     return result
 
 
@@ -392,24 +451,28 @@ async def _fetch_and_store(
     plan: _Plan,
     result: TypeResult,
 ) -> tuple[set[str], dt.datetime | None]:
-    """Fetch every page of one type and store each; the ids seen and the newest lastUpdated."""
+    """Fetch every page of one type and store each; the ids seen and the newest lastUpdated.
+
+    Pages are pipelined: while the group writer commits page n, page n + 1 is fetched and
+    prepared. At most one page per pull waits for the writer, and it is settled before the next
+    is submitted, so pages are written in order and ``seen`` holds exactly the ids stored so far.
+    """
     seen: set[str] = set()
     newest: dt.datetime | None = None
-    async with ctx.sessionmaker.begin() as session:
+    async with ctx.sessionmaker() as session:
         first_time = not await resource_repo.has_resources(
             session, connection.id, plan.resource_type
         )
+    writer = group_writer(ctx.sessionmaker)
+    in_flight: tuple[asyncio.Future[Counts], PreparedPage] | None = None
 
-    async def keep(page: PreparedPage) -> None:
-        nonlocal newest
-        async with ctx.sessionmaker.begin() as session:
-            counts = await store_page(
-                session,
-                connection.id,
-                page,
-                now=ctx.now(),
-                only_stored=seen if first_time else None,
-            )
+    async def settle() -> None:
+        nonlocal in_flight, newest
+        if in_flight is None:
+            return
+        written, page = in_flight
+        in_flight = None
+        counts = await written
         result.counts.add(counts)
         if page.rejected:
             room = REJECTED_SHOWN - len(result.rejected)
@@ -418,31 +481,53 @@ async def _fetch_and_store(
         if page.max_last_updated is not None and (newest is None or page.max_last_updated > newest):
             newest = page.max_last_updated
 
+    async def keep(page: PreparedPage) -> None:
+        nonlocal in_flight
+        await settle()
+        only_stored = seen if first_time else None
+        now = ctx.now()
+
+        def write(session: AsyncSession) -> Awaitable[Counts]:
+            return store_page(session, connection.id, page, now=now, only_stored=only_stored)
+
+        in_flight = (writer.submit(write), page)
+
     try:
-        if plan.resource_type == "Patient":
-            # The Patient is read by id: a search would need a parameter vendors spell apart.
-            resource = await client.read("Patient", connection.patient_id)
-            await keep(prepare_page([resource], "Patient", connection.patient_id))
-            return seen, newest
-        for params in plan.type_plan.searches(connection.patient_id):
-            if plan.since is not None:
-                params["_lastUpdated"] = f"gt{_instant(plan.since)}"
-            async for page in client.search(plan.resource_type, params):
-                await keep(prepare_page(page.resources, plan.resource_type, connection.patient_id))
-    except FhirRequestError as exc:
-        raise _classify(exc) from exc
-    except (ForeignNextLink, PagingLoop) as exc:
-        raise _TypeFailed("error", exc.reason, exc.message) from exc
-    except Transient as exc:
-        raise _StopRun("transient", exc.reason, exc.message, exc.retry_after) from exc
-    except ReauthRequired as exc:
-        raise _StopRun("reauth", exc.reason, exc.message) from exc
-    except Misbound as exc:
-        raise _StopRun("misbound", exc.reason, exc.message) from exc
+        try:
+            if plan.resource_type == "Patient":
+                # The Patient is read by id: a search would need a parameter vendors spell apart.
+                resource = await client.read("Patient", connection.patient_id)
+                await keep(prepare_page([resource], "Patient", connection.patient_id))
+            else:
+                for params in plan.type_plan.searches(connection.patient_id):
+                    if plan.since is not None:
+                        params["_lastUpdated"] = f"gt{_instant(plan.since)}"
+                    async for page in client.search(plan.resource_type, params):
+                        await keep(
+                            prepare_page(page.resources, plan.resource_type, connection.patient_id)
+                        )
+        finally:
+            # Stored pages are kept (and counted) whatever ended the fetching.
+            await settle()
     except SyncsvcError as exc:
-        # Anything else the token source raises (a lost refresh race, say): try again later.
-        raise _StopRun("transient", exc.reason, exc.message) from exc
+        raise _failure(exc) from exc
     return seen, newest
+
+
+def _failure(exc: SyncsvcError) -> _TypeFailed | _StopRun:
+    """What a failure while fetching or storing a type ends: the type, or the whole run."""
+    if isinstance(exc, FhirRequestError):
+        return _classify(exc)
+    if isinstance(exc, ForeignNextLink | PagingLoop):
+        return _TypeFailed("error", exc.reason, exc.message)
+    if isinstance(exc, Transient):
+        return _StopRun("transient", exc.reason, exc.message, exc.retry_after)
+    if isinstance(exc, ReauthRequired):
+        return _StopRun("reauth", exc.reason, exc.message)
+    if isinstance(exc, Misbound):
+        return _StopRun("misbound", exc.reason, exc.message)
+    # Anything else the token source raises (a lost refresh race, say): try again later.
+    return _StopRun("transient", exc.reason, exc.message)
 
 
 def _classify(exc: FhirRequestError) -> _TypeFailed | _StopRun:
@@ -459,10 +544,12 @@ def _classify(exc: FhirRequestError) -> _TypeFailed | _StopRun:
 
 async def _finish(ctx: SyncContext, summary: RunSummary) -> None:
     assert summary.run_id is not None  # noqa: S101 - only started runs are finished
-    async with ctx.sessionmaker.begin() as session:
+    run_id = summary.run_id
+
+    async def record(session: AsyncSession) -> None:
         await resource_repo.finish_run(
             session,
-            summary.run_id,
+            run_id,
             finished_at=summary.finished_at,
             outcome=summary.outcome,
             type_results={name: r.report() for name, r in summary.types.items()},
@@ -475,6 +562,8 @@ async def _finish(ctx: SyncContext, summary: RunSummary) -> None:
         await resource_repo.stamp_connection_sync(
             session, summary.connection_id, now=summary.finished_at, success=summary.succeeded
         )
+
+    await group_writer(ctx.sessionmaker).run(record)
     log.info(
         "sync run",
         connection_id=summary.connection_id,

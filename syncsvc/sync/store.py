@@ -5,16 +5,23 @@ transaction (compartment guard, canonical bytes and their hash, computed once pe
 :func:`store_page` runs inside the caller's transaction with a fixed number of statements per page.
 An unchanged resource (same hash) is not rewritten and keeps its ``seq``; a changed one has its
 previous version copied to history first.
+
+:class:`GroupWriter` is the one writer of a process: pulls hand it their units of work and it
+commits every unit that is waiting in one transaction (group commit). Writers then never queue on
+the database's lock (SQLite's busy handler sleeps; PostgreSQL flushes its WAL per commit), and a
+pull can fetch its next page while its last one is being written.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import Iterable
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import resource_repo
 from syncsvc.db.models import RESOURCE_ID_LENGTH
@@ -24,6 +31,11 @@ ENTERED_IN_ERROR = "entered-in-error"
 VANISHED = "vanished"
 #: Rejected resources named in a run's report at most (the count is always complete).
 REJECTED_SHOWN = 20
+#: Units of work one group transaction takes at most (a bound on its size and duration).
+GROUP_LIMIT = 64
+
+T = TypeVar("T")
+Work = Callable[[AsyncSession], Awaitable[Any]]
 
 
 @dataclass
@@ -243,3 +255,94 @@ async def flag_vanished(
     return await resource_repo.flag_deleted(
         session, connection_id, resource_type, gone, reason=VANISHED, now=now
     )
+
+
+@dataclass
+class _Unit:
+    work: Work
+    done: asyncio.Future[Any]
+
+
+class GroupWriter:
+    """Runs units of work one transaction at a time, each transaction taking all that wait.
+
+    Units run in the order they were submitted, so a pull's pages are written in page order. A
+    failing unit fails its group; the group is then retried unit by unit, so only the failing
+    unit's submitter sees the error.
+    """
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+        self._waiting: list[_Unit] = []
+        self._task: asyncio.Task[None] | None = None
+        #: Transactions committed and units written, for benchmarks and logs.
+        self.groups = 0
+        self.units = 0
+
+    def submit(self, work: Callable[[AsyncSession], Awaitable[T]]) -> asyncio.Future[T]:
+        """Queue ``work`` (called with the group's session); its result arrives in the future."""
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Unit(work, done))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="syncsvc-group-writer")
+        return done
+
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Submit ``work`` and wait for it to be committed."""
+        return await self.submit(work)
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting[:GROUP_LIMIT], self._waiting[GROUP_LIMIT:]
+            try:
+                results = await self._commit(group)
+            except Exception as exc:
+                if len(group) == 1:
+                    _fail(group[0], exc)
+                    continue
+                for unit in group:
+                    await _settle(unit, self._commit)
+                continue
+            for unit, result in zip(group, results, strict=True):
+                if not unit.done.done():
+                    unit.done.set_result(result)
+
+    async def _commit(self, group: list[_Unit]) -> list[Any]:
+        async with self._sessionmaker.begin() as session:
+            results = [await unit.work(session) for unit in group]
+        self.groups += 1
+        self.units += len(group)
+        return results
+
+
+def _fail(unit: _Unit, exc: Exception) -> None:
+    if not unit.done.done():
+        unit.done.set_exception(exc)
+
+
+async def _settle(unit: _Unit, commit: Callable[[list[_Unit]], Awaitable[list[Any]]]) -> None:
+    """Run one unit alone, handing its result or its exception to its submitter."""
+    try:
+        (result,) = await commit([unit])
+    except Exception as exc:
+        _fail(unit, exc)
+        return
+    if not unit.done.done():
+        unit.done.set_result(result)
+
+
+_WRITERS: weakref.WeakKeyDictionary[async_sessionmaker[AsyncSession], GroupWriter] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def group_writer(sessionmaker: async_sessionmaker[AsyncSession]) -> GroupWriter:
+    """The writer of ``sessionmaker``'s database in this process (made on first use).
+
+    Keyed by the session factory (one per engine), so every pull of a process shares one
+    writer without a process-wide variable anyone must set up; it goes when the factory goes.
+    """
+    writer = _WRITERS.get(sessionmaker)
+    if writer is None:
+        writer = _WRITERS[sessionmaker] = GroupWriter(sessionmaker)
+    return writer

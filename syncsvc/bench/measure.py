@@ -1,0 +1,127 @@
+"""Measuring one timed block: wall time, CPU seconds, peak RSS; and summarising rounds."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_STATUS = Path("/proc/self/status")
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+def _status_kib(name: str, status: Path = _STATUS) -> int | None:
+    try:
+        for line in status.read_text(encoding="ascii").splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def rss_mib(pid: int | None = None) -> float:
+    """Current resident set size of this process (or ``pid``) in MiB."""
+    status = _STATUS if pid is None else Path(f"/proc/{pid}/status")
+    kib = _status_kib("VmRSS", status)
+    if kib is None:
+        # Not Linux: the lifetime peak is the best there is.
+        return peak_rss_mib()
+    return kib / 1024
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process in MiB since the last :func:`reset_peak_rss`."""
+    kib = _status_kib("VmHWM")
+    if kib is not None:
+        return kib / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak (Linux: ``clear_refs`` 5 resets VmHWM; elsewhere it stays lifetime)."""
+    with contextlib.suppress(OSError):
+        _CLEAR_REFS.write_text("5", encoding="ascii")
+
+
+@dataclass
+class Sample:
+    """One timed block."""
+
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    items: int = 0
+    rss_before_mib: float = 0.0
+    peak_rss_mib: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Items per second."""
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_per_10k(self) -> float:
+        """CPU seconds per 10,000 items."""
+        return self.cpu_seconds * 10_000 / self.items if self.items else 0.0
+
+    @property
+    def peak_growth_mib(self) -> float:
+        """How far the peak RSS rose above the RSS at the start."""
+        return max(self.peak_rss_mib - self.rss_before_mib, 0.0)
+
+
+@contextlib.contextmanager
+def timed() -> Iterator[Sample]:
+    """Time a block; the caller sets ``items`` on the yielded sample."""
+    sample = Sample(rss_before_mib=rss_mib())
+    reset_peak_rss()
+    wall, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield sample
+    finally:
+        sample.seconds = time.perf_counter() - wall
+        sample.cpu_seconds = time.process_time() - cpu
+        sample.peak_rss_mib = peak_rss_mib()
+
+
+@dataclass
+class Spread:
+    """Median, min and max of a figure over rounds."""
+
+    median: float
+    low: float
+    high: float
+    values: list[float] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        """The spread of ``values`` (at least one)."""
+        return cls(statistics.median(values), min(values), max(values), list(values))
+
+    def to_json(self) -> dict[str, Any]:
+        """The spread as JSON."""
+        return {
+            "median": round(self.median, 3),
+            "min": round(self.low, 3),
+            "max": round(self.high, 3),
+            "values": [round(v, 3) for v in self.values],
+        }
+
+
+def tune_gc() -> None:
+    """After start-up: move what exists out of the collector's way and collect less often.
+
+    Pages of parsed JSON allocate many containers that die young; the default threshold (700)
+    runs a generation-0 pass every few resources. Frozen start-up objects are never scanned.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)

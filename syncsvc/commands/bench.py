@@ -1,0 +1,107 @@
+"""``syncsvc bench``: throughput and scale figures against the sandbox, peers alongside."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from syncsvc.commands.common import EXIT_FAILED, EXIT_USAGE, fail, print_json
+
+
+def _sizes(value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part.replace("_", "")) for part in value.split(",") if part)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a comma-separated list of whole numbers") from None
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError("sizes must be positive")
+    return sizes
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from syncsvc.bench.suite import QUICK_SCENARIOS, SCENARIOS, Options, run
+    from syncsvc.errors import SyncsvcError
+    from syncsvc.logging import configure_logging
+
+    scenarios = tuple(args.scenario) if args.scenario else SCENARIOS
+    if args.quick and not args.scenario:
+        scenarios = QUICK_SCENARIOS
+    unknown = set(scenarios) - set(SCENARIOS)
+    if unknown:
+        return fail("bench", f"unknown scenario(s): {', '.join(sorted(unknown))}", EXIT_USAGE)
+    options = Options(
+        db_url=args.db,
+        patients=args.patients,
+        resources=args.resources,
+        rounds=args.rounds,
+        wide_patients=args.wide_patients,
+        big_resources=args.big_resources,
+        scheduler_sizes=args.scheduler_size,
+        refresh_connections=args.refresh_connections,
+        workers=args.workers,
+        scenarios=scenarios,
+        say=(lambda line: print(line, file=sys.stderr, flush=True))
+        if not args.json
+        else (lambda _: None),
+    )
+    if args.quick:
+        options.resources = min(options.resources, 500)
+        options.rounds = min(options.rounds, 3)
+        options.scheduler_sizes = tuple(min(size, 10_000) for size in options.scheduler_sizes)
+    configure_logging(log_format="console", log_level="WARNING")
+    try:
+        report = asyncio.run(run(options))
+    except SyncsvcError as exc:
+        return fail("bench", exc.message)
+    if args.json:
+        print_json(report.to_json())
+    else:
+        print(report.table())
+    return EXIT_FAILED if any(t.met is False for t in report.targets) and args.strict else 0
+
+
+def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``bench``."""
+    bench = commands.add_parser(
+        "bench",
+        help="measure ingest, re-sync, scheduler, refresh and scale-out against the sandbox",
+        description=(
+            "Start the sandbox EHR in a child process, drive syncsvc's sync engine against it "
+            "and print a table (median and min-max over rounds, peers in the same rounds)."
+        ),
+    )
+    bench.add_argument("--db", metavar="URL", help="database (default: a temporary SQLite file)")
+    bench.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench.add_argument("--quick", action="store_true", help="small sizes, a few rounds")
+    bench.add_argument("--patients", type=int, default=8, help="patients of the ingest (8)")
+    bench.add_argument("--resources", type=int, default=2_000, help="Observations each (2000)")
+    bench.add_argument("--rounds", type=int, default=5, help="rounds per figure (5)")
+    bench.add_argument("--wide-patients", type=int, default=32, help="patients at 50 ms (32)")
+    bench.add_argument(
+        "--big-resources", type=int, default=50_000, help="Observations of the big patient (50000)"
+    )
+    bench.add_argument(
+        "--scheduler-size",
+        type=_sizes,
+        default=(100_000,),
+        metavar="N[,N]",
+        help="connections in the database for the claim timing (100000; add 1000000 to opt in)",
+    )
+    bench.add_argument(
+        "--refresh-connections", type=int, default=200, help="connections due for refresh (200)"
+    )
+    bench.add_argument(
+        "--workers", type=_sizes, default=(1, 2, 3), metavar="N[,N]", help="scale-out (1,2,3)"
+    )
+    bench.add_argument(
+        "--scenario",
+        action="append",
+        metavar="NAME",
+        help="run only this scenario (repeatable): ingest, resync, peers, wide, big, "
+        "scheduler, refresh, scaleout",
+    )
+    bench.add_argument(
+        "--strict", action="store_true", help="exit 1 when a target is missed on this machine"
+    )
+    bench.set_defaults(handler=_bench)
