@@ -249,11 +249,13 @@ async def pull_connection(
     *,
     full: bool = False,
     types: Sequence[str] | None = None,
+    on_type: Callable[[TypeResult], None] | None = None,
 ) -> RunSummary:
     """Pull a connection's granted resource types and store them; never raises for EHR failures.
 
     ``full`` forces a full pull (and vanished-resource reconciliation) of every type; ``types``
-    narrows the run to those types (still only where the grant covers them).
+    narrows the run to those types (still only where the grant covers them); ``on_type`` hears
+    about each type as it finishes (progress for a person watching a long pull).
     """
     started = ctx.now()
     writer = group_writer(ctx.sessionmaker)
@@ -295,6 +297,8 @@ async def pull_connection(
             )
             summary.types[plan.resource_type] = result
             summary.counts.add(result.counts)
+            if on_type is not None:
+                on_type(result)
     except _StopRun as stop:
         summary.outcome = stop.outcome
         summary.error_class = stop.error_class
@@ -337,7 +341,7 @@ def _plans(
     wanted = covered_types(connection.granted_scopes, resource_types_of(tenant))
     if types is not None:
         wanted = [t for t in wanted if t in set(types)]
-    vendor_plan = plan_for(tenant.vendor)
+    vendor_plan = plan_for(tenant.vendor, tenant.plan_overrides)
     config = smart_configuration(tenant)
     plans: list[_Plan] = []
     for resource_type in wanted:

@@ -219,3 +219,28 @@ async def test_a_stale_reconciliation_makes_an_incremental_type_full_again(
     assert {r.mode for r in summary.types.values()} == {"full"}
     assert summary.counts.unchanged > 0
     assert summary.counts.new == summary.counts.changed == 0
+
+
+async def test_a_tenants_plan_overrides_change_its_searches(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    tokens = await _connected(ctx, sandbox, GENERIC_TENANT)
+    async with ctx.sessionmaker.begin() as session:
+        tenant = await repo.get_tenant(session, tokens.tenant.id)
+        assert tenant is not None
+        tenant.plan_overrides = {"Observation": {"count": 37}}
+    progress: list[str] = []
+
+    summary = await pull_connection(
+        ctx, tokens.connection.id, tokens, on_type=lambda r: progress.append(r.resource_type)
+    )
+
+    assert summary.outcome == "ok", summary
+    assert progress == list(summary.types)
+    log = await admin.requests()
+    observation = [e["url"] for e in log if "/Observation?" in e["url"] and "patient=" in e["url"]]
+    condition = [e["url"] for e in log if "/Condition?" in e["url"] and "patient=" in e["url"]]
+    assert observation
+    assert all("_count=37" in url for url in observation)
+    assert all("_count=100" in url for url in condition)  # the vendor plan, untouched
+    assert summary.types["Observation"].counts.new == 450
