@@ -14,8 +14,7 @@ from urllib.parse import urlencode
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo
-from syncsvc.db.models import ConnectLink
-from syncsvc.errors import BadRequest, LaunchError
+from syncsvc.errors import BadRequest
 from syncsvc.settings import Settings
 from syncsvc.signing import ConnectLinkClaims, Signer
 
@@ -93,23 +92,8 @@ async def peek_connect_link(
     """The claims of a link that is still usable, without using it; else LaunchError."""
     claims = _claims(signer, token)
     link = await repo.get_connect_link(session, claims.link_id)
-    _check_usable(link, now)
+    repo.check_connect_link(link, now)
     return claims
-
-
-def _check_usable(link: ConnectLink | None, now: dt.datetime) -> None:
-    if link is None:
-        raise LaunchError("This link is not valid.", reason="link_unknown")
-    if link.used_at is not None:
-        raise LaunchError(
-            "This link has already been used. Ask the application that sent it for a new one.",
-            reason="link_used",
-        )
-    if link.expires_at <= now:
-        raise LaunchError(
-            "This link has expired. Ask the application that sent it for a new one.",
-            reason="link_expired",
-        )
 
 
 async def use_connect_link(

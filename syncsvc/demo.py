@@ -197,14 +197,16 @@ async def run_demo(
     return summary
 
 
-async def _fresh_link(app: web.Application, settings: Settings) -> str:
+async def _fresh_link(
+    app: web.Application, settings: Settings, tenant_name: str | None = None
+) -> str:
     async with app[SESSIONMAKER].begin() as session:
         link = await issue_connect_link(
             session,
             app[SIGNER],
             settings,
             user_id=DEMO_USER,
-            tenant_name=None,
+            tenant_name=tenant_name,
             now=dt.datetime.now(dt.UTC),
         )
     return link.url
@@ -218,18 +220,10 @@ async def _connect_and_sync(
     say: Callable[[str], None],
 ) -> None:
     await _register_sandbox_tenants(app, sandbox, f"{settings.public_url}/callback")
-    async with app[SESSIONMAKER].begin() as session:
-        link = await issue_connect_link(
-            session,
-            app[SIGNER],
-            settings,
-            user_id=DEMO_USER,
-            tenant_name="cerner",
-            now=dt.datetime.now(dt.UTC),
-        )
+    link_url = await _fresh_link(app, settings, "cerner")
     say("connecting the demo patient (Nancy Smart) at the Cerner-shaped sandbox tenant ...")
     async with ScriptedPatient(username=DEMO_PATIENT_LOGIN) as patient:
-        page = await patient.connect(link.url)
+        page = await patient.connect(link_url)
     if page.status != 200:
         raise SyncsvcError(f"the demo patient could not connect (HTTP {page.status})")
     context = SyncContext(

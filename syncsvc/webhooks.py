@@ -28,9 +28,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from syncsvc.db.leases import claim_rows
 from syncsvc.db.models import Connection, WebhookDelivery, new_id
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
@@ -183,36 +184,17 @@ async def claim_due(
     session: AsyncSession, owner: str, now: dt.datetime, limit: int
 ) -> list[WebhookDelivery]:
     """Lease up to ``limit`` due deliveries to ``owner`` (the lease is the claim; commit soon)."""
-    candidates = (
-        select(WebhookDelivery.id)
-        .where(_due(now))
-        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-        .limit(limit)
+    return await claim_rows(
+        session,
+        WebhookDelivery,
+        WebhookDelivery.id,
+        claimable=_due(now),
+        order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.id),
+        owner=owner,
+        now=now,
+        lease_seconds=LEASE_SECONDS,
+        limit=limit,
     )
-    if session.get_bind().dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
-    ids = list(await session.scalars(candidates))
-    if not ids:
-        return []
-    # The guarded UPDATE re-checks due-ness, so two claimers never both win a row on SQLite.
-    claimed = list(
-        await session.scalars(
-            update(WebhookDelivery)
-            .where(WebhookDelivery.id.in_(ids), _due(now))
-            .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=LEASE_SECONDS))
-            .returning(WebhookDelivery.id)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    if not claimed:
-        return []
-    rows = await session.scalars(
-        select(WebhookDelivery)
-        .where(WebhookDelivery.id.in_(claimed))
-        .order_by(WebhookDelivery.next_attempt_at, WebhookDelivery.id)
-        .execution_options(populate_existing=True)
-    )
-    return list(rows)
 
 
 @dataclass(frozen=True)

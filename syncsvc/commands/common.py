@@ -1,4 +1,4 @@
-"""What every command shares: settings loading, a database for one command, JSON output."""
+"""What every command shares: settings loading, a database and a sync context, JSON output."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import aiohttp
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from syncsvc.settings import Settings
+    from syncsvc.sync.context import SyncContext
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -26,16 +28,24 @@ def fail(command: str, message: str, code: int = EXIT_FAILED) -> int:
     return code
 
 
-def load_settings(command: str) -> Settings | None:
-    """The process settings, or None after telling the operator what is wrong."""
+def load_settings(command: str, *, configure_logs: bool = False) -> Settings | None:
+    """The process settings, or None after telling the operator what is wrong.
+
+    With ``configure_logs``, logging is also set up as the settings say.
+    """
     from syncsvc.errors import ConfigError
     from syncsvc.settings import Settings
 
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except ConfigError as exc:
         fail(command, exc.message, EXIT_USAGE)
         return None
+    if configure_logs:
+        from syncsvc.logging import configure_logging
+
+        configure_logging(log_format=settings.log_format, log_level=settings.log_level)
+    return settings
 
 
 @asynccontextmanager
@@ -48,6 +58,26 @@ async def database(settings: Settings) -> AsyncIterator[async_sessionmaker[Async
         yield create_sessionmaker(engine)
     finally:
         await engine.dispose()
+
+
+def sync_context(
+    settings: Settings,
+    sessionmaker: async_sessionmaker[AsyncSession],
+    http: aiohttp.ClientSession,
+) -> SyncContext:
+    """The sync engine's context on this command's database and HTTP client.
+
+    Raises ConfigError when no vault key is configured.
+    """
+    from syncsvc.sync.context import SyncContext
+    from syncsvc.vault import Vault
+
+    return SyncContext(
+        settings=settings,
+        sessionmaker=sessionmaker,
+        vault=Vault.from_settings(settings),
+        http=http,
+    )
 
 
 def print_json(payload: Any) -> None:

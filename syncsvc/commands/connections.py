@@ -19,6 +19,7 @@ from syncsvc.commands.common import (
     fail,
     load_settings,
     print_json,
+    sync_context,
 )
 
 if TYPE_CHECKING:
@@ -220,9 +221,8 @@ def _show_cmd(args: argparse.Namespace) -> int:
 async def _sync(settings: Settings, connection_id: str, *, now: bool) -> WorkReport | None:
     from syncsvc.db import repo
     from syncsvc.http import create_http_client
-    from syncsvc.sync.context import SyncContext, utcnow
+    from syncsvc.sync.context import utcnow
     from syncsvc.sync.runner import run_due
-    from syncsvc.vault import Vault
 
     async with database(settings) as sessionmaker:
         async with sessionmaker.begin() as session:
@@ -246,12 +246,7 @@ async def _sync(settings: Settings, connection_id: str, *, now: bool) -> WorkRep
             )
         print(f"syncing connection {connection_id} ...", file=sys.stderr, flush=True)
         async with create_http_client() as http:
-            ctx = SyncContext(
-                settings=settings,
-                sessionmaker=sessionmaker,
-                vault=Vault.from_settings(settings),
-                http=http,
-            )
+            ctx = sync_context(settings, sessionmaker, http)
             report = await run_due(ctx, connection_ids=[connection_id], max_batches=1)
         print("sync finished", file=sys.stderr, flush=True)
         return report
@@ -259,12 +254,10 @@ async def _sync(settings: Settings, connection_id: str, *, now: bool) -> WorkRep
 
 def _sync_cmd(args: argparse.Namespace) -> int:
     from syncsvc.errors import SyncsvcError
-    from syncsvc.logging import configure_logging
 
-    settings = load_settings("connections sync")
+    settings = load_settings("connections sync", configure_logs=True)
     if settings is None:
         return EXIT_USAGE
-    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
     try:
         report = asyncio.run(_sync(settings, args.id, now=args.now))
     except (CommandFailed, SyncsvcError) as exc:
@@ -283,16 +276,9 @@ async def _disconnect(settings: Settings, connection_id: str, *, erase: bool) ->
     from syncsvc.disconnect import disconnect_connection
     from syncsvc.errors import NotFound
     from syncsvc.http import create_http_client
-    from syncsvc.sync.context import SyncContext
-    from syncsvc.vault import Vault
 
     async with database(settings) as sessionmaker, create_http_client() as http:
-        ctx = SyncContext(
-            settings=settings,
-            sessionmaker=sessionmaker,
-            vault=Vault.from_settings(settings),
-            http=http,
-        )
+        ctx = sync_context(settings, sessionmaker, http)
         try:
             return await disconnect_connection(ctx, connection_id, by="operator", erase=erase)
         except NotFound as exc:
@@ -309,12 +295,10 @@ _REVOCATION_WORDS = {
 
 def _disconnect_cmd(args: argparse.Namespace) -> int:
     from syncsvc.errors import SyncsvcError
-    from syncsvc.logging import configure_logging
 
-    settings = load_settings("connections disconnect")
+    settings = load_settings("connections disconnect", configure_logs=True)
     if settings is None:
         return EXIT_USAGE
-    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
     try:
         result = asyncio.run(_disconnect(settings, args.id, erase=not args.keep_data))
     except (CommandFailed, SyncsvcError) as exc:

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from syncsvc.commands.common import load_settings
+from syncsvc.commands.common import EXIT_USAGE, load_settings
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -14,7 +14,7 @@ def _migrate(args: argparse.Namespace) -> int:
 
     settings = load_settings("migrate")
     if settings is None:
-        return 2
+        return EXIT_USAGE
     print(f"migrating {settings.database_url_censored}", file=sys.stderr)
     revision = asyncio.run(upgrade_to_head(settings.database_url))
     print(revision or "base")

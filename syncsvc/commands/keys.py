@@ -6,24 +6,19 @@ import argparse
 import asyncio
 import sys
 
-from syncsvc.commands.common import load_settings
+from syncsvc.commands.common import EXIT_FAILED, EXIT_USAGE, database, fail, load_settings
 
 
 def _status(args: argparse.Namespace) -> int:
-    from syncsvc.db.engine import create_engine, create_sessionmaker
     from syncsvc.db.rekey import count_by_key_id
 
     settings = load_settings("keys status")
     if settings is None:
-        return 2
+        return EXIT_USAGE
 
     async def count() -> dict[str, int]:
-        engine = create_engine(settings.database_url)
-        try:
-            async with create_sessionmaker(engine)() as session:
-                return await count_by_key_id(session)
-        finally:
-            await engine.dispose()
+        async with database(settings) as sessionmaker, sessionmaker() as session:
+            return await count_by_key_id(session)
 
     counts = asyncio.run(count())
     configured = [key.kid for key in settings.vault_keys]
@@ -34,18 +29,17 @@ def _status(args: argparse.Namespace) -> int:
         print(f"{kid}\t{role}\t{counts.get(kid, 0)} ciphertexts")
     for kid in sorted(set(counts) - set(configured)):
         print(f"{kid}\tMISSING\t{counts[kid]} ciphertexts (cannot be decrypted)")
-    return 1 if set(counts) - set(configured) else 0
+    return EXIT_FAILED if set(counts) - set(configured) else 0
 
 
 def _rotate(args: argparse.Namespace) -> int:
-    from syncsvc.db.engine import create_engine, create_sessionmaker
     from syncsvc.db.rekey import reencrypt_all
     from syncsvc.errors import SyncsvcError
     from syncsvc.vault import Vault, add_primary_key, format_key_ring, generate_key
 
     settings = load_settings("keys rotate")
     if settings is None:
-        return 2
+        return EXIT_USAGE
     if not args.reencrypt_only:
         if settings.vault_key_file is None:
             # The environment cannot be changed from here: hand the operator the new ring, and
@@ -66,20 +60,16 @@ def _rotate(args: argparse.Namespace) -> int:
         print(f"  {table}: {done} rows re-encrypted", file=sys.stderr, flush=True)
 
     async def rotate(vault: Vault) -> dict[str, int]:
-        engine = create_engine(settings.database_url)
-        try:
+        async with database(settings) as sessionmaker:
             return await reencrypt_all(
-                create_sessionmaker(engine), vault, batch_size=args.batch_size, progress=progress
+                sessionmaker, vault, batch_size=args.batch_size, progress=progress
             )
-        finally:
-            await engine.dispose()
 
     try:
         vault = Vault.from_settings(settings)
         totals = asyncio.run(rotate(vault))
     except SyncsvcError as exc:
-        print(f"syncsvc keys rotate: {exc.message}", file=sys.stderr)
-        return 1
+        return fail("keys rotate", exc.message)
     summary = ", ".join(f"{table} {count}" for table, count in totals.items())
     print(f"re-encrypted under {vault.primary_kid}: {summary}", file=sys.stderr)
     return 0

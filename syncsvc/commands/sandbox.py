@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import sys
 from pathlib import Path
 
 from syncsvc.commands.common import EXIT_USAGE, fail
@@ -31,8 +30,7 @@ def _run(args: argparse.Namespace) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve())
     except OSError as exc:
-        print(f"syncsvc sandbox: cannot listen on 127.0.0.1:{args.port}: {exc}", file=sys.stderr)
-        return 1
+        return fail("sandbox", f"cannot listen on 127.0.0.1:{args.port}: {exc}")
     return 0
 
 

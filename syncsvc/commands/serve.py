@@ -12,12 +12,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     from syncsvc.app import create_app
     from syncsvc.errors import ConfigError
-    from syncsvc.logging import configure_logging, get_logger
+    from syncsvc.logging import get_logger
 
-    settings = load_settings("serve")
+    settings = load_settings("serve", configure_logs=True)
     if settings is None:
         return EXIT_USAGE
-    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
     try:
         app = create_app(settings, background=not args.no_sync)
     except ConfigError as exc:

@@ -9,7 +9,14 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
-from syncsvc.commands.common import EXIT_USAGE, database, fail, load_settings, print_json
+from syncsvc.commands.common import (
+    EXIT_USAGE,
+    database,
+    fail,
+    load_settings,
+    print_json,
+    sync_context,
+)
 
 if TYPE_CHECKING:
     from syncsvc.settings import Settings
@@ -20,9 +27,7 @@ async def _once(settings: Settings, args: argparse.Namespace) -> WorkReport:
     from syncsvc.db import repo
     from syncsvc.errors import NotFound
     from syncsvc.http import create_http_client
-    from syncsvc.sync.context import SyncContext
     from syncsvc.sync.runner import run_due
-    from syncsvc.vault import Vault
 
     async with database(settings) as sessionmaker, create_http_client() as http:
         tenant_id = None
@@ -32,12 +37,7 @@ async def _once(settings: Settings, args: argparse.Namespace) -> WorkReport:
             if tenant is None:
                 raise NotFound(f"no tenant named '{args.tenant}'")
             tenant_id = tenant.id
-        context = SyncContext(
-            settings=settings,
-            sessionmaker=sessionmaker,
-            vault=Vault.from_settings(settings),
-            http=http,
-        )
+        context = sync_context(settings, sessionmaker, http)
         report = await run_due(context, tenant_id=tenant_id, connection_ids=args.connection)
         if not args.tenant and not args.connection:
             # The outboxes are global: a run limited to one tenant or connection leaves them.
@@ -51,7 +51,6 @@ async def _once(settings: Settings, args: argparse.Namespace) -> WorkReport:
 
 def _sync(args: argparse.Namespace) -> int:
     from syncsvc.errors import SyncsvcError
-    from syncsvc.logging import configure_logging
 
     if not args.once:
         return fail(
@@ -59,10 +58,9 @@ def _sync(args: argparse.Namespace) -> int:
             "only --once is supported here; run `syncsvc worker` to keep syncing",
             EXIT_USAGE,
         )
-    settings = load_settings("sync")
+    settings = load_settings("sync", configure_logs=True)
     if settings is None:
         return EXIT_USAGE
-    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
     try:
         report = asyncio.run(_once(settings, args))
     except SyncsvcError as exc:
@@ -73,23 +71,14 @@ def _sync(args: argparse.Namespace) -> int:
 
 async def _work_forever(settings: Settings) -> None:
     from syncsvc.http import create_http_client
-    from syncsvc.sync.context import SyncContext
     from syncsvc.sync.scheduler import SyncScheduler
-    from syncsvc.vault import Vault
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with database(settings) as sessionmaker, create_http_client() as http:
-        scheduler = SyncScheduler(
-            SyncContext(
-                settings=settings,
-                sessionmaker=sessionmaker,
-                vault=Vault.from_settings(settings),
-                http=http,
-            )
-        )
+        scheduler = SyncScheduler(sync_context(settings, sessionmaker, http))
         scheduler.start()
         await stop.wait()
         await scheduler.stop()
@@ -97,12 +86,10 @@ async def _work_forever(settings: Settings) -> None:
 
 def _worker(args: argparse.Namespace) -> int:
     from syncsvc.errors import SyncsvcError
-    from syncsvc.logging import configure_logging
 
-    settings = load_settings("worker")
+    settings = load_settings("worker", configure_logs=True)
     if settings is None:
         return EXIT_USAGE
-    configure_logging(log_format=settings.log_format, log_level=settings.log_level)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_work_forever(settings))

@@ -6,8 +6,7 @@ current resources, their replaced versions, the per-type sync states and the run
 ``resource_cursors`` row stays: it holds no patient data, and keeping it means ``seq`` never runs
 backwards if the patient reconnects, so a host application's old cursor cannot skip new rows.
 
-Pending revocations are claimed with a lease like connections are: ``FOR UPDATE SKIP LOCKED`` on
-PostgreSQL, a guarded UPDATE re-checking the lease everywhere.
+Pending revocations are claimed with a lease like connections are (:mod:`syncsvc.db.leases`).
 """
 
 from __future__ import annotations
@@ -15,9 +14,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy import CursorResult, and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .leases import claim_rows
 from .models import PendingRevocation, Resource, ResourceHistory, SyncRun, SyncState
 
 
@@ -82,7 +82,7 @@ async def pending_revocations_of(
 
 
 def _claimable(now: dt.datetime) -> Any:
-    return (
+    return and_(
         PendingRevocation.next_attempt_at <= now,
         or_(PendingRevocation.lease_until.is_(None), PendingRevocation.lease_until <= now),
     )
@@ -92,35 +92,16 @@ async def claim_pending_revocations(
     session: AsyncSession, owner: str, now: dt.datetime, lease_seconds: int, limit: int
 ) -> list[PendingRevocation]:
     """Lease up to ``limit`` revocations that are due to ``owner``; commit promptly."""
-    candidates = (
-        select(PendingRevocation.id)
-        .where(*_claimable(now))
-        .order_by(PendingRevocation.next_attempt_at, PendingRevocation.id)
-        .limit(limit)
-    )
-    if session.get_bind().dialect.name == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
-    ids = list(await session.scalars(candidates))
-    if not ids:
-        return []
-    claimed = list(
-        await session.scalars(
-            update(PendingRevocation)
-            .where(PendingRevocation.id.in_(ids), *_claimable(now))
-            .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=lease_seconds))
-            .returning(PendingRevocation.id)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    if not claimed:
-        return []
-    return list(
-        await session.scalars(
-            select(PendingRevocation)
-            .where(PendingRevocation.id.in_(claimed))
-            .order_by(PendingRevocation.next_attempt_at, PendingRevocation.id)
-            .execution_options(populate_existing=True)
-        )
+    return await claim_rows(
+        session,
+        PendingRevocation,
+        PendingRevocation.id,
+        claimable=_claimable(now),
+        order_by=(PendingRevocation.next_attempt_at, PendingRevocation.id),
+        owner=owner,
+        now=now,
+        lease_seconds=lease_seconds,
+        limit=limit,
     )
 
 

@@ -12,12 +12,13 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.errors import Conflict, LaunchError, NotFound
 
+from .leases import claim_rows
 from .models import Connection, ConnectLink, Credential, LaunchAttempt, Tenant, new_id
 
 
@@ -402,6 +403,13 @@ async def consume_connect_link(
     )
     if _rowcount(result) == 1 and link is not None:
         return link
+    check_connect_link(link, now)
+    # Neither unknown nor used, so the guarded UPDATE found it expired.
+    raise _link_expired()
+
+
+def check_connect_link(link: ConnectLink | None, now: dt.datetime) -> None:
+    """Raise LaunchError (unknown, used, expired) unless ``link`` can be used at ``now``."""
     if link is None:
         raise LaunchError("This link is not valid.", reason="link_unknown")
     if link.used_at is not None:
@@ -409,7 +417,12 @@ async def consume_connect_link(
             "This link has already been used. Ask the application that sent it for a new one.",
             reason="link_used",
         )
-    raise LaunchError(
+    if link.expires_at <= now:
+        raise _link_expired()
+
+
+def _link_expired() -> LaunchError:
+    return LaunchError(
         "This link has expired. Ask the application that sent it for a new one.",
         reason="link_expired",
     )
@@ -441,44 +454,29 @@ async def claim_due_connections(
 
     A connection is due when it is active, its refresh or sync time has come, it is not backing
     off and nobody holds an unexpired lease (an expired lease is a crashed worker's, taken over).
-    On PostgreSQL, ``FOR UPDATE SKIP LOCKED`` lets concurrent claimers pass each other's rows;
-    on SQLite, writers are serialised and the guarded UPDATE re-checks the lease, so two
-    claimers can never both win a row. Commit promptly: the lease is the claim, not the lock.
+    The claim is :func:`syncsvc.db.leases.claim_rows`: safe under concurrent claimers on
+    PostgreSQL and SQLite. Commit promptly: the lease is the claim, not the lock.
     """
-    conditions = [_due(now)]
+    filters: list[ColumnElement[bool]] = []
     if tenant_id is not None:
-        conditions.append(Connection.tenant_id == tenant_id)
+        filters.append(Connection.tenant_id == tenant_id)
     if connection_ids is not None:
-        conditions.append(Connection.id.in_(list(connection_ids)))
-    candidates = (
-        select(Connection.id)
-        .where(*conditions)
-        .order_by(func.coalesce(Connection.next_refresh_at, Connection.next_sync_at), Connection.id)
-        .limit(limit)
+        filters.append(Connection.id.in_(list(connection_ids)))
+    return await claim_rows(
+        session,
+        Connection,
+        Connection.id,
+        claimable=_due(now),
+        filters=filters,
+        order_by=(
+            func.coalesce(Connection.next_refresh_at, Connection.next_sync_at),
+            Connection.id,
+        ),
+        owner=owner,
+        now=now,
+        lease_seconds=lease_seconds,
+        limit=limit,
     )
-    if _dialect(session) == "postgresql":
-        candidates = candidates.with_for_update(skip_locked=True)
-    ids = list(await session.scalars(candidates))
-    if not ids:
-        return []
-    claimed = list(
-        await session.scalars(
-            update(Connection)
-            .where(Connection.id.in_(ids), _due(now))
-            .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=lease_seconds))
-            .returning(Connection.id)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    if not claimed:
-        return []
-    rows = await session.scalars(
-        select(Connection)
-        .where(Connection.id.in_(claimed))
-        .order_by(func.coalesce(Connection.next_refresh_at, Connection.next_sync_at), Connection.id)
-        .execution_options(populate_existing=True)
-    )
-    return list(rows)
 
 
 async def renew_lease(
