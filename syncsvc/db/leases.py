@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, Select, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -42,6 +42,12 @@ async def claim_rows(
     selection. ``key`` is the model's id column and ``lease_owner``/``lease_until`` its lease.
     """
     candidates = select(key).where(claimable, *filters).order_by(*order_by).limit(limit)
+    lease = {"lease_owner": owner, "lease_until": now + dt.timedelta(seconds=lease_seconds)}
+    attributes = [o for o in order_by if isinstance(o, InstrumentedAttribute)]
+    if session.get_bind().dialect.name == "postgresql" and len(attributes) == len(order_by):
+        return await _claim_in_one_statement(
+            session, model, key, candidates, claimable=claimable, lease=lease, order_by=attributes
+        )
     if session.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     ids = list(await session.scalars(candidates))
@@ -51,7 +57,7 @@ async def claim_rows(
         await session.scalars(
             update(model)
             .where(key.in_(ids), claimable)
-            .values(lease_owner=owner, lease_until=now + dt.timedelta(seconds=lease_seconds))
+            .values(**lease)
             .returning(key)
             .execution_options(synchronize_session=False)
         )
@@ -65,3 +71,38 @@ async def claim_rows(
         .execution_options(populate_existing=True)
     )
     return list(rows)
+
+
+async def _claim_in_one_statement(
+    session: AsyncSession,
+    model: type[T],
+    key: InstrumentedAttribute[str],
+    candidates: Select[Any],
+    *,
+    claimable: ColumnElement[bool],
+    lease: dict[str, Any],
+    order_by: Sequence[InstrumentedAttribute[Any]],
+) -> list[T]:
+    """PostgreSQL: select (skipping locked rows), lease and return the rows in one round trip.
+
+    ``RETURNING`` gives no order and PostgreSQL allows no window function beside ``FOR
+    UPDATE``, so the rows are put in order here, by the same attributes the selection used.
+    """
+    # A LIMIT keeps PostgreSQL from pulling the sub-select up into a join: it runs once, as
+    # the common SKIP LOCKED queue pattern relies on.
+    picked = candidates.with_for_update(skip_locked=True).scalar_subquery()
+    statement = (
+        update(model)
+        .where(key.in_(picked), claimable)
+        .values(**lease)
+        .returning(model)
+        .execution_options(populate_existing=True, synchronize_session=False)
+    )
+    rows = list(await session.scalars(statement))
+    names = [attribute.key for attribute in order_by]
+    return sorted(rows, key=lambda row: tuple(_sortable(getattr(row, n)) for n in names))
+
+
+def _sortable(value: Any) -> tuple[bool, Any]:
+    # NULLs sort last, as PostgreSQL sorts them ascending.
+    return (value is None, value)

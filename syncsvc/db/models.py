@@ -16,6 +16,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Computed,
     ForeignKey,
     Index,
     Integer,
@@ -38,6 +39,14 @@ CONNECTION_STATUSES: tuple[str, ...] = get_args(ConnectionStatus)
 
 URL_LENGTH = 2048
 ID_LENGTH = 36
+
+
+#: ``least(next_refresh_at, next_sync_at)`` ignoring NULLs, spelled the same on both databases.
+NEXT_DUE_SQL = (
+    "CASE WHEN next_refresh_at IS NULL THEN next_sync_at "
+    "WHEN next_sync_at IS NULL OR next_refresh_at < next_sync_at THEN next_refresh_at "
+    "ELSE next_sync_at END"
+)
 
 
 def new_id() -> str:
@@ -96,6 +105,9 @@ class Connection(Base):
     __table_args__ = (
         UniqueConstraint("tenant_id", "user_id", "patient_id"),
         CheckConstraint(_in("status", CONNECTION_STATUSES), name="status"),
+        # The scheduler's claim walks this index in due order and stops after one batch, so
+        # claiming stays cheap however many connections are not due.
+        Index("ix_connections_status_next_due_at_id", "status", "next_due_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
@@ -123,6 +135,10 @@ class Connection(Base):
     last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     next_refresh_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
     next_sync_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
+    #: The earlier of the two, kept by the database itself (a stored generated column).
+    next_due_at: Mapped[dt.datetime | None] = mapped_column(
+        UTCDateTime(), Computed(NEXT_DUE_SQL, persisted=True)
+    )
     lease_owner: Mapped[str | None] = mapped_column(String(255))
     lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
     failure_count: Mapped[int] = mapped_column(Integer, default=0)

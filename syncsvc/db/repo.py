@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -434,7 +434,7 @@ def _link_expired() -> LaunchError:
 def _due(now: dt.datetime) -> Any:
     return and_(
         Connection.status == "active",
-        or_(Connection.next_refresh_at <= now, Connection.next_sync_at <= now),
+        Connection.next_due_at <= now,
         or_(Connection.backoff_until.is_(None), Connection.backoff_until <= now),
         or_(Connection.lease_until.is_(None), Connection.lease_until <= now),
     )
@@ -468,10 +468,7 @@ async def claim_due_connections(
         Connection.id,
         claimable=_due(now),
         filters=filters,
-        order_by=(
-            func.coalesce(Connection.next_refresh_at, Connection.next_sync_at),
-            Connection.id,
-        ),
+        order_by=(Connection.next_due_at, Connection.id),
         owner=owner,
         now=now,
         lease_seconds=lease_seconds,
