@@ -20,6 +20,7 @@ from syncsvc.errors import ConfigError
 from syncsvc.http import create_http_client
 from syncsvc.keys import ENGINE, HTTP, METRICS, SCHEDULER, SESSIONMAKER, SETTINGS, SIGNER, VAULT
 from syncsvc.metrics import Metrics
+from syncsvc.process import tune_gc
 from syncsvc.settings import Settings
 from syncsvc.signing import Signer
 from syncsvc.sync.context import SyncContext
@@ -73,6 +74,11 @@ async def _background_sync(app: web.Application) -> AsyncIterator[None]:
     await scheduler.stop()
 
 
+async def _tune_process(app: web.Application) -> None:
+    # Once everything of start-up exists: the process then runs for a long time.
+    tune_gc()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -113,5 +119,6 @@ def create_app(
     app.cleanup_ctx.append(_outbound_http(http))
     if background:
         app.cleanup_ctx.append(_background_sync)
+        app.on_startup.append(_tune_process)
     setup_routes(app)
     return app

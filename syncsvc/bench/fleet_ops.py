@@ -19,12 +19,13 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench.ingest import BenchError, unlimited
-from syncsvc.bench.measure import rss_mib, tune_gc
+from syncsvc.bench.measure import rss_mib
 from syncsvc.db import repo
 from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.db.models import Connection, ResourceCursor, SyncRun
 from syncsvc.http import create_http_client
 from syncsvc.logging import configure_logging
+from syncsvc.process import tune_gc
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.runner import run_due

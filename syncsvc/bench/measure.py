@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import resource
 import statistics
 import sys
@@ -114,14 +113,3 @@ class Spread:
             "max": round(self.high, 3),
             "values": [round(v, 3) for v in self.values],
         }
-
-
-def tune_gc() -> None:
-    """After start-up: move what exists out of the collector's way and collect less often.
-
-    Pages of parsed JSON allocate many containers that die young; the default threshold (700)
-    runs a generation-0 pass every few resources. Frozen start-up objects are never scanned.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 50, 100)

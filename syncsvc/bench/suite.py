@@ -20,13 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench import fleet_ops, ingest, world
 from syncsvc.bench.ingest import Fleet
-from syncsvc.bench.measure import Sample, Spread, tune_gc
+from syncsvc.bench.measure import Sample, Spread
 from syncsvc.bench.peers import PEERS, peer_available, run_peer
 from syncsvc.bench.report import Report, Row, judge
 from syncsvc.bench.sandbox_process import sandbox_process
 from syncsvc.db.engine import create_engine, create_sessionmaker, normalise_url
 from syncsvc.db.migrate import upgrade_to_head
 from syncsvc.http import create_http_client
+from syncsvc.process import tune_gc
 from syncsvc.settings import VAULT_KEY_BYTES, Settings, VaultKey
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens

@@ -71,6 +71,7 @@ def _sync(args: argparse.Namespace) -> int:
 
 async def _work_forever(settings: Settings) -> None:
     from syncsvc.http import create_http_client
+    from syncsvc.process import tune_gc
     from syncsvc.sync.scheduler import SyncScheduler
 
     stop = asyncio.Event()
@@ -79,6 +80,7 @@ async def _work_forever(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     async with database(settings) as sessionmaker, create_http_client() as http:
         scheduler = SyncScheduler(sync_context(settings, sessionmaker, http))
+        tune_gc()
         scheduler.start()
         await stop.wait()
         await scheduler.stop()

@@ -30,13 +30,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc import webhooks
 from syncsvc.db import repo
 from syncsvc.db.models import Connection
-from syncsvc.errors import SyncsvcError, Transient
+from syncsvc.errors import Transient
 from syncsvc.logging import get_logger
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.credentials import StoredTokens
 from syncsvc.sync.limits import TenantGate, TenantLimiter
 from syncsvc.sync.outcomes import ConnectionRun, record_run
-from syncsvc.sync.pull import RunSummary, pull_connection
+from syncsvc.sync.pull import CachedTokenSource, RunSummary, pull_connection
 from syncsvc.sync.refresh import ensure_access_token, refresh_connection
 
 log = get_logger("syncsvc.sync.runner")
@@ -262,14 +263,10 @@ async def _work(
     if not _is_due(connection.next_sync_at, now):
         return
 
-    async def token_source(force: bool) -> str:
-        if leases is not None:
-            # Checked before every request: a pull stops at the next page once the lease is
-            # gone, rather than racing the process that took the connection over.
-            leases.check(connection.id)
+    async def load(force: bool) -> StoredTokens:
         tried = len(run.refreshes)
         try:
-            tokens = await ensure_access_token(
+            return await ensure_access_token(
                 ctx, connection.id, force=force, on_refresh=run.refreshes.append
             )
         except Transient as exc:
@@ -280,9 +277,16 @@ async def _work(
                     exc.message, reason="backing_off", retry_after=exc.retry_after
                 ) from exc
             raise
-        if tokens.access_token is None:  # pragma: no cover - ensure_access_token guarantees it
-            raise SyncsvcError("no access token")
-        return tokens.access_token
+
+    # The stored token is read (and decrypted) once and reused while it lives, not per page.
+    cached = CachedTokenSource(load, ctx.now)
+
+    async def token_source(force: bool) -> str:
+        if leases is not None:
+            # Checked before every request: a pull stops at the next page once the lease is
+            # gone, rather than racing the process that took the connection over.
+            leases.check(connection.id)
+        return await cached(force)
 
     summary = await pull_connection(ctx, connection.id, token_source)
     run.summary = summary
