@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from syncsvc.db.models import Connection
     from syncsvc.disconnect import DisconnectResult
     from syncsvc.settings import Settings
+    from syncsvc.sync.pull import TypeResult
     from syncsvc.sync.runner import WorkReport
 
 STATUSES = ("active", "needs_reauth", "revoked", "misbound", "error")
@@ -218,11 +219,24 @@ def _show_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _sync(settings: Settings, connection_id: str, *, now: bool) -> WorkReport | None:
+def _show_type(connection_id: str, result: TypeResult) -> None:
+    counts = result.counts.as_dict()
+    changes = ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "nothing new"
+    problem = f" ({result.error_class})" if result.error_class else ""
+    print(
+        f"  {result.resource_type}: {result.status}{problem}, {changes}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def _sync(
+    settings: Settings, connection_id: str, *, now: bool, full: bool = False
+) -> WorkReport | None:
     from syncsvc.db import repo
     from syncsvc.http import create_http_client
     from syncsvc.sync.context import utcnow
-    from syncsvc.sync.runner import run_due
+    from syncsvc.sync.runner import PullOptions, run_due
 
     async with database(settings) as sessionmaker:
         async with sessionmaker.begin() as session:
@@ -247,7 +261,12 @@ async def _sync(settings: Settings, connection_id: str, *, now: bool) -> WorkRep
         print(f"syncing connection {connection_id} ...", file=sys.stderr, flush=True)
         async with create_http_client() as http:
             ctx = sync_context(settings, sessionmaker, http)
-            report = await run_due(ctx, connection_ids=[connection_id], max_batches=1)
+            report = await run_due(
+                ctx,
+                connection_ids=[connection_id],
+                max_batches=1,
+                pull=PullOptions(full=full, on_type=_show_type),
+            )
         print("sync finished", file=sys.stderr, flush=True)
         return report
 
@@ -259,7 +278,9 @@ def _sync_cmd(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_USAGE
     try:
-        report = asyncio.run(_sync(settings, args.id, now=args.now))
+        if args.full and not args.now:
+            return fail("connections sync", "--full needs --now", EXIT_USAGE)
+        report = asyncio.run(_sync(settings, args.id, now=args.now, full=args.full))
     except (CommandFailed, SyncsvcError) as exc:
         return fail("connections sync", str(exc))
     if report is None:
@@ -355,6 +376,12 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     sync.add_argument("id", help="the connection id")
     sync.add_argument("--now", action="store_true", help="sync it in this process, now")
+    sync.add_argument(
+        "--full",
+        action="store_true",
+        help="with --now: pull every type in full (and flag what vanished upstream), "
+        "showing each type as it finishes",
+    )
     sync.set_defaults(handler=_sync_cmd)
 
     disconnect = actions.add_parser(

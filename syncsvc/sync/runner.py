@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +37,7 @@ from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens
 from syncsvc.sync.limits import TenantGate, TenantLimiter
 from syncsvc.sync.outcomes import ConnectionRun, record_run
-from syncsvc.sync.pull import CachedTokenSource, RunSummary, pull_connection
+from syncsvc.sync.pull import CachedTokenSource, RunSummary, TypeResult, pull_connection
 from syncsvc.sync.refresh import ensure_access_token, refresh_connection
 
 log = get_logger("syncsvc.sync.runner")
@@ -228,18 +228,27 @@ async def _still_ours(ctx: SyncContext, session: AsyncSession, connection_id: st
     )
 
 
+@dataclass(frozen=True)
+class PullOptions:
+    """How due pulls run: ``full`` forces full pulls; ``on_type`` hears each finished type."""
+
+    full: bool = False
+    on_type: Callable[[str, TypeResult], None] | None = None
+
+
 async def work_connection(
     ctx: SyncContext,
     connection: Connection,
     report: WorkReport,
     *,
     leases: _Leases | None = None,
+    pull: PullOptions = PullOptions(),
 ) -> None:
     """Refresh and/or pull one leased connection, as due; never raises for EHR trouble."""
     bound = log.bind(connection_id=connection.id)
     run = ConnectionRun(tenant_id=connection.tenant_id, connection_id=connection.id)
     try:
-        await _work(ctx, connection, report, run, leases)
+        await _work(ctx, connection, report, run, leases=leases, pull=pull)
     finally:
         await _close_run(ctx, connection.id, run, failures=connection.failure_count, report=report)
     if run.summary is not None:
@@ -251,7 +260,9 @@ async def _work(
     connection: Connection,
     report: WorkReport,
     run: ConnectionRun,
+    *,
     leases: _Leases | None,
+    pull: PullOptions,
 ) -> None:
     now = ctx.now()
     if _is_due(connection.next_refresh_at, now):
@@ -288,7 +299,14 @@ async def _work(
             leases.check(connection.id)
         return await cached(force)
 
-    summary = await pull_connection(ctx, connection.id, token_source)
+    on_type = pull.on_type
+    summary = await pull_connection(
+        ctx,
+        connection.id,
+        token_source,
+        full=pull.full,
+        on_type=None if on_type is None else lambda result: on_type(connection.id, result),
+    )
     run.summary = summary
     report.sync[summary.outcome] += 1
     for name, value in summary.counts.as_dict().items():
@@ -304,6 +322,7 @@ async def _work_leased(
     concurrency: asyncio.Semaphore,
     leases: _Leases,
     stop: asyncio.Event | None,
+    pull: PullOptions,
 ) -> None:
     try:
         # The tenant's slot first: a connection waiting for its tenant holds no process slot.
@@ -313,7 +332,7 @@ async def _work_leased(
                 return
             if connection.id in leases.lost:
                 return
-            await work_connection(ctx, connection, report, leases=leases)
+            await work_connection(ctx, connection, report, leases=leases, pull=pull)
     except Exception:
         # One connection's unexpected failure must not stop the batch; it is logged with
         # its id and retried when its lease expires or is released.
@@ -360,6 +379,7 @@ async def _work_batch(
     limiter: TenantLimiter,
     concurrency: asyncio.Semaphore,
     stop: asyncio.Event | None,
+    pull: PullOptions,
 ) -> None:
     vendors = await _vendors(ctx, {connection.tenant_id for connection in batch})
     leases = _Leases(ctx, [connection.id for connection in batch])
@@ -379,6 +399,7 @@ async def _work_batch(
                         concurrency=concurrency,
                         leases=leases,
                         stop=stop,
+                        pull=pull,
                     )
                 )
     finally:
@@ -395,6 +416,7 @@ async def run_due(
     max_batches: int = DEFAULT_MAX_BATCHES,
     stop: asyncio.Event | None = None,
     limiter: TenantLimiter | None = None,
+    pull: PullOptions = PullOptions(),
 ) -> WorkReport:
     """Claim and work due connections until none is left, ``max_batches`` or ``stop`` is set.
 
@@ -416,5 +438,7 @@ async def run_due(
         if not batch:
             break
         report.claimed += len(batch)
-        await _work_batch(ctx, batch, report, limiter=limiter, concurrency=concurrency, stop=stop)
+        await _work_batch(
+            ctx, batch, report, limiter=limiter, concurrency=concurrency, stop=stop, pull=pull
+        )
     return report
