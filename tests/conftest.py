@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.browser",
     "tests.fixtures.database",
+    "tests.fixtures.logs",
     "tests.fixtures.service",
 ]

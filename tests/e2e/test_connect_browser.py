@@ -2,33 +2,25 @@
 
 from __future__ import annotations
 
-import aiohttp
 import pytest
 from playwright.async_api import Page
 from sqlalchemy import select
 
 from syncsvc.db.models import Connection
 from syncsvc.db.stats_repo import count_resources
-from syncsvc.keys import HTTP, SESSIONMAKER, VAULT
-from syncsvc.sandbox.server import RunningSandbox
-from syncsvc.sync.context import SyncContext
-from syncsvc.sync.runner import run_due
+from syncsvc.keys import SESSIONMAKER
 from tests.fixtures.sandbox import CERNER_TENANT
-from tests.integration.web.conftest import RunningService
-from tests.integration.web.flows import new_link, register
+from tests.integration.web.flows import Flow, sync_now
 
 pytestmark = pytest.mark.browser
 
 
 async def test_patient_connects_sees_the_sync_and_disconnects(
-    browser_page: Page,
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
+    browser_page: Page, flow: Flow
 ) -> None:
-    await register(service, http, sandbox, CERNER_TENANT, name="cerner")
-    link = await new_link(api, "user-browser", tenant="cerner")
+    service, sandbox = flow.service, flow.sandbox
+    await flow.register(CERNER_TENANT, name="cerner")
+    link = await flow.link("user-browser", tenant="cerner")
     page = browser_page
 
     await page.goto(link)
@@ -46,20 +38,13 @@ async def test_patient_connects_sees_the_sync_and_disconnects(
     body = await page.locator("body").inner_text()
     assert "Wilma Smart" in body
     assert "Observations" in body or "Observation" in body
-    async with service.app[SESSIONMAKER]() as session:
-        [connection] = list(await session.scalars(select(Connection)))
+    connection = await flow.only_connection()
     assert connection.patient_id == "12742400"
     assert connection.user_id == "user-browser"
     assert connection.status == "active"
 
     # The first background sync, then the patient's status page in the same browser session.
-    context = SyncContext(
-        settings=service.settings,
-        sessionmaker=service.app[SESSIONMAKER],
-        vault=service.app[VAULT],
-        http=service.app[HTTP],
-    )
-    report = await run_due(context)
+    report = await sync_now(service)
     assert report.sync == {"ok": 1}
     await page.goto(f"{service.origin}/status")
     assert await page.get_by_role("heading", level=1).inner_text() == "Your connected records"

@@ -110,3 +110,22 @@ async def connect_patient(
         )
         await save_tokens(session, vault, connection.id, tokens, previous=None, now=now)
     return connection
+
+
+async def register_and_connect(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+    sandbox_tenant: str,
+    *,
+    confidential: bool = False,
+) -> tuple[Tenant, Connection]:
+    """Register a sandbox tenant and connect its default patient (see :func:`connect_patient`)."""
+    tenant = await register_sandbox_tenant(
+        sessionmaker, vault, http, sandbox, sandbox_tenant, confidential=confidential
+    )
+    connection = await connect_patient(
+        sessionmaker, vault, http, sandbox, tenant, sandbox_tenant=sandbox_tenant
+    )
+    return tenant, connection

@@ -26,26 +26,28 @@ def test_a_long_outage_does_not_overflow() -> None:
     assert POLICY.delay(10_000, rand=lambda: 1.0) == 300
 
 
-def test_full_jitter_spans_floor_to_bound() -> None:
-    assert POLICY.delay(3, rand=lambda: 0.0) == 1.0
-    assert POLICY.delay(3, rand=lambda: 0.5) == pytest.approx(1.0 + 0.5 * 39.0)
-    assert POLICY.delay(3, rand=lambda: 0.999999) == pytest.approx(40.0, abs=1e-3)
-
-
-def test_out_of_range_random_values_are_clamped() -> None:
-    assert POLICY.delay(2, rand=lambda: -1.0) == 1.0
-    assert POLICY.delay(2, rand=lambda: 7.0) == 20.0
-
-
-def test_retry_after_is_a_lower_bound() -> None:
-    assert POLICY.delay(1, retry_after=60, rand=lambda: 0.0) == 60
-    # A longer jitter draw wins over a short Retry-After.
-    assert POLICY.delay(5, retry_after=2, rand=lambda: 1.0) == 160
-    assert POLICY.delay(1, retry_after=0, rand=lambda: 0.0) == 1.0
-
-
-def test_retry_after_beyond_the_cap_is_capped() -> None:
-    assert POLICY.delay(1, retry_after=86_400, rand=lambda: 0.0) == 300
+@pytest.mark.parametrize(
+    ("attempt", "retry_after", "draw", "expected"),
+    [
+        # Full jitter spans floor to bound.
+        pytest.param(3, None, 0.0, 1.0, id="jitter-floor"),
+        pytest.param(3, None, 0.5, pytest.approx(1.0 + 0.5 * 39.0), id="jitter-middle"),
+        pytest.param(3, None, 0.999999, pytest.approx(40.0, abs=1e-3), id="jitter-bound"),
+        # Out-of-range random values are clamped.
+        pytest.param(2, None, -1.0, 1.0, id="draw-below-zero"),
+        pytest.param(2, None, 7.0, 20.0, id="draw-above-one"),
+        # Retry-After is a lower bound; a longer jitter draw wins over a short one.
+        pytest.param(1, 60, 0.0, 60, id="retry-after-wins"),
+        pytest.param(5, 2, 1.0, 160, id="jitter-beats-short-retry-after"),
+        pytest.param(1, 0, 0.0, 1.0, id="retry-after-zero"),
+        # Retry-After beyond the cap is capped.
+        pytest.param(1, 86_400, 0.0, 300, id="retry-after-capped"),
+    ],
+)
+def test_delay_is_jitter_between_floor_and_bound_never_below_retry_after(
+    attempt: int, retry_after: float | None, draw: float, expected: object
+) -> None:
+    assert POLICY.delay(attempt, retry_after=retry_after, rand=lambda: draw) == expected
 
 
 def test_the_default_random_source_stays_in_the_window() -> None:
@@ -86,76 +88,64 @@ def test_schedule_comes_from_settings() -> None:
     )
 
 
-def test_a_570_second_token_is_refreshed_120_seconds_ahead() -> None:
+@pytest.mark.parametrize(
+    ("expires_in", "last_refresh", "connected", "has_refresh_token", "expected", "overdue"),
+    [
+        # A 570-second token is refreshed 120 seconds ahead of its expiry.
+        pytest.param(
+            dt.timedelta(seconds=570), NOW, None, True, NOW + dt.timedelta(seconds=450), False,
+            id="refreshed-ahead-of-expiry",
+        ),
+        # A short token is not refreshed more than once a minute ...
+        pytest.param(
+            dt.timedelta(seconds=90), NOW, None, True, NOW + dt.timedelta(seconds=60), False,
+            id="at-most-once-a-minute",
+        ),
+        # ... but the minimum interval applies only after a refresh.
+        pytest.param(
+            dt.timedelta(seconds=30), None, NOW, True, NOW - dt.timedelta(seconds=90), True,
+            id="no-minimum-before-the-first-refresh",
+        ),
+        # A long-lived token is still refreshed every keepalive period ...
+        pytest.param(
+            dt.timedelta(days=365), NOW - dt.timedelta(days=3), None, True,
+            NOW - dt.timedelta(days=3) + dt.timedelta(days=30), False,
+            id="keepalive-after-a-refresh",
+        ),
+        # ... counted from the launch before the first refresh.
+        pytest.param(
+            dt.timedelta(days=365), None, NOW - dt.timedelta(days=40), True,
+            NOW - dt.timedelta(days=40) + dt.timedelta(days=30), True,
+            id="keepalive-from-the-launch",
+        ),
+        # An unknown expiry is due now.
+        pytest.param(None, None, None, True, NOW, False, id="unknown-expiry"),
+        # Without a refresh token the next look is at expiry.
+        pytest.param(
+            dt.timedelta(seconds=570), NOW - dt.timedelta(days=90), None, False,
+            NOW + dt.timedelta(seconds=570), False,
+            id="no-refresh-token-looks-at-expiry",
+        ),
+    ],
+)  # fmt: skip
+def test_next_refresh_at(
+    expires_in: dt.timedelta | None,
+    last_refresh: dt.datetime | None,
+    connected: dt.datetime | None,
+    has_refresh_token: bool,
+    expected: dt.datetime,
+    overdue: bool,
+) -> None:
     due = next_refresh_at(
         SCHEDULE,
         now=NOW,
-        access_expires_at=NOW + dt.timedelta(seconds=570),
-        last_refresh_at=NOW,
-    )
-    assert due == NOW + dt.timedelta(seconds=450)
-
-
-def test_a_short_token_is_not_refreshed_more_than_once_a_minute() -> None:
-    due = next_refresh_at(
-        SCHEDULE,
-        now=NOW,
-        access_expires_at=NOW + dt.timedelta(seconds=90),
-        last_refresh_at=NOW,
-    )
-    assert due == NOW + dt.timedelta(seconds=60)
-
-
-def test_the_minimum_interval_applies_only_after_a_refresh() -> None:
-    due = next_refresh_at(
-        SCHEDULE,
-        now=NOW,
-        access_expires_at=NOW + dt.timedelta(seconds=30),
-        last_refresh_at=None,
-        connected_at=NOW,
-    )
-    assert due == NOW - dt.timedelta(seconds=90)
-
-
-def test_a_long_lived_token_is_still_refreshed_every_keepalive_period() -> None:
-    last = NOW - dt.timedelta(days=3)
-    due = next_refresh_at(
-        SCHEDULE,
-        now=NOW,
-        access_expires_at=NOW + dt.timedelta(days=365),
-        last_refresh_at=last,
-    )
-    assert due == last + dt.timedelta(days=30)
-
-
-def test_keepalive_counts_from_the_launch_before_the_first_refresh() -> None:
-    connected = NOW - dt.timedelta(days=40)
-    due = next_refresh_at(
-        SCHEDULE,
-        now=NOW,
-        access_expires_at=NOW + dt.timedelta(days=365),
-        last_refresh_at=None,
+        access_expires_at=None if expires_in is None else NOW + expires_in,
+        last_refresh_at=last_refresh,
         connected_at=connected,
+        has_refresh_token=has_refresh_token,
     )
-    assert due == connected + dt.timedelta(days=30)
-    assert due < NOW
-
-
-def test_an_unknown_expiry_is_due_now() -> None:
-    due = next_refresh_at(SCHEDULE, now=NOW, access_expires_at=None, last_refresh_at=None)
-    assert due == NOW
-
-
-def test_without_a_refresh_token_the_next_look_is_at_expiry() -> None:
-    expires = NOW + dt.timedelta(seconds=570)
-    due = next_refresh_at(
-        SCHEDULE,
-        now=NOW,
-        access_expires_at=expires,
-        last_refresh_at=NOW - dt.timedelta(days=90),
-        has_refresh_token=False,
-    )
-    assert due == expires
+    assert due == expected
+    assert (due < NOW) is overdue
 
 
 def _response(scope: str | None) -> TokenResponse:
@@ -170,19 +160,25 @@ def _response(scope: str | None) -> TokenResponse:
 RECORDED = ["launch/patient", "offline_access", "patient/Patient.read", "patient/Observation.read"]
 
 
-def test_a_narrower_scope_is_recorded() -> None:
-    response = _response("launch/patient offline_access patient/Patient.read")
-    assert narrowed_scopes(RECORDED, response, holds_refresh_token=True) == RECORDED[:3]
-
-
-def test_scopes_are_never_widened() -> None:
-    response = _response(" ".join([*RECORDED, "patient/Condition.read"]))
-    assert narrowed_scopes(RECORDED, response, holds_refresh_token=True) is None
-
-
-def test_scope_comparison_ignores_case() -> None:
-    response = _response("LAUNCH/PATIENT offline_access patient/patient.read")
-    assert narrowed_scopes(RECORDED, response, holds_refresh_token=True) == RECORDED[:3]
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        pytest.param(
+            "launch/patient offline_access patient/Patient.read", RECORDED[:3], id="narrower"
+        ),
+        # Scopes are never widened.
+        pytest.param(" ".join([*RECORDED, "patient/Condition.read"]), None, id="wider"),
+        # The comparison ignores case.
+        pytest.param("LAUNCH/PATIENT offline_access patient/patient.read", RECORDED[:3], id="case"),
+        # No scope says nothing about the grant.
+        pytest.param(None, None, id="no-scope"),
+        pytest.param("", None, id="empty-scope"),
+    ],
+)
+def test_a_narrower_returned_scope_is_recorded(
+    scope: str | None, expected: list[str] | None
+) -> None:
+    assert narrowed_scopes(RECORDED, _response(scope), holds_refresh_token=True) == expected
 
 
 def test_offline_access_is_kept_while_a_refresh_token_is_held() -> None:
@@ -194,8 +190,3 @@ def test_offline_access_is_kept_while_a_refresh_token_is_held() -> None:
         "patient/Patient.read",
         "patient/Observation.read",
     ]
-
-
-@pytest.mark.parametrize("scope", [None, ""])
-def test_no_scope_says_nothing_about_the_grant(scope: str | None) -> None:
-    assert narrowed_scopes(RECORDED, _response(scope), holds_refresh_token=True) is None

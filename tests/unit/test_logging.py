@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 import structlog
@@ -79,22 +78,6 @@ def test_secrets_inside_strings_are_masked(text: str) -> None:
 def test_ordinary_text_is_untouched() -> None:
     text = "refreshed connection c-1 for tenant cerner: 3 types, next at 12:00 (code path ok)"
     assert redact_text(text) == text
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    """Configure JSON logging into a buffer; restore structlog and the root logger after."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    stream = io.StringIO()
-    configure_logging(log_format="json", log_level="DEBUG", stream=stream)
-    try:
-        yield stream
-    finally:
-        structlog.reset_defaults()
-        structlog.contextvars.clear_contextvars()
-        root.handlers[:] = handlers
-        root.setLevel(level)
 
 
 def _lines(stream: io.StringIO) -> list[dict[str, object]]:

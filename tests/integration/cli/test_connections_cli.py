@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -117,10 +118,6 @@ async def test_list_show_and_filters(
     stored = await _stored_tokens(sessionmaker, vault, nancy.id)
     for output in (shown.stdout, human.stdout, listed.stdout):
         assert all(token not in output for token in stored)
-    missing = await syncsvc(settings, "connections", "show", "no-such-id")
-    assert missing.code == 1
-    assert "no connection with id 'no-such-id'" in missing.stderr
-    assert "Traceback" not in missing.stderr
 
 
 async def _stored_tokens(sessionmaker: Sessionmaker, vault: Vault, cid: str) -> list[str]:
@@ -161,9 +158,6 @@ async def test_sync_marks_due_and_sync_now_works_it(
     assert "syncing connection" in now.stderr
     assert await _count(sessionmaker, Resource, connection.id) == report["resources"]["new"]
 
-    missing = await syncsvc(settings, "connections", "sync", "no-such-id", "--now")
-    assert missing.code == 1
-    assert "no connection with id" in missing.stderr
     usage = await syncsvc(settings, "connections", "sync")
     assert usage.code == 2
 
@@ -215,9 +209,25 @@ async def test_disconnect_from_the_command_line(
         "resources_kept": 0,
     }
     assert await _count(sessionmaker, Resource, connection.id) == 0
-    missing = await syncsvc(settings, "connections", "disconnect", "no-such-id")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        pytest.param(("show", "no-such-id"), "no connection with id 'no-such-id'", id="show"),
+        pytest.param(("sync", "no-such-id", "--now"), "no connection with id", id="sync-now"),
+        pytest.param(
+            ("disconnect", "no-such-id"), "no connection with id 'no-such-id'", id="disconnect"
+        ),
+    ],
+)
+async def test_an_unknown_connection_id_is_refused(
+    settings: Settings, args: tuple[str, ...], expected: str
+) -> None:
+    missing = await syncsvc(settings, "connections", *args)
     assert missing.code == 1
-    assert "no connection with id 'no-such-id'" in missing.stderr
+    assert expected in missing.stderr
+    assert "Traceback" not in missing.stderr
 
 
 async def test_help_is_consistent(settings: Settings) -> None:

@@ -16,7 +16,7 @@ from syncsvc.tenants import client_credentials
 from syncsvc.vault import Vault, ensure_key_file, format_key_ring
 from tests.fixtures.sandbox import CERNER_TENANT
 from tests.integration.cli.runner import environment, syncsvc
-from tests.integration.connected import connect_patient, register_sandbox_tenant
+from tests.integration.connected import register_and_connect, register_sandbox_tenant
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 
@@ -38,11 +38,8 @@ async def test_rotate_with_a_key_file_reencrypts_everything(
     key_file = tmp_path / "keys.json"
     first = ensure_key_file(key_file)
     vault = Vault(first)
-    tenant = await register_sandbox_tenant(
+    tenant, connection = await register_and_connect(
         sessionmaker, vault, http, sandbox, CERNER_TENANT, confidential=True
-    )
-    connection = await connect_patient(
-        sessionmaker, vault, http, sandbox, tenant, sandbox_tenant=CERNER_TENANT
     )
     async with sessionmaker() as session:
         before = await count_by_key_id(session)

@@ -12,7 +12,7 @@ from syncsvc.settings import Settings
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc
-from tests.integration.connected import connect_patient, register_sandbox_tenant
+from tests.integration.connected import register_and_connect
 from tests.integration.dbdata import add_tenant
 
 Sessionmaker = async_sessionmaker[AsyncSession]
@@ -108,8 +108,7 @@ async def test_sync_once_pulls_what_is_due_and_reports_json(
     http: aiohttp.ClientSession,
     sandbox: RunningSandbox,
 ) -> None:
-    tenant = await register_sandbox_tenant(sessionmaker, vault, http, sandbox, GENERIC_TENANT)
-    await connect_patient(sessionmaker, vault, http, sandbox, tenant, sandbox_tenant=GENERIC_TENANT)
+    await register_and_connect(sessionmaker, vault, http, sandbox, GENERIC_TENANT)
     result = await syncsvc(settings, "sync", "--once")
     assert result.code == 0, result.stderr
     report = result.json()

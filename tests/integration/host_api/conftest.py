@@ -12,25 +12,9 @@ import orjson
 import pytest
 from aiohttp import web
 
-from syncsvc.keys import HTTP, SESSIONMAKER
-from syncsvc.sandbox.patient import ScriptedPatient
-from syncsvc.sandbox.server import RunningSandbox
-from syncsvc.sync.context import SyncContext
-from syncsvc.sync.runner import WorkReport, run_due
 from tests.fixtures.sandbox import GENERIC_TENANT
-
-# The web tests' fixtures: the service on a pre-bound socket, wired to the sandbox.
-from tests.integration.web.conftest import (  # noqa: F401  (fixtures, used by name)
-    RunningService,
-    api,
-    pkjwt_private_key,
-    sandbox_config,
-    service,
-    service_origin,
-    service_socket,
-    settings,
-)
-from tests.integration.web.flows import new_link, register
+from tests.integration.web.conftest import *  # noqa: F403 - the service's fixtures, found by name
+from tests.integration.web.flows import Flow, connect_through_pages
 
 NANCY = "12724066"
 WILMA = "12742400"
@@ -101,38 +85,16 @@ def deleted_reason(resource: dict[str, Any]) -> str | None:
     return None
 
 
-def context(running: RunningService) -> SyncContext:
-    """A sync context on the service's database and client."""
-    return SyncContext(
-        settings=running.settings,
-        sessionmaker=running.app[SESSIONMAKER],
-        vault=running.vault,
-        http=running.app[HTTP],
-    )
-
-
-async def sync_now(running: RunningService) -> WorkReport:
-    """Refresh and pull every connection that is due, as the scheduler's tick would."""
-    return await run_due(context(running))
-
-
 @pytest.fixture
-async def generic(
-    service: RunningService,  # noqa: F811 - the fixture, by name
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> str:
+async def generic(flow: Flow) -> str:
     """The sandbox's generic tenant, registered with the service; its name."""
-    await register(service, http, sandbox, GENERIC_TENANT, name="generic")
+    await flow.register(GENERIC_TENANT, name="generic")
     return "generic"
 
 
 async def connect(client: aiohttp.ClientSession, user_id: str, username: str, tenant: str) -> str:
     """Connect ``username``'s record for ``user_id`` through the real pages; the connection id."""
-    link = await new_link(client, user_id, tenant=tenant)
-    async with ScriptedPatient(username=username) as patient:
-        page = await patient.connect(link)
-    assert page.status == 200, page.body
+    await connect_through_pages(client, username, tenant=tenant, user_id=user_id)
     async with client.get(f"/api/v1/users/{user_id}/connections") as response:
         assert response.status == 200
         listed = await response.json()

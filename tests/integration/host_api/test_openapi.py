@@ -6,7 +6,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.integration.host_api.conftest import RunningService
+from tests.integration.web.service import RunningService
 
 
 def _refs(node: Any) -> list[str]:

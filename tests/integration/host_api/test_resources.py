@@ -15,13 +15,13 @@ from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.host_api.conftest import (
     NANCY,
     WILMA,
-    RunningService,
     connect,
     deleted_reason,
     read_all,
     read_page,
-    sync_now,
 )
+from tests.integration.web.flows import sync_now
+from tests.integration.web.service import RunningService
 
 PROBLEM = "application/problem+json"
 

@@ -16,7 +16,7 @@ from syncsvc.sync.context import SyncContext
 from syncsvc.sync.runner import run_due
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import GENERIC_TENANT
-from tests.integration.connected import connect_patient, register_sandbox_tenant
+from tests.integration.connected import register_and_connect
 from tests.integration.host_api.conftest import Receiver
 from tests.integration.host_api.test_webhooks import SECRET
 
@@ -33,10 +33,7 @@ async def test_sync_completed_and_needs_reauth_are_delivered_signed(
 ) -> None:
     hooked = settings.replace(webhook_url=receiver.url, webhook_secret=Secret(SECRET))
     ctx = SyncContext(settings=hooked, sessionmaker=sessionmaker, vault=vault, http=http)
-    tenant = await register_sandbox_tenant(sessionmaker, vault, http, sandbox, GENERIC_TENANT)
-    connection = await connect_patient(
-        sessionmaker, vault, http, sandbox, tenant, sandbox_tenant=GENERIC_TENANT
-    )
+    _, connection = await register_and_connect(sessionmaker, vault, http, sandbox, GENERIC_TENANT)
     report = await run_due(ctx)
     assert report.sync == {"ok": 1}
     delivered = await webhooks.deliver_due(ctx)

@@ -25,18 +25,51 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db.models import Connection, Credential, Resource, SyncRun
+from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sandbox.state import Grant
 from syncsvc.settings import Settings
 from syncsvc.sync.credentials import load_tokens
 from syncsvc.vault import Vault
+from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.cli.runner import ROOT, environment
+from tests.integration.pull import SandboxAdmin
 from tests.integration.scheduler import connect_many
 
 Sessionmaker = async_sessionmaker[AsyncSession]
 NANCY = "12724066"
 #: A worker must exit within this after SIGTERM (in-flight work finishes first).
 STOP_SECONDS = 30.0
+
+
+def strict_rotation(
+    config: SandboxConfig, *, access_token_lifetime: int, sizes: dict[str, int]
+) -> SandboxConfig:
+    """The generic tenant rotating strictly (reuse revokes the grant), with short-lived tokens.
+
+    Nancy is auto-approved, a refresh sooner than two seconds after the last is throttled, and
+    her record holds ``sizes`` resources per type.
+    """
+    tenant = next(t for t in config.tenants if t.id == GENERIC_TENANT)
+    tenant.policy.auto_approve_patient = NANCY
+    tenant.policy.refresh_mode = "strict_rotation"
+    tenant.policy.access_token_lifetime = access_token_lifetime
+    tenant.policy.refresh_min_interval = 2
+    tenant.patients[0].sizes = sizes
+    return config
+
+
+async def nancys_record(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession, types: tuple[str, ...]
+) -> set[tuple[str, str]]:
+    """(type, id) of all a complete pull of ``types`` stores for Nancy at the generic tenant."""
+    admin = SandboxAdmin(sandbox, http)
+    return {("Patient", NANCY)} | {
+        (resource_type, rid)
+        for resource_type in types
+        if resource_type != "Patient"
+        for rid in await admin.ids(GENERIC_TENANT, NANCY, resource_type)
+    }
 
 
 def worker_env(settings: Settings, **overrides: str | int | float) -> dict[str, str]:

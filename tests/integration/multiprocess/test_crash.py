@@ -31,16 +31,16 @@ from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import GENERIC_TENANT
-from tests.integration.pull import SandboxAdmin
 from tests.integration.scheduler import overlapping, wait_until
 
 from . import (
-    NANCY,
     Sessionmaker,
     Worker,
     grant_of,
     make_fleet,
+    nancys_record,
     snapshot,
+    strict_rotation,
     utcnow,
     worker_env,
 )
@@ -60,13 +60,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
     """The generic tenant with strict rotation and eight-second tokens."""
-    tenant = next(t for t in sandbox_config.tenants if t.id == GENERIC_TENANT)
-    tenant.policy.auto_approve_patient = NANCY
-    tenant.policy.refresh_mode = "strict_rotation"
-    tenant.policy.access_token_lifetime = 8
-    tenant.policy.refresh_min_interval = 2
-    tenant.patients[0].sizes = {"Condition": 4, "Observation": 8}
-    return sandbox_config
+    return strict_rotation(
+        sandbox_config, access_token_lifetime=8, sizes={"Condition": 4, "Observation": 8}
+    )
 
 
 @dataclass
@@ -137,12 +133,7 @@ async def test_sigkill_during_refresh_and_pull_loses_only_unstored_rotations(
 ) -> None:
     rng = random.Random(SEED)  # noqa: S311 - kill timing, not security
     fleet = await make_fleet(sessionmaker, vault, http, sandbox, GENERIC_TENANT, CONNECTIONS, TYPES)
-    admin = SandboxAdmin(sandbox, http)
-    expected = {("Patient", NANCY)} | {
-        (resource_type, rid)
-        for resource_type in ("Condition", "Observation")
-        for rid in await admin.ids(GENERIC_TENANT, NANCY, resource_type)
-    }
+    expected = await nancys_record(sandbox, http, TYPES)
     gate, gate_runner = await _gateway(http, sandbox.urls(GENERIC_TENANT).token)
     async with sessionmaker.begin() as session:
         await session.execute(update(Connection).values(token_endpoint=gate.url))

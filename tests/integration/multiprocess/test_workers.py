@@ -22,7 +22,6 @@ from syncsvc.settings import Settings
 from syncsvc.sync.limits import limits_for
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import GENERIC_TENANT
-from tests.integration.pull import SandboxAdmin
 from tests.integration.sandbox.authflow import DEFAULT_PATIENT
 from tests.integration.scheduler import overlapping
 
@@ -34,7 +33,9 @@ from . import (
     grant_of,
     make_fleet,
     min_credential_version,
+    nancys_record,
     snapshot,
+    strict_rotation,
     token_requests,
     worker_env,
 )
@@ -53,13 +54,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
     """The generic tenant with strict rotation, eight-second tokens and a refresh throttle."""
-    tenant = next(t for t in sandbox_config.tenants if t.id == GENERIC_TENANT)
-    tenant.policy.auto_approve_patient = NANCY
-    tenant.policy.refresh_mode = "strict_rotation"
-    tenant.policy.access_token_lifetime = ACCESS_TOKEN_SECONDS
-    tenant.policy.refresh_min_interval = 2
-    tenant.patients[0].sizes = {"Observation": 6}
-    return sandbox_config
+    return strict_rotation(
+        sandbox_config, access_token_lifetime=ACCESS_TOKEN_SECONDS, sizes={"Observation": 6}
+    )
 
 
 async def test_three_workers_keep_every_grant_alive_without_a_double_refresh(
@@ -73,11 +70,7 @@ async def test_three_workers_keep_every_grant_alive_without_a_double_refresh(
     assert DEFAULT_PATIENT == NANCY
     begun = time.monotonic()
     fleet = await make_fleet(sessionmaker, vault, http, sandbox, GENERIC_TENANT, CONNECTIONS, TYPES)
-    expected = {
-        (resource_type, rid)
-        for resource_type in ("Observation",)
-        for rid in await SandboxAdmin(sandbox, http).ids(GENERIC_TENANT, NANCY, resource_type)
-    } | {("Patient", NANCY)}
+    expected = await nancys_record(sandbox, http, TYPES)
     env = worker_env(
         settings,
         tick_seconds=0.5,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,29 +10,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from syncsvc.keys import HTTP, SESSIONMAKER
-from syncsvc.sync.context import SyncContext
-from syncsvc.sync.runner import WorkReport, run_due
-
-# The web tests' fixtures: the service on a pre-bound socket, wired to the sandbox.
-from tests.integration.web.conftest import (  # noqa: F401  (fixtures, used by name)
-    RunningService,
-    api,
-    pkjwt_private_key,
-    sandbox_config,
-    service,
-    service_origin,
-    service_socket,
-    settings,
-)
+from tests.integration.web.conftest import *  # noqa: F403 - the service's fixtures, found by name
+from tests.integration.web.service import RunningService
 
 OPERATOR_TOKEN = "test-admin-token"
 
 
 @pytest.fixture
-async def operator(
-    service: RunningService,  # noqa: F811 - the imported fixture, requested by name
-) -> AsyncIterator[aiohttp.ClientSession]:
+async def operator(service: RunningService) -> AsyncIterator[aiohttp.ClientSession]:
     """An operator's HTTP client, with the operator token."""
     async with aiohttp.ClientSession(
         base_url=service.origin,
@@ -44,9 +28,7 @@ async def operator(
 
 
 @pytest.fixture
-async def anonymous(
-    service: RunningService,  # noqa: F811 - the imported fixture, requested by name
-) -> AsyncIterator[aiohttp.ClientSession]:
+async def anonymous(service: RunningService) -> AsyncIterator[aiohttp.ClientSession]:
     """A client without credentials (a load balancer, or someone who should not get in)."""
     async with aiohttp.ClientSession(
         base_url=service.origin, timeout=aiohttp.ClientTimeout(total=20)
@@ -67,19 +49,3 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
     finally:
         await runner.cleanup()
         sock.close()
-
-
-async def sync_now(running: RunningService) -> WorkReport:
-    """Refresh and pull every connection that is due, as the scheduler's tick would."""
-    ctx = SyncContext(
-        settings=running.settings,
-        sessionmaker=running.app[SESSIONMAKER],
-        vault=running.vault,
-        http=running.app[HTTP],
-    )
-    return await run_due(ctx)
-
-
-def utcnow() -> dt.datetime:
-    """The current time, timezone-aware UTC."""
-    return dt.datetime.now(dt.UTC)

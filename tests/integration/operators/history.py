@@ -10,41 +10,28 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import aiohttp
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from syncsvc.db import event_repo, repo, resource_repo
 from syncsvc.db.models import Connection, Tenant, new_id
 from syncsvc.keys import SESSIONMAKER
-from syncsvc.sandbox.patient import ScriptedPatient
-from syncsvc.sandbox.server import RunningSandbox
 from tests.fixtures.sandbox import GENERIC_TENANT
-from tests.integration.operators.conftest import sync_now
-from tests.integration.web.conftest import RunningService
-from tests.integration.web.flows import new_link, register
+from tests.integration.web.flows import Flow, sync_now
+from tests.integration.web.service import RunningService
 
 TENANT = "generic"
 
 
 async def connected_tenant(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    usernames: tuple[str, ...] = ("nancysmart",),
+    flow: Flow, usernames: tuple[str, ...] = ("nancysmart",)
 ) -> tuple[Tenant, list[Connection]]:
     """The generic sandbox tenant with one connected, synced patient per username."""
-    tenant = await register(service, http, sandbox, GENERIC_TENANT, name=TENANT)
+    tenant = await flow.register(GENERIC_TENANT, name=TENANT)
     for index, username in enumerate(usernames):
-        link = await new_link(api, f"user-{index}", tenant=TENANT)
-        async with ScriptedPatient(username=username) as patient:
-            page = await patient.connect(link)
-            assert page.status == 200, page.body
-    report = await sync_now(service)
+        await flow.connect(username, tenant=TENANT, user_id=f"user-{index}")
+    report = await sync_now(flow.service)
     assert report.sync["ok"] == len(usernames), report.to_json()
-    async with service.app[SESSIONMAKER]() as session:
-        connections = list(await session.scalars(select(Connection).order_by(Connection.user_id)))
-    return tenant, connections
+    return tenant, await flow.connections()
 
 
 async def add_events(
@@ -77,14 +64,6 @@ async def add_run(
         )
         await resource_repo.finish_run(
             session, run_id, finished_at=started_at, outcome=outcome, error_class="throttled"
-        )
-
-
-async def set_status(service: RunningService, connection_id: str, status: str) -> None:
-    """Move a connection to ``status`` (as refresh or pull would)."""
-    async with service.app[SESSIONMAKER].begin() as session:
-        await repo.set_connection_status(
-            session, connection_id, status=status, now=dt.datetime.now(dt.UTC), reason=status
         )
 
 

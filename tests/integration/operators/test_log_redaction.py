@@ -10,57 +10,20 @@ resources spell them.
 from __future__ import annotations
 
 import io
-import logging
 import re
-from collections.abc import Iterator
 
-import aiohttp
 import orjson
-import pytest
 from sqlalchemy import select
 from yarl import URL
 
 from syncsvc.db.models import Connection, Resource
 from syncsvc.keys import SESSIONMAKER
-from syncsvc.logging import configure_logging
-from syncsvc.sandbox.patient import ScriptedPatient
-from syncsvc.sandbox.server import RunningSandbox
-from syncsvc.sync.credentials import load_tokens
-from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT
 from tests.integration.connected import SANDBOX_SECRET
-from tests.integration.operators.conftest import sync_now
-from tests.integration.web.conftest import RunningService
-from tests.integration.web.flows import new_link, register
+from tests.integration.web.flows import Flow, stored_tokens, sync_now
+from tests.integration.web.service import RunningService
 
 #: Identifiers shorter than this could match digits of a timing by chance.
 MIN_ID_LENGTH = 6
-
-
-@pytest.fixture
-def captured_logs() -> Iterator[io.StringIO]:
-    """Every log line of the test as JSON, through syncsvc's real configuration at DEBUG."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    stream = io.StringIO()
-    configure_logging(log_format="json", log_level="DEBUG", stream=stream)
-    try:
-        yield stream
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
-async def _tokens(service: RunningService) -> list[str]:
-    found: list[str] = []
-    async with service.app[SESSIONMAKER]() as session:
-        for connection in await session.scalars(select(Connection)):
-            tokens = await load_tokens(session, service.vault, connection.id)
-            assert tokens is not None
-            assert tokens.access_token
-            found.append(tokens.access_token)
-            if tokens.refresh_token:
-                found.append(tokens.refresh_token)
-    return found
 
 
 async def _patient_identifiers(service: RunningService) -> tuple[list[str], list[str]]:
@@ -86,34 +49,14 @@ async def _patient_identifiers(service: RunningService) -> tuple[list[str], list
 
 
 async def test_logs_of_a_full_launch_and_sync_hold_no_secret_or_patient_identifier(
-    captured_logs: io.StringIO,
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    pkjwt_private_key: str,
+    captured_logs: io.StringIO, flow: Flow, pkjwt_private_key: str
 ) -> None:
-    await register(service, http, sandbox, CERNER_TENANT, name="cerner", auth="client_secret_basic")
-    await register(
-        service,
-        http,
-        sandbox,
-        EPIC_TENANT,
-        name="epic",
-        auth="private_key_jwt",
-        private_key=pkjwt_private_key,
-    )
-    visited: list[str] = []
-    for tenant, username in (("cerner", "nancysmart"), ("epic", "wilmasmart")):
-        link = await new_link(api, f"user-{tenant}", tenant=tenant)
-        async with ScriptedPatient(username=username) as patient:
-            page = await patient.connect(link)
-            assert page.status == 200, page.body
-            visited.extend(patient.visited)
-    secrets = await _tokens(service)
+    service = flow.service
+    visited = await flow.connect_confidential_clients(pkjwt_private_key)
+    secrets = await stored_tokens(service)
     report = await sync_now(service)
     assert report.sync["ok"] == 2, report.to_json()
-    secrets += await _tokens(service)
+    secrets += await stored_tokens(service)
     secrets += [SANDBOX_SECRET, *pkjwt_private_key.splitlines()[1:3]]
     callbacks = [URL(u) for u in visited if u.startswith(service.callback)]
     assert len(callbacks) == 2

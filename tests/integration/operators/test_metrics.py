@@ -10,10 +10,10 @@ from prometheus_client.samples import Sample
 
 from syncsvc.keys import METRICS
 from syncsvc.metrics import Metrics
-from syncsvc.sandbox.server import RunningSandbox
-from tests.integration.operators.conftest import utcnow
-from tests.integration.operators.history import TENANT, add_events, connected_tenant, set_status
-from tests.integration.web.conftest import RunningService
+from syncsvc.sync.context import utcnow
+from tests.integration.operators.history import TENANT, add_events, connected_tenant
+from tests.integration.web.flows import Flow, set_status
+from tests.integration.web.service import RunningService
 
 
 async def _scrape(operator: aiohttp.ClientSession) -> list[Sample]:
@@ -32,15 +32,10 @@ def _value(samples: list[Sample], name: str, **labels: str) -> float | None:
 
 
 async def test_tenant_gauges_come_from_the_database_at_scrape_time(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    operator: aiohttp.ClientSession,
+    flow: Flow, operator: aiohttp.ClientSession
 ) -> None:
-    tenant, connections = await connected_tenant(
-        service, api, http, sandbox, usernames=("nancysmart", "wilmasmart")
-    )
+    service = flow.service
+    tenant, connections = await connected_tenant(flow, usernames=("nancysmart", "wilmasmart"))
     samples = await _scrape(operator)
     assert _value(samples, "syncsvc_connections", tenant=TENANT, status="active") == 2
     assert _value(samples, "syncsvc_connections", tenant=TENANT, status="misbound") == 0

@@ -8,20 +8,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.sync.context import utcnow
 from tests.fixtures.sandbox import GENERIC_TENANT
-from tests.integration.operators.conftest import utcnow
 from tests.integration.operators.history import (
     TENANT,
     add_events,
     add_run,
     connected_tenant,
     set_columns,
-    set_status,
     set_tenant,
 )
-from tests.integration.web.conftest import RunningService
-from tests.integration.web.flows import register
+from tests.integration.web.flows import Flow, set_status
 
 HEALTH = f"/tenants/{TENANT}/health"
 
@@ -67,15 +64,9 @@ async def test_no_tenants_is_ok(operator: aiohttp.ClientSession) -> None:
 
 
 async def test_a_freshly_synced_tenant_is_ok_with_its_figures(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    operator: aiohttp.ClientSession,
+    flow: Flow, operator: aiohttp.ClientSession
 ) -> None:
-    _, connections = await connected_tenant(
-        service, api, http, sandbox, usernames=("nancysmart", "wilmasmart")
-    )
+    _, connections = await connected_tenant(flow, usernames=("nancysmart", "wilmasmart"))
     body = await _json(operator, HEALTH)
     assert body["tenant"] == TENANT
     assert body["status"] == "ok"
@@ -126,13 +117,10 @@ async def test_a_freshly_synced_tenant_is_ok_with_its_figures(
 
 
 async def test_recent_errors_degrade_and_a_misbound_connection_fails(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    operator: aiohttp.ClientSession,
+    flow: Flow, operator: aiohttp.ClientSession
 ) -> None:
-    tenant, [connection] = await connected_tenant(service, api, http, sandbox)
+    service = flow.service
+    tenant, [connection] = await connected_tenant(flow)
     now = utcnow()
     await add_events(
         service,
@@ -183,15 +171,10 @@ async def test_recent_errors_degrade_and_a_misbound_connection_fails(
     assert overview["tenants"][0]["rule"]["id"] == "misbound_connections"
 
 
-async def test_reauth_share_and_stale_syncs(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    operator: aiohttp.ClientSession,
-) -> None:
+async def test_reauth_share_and_stale_syncs(flow: Flow, operator: aiohttp.ClientSession) -> None:
+    service = flow.service
     _, connections = await connected_tenant(
-        service, api, http, sandbox, usernames=("nancysmart", "wilmasmart", "timmysmart")
+        flow, usernames=("nancysmart", "wilmasmart", "timmysmart")
     )
     await set_status(service, connections[0].id, "needs_reauth")
     body = await _json(operator, HEALTH)
@@ -224,13 +207,9 @@ async def test_reauth_share_and_stale_syncs(
     assert body["sync_lag_seconds"]["p95"] > 47 * 3600
 
 
-async def test_discovery_failures(
-    service: RunningService,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    operator: aiohttp.ClientSession,
-) -> None:
-    tenant = await register(service, http, sandbox, GENERIC_TENANT, name=TENANT)
+async def test_discovery_failures(flow: Flow, operator: aiohttp.ClientSession) -> None:
+    service = flow.service
+    tenant = await flow.register(GENERIC_TENANT, name=TENANT)
     await set_tenant(service, tenant, discovery_error="The server answered 503.")
     body = await _json(operator, HEALTH)
     assert (body["status"], body["rule"]["id"]) == ("degraded", "discovery_stale")
@@ -244,13 +223,10 @@ async def test_discovery_failures(
 
 
 async def test_html_for_a_person_json_for_a_program(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    operator: aiohttp.ClientSession,
+    flow: Flow, operator: aiohttp.ClientSession
 ) -> None:
-    tenant, [connection] = await connected_tenant(service, api, http, sandbox)
+    service = flow.service
+    tenant, [connection] = await connected_tenant(flow)
     await add_events(
         service,
         tenant,

@@ -1,4 +1,5 @@
-"""Steps the patient-page tests share: a connected and synced patient, sandbox grants, rows."""
+"""Steps the patient-page tests share: a connected and synced patient, the disconnect form,
+sandbox grants, rows."""
 
 from __future__ import annotations
 
@@ -6,61 +7,50 @@ import datetime as dt
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
-import aiohttp
 from sqlalchemy import func, select
 
 from syncsvc.db.models import Connection, Credential, Event, PendingRevocation, Resource
 from syncsvc.keys import SESSIONMAKER
-from syncsvc.sandbox.patient import Form, ScriptedPatient, parse_forms
+from syncsvc.sandbox.patient import Form, PageResult, ScriptedPatient, parse_forms
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sandbox.state import Grant
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.runner import run_due
 from tests.fixtures.sandbox import GENERIC_TENANT
-from tests.integration.web.conftest import RunningService
-from tests.integration.web.flows import new_link, register
+from tests.integration.web.flows import Flow, sync_context
+from tests.integration.web.service import RunningService
 
 NANCY = "12724066"
+#: What :func:`counts` finds once a connection's data and tokens are gone and nothing is queued.
+NOTHING_LEFT = {"resources": 0, "credentials": 0, "pending": 0}
 
 
-def context(
-    service: RunningService,
-    http: aiohttp.ClientSession,
-    clock: Callable[[], dt.datetime] = utcnow,
-) -> SyncContext:
-    """A sync context on the running service's database and vault."""
-    return SyncContext(
-        settings=service.settings,
-        sessionmaker=service.app[SESSIONMAKER],
-        vault=service.vault,
-        http=http,
-        clock=clock,
-    )
+def context(flow: Flow, clock: Callable[[], dt.datetime] = utcnow) -> SyncContext:
+    """A sync context on the running service's database and vault, with the test's client."""
+    return sync_context(flow.service, flow.http, clock)
 
 
 async def connect_and_sync(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    patient: ScriptedPatient,
-    *,
-    user_id: str = "user-7",
+    flow: Flow, patient: ScriptedPatient, *, user_id: str = "user-7"
 ) -> Connection:
     """Register the generic tenant, connect ``patient`` through the pages, then sync once."""
-    await register(service, http, sandbox, GENERIC_TENANT, name="generic")
-    page = await patient.connect(await new_link(api, user_id, tenant="generic"))
+    await flow.register(GENERIC_TENANT, name="generic")
+    page = await patient.connect(await flow.link(user_id, tenant="generic"))
     assert page.status == 200, page.body
-    report = await run_due(context(service, http))
+    report = await run_due(context(flow))
     assert report.sync == {"ok": 1}, report.to_json()
-    [connection] = await connections(service)
-    return connection
+    return await flow.only_connection()
 
 
-async def connections(service: RunningService) -> list[Connection]:
-    """Every connection row, read fresh."""
-    async with service.app[SESSIONMAKER]() as session:
-        return list(await session.scalars(select(Connection)))
+def disconnect_url(service: RunningService, connection_id: str) -> str:
+    """The patient's disconnect page of a connection."""
+    return f"{service.origin}/status/connections/{connection_id}/disconnect"
+
+
+async def open_disconnect(patient: ScriptedPatient, url: str) -> tuple[PageResult, Form]:
+    """Open the disconnect page at ``url``; the page and its form (posting back to ``url``)."""
+    confirm = await patient.open(url)
+    return confirm, form_posting_to(confirm.body, url)
 
 
 async def connection(service: RunningService, connection_id: str) -> Connection:

@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import aiohttp
-
 from syncsvc.db import repo
 from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.patient import ScriptedPatient
-from syncsvc.sandbox.server import RunningSandbox
 from tests.integration.patient.helpers import (
+    NOTHING_LEFT,
     connect_and_sync,
     connection,
     counts,
+    disconnect_url,
     events,
     form_posting_to,
     grant_of,
+    open_disconnect,
     words,
 )
-from tests.integration.web.conftest import RunningService
-from tests.integration.web.flows import new_link
+from tests.integration.web.flows import Flow
+from tests.integration.web.service import RunningService
 
 
-async def test_disconnect_revokes_deletes_tokens_and_erases_by_default(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
+async def test_disconnect_revokes_deletes_tokens_and_erases_by_default(flow: Flow) -> None:
+    service = flow.service
     async with ScriptedPatient(username="nancysmart") as patient:
-        connected = await connect_and_sync(service, api, http, sandbox, patient)
+        connected = await connect_and_sync(flow, patient)
         status = await patient.open(f"{service.origin}/status")
-        confirm = await patient.open(
-            f"{service.origin}/status/connections/{connected.id}/disconnect"
-        )
+        confirm, form = await open_disconnect(patient, disconnect_url(service, connected.id))
         assert confirm.status == 200
         assert "Disconnect Generic SMART Sandbox?" in words(confirm.body)
-        form = form_posting_to(confirm.body, f"/status/connections/{connected.id}/disconnect")
         assert form.fields["data"] == "erase"  # the default choice
         assert form.fields["csrf"]
         done = await patient.submit(confirm.url, form)
@@ -53,8 +46,8 @@ async def test_disconnect_revokes_deletes_tokens_and_erases_by_default(
     assert row.status_reason == "disconnected_by_patient"
     assert row.next_sync_at is None
     assert row.next_refresh_at is None
-    assert await counts(service, connected.id) == {"resources": 0, "credentials": 0, "pending": 0}
-    assert grant_of(sandbox).revoked
+    assert await counts(service, connected.id) == NOTHING_LEFT
+    assert grant_of(flow.sandbox).revoked
     [disconnect] = await events(service, "disconnect")
     assert disconnect.detail == "by patient; data erased"
     [revocation] = await events(service, "revocation")
@@ -66,47 +59,37 @@ async def test_disconnect_revokes_deletes_tokens_and_erases_by_default(
     assert f"/status/connections/{connected.id}/disconnect" not in after.body
 
 
-async def test_keeping_the_data_then_erasing_it_later(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
+async def test_keeping_the_data_then_erasing_it_later(flow: Flow) -> None:
+    service = flow.service
     async with ScriptedPatient(username="nancysmart") as patient:
-        connected = await connect_and_sync(service, api, http, sandbox, patient)
+        connected = await connect_and_sync(flow, patient)
         synced = (await counts(service, connected.id))["resources"]
-        url = f"{service.origin}/status/connections/{connected.id}/disconnect"
-        confirm = await patient.open(url)
-        kept = await patient.submit(confirm.url, form_posting_to(confirm.body, url), data="keep")
+        url = disconnect_url(service, connected.id)
+        confirm, form = await open_disconnect(patient, url)
+        kept = await patient.submit(confirm.url, form, data="keep")
         assert f"Your synced data was kept ({synced} records)" in words(kept.body)
         assert (await counts(service, connected.id))["resources"] == synced
         status = await patient.open(f"{service.origin}/status")
         assert f"Data still kept here ({synced} records)" in words(status.body)
         assert "Erase the kept data" in status.body
         # Disconnecting again erases what was kept; the revocation is not repeated.
-        again = await patient.open(url)
-        erased = await patient.submit(again.url, form_posting_to(again.body, url))
+        again, form = await open_disconnect(patient, url)
+        erased = await patient.submit(again.url, form)
     text = words(erased.body)
     assert "This connection was already disconnected." in text
     assert "This service holds no keys for your record" in text
     assert f"Your synced data was erased ({synced} records)" in text
-    assert await counts(service, connected.id) == {"resources": 0, "credentials": 0, "pending": 0}
+    assert await counts(service, connected.id) == NOTHING_LEFT
     assert len(await events(service, "revocation")) == 1
     row = await connection(service, connected.id)
     assert row.status_reason == "disconnected_by_patient"
 
 
-async def test_the_form_needs_its_session_token(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
+async def test_the_form_needs_its_session_token(flow: Flow) -> None:
+    service = flow.service
     async with ScriptedPatient(username="nancysmart") as patient:
-        connected = await connect_and_sync(service, api, http, sandbox, patient)
-        url = f"{service.origin}/status/connections/{connected.id}/disconnect"
-        confirm = await patient.open(url)
-        form = form_posting_to(confirm.body, url)
+        connected = await connect_and_sync(flow, patient)
+        confirm, form = await open_disconnect(patient, disconnect_url(service, connected.id))
         forged = await patient.submit(confirm.url, form, csrf="0" * 64)
         missing = await patient.submit(confirm.url, form, csrf="")
         bad_choice = await patient.submit(confirm.url, form, data="shred")
@@ -117,28 +100,24 @@ async def test_the_form_needs_its_session_token(
     row = await connection(service, connected.id)
     assert row.status == "active"
     assert (await counts(service, connected.id))["credentials"] == 1
-    assert not grant_of(sandbox).revoked
+    assert not grant_of(flow.sandbox).revoked
 
 
-async def test_another_users_connection_is_not_found(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
+async def test_another_users_connection_is_not_found(flow: Flow) -> None:
+    service = flow.service
     async with ScriptedPatient(username="nancysmart") as owner:
-        connected = await connect_and_sync(service, api, http, sandbox, owner)
+        connected = await connect_and_sync(flow, owner)
     async with ScriptedPatient(username="wilmasmart") as other:
-        page = await other.connect(await new_link(api, "user-8", tenant="generic"))
+        page = await other.connect(await flow.link("user-8", tenant="generic"))
         assert page.status == 200
-        url = f"{service.origin}/status/connections/{connected.id}/disconnect"
+        url = disconnect_url(service, connected.id)
         shown = await other.open(url)
-        unknown = await other.open(f"{service.origin}/status/connections/no-such-id/disconnect")
+        unknown = await other.open(disconnect_url(service, "no-such-id"))
         status = await other.open(f"{service.origin}/status")
         # The other session's own, valid form token does not reach someone else's connection.
         [own] = await _connections_of(service, "user-8")
-        own_url = f"{service.origin}/status/connections/{own}/disconnect"
-        own_form = form_posting_to((await other.open(own_url)).body, own_url)
+        own_url = disconnect_url(service, own)
+        _, own_form = await open_disconnect(other, own_url)
         own_form.action = url
         posted = await other.submit(own_url, own_form)
     assert shown.status == 404

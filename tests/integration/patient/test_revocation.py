@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import aiohttp
-
 from syncsvc.db import repo
 from syncsvc.disconnect import disconnect_connection
 from syncsvc.keys import SESSIONMAKER
@@ -16,16 +14,18 @@ from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import utcnow
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.patient.helpers import (
+    NOTHING_LEFT,
     connect_and_sync,
     context,
     counts,
+    disconnect_url,
     events,
-    form_posting_to,
     grant_of,
+    open_disconnect,
     pending,
     words,
 )
-from tests.integration.web.conftest import RunningService
+from tests.integration.web.flows import Flow
 
 
 class Clock:
@@ -46,18 +46,13 @@ def _revocation_down(sandbox: RunningSandbox) -> None:
     sandbox.tenant(GENERIC_TENANT).faults.append(FaultSpec(kind="status_503", target="revoke"))
 
 
-async def test_ehr_down_then_up_revocation_is_pending_then_retried(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
+async def test_ehr_down_then_up_revocation_is_pending_then_retried(flow: Flow) -> None:
+    service = flow.service
     async with ScriptedPatient(username="nancysmart") as patient:
-        connected = await connect_and_sync(service, api, http, sandbox, patient)
-        _revocation_down(sandbox)
-        url = f"{service.origin}/status/connections/{connected.id}/disconnect"
-        confirm = await patient.open(url)
-        done = await patient.submit(confirm.url, form_posting_to(confirm.body, url))
+        connected = await connect_and_sync(flow, patient)
+        _revocation_down(flow.sandbox)
+        confirm, form = await open_disconnect(patient, disconnect_url(service, connected.id))
+        done = await patient.submit(confirm.url, form)
         status = await patient.open(f"{service.origin}/status")
     assert done.status == 200
     text = words(done.body)
@@ -67,7 +62,7 @@ async def test_ehr_down_then_up_revocation_is_pending_then_retried(
     # Nothing half-done: tokens and data gone here, the one token to revoke queued, encrypted.
     assert await counts(service, connected.id) == {"resources": 0, "credentials": 0, "pending": 1}
     [queued] = await pending(service)
-    grant = grant_of(sandbox)
+    grant = grant_of(flow.sandbox)
     assert grant.refresh_token is not None
     assert grant.refresh_token not in queued.token_enc
     assert queued.token_enc.startswith("v1.")
@@ -79,46 +74,39 @@ async def test_ehr_down_then_up_revocation_is_pending_then_retried(
 
     clock = Clock()
     clock.now = queued.created_at
-    ctx = context(service, http, clock)
+    ctx = context(flow, clock)
     early = await retry_pending(ctx)
     assert early.claimed == 0  # not due before its backoff ends
     clock.advance(hours=1)
     still_down = await retry_pending(ctx)
     assert still_down.to_json() == {"claimed": 1, "revoked": 0, "retrying": 1, "given_up": 0}
-    sandbox.tenant(GENERIC_TENANT).faults.clear()
+    flow.sandbox.tenant(GENERIC_TENANT).faults.clear()
     clock.advance(hours=7)
     back_up = await retry_pending(ctx)
     assert back_up.to_json() == {"claimed": 1, "revoked": 1, "retrying": 0, "given_up": 0}
-    assert grant_of(sandbox).revoked
+    assert grant_of(flow.sandbox).revoked
     assert await pending(service) == []
     outcomes = [e.outcome for e in await events(service, "revocation")]
     assert outcomes == ["transient", "transient", "ok"]
 
 
-async def test_revocation_gives_up_after_the_last_attempt(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
+async def test_revocation_gives_up_after_the_last_attempt(flow: Flow) -> None:
     async with ScriptedPatient(username="nancysmart") as patient:
-        connected = await connect_and_sync(service, api, http, sandbox, patient)
-    _revocation_down(sandbox)
-    result = await disconnect_connection(
-        context(service, http), connected.id, by="operator", erase=False
-    )
+        connected = await connect_and_sync(flow, patient)
+    _revocation_down(flow.sandbox)
+    result = await disconnect_connection(context(flow), connected.id, by="operator", erase=False)
     assert result.revocation == "pending"
     assert result.resources_kept > 0
     clock = Clock()
-    ctx = context(service, http, clock)
+    ctx = context(flow, clock)
     for _ in range(MAX_ATTEMPTS - 2):
         clock.advance(hours=7)
         assert (await retry_pending(ctx)).retrying == 1
     clock.advance(hours=7)
     last = await retry_pending(ctx)
     assert last.given_up == 1
-    assert await pending(service) == []
-    final = (await events(service, "revocation"))[-1]
+    assert await pending(flow.service) == []
+    final = (await events(flow.service, "revocation"))[-1]
     assert final.outcome == "failed"
     assert final.detail is not None
     assert final.detail.startswith(f"gave up after {MAX_ATTEMPTS} attempts")
@@ -126,39 +114,28 @@ async def test_revocation_gives_up_after_the_last_attempt(
     assert (await retry_pending(ctx)).claimed == 0
 
 
-async def test_a_tenant_without_revocation_is_reported_as_such(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
+async def test_a_tenant_without_revocation_is_reported_as_such(flow: Flow) -> None:
     async with ScriptedPatient(username="nancysmart") as patient:
-        connected = await connect_and_sync(service, api, http, sandbox, patient)
-        async with service.app[SESSIONMAKER].begin() as session:
+        connected = await connect_and_sync(flow, patient)
+        async with flow.service.app[SESSIONMAKER].begin() as session:
             tenant = await repo.get_tenant(session, connected.tenant_id)
             assert tenant is not None
             endpoints = {**tenant.endpoints, "revocation_endpoint": None}
             await repo.update_tenant(session, tenant.id, now=utcnow(), endpoints=endpoints)
-        url = f"{service.origin}/status/connections/{connected.id}/disconnect"
-        confirm = await patient.open(url)
+        confirm, form = await open_disconnect(patient, disconnect_url(flow.service, connected.id))
         assert "offers no way for this service to cancel its access" in words(confirm.body)
-        done = await patient.submit(confirm.url, form_posting_to(confirm.body, url))
+        done = await patient.submit(confirm.url, form)
     assert "offers no way for this service to cancel its access" in words(done.body)
-    assert await counts(service, connected.id) == {"resources": 0, "credentials": 0, "pending": 0}
-    assert not grant_of(sandbox).revoked
-    assert await events(service, "revocation") == []
+    assert await counts(flow.service, connected.id) == NOTHING_LEFT
+    assert not grant_of(flow.sandbox).revoked
+    assert await events(flow.service, "revocation") == []
 
 
-async def test_disconnecting_twice_reports_the_revocation_still_pending(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
+async def test_disconnecting_twice_reports_the_revocation_still_pending(flow: Flow) -> None:
     async with ScriptedPatient(username="nancysmart") as patient:
-        connected = await connect_and_sync(service, api, http, sandbox, patient)
-    _revocation_down(sandbox)
-    ctx = context(service, http)
+        connected = await connect_and_sync(flow, patient)
+    _revocation_down(flow.sandbox)
+    ctx = context(flow)
     first = await disconnect_connection(ctx, connected.id, by="host_app", erase=True)
     second = await disconnect_connection(ctx, connected.id, by="operator", erase=True)
     assert (first.revocation, first.tokens_deleted, first.already_disconnected) == (
@@ -171,8 +148,8 @@ async def test_disconnecting_twice_reports_the_revocation_still_pending(
         False,
         True,
     )
-    assert len(await pending(service)) == 1
-    async with service.app[SESSIONMAKER]() as session:
+    assert len(await pending(flow.service)) == 1
+    async with flow.service.app[SESSIONMAKER]() as session:
         row = await repo.get_connection(session, connected.id)
     assert row is not None
     assert row.status_reason == "disconnected_by_host_app"

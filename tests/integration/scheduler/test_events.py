@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import update
 
 from syncsvc.db.models import Credential
-from syncsvc.sandbox.config import FaultSpec, SandboxConfig
+from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sandbox.token_endpoint import revoke_grant
 from syncsvc.settings import Settings
@@ -21,19 +21,10 @@ from syncsvc.sync.runner import run_due
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import GENERIC_TENANT
 
-from . import NANCY, Sessionmaker, connect_many, contexts, events
+from . import Sessionmaker, connect_many, contexts, events
 
 Expected = set[tuple[str, str, str | None, str | None]]
 Setup = Callable[[RunningSandbox, Sessionmaker, Vault, str], Awaitable[None]]
-
-
-@pytest.fixture
-def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
-    """Nancy auto-approved, with small Condition and Observation lists."""
-    for tenant in sandbox_config.tenants:
-        tenant.policy.auto_approve_patient = NANCY
-        tenant.patients[0].sizes = {"Condition": 3, "Observation": 6}
-    return sandbox_config
 
 
 def fault(kind: str, target: str, count: int | None = None) -> Setup:

@@ -6,11 +6,10 @@ import asyncio
 import datetime as dt
 
 import aiohttp
-import pytest
 from sqlalchemy import update
 
 from syncsvc.db.models import Connection, SyncRun
-from syncsvc.sandbox.config import FaultSpec, SandboxConfig
+from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.sync.runner import run_due
@@ -19,7 +18,6 @@ from syncsvc.vault import Vault
 from tests.fixtures.sandbox import GENERIC_TENANT
 
 from . import (
-    NANCY,
     Sessionmaker,
     connect_many,
     connections,
@@ -29,15 +27,6 @@ from . import (
     runs,
     wait_until,
 )
-
-
-@pytest.fixture
-def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
-    """Nancy auto-approved, with small Condition and Observation lists (one page each)."""
-    for tenant in sandbox_config.tenants:
-        tenant.policy.auto_approve_patient = NANCY
-        tenant.patients[0].sizes = {"Condition": 3, "Observation": 6}
-    return sandbox_config
 
 
 def slow_fhir(sandbox: RunningSandbox, latency_ms: int) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -17,27 +16,26 @@ from aiohttp import web
 
 from syncsvc.app import create_app
 from syncsvc.sandbox.config import ClientRegistration, SandboxConfig
+from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.smart.client_auth import generate_private_key
 from syncsvc.vault import Vault
+from tests.integration.web.flows import Flow
+from tests.integration.web.service import PKJWT_CLIENT, PKJWT_KEY_ID, RunningService
 
-PKJWT_CLIENT = "syncsvc-pkjwt"
-PKJWT_KEY_ID = "syncsvc-test-key"
-
-
-@dataclass(frozen=True)
-class RunningService:
-    """syncsvc serving on loopback."""
-
-    app: web.Application
-    origin: str
-    settings: Settings
-    vault: Vault
-
-    @property
-    def callback(self) -> str:
-        """The redirect URI (``{origin}/callback``)."""
-        return f"{self.origin}/callback"
+# What other folders' conftests take with ``from tests.integration.web.conftest import *``: the
+# fixtures (pytest finds them by name) and the service's type.
+__all__ = [
+    "RunningService",
+    "api",
+    "flow",
+    "pkjwt_private_key",
+    "sandbox_config",
+    "service",
+    "service_origin",
+    "service_socket",
+    "settings",
+]
 
 
 @pytest.fixture
@@ -112,3 +110,14 @@ async def api(service: RunningService) -> AsyncIterator[aiohttp.ClientSession]:
         timeout=aiohttp.ClientTimeout(total=20),
     ) as session:
         yield session
+
+
+@pytest.fixture
+def flow(
+    service: RunningService,
+    api: aiohttp.ClientSession,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> Flow:
+    """The service, the host app's client, a plain client and the sandbox, for the shared steps."""
+    return Flow(service, api, http, sandbox)

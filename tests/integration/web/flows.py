@@ -1,18 +1,34 @@
-"""Steps the launch tests share: register a sandbox tenant with the service, issue links."""
+"""Steps the tests of the running service share: register a sandbox tenant, issue links, connect
+patients through the real pages, read the connections back and run a sync.
+
+``Flow`` bundles what those steps drive (the service, the host application's client, a plain client
+and the sandbox) so that a test asks for one ``flow`` fixture instead of the same four each time.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from sqlalchemy import select
 
-from syncsvc.db.models import Tenant
-from syncsvc.keys import SESSIONMAKER
+from syncsvc.db import repo
+from syncsvc.db.models import Connection, Tenant
+from syncsvc.keys import HTTP, SESSIONMAKER
+from syncsvc.sandbox.patient import PageResult, ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.sync.context import SyncContext, utcnow
+from syncsvc.sync.credentials import load_tokens
+from syncsvc.sync.runner import WorkReport, run_due
 from syncsvc.tenants import TenantSpec, register_tenant
+from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT
 from tests.integration.connected import SANDBOX_SECRET
-from tests.integration.web.conftest import PKJWT_CLIENT, PKJWT_KEY_ID, RunningService
+from tests.integration.web.service import PKJWT_CLIENT, PKJWT_KEY_ID, RunningService
+
+DEFAULT_TYPES = ("Patient", "Observation", "Condition")
 
 
 async def register(
@@ -24,7 +40,7 @@ async def register(
     name: str,
     auth: str = "public",
     private_key: str | None = None,
-    resource_types: tuple[str, ...] = ("Patient", "Observation", "Condition"),
+    resource_types: tuple[str, ...] = DEFAULT_TYPES,
 ) -> Tenant:
     """Register a sandbox tenant with the running service, as ``tenants add`` would."""
     config = sandbox.tenant(sandbox_tenant)
@@ -63,3 +79,165 @@ async def new_link(
         payload = await response.json()
     url: str = payload["url"]
     return url
+
+
+async def connect_through_pages(
+    api: aiohttp.ClientSession,
+    username: str,
+    *,
+    tenant: str,
+    user_id: str = "user-1",
+    visited: list[str] | None = None,
+) -> PageResult:
+    """Issue a link for ``user_id`` and walk ``username`` through it to a connected page.
+
+    The URLs the patient's browser went through are appended to ``visited`` when it is given.
+    """
+    link = await new_link(api, user_id, tenant=tenant)
+    async with ScriptedPatient(username=username) as patient:
+        page = await patient.connect(link)
+        assert page.status == 200, page.body
+        if visited is not None:
+            visited.extend(patient.visited)
+    return page
+
+
+async def connections(service: RunningService) -> list[Connection]:
+    """Every connection row, read fresh, ordered by user."""
+    async with service.app[SESSIONMAKER]() as session:
+        return list(
+            await session.scalars(select(Connection).order_by(Connection.user_id, Connection.id))
+        )
+
+
+async def only_connection(service: RunningService) -> Connection:
+    """The one connection there is (fails when there is none or more than one)."""
+    [connection] = await connections(service)
+    return connection
+
+
+async def stored_tokens(service: RunningService) -> list[str]:
+    """Every access and refresh token the service holds, decrypted."""
+    found: list[str] = []
+    async with service.app[SESSIONMAKER]() as session:
+        for connection in await session.scalars(select(Connection)):
+            tokens = await load_tokens(session, service.vault, connection.id)
+            assert tokens is not None
+            assert tokens.access_token
+            found.append(tokens.access_token)
+            if tokens.refresh_token:
+                found.append(tokens.refresh_token)
+    return found
+
+
+async def set_status(
+    service: RunningService,
+    connection_id: str,
+    status: str,
+    *,
+    reason: str | None = None,
+    message: str | None = None,
+    error_uri: str | None = None,
+) -> None:
+    """Move a connection to ``status`` as refresh or pull would (the reason defaults to it)."""
+    async with service.app[SESSIONMAKER].begin() as session:
+        await repo.set_connection_status(
+            session,
+            connection_id,
+            status=status,
+            now=utcnow(),
+            reason=reason or status,
+            message=message,
+            error_uri=error_uri,
+        )
+
+
+def sync_context(
+    service: RunningService,
+    http: aiohttp.ClientSession | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
+) -> SyncContext:
+    """A sync context on the service's database and vault (and its own outbound client)."""
+    return SyncContext(
+        settings=service.settings,
+        sessionmaker=service.app[SESSIONMAKER],
+        vault=service.vault,
+        http=http or service.app[HTTP],
+        clock=clock,
+    )
+
+
+async def sync_now(service: RunningService) -> WorkReport:
+    """Refresh and pull every connection that is due, as the scheduler's tick would."""
+    return await run_due(sync_context(service))
+
+
+@dataclass(frozen=True)
+class Flow:
+    """The running service, the host application's client, a plain client and the sandbox EHR."""
+
+    service: RunningService
+    api: aiohttp.ClientSession
+    http: aiohttp.ClientSession
+    sandbox: RunningSandbox
+
+    async def register(
+        self,
+        sandbox_tenant: str,
+        *,
+        name: str,
+        auth: str = "public",
+        private_key: str | None = None,
+        resource_types: tuple[str, ...] = DEFAULT_TYPES,
+    ) -> Tenant:
+        """Register a sandbox tenant with the service (see :func:`register`)."""
+        return await register(
+            self.service,
+            self.http,
+            self.sandbox,
+            sandbox_tenant,
+            name=name,
+            auth=auth,
+            private_key=private_key,
+            resource_types=resource_types,
+        )
+
+    async def link(self, user_id: str = "user-1", tenant: str | None = None) -> str:
+        """A connect link issued through the host-app API (see :func:`new_link`)."""
+        return await new_link(self.api, user_id, tenant=tenant)
+
+    async def connect(
+        self,
+        username: str,
+        *,
+        tenant: str,
+        user_id: str = "user-1",
+        visited: list[str] | None = None,
+    ) -> PageResult:
+        """Connect ``username`` for ``user_id`` (see :func:`connect_through_pages`)."""
+        return await connect_through_pages(
+            self.api, username, tenant=tenant, user_id=user_id, visited=visited
+        )
+
+    async def connections(self) -> list[Connection]:
+        """Every connection row, read fresh."""
+        return await connections(self.service)
+
+    async def only_connection(self) -> Connection:
+        """The one connection there is."""
+        return await only_connection(self.service)
+
+    async def connect_confidential_clients(self, private_key: str) -> list[str]:
+        """Connect two patients, one per confidential client kind; the URLs their browsers saw.
+
+        Nancy through Oracle (``cerner``, client secret) as ``user-cerner``, Wilma through Epic
+        (``epic``, private_key_jwt signed with ``private_key``) as ``user-epic``.
+        """
+        await self.register(CERNER_TENANT, name="cerner", auth="client_secret_basic")
+        await self.register(
+            EPIC_TENANT, name="epic", auth="private_key_jwt", private_key=private_key
+        )
+        visited: list[str] = []
+        for tenant, username in (("cerner", "nancysmart"), ("epic", "wilmasmart")):
+            await self.connect(username, tenant=tenant, user_id=f"user-{tenant}", visited=visited)
+        return visited

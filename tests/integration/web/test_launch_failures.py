@@ -4,94 +4,66 @@ from __future__ import annotations
 
 import datetime as dt
 
-import aiohttp
 from sqlalchemy import select, update
 
 from syncsvc.connect_links import issue_connect_link
-from syncsvc.db.models import Connection, Credential, LaunchAttempt, Tenant
+from syncsvc.db.models import Credential, LaunchAttempt, Tenant
 from syncsvc.keys import SESSIONMAKER, SIGNER
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import ScriptedPatient
-from syncsvc.sandbox.server import RunningSandbox
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
-from tests.integration.web.conftest import RunningService
-from tests.integration.web.flows import new_link, register
+from tests.integration.web.flows import Flow
 
 
 def _tenant(config: SandboxConfig, tenant_id: str) -> TenantConfig:
     return next(t for t in config.tenants if t.id == tenant_id)
 
 
-async def _only_connection(service: RunningService) -> Connection:
-    async with service.app[SESSIONMAKER]() as session:
-        [connection] = list(await session.scalars(select(Connection)))
-    return connection
-
-
-async def _no_connections(service: RunningService) -> bool:
-    async with service.app[SESSIONMAKER]() as session:
-        return list(await session.scalars(select(Connection))) == []
-
-
-async def test_patient_who_denies_is_told_nothing_was_connected(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
-    await register(service, http, sandbox, GENERIC_TENANT, name="generic")
-    link = await new_link(api, tenant="generic")
+async def test_patient_who_denies_is_told_nothing_was_connected(flow: Flow) -> None:
+    await flow.register(GENERIC_TENANT, name="generic")
+    link = await flow.link(tenant="generic")
     async with ScriptedPatient(username="nancysmart", decision="deny") as patient:
         page = await patient.connect(link)
         # The page offers a retry through the patient session (the link is used up).
-        retry = await patient.open(f"{service.origin}/connect")
+        retry = await patient.open(f"{flow.service.origin}/connect")
     assert page.status == 400
     assert "You chose not to share your record" in page.body
     assert "access_denied" in page.body
     assert "Traceback" not in page.body
     assert retry.status == 200
     assert "Connect to" in retry.body
-    assert await _no_connections(service)
+    assert await flow.connections() == []
 
 
 async def test_ehr_error_redirect_shows_the_error_uri(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    sandbox_config: SandboxConfig,
+    flow: Flow, sandbox_config: SandboxConfig
 ) -> None:
-    await register(service, http, sandbox, CERNER_TENANT, name="cerner")
+    await flow.register(CERNER_TENANT, name="cerner")
     public = next(c for c in sandbox_config.clients if c.client_id == "syncsvc-public")
     public.tenants = ["some-other-tenant"]  # not enabled here: Cerner's denied-by-server
-    link = await new_link(api, tenant="cerner")
+    link = await flow.link(tenant="cerner")
     async with ScriptedPatient(username="nancysmart") as patient:
         page = await patient.connect(link)
     assert page.status == 400
     assert "refused the request" in page.body
     assert "denied-by-server" in page.body
     assert "%3Agrant%3Adenied-by-server/instances/" in page.body
-    async with service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SESSIONMAKER]() as session:
         [attempt] = list(await session.scalars(select(LaunchAttempt)))
     assert attempt.used_at is not None
     assert attempt.outcome == "ehr_error"
 
 
-async def test_missing_unknown_replayed_and_cookieless_state(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
-    await register(service, http, sandbox, GENERIC_TENANT, name="generic")
-    link = await new_link(api, tenant="generic")
+async def test_missing_unknown_replayed_and_cookieless_state(flow: Flow) -> None:
+    await flow.register(GENERIC_TENANT, name="generic")
+    link = await flow.link(tenant="generic")
     async with ScriptedPatient(username="nancysmart") as patient:
         done = await patient.connect(link)
         assert done.status == 200
-        callback_url = next(u for u in patient.visited if u.startswith(service.callback))
+        callback_url = next(u for u in patient.visited if u.startswith(flow.service.callback))
         replayed = await patient.open(callback_url)
-        missing = await patient.open(f"{service.callback}?code=abc")
-        unknown = await patient.open(f"{service.callback}?code=abc&state=not-a-real-state")
+        missing = await patient.open(f"{flow.service.callback}?code=abc")
+        unknown = await patient.open(f"{flow.service.callback}?code=abc&state=not-a-real-state")
     async with ScriptedPatient(username="nancysmart") as stranger:
         cookieless = await stranger.open(callback_url)
     assert replayed.status == 400
@@ -100,18 +72,13 @@ async def test_missing_unknown_replayed_and_cookieless_state(
     assert "state_missing" in missing.body
     assert "state_unknown" in unknown.body
     assert "state_no_cookie" in cookieless.body
-    connection = await _only_connection(service)
+    connection = await flow.only_connection()
     assert connection.status == "active"
 
 
-async def test_used_and_expired_links(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
-    await register(service, http, sandbox, GENERIC_TENANT, name="generic")
-    link = await new_link(api, tenant="generic")
+async def test_used_and_expired_links(flow: Flow) -> None:
+    await flow.register(GENERIC_TENANT, name="generic")
+    link = await flow.link(tenant="generic")
     async with ScriptedPatient(username="nancysmart") as patient:
         assert (await patient.connect(link)).status == 200
     async with ScriptedPatient(username="nancysmart") as other:
@@ -122,11 +89,11 @@ async def test_used_and_expired_links(
     assert forged.status == 400
     assert "not valid" in forged.body
     past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
-    async with service.app[SESSIONMAKER].begin() as session:
+    async with flow.service.app[SESSIONMAKER].begin() as session:
         expired = await issue_connect_link(
             session,
-            service.app[SIGNER],
-            service.settings,
+            flow.service.app[SIGNER],
+            flow.service.settings,
             user_id="user-9",
             tenant_name="generic",
             now=past,
@@ -138,38 +105,28 @@ async def test_used_and_expired_links(
     assert "This link has expired" in page.body
 
 
-async def test_id_token_with_wrong_nonce_is_rejected(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
-    await register(service, http, sandbox, GENERIC_TENANT, name="generic")
-    link = await new_link(api, tenant="generic")
+async def test_id_token_with_wrong_nonce_is_rejected(flow: Flow) -> None:
+    await flow.register(GENERIC_TENANT, name="generic")
+    link = await flow.link(tenant="generic")
     async with ScriptedPatient(username="nancysmart") as patient:
-        stopped = await patient.connect(link, stop_before=service.callback)
+        stopped = await patient.connect(link, stop_before=flow.service.callback)
         # An authorization response meant for another launch: its id_token carries that nonce.
-        async with service.app[SESSIONMAKER].begin() as session:
+        async with flow.service.app[SESSIONMAKER].begin() as session:
             await session.execute(update(LaunchAttempt).values(nonce="another-launch-nonce"))
         page = await patient.open(stopped.url)
     assert page.status == 400
     assert "identity token" in page.body
     assert "id_token_nonce" in page.body
-    assert await _no_connections(service)
+    assert await flow.connections() == []
 
 
-async def test_id_token_from_another_issuer_is_rejected(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-) -> None:
-    tenant = await register(service, http, sandbox, GENERIC_TENANT, name="generic")
-    link = await new_link(api, tenant="generic")
+async def test_id_token_from_another_issuer_is_rejected(flow: Flow) -> None:
+    tenant = await flow.register(GENERIC_TENANT, name="generic")
+    link = await flow.link(tenant="generic")
     async with ScriptedPatient(username="nancysmart") as patient:
-        stopped = await patient.connect(link, stop_before=service.callback)
+        stopped = await patient.connect(link, stop_before=flow.service.callback)
         endpoints = {**tenant.endpoints, "issuer": "https://issuer.invalid/other"}
-        async with service.app[SESSIONMAKER].begin() as session:
+        async with flow.service.app[SESSIONMAKER].begin() as session:
             await session.execute(
                 update(Tenant)
                 .where(Tenant.id == tenant.id)
@@ -178,93 +135,77 @@ async def test_id_token_from_another_issuer_is_rejected(
         page = await patient.open(stopped.url)
     assert page.status == 400
     assert "id_token_iss" in page.body
-    assert await _no_connections(service)
+    assert await flow.connections() == []
 
 
 async def test_trimmed_scopes_are_explained_and_only_granted_recorded(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    sandbox_config: SandboxConfig,
+    flow: Flow, sandbox_config: SandboxConfig
 ) -> None:
     _tenant(sandbox_config, GENERIC_TENANT).policy.missing_scopes = ["patient/Condition.read"]
-    await register(service, http, sandbox, GENERIC_TENANT, name="generic")
-    link = await new_link(api, tenant="generic")
+    await flow.register(GENERIC_TENANT, name="generic")
+    link = await flow.link(tenant="generic")
     async with ScriptedPatient(username="nancysmart") as patient:
         page = await patient.connect(link)
     assert page.status == 200
     assert "What your provider did not grant" in page.body
     assert "(Condition) was not granted, so they will not sync" in page.body
-    connection = await _only_connection(service)
+    connection = await flow.only_connection()
     assert "patient/Condition.read" in connection.requested_scopes
     assert "patient/Condition.read" not in connection.granted_scopes
     assert "patient/Observation.read" in connection.granted_scopes
 
 
 async def test_production_style_trim_to_identity_scopes_says_no_background_sync(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    sandbox_config: SandboxConfig,
+    flow: Flow, sandbox_config: SandboxConfig
 ) -> None:
     policy = _tenant(sandbox_config, CERNER_TENANT).policy
     policy.trim_to = ["openid", "fhirUser", "launch", "online_access", "launch/patient"]
-    await register(service, http, sandbox, CERNER_TENANT, name="cerner")
-    link = await new_link(api, tenant="cerner")
+    await flow.register(CERNER_TENANT, name="cerner")
+    link = await flow.link(tenant="cerner")
     async with ScriptedPatient(username="nancysmart") as patient:
         page = await patient.connect(link)
     assert page.status == 200, page.body
     assert "did not grant access to any part of your health record" in page.body
     assert "Background sync is not possible" in page.body
-    connection = await _only_connection(service)
+    connection = await flow.only_connection()
     assert connection.next_refresh_at is None
 
 
 async def test_token_for_another_tenant_is_recorded_misbound(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    sandbox_config: SandboxConfig,
+    flow: Flow, sandbox_config: SandboxConfig
 ) -> None:
     other = "0b8a0111-e8e6-4c26-a91c-5069cbc6b1ca"
     _tenant(sandbox_config, CERNER_TENANT).policy.issue_tokens_for_tenant = other
-    await register(service, http, sandbox, CERNER_TENANT, name="cerner")
-    link = await new_link(api, tenant="cerner")
+    await flow.register(CERNER_TENANT, name="cerner")
+    link = await flow.link(tenant="cerner")
     async with ScriptedPatient(username="nancysmart") as patient:
         page = await patient.connect(link)
     assert page.status == 409
     assert "could not be connected safely" in page.body
     assert other in page.body
-    connection = await _only_connection(service)
+    connection = await flow.only_connection()
     assert connection.status == "misbound"
     assert connection.status_reason == "tenant_mismatch"
     assert connection.next_sync_at is None
-    async with service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SESSIONMAKER]() as session:
         assert list(await session.scalars(select(Credential))) == []
     # The EHR confirms: that token is refused here with Cerner's tenant-mismatch answer.
-    fhir_calls = [e for e in sandbox.state.request_log if "/Patient/" in e.url]
+    fhir_calls = [e for e in flow.sandbox.state.request_log if "/Patient/" in e.url]
     assert fhir_calls == []
 
 
 async def test_discovery_falls_back_to_the_capability_statement(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    sandbox_config: SandboxConfig,
+    flow: Flow, sandbox_config: SandboxConfig
 ) -> None:
     policy = _tenant(sandbox_config, GENERIC_TENANT).policy
     policy.well_known = False
     policy.advertise_code_challenge_methods = False
-    tenant = await register(service, http, sandbox, GENERIC_TENANT, name="generic")
+    tenant = await flow.register(GENERIC_TENANT, name="generic")
     assert tenant.endpoints["source"] == "capability-statement"
-    link = await new_link(api, tenant="generic")
+    link = await flow.link(tenant="generic")
     async with ScriptedPatient(username="nancysmart") as patient:
         page = await patient.connect(link)
     assert page.status == 200, page.body
-    connection = await _only_connection(service)
+    connection = await flow.only_connection()
     assert connection.status == "active"
-    assert connection.token_endpoint == sandbox.urls(GENERIC_TENANT).token
+    assert connection.token_endpoint == flow.sandbox.urls(GENERIC_TENANT).token

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import io
-import logging
 from pathlib import Path
 
 import aiohttp
 import asyncpg
-import pytest
-from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from syncsvc.db.models import Connection
-from syncsvc.keys import SESSIONMAKER
-from syncsvc.logging import configure_logging
-from syncsvc.sandbox.patient import ScriptedPatient
-from syncsvc.sandbox.server import RunningSandbox
-from syncsvc.sync.credentials import load_tokens
-from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT
 from tests.integration.connected import SANDBOX_SECRET
-from tests.integration.web.conftest import RunningService
-from tests.integration.web.flows import new_link, register
+from tests.integration.web.flows import Flow, stored_tokens
 
 
 async def _raw_database_text(db_url: str) -> str:
@@ -48,80 +37,29 @@ async def _raw_database_text(db_url: str) -> str:
         await connection.close()
 
 
-async def _launch_everything(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    private_key: str,
-) -> tuple[list[str], list[str]]:
+async def _launch_everything(flow: Flow, private_key: str) -> tuple[list[str], list[str]]:
     """Connect two patients (client secret and private key); return secrets and URLs seen."""
-    await register(service, http, sandbox, CERNER_TENANT, name="cerner", auth="client_secret_basic")
-    await register(
-        service,
-        http,
-        sandbox,
-        EPIC_TENANT,
-        name="epic",
-        auth="private_key_jwt",
-        private_key=private_key,
-    )
-    visited: list[str] = []
-    for tenant, username in (("cerner", "nancysmart"), ("epic", "wilmasmart")):
-        link = await new_link(api, f"user-{tenant}", tenant=tenant)
-        async with ScriptedPatient(username=username) as patient:
-            page = await patient.connect(link)
-            assert page.status == 200, page.body
-            visited.extend(patient.visited)
-    secrets: list[str] = [SANDBOX_SECRET, private_key.splitlines()[1]]
-    async with service.app[SESSIONMAKER]() as session:
-        for connection in await session.scalars(select(Connection)):
-            tokens = await load_tokens(session, service.vault, connection.id)
-            assert tokens is not None
-            assert tokens.access_token
-            secrets.append(tokens.access_token)
-            if tokens.refresh_token:
-                secrets.append(tokens.refresh_token)
+    visited = await flow.connect_confidential_clients(private_key)
+    secrets = [SANDBOX_SECRET, private_key.splitlines()[1], *await stored_tokens(flow.service)]
     assert len(secrets) >= 5
     return secrets, visited
 
 
 async def test_database_holds_no_plaintext_token_or_secret(
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    pkjwt_private_key: str,
-    db_url: str,
+    flow: Flow, pkjwt_private_key: str, db_url: str
 ) -> None:
-    secrets, _ = await _launch_everything(service, api, http, sandbox, pkjwt_private_key)
+    secrets, _ = await _launch_everything(flow, pkjwt_private_key)
     raw = await _raw_database_text(db_url)
     assert "connections" in raw or "active" in raw  # the scan really sees the data
     for secret in secrets:
         assert secret not in raw
 
 
-@pytest.fixture
-def captured_logs() -> io.StringIO:
-    """Every log line of the test, through syncsvc's real logging configuration."""
-    stream = io.StringIO()
-    configure_logging(log_format="json", log_level="DEBUG", stream=stream)
-    return stream
-
-
 async def test_logs_of_a_full_launch_hold_no_token_code_or_state(
-    captured_logs: io.StringIO,
-    service: RunningService,
-    api: aiohttp.ClientSession,
-    http: aiohttp.ClientSession,
-    sandbox: RunningSandbox,
-    pkjwt_private_key: str,
+    captured_logs: io.StringIO, flow: Flow, pkjwt_private_key: str
 ) -> None:
-    try:
-        secrets, visited = await _launch_everything(service, api, http, sandbox, pkjwt_private_key)
-    finally:
-        logging.getLogger().handlers.clear()
-    callbacks = [aiohttp.helpers.URL(u) for u in visited if u.startswith(service.callback)]
+    secrets, visited = await _launch_everything(flow, pkjwt_private_key)
+    callbacks = [aiohttp.helpers.URL(u) for u in visited if u.startswith(flow.service.callback)]
     assert len(callbacks) == 2
     for callback in callbacks:
         secrets += [callback.query["code"], callback.query["state"]]

@@ -1,0 +1,32 @@
+"""The running syncsvc service as the web tests see it, and the private_key_jwt client's names.
+
+Kept apart from ``conftest.py`` so the shared steps in ``flows.py`` can name these without
+importing the fixtures module they are themselves used by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from syncsvc.settings import Settings
+from syncsvc.vault import Vault
+
+PKJWT_CLIENT = "syncsvc-pkjwt"
+PKJWT_KEY_ID = "syncsvc-test-key"
+
+
+@dataclass(frozen=True)
+class RunningService:
+    """syncsvc serving on loopback."""
+
+    app: web.Application
+    origin: str
+    settings: Settings
+    vault: Vault
+
+    @property
+    def callback(self) -> str:
+        """The redirect URI (``{origin}/callback``)."""
+        return f"{self.origin}/callback"
