@@ -64,7 +64,10 @@ async def test_fuzzing_the_documented_api_finds_no_server_error(
             str(SCHEMATHESIS), "run", f"{origin}/openapi.json",
             "--checks", "not_a_server_error",
             "--header", "Authorization: Bearer fuzz-key",
-            "--max-examples", "30", "--seed", "20261127", "--workers", "2",
+            "--max-examples", "30", "--seed", "20261127",
+            # One worker: CPython 3.11 can fail compiling in two threads at once
+            # ("AST constructor recursion depth mismatch"), inside schemathesis.
+            "--workers", "1",
             "--phases", "examples,coverage,fuzzing",
             # Health checks judge data generation speed, not the API; a loaded CI box trips them.
             "--suppress-health-check", "all",
