@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.db import repo
 from syncsvc.db.models import Connection, LaunchAttempt, Tenant, new_id
 from syncsvc.errors import LaunchError, ReauthRequired, SyncsvcError, Transient
-from syncsvc.fhir.client import FhirClient
+from syncsvc.fhir.client import FhirClient, is_fhir_id
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
 from syncsvc.smart import oauth
@@ -284,6 +284,13 @@ async def _finish(
             f"{tenant.display_name} did not say which patient record was shared, so nothing "
             "was connected. Please start again and choose a record.",
             reason="no_patient",
+        )
+    if not is_fhir_id(tokens.patient):
+        # The id ends up in FHIR URLs; one that is not a FHIR id could steer the token elsewhere.
+        raise LaunchError(
+            f"{tenant.display_name} named the shared record with an invalid id, so nothing was "
+            "connected. The service operator has been told.",
+            reason="patient_id_invalid",
         )
     mismatch = _tenant_mismatch(tenant, tokens)
     connection = await _store_connection(services, exchange, mismatch, now)

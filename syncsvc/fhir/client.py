@@ -8,13 +8,15 @@ search instead (Cerner-style tenants are told apart by path, so even the same ho
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import unquote, urlencode, urlsplit
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from syncsvc.errors import SyncsvcError, Transient
 from syncsvc.http import BodyTooLarge, read_body
@@ -69,12 +71,44 @@ class Page:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+#: FHIR's id datatype (R4 2.24.0.2): also keeps path syntax out of URLs built from EHR data.
+FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+
+
+def is_fhir_id(value: str) -> bool:
+    """Whether ``value`` is a valid FHIR id (and no dot segment)."""
+    return bool(FHIR_ID.match(value)) and value not in (".", "..")
+
+
+def _ambiguous_path(raw_path: str) -> bool:
+    # A dot segment (plain or percent-encoded) or an encoded slash makes the path the HTTP client
+    # sends differ from the one checked here (it resolves them), so such URLs are refused.
+    lowered = raw_path.lower()
+    if "%2f" in lowered or "%5c" in lowered or "\\" in raw_path:
+        return True
+    return any(unquote(segment) in (".", "..") for segment in raw_path.split("/"))
+
+
 def is_under_base(url: str, base: str) -> bool:
-    """Whether ``url`` is under ``base``: same scheme, host and port, path below the base path."""
-    target, root = urlsplit(url), urlsplit(base)
-    if (target.scheme.lower(), target.netloc.lower()) != (root.scheme.lower(), root.netloc.lower()):
+    """Whether ``url`` is under ``base``: same scheme, host and port, path below the base path.
+
+    The comparison is made on the URL as the HTTP client will send it (normalised by yarl), and
+    URLs whose path could be read two ways are refused outright.
+    """
+    try:
+        target, root = URL(url), URL(base)
+    except (ValueError, TypeError):
         return False
-    if target.username or target.password:
+    if not target.is_absolute() or target.user or target.password:
+        return False
+    if _ambiguous_path(urlsplit(url).path):
+        return False
+    if (target.scheme.lower(), target.host, target.explicit_port or target.port) != (
+        root.scheme.lower(),
+        root.host,
+        root.explicit_port or root.port,
+    ):
         return False
     base_path = root.path.rstrip("/")
     return target.path == base_path or target.path.startswith(base_path + "/")
@@ -132,7 +166,9 @@ class FhirClient:
             raise Transient("The EHR answered with malformed JSON") from exc
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
-        """Read one resource by id."""
+        """Read one resource by id (ids come from the EHR: they are checked before use)."""
+        if not RESOURCE_TYPE.match(resource_type) or not is_fhir_id(resource_id):
+            raise Transient(f"Refusing to read a {resource_type[:40]} with a malformed id")
         doc, _ = await self.get(f"{self.base}/{resource_type}/{resource_id}")
         if not isinstance(doc, dict) or doc.get("resourceType") != resource_type:
             raise Transient(f"The EHR answered a {resource_type} read with something else")

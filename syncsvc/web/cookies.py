@@ -6,11 +6,14 @@ a leaked state) does not complete anything. ``syncsvc_session`` is a signed, exp
 host-app user a connect link was issued to, so a patient can retry or come back to their status
 page without a new link. Both are ``HttpOnly`` and ``SameSite=Lax`` (sent on the EHR's top-level
 redirect back, not on cross-site form posts), and ``Secure`` whenever the public URL is https.
+``syncsvc_form`` is the double-submit token of the forms that start a launch.
 """
 
 from __future__ import annotations
 
+import hmac
 import secrets
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -70,3 +73,53 @@ def start_session(request: web.Request, response: web.StreamResponse, user_id: s
     """Remember ``user_id`` in a signed session cookie."""
     token = request.app[SIGNER].sign("patient-session", {"uid": user_id})
     _set(response, request, SESSION_COOKIE, token, SESSION_SECONDS)
+
+
+FORM_COOKIE = "syncsvc_form"
+FORM_FIELD = "csrf"
+
+
+def form_token(request: web.Request) -> str:
+    """This browser's form token: the existing one, or a fresh one to set with ``keep_form_token``.
+
+    Forms that start a launch carry it in a hidden field and the browser holds it in a
+    ``SameSite=Strict`` cookie; another site can neither read the page's field nor plant the
+    cookie, so it cannot make a browser start a launch (for an account of its choosing) here.
+    """
+    value = request.cookies.get(FORM_COOKIE)
+    if value and 20 <= len(value) <= MAX_COOKIE_LENGTH:
+        return value
+    return secrets.token_urlsafe(24)
+
+
+def keep_form_token(request: web.Request, response: web.StreamResponse, value: str) -> None:
+    """Set the form-token cookie on ``response``."""
+    response.set_cookie(
+        FORM_COOKIE,
+        value,
+        max_age=SESSION_SECONDS,
+        path="/",
+        httponly=True,
+        samesite="Strict",
+        secure=request.app[SETTINGS].public_is_https,
+    )
+
+
+def form_is_ours(request: web.Request, presented: object) -> bool:
+    """Whether a POST came from one of our pages: same origin, and the form token matches."""
+    origin = request.headers.get("Origin")
+    if origin and origin != "null" and origin != _origin_of(request.app[SETTINGS].public_url):
+        return False
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return False
+    cookie = request.cookies.get(FORM_COOKIE)
+    return (
+        isinstance(presented, str)
+        and bool(cookie)
+        and hmac.compare_digest(presented.encode(), (cookie or "").encode())
+    )
+
+
+def _origin_of(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncsvc.fhir.client import is_under_base
+from syncsvc.fhir.client import is_fhir_id, is_under_base
 
 BASE = "https://fhir.example.com/r4/ec2458f2"
 
@@ -32,7 +32,23 @@ def test_urls_under_the_base_are_accepted(url: str) -> None:
         "https://fhir.example.com.evil.example/r4/ec2458f2/Observation",
         "https://user:pw@fhir.example.com/r4/ec2458f2/Observation",
         "/r4/ec2458f2/Observation",  # relative
+        # Dot segments and encoded slashes: checked as written, sent resolved to another tenant.
+        "https://fhir.example.com/r4/ec2458f2/../other/Observation",
+        "https://fhir.example.com/r4/ec2458f2/%2e%2e/other/Observation",
+        "https://fhir.example.com/r4/ec2458f2/%2E%2E/%2E%2E/r4/other/Patient/1",
+        "https://fhir.example.com/r4/ec2458f2/./Observation",
+        "https://fhir.example.com/r4/ec2458f2/Patient%2F..%2F..%2Fother",
     ],
 )
 def test_urls_outside_the_base_are_refused(url: str) -> None:
     assert not is_under_base(url, BASE)
+
+
+@pytest.mark.parametrize("value", ["12724066", "a-b.c", "X" * 64])
+def test_fhir_ids_are_accepted(value: str) -> None:
+    assert is_fhir_id(value)
+
+
+@pytest.mark.parametrize("value", ["", "..", ".", "../other/Patient/1", "a/b", "a%2Fb", "X" * 65])
+def test_ids_that_could_change_a_url_path_are_refused(value: str) -> None:
+    assert not is_fhir_id(value)

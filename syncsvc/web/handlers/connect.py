@@ -22,7 +22,11 @@ from syncsvc.keys import SESSIONMAKER, SIGNER
 from syncsvc.launch import LaunchOutcome, complete_launch, start_launch
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed
 from syncsvc.web.cookies import (
+    FORM_FIELD,
     browser_binding,
+    form_is_ours,
+    form_token,
+    keep_form_token,
     new_browser_binding,
     session_user,
     set_browser_binding,
@@ -88,8 +92,17 @@ async def connect_page(request: web.Request) -> web.Response:
             ),
         )
     tenants = await _tenants_for(request, tenant_name)
-    context = {"tenants": tenants, "link": token or "", "start_url": "/connect/start"}
-    return aiohttp_jinja2.render_template("connect.html", request, context)
+    csrf = form_token(request)
+    context = {
+        "tenants": tenants,
+        "link": token or "",
+        "start_url": "/connect/start",
+        "csrf_field": FORM_FIELD,
+        "csrf": csrf,
+    }
+    response = aiohttp_jinja2.render_template("connect.html", request, context)
+    keep_form_token(request, response, csrf)
+    return response
 
 
 async def _user_for_start(request: web.Request, token: object, tenant_name: str) -> str:
@@ -115,6 +128,16 @@ async def start(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > MAX_FORM_BYTES:
         return _error_page(request, LaunchError("The form was too large.", reason="form_too_large"))
     form = await request.post()
+    if not form_is_ours(request, form.get(FORM_FIELD)):
+        return _error_page(
+            request,
+            LaunchError(
+                "This request did not come from this service's own page. Open the link the "
+                "application gave you and press Connect there.",
+                reason="form_not_ours",
+            ),
+            status=403,
+        )
     tenant_name = form.get("tenant")
     if not isinstance(tenant_name, str) or not tenant_name:
         return _error_page(

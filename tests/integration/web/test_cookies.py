@@ -44,9 +44,14 @@ async def test_https_public_url_makes_every_cookie_secure(
                 session, app[SIGNER], settings, user_id="u-1", tenant_name="generic", now=now
             )
         token = link.url.split("link=", 1)[1]
+        async with http.get(f"{origin}/connect", params={"link": token}) as page:
+            assert page.status == 200
+            form_cookie = page.cookies["syncsvc_form"]
+            page_cookies = page.headers.getall("Set-Cookie")
         async with http.post(
             f"{origin}/connect/start",
-            data={"link": token, "tenant": "generic"},
+            data={"link": token, "tenant": "generic", "csrf": form_cookie.value},
+            headers={"Cookie": f"syncsvc_form={form_cookie.value}"},
             allow_redirects=False,
         ) as response:
             assert response.status == 303
@@ -55,8 +60,10 @@ async def test_https_public_url_makes_every_cookie_secure(
     finally:
         await runner.cleanup()
     assert {c.split("=", 1)[0] for c in cookies} == {"syncsvc_browser", "syncsvc_session"}
-    for cookie in cookies:
+    [form] = page_cookies
+    for cookie in [*cookies, form]:
         attributes = [part.strip().lower() for part in cookie.split(";")]
         assert "secure" in attributes
         assert "httponly" in attributes
-        assert "samesite=lax" in attributes
+        strict = cookie.startswith("syncsvc_form=")
+        assert ("samesite=strict" if strict else "samesite=lax") in attributes

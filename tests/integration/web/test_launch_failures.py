@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+import aiohttp
 from sqlalchemy import select, update
 
 from syncsvc.connect_links import issue_connect_link
 from syncsvc.db.models import Credential, LaunchAttempt, Tenant
 from syncsvc.keys import SESSIONMAKER, SIGNER
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
-from syncsvc.sandbox.patient import ScriptedPatient
+from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.web.flows import Flow
 
@@ -209,3 +210,30 @@ async def test_discovery_falls_back_to_the_capability_statement(
     connection = await flow.only_connection()
     assert connection.status == "active"
     assert connection.token_endpoint == flow.sandbox.urls(GENERIC_TENANT).token
+
+
+async def test_another_site_cannot_start_a_launch_with_its_own_link(
+    flow: Flow, http: aiohttp.ClientSession
+) -> None:
+    """Login CSRF: a page elsewhere posting an attacker's link gets nothing started."""
+    await flow.register(GENERIC_TENANT, name="generic")
+    link = await flow.link("attacker", tenant="generic")
+    token = link.split("link=", 1)[1]
+    start = f"{flow.service.origin}/connect/start"
+    form = {"link": token, "tenant": "generic"}
+    async with http.post(start, data=form, allow_redirects=False) as bare:
+        assert bare.status == 403
+        assert "form_not_ours" in await bare.text()
+    async with ScriptedPatient(username="nancysmart") as victim:
+        page = await victim.open(link)  # even with a real form token in the browser ...
+        [real] = [f for f in parse_forms(page.body) if "tenant" in f.fields]
+        async with victim.http.post(
+            start,
+            data=real.fields,
+            headers={"Origin": "https://attacker.example"},
+            allow_redirects=False,
+        ) as cross_site:
+            assert cross_site.status == 403  # ... a post from another origin is refused
+    async with flow.service.app[SESSIONMAKER]() as session:
+        attempts = list(await session.scalars(select(LaunchAttempt)))
+    assert attempts == []
