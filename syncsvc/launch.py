@@ -172,13 +172,16 @@ async def complete_launch(
     state = _single(query, "state")
     error = _single(query, "error")
     if error is not None:
-        await _record_ehr_error(services, state, browser_binding, now)
+        tenant = await _record_ehr_error(services, state, browser_binding, now)
         answer = OAuthError(
             error=error[:100],
             description=_single(query, "error_description"),
             error_uri=safe_error_uri(_single(query, "error_uri")),
         )
-        raise LaunchError(answer.explain(), reason=answer.reason, error_uri=answer.error_uri)
+        # The EHR's link is shown only for an answer to a launch this browser really started,
+        # and only on the EHR's own host: anyone can type a /callback URL with any link in it.
+        link = answer.error_uri if tenant is not None and _on_ehr_host(answer, tenant) else None
+        raise LaunchError(answer.explain(), reason=answer.reason, error_uri=link)
     if state is None:
         raise LaunchError(
             "The answer from your provider is missing its security check (state), so it cannot "
@@ -217,12 +220,21 @@ async def complete_launch(
     return outcome
 
 
+def _on_ehr_host(answer: OAuthError, tenant: Tenant) -> bool:
+    endpoints = tenant.endpoints or {}
+    hosts = {
+        urlsplit(str(endpoints.get(name) or "")).netloc.lower()
+        for name in ("authorization_endpoint", "token_endpoint")
+    }
+    return urlsplit(answer.error_uri or "").netloc.lower() in hosts - {""}
+
+
 async def _record_ehr_error(
     services: LaunchServices, state: str | None, browser_binding: str | None, now: dt.datetime
-) -> None:
-    """Use up the attempt the EHR's error answers, so its state cannot be replayed later."""
+) -> Tenant | None:
+    """Use up the attempt the EHR's error answers (no replay later); its tenant, if it was one."""
     if state is None or not browser_binding:
-        return
+        return None
     try:
         async with services.sessionmaker.begin() as session:
             attempt = await repo.consume_launch_attempt(
@@ -232,9 +244,10 @@ async def _record_ehr_error(
                 now=now,
             )
             await repo.set_launch_outcome(session, attempt.id, "ehr_error")
+            return await repo.get_tenant(session, attempt.tenant_id)
     except LaunchError:
         # The EHR's own error is what the patient must see; a stale state adds nothing.
-        return
+        return None
 
 
 async def _set_outcome(services: LaunchServices, attempt_id: str, outcome: str) -> None:
@@ -455,7 +468,9 @@ async def _upsert_connection(
         await session.flush()
     previous = await load_tokens(session, vault, connection.id)
     if store_tokens:
-        await save_tokens(session, vault, connection.id, tokens, previous=previous, now=now)
+        await save_tokens(
+            session, vault, connection.id, tokens, previous=previous, now=now, replace=True
+        )
     elif previous is not None:
         await repo.delete_credentials(session, connection.id)
     return connection

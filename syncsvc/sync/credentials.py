@@ -79,14 +79,17 @@ async def save_tokens(
     *,
     previous: StoredTokens | None,
     now: dt.datetime,
+    replace: bool = False,
 ) -> StoredTokens:
     """Store ``response`` merged over ``previous``; Conflict if the stored version moved on.
 
     ``previous=None`` creates the credential row (a launch); otherwise the write only succeeds
     if nobody wrote since ``previous`` was read. The caller commits this before using the new
     access token, so a crash right after the EHR rotated the refresh token loses nothing.
+    ``replace`` (a new launch) keeps nothing of ``previous``: a patient who consented again without
+    offline access must not have the old grant's refresh token kept alive.
     """
-    if response.refresh_token is not None:
+    if response.refresh_token is not None or replace:
         refresh_token: str | None = response.refresh_token
         refresh_expires_at = _refresh_expiry(response, now)
     else:

@@ -12,6 +12,7 @@ from syncsvc.db.models import Credential, LaunchAttempt, Tenant
 from syncsvc.keys import SESSIONMAKER, SIGNER
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
+from syncsvc.sync.credentials import load_tokens
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.web.flows import Flow
 
@@ -237,3 +238,40 @@ async def test_another_site_cannot_start_a_launch_with_its_own_link(
     async with flow.service.app[SESSIONMAKER]() as session:
         attempts = list(await session.scalars(select(LaunchAttempt)))
     assert attempts == []
+
+
+async def test_a_typed_error_callback_shows_no_link(flow: Flow) -> None:
+    """Anyone can type /callback?error=..&error_uri=..: without a real launch, no link is shown."""
+    await flow.register(GENERIC_TENANT, name="generic")
+    forged = (
+        f"{flow.service.callback}?error=access_denied&state=made-up"
+        "&error_uri=https%3A%2F%2Fphish.example%2Flogin"
+    )
+    async with ScriptedPatient(username="nancysmart") as victim:
+        page = await victim.open(forged)
+    assert page.status == 400
+    assert "You chose not to share your record" in page.body
+    assert "phish.example" not in page.body
+
+
+async def test_reconnecting_without_offline_access_drops_the_old_refresh_token(
+    flow: Flow, sandbox_config: SandboxConfig
+) -> None:
+    await flow.register(GENERIC_TENANT, name="generic")
+    assert (await flow.connect("nancysmart", tenant="generic")).status == 200
+    first = await flow.only_connection()
+    async with flow.service.app[SESSIONMAKER]() as session:
+        before = await load_tokens(session, flow.service.vault, first.id)
+    assert before is not None
+    assert before.refresh_token
+    # The patient consents again, this time without offline access.
+    policy = _tenant(sandbox_config, GENERIC_TENANT).policy
+    policy.trim_to = ["openid", "fhirUser", "launch/patient", "patient/Patient.read"]
+    assert (await flow.connect("nancysmart", tenant="generic")).status == 200
+    again = await flow.only_connection()
+    assert again.id == first.id
+    async with flow.service.app[SESSIONMAKER]() as session:
+        after = await load_tokens(session, flow.service.vault, again.id)
+    assert after is not None
+    assert after.refresh_token is None
+    assert again.next_refresh_at is None
