@@ -33,6 +33,7 @@ from syncsvc.revocations import (
     attempt,
     token_purpose,
 )
+from syncsvc.smart.oauth import bound_revocation_endpoint
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens
 from syncsvc.tenants import client_credentials
@@ -143,7 +144,9 @@ async def disconnect_connection(
         tokens_deleted = await repo.delete_credentials(session, connection_id)
         erased = await disconnect_repo.erase_synced_data(session, connection_id) if erase else 0
         kept = 0 if erase else sum((await count_resources(session, connection_id)).values())
-        endpoint = (tenant.endpoints or {}).get("revocation_endpoint")
+        endpoint = bound_revocation_endpoint(
+            (tenant.endpoints or {}).get("revocation_endpoint"), connection.token_endpoint
+        )
         to_revoke = _token_to_revoke(tokens, now)
         if to_revoke is not None and isinstance(endpoint, str) and endpoint:
             token, hint = to_revoke

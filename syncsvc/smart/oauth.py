@@ -14,6 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -292,3 +293,18 @@ async def revoke_token(
         raise Transient(
             f"The revocation endpoint could not be reached ({type(exc).__name__})"
         ) from exc
+
+
+def bound_revocation_endpoint(advertised: object, token_endpoint: str) -> str | None:
+    """The revocation endpoint to send a grant's token to, or None.
+
+    Only one on the same scheme and host as the token endpoint the grant came from: the
+    discovery document may have changed since the launch, and a refresh token must not travel
+    to a server that did not issue it.
+    """
+    if not isinstance(advertised, str) or not advertised:
+        return None
+    revoke, token = urlsplit(advertised), urlsplit(token_endpoint)
+    if (revoke.scheme, revoke.netloc.lower()) != (token.scheme, token.netloc.lower()):
+        return None
+    return advertised

@@ -29,7 +29,7 @@ from syncsvc.errors import Conflict, ReauthRequired, Transient
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
 from syncsvc.smart.client_auth import ClientCredentials
-from syncsvc.smart.oauth import TokenResponse, refresh_tokens
+from syncsvc.smart.oauth import TokenResponse, bound_revocation_endpoint, refresh_tokens
 from syncsvc.tenants import client_credentials
 from syncsvc.vault import Purpose
 
@@ -354,7 +354,13 @@ async def _orphaned(
 ) -> None:
     """Queue the token of a refresh whose connection was disconnected meanwhile for revocation."""
     tenant = await repo.get_tenant(session, snapshot.connection.tenant_id)
-    endpoint = (tenant.endpoints or {}).get("revocation_endpoint") if tenant else None
+    endpoint = (
+        bound_revocation_endpoint(
+            (tenant.endpoints or {}).get("revocation_endpoint"), snapshot.connection.token_endpoint
+        )
+        if tenant
+        else None
+    )
     if tenant is None or not isinstance(endpoint, str) or not endpoint:
         return
     token, hint, purpose = (

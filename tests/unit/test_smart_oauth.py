@@ -8,7 +8,13 @@ import orjson
 import pytest
 
 from syncsvc.errors import ReauthRequired, Transient
-from syncsvc.smart.oauth import authorize_url, classify_token_error, new_pkce, parse_token_response
+from syncsvc.smart.oauth import (
+    authorize_url,
+    bound_revocation_endpoint,
+    classify_token_error,
+    new_pkce,
+    parse_token_response,
+)
 from syncsvc.smart.vendor_errors import OAuthError, classify_fhir_failure, urn_from_error_uri
 
 CERNER_ERROR_URI = (
@@ -127,3 +133,23 @@ def test_cerner_tenant_mismatch_and_epic_insufficient_scope_are_recognised() -> 
     assert expired.kind == "invalid_token"
     throttled = classify_fhir_failure(429, None, "3", b"")
     assert (throttled.kind, throttled.retry_after) == ("throttled", 3.0)
+
+
+@pytest.mark.parametrize(
+    ("advertised", "expected"),
+    [
+        (
+            "https://auth.example/tenants/t/token/revoke",
+            "https://auth.example/tenants/t/token/revoke",
+        ),
+        ("https://elsewhere.example/revoke", None),  # discovery changed to another server
+        ("http://auth.example/revoke", None),  # scheme downgrade
+        (None, None),
+        ("", None),
+    ],
+)
+def test_revocation_goes_only_to_the_token_endpoints_host(
+    advertised: object, expected: str | None
+) -> None:
+    token_endpoint = "https://auth.example/tenants/t/token"
+    assert bound_revocation_endpoint(advertised, token_endpoint) == expected

@@ -84,6 +84,17 @@ class Gateway:
     #: Drop ``refresh_token`` from forwarded answers (an EHR that never repeats it).
     strip_refresh_token: bool = False
     hits: int = 0
+    #: Where ``/revoke`` on the gateway forwards (revocation must stay on the token host).
+    revoke_upstream: str = ""
+
+    async def revoke(self, request: web.Request) -> web.StreamResponse:
+        headers = {
+            k: request.headers[k] for k in ("Authorization", "Content-Type") if k in request.headers
+        }
+        async with self.http.post(
+            self.revoke_upstream, data=await request.read(), headers=headers
+        ) as upstream:
+            return web.Response(status=upstream.status, body=await upstream.read())
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.hits += 1
@@ -150,6 +161,7 @@ async def gateway(http: aiohttp.ClientSession) -> AsyncIterator[Gateway]:
     gate = Gateway(http)
     app = web.Application()
     app.router.add_post("/token", gate.handle)
+    app.router.add_post("/revoke", gate.revoke)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -800,6 +812,17 @@ async def test_a_disconnect_during_the_refresh_queues_the_new_token_for_revocati
     tenant.policy.refresh_mode = "rolling"
     cid = await connect(ctx, sandbox, GENERIC_TENANT)
     await through_gateway(ctx, cid, gateway)
+    # Revocation goes through the gateway too: it must be on the host the token came from.
+    gateway.revoke_upstream = sandbox.urls(GENERIC_TENANT).revoke
+    async with ctx.sessionmaker.begin() as session:
+        connection = await repo.get_connection(session, cid)
+        assert connection is not None
+        registered = await repo.get_tenant(session, connection.tenant_id)
+        assert registered is not None
+        registered.endpoints = {
+            **registered.endpoints,
+            "revocation_endpoint": gateway.url.replace("/token", "/revoke"),
+        }
     grant = next(iter(sandbox.state.grants.values()))
     # The EHR's revocation endpoint is down, so the disconnect's own revocation is only queued
     # and the refresh in flight goes through.
