@@ -67,10 +67,20 @@ _VALUE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*"), r"\1 " + REDACTED),
     # Credentials in URL query strings and form bodies: ?code=...&state=...
     (re.compile(rf"(?i)([?&;\s]|^)({_PARAMS})=[^&\s#\"']*"), r"\1\2=" + REDACTED),
-    # Credentials as JSON members inside text (an upstream body in an exception message).
+    # Credentials as JSON members inside text (an upstream body in an exception message), in
+    # JSON's double quotes or a Python repr's single quotes.
     (
         re.compile(rf"(?i)(\"({_PARAMS}|client_secret)\"\s*:\s*)\"[^\"]*\""),
         r"\1" + f'"{REDACTED}"',
+    ),
+    (
+        re.compile(rf"(?i)('({_PARAMS}|client_secret)'\s*:\s*)'[^']*'"),
+        r"\1" + f"'{REDACTED}'",
+    ),
+    # ``access_token: value`` in free text (YAML-ish error bodies).
+    (
+        re.compile(r"(?i)\b(access_token|refresh_token|id_token|client_secret)(\s*:\s+)[^\s,;]+"),
+        r"\1\2" + REDACTED,
     ),
 )
 #: Keys structlog itself uses; never masked even if a fragment matches.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -20,7 +21,12 @@ from syncsvc.db.models import AUTH_METHOD_NAMES, VENDORS, Tenant, new_id
 from syncsvc.errors import ConfigError, DiscoveryError
 from syncsvc.fhir.plans import plan_for
 from syncsvc.smart.client_auth import ClientCredentials
-from syncsvc.smart.discovery import SmartConfiguration, discover, normalise_base
+from syncsvc.smart.discovery import (
+    SmartConfiguration,
+    discover,
+    is_loopback_host,
+    normalise_base,
+)
 from syncsvc.vault import Purpose, Vault
 
 #: What syncsvc asks for when the operator names nothing: the patient's everyday record.
@@ -147,6 +153,10 @@ async def register_tenant(
     discovery result; the first launch discovers it then.
     """
     base = normalise_base(spec.fhir_base)
+    parts = urlsplit(base)
+    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
+        # Tokens travel to the base: in clear text only on this machine (the sandbox).
+        raise ConfigError(f"The FHIR base must use https: {base}")
     config = await discover(http, base) if run_discovery else None
     async with sessionmaker.begin() as session:
         existing = await repo.get_tenant_by_name(session, spec.name)

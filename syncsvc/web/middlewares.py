@@ -10,6 +10,7 @@ import structlog
 from aiohttp import web
 
 from syncsvc.errors import SyncsvcError
+from syncsvc.keys import SETTINGS
 
 from .problem import problem_from_error, problem_response
 
@@ -58,13 +59,23 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
-@web.middleware
-async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Headers every syncsvc answer carries; pages are never cached (they show patient data)."""
-    response = await handler(request)
+def _secure(request: web.Request, response: web.StreamResponse) -> None:
     for name, value in _SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     response.headers.setdefault("Cache-Control", "no-store")
+    if request.app[SETTINGS].public_is_https:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+
+
+@web.middleware
+async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Headers every syncsvc answer carries (error pages too); pages are never cached."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _secure(request, exc)
+        raise
+    _secure(request, response)
     return response
 
 

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
-from syncsvc.errors import DiscoveryError
+from syncsvc.errors import ConfigError, DiscoveryError
 from syncsvc.sandbox.server import RunningSandbox
-from syncsvc.tenants import DISCOVERY_TTL, fresh_configuration
+from syncsvc.tenants import DISCOVERY_TTL, TenantSpec, fresh_configuration, register_tenant
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.connected import register_sandbox_tenant
@@ -70,3 +70,16 @@ async def test_failed_rediscovery_keeps_the_last_good_document_and_records_why(
     stored.fhir_base = tenant.fhir_base
     with pytest.raises(DiscoveryError):
         await fresh_configuration(sessionmaker, http, stored, now=later)
+
+
+async def test_a_remote_base_without_https_is_refused(
+    sessionmaker: Sessionmaker, vault: Vault, http: aiohttp.ClientSession
+) -> None:
+    spec = TenantSpec(
+        name="plain",
+        fhir_base="http://fhir.example.org/r4/tenant",
+        client_id="c",
+        redirect_uri="https://sync.example.org/callback",
+    )
+    with pytest.raises(ConfigError, match="must use https"):
+        await register_tenant(sessionmaker, vault, http, spec, now=dt.datetime.now(dt.UTC))

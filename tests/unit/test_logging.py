@@ -131,3 +131,15 @@ def test_console_format_renders_and_redacts() -> None:
     assert "hello" in output
     assert "hidden" not in output
     assert OPAQUE not in output
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{'access_token': 'opaque-123', 'expires_in': 570}",  # a dict's repr
+        "access_token: opaque-123",
+        'answered {"refresh_token": "opaque-123"}',
+    ],
+)
+def test_tokens_inside_other_text_shapes_are_masked(text: str) -> None:
+    assert "opaque-123" not in redact_text(text)

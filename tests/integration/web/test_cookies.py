@@ -57,6 +57,12 @@ async def test_https_public_url_makes_every_cookie_secure(
             assert response.status == 303
             assert response.headers["Location"].startswith(sandbox.urls(GENERIC_TENANT).authorize)
             cookies = response.headers.getall("Set-Cookie")
+            assert response.headers["Strict-Transport-Security"] == "max-age=31536000"
+        async with http.get(f"{origin}/no-such-page", headers={"Accept": "text/html"}) as missing:
+            assert missing.status == 404
+            # Error pages carry the same headers as every other answer.
+            assert missing.headers["X-Frame-Options"] == "DENY"
+            assert "Strict-Transport-Security" in missing.headers
     finally:
         await runner.cleanup()
     assert {c.split("=", 1)[0] for c in cookies} == {"syncsvc_browser", "syncsvc_session"}
