@@ -4,17 +4,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-import aiohttp
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo, resource_repo
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
-from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.pull import pull_connection
-from syncsvc.vault import Vault
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.connected import connect_patient, register_sandbox_tenant
 
@@ -30,23 +26,6 @@ def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
     for tenant in sandbox_config.tenants:
         tenant.patients[0].sizes = {"Condition": 25, "Observation": 250, "Goal": 4}
     return sandbox_config
-
-
-@pytest.fixture
-def ctx(
-    settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    vault: Vault,
-    http: aiohttp.ClientSession,
-) -> SyncContext:
-    """A sync context on this test's database."""
-    return SyncContext(settings, sessionmaker, vault, http)
-
-
-@pytest.fixture
-def admin(sandbox: RunningSandbox, http: aiohttp.ClientSession) -> SandboxAdmin:
-    """The sandbox's admin API."""
-    return SandboxAdmin(sandbox, http)
 
 
 async def _connected(

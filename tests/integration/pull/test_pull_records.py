@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
-import aiohttp
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo, resource_repo
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
-from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.pull import pull_connection
-from syncsvc.vault import Vault
+from syncsvc.tenants import DEFAULT_RESOURCE_TYPES
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
 from tests.integration.connected import connect_patient, register_sandbox_tenant
 
@@ -27,23 +24,6 @@ def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
     for tenant in sandbox_config.tenants:
         tenant.patients[0].sizes = {"Observation": 450, "Condition": 30}
     return sandbox_config
-
-
-@pytest.fixture
-def ctx(
-    settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    vault: Vault,
-    http: aiohttp.ClientSession,
-) -> SyncContext:
-    """A sync context on this test's database."""
-    return SyncContext(settings, sessionmaker, vault, http)
-
-
-@pytest.fixture
-def admin(sandbox: RunningSandbox, http: aiohttp.ClientSession) -> SandboxAdmin:
-    """The sandbox's admin API."""
-    return SandboxAdmin(sandbox, http)
 
 
 async def _connected(
@@ -69,20 +49,7 @@ async def test_a_first_pull_stores_every_granted_type_in_full(
 
     assert summary.outcome == "ok", summary
     rows = await stored(ctx, connection_id)
-    assert set(summary.types) == {
-        "Patient",
-        "AllergyIntolerance",
-        "Condition",
-        "Observation",
-        "MedicationRequest",
-        "Immunization",
-        "Procedure",
-        "Encounter",
-        "DiagnosticReport",
-        "DocumentReference",
-        "CarePlan",
-        "Goal",
-    }
+    assert set(summary.types) == set(DEFAULT_RESOURCE_TYPES)
     for resource_type, result in summary.types.items():
         assert result.status == "ok"
         assert result.mode == "full"
