@@ -28,6 +28,16 @@ AUTH_METHODS = ("public", "client_secret_basic", "client_secret_post", "private_
 VENDORS = ("cerner", "epic", "generic")
 
 
+def client_secret_of(args: argparse.Namespace) -> str | None:
+    """The client secret from ``--client-secret`` or ``--client-secret-file`` (first line)."""
+    if getattr(args, "client_secret_file", None) is not None:
+        # A file keeps the secret out of the process list and the shell's history.
+        lines = args.client_secret_file.read_text(encoding="utf-8").splitlines()
+        return lines[0].strip() if lines and lines[0].strip() else None
+    secret: str | None = args.client_secret
+    return secret
+
+
 def tenant_summary(tenant: Tenant, connections: int | None = None) -> dict[str, Any]:
     """What an operator sees of a tenant (never a secret: only whether one is set)."""
     endpoints = tenant.endpoints or {}
@@ -112,6 +122,7 @@ def _add(args: argparse.Namespace) -> int:
     try:
         private_key = args.private_key.read_text(encoding="utf-8") if args.private_key else None
         plans = json.loads(args.plans.read_text(encoding="utf-8")) if args.plans else None
+        args.client_secret = client_secret_of(args)
     except OSError as exc:
         return fail("tenants add", f"cannot read {exc.filename}: {exc.strerror}", EXIT_USAGE)
     except ValueError as exc:
@@ -230,8 +241,11 @@ def _import(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         report = read_endpoint_file(args.file)
+        args.client_secret = client_secret_of(args)
     except SyncsvcError as exc:
         return fail("tenants import", exc.message, EXIT_USAGE)
+    except OSError as exc:
+        return fail("tenants import", f"cannot read {exc.filename}: {exc.strerror}", EXIT_USAGE)
     total = len(report.endpoints)
     print(f"{args.file}: {report.format} bundle, {total} endpoints", file=sys.stderr)
 
@@ -281,7 +295,10 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add.add_argument("--base", required=True, help="the FHIR base URL (also the aud)")
     add.add_argument("--client-id", required=True)
     secret = add.add_mutually_exclusive_group()
-    secret.add_argument("--client-secret", help="for client_secret_basic/_post")
+    secret.add_argument(
+        "--client-secret", help="for client_secret_basic/_post (visible to `ps`: prefer the file)"
+    )
+    secret.add_argument("--client-secret-file", type=Path, help="file holding the client secret")
     secret.add_argument("--private-key", type=Path, help="PEM file, for private_key_jwt")
     add.add_argument("--key-id", help="kid of the private key in the served JWKS")
     add.add_argument("--auth-method", choices=AUTH_METHODS, help="default: from the secret given")
@@ -327,7 +344,9 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     imports.add_argument("file", type=Path)
     imports.add_argument("--client-id", required=True, help="syncsvc's client id at these EHRs")
     imports.add_argument("--auth-method", choices=AUTH_METHODS[:3], default="public")
-    imports.add_argument("--client-secret")
+    import_secret = imports.add_mutually_exclusive_group()
+    import_secret.add_argument("--client-secret")
+    import_secret.add_argument("--client-secret-file", type=Path)
     imports.add_argument("--redirect-uri")
     imports.add_argument("--discover", action="store_true", help="run discovery for each now")
     imports.add_argument("--json", action="store_true")

@@ -7,8 +7,10 @@ from pathlib import Path
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from syncsvc.db import repo
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
+from syncsvc.tenants import client_credentials
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc
@@ -145,3 +147,25 @@ async def test_tenants_add_takes_query_plan_overrides(
     )  # fmt: skip
     assert refused.code == 1
     assert "plan overrides are not valid" in refused.stderr
+
+
+async def test_tenants_add_reads_the_client_secret_from_a_file(
+    settings: Settings, sandbox: RunningSandbox, sessionmaker: Sessionmaker, tmp_path: Path
+) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("sandbox-secret\n", encoding="utf-8")
+    added = await syncsvc(
+        settings,
+        "tenants", "add", "--name", "cerner", "--base", sandbox.urls(CERNER_TENANT).fhir_base,
+        "--client-id", "syncsvc-confidential", "--client-secret-file", str(secret_file), "--json",
+    )  # fmt: skip
+    assert added.code == 0, added.stderr
+    summary = added.json()
+    assert isinstance(summary, dict)
+    assert summary["auth_method"] == "client_secret_basic"
+    assert summary["client_secret_set"] is True
+    assert "sandbox-secret" not in added.stdout + added.stderr
+    async with sessionmaker() as session:
+        tenant = await repo.get_tenant_by_name(session, "cerner")
+    assert tenant is not None
+    assert client_credentials(Vault(settings.vault_keys), tenant).secret == "sandbox-secret"
