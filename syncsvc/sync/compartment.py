@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from syncsvc.fhir.client import is_under_base
+
 #: Where each type names its patient, in the order to look (FHIR R4 patient compartment).
 _PATIENT_FIELDS: dict[str, tuple[str, ...]] = {
     "Observation": ("subject",),
@@ -32,8 +34,16 @@ _PATIENT_FIELDS: dict[str, tuple[str, ...]] = {
 _DEFAULT_FIELDS = ("subject", "patient")
 
 
-def _reference_ids(value: Any) -> list[str]:
-    """Patient ids named by a Reference (relative ``Patient/x`` or absolute ``.../Patient/x``)."""
+#: Stands for a patient reference on another server: never equal to a patient id.
+FOREIGN = "\x00foreign"
+
+
+def _reference_ids(value: Any, base: str | None) -> list[str]:
+    """Patient ids named by a Reference (relative ``Patient/x`` or absolute ``.../Patient/x``).
+
+    An absolute reference counts only under ``base`` (when given): ``Patient/x`` on another
+    server is another patient, whatever its id.
+    """
     if not isinstance(value, dict):
         return []
     reference = value.get("reference")
@@ -42,12 +52,15 @@ def _reference_ids(value: Any) -> list[str]:
     path = reference.split("?", 1)[0].split("/_history/", 1)[0].rstrip("/")
     parts = path.split("/")
     if len(parts) >= 2 and parts[-2] == "Patient" and parts[-1]:
+        absolute = "://" in reference
+        if absolute and base is not None and not is_under_base(path, base):
+            return [FOREIGN]
         return [parts[-1]]
     return []
 
 
-def belongs_to_patient(resource: dict[str, Any], patient_id: str) -> bool:
-    """Whether ``resource`` is in the patient compartment of ``patient_id``."""
+def belongs_to_patient(resource: dict[str, Any], patient_id: str, base: str | None = None) -> bool:
+    """Whether ``resource`` is in the patient compartment of ``patient_id`` (at ``base``)."""
     resource_type = resource.get("resourceType")
     if resource_type == "Patient":
         return resource.get("id") == patient_id
@@ -56,7 +69,7 @@ def belongs_to_patient(resource: dict[str, Any], patient_id: str) -> bool:
     fields = _PATIENT_FIELDS.get(resource_type, _DEFAULT_FIELDS)
     found: list[str] = []
     for name in fields:
-        found.extend(_reference_ids(resource.get(name)))
+        found.extend(_reference_ids(resource.get(name), base))
     # Every patient reference must be this patient: one foreign reference is enough to refuse.
     return bool(found) and all(pid == patient_id for pid in found)
 

@@ -501,14 +501,21 @@ async def _fetch_and_store(
             if plan.resource_type == "Patient":
                 # The Patient is read by id: a search would need a parameter vendors spell apart.
                 resource = await client.read("Patient", connection.patient_id)
-                await keep(prepare_page([resource], "Patient", connection.patient_id))
+                await keep(
+                    prepare_page([resource], "Patient", connection.patient_id, connection.fhir_base)
+                )
             else:
                 for params in plan.type_plan.searches(connection.patient_id):
                     if plan.since is not None:
                         params["_lastUpdated"] = f"gt{_instant(plan.since)}"
                     async for page in client.search(plan.resource_type, params):
                         await keep(
-                            prepare_page(page.resources, plan.resource_type, connection.patient_id)
+                            prepare_page(
+                                page.resources,
+                                plan.resource_type,
+                                connection.patient_id,
+                                connection.fhir_base,
+                            )
                         )
         finally:
             # Stored pages are kept (and counted) whatever ended the fetching.

@@ -120,9 +120,15 @@ def _parse_instant(value: Any) -> dt.datetime | None:
 
 
 def prepare_page(
-    resources: Iterable[dict[str, Any]], resource_type: str, patient_id: str
+    resources: Iterable[dict[str, Any]],
+    resource_type: str,
+    patient_id: str,
+    base: str | None = None,
 ) -> PreparedPage:
-    """Guard and canonicalise a page's resources; the same id twice keeps the last one."""
+    """Guard and canonicalise a page's resources; the same id twice keeps the last one.
+
+    ``base`` is the connection's FHIR base: absolute patient references must be under it.
+    """
     page = PreparedPage(resource_type)
     by_id: dict[str, Prepared] = {}
     newest: dt.datetime | None = None
@@ -131,7 +137,7 @@ def prepare_page(
         if (
             identity is None
             or identity[0] != resource_type
-            or not belongs_to_patient(resource, patient_id)
+            or not belongs_to_patient(resource, patient_id, base)
         ):
             page.rejected.append(_describe(resource))
             continue

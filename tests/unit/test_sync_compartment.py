@@ -52,3 +52,26 @@ def test_identity_needs_a_type_and_a_valid_id() -> None:
     assert resource_identity({"resourceType": "Goal"}) is None
     assert resource_identity({"resourceType": "Goal", "id": "x" * 65}) is None
     assert resource_identity({"resourceType": "Goal", "id": 5}) is None
+
+
+BASE = "https://fhir.example.org/r4/tenant-a"
+
+
+@pytest.mark.parametrize(
+    ("reference", "belongs"),
+    [
+        ("Patient/12724066", True),
+        (f"{BASE}/Patient/12724066", True),
+        ("https://other.example.org/r4/tenant-b/Patient/12724066", False),  # same id elsewhere
+        (f"{BASE}/../tenant-b/Patient/12724066", False),
+    ],
+)
+def test_absolute_patient_references_count_only_under_the_connections_base(
+    reference: str, belongs: bool
+) -> None:
+    resource = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "subject": {"reference": reference},
+    }
+    assert belongs_to_patient(resource, "12724066", BASE) is belongs
