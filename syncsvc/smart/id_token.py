@@ -95,6 +95,13 @@ def validate_id_token(
             "The EHR's identity token was issued for another application.",
             reason="id_token_aud",
         )
+    # OpenID Connect Core 3.1.3.7: with several audiences, the authorized party must be us.
+    authorized = claims.get("azp")
+    if (len(audiences) > 1 or authorized is not None) and authorized != client_id:
+        raise LaunchError(
+            "The EHR's identity token was issued to another application.",
+            reason="id_token_azp",
+        )
     fhir_user = claims.get("fhirUser") or claims.get("profile")
     return IdTokenClaims(
         subject=str(claims["sub"]),
