@@ -28,10 +28,10 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db.leases import claim_rows
+from syncsvc.db.leases import claim_rows, lease_free
 from syncsvc.db.models import Connection, WebhookDelivery, new_id
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
@@ -176,7 +176,7 @@ def _due(now: dt.datetime) -> Any:
         WebhookDelivery.delivered_at.is_(None),
         WebhookDelivery.next_attempt_at.is_not(None),
         WebhookDelivery.next_attempt_at <= now,
-        or_(WebhookDelivery.lease_until.is_(None), WebhookDelivery.lease_until <= now),
+        lease_free(WebhookDelivery.lease_until, now),
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData
+from sqlalchemy import CursorResult, DateTime, MetaData
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeDecorator
@@ -53,3 +53,9 @@ class Base(DeclarativeBase):
     """Base class of every model."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def rowcount(result: Any) -> int:
+    """Rows a DML statement changed (its result is always a ``CursorResult``)."""
+    assert isinstance(result, CursorResult)  # noqa: S101 - DML always yields a CursorResult
+    return result.rowcount

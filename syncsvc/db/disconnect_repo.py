@@ -14,21 +14,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, delete, or_, select, update
+from sqlalchemy import and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .leases import claim_rows
+from .base import rowcount
+from .leases import claim_rows, lease_free
 from .models import PendingRevocation, Resource, ResourceHistory, SyncRun, SyncState
-
-
-def _rowcount(result: Any) -> int:
-    assert isinstance(result, CursorResult)  # noqa: S101 - DML always yields a CursorResult
-    return result.rowcount
 
 
 async def erase_synced_data(session: AsyncSession, connection_id: str) -> int:
     """Delete a connection's resources, history, sync states and runs; returns resources deleted."""
-    erased = _rowcount(
+    erased = rowcount(
         await session.execute(delete(Resource).where(Resource.connection_id == connection_id))
     )
     for model in (ResourceHistory, SyncState, SyncRun):
@@ -84,7 +80,7 @@ async def pending_revocations_of(
 def _claimable(now: dt.datetime) -> Any:
     return and_(
         PendingRevocation.next_attempt_at <= now,
-        or_(PendingRevocation.lease_until.is_(None), PendingRevocation.lease_until <= now),
+        lease_free(PendingRevocation.lease_until, now),
     )
 
 
@@ -112,7 +108,7 @@ async def delete_pending_revocation(session: AsyncSession, revocation_id: str, o
             PendingRevocation.id == revocation_id, PendingRevocation.lease_owner == owner
         )
     )
-    return _rowcount(result) == 1
+    return rowcount(result) == 1
 
 
 async def reschedule_pending_revocation(
@@ -137,4 +133,4 @@ async def reschedule_pending_revocation(
         )
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(result) == 1
+    return rowcount(result) == 1

@@ -14,13 +14,18 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, select, update
+from sqlalchemy import ColumnElement, Select, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from .base import Base
 
 T = TypeVar("T", bound=Base)
+
+
+def lease_free(lease_until: InstrumentedAttribute[Any], now: dt.datetime) -> ColumnElement[bool]:
+    """Nobody holds an unexpired lease (an expired one is a crashed worker's, free to take)."""
+    return or_(lease_until.is_(None), lease_until <= now)
 
 
 async def claim_rows(

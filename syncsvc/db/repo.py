@@ -12,23 +12,19 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, CursorResult, and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.errors import Conflict, LaunchError, NotFound
 
-from .leases import claim_rows
+from .base import rowcount
+from .leases import claim_rows, lease_free
 from .models import Connection, ConnectLink, Credential, LaunchAttempt, Tenant, new_id
 
 
 def _dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
-
-
-def _rowcount(result: Any) -> int:
-    assert isinstance(result, CursorResult)  # noqa: S101 - DML always yields a CursorResult
-    return result.rowcount
 
 
 # --- tenants ---------------------------------------------------------------------------------
@@ -82,7 +78,7 @@ async def update_tenant(
 async def delete_tenant(session: AsyncSession, tenant_id: str) -> bool:
     """Delete a tenant without connections; returns whether one was deleted."""
     result = await session.execute(delete(Tenant).where(Tenant.id == tenant_id))
-    return _rowcount(result) == 1
+    return rowcount(result) == 1
 
 
 # --- connections -----------------------------------------------------------------------------
@@ -189,7 +185,7 @@ async def set_connection_status(
             updated_at=now,
         )
     )
-    if _rowcount(result) != 1:
+    if rowcount(result) != 1:
         raise NotFound("No such connection.")
 
 
@@ -240,7 +236,7 @@ async def upsert_credentials(
             .values(connection_id=connection_id, version=1, **values)
             .on_conflict_do_nothing(index_elements=[Credential.connection_id])
         )
-        if _rowcount(await session.execute(statement)) != 1:
+        if rowcount(await session.execute(statement)) != 1:
             raise Conflict("Credentials already exist for this connection.")
         return 1
     result = await session.execute(
@@ -252,7 +248,7 @@ async def upsert_credentials(
         .values(version=expected_version + 1, **values)
         .execution_options(synchronize_session=False)
     )
-    if _rowcount(result) != 1:
+    if rowcount(result) != 1:
         raise Conflict("The credentials changed since they were read.")
     return expected_version + 1
 
@@ -317,7 +313,7 @@ async def consume_launch_attempt(
         .where(LaunchAttempt.state_hash == state_hash)
         .execution_options(populate_existing=True)
     )
-    if _rowcount(result) == 1 and attempt is not None:
+    if rowcount(result) == 1 and attempt is not None:
         return attempt
     if attempt is None:
         raise LaunchError(
@@ -349,7 +345,7 @@ async def set_launch_outcome(session: AsyncSession, attempt_id: str, outcome: st
 async def delete_expired_launch_attempts(session: AsyncSession, *, before: dt.datetime) -> int:
     """Remove attempts that expired before ``before``; returns how many."""
     result = await session.execute(delete(LaunchAttempt).where(LaunchAttempt.expires_at < before))
-    return _rowcount(result)
+    return rowcount(result)
 
 
 # --- connect links ---------------------------------------------------------------------------
@@ -401,7 +397,7 @@ async def consume_connect_link(
         .where(ConnectLink.id == link_id)
         .execution_options(populate_existing=True)
     )
-    if _rowcount(result) == 1 and link is not None:
+    if rowcount(result) == 1 and link is not None:
         return link
     check_connect_link(link, now)
     # Neither unknown nor used, so the guarded UPDATE found it expired.
@@ -436,7 +432,7 @@ def _due(now: dt.datetime) -> Any:
         Connection.status == "active",
         Connection.next_due_at <= now,
         or_(Connection.backoff_until.is_(None), Connection.backoff_until <= now),
-        or_(Connection.lease_until.is_(None), Connection.lease_until <= now),
+        lease_free(Connection.lease_until, now),
     )
 
 
@@ -495,7 +491,7 @@ async def renew_lease(
         .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(result) == 1
+    return rowcount(result) == 1
 
 
 async def release_lease(session: AsyncSession, connection_id: str, owner: str) -> bool:
@@ -506,7 +502,7 @@ async def release_lease(session: AsyncSession, connection_id: str, owner: str) -
         .values(lease_owner=None, lease_until=None)
         .execution_options(synchronize_session=False)
     )
-    return _rowcount(result) == 1
+    return rowcount(result) == 1
 
 
 async def delete_credentials(session: AsyncSession, connection_id: str) -> bool:
@@ -514,10 +510,10 @@ async def delete_credentials(session: AsyncSession, connection_id: str) -> bool:
     result = await session.execute(
         delete(Credential).where(Credential.connection_id == connection_id)
     )
-    return _rowcount(result) == 1
+    return rowcount(result) == 1
 
 
 async def delete_connection(session: AsyncSession, connection_id: str) -> bool:
     """Delete a connection; its tokens and synced data go with it (foreign keys cascade)."""
     result = await session.execute(delete(Connection).where(Connection.id == connection_id))
-    return _rowcount(result) == 1
+    return rowcount(result) == 1

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    CursorResult,
     Insert,
     String,
     Table,
@@ -28,6 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .base import rowcount
 from .models import Connection, Resource, ResourceCursor, ResourceHistory, SyncRun, SyncState
 
 #: Rows per upsert statement: PostgreSQL allows 32,767 bind parameters per statement and SQLite
@@ -71,11 +71,6 @@ _HISTORY_COLUMNS = (
 
 def _dialect(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
-
-
-def _rowcount(result: Any) -> int:
-    assert isinstance(result, CursorResult)  # noqa: S101 - DML always yields a CursorResult
-    return result.rowcount
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
@@ -337,7 +332,7 @@ async def flag_deleted(
     )
     params = [{"rid": rid, "new_seq": first + i} for i, rid in enumerate(resource_ids)]
     result = await session.execute(statement, params)
-    return _rowcount(result)
+    return rowcount(result)
 
 
 async def changes_since(
@@ -405,7 +400,7 @@ async def save_sync_state(
         .values(**values)
         .execution_options(synchronize_session=False)
     )
-    if _rowcount(result) == 0:
+    if rowcount(result) == 0:
         defaults: dict[str, Any] = {
             "new_count": 0,
             "changed_count": 0,
