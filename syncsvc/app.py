@@ -27,9 +27,9 @@ from syncsvc.sync.context import SyncContext
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
 from syncsvc.web.middlewares import (
+    add_security_headers,
     context_middleware,
     error_middleware,
-    security_headers_middleware,
 )
 from syncsvc.web.routes import setup_routes
 
@@ -101,12 +101,13 @@ def create_app(
         middlewares=[
             context_middleware,
             metrics.middleware,
-            security_headers_middleware,
             error_middleware,
         ],
         client_max_size=MAX_REQUEST_BYTES,
     )
     app[SETTINGS] = settings
+    # A signal, not a middleware: it also reaches streamed responses and error pages.
+    app.on_response_prepare.append(add_security_headers)
     app[METRICS] = metrics
     app[VAULT] = Vault.from_settings(settings)
     app[SIGNER] = Signer(settings.link_signing_key.reveal())

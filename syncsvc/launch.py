@@ -11,7 +11,6 @@ later. Every failure is a :class:`~syncsvc.errors.LaunchError` a patient can rea
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import secrets
@@ -21,7 +20,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import orjson
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -350,18 +348,6 @@ async def _check_identity(services: LaunchServices, exchange: _Exchange) -> None
     )
 
 
-def _token_claims(access_token: str) -> dict[str, Any]:
-    """The payload of a JWT access token, read without verification (diagnostics only)."""
-    parts = access_token.split(".")
-    if len(parts) != 3:
-        return {}
-    try:
-        payload = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, orjson.JSONDecodeError):
-        return {}
-    return payload if isinstance(payload, dict) else {}
-
-
 def _names_tenant(fhir_base: str, value: str) -> bool:
     """Whether a tenant id from the EHR is one of the base's path segments (Cerner: /r4/{id})."""
     segments = [s.lower() for s in urlsplit(fhir_base).path.split("/") if s]
@@ -372,7 +358,7 @@ def _tenant_mismatch(tenant: Tenant, tokens: oauth.TokenResponse) -> str | None:
     """The foreign tenant id the EHR issued this grant for, or None if nothing says so."""
     if tokens.tenant and not _names_tenant(tenant.fhir_base, tokens.tenant):
         return tokens.tenant
-    claims = _token_claims(tokens.access_token)
+    claims = oauth.jwt_payload(tokens.access_token)
     cerner = claims.get(CERNER_CLAIMS)
     for value in (claims.get("tenant"), cerner.get("tnt") if isinstance(cerner, dict) else None):
         if isinstance(value, str) and value and not _names_tenant(tenant.fhir_base, value):

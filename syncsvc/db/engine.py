@@ -75,6 +75,9 @@ def create_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
     else:
         # A connection broken by a database restart is replaced, not handed to a request.
         kwargs["pool_pre_ping"] = True
+    # Bound parameters hold patient ids, resource bodies and ciphertexts: never in error text,
+    # which reaches the logs with any unexpected database exception.
+    kwargs["hide_parameters"] = True
     engine = create_async_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)

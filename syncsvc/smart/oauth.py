@@ -98,17 +98,22 @@ class TokenResponse:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 
-def _jwt_expiry(token: str) -> float | None:
-    """``exp`` of a readable JWT access token (diagnostic: used only when expires_in is absent)."""
+def jwt_payload(token: str) -> dict[str, Any]:
+    """The payload of a JWT, read without verification (diagnostics only); {} if not a JWT."""
     parts = token.split(".")
     if len(parts) != 3:
-        return None
+        return {}
     try:
         payload = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
     except (ValueError, orjson.JSONDecodeError):
-        return None
-    exp = payload.get("exp") if isinstance(payload, dict) else None
-    return float(exp) if isinstance(exp, int | float) else None
+        return {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def _jwt_expiry(token: str) -> float | None:
+    """``exp`` of a readable JWT access token (diagnostic: used only when expires_in is absent)."""
+    exp = jwt_payload(token).get("exp")
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
 def parse_token_response(doc: Any, *, now: float | None = None) -> TokenResponse:

@@ -60,6 +60,7 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 def _secure(request: web.Request, response: web.StreamResponse) -> None:
+    # Pages are never cached: they show patient data.
     for name, value in _SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     response.headers.setdefault("Cache-Control", "no-store")
@@ -67,16 +68,9 @@ def _secure(request: web.Request, response: web.StreamResponse) -> None:
         response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
 
 
-@web.middleware
-async def security_headers_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Headers every syncsvc answer carries (error pages too); pages are never cached."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        _secure(request, exc)
-        raise
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer gets them, streamed ones and error pages too."""
     _secure(request, response)
-    return response
 
 
 @web.middleware

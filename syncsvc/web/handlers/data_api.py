@@ -388,9 +388,6 @@ async def serve_feed(
     response.content_type = NDJSON if query.ndjson else FHIR_JSON
     response.headers["X-Next-Cursor"] = cursor
     response.headers["X-Has-More"] = "true" if plan.has_more else "false"
-    # Middlewares cannot add headers to a response that is already streaming.
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Content-Type-Options"] = "nosniff"
     if plan.has_more:
         response.headers["Link"] = f'<{next_url}>; rel="next"'
     await response.prepare(request)

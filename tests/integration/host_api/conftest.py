@@ -48,6 +48,9 @@ async def read_page(client: aiohttp.ClientSession, path: str, **params: Any) -> 
     async with client.get(path, params=params) as response:
         body = await response.read()
         assert response.status == 200, body
+        # Streamed pages carry every security header too (patient data: never cached).
+        assert response.headers["Cache-Control"] == "no-store"
+        assert "default-src 'none'" in response.headers["Content-Security-Policy"]
         return Page(
             status=response.status,
             content_type=response.content_type,
