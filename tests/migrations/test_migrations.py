@@ -5,6 +5,8 @@ Both run on SQLite and PostgreSQL from an empty database, through Alembic's own 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
@@ -20,18 +22,37 @@ def _revisions() -> list[str]:
 
 
 async def _tables(url: str) -> set[str]:
+    return set(await _schema(url))
+
+
+def _describe(sync: Any) -> dict[str, tuple[set[str], set[str]]]:
+    inspector = inspect(sync)
+    return {
+        table: (
+            {column["name"] for column in inspector.get_columns(table)},
+            {str(index["name"]) for index in inspector.get_indexes(table)},
+        )
+        for table in inspector.get_table_names()
+        if table != "alembic_version"
+    }
+
+
+async def _schema(url: str) -> dict[str, tuple[set[str], set[str]]]:
+    """Every table with its column and index names."""
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
-            names = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+            return await connection.run_sync(_describe)
     finally:
         await engine.dispose()
-    return set(names) - {"alembic_version"}
 
 
 def test_one_head_and_a_linear_history() -> None:
     script = ScriptDirectory.from_config(migrate.alembic_config())
     assert len(script.get_heads()) == 1
+    for revision in script.walk_revisions():
+        assert not isinstance(revision.down_revision, tuple | list)  # no merge revisions
+        assert not revision.is_branch_point
     assert migrate.head_revision() == _revisions()[-1]
 
 
@@ -39,11 +60,15 @@ async def test_stairway(empty_db_url: str) -> None:
     """upgrade → downgrade → upgrade, one revision at a time: every downgrade really reverts."""
     assert await migrate.current_revision(empty_db_url) is None
     previous: str | None = None
+    before = await _schema(empty_db_url)
     for revision in _revisions():
         assert await migrate.upgrade(empty_db_url, revision) == revision
+        after = await _schema(empty_db_url)
         assert await migrate.downgrade(empty_db_url, previous or "base") == previous
+        assert await _schema(empty_db_url) == before  # the downgrade undid exactly this step
         assert await migrate.upgrade(empty_db_url, revision) == revision
-        previous = revision
+        assert await _schema(empty_db_url) == after
+        previous, before = revision, after
     assert await _tables(empty_db_url) == set(Base.metadata.tables)
     await migrate.downgrade(empty_db_url, "base")
     assert await _tables(empty_db_url) == set()

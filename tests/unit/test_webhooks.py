@@ -47,6 +47,8 @@ def test_signature_header_parsing() -> None:
     # A rotated secret: either v1 may match.
     rotated = f"{good},v1={'0' * 64}"
     assert verify_signature("s3cret", rotated, BODY, now=NOW)
+    valid_second = f"t={T},v1={'0' * 64},v1={good.split('v1=')[1]}"
+    assert verify_signature("s3cret", valid_second, BODY, now=NOW)
     # The timestamp is signed: moving it breaks the signature.
     moved = good.replace(f"t={T}", f"t={T + 1}")
     assert not verify_signature("s3cret", moved, BODY, now=NOW)

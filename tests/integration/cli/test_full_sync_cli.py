@@ -30,11 +30,25 @@ async def test_full_sync_shows_progress_per_type(
     assert misused.code == 2
     assert "--full needs --now" in misused.stderr
 
+    def goal_searches(since: int) -> list[str]:
+        log = list(sandbox.state.request_log)[since:]
+        return [e.url for e in log if "/Goal?" in e.url]
+
+    first = await syncsvc(settings, "connections", "sync", connection.id, "--now")
+    assert first.code == 0, first.stderr
+    seen = len(sandbox.state.request_log)
+    incremental = await syncsvc(settings, "connections", "sync", connection.id, "--now")
+    assert incremental.code == 0, incremental.stderr
+    assert all("_lastUpdated" in url for url in goal_searches(seen))  # after a first pull
+
+    seen = len(sandbox.state.request_log)
     done = await syncsvc(settings, "connections", "sync", connection.id, "--now", "--full")
     assert done.code == 0, done.stderr
+    full = goal_searches(seen)
+    assert full
+    assert not any("_lastUpdated" in url for url in full)  # --full really pulls in full
     report = done.json()
     assert isinstance(report, dict)
     assert report["sync"] == {"ok": 1}
-    assert "  Patient: ok, 1 new" in done.stderr
+    assert "  Patient: ok, " in done.stderr
     assert "  Goal: ok, " in done.stderr
-    assert "new" in done.stderr.split("  Goal: ok, ", 1)[1].splitlines()[0]
