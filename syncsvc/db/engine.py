@@ -46,11 +46,6 @@ def normalise_url(url: str | URL) -> URL:
     return parsed.set(drivername=driver)
 
 
-def is_sqlite(url: str | URL) -> bool:
-    """Whether ``url`` names a SQLite database."""
-    return normalise_url(url).get_backend_name() == "sqlite"
-
-
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     try:

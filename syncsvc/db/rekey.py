@@ -18,7 +18,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from syncsvc.vault import Purpose, Vault, key_id_of
 
-from .base import Base
+from .base import Base, rowcount
 from .models import Credential, LaunchAttempt, PendingRevocation, Tenant
 
 Progress = Callable[[str, int], None]
@@ -168,4 +168,4 @@ async def _rewrite_row(
         .values(**changes)
         .execution_options(synchronize_session=False)
     )
-    return int(getattr(result, "rowcount", 0) == 1)
+    return int(rowcount(result) == 1)

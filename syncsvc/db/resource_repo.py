@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import (
-    Insert,
     String,
     Table,
     and_,
@@ -24,16 +23,14 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import rowcount
 from .models import Connection, Resource, ResourceCursor, ResourceHistory, SyncRun, SyncState
 
-#: Rows per upsert statement: PostgreSQL allows 32,767 bind parameters per statement and SQLite
-#: 32,766; a resource row takes 11.
-UPSERT_CHUNK = 1_000
-#: Ids per ``IN (...)`` list, for the same limit.
+#: Ids per ``IN (...)`` list: PostgreSQL allows 32,767 bind parameters per statement and SQLite
+#: 32,766.
 IN_CHUNK = 5_000
 
 T = TypeVar("T")
@@ -203,17 +200,6 @@ async def copy_to_history(
         await session.execute(
             insert(ResourceHistory).from_select([*_HISTORY_COLUMNS, "replaced_at"], source)
         )
-
-
-def _upsert(dialect: str) -> Insert:
-    # Built on the Core table and executed with a list of parameter sets: compiled once and
-    # cached, where ``values([...])`` would be compiled again for every page.
-    table = RESOURCES
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
-    return statement.on_conflict_do_update(
-        index_elements=list(_KEY),
-        set_={name: statement.excluded[name] for name in _RESOURCE_COLUMNS if name not in _KEY},
-    )
 
 
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"

@@ -167,7 +167,8 @@ class ConnectionRun:
                     result.status,
                     health_class(result.error_class, result.error_message) or "refused",
                     resource_type=name,
-                    detail=result.error_message,
+                    # Not the EHR's own text: an OperationOutcome may name the patient.
+                    detail=f"The EHR's answer for {name} ended that type ({result.status}).",
                 )
         if summary.outcome in ("transient", "misbound", "reauth", "error"):
             error_class = health_class(summary.error_class, summary.error_message)
@@ -180,7 +181,7 @@ class ConnectionRun:
                     summary.outcome,
                     error_class,
                     resource_type=_stopped_type(summary),
-                    detail=summary.error_message,
+                    detail=f"The run ended {summary.outcome} ({error_class}).",
                 )
             else:
                 # Stood aside (the lease moved on): not a failure of the EHR, not a success.

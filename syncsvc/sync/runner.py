@@ -165,7 +165,6 @@ async def _close_run(
     connection_id: str,
     run: ConnectionRun,
     *,
-    failures: int,
     report: WorkReport,
 ) -> None:
     """One transaction: schedule the next pull (if this process still holds the lease), events."""
@@ -176,7 +175,8 @@ async def _close_run(
         if summary is not None and await _still_ours(ctx, session, connection_id):
             connection = await repo.get_connection(session, connection_id)
             if connection is not None:
-                _schedule_after_sync(ctx, connection, summary, failures)
+                # The count as stored now: a refresh during this run may have changed it.
+                _schedule_after_sync(ctx, connection, summary, connection.failure_count)
         report.events += await record_run(session, run, at=ctx.now())
         await _notify_host_app(ctx, session, connection_id, run)
 
@@ -250,7 +250,7 @@ async def work_connection(
     try:
         await _work(ctx, connection, report, run, leases=leases, pull=pull)
     finally:
-        await _close_run(ctx, connection.id, run, failures=connection.failure_count, report=report)
+        await _close_run(ctx, connection.id, run, report=report)
     if run.summary is not None:
         bound.debug("connection worked", outcome=run.summary.outcome)
 
