@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import bisect
 import hashlib
+import html
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,14 @@ _SNOMED = "http://snomed.info/sct"
 _RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 _CVX = "http://hl7.org/fhir/sid/cvx"
 _UCUM = "http://unitsofmeasure.org"
+_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+#: (Practitioner id, display) of the clinicians who sign results.
+_PERFORMERS = (
+    ("pr-4821", "Dana Whitfield, MD"),
+    ("pr-1177", "Omar Haddad, RN"),
+    ("pr-3090", "Lucia Ferreira, MD"),
+    ("pr-6634", "Central Laboratory Services"),
+)
 
 # (category, LOINC code, display, UCUM unit, low, high, decimals)
 _QUANTITY_OBSERVATIONS: tuple[tuple[str, str, str, str, float, float, int], ...] = (
@@ -361,7 +370,7 @@ def _concept(system: str, code: str, display: str) -> dict[str, Any]:
 def _observation(g: _Gen) -> dict[str, Any]:
     if g.rng.random() < 0.04:
         code, display = g.pick(_SMOKING_STATUS)
-        return {
+        smoking = {
             "status": "final",
             "category": [_concept(_OBS_CATEGORY, "social-history", "Social History")],
             "code": _concept(_LOINC, "72166-2", "Tobacco smoking status"),
@@ -370,24 +379,77 @@ def _observation(g: _Gen) -> dict[str, Any]:
             "issued": _iso_s(g.when + timedelta(minutes=5)),
             "valueCodeableConcept": _concept(_SNOMED, code, display),
         }
+        return _as_recorded(g, smoking, f"Tobacco smoking status: {display}")
     category, loinc, display, unit, low, high, decimals = g.pick(_QUANTITY_OBSERVATIONS)
     value = round(g.rng.uniform(low, high), decimals)
     category_display = {"vital-signs": "Vital Signs", "laboratory": "Laboratory"}.get(
         category, "Survey"
     )
-    return {
+    shown = _number(value, decimals)
+    # The normal range is the middle of the generated spread, so some values fall outside it.
+    margin = (high - low) * 0.15
+    normal_low, normal_high = _number(low + margin, decimals), _number(high - margin, decimals)
+    flag, flag_display = (
+        ("L", "Low")
+        if value < normal_low
+        else ("H", "High")
+        if value > normal_high
+        else ("N", "Normal")
+    )
+    quantity = {
         "status": "final",
         "category": [_concept(_OBS_CATEGORY, category, category_display)],
         "code": _concept(_LOINC, loinc, display),
         "subject": g.patient_ref,
         "effectiveDateTime": _iso_s(g.when),
         "issued": _iso_s(g.when + timedelta(minutes=30)),
-        "valueQuantity": {
-            "value": int(value) if decimals == 0 else value,
-            "unit": unit,
-            "system": _UCUM,
-            "code": unit,
-        },
+        "valueQuantity": _quantity(shown, unit),
+        "interpretation": [_concept(_INTERPRETATION, flag, flag_display)],
+        "referenceRange": [
+            {
+                "low": _quantity(normal_low, unit),
+                "high": _quantity(normal_high, unit),
+                "text": f"{normal_low}-{normal_high} {unit}",
+            }
+        ],
+    }
+    return _as_recorded(g, quantity, f"{display}: {shown} {unit} ({flag_display})")
+
+
+def _number(value: float, decimals: int) -> float:
+    rounded = round(value, decimals)
+    return int(rounded) if decimals == 0 else rounded
+
+
+def _quantity(value: float, unit: str) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "system": _UCUM, "code": unit}
+
+
+def _as_recorded(g: _Gen, body: dict[str, Any], summary: str) -> dict[str, Any]:
+    """``body`` with what EHRs add to a result: identifier, encounter, performer, narrative.
+
+    Real Observations weigh about 1.6 KB, most of it these elements; they are derived from the
+    resource's id and time (no random draw), so every other generated value stays the same.
+    """
+    encounter = hashlib.blake2b(f"{g.rid}:{g.when.date()}".encode(), digest_size=8).hexdigest()
+    performer = _PERFORMERS[g.index % len(_PERFORMERS)]
+    narrative = (
+        f'<div xmlns="http://www.w3.org/1999/xhtml"><p><b>{html.escape(summary)}</b></p>'
+        f"<p>Effective {body['effectiveDateTime']}, issued {body['issued']}, "
+        f"status {body['status']}.</p><p>Performed by {html.escape(performer[1])}.</p></div>"
+    )
+    return {
+        "text": {"status": "generated", "div": narrative},
+        "identifier": [
+            {
+                "use": "usual",
+                "system": f"urn:syncsvc:sandbox:{g.tenant.id}:observation",
+                "value": f"OBS-{g.rid}",
+            }
+        ],
+        **body,
+        "encounter": {"reference": f"Encounter/{encounter}"},
+        "performer": [{"reference": f"Practitioner/{performer[0]}", "display": performer[1]}],
     }
 
 
