@@ -9,9 +9,10 @@ canonical bytes as they were hashed.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     String,
@@ -27,7 +28,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import rowcount
-from .models import Connection, Resource, ResourceCursor, ResourceHistory, SyncRun, SyncState
+from .models import Connection, Resource, ResourceHistory, SyncRun, SyncState
 
 #: Ids per ``IN (...)`` list: PostgreSQL allows 32,767 bind parameters per statement and SQLite
 #: 32,766.
@@ -75,6 +76,22 @@ def _chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
         yield items[start : start + size]
 
 
+class ResourceRow(NamedTuple):
+    """One row of ``resources``, its fields in the table's column order (as the driver takes it)."""
+
+    connection_id: str
+    resource_type: str
+    resource_id: str
+    version_id: str | None
+    last_updated: dt.datetime | None
+    body: bytes
+    content_hash: str
+    seq: int
+    stored_at: dt.datetime
+    deleted_at: dt.datetime | None
+    deleted_reason: str | None
+
+
 @dataclass(frozen=True, slots=True)
 class StoredVersion:
     """What the write path needs to know about a stored resource to compare a new one."""
@@ -86,8 +103,13 @@ class StoredVersion:
 # --- resources -------------------------------------------------------------------------------
 
 
-def _pg_lookup(columns: Sequence[str]) -> str:
-    """PostgreSQL: ``columns`` of a connection's resources of one type with the ids ``:ids``.
+def _pg_lookup(
+    columns: Sequence[str], *, ids: str = ":ids", cid: str = ":cid", rtype: str = ":rtype"
+) -> str:
+    """PostgreSQL: ``columns`` of a connection's resources of one type with the ids ``ids``.
+
+    ``ids``, ``cid`` and ``rtype`` are the placeholders (named for SQLAlchemy, numbered for
+    the driver).
 
     One primary-key probe per id, whatever the planner knows: a ``LIMIT`` in a lateral subquery
     cannot be flattened into a join. Before a fresh table has statistics PostgreSQL plans
@@ -98,36 +120,40 @@ def _pg_lookup(columns: Sequence[str]) -> str:
     picked = ", ".join(f"r.{name}" for name in columns)
     # Column names are module constants; every value is bound.
     return (
-        f"SELECT {picked} FROM unnest(CAST(:ids AS VARCHAR[])) AS u(id) "  # noqa: S608
-        f"CROSS JOIN LATERAL (SELECT * FROM resources WHERE connection_id = :cid "
-        f"AND resource_type = :rtype AND resource_id = u.id LIMIT 1) AS r"
+        f"SELECT {picked} FROM unnest(CAST({ids} AS VARCHAR[])) AS u(id) "  # noqa: S608
+        f"CROSS JOIN LATERAL (SELECT * FROM resources WHERE connection_id = {cid} "
+        f"AND resource_type = {rtype} AND resource_id = u.id LIMIT 1) AS r"
     )
 
 
-_PG_STORED_VERSIONS = text(
-    _pg_lookup(("resource_id", "content_hash", "deleted_reason"))
-).bindparams(bindparam("ids", type_=postgresql.ARRAY(String())))
+# The write path's own queries go to the driver as they are (see _driver): they run for every
+# page, and through SQLAlchemy's aiosqlite adapter each costs four trips to the driver's thread,
+# every one waiting its turn on a busy event loop.
+_PG_STORED_VERSIONS = _pg_lookup(
+    ("resource_id", "content_hash", "deleted_reason"), ids="$1", cid="$2", rtype="$3"
+)
+_SQLITE_STORED_VERSIONS = (
+    "SELECT resource_id, content_hash, deleted_reason FROM resources "
+    "WHERE connection_id = ? AND resource_type = ? AND resource_id IN "
+)
 
 
 async def stored_versions(
     session: AsyncSession, connection_id: str, resource_type: str, resource_ids: Sequence[str]
 ) -> dict[str, StoredVersion]:
     """The stored hash and deletion flag of each of ``resource_ids`` that is stored."""
+    driver = await _driver(session)
     postgres = _dialect(session) == "postgresql"
     found: dict[str, StoredVersion] = {}
     for chunk in _chunks(resource_ids, IN_CHUNK):
         if postgres:
-            rows = await session.execute(
-                _PG_STORED_VERSIONS,
-                {"ids": list(chunk), "cid": connection_id, "rtype": resource_type},
+            rows = await driver.fetch(
+                _PG_STORED_VERSIONS, list(chunk), connection_id, resource_type
             )
         else:
-            rows = await session.execute(
-                select(Resource.resource_id, Resource.content_hash, Resource.deleted_reason).where(
-                    Resource.connection_id == connection_id,
-                    Resource.resource_type == resource_type,
-                    Resource.resource_id.in_(chunk),
-                )
+            marks = ", ".join("?" for _ in chunk)
+            rows = await driver.execute_fetchall(
+                f"{_SQLITE_STORED_VERSIONS}({marks})", (connection_id, resource_type, *chunk)
             )
         for resource_id, content_hash, deleted_reason in rows:
             found[str(resource_id)] = StoredVersion(
@@ -136,27 +162,37 @@ async def stored_versions(
     return found
 
 
+#: One statement whether or not the connection has written before, sent to the driver as it is:
+#: through SQLAlchemy's aiosqlite adapter a statement costs four trips to the driver's thread,
+#: each waiting its turn on a busy event loop, and this one runs for every page.
+_BUMP_CURSOR = (
+    "INSERT INTO resource_cursors (connection_id, last_seq) VALUES ({cid}, {count}) "
+    "ON CONFLICT (connection_id) DO UPDATE SET "
+    "last_seq = resource_cursors.last_seq + excluded.last_seq RETURNING last_seq"
+)
+_SQLITE_BUMP_CURSOR = _BUMP_CURSOR.format(cid="?", count="?")
+_PG_BUMP_CURSOR = _BUMP_CURSOR.format(cid="$1", count="$2")
+
+
 async def reserve_seqs(session: AsyncSession, connection_id: str, count: int) -> int:
     """Reserve ``count`` consecutive seqs of a connection; returns the first.
 
     The cursor row stays locked until the caller's transaction ends, so a connection's seqs
     become visible in order.
     """
-    bump = (
-        update(ResourceCursor)
-        .where(ResourceCursor.connection_id == connection_id)
-        .values(last_seq=ResourceCursor.last_seq + count)
-        .returning(ResourceCursor.last_seq)
-    )
-    last = await session.scalar(bump)
-    if last is None:
-        # First write of this connection. Two first writers would collide on the primary key
-        # and one transaction fails; the lease keeps that from happening in practice.
-        await session.execute(
-            insert(ResourceCursor).values(connection_id=connection_id, last_seq=count)
-        )
-        last = count
+    driver = await _driver(session)
+    if _dialect(session) == "postgresql":
+        last = await driver.fetchval(_PG_BUMP_CURSOR, connection_id, count)
+    else:
+        ((last,),) = await driver.execute_fetchall(_SQLITE_BUMP_CURSOR, (connection_id, count))
     return int(last) - count + 1
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The DBAPI driver's own connection (aiosqlite or asyncpg) in the session's transaction."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
 
 
 _HISTORY_INSERT = f"INSERT INTO resource_history ({', '.join(_HISTORY_COLUMNS)}, replaced_at) "
@@ -202,15 +238,29 @@ async def copy_to_history(
         )
 
 
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
-_TIME_COLUMNS = frozenset({"last_updated", "stored_at", "deleted_at"})
 _UPDATED = [name for name in _RESOURCE_COLUMNS if name not in _KEY]
-_SQLITE_UPSERT = (
-    f"INSERT INTO resources ({', '.join(_RESOURCE_COLUMNS)}) "  # noqa: S608 - module constants
-    f"VALUES ({', '.join('?' for _ in _RESOURCE_COLUMNS)}) "
-    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
-    + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+#: Rows per SQLite statement: 11 parameters each, well under SQLite's 32,766.
+SQLITE_ROWS_PER_STATEMENT = 500
+# Column names and placeholders only; every value is bound.
+_SQLITE_INSERT = f"INSERT INTO resources ({', '.join(_RESOURCE_COLUMNS)}) VALUES "  # noqa: S608
+_SQLITE_ROW = f"({', '.join('?' for _ in _RESOURCE_COLUMNS)})"
+_SQLITE_ON_CONFLICT = f" ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET " + ", ".join(
+    f"{name} = excluded.{name}" for name in _UPDATED
 )
+
+
+@functools.cache
+def _sqlite_upsert(count: int) -> str:
+    """An upsert of ``count`` rows in one statement (one text per count: the driver caches it).
+
+    One multi-row statement, not ``executemany``: the driver releases and retakes the GIL around
+    every step, and while the event loop's thread is busy each retake waits, which made a page's
+    write take several times its own cost. One statement is one step.
+    """
+    rows = ", ".join(_SQLITE_ROW for _ in range(count))
+    return _SQLITE_INSERT + rows + _SQLITE_ON_CONFLICT
+
+
 _PG_TYPES = {
     "connection_id": "varchar",
     "resource_type": "varchar",
@@ -233,39 +283,58 @@ _PG_UPSERT = (
 )
 
 
-def _sqlite_time(value: dt.datetime | None) -> str | None:
+def _sqlite_time(value: dt.datetime) -> str:
     # What UTCDateTime stores on SQLite: UTC without an offset, SQLAlchemy's text format.
-    if value is None:
-        return None
-    return value.astimezone(dt.UTC).strftime(_SQLITE_TIME)
+    # isoformat is about twice as fast as strftime; the slice drops the "+00:00".
+    return value.astimezone(dt.UTC).isoformat(" ", "microseconds")[:26]
 
 
-async def upsert_resources(session: AsyncSession, rows: Sequence[Mapping[str, Any]]) -> None:
+def _sqlite_rows(rows: Sequence[ResourceRow]) -> list[tuple[Any, ...]]:
+    """``rows`` with their times as SQLite text; a page's rows share ``stored_at``."""
+    texts: dict[dt.datetime, str] = {}
+
+    def text_of(value: dt.datetime | None) -> str | None:
+        if value is None:
+            return None
+        found = texts.get(value)
+        if found is None:
+            found = texts[value] = _sqlite_time(value)
+        return found
+
+    return [
+        (
+            cid,
+            rtype,
+            rid,
+            version,
+            text_of(updated),
+            body,
+            digest,
+            seq,
+            text_of(stored),
+            text_of(deleted),
+            reason,
+        )
+        for cid, rtype, rid, version, updated, body, digest, seq, stored, deleted, reason in rows
+    ]
+
+
+async def upsert_resources(session: AsyncSession, rows: Sequence[ResourceRow]) -> None:
     """Insert or overwrite resources, a page in one call.
 
-    Each row maps every column of ``resources``; the caller has already left out rows whose
-    content is unchanged, so nothing is rewritten needlessly. The statement goes to the driver
-    as it is, in the caller's transaction: on SQLite one ``executemany`` (one trip to the
-    driver's thread), on PostgreSQL one ``INSERT ... SELECT FROM unnest(...)`` with one array
-    per column (one round trip, encoded in C). Per-row work in Python is building the tuple.
+    The caller has already left out rows whose content is unchanged, so nothing is rewritten
+    needlessly. The statement goes to the driver as it is, in the caller's transaction: on
+    SQLite one ``executemany`` (one trip to the driver's thread), on PostgreSQL one ``INSERT
+    ... SELECT FROM unnest(...)`` with one array per column (one round trip, encoded in C).
     """
     if not rows:
         return
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver: Any = raw.driver_connection
+    driver = await _driver(session)
     if _dialect(session) == "postgresql":
-        columns = [[row[name] for row in rows] for name in _RESOURCE_COLUMNS]
-        await driver.execute(_PG_UPSERT, *columns)
+        await driver.execute(_PG_UPSERT, *(list(column) for column in zip(*rows, strict=True)))
         return
-    values = [
-        tuple(
-            _sqlite_time(row[name]) if name in _TIME_COLUMNS else row[name]
-            for name in _RESOURCE_COLUMNS
-        )
-        for row in rows
-    ]
-    await driver.executemany(_SQLITE_UPSERT, values)
+    for chunk in _chunks(_sqlite_rows(rows), SQLITE_ROWS_PER_STATEMENT):
+        await driver.execute(_sqlite_upsert(len(chunk)), [v for row in chunk for v in row])
 
 
 async def has_resources(session: AsyncSession, connection_id: str, resource_type: str) -> bool:

@@ -10,8 +10,7 @@ never stored.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -66,17 +65,30 @@ def belongs_to_patient(resource: dict[str, Any], patient_id: str, base: str | No
         return resource.get("id") == patient_id
     if not isinstance(resource_type, str):
         return False
-    fields = _PATIENT_FIELDS.get(resource_type, _DEFAULT_FIELDS)
-    found: list[str] = []
-    for name in fields:
-        found.extend(_reference_ids(resource.get(name), base))
-    # Every patient reference must be this patient: one foreign reference is enough to refuse.
-    return bool(found) and all(pid == patient_id for pid in found)
+    # Nearly every reference is written exactly so; it needs no parsing (this runs per resource).
+    relative = f"Patient/{patient_id}"
+    found = False
+    for name in _PATIENT_FIELDS.get(resource_type, _DEFAULT_FIELDS):
+        value = resource.get(name)
+        if value is None:
+            continue
+        if isinstance(value, dict) and value.get("reference") == relative:
+            found = True
+            continue
+        named = _reference_ids(value, base)
+        # Every patient reference must be this patient: one foreign reference is enough to refuse.
+        if any(pid != patient_id for pid in named):
+            return False
+        found = found or bool(named)
+    return found
 
 
-@dataclass(frozen=True)
-class Canonical:
-    """A resource as stored: canonical JSON bytes and their SHA-256."""
+class Canonical(NamedTuple):
+    """A resource as stored: canonical JSON bytes and their SHA-256.
+
+    A named tuple, not a frozen dataclass: one is made per stored resource, and a frozen
+    dataclass's ``__init__`` costs several times as much.
+    """
 
     body: bytes
     content_hash: str
@@ -85,7 +97,7 @@ class Canonical:
 def canonical(resource: dict[str, Any]) -> Canonical:
     """Canonical bytes (sorted keys) and hash, so an unchanged resource compares equal."""
     body = orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)
-    return Canonical(body=body, content_hash=hashlib.sha256(body).hexdigest())
+    return Canonical(body, hashlib.sha256(body).hexdigest())
 
 
 def resource_identity(resource: dict[str, Any]) -> tuple[str, str] | None:

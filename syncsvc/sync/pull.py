@@ -20,6 +20,7 @@ A 401 ``invalid_token`` gets one forced token from the token source and one retr
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import hashlib
@@ -110,6 +111,9 @@ RunOutcome = Literal["ok", "partial", "transient", "misbound", "reauth", "error"
 TypeStatus = Literal["ok", "denied", "error", "skipped", "incomplete"]
 Mode = Literal["full", "incremental", "none"]
 
+#: Pages of one pull waiting for the writer at most: enough to keep the event loop's thread busy
+#: preparing pages while the database writes, few enough to bound a pull's memory.
+PAGES_IN_FLIGHT = 3
 #: FHIR failure kinds that end only the type they happened on.
 _TYPE_ERRORS = frozenset({"bad_request", "forbidden", "not_found", "gone", "unexpected"})
 
@@ -457,9 +461,9 @@ async def _fetch_and_store(
 ) -> tuple[set[str], dt.datetime | None]:
     """Fetch every page of one type and store each; the ids seen and the newest lastUpdated.
 
-    Pages are pipelined: while the group writer commits page n, page n + 1 is fetched and
-    prepared. At most one page per pull waits for the writer, and it is settled before the next
-    is submitted, so pages are written in order and ``seen`` holds exactly the ids stored so far.
+    Pages are pipelined: while the group writer commits earlier pages, the next are fetched and
+    prepared. At most :data:`PAGES_IN_FLIGHT` pages of a pull wait for the writer, which writes
+    them in order; they are settled oldest first, so ``seen`` holds the ids of settled pages.
     """
     seen: set[str] = set()
     newest: dt.datetime | None = None
@@ -467,15 +471,14 @@ async def _fetch_and_store(
         first_time = not await resource_repo.has_resources(
             session, connection.id, plan.resource_type
         )
+    # Kept by the writer itself (it writes pages in order), so it is exact for every page.
+    stored_ids: set[str] | None = set() if first_time else None
     writer = group_writer(ctx.sessionmaker)
-    in_flight: tuple[asyncio.Future[Counts], PreparedPage] | None = None
+    in_flight: collections.deque[tuple[asyncio.Future[Counts], PreparedPage]] = collections.deque()
 
-    async def settle() -> None:
-        nonlocal in_flight, newest
-        if in_flight is None:
-            return
-        written, page = in_flight
-        in_flight = None
+    async def settle_oldest() -> None:
+        nonlocal newest
+        written, page = in_flight.popleft()
         counts = await written
         result.counts.add(counts)
         if page.rejected:
@@ -485,16 +488,26 @@ async def _fetch_and_store(
         if page.max_last_updated is not None and (newest is None or page.max_last_updated > newest):
             newest = page.max_last_updated
 
+    async def settle() -> None:
+        # Every page is awaited even after one failed, so none is left unretrieved.
+        failure: BaseException | None = None
+        while in_flight:
+            try:
+                await settle_oldest()
+            except Exception as exc:  # the first failure is raised once all are settled
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
     async def keep(page: PreparedPage) -> None:
-        nonlocal in_flight
-        await settle()
-        only_stored = seen if first_time else None
+        while len(in_flight) >= PAGES_IN_FLIGHT:
+            await settle_oldest()
         now = ctx.now()
 
         def write(session: AsyncSession) -> Awaitable[Counts]:
-            return store_page(session, connection.id, page, now=now, only_stored=only_stored)
+            return store_page(session, connection.id, page, now=now, stored_ids=stored_ids)
 
-        in_flight = (writer.submit(write), page)
+        in_flight.append((writer.submit(write), page))
 
     try:
         try:
