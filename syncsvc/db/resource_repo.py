@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
@@ -162,30 +162,44 @@ async def stored_versions(
     return found
 
 
-#: One statement whether or not the connection has written before, sent to the driver as it is:
-#: through SQLAlchemy's aiosqlite adapter a statement costs four trips to the driver's thread,
-#: each waiting its turn on a busy event loop, and this one runs for every page.
-_BUMP_CURSOR = (
-    "INSERT INTO resource_cursors (connection_id, last_seq) VALUES ({cid}, {count}) "
-    "ON CONFLICT (connection_id) DO UPDATE SET "
-    "last_seq = resource_cursors.last_seq + excluded.last_seq RETURNING last_seq"
+#: One statement for any number of connections, whether or not each has written before, sent to
+#: the driver as it is (see stored_versions). Ids are sorted, so concurrent writers lock cursor
+#: rows in one order.
+_CURSOR_UPSERT = (
+    " ON CONFLICT (connection_id) DO UPDATE SET "
+    "last_seq = resource_cursors.last_seq + excluded.last_seq RETURNING connection_id, last_seq"
 )
-_SQLITE_BUMP_CURSOR = _BUMP_CURSOR.format(cid="?", count="?")
-_PG_BUMP_CURSOR = _BUMP_CURSOR.format(cid="$1", count="$2")
+_SQLITE_BUMP_CURSORS = "INSERT INTO resource_cursors (connection_id, last_seq) VALUES "
+_PG_BUMP_CURSORS = (
+    "INSERT INTO resource_cursors (connection_id, last_seq) "  # noqa: S608 - constants only
+    "SELECT * FROM unnest($1::varchar[], $2::bigint[])" + _CURSOR_UPSERT
+)
+
+
+async def reserve_seqs_many(session: AsyncSession, counts: Mapping[str, int]) -> dict[str, int]:
+    """Reserve ``counts[c]`` consecutive seqs of each connection ``c``; the first of each.
+
+    The cursor rows stay locked until the caller's transaction ends, so a connection's seqs
+    become visible in order.
+    """
+    ids = sorted(counts)
+    if not ids:
+        return {}
+    driver = await _driver(session)
+    if _dialect(session) == "postgresql":
+        rows = await driver.fetch(_PG_BUMP_CURSORS, ids, [counts[cid] for cid in ids])
+    else:
+        marks = ", ".join("(?, ?)" for _ in ids)
+        rows = await driver.execute_fetchall(
+            _SQLITE_BUMP_CURSORS + marks + _CURSOR_UPSERT,
+            [value for cid in ids for value in (cid, counts[cid])],
+        )
+    return {str(cid): int(last) - counts[str(cid)] + 1 for cid, last in rows}
 
 
 async def reserve_seqs(session: AsyncSession, connection_id: str, count: int) -> int:
-    """Reserve ``count`` consecutive seqs of a connection; returns the first.
-
-    The cursor row stays locked until the caller's transaction ends, so a connection's seqs
-    become visible in order.
-    """
-    driver = await _driver(session)
-    if _dialect(session) == "postgresql":
-        last = await driver.fetchval(_PG_BUMP_CURSOR, connection_id, count)
-    else:
-        ((last,),) = await driver.execute_fetchall(_SQLITE_BUMP_CURSOR, (connection_id, count))
-    return int(last) - count + 1
+    """Reserve ``count`` consecutive seqs of one connection; returns the first."""
+    return (await reserve_seqs_many(session, {connection_id: count}))[connection_id]
 
 
 async def _driver(session: AsyncSession) -> Any:

@@ -46,6 +46,7 @@ from syncsvc.fhir.plans import TypePlan, plan_for, supports_last_updated
 from syncsvc.smart.scopes import covered_types
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens
+from syncsvc.sync.page_batch import PageBatch
 from syncsvc.sync.store import (
     REJECTED_SHOWN,
     Counts,
@@ -504,10 +505,12 @@ async def _fetch_and_store(
             await settle_oldest()
         now = ctx.now()
 
-        def write(session: AsyncSession) -> Awaitable[Counts]:
-            return store_page(session, connection.id, page, now=now, stored_ids=stored_ids)
+        def write(session: AsyncSession, batch: PageBatch) -> Awaitable[Counts]:
+            return store_page(
+                session, connection.id, page, now=now, stored_ids=stored_ids, batch=batch
+            )
 
-        in_flight.append((writer.submit(write), page))
+        in_flight.append((writer.submit_batched(write), page))
 
     try:
         try:

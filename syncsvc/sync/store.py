@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.db import resource_repo
 from syncsvc.db.models import RESOURCE_ID_LENGTH
 from syncsvc.sync.compartment import belongs_to_patient, canonical, resource_identity
+from syncsvc.sync.page_batch import PageBatch, PendingRow
 
 ENTERED_IN_ERROR = "entered-in-error"
 VANISHED = "vanished"
@@ -179,8 +180,12 @@ async def store_page(
     *,
     now: dt.datetime,
     stored_ids: set[str] | None = None,
+    batch: PageBatch | None = None,
 ) -> Counts:
     """Write a prepared page in the caller's transaction; returns what happened to each resource.
+
+    With ``batch`` the page's rows join the batch (written when it is flushed, in the same
+    transaction); without, they are written now.
 
     ``stored_ids``, when given, is every id of this type the connection has stored: the type
     had nothing before this run and these are the ids this run stored so far (this adds the
@@ -202,6 +207,8 @@ async def store_page(
         if ids
         else {}
     )
+    if batch is not None and ids:
+        stored = batch.overlay(connection_id, resource_type, ids, stored)
     writes: list[Prepared] = []
     replaced: list[str] = []
     for item in page.items:
@@ -227,28 +234,32 @@ async def store_page(
             counts.changed += 1
     if not writes:
         return counts
-    first_seq = await resource_repo.reserve_seqs(session, connection_id, len(writes))
     if replaced:
+        if batch is not None and batch.holds_any(connection_id, resource_type, replaced):
+            # History gets the version being replaced; it must be in the table to be copied.
+            await batch.flush(session)
         await resource_repo.copy_to_history(
             session, connection_id, resource_type, replaced, now=now
         )
-    rows = [
-        resource_repo.ResourceRow(
+    own = PageBatch() if batch is None else batch
+    for item in writes:
+        deleted = item.entered_in_error
+        own.add(
             connection_id,
             resource_type,
             item.resource_id,
-            item.version_id,
-            item.last_updated,
-            item.body,
-            item.content_hash,
-            first_seq + offset,
-            now,
-            now if item.entered_in_error else None,
-            ENTERED_IN_ERROR if item.entered_in_error else None,
+            PendingRow(
+                item.version_id,
+                item.last_updated,
+                item.body,
+                item.content_hash,
+                now,
+                now if deleted else None,
+                ENTERED_IN_ERROR if deleted else None,
+            ),
         )
-        for offset, item in enumerate(writes)
-    ]
-    await resource_repo.upsert_resources(session, rows)
+    if batch is None:
+        await own.flush(session)
     return counts
 
 
@@ -270,8 +281,10 @@ async def flag_vanished(
 
 @dataclass
 class _Unit:
-    work: Work
+    work: Callable[..., Awaitable[Any]]
     done: asyncio.Future[Any]
+    #: Called with the group's :class:`PageBatch` too; see :meth:`GroupWriter.submit_batched`.
+    batched: bool = False
 
 
 class GroupWriter:
@@ -279,7 +292,9 @@ class GroupWriter:
 
     Units run in the order they were submitted, so a pull's pages are written in page order. A
     failing unit fails its group; the group is then retried unit by unit, so only the failing
-    unit's submitter sees the error.
+    unit's submitter sees the error. Page writes share the group's :class:`PageBatch`, which is
+    flushed before any other unit runs and before the commit, so every unit sees what the
+    units before it wrote.
     """
 
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
@@ -292,11 +307,19 @@ class GroupWriter:
 
     def submit(self, work: Callable[[AsyncSession], Awaitable[T]]) -> asyncio.Future[T]:
         """Queue ``work`` (called with the group's session); its result arrives in the future."""
-        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Unit(work, done))
+        return self._queue(_Unit(work, asyncio.get_running_loop().create_future()))
+
+    def submit_batched(
+        self, work: Callable[[AsyncSession, PageBatch], Awaitable[T]]
+    ) -> asyncio.Future[T]:
+        """Queue a page write: ``work`` is called with the session and the group's batch."""
+        return self._queue(_Unit(work, asyncio.get_running_loop().create_future(), batched=True))
+
+    def _queue(self, unit: _Unit) -> asyncio.Future[Any]:
+        self._waiting.append(unit)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._drain(), name="syncsvc-group-writer")
-        return done
+        return unit.done
 
     async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         """Submit ``work`` and wait for it to be committed."""
@@ -319,8 +342,16 @@ class GroupWriter:
                     unit.done.set_result(result)
 
     async def _commit(self, group: list[_Unit]) -> list[Any]:
+        results: list[Any] = []
         async with self._sessionmaker.begin() as session:
-            results = [await unit.work(session) for unit in group]
+            batch = PageBatch()
+            for unit in group:
+                if unit.batched:
+                    results.append(await unit.work(session, batch))
+                    continue
+                await batch.flush(session)
+                results.append(await unit.work(session))
+            await batch.flush(session)
         self.groups += 1
         self.units += len(group)
         return results

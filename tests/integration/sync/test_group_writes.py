@@ -1,0 +1,211 @@
+"""Pages written through the group writer's batch: the same rows, seqs and history as one by one."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from syncsvc.db import resource_repo
+from syncsvc.db.models import Resource
+from syncsvc.sync.page_batch import PageBatch, PendingRow
+from syncsvc.sync.store import Counts, GroupWriter, PreparedPage, prepare_page, store_page
+from tests.integration.dbdata import add_connection, add_tenant, utcnow
+
+PATIENT = "p-1"
+
+
+def _observation(rid: str, value: int) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "meta": {"versionId": str(value), "lastUpdated": "2026-01-02T03:04:05.678Z"},
+        "status": "final",
+        "subject": {"reference": f"Patient/{PATIENT}"},
+        "valueQuantity": {"value": value},
+    }
+
+
+def _page(*resources: dict[str, Any]) -> PreparedPage:
+    return prepare_page(list(resources), "Observation", PATIENT)
+
+
+async def _connections(sessionmaker: async_sessionmaker[AsyncSession], count: int) -> list[str]:
+    async with sessionmaker.begin() as session:
+        tenant = await add_tenant(session)
+        return [
+            (await add_connection(session, tenant, patient_id=PATIENT)).id for _ in range(count)
+        ]
+
+
+async def _rows(sessionmaker: async_sessionmaker[AsyncSession], connection_id: str) -> list[Any]:
+    async with sessionmaker() as session:
+        found = await session.scalars(
+            select(Resource).where(Resource.connection_id == connection_id).order_by(Resource.seq)
+        )
+        return [(r.resource_id, r.seq, r.body) for r in found]
+
+
+async def test_a_group_of_pages_gets_each_connections_seqs_in_page_order(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    first, second = await _connections(sessionmaker, 2)
+    writer = GroupWriter(sessionmaker)
+    now = utcnow()
+    pages = [
+        (first, _page(_observation("a", 1), _observation("b", 1))),
+        (second, _page(_observation("x", 1))),
+        (first, _page(_observation("c", 1))),
+        (second, _page(_observation("y", 1), _observation("z", 1))),
+    ]
+    known: dict[str, set[str]] = {first: set(), second: set()}
+
+    def write(cid: str, page: PreparedPage) -> Any:
+        async def unit(session: AsyncSession, batch: PageBatch) -> Counts:
+            return await store_page(session, cid, page, now=now, stored_ids=known[cid], batch=batch)
+
+        return unit
+
+    # Submitted together, so they share one transaction and one batch.
+    counts = await asyncio.gather(*(writer.submit_batched(write(c, p)) for c, p in pages))
+
+    assert writer.groups == 1
+    assert [c.new for c in counts] == [2, 1, 1, 2]
+    assert [(rid, seq) for rid, seq, _ in await _rows(sessionmaker, first)] == [
+        ("a", 1),
+        ("b", 2),
+        ("c", 3),
+    ]
+    assert [(rid, seq) for rid, seq, _ in await _rows(sessionmaker, second)] == [
+        ("x", 1),
+        ("y", 2),
+        ("z", 3),
+    ]
+
+
+async def test_an_id_twice_in_one_group_is_compared_with_the_waiting_row_and_kept_once(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    (connection_id,) = await _connections(sessionmaker, 1)
+    now = utcnow()
+    async with sessionmaker.begin() as session:
+        await store_page(session, connection_id, _page(_observation("a", 1)), now=now)
+
+    writer = GroupWriter(sessionmaker)
+    known: set[str] | None = None  # the type had resources before: every id is looked up
+    pages = [
+        _page(_observation("a", 2), _observation("b", 1)),  # a changed
+        _page(_observation("a", 2)),  # the same version again: unchanged against the batch
+        _page(_observation("a", 3)),  # changed again within the group
+    ]
+
+    def write(page: PreparedPage) -> Any:
+        async def unit(session: AsyncSession, batch: PageBatch) -> Counts:
+            return await store_page(
+                session, connection_id, page, now=now, stored_ids=known, batch=batch
+            )
+
+        return unit
+
+    counts = await asyncio.gather(*(writer.submit_batched(write(p)) for p in pages))
+
+    assert writer.groups == 1
+    assert [(c.new, c.changed, c.unchanged) for c in counts] == [(1, 1, 0), (0, 0, 1), (0, 1, 0)]
+    rows = await _rows(sessionmaker, connection_id)
+    assert [(rid, seq) for rid, seq, _ in rows] == [("b", 3), ("a", 4)]
+    assert b'"value":3' in rows[1][2]
+    async with sessionmaker() as session:
+        history = await resource_repo.resource_history(session, connection_id, "Observation", "a")
+    # Version 1 (stored before) and version 2 (written earlier in the same group) both kept.
+    assert [b'"value":1' in h.body for h in history] == [True, False]
+    assert [b'"value":2' in h.body for h in history] == [False, True]
+
+
+async def test_other_work_in_the_group_sees_the_pages_written_before_it(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    (connection_id,) = await _connections(sessionmaker, 1)
+    writer = GroupWriter(sessionmaker)
+    now = utcnow()
+
+    async def page_unit(session: AsyncSession, batch: PageBatch) -> Counts:
+        return await store_page(
+            session, connection_id, _page(_observation("a", 1)), now=now, batch=batch
+        )
+
+    async def reader(session: AsyncSession) -> set[str]:
+        return await resource_repo.live_resource_ids(session, connection_id, "Observation")
+
+    written = writer.submit_batched(page_unit)
+    seen = writer.submit(reader)
+    await written
+
+    assert await seen == {"a"}
+    assert writer.groups == 1
+
+
+async def test_a_failing_page_fails_alone_and_the_others_are_written(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    first, second = await _connections(sessionmaker, 2)
+    writer = GroupWriter(sessionmaker)
+    now = utcnow()
+
+    async def good(session: AsyncSession, batch: PageBatch) -> Counts:
+        return await store_page(session, first, _page(_observation("a", 1)), now=now, batch=batch)
+
+    async def bad(session: AsyncSession, batch: PageBatch) -> Counts:
+        # A connection that does not exist: its rows break the group's flush (foreign key).
+        return await store_page(
+            session, "no-such-connection", _page(_observation("b", 1)), now=now, batch=batch
+        )
+
+    async def also_good(session: AsyncSession, batch: PageBatch) -> Counts:
+        return await store_page(session, second, _page(_observation("c", 1)), now=now, batch=batch)
+
+    results = await asyncio.gather(
+        writer.submit_batched(good),
+        writer.submit_batched(bad),
+        writer.submit_batched(also_good),
+        return_exceptions=True,
+    )
+
+    assert isinstance(results[0], Counts)
+    assert isinstance(results[1], Exception)
+    assert isinstance(results[2], Counts)
+    assert [rid for rid, _, _ in await _rows(sessionmaker, first)] == ["a"]
+    assert [rid for rid, _, _ in await _rows(sessionmaker, second)] == ["c"]
+
+
+async def test_reserving_seqs_for_several_connections_at_once_continues_each_cursor(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    first, second = await _connections(sessionmaker, 2)
+    async with sessionmaker.begin() as session:
+        assert await resource_repo.reserve_seqs(session, first, 5) == 1
+        firsts = await resource_repo.reserve_seqs_many(session, {first: 3, second: 2})
+        again = await resource_repo.reserve_seqs_many(session, {second: 1, first: 1})
+
+    assert firsts == {first: 6, second: 1}
+    assert again == {first: 9, second: 3}
+
+
+def test_a_batch_keeps_the_latest_row_of_a_resource_last() -> None:
+    batch = PageBatch()
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    for rid, digest in (("a", "1"), ("b", "1"), ("a", "2")):
+        batch.add("c", "Observation", rid, _pending(digest, at))
+
+    stored = batch.overlay("c", "Observation", ["a", "b", "z"], {})
+
+    assert len(batch) == 2
+    assert {rid: v.content_hash for rid, v in stored.items()} == {"a": "2", "b": "1"}
+    assert batch.holds_any("c", "Observation", ["z", "a"])
+    assert not batch.holds_any("c", "Condition", ["a"])
+
+
+def _pending(digest: str, at: dt.datetime) -> PendingRow:
+    return PendingRow(None, None, b"{}", digest, at, None, None)
