@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
 
 from syncsvc.db import migrate
 from syncsvc.db.base import Base
@@ -25,20 +26,24 @@ async def _tables(url: str) -> set[str]:
     return set(await _schema(url))
 
 
-def _describe(sync: Any) -> dict[str, tuple[set[str], set[str]]]:
+Described = tuple[set[str], set[str], dict[str, Any]]
+
+
+def _describe(sync: Any) -> dict[str, Described]:
     inspector = inspect(sync)
     return {
         table: (
             {column["name"] for column in inspector.get_columns(table)},
             {str(index["name"]) for index in inspector.get_indexes(table)},
+            inspector.get_table_options(table),
         )
         for table in inspector.get_table_names()
         if table != "alembic_version"
     }
 
 
-async def _schema(url: str) -> dict[str, tuple[set[str], set[str]]]:
-    """Every table with its column and index names."""
+async def _schema(url: str) -> dict[str, Described]:
+    """Every table with its column and index names and its options (PostgreSQL's fillfactor)."""
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:
@@ -79,6 +84,27 @@ async def test_models_match_migrations(empty_db_url: str) -> None:
     assert await migrate.upgrade_to_head(empty_db_url) == migrate.head_revision()
     assert await migrate.schema_diff(empty_db_url) == []
     await migrate.check(empty_db_url)
+
+
+async def test_table_options_match_models(empty_db_url: str) -> None:
+    """Autogenerate does not compare table options (``postgresql_with``): compared here."""
+    await migrate.upgrade_to_head(empty_db_url)
+    dialect = make_url(empty_db_url).get_backend_name()
+    reflected = {table: options for table, (_, _, options) in (await _schema(empty_db_url)).items()}
+    # Reflection reads storage parameters back as text.
+    expected = {
+        table.name: {
+            key: {name: str(value) for name, value in value.items()}
+            if isinstance(value, dict)
+            else value
+            for key, value in table.dialect_kwargs.items()
+            if key.startswith(f"{dialect}_")
+        }
+        for table in Base.metadata.tables.values()
+    }
+    assert reflected == expected
+    if dialect == "postgresql":
+        assert reflected["connections"] == {"postgresql_with": {"fillfactor": "80"}}
 
 
 async def test_check_detects_drift(empty_db_url: str) -> None:

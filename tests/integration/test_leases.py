@@ -1,0 +1,137 @@
+"""Leasing due connections: what a claim returns, in which order, and what a lease write costs."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from syncsvc.db import repo
+from syncsvc.db.models import Connection
+
+from .dbdata import add_connection, add_tenant, utcnow
+
+Sessionmaker = async_sessionmaker[AsyncSession]
+LEASE_SECONDS = 60
+#: The PostgreSQL-only tests: SKIP LOCKED and heap-only updates have no SQLite counterpart.
+ONLY_POSTGRES = pytest.mark.parametrize(
+    "db_backend", [pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+
+
+async def _connections(
+    sessionmaker: Sessionmaker, now: dt.datetime, ages: list[int], **fields: object
+) -> list[str]:
+    """Connections due ``age`` seconds ago each (equal ages tie), in insertion order."""
+    async with sessionmaker.begin() as session:
+        tenant = await add_tenant(session)
+        ids = []
+        for age in ages:
+            connection = await add_connection(
+                session, tenant, next_sync_at=now - dt.timedelta(seconds=age), **fields
+            )
+            ids.append(connection.id)
+    return ids
+
+
+async def _claim(sessionmaker: Sessionmaker, owner: str, now: dt.datetime, limit: int) -> list[str]:
+    async with sessionmaker.begin() as session:
+        claimed = await repo.claim_due_connections(session, owner, now, LEASE_SECONDS, limit)
+    return [connection.id for connection in claimed]
+
+
+def _due_order(ages: dict[str, int]) -> list[str]:
+    return sorted(ages, key=lambda connection_id: (-ages[connection_id], connection_id))
+
+
+async def test_a_claim_returns_whole_rows_in_due_order(sessionmaker: Sessionmaker) -> None:
+    now = utcnow()
+    ages = [30, 10, 50, 10, 20, 50, 10]
+    due = await _connections(sessionmaker, now, ages)
+    expired, live = await _connections(sessionmaker, now, [40, 40])
+    later = await _connections(sessionmaker, now, [-60])
+    backing_off = await _connections(
+        sessionmaker, now, [60], backoff_until=now + dt.timedelta(minutes=5)
+    )
+    inactive = await _connections(sessionmaker, now, [60], status="needs_reauth")
+    async with sessionmaker.begin() as session:
+        for connection_id, until in ((expired, -1), (live, 300)):
+            await session.execute(
+                update(Connection)
+                .where(Connection.id == connection_id)
+                .values(lease_owner="other", lease_until=now + dt.timedelta(seconds=until))
+            )
+
+    async with sessionmaker.begin() as session:
+        claimed = await repo.claim_due_connections(session, "me", now, LEASE_SECONDS, 20)
+
+    # An expired lease is taken over; a live one, a future due time, a back-off and an
+    # inactive status each keep a connection out.
+    assert {live, *later, *backing_off, *inactive}.isdisjoint(c.id for c in claimed)
+    assert [c.id for c in claimed] == _due_order({**dict(zip(due, ages, strict=True)), expired: 40})
+    # Whole rows, loaded while the session was open: callers read them after it closed.
+    async with sessionmaker() as session:
+        for connection in claimed:
+            stored = await session.get(Connection, connection.id)
+            assert stored is not None
+            for column in Connection.__mapper__.column_attrs:
+                assert getattr(connection, column.key) == getattr(stored, column.key)
+            assert connection.lease_owner == "me"
+            assert connection.lease_until == now + dt.timedelta(seconds=LEASE_SECONDS)
+
+
+async def test_successive_claims_take_the_next_due_batch(sessionmaker: Sessionmaker) -> None:
+    now = utcnow()
+    ages = [5, 25, 15, 35, 45]
+    ids = await _connections(sessionmaker, now, ages)
+    order = _due_order(dict(zip(ids, ages, strict=True)))
+
+    assert await _claim(sessionmaker, "first", now, 2) == order[:2]
+    assert await _claim(sessionmaker, "second", now, 2) == order[2:4]
+    assert await _claim(sessionmaker, "third", now, 2) == order[4:]
+    assert await _claim(sessionmaker, "fourth", now, 2) == []
+
+
+@ONLY_POSTGRES
+async def test_claimers_in_open_transactions_pass_each_other(sessionmaker: Sessionmaker) -> None:
+    now = utcnow()
+    ages = [10, 20, 30, 40, 50, 60]
+    ids = await _connections(sessionmaker, now, ages)
+    order = _due_order(dict(zip(ids, ages, strict=True)))
+
+    async with sessionmaker.begin() as first:
+        held = await repo.claim_due_connections(first, "first", now, LEASE_SECONDS, 4)
+        # The first claim is not committed: its rows are locked, and skipped, not waited for.
+        async with sessionmaker.begin() as second:
+            passed = await repo.claim_due_connections(second, "second", now, LEASE_SECONDS, 4)
+
+    assert [c.id for c in held] == order[:4]
+    assert [c.id for c in passed] == order[4:]
+
+
+@ONLY_POSTGRES
+async def test_taking_and_handing_back_a_lease_writes_no_index(
+    sessionmaker: Sessionmaker,
+) -> None:
+    now = utcnow()
+    ids = await _connections(sessionmaker, now, [10, 20, 30])
+
+    async with sessionmaker.begin() as session:
+        claimed = await repo.claim_due_connections(session, "me", now, LEASE_SECONDS, 10)
+        for connection in claimed:
+            assert await repo.release_lease(session, connection.id, "me")
+        updates = (
+            await session.execute(
+                text(
+                    "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_xact_user_tables "
+                    "WHERE relname = 'connections'"
+                )
+            )
+        ).one()
+
+    # Heap-only (HOT) updates: an index on a lease column, or pages with no room for a row's
+    # next version, would make each of these write every index of the table.
+    assert sorted(c.id for c in claimed) == sorted(ids)
+    assert tuple(updates) == (2 * len(ids), 2 * len(ids))
