@@ -9,7 +9,6 @@ canonical bytes as they were hashed.
 from __future__ import annotations
 
 import datetime as dt
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
@@ -253,28 +252,12 @@ async def copy_to_history(
 
 
 _UPDATED = [name for name in _RESOURCE_COLUMNS if name not in _KEY]
-#: Rows per SQLite statement: 11 parameters each, well under SQLite's 32,766.
-SQLITE_ROWS_PER_STATEMENT = 500
-# Column names and placeholders only; every value is bound.
-_SQLITE_INSERT = f"INSERT INTO resources ({', '.join(_RESOURCE_COLUMNS)}) VALUES "  # noqa: S608
-_SQLITE_ROW = f"({', '.join('?' for _ in _RESOURCE_COLUMNS)})"
-_SQLITE_ON_CONFLICT = f" ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET " + ", ".join(
-    f"{name} = excluded.{name}" for name in _UPDATED
+_SQLITE_UPSERT = (
+    f"INSERT INTO resources ({', '.join(_RESOURCE_COLUMNS)}) "  # noqa: S608 - module constants
+    f"VALUES ({', '.join('?' for _ in _RESOURCE_COLUMNS)}) "
+    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
 )
-
-
-@functools.cache
-def _sqlite_upsert(count: int) -> str:
-    """An upsert of ``count`` rows in one statement (one text per count: the driver caches it).
-
-    One multi-row statement, not ``executemany``: the driver releases and retakes the GIL around
-    every step, and while the event loop's thread is busy each retake waits, which made a page's
-    write take several times its own cost. One statement is one step.
-    """
-    rows = ", ".join(_SQLITE_ROW for _ in range(count))
-    return _SQLITE_INSERT + rows + _SQLITE_ON_CONFLICT
-
-
 _PG_TYPES = {
     "connection_id": "varchar",
     "resource_type": "varchar",
@@ -300,7 +283,9 @@ _PG_UPSERT = (
 def _sqlite_time(value: dt.datetime) -> str:
     # What UTCDateTime stores on SQLite: UTC without an offset, SQLAlchemy's text format.
     # isoformat is about twice as fast as strftime; the slice drops the "+00:00".
-    return value.astimezone(dt.UTC).isoformat(" ", "microseconds")[:26]
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 def _sqlite_rows(rows: Sequence[ResourceRow]) -> list[tuple[Any, ...]]:
@@ -334,7 +319,7 @@ def _sqlite_rows(rows: Sequence[ResourceRow]) -> list[tuple[Any, ...]]:
 
 
 async def upsert_resources(session: AsyncSession, rows: Sequence[ResourceRow]) -> None:
-    """Insert or overwrite resources, a page in one call.
+    """Insert or overwrite resources (a group's pages) in one call.
 
     The caller has already left out rows whose content is unchanged, so nothing is rewritten
     needlessly. The statement goes to the driver as it is, in the caller's transaction: on
@@ -347,8 +332,7 @@ async def upsert_resources(session: AsyncSession, rows: Sequence[ResourceRow]) -
     if _dialect(session) == "postgresql":
         await driver.execute(_PG_UPSERT, *(list(column) for column in zip(*rows, strict=True)))
         return
-    for chunk in _chunks(_sqlite_rows(rows), SQLITE_ROWS_PER_STATEMENT):
-        await driver.execute(_sqlite_upsert(len(chunk)), [v for row in chunk for v in row])
+    await driver.executemany(_SQLITE_UPSERT, _sqlite_rows(rows))
 
 
 async def has_resources(session: AsyncSession, connection_id: str, resource_type: str) -> bool:

@@ -4,7 +4,7 @@ A group transaction of the writer (:class:`syncsvc.sync.store.GroupWriter`) take
 several pulls. Written page by page, each costs a seq reservation and an upsert, and each
 statement waits its turn on the event loop while pulls parse their next pages; the writer then
 spends most of its time waiting. Gathered here instead, a group's pages cost one reservation
-statement for all their connections and one upsert per few hundred rows.
+statement for all their connections and one upsert.
 
 Rows are kept in the order they were added, and a later row for the same resource replaces an
 earlier one (and takes its place at the end), so seqs follow the order of writing exactly as if

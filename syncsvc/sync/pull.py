@@ -114,7 +114,7 @@ Mode = Literal["full", "incremental", "none"]
 
 #: Pages of one pull waiting for the writer at most: enough to keep the event loop's thread busy
 #: preparing pages while the database writes, few enough to bound a pull's memory.
-PAGES_IN_FLIGHT = 3
+PAGES_IN_FLIGHT = 6
 #: FHIR failure kinds that end only the type they happened on.
 _TYPE_ERRORS = frozenset({"bad_request", "forbidden", "not_found", "gone", "unexpected"})
 
