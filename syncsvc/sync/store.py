@@ -119,7 +119,9 @@ def _parse_instant(value: Any) -> dt.datetime | None:
     except ValueError:
         return None
     # An instant without an offset is not a FHIR instant; it cannot be placed in time.
-    return moment.astimezone(dt.UTC) if moment.tzinfo is not None else None
+    if moment.tzinfo is None:
+        return None
+    return moment if moment.tzinfo is dt.UTC else moment.astimezone(dt.UTC)
 
 
 def prepare_page(
@@ -150,14 +152,12 @@ def prepare_page(
         last_updated = _parse_instant(meta.get("lastUpdated"))
         stored = canonical(resource)
         by_id[identity[1]] = Prepared(
-            resource_id=identity[1],
-            version_id=version
-            if isinstance(version, str) and len(version) <= RESOURCE_ID_LENGTH
-            else None,
-            last_updated=last_updated,
-            body=stored.body,
-            content_hash=stored.content_hash,
-            entered_in_error=is_entered_in_error(resource),
+            identity[1],
+            version if isinstance(version, str) and len(version) <= RESOURCE_ID_LENGTH else None,
+            last_updated,
+            stored.body,
+            stored.content_hash,
+            is_entered_in_error(resource),
         )
         if last_updated is not None and (newest is None or last_updated > newest):
             newest = last_updated
