@@ -335,6 +335,55 @@ async def upsert_resources(session: AsyncSession, rows: Sequence[ResourceRow]) -
     await driver.executemany(_SQLITE_UPSERT, _sqlite_rows(rows))
 
 
+_PG_SOURCE = ", ".join(f"${i}::{_PG_TYPES[name]}[]" for i, name in enumerate(_RESOURCE_COLUMNS, 1))
+_NEXT = len(_RESOURCE_COLUMNS) + 1
+#: PostgreSQL: reserve every connection's seqs and write the rows in one statement (one round
+#: trip per group transaction, not two). A row's ``seq`` arrives as its position among its
+#: connection's rows (1..n) and becomes ``first + position - 1`` from the bumped cursor.
+_PG_WRITE_POSITIONED = (
+    "WITH needed AS (SELECT * FROM unnest("  # noqa: S608 - module constants
+    f"${_NEXT}::varchar[], ${_NEXT + 1}::bigint[]) AS n(connection_id, n)), "
+    "bumped AS (INSERT INTO resource_cursors (connection_id, last_seq) "
+    "SELECT connection_id, n FROM needed ORDER BY connection_id" + _CURSOR_UPSERT + ") "
+    f"INSERT INTO resources ({', '.join(_RESOURCE_COLUMNS)}) SELECT "
+    + ", ".join(
+        "b.last_seq - needed.n + r.seq" if name == "seq" else f"r.{name}"
+        for name in _RESOURCE_COLUMNS
+    )
+    + f" FROM unnest({_PG_SOURCE}) AS r({', '.join(_RESOURCE_COLUMNS)}) "
+    "JOIN needed ON needed.connection_id = r.connection_id "
+    "JOIN bumped AS b ON b.connection_id = r.connection_id "
+    f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+    + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
+)
+
+
+async def write_positioned(
+    session: AsyncSession, rows: Sequence[ResourceRow], counts: Mapping[str, int]
+) -> None:
+    """Reserve seqs and write ``rows``, whose ``seq`` is their position among their connection's.
+
+    ``counts[c]`` is how many of ``rows`` are connection ``c``'s; each row's seq becomes the
+    reserved first seq plus its position minus one, so rows keep the order of their positions.
+    """
+    if not rows:
+        return
+    if _dialect(session) == "postgresql":
+        ids = sorted(counts)
+        driver = await _driver(session)
+        await driver.execute(
+            _PG_WRITE_POSITIONED,
+            *(list(column) for column in zip(*rows, strict=True)),
+            ids,
+            [counts[cid] for cid in ids],
+        )
+        return
+    first = await reserve_seqs_many(session, counts)
+    await upsert_resources(
+        session, [row._replace(seq=first[row.connection_id] + row.seq - 1) for row in rows]
+    )
+
+
 async def has_resources(session: AsyncSession, connection_id: str, resource_type: str) -> bool:
     """Whether a connection has any stored resource of one type (deleted ones included)."""
     found = await session.scalar(

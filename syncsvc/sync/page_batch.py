@@ -82,12 +82,10 @@ class PageBatch:
         """Write every waiting row in ``session``'s transaction, seqs in writing order."""
         if not self._rows:
             return
-        needed = Counter(connection_id for connection_id, _, _ in self._rows)
-        next_seq = await resource_repo.reserve_seqs_many(session, needed)
+        positions: Counter[str] = Counter()
         rows: list[ResourceRow] = []
         for (connection_id, resource_type, resource_id), pending in self._rows.items():
-            seq = next_seq[connection_id]
-            next_seq[connection_id] = seq + 1
+            positions[connection_id] += 1
             rows.append(
                 ResourceRow(
                     connection_id,
@@ -97,11 +95,11 @@ class PageBatch:
                     pending.last_updated,
                     pending.body,
                     pending.content_hash,
-                    seq,
+                    positions[connection_id],
                     pending.stored_at,
                     pending.deleted_at,
                     pending.deleted_reason,
                 )
             )
-        await resource_repo.upsert_resources(session, rows)
+        await resource_repo.write_positioned(session, rows, positions)
         self._rows.clear()
