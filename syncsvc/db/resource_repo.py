@@ -288,9 +288,15 @@ def _sqlite_time(value: dt.datetime) -> str:
     return value.isoformat(" ", "microseconds")[:26]
 
 
-def _sqlite_rows(rows: Sequence[ResourceRow]) -> list[tuple[Any, ...]]:
-    """``rows`` with their times as SQLite text; a page's rows share ``stored_at``."""
+def _sqlite_rows(
+    rows: Sequence[ResourceRow], shift: Mapping[str, int] | None = None
+) -> list[tuple[Any, ...]]:
+    """``rows`` with their times as SQLite text (a page's rows share ``stored_at``).
+
+    ``shift``, when given, is added to each row's seq by its connection.
+    """
     texts: dict[dt.datetime, str] = {}
+    shifts = shift or {}
 
     def text_of(value: dt.datetime | None) -> str | None:
         if value is None:
@@ -309,7 +315,7 @@ def _sqlite_rows(rows: Sequence[ResourceRow]) -> list[tuple[Any, ...]]:
             text_of(updated),
             body,
             digest,
-            seq,
+            seq + shifts.get(cid, 0),
             text_of(stored),
             text_of(deleted),
             reason,
@@ -379,9 +385,9 @@ async def write_positioned(
         )
         return
     first = await reserve_seqs_many(session, counts)
-    await upsert_resources(
-        session, [row._replace(seq=first[row.connection_id] + row.seq - 1) for row in rows]
-    )
+    driver = await _driver(session)
+    shift = {cid: seq - 1 for cid, seq in first.items()}
+    await driver.executemany(_SQLITE_UPSERT, _sqlite_rows(rows, shift))
 
 
 async def has_resources(session: AsyncSession, connection_id: str, resource_type: str) -> bool:
