@@ -394,7 +394,7 @@ async def _run_type(
     result = TypeResult(resource_type, "ok", plan.mode)
     attempt_at = ctx.now()
     try:
-        seen, newest = await _fetch_and_store(ctx, client, connection, plan, result)
+        seen, newest, first_time = await _fetch_and_store(ctx, client, connection, plan, result)
     except _TypeFailed as failure:
         result.status = failure.status
         result.error_class = failure.error_class
@@ -427,7 +427,8 @@ async def _run_type(
     async def record_success(session: AsyncSession) -> int:
         # The unit may run again if its group fails, so it returns what it did, never adds.
         vanished = 0
-        if plan.mode == "full":
+        # A type stored for the first time has only what this run stored: nothing can vanish.
+        if plan.mode == "full" and not first_time:
             vanished = await flag_vanished(session, connection.id, resource_type, seen, now=now)
         counts = dataclasses.replace(result.counts, deleted=result.counts.deleted + vanished)
         previous = state.watermark if state is not None else None
@@ -459,8 +460,10 @@ async def _fetch_and_store(
     connection: Connection,
     plan: _Plan,
     result: TypeResult,
-) -> tuple[set[str], dt.datetime | None]:
-    """Fetch every page of one type and store each; the ids seen and the newest lastUpdated.
+) -> tuple[set[str], dt.datetime | None, bool]:
+    """Fetch every page of one type and store each.
+
+    Returns the ids seen, the newest lastUpdated and whether the type had nothing stored before.
 
     Pages are pipelined: while the group writer commits earlier pages, the next are fetched and
     prepared. At most :data:`PAGES_IN_FLIGHT` pages of a pull wait for the writer, which writes
@@ -538,7 +541,7 @@ async def _fetch_and_store(
             await settle()
     except SyncsvcError as exc:
         raise _failure(exc) from exc
-    return seen, newest
+    return seen, newest, first_time
 
 
 def _failure(exc: SyncsvcError) -> _TypeFailed | _StopRun:
