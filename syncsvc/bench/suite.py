@@ -233,6 +233,12 @@ class Bench:
         ratios: dict[str, list[float]] = {}
         ctx = self.context(sync_concurrency=max(options.patients, 1))
         peers = [p for p in PEERS if "peers" in options.scenarios and peer_available(p)]
+        missing = [p for p in PEERS if "peers" in options.scenarios and not peer_available(p)]
+        if missing:
+            self.report.notes.append(
+                f"{' and '.join(missing)} not installed: no peer rows "
+                "(`make bench` or `pip install -e '.[bench]'` installs them)"
+            )
         for number in range(1, options.rounds + 1):
             fleet = await self.fleet(patients, f"ingest{number}")
             first = await ingest.sync_round(ctx, fleet, expect=expect)
