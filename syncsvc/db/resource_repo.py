@@ -202,10 +202,19 @@ async def reserve_seqs(session: AsyncSession, connection_id: str, count: int) ->
 
 
 async def _driver(session: AsyncSession) -> Any:
-    """The DBAPI driver's own connection (aiosqlite or asyncpg) in the session's transaction."""
+    """The DBAPI driver's own connection (aiosqlite or asyncpg), inside the session's transaction.
+
+    SQLAlchemy's asyncpg adapter sends ``BEGIN`` with the first statement it executes itself;
+    a statement sent to asyncpg before that would run, and commit, on its own. So a transaction
+    that has not begun at the driver yet is begun through SQLAlchemy first. (pysqlite begins
+    implicitly before the first write, as SQLAlchemy expects.)
+    """
     connection = await session.connection()
     raw = await connection.get_raw_connection()
-    return raw.driver_connection
+    driver: Any = raw.driver_connection
+    if _dialect(session) == "postgresql" and not driver.is_in_transaction():
+        await connection.exec_driver_sql("SELECT 1")
+    return driver
 
 
 _HISTORY_INSERT = f"INSERT INTO resource_history ({', '.join(_HISTORY_COLUMNS)}, replaced_at) "

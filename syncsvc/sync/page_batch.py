@@ -39,11 +39,17 @@ class PendingRow(NamedTuple):
     deleted_reason: str | None
 
 
+#: Bodies one write statement carries at most: PostgreSQL takes no value over 1 GB (a group's
+#: bodies travel as one array), and a bound keeps a statement's memory small.
+STATEMENT_BYTES = 32 * 1024 * 1024
+
+
 class PageBatch:
     """Rows of one transaction's pages, keyed by (connection, type, id), in writing order."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, statement_bytes: int = STATEMENT_BYTES) -> None:
         self._rows: dict[Key, PendingRow] = {}
+        self._statement_bytes = statement_bytes
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -84,6 +90,7 @@ class PageBatch:
             return
         positions: Counter[str] = Counter()
         rows: list[ResourceRow] = []
+        size = 0
         for (connection_id, resource_type, resource_id), pending in self._rows.items():
             positions[connection_id] += 1
             rows.append(
@@ -101,5 +108,10 @@ class PageBatch:
                     pending.deleted_reason,
                 )
             )
+            size += len(pending.body)
+            if size >= self._statement_bytes:
+                # Written in order, each part reserving after the one before: seqs stay in order.
+                await resource_repo.write_positioned(session, rows, positions)
+                positions, rows, size = Counter(), [], 0
         await resource_repo.write_positioned(session, rows, positions)
         self._rows.clear()

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -209,3 +210,73 @@ def test_a_batch_keeps_the_latest_row_of_a_resource_last() -> None:
 
 def _pending(digest: str, at: dt.datetime) -> PendingRow:
     return PendingRow(None, None, b"{}", digest, at, None, None)
+
+
+async def test_a_rolled_back_page_leaves_no_row_and_no_seq(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    (connection_id,) = await _connections(sessionmaker, 1)
+
+    async def write_then_fail() -> None:
+        # The page's statements are the transaction's first: they must still be inside it.
+        async with sessionmaker.begin() as session:
+            await store_page(session, connection_id, _page(_observation("a", 1)), now=utcnow())
+            raise RuntimeError
+
+    with pytest.raises(RuntimeError):
+        await write_then_fail()
+
+    assert await _rows(sessionmaker, connection_id) == []
+    async with sessionmaker() as session:
+        assert await resource_repo.reserve_seqs(session, connection_id, 1) == 1
+
+
+async def test_a_group_retried_after_another_unit_failed_counts_its_pages_again(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    (connection_id,) = await _connections(sessionmaker, 1)
+    writer = GroupWriter(sessionmaker)
+    now = utcnow()
+
+    async def page_unit(session: AsyncSession, batch: PageBatch) -> Counts:
+        return await store_page(
+            session, connection_id, _page(_observation("a", 1)), now=now, batch=batch
+        )
+
+    async def failing(session: AsyncSession) -> None:
+        raise RuntimeError
+
+    written = writer.submit_batched(page_unit)
+    failed = writer.submit(failing)
+    counts = await written
+    with pytest.raises(RuntimeError):
+        await failed
+
+    # The page was flushed before the failing unit, then rolled back with its group: written
+    # again alone, it is new (not unchanged against a row that leaked out of the group).
+    assert (counts.new, counts.unchanged) == (1, 0)
+    assert [(rid, seq) for rid, seq, _ in await _rows(sessionmaker, connection_id)] == [("a", 1)]
+
+
+async def test_a_batch_over_one_statements_size_is_written_in_parts_in_order(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    first, second = await _connections(sessionmaker, 2)
+    now = utcnow()
+    async with sessionmaker.begin() as session:
+        batch = PageBatch(statement_bytes=1)  # every row a statement of its own
+        pages = [
+            (first, _page(_observation("a", 1), _observation("b", 1))),
+            (second, _page(_observation("x", 1))),
+            (first, _page(_observation("c", 1))),
+        ]
+        for cid, page in pages:
+            await store_page(session, cid, page, now=now, batch=batch)
+        await batch.flush(session)
+
+    assert [(rid, seq) for rid, seq, _ in await _rows(sessionmaker, first)] == [
+        ("a", 1),
+        ("b", 2),
+        ("c", 3),
+    ]
+    assert [(rid, seq) for rid, seq, _ in await _rows(sessionmaker, second)] == [("x", 1)]
