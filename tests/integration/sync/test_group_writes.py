@@ -42,6 +42,17 @@ async def _connections(sessionmaker: async_sessionmaker[AsyncSession], count: in
         ]
 
 
+def _page_of_a(connection_id: str, now: dt.datetime) -> Any:
+    """A page-write unit storing Observation ``a`` (version 1) for ``connection_id``."""
+
+    async def unit(session: AsyncSession, batch: PageBatch) -> Counts:
+        return await store_page(
+            session, connection_id, _page(_observation("a", 1)), now=now, batch=batch
+        )
+
+    return unit
+
+
 async def _rows(sessionmaker: async_sessionmaker[AsyncSession], connection_id: str) -> list[Any]:
     async with sessionmaker() as session:
         found = await session.scalars(
@@ -132,10 +143,7 @@ async def test_other_work_in_the_group_sees_the_pages_written_before_it(
     writer = GroupWriter(sessionmaker)
     now = utcnow()
 
-    async def page_unit(session: AsyncSession, batch: PageBatch) -> Counts:
-        return await store_page(
-            session, connection_id, _page(_observation("a", 1)), now=now, batch=batch
-        )
+    page_unit = _page_of_a(connection_id, now)
 
     async def reader(session: AsyncSession) -> set[str]:
         return await resource_repo.live_resource_ids(session, connection_id, "Observation")
@@ -238,10 +246,7 @@ async def test_a_group_retried_after_another_unit_failed_counts_its_pages_again(
     writer = GroupWriter(sessionmaker)
     now = utcnow()
 
-    async def page_unit(session: AsyncSession, batch: PageBatch) -> Counts:
-        return await store_page(
-            session, connection_id, _page(_observation("a", 1)), now=now, batch=batch
-        )
+    page_unit = _page_of_a(connection_id, now)
 
     async def failing(session: AsyncSession) -> None:
         raise RuntimeError
