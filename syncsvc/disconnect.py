@@ -33,10 +33,9 @@ from syncsvc.revocations import (
     attempt,
     token_purpose,
 )
-from syncsvc.smart.oauth import bound_revocation_endpoint
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens
-from syncsvc.tenants import client_credentials
+from syncsvc.tenants import client_credentials, revocation_endpoint
 
 log = get_logger("syncsvc.disconnect")
 
@@ -144,11 +143,9 @@ async def disconnect_connection(
         tokens_deleted = await repo.delete_credentials(session, connection_id)
         erased = await disconnect_repo.erase_synced_data(session, connection_id) if erase else 0
         kept = 0 if erase else sum((await count_resources(session, connection_id)).values())
-        endpoint = bound_revocation_endpoint(
-            (tenant.endpoints or {}).get("revocation_endpoint"), connection.token_endpoint
-        )
+        endpoint = revocation_endpoint(tenant, connection.token_endpoint)
         to_revoke = _token_to_revoke(tokens, now)
-        if to_revoke is not None and isinstance(endpoint, str) and endpoint:
+        if to_revoke is not None and endpoint is not None:
             token, hint = to_revoke
             revocation_id = new_id()
             await disconnect_repo.add_pending_revocation(

@@ -27,6 +27,7 @@ from syncsvc.smart.discovery import (
     is_loopback_host,
     normalise_base,
 )
+from syncsvc.smart.oauth import bound_revocation_endpoint
 from syncsvc.vault import Purpose, Vault
 
 #: What syncsvc asks for when the operator names nothing: the patient's everyday record.
@@ -101,6 +102,15 @@ def smart_configuration(tenant: Tenant) -> SmartConfiguration | None:
     if not tenant.endpoints:
         return None
     return SmartConfiguration.from_json(dict(tenant.endpoints))
+
+
+def revocation_endpoint(tenant: Tenant, token_endpoint: str) -> str | None:
+    """Where a token of a grant issued at ``token_endpoint`` may be revoked, if anywhere.
+
+    See :func:`~syncsvc.smart.oauth.bound_revocation_endpoint`: only on the token endpoint's host.
+    """
+    advertised = (tenant.endpoints or {}).get("revocation_endpoint")
+    return bound_revocation_endpoint(advertised, token_endpoint)
 
 
 def client_credentials(vault: Vault, tenant: Tenant) -> ClientCredentials:

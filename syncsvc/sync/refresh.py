@@ -29,8 +29,8 @@ from syncsvc.errors import Conflict, ReauthRequired, Transient
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
 from syncsvc.smart.client_auth import ClientCredentials
-from syncsvc.smart.oauth import TokenResponse, bound_revocation_endpoint, refresh_tokens
-from syncsvc.tenants import client_credentials
+from syncsvc.smart.oauth import TokenResponse, refresh_tokens
+from syncsvc.tenants import client_credentials, revocation_endpoint
 from syncsvc.vault import Purpose
 
 from .backoff import Backoff
@@ -354,14 +354,10 @@ async def _orphaned(
 ) -> None:
     """Queue the token of a refresh whose connection was disconnected meanwhile for revocation."""
     tenant = await repo.get_tenant(session, snapshot.connection.tenant_id)
-    endpoint = (
-        bound_revocation_endpoint(
-            (tenant.endpoints or {}).get("revocation_endpoint"), snapshot.connection.token_endpoint
-        )
-        if tenant
-        else None
-    )
-    if tenant is None or not isinstance(endpoint, str) or not endpoint:
+    if tenant is None:
+        return
+    endpoint = revocation_endpoint(tenant, snapshot.connection.token_endpoint)
+    if endpoint is None:
         return
     token, hint, purpose = (
         (response.refresh_token, "refresh_token", Purpose.REFRESH_TOKEN)
