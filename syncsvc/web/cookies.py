@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
+import aiohttp_jinja2
 from aiohttp import web
 
 from syncsvc.errors import LaunchError
@@ -27,7 +29,13 @@ MAX_COOKIE_LENGTH = 512
 
 
 def _set(
-    response: web.StreamResponse, request: web.Request, name: str, value: str, max_age: int | None
+    response: web.StreamResponse,
+    request: web.Request,
+    name: str,
+    value: str,
+    max_age: int | None,
+    *,
+    samesite: str = "Lax",
 ) -> None:
     response.set_cookie(
         name,
@@ -35,7 +43,7 @@ def _set(
         max_age=max_age,
         path="/",
         httponly=True,
-        samesite="Lax",
+        samesite=samesite,
         secure=request.app[SETTINGS].public_is_https,
     )
 
@@ -80,7 +88,7 @@ FORM_FIELD = "csrf"
 
 
 def form_token(request: web.Request) -> str:
-    """This browser's form token: the existing one, or a fresh one to set with ``keep_form_token``.
+    """This browser's form token: the existing one, or a fresh one (set by the page's answer).
 
     Forms that start a launch carry it in a hidden field and the browser holds it in a
     ``SameSite=Strict`` cookie; another site can neither read the page's field nor plant the
@@ -92,17 +100,17 @@ def form_token(request: web.Request) -> str:
     return secrets.token_urlsafe(24)
 
 
-def keep_form_token(request: web.Request, response: web.StreamResponse, value: str) -> None:
-    """Set the form-token cookie on ``response``."""
-    response.set_cookie(
-        FORM_COOKIE,
-        value,
-        max_age=SESSION_SECONDS,
-        path="/",
-        httponly=True,
-        samesite="Strict",
-        secure=request.app[SETTINGS].public_is_https,
+def render_with_form_token(
+    template: str, request: web.Request, context: Mapping[str, object]
+) -> web.Response:
+    """Render a page whose forms start a launch: ``form_field``/``form_token`` for its hidden
+    field, and the token's cookie set on the answer."""
+    token = form_token(request)
+    response = aiohttp_jinja2.render_template(
+        template, request, {**context, "form_field": FORM_FIELD, "form_token": token}
     )
+    _set(response, request, FORM_COOKIE, token, SESSION_SECONDS, samesite="Strict")
+    return response
 
 
 def form_is_ours(request: web.Request, presented: object) -> bool:

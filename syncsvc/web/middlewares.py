@@ -59,18 +59,14 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
-def _secure(request: web.Request, response: web.StreamResponse) -> None:
+async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer gets them, streamed ones and error pages too."""
     # Pages are never cached: they show patient data.
     for name, value in _SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     response.headers.setdefault("Cache-Control", "no-store")
     if request.app[SETTINGS].public_is_https:
         response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
-
-
-async def add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every answer gets them, streamed ones and error pages too."""
-    _secure(request, response)
 
 
 @web.middleware

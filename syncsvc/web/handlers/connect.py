@@ -25,9 +25,8 @@ from syncsvc.web.cookies import (
     FORM_FIELD,
     browser_binding,
     form_is_ours,
-    form_token,
-    keep_form_token,
     new_browser_binding,
+    render_with_form_token,
     session_user,
     set_browser_binding,
     start_session,
@@ -92,17 +91,8 @@ async def connect_page(request: web.Request) -> web.Response:
             ),
         )
     tenants = await _tenants_for(request, tenant_name)
-    csrf = form_token(request)
-    context = {
-        "tenants": tenants,
-        "link": token or "",
-        "start_url": "/connect/start",
-        "csrf_field": FORM_FIELD,
-        "csrf": csrf,
-    }
-    response = aiohttp_jinja2.render_template("connect.html", request, context)
-    keep_form_token(request, response, csrf)
-    return response
+    context = {"tenants": tenants, "link": token or "", "start_url": "/connect/start"}
+    return render_with_form_token("connect.html", request, context)
 
 
 async def _user_for_start(request: web.Request, token: object, tenant_name: str) -> str:

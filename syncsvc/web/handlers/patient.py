@@ -28,13 +28,7 @@ from syncsvc.errors import NotFound
 from syncsvc.keys import HTTP, SESSIONMAKER, SETTINGS, VAULT
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed, grant_report
 from syncsvc.sync.context import SyncContext
-from syncsvc.web.cookies import (
-    FORM_FIELD,
-    SESSION_COOKIE,
-    form_token,
-    keep_form_token,
-    session_user,
-)
+from syncsvc.web.cookies import SESSION_COOKIE, render_with_form_token, session_user
 
 MAX_FORM_BYTES = 16 * 1024
 CSRF_FIELD = "csrf"
@@ -208,17 +202,8 @@ async def status_page(request: web.Request) -> web.Response:
             tenant = await repo.get_tenant(session, connection.tenant_id)
             if tenant is not None:
                 views.append(await _connection_view(session, connection, tenant))
-    form = form_token(request)
-    context = {
-        "connections": views,
-        "start_url": "/connect/start",
-        "connect_url": "/connect",
-        "form_field": FORM_FIELD,
-        "form_token": form,
-    }
-    response = aiohttp_jinja2.render_template("status.html", request, context)
-    keep_form_token(request, response, form)
-    return response
+    context = {"connections": views, "start_url": "/connect/start", "connect_url": "/connect"}
+    return render_with_form_token("status.html", request, context)
 
 
 async def _own_connection(
