@@ -1,9 +1,9 @@
 """Queries on synced resources and sync bookkeeping; each takes an ``AsyncSession``, none commits.
 
 The write path is built for throughput: a page of resources costs a fixed handful of statements
-whatever its size (one read of the stored hashes, one seq reservation, one history copy, one
-multi-row upsert), rows are plain tuples and dicts rather than ORM objects, and bodies are the
-canonical bytes as they were hashed.
+whatever its size (one read of the stored hashes, one history copy, and its share of a group's
+seq reservation and upsert), those statements go to the driver as they are, rows are plain
+tuples rather than ORM objects, and bodies are the canonical bytes as they were hashed.
 """
 
 from __future__ import annotations
@@ -280,13 +280,6 @@ _PG_TYPES = {
     "deleted_at": "timestamptz",
     "deleted_reason": "varchar",
 }
-_PG_UPSERT = (
-    f"INSERT INTO resources ({', '.join(_RESOURCE_COLUMNS)}) "  # noqa: S608 - module constants
-    "SELECT * FROM unnest("
-    + ", ".join(f"${i}::{_PG_TYPES[name]}[]" for i, name in enumerate(_RESOURCE_COLUMNS, 1))
-    + f") ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
-    + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
-)
 
 
 def _sqlite_time(value: dt.datetime) -> str:
@@ -297,15 +290,10 @@ def _sqlite_time(value: dt.datetime) -> str:
     return value.isoformat(" ", "microseconds")[:26]
 
 
-def _sqlite_rows(
-    rows: Sequence[ResourceRow], shift: Mapping[str, int] | None = None
-) -> list[tuple[Any, ...]]:
-    """``rows`` with their times as SQLite text (a page's rows share ``stored_at``).
-
-    ``shift``, when given, is added to each row's seq by its connection.
-    """
+def _sqlite_rows(rows: Sequence[ResourceRow], shift: Mapping[str, int]) -> list[tuple[Any, ...]]:
+    """``rows`` as SQLite takes them: times as text (a page's rows share ``stored_at``), and
+    ``shift[c]`` added to the seq of each row of connection ``c``."""
     texts: dict[dt.datetime, str] = {}
-    shifts = shift or {}
 
     def text_of(value: dt.datetime | None) -> str | None:
         if value is None:
@@ -324,30 +312,13 @@ def _sqlite_rows(
             text_of(updated),
             body,
             digest,
-            seq + shifts.get(cid, 0),
+            seq + shift[cid],
             text_of(stored),
             text_of(deleted),
             reason,
         )
         for cid, rtype, rid, version, updated, body, digest, seq, stored, deleted, reason in rows
     ]
-
-
-async def upsert_resources(session: AsyncSession, rows: Sequence[ResourceRow]) -> None:
-    """Insert or overwrite resources (a group's pages) in one call.
-
-    The caller has already left out rows whose content is unchanged, so nothing is rewritten
-    needlessly. The statement goes to the driver as it is, in the caller's transaction: on
-    SQLite one ``executemany`` (one trip to the driver's thread), on PostgreSQL one ``INSERT
-    ... SELECT FROM unnest(...)`` with one array per column (one round trip, encoded in C).
-    """
-    if not rows:
-        return
-    driver = await _driver(session)
-    if _dialect(session) == "postgresql":
-        await driver.execute(_PG_UPSERT, *(list(column) for column in zip(*rows, strict=True)))
-        return
-    await driver.executemany(_SQLITE_UPSERT, _sqlite_rows(rows))
 
 
 _PG_SOURCE = ", ".join(f"${i}::{_PG_TYPES[name]}[]" for i, name in enumerate(_RESOURCE_COLUMNS, 1))

@@ -36,7 +36,6 @@ REJECTED_SHOWN = 20
 GROUP_LIMIT = 64
 
 T = TypeVar("T")
-Work = Callable[[AsyncSession], Awaitable[Any]]
 
 
 @dataclass
