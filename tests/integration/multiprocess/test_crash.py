@@ -93,7 +93,11 @@ class TokenGateway:
             status = upstream.status
             content_type = upstream.headers.get("Content-Type", "application/json")
             retry_after = upstream.headers.get("Retry-After")
-        if mode == "after_rotation":
+        if mode == "after_rotation" and status != 200:
+            # A refused refresh (a grant an earlier kill already lost) rotated nothing: the
+            # kill waits for one that does.
+            self.armed = mode
+        elif mode == "after_rotation":
             # The EHR has rotated the grant's refresh token; the worker dies before it hears.
             self._kill()
             return web.Response(status=502)
