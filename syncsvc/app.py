@@ -24,6 +24,7 @@ from syncsvc.process import tune_gc
 from syncsvc.settings import Settings
 from syncsvc.signing import Signer
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.page_decode import page_decoder
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
 from syncsvc.web.middlewares import (
@@ -61,17 +62,19 @@ def _outbound_http(
 
 
 async def _background_sync(app: web.Application) -> AsyncIterator[None]:
-    context = SyncContext(
-        settings=app[SETTINGS],
-        sessionmaker=app[SESSIONMAKER],
-        vault=app[VAULT],
-        http=app[HTTP],
-    )
-    scheduler = SyncScheduler(context)
-    app[SCHEDULER] = scheduler
-    scheduler.start()
-    yield
-    await scheduler.stop()
+    async with page_decoder(app[SETTINGS].decode_workers) as decoder:
+        context = SyncContext(
+            settings=app[SETTINGS],
+            sessionmaker=app[SESSIONMAKER],
+            vault=app[VAULT],
+            http=app[HTTP],
+            decoder=decoder,
+        )
+        scheduler = SyncScheduler(context)
+        app[SCHEDULER] = scheduler
+        scheduler.start()
+        yield
+        await scheduler.stop()
 
 
 async def _tune_process(app: web.Application) -> None:

@@ -37,6 +37,8 @@ MASK = "**********"
 KID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 VAULT_KEY_BYTES = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: More page-decoding processes than this only add memory: the writer is the limit by then.
+MAX_DECODE_WORKERS = 64
 
 LogFormat = Literal["json", "console"]
 
@@ -184,6 +186,9 @@ class Settings:
     #: Connections one process works at the same time, and how many one tick claims.
     sync_concurrency: int = 8
     claim_batch_size: int = 100
+    #: Worker processes that decode pulled pages (0: in the event loop's thread; unset: one per
+    #: core beyond the first, at most 4).
+    decode_workers: int | None = None
     launch_ttl_seconds: int = 600
     connect_link_ttl_seconds: int = 86_400
     #: Where webhooks are POSTed (https, or http on loopback); None sends none.
@@ -221,6 +226,8 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer")
+        if self.decode_workers is not None and not 0 <= self.decode_workers <= MAX_DECODE_WORKERS:
+            raise ConfigError(f"decode_workers must be between 0 and {MAX_DECODE_WORKERS}")
 
     @property
     def database_url_censored(self) -> str:
@@ -293,6 +300,7 @@ _INT_FIELDS = {
     "sync_interval_seconds",
     "sync_concurrency",
     "claim_batch_size",
+    "decode_workers",
 }
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from syncsvc.settings import Settings
     from syncsvc.sync.context import SyncContext
+    from syncsvc.sync.page_decode import PageDecoder
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -64,12 +65,15 @@ def sync_context(
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
     http: aiohttp.ClientSession,
+    decoder: PageDecoder | None = None,
 ) -> SyncContext:
     """The sync engine's context on this command's database and HTTP client.
 
-    Raises ConfigError when no vault key is configured.
+    Pages are decoded in place unless ``decoder`` (a started one) is given. Raises ConfigError
+    when no vault key is configured.
     """
     from syncsvc.sync.context import SyncContext
+    from syncsvc.sync.page_decode import PageDecoder
     from syncsvc.vault import Vault
 
     return SyncContext(
@@ -77,6 +81,7 @@ def sync_context(
         sessionmaker=sessionmaker,
         vault=Vault.from_settings(settings),
         http=http,
+        decoder=decoder or PageDecoder(),
     )
 
 

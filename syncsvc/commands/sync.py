@@ -27,9 +27,14 @@ async def _once(settings: Settings, args: argparse.Namespace) -> WorkReport:
     from syncsvc.db import repo
     from syncsvc.errors import NotFound
     from syncsvc.http import create_http_client
+    from syncsvc.sync.page_decode import page_decoder
     from syncsvc.sync.runner import run_due
 
-    async with database(settings) as sessionmaker, create_http_client() as http:
+    async with (
+        database(settings) as sessionmaker,
+        create_http_client() as http,
+        page_decoder(settings.decode_workers) as decoder,
+    ):
         tenant_id = None
         if args.tenant:
             async with sessionmaker() as session:
@@ -37,7 +42,7 @@ async def _once(settings: Settings, args: argparse.Namespace) -> WorkReport:
             if tenant is None:
                 raise NotFound(f"no tenant named '{args.tenant}'")
             tenant_id = tenant.id
-        context = sync_context(settings, sessionmaker, http)
+        context = sync_context(settings, sessionmaker, http, decoder)
         report = await run_due(context, tenant_id=tenant_id, connection_ids=args.connection)
         if not args.tenant and not args.connection:
             # The outboxes are global: a run limited to one tenant or connection leaves them.
@@ -72,14 +77,19 @@ def _sync(args: argparse.Namespace) -> int:
 async def _work_forever(settings: Settings) -> None:
     from syncsvc.http import create_http_client
     from syncsvc.process import tune_gc
+    from syncsvc.sync.page_decode import page_decoder
     from syncsvc.sync.scheduler import SyncScheduler
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with database(settings) as sessionmaker, create_http_client() as http:
-        scheduler = SyncScheduler(sync_context(settings, sessionmaker, http))
+    async with (
+        database(settings) as sessionmaker,
+        create_http_client() as http,
+        page_decoder(settings.decode_workers) as decoder,
+    ):
+        scheduler = SyncScheduler(sync_context(settings, sessionmaker, http, decoder))
         tune_gc()
         scheduler.start()
         await stop.wait()

@@ -9,9 +9,9 @@ search instead (Cerner-style tenants are told apart by path, so even the same ho
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeAlias, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
 
 import aiohttp
@@ -64,11 +64,26 @@ class Page:
     url: str
     resources: list[dict[str, Any]]
     next_url: str | None
-    size_bytes: int
-    raw_entries: int = 0
     #: The Bundle's own ``self`` link, which a looping server repeats as ``next``.
     self_url: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SearchPage(Protocol):
+    """What paging needs of a decoded page: where it came from and where it points."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def next_url(self) -> str | None: ...
+
+    @property
+    def self_url(self) -> str | None: ...
+
+
+P = TypeVar("P", bound=SearchPage)
+#: Turns a fetched page (its URL and body) into the caller's page.
+Decoder: TypeAlias = Callable[[str, bytes], Awaitable[P]]
 
 
 #: FHIR's id datatype (R4 2.24.0.2): also keeps path syntax out of URLs built from EHR data.
@@ -133,12 +148,17 @@ class FhirClient:
 
     async def get(self, url: str, params: Mapping[str, str] | None = None) -> tuple[Any, int]:
         """GET a URL under the base; the parsed JSON and its size. Raises on any failure."""
+        body = await self.get_bytes(url, params)
+        return parse_json(body), len(body)
+
+    async def get_bytes(self, url: str, params: Mapping[str, str] | None = None) -> bytes:
+        """GET a URL under the base; the body as received. Raises on any failure."""
         if not is_under_base(url, self.base):
             raise ForeignNextLink
-        return await self.fetch(url, params)
+        return await self.fetch_bytes(url, params)
 
-    async def fetch(self, url: str, params: Mapping[str, str] | None = None) -> tuple[Any, int]:
-        """One GET of ``url`` (the caller has checked it is under the base)."""
+    async def fetch_bytes(self, url: str, params: Mapping[str, str] | None = None) -> bytes:
+        """One GET of ``url`` (the caller has checked it is under the base), unparsed."""
         self.requests += 1
         try:
             async with self._http.get(
@@ -160,10 +180,7 @@ class FhirClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Transient(f"The EHR could not be reached ({type(exc).__name__})") from exc
         self.bytes_received += len(body)
-        try:
-            return orjson.loads(body), len(body)
-        except orjson.JSONDecodeError as exc:
-            raise Transient("The EHR answered with malformed JSON") from exc
+        return body
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """Read one resource by id (ids come from the EHR: they are checked before use)."""
@@ -174,16 +191,22 @@ class FhirClient:
             raise Transient(f"The EHR answered a {resource_type} read with something else")
         return doc
 
-    async def search(self, resource_type: str, params: Mapping[str, str]) -> AsyncIterator[Page]:
-        """Pages of a search, following ``next`` links only while they stay under the base."""
+    async def search(
+        self, resource_type: str, params: Mapping[str, str], decode: Decoder[P]
+    ) -> AsyncIterator[P]:
+        """Pages of a search, following ``next`` links only while they stay under the base.
+
+        ``decode`` turns each page's URL and body into the caller's page (it may hand the work to
+        another process); its links decide where paging goes next.
+        """
         url: str | None = f"{self.base}/{resource_type}"
         query: Mapping[str, str] | None = params
         seen: set[str] = set()
         for _ in range(MAX_PAGES_PER_SEARCH):
             if url is None:
                 return
-            doc, size = await self.get(url, query)
-            page = _parse_bundle(url if query is None else _with_query(url, query), doc, size)
+            body = await self.get_bytes(url, query)
+            page = await decode(url if query is None else _with_query(url, query), body)
             yield page
             next_url = page.next_url
             if next_url is not None:
@@ -200,7 +223,17 @@ def _with_query(url: str, params: Mapping[str, str]) -> str:
     return f"{url}?{urlencode(params)}"
 
 
-def _parse_bundle(url: str, doc: Any, size: int) -> Page:
+def parse_json(body: bytes) -> Any:
+    """An EHR's JSON answer, parsed; malformed JSON is a transient failure of the EHR."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Transient("The EHR answered with malformed JSON") from exc
+
+
+def parse_bundle(url: str, body: bytes) -> Page:
+    """A searchset page from its URL and body: the ``match`` entries' resources and the links."""
+    doc = parse_json(body)
     if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
         raise Transient("The EHR answered a search with something other than a Bundle")
     resources: list[dict[str, Any]] = []
@@ -210,18 +243,19 @@ def _parse_bundle(url: str, doc: Any, size: int) -> Page:
     for entry in entries:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict):
-            mode = (entry.get("search") or {}).get("mode", "match")
+            search = entry.get("search")
+            # Only ``match`` entries are results; an entry without a usable mode counts as one.
+            mode = search.get("mode", "match") if isinstance(search, dict) else "match"
             if mode == "match":
                 resources.append(resource)
     links: dict[str, str] = {}
-    for link in doc.get("link") or []:
+    raw_links = doc.get("link")
+    for link in raw_links if isinstance(raw_links, list) else []:
         if isinstance(link, dict) and isinstance(link.get("url"), str) and link["url"]:
             links[str(link.get("relation"))] = link["url"]
     return Page(
         url=url,
         resources=resources,
         next_url=links.get("next"),
-        size_bytes=size,
-        raw_entries=len(entries),
         self_url=links.get("self"),
     )

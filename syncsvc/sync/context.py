@@ -13,6 +13,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.settings import Settings
+from syncsvc.sync.page_decode import PageDecoder
 from syncsvc.vault import Vault
 
 
@@ -37,6 +38,8 @@ class SyncContext:
     http: aiohttp.ClientSession
     #: The lease owner id of this process.
     owner: str = field(default_factory=new_owner_id)
+    #: Decodes search pages; in place unless the process started worker processes for it.
+    decoder: PageDecoder = field(default_factory=PageDecoder)
     #: Injected so tests can move time without sleeping.
     clock: Callable[[], dt.datetime] = utcnow
 

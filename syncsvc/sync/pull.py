@@ -48,13 +48,13 @@ from syncsvc.smart.scopes import covered_types
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens
 from syncsvc.sync.page_batch import PageBatch
+from syncsvc.sync.page_decode import DecodedPage
+from syncsvc.sync.prepare import PreparedPage, prepare_page
 from syncsvc.sync.store import (
     REJECTED_SHOWN,
     Counts,
-    PreparedPage,
     flag_vanished,
     group_writer,
-    prepare_page,
     store_page,
 )
 from syncsvc.tenants import resource_types_of, smart_configuration
@@ -211,19 +211,19 @@ class GrantClient(FhirClient):
         self._source = token_source
         self.forced_refreshes = 0
 
-    async def get(self, url: str, params: Mapping[str, str] | None = None) -> tuple[Any, int]:
+    async def get_bytes(self, url: str, params: Mapping[str, str] | None = None) -> bytes:
         """GET with a current token, retried once with a forced new token after a 401."""
         if not is_under_base(url, self.base):
             raise ForeignNextLink
         self.use_token(await self._source(False))
         try:
-            return await self.fetch(url, params)
+            return await self.fetch_bytes(url, params)
         except FhirRequestError as exc:
             if exc.failure.kind != "invalid_token":
                 raise
         self.forced_refreshes += 1
         self.use_token(await self._source(True))
-        return await self.fetch(url, params)
+        return await self.fetch_bytes(url, params)
 
 
 def grant_fingerprint(granted_scopes: Sequence[str]) -> str:
@@ -516,6 +516,11 @@ async def _fetch_and_store(
 
         in_flight.append((writer.submit_batched(write), page))
 
+    def decode(url: str, body: bytes) -> Awaitable[DecodedPage]:
+        return ctx.decoder.decode(
+            url, body, plan.resource_type, connection.patient_id, connection.fhir_base
+        )
+
     try:
         try:
             if plan.resource_type == "Patient":
@@ -528,15 +533,8 @@ async def _fetch_and_store(
                 for params in plan.type_plan.searches(connection.patient_id):
                     if plan.since is not None:
                         params["_lastUpdated"] = f"gt{_instant(plan.since)}"
-                    async for page in client.search(plan.resource_type, params):
-                        await keep(
-                            prepare_page(
-                                page.resources,
-                                plan.resource_type,
-                                connection.patient_id,
-                                connection.fhir_base,
-                            )
-                        )
+                    async for page in client.search(plan.resource_type, params, decode):
+                        await keep(page.prepared)
         finally:
             # Stored pages are kept (and counted) whatever ended the fetching.
             await settle()

@@ -27,6 +27,7 @@ def test_defaults_use_sqlite_in_the_data_dir() -> None:
     assert settings.keepalive_days == 30
     assert settings.vault_keys == ()
     assert settings.log_format == "json"
+    assert settings.decode_workers is None  # chosen from the host's cores at start
 
 
 def test_environment_is_parsed_into_types() -> None:
@@ -43,6 +44,7 @@ def test_environment_is_parsed_into_types() -> None:
             "SYNCSVC_KEEPALIVE_DAYS": "7",
             "SYNCSVC_LOG_LEVEL": "debug",
             "SYNCSVC_LOG_FORMAT": "console",
+            "SYNCSVC_DECODE_WORKERS": "0",
         }
     )
     assert settings.database_url == "sqlite+aiosqlite:///data/x/syncsvc.db"
@@ -56,6 +58,7 @@ def test_environment_is_parsed_into_types() -> None:
     assert settings.tick_seconds == 0.5
     assert settings.keepalive_days == 7
     assert settings.log_level == "DEBUG"
+    assert settings.decode_workers == 0
 
 
 def test_environment_wins_over_the_config_file(tmp_path: Path) -> None:
@@ -90,6 +93,9 @@ def test_key_file_is_read_primary_first(tmp_path: Path) -> None:
         ({"SYNCSVC_TICK_SECONDS": "0"}, "tick_seconds"),
         ({"SYNCSVC_KEEPALIVE_DAYS": "-1"}, "keepalive_days"),
         ({"SYNCSVC_LOG_FORMAT": "xml"}, "log_format"),
+        ({"SYNCSVC_DECODE_WORKERS": "-1"}, "decode_workers"),
+        ({"SYNCSVC_DECODE_WORKERS": "65"}, "decode_workers"),
+        ({"SYNCSVC_DECODE_WORKERS": "many"}, "decode_workers"),
         ({"SYNCSVC_LOG_LEVEL": "loud"}, "log_level"),
         ({"SYNCSVC_PUBLIC_URL": "sync.example.org"}, "public_url"),
         ({"SYNCSVC_VAULT_KEYS": "nocolon"}, "vault_keys"),

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from syncsvc.sync.compartment import canonical
-from syncsvc.sync.store import is_entered_in_error, prepare_page
+from syncsvc.sync.prepare import is_entered_in_error, prepare_page
 
 NANCY = "12724066"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import aiohttp
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -9,20 +11,34 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.page_decode import PageDecoder
 from syncsvc.vault import Vault
 
 from . import SandboxAdmin
 
 
-@pytest.fixture
-def ctx(
+@pytest.fixture(params=["in-place"])
+async def ctx(
+    request: pytest.FixtureRequest,
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
     vault: Vault,
     http: aiohttp.ClientSession,
-) -> SyncContext:
-    """A sync context on this test's database."""
-    return SyncContext(settings, sessionmaker, vault, http)
+) -> AsyncIterator[SyncContext]:
+    """A sync context on this test's database.
+
+    Pages are decoded in place; a test parametrized with ``indirect`` ``"worker"`` has every
+    page decoded by a worker process instead (as ``syncsvc worker`` does on a multi-core host).
+    """
+    if request.param == "in-place":
+        yield SyncContext(settings, sessionmaker, vault, http)
+        return
+    decoder = PageDecoder(workers=1, inline_below=0)
+    await decoder.start()
+    try:
+        yield SyncContext(settings, sessionmaker, vault, http, decoder=decoder)
+    finally:
+        await decoder.close()
 
 
 @pytest.fixture

@@ -73,6 +73,7 @@ async def test_insufficient_scope_denies_one_type_until_the_grant_changes(
     assert regranted.types["Goal"].counts.new == 4
 
 
+@pytest.mark.parametrize("ctx", ["in-place", "worker"], indirect=True)
 async def test_a_next_link_to_another_origin_stops_the_type_and_the_token_stays_home(
     ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
 ) -> None:
@@ -99,6 +100,7 @@ async def test_a_next_link_to_another_origin_stops_the_type_and_the_token_stays_
     assert states["Observation"].watermark is None  # the type did not complete
 
 
+@pytest.mark.parametrize("ctx", ["in-place", "worker"], indirect=True)
 async def test_a_next_link_equal_to_the_page_itself_stops_the_type(
     ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
 ) -> None:
@@ -114,6 +116,7 @@ async def test_a_next_link_equal_to_the_page_itself_stops_the_type(
     assert len(obs_requests) == 1  # the loop was seen before the page was fetched again
 
 
+@pytest.mark.parametrize("ctx", ["in-place", "worker"], indirect=True)
 async def test_another_patients_entry_is_rejected_counted_and_never_stored(
     ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
 ) -> None:
@@ -165,6 +168,7 @@ async def test_tenant_mismatch_makes_the_connection_misbound_and_stops(
     assert len(fhir) == 1  # the refused one; nothing after the connection was misbound
 
 
+@pytest.mark.parametrize("ctx", ["in-place", "worker"], indirect=True)
 @pytest.mark.parametrize(
     "fault", ["malformed_json", "truncated", "status_500", "status_503", "throttle", "reset"]
 )
@@ -204,6 +208,7 @@ async def test_a_broken_answer_ends_the_run_transient_and_keeps_what_was_stored(
     assert len(await stored(ctx, tokens.connection.id)) == 1 + 25 + 250 + 4
 
 
+@pytest.mark.parametrize("ctx", ["in-place", "worker"], indirect=True)
 async def test_an_access_token_expiring_mid_pull_is_replaced_once(
     ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
 ) -> None:

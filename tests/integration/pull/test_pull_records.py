@@ -38,6 +38,7 @@ async def _connected(
     return StoredTokens(ctx, connection, tenant)
 
 
+@pytest.mark.parametrize("ctx", ["in-place", "worker"], indirect=True)
 @pytest.mark.parametrize("sandbox_tenant", [CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT])
 async def test_a_first_pull_stores_every_granted_type_in_full(
     ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin, sandbox_tenant: str

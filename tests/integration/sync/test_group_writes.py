@@ -13,7 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.db import resource_repo
 from syncsvc.db.models import Resource
 from syncsvc.sync.page_batch import PageBatch, PendingRow
-from syncsvc.sync.store import Counts, GroupWriter, PreparedPage, prepare_page, store_page
+from syncsvc.sync.prepare import PreparedPage, prepare_page
+from syncsvc.sync.store import Counts, GroupWriter, store_page
 from tests.integration.dbdata import add_connection, add_tenant, utcnow
 
 PATIENT = "p-1"

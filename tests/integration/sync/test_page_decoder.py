@@ -1,0 +1,249 @@
+"""Decoding pages in worker processes: same result as in place, failures contained, no orphans."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from syncsvc.errors import Transient
+from syncsvc.sync.page_decode import PageDecoder, auto_workers, decode_page
+
+BASE = "https://fhir.example.org/r4/tenant-a"
+PATIENT = "p-1"
+URL = f"{BASE}/Observation?patient={PATIENT}"
+#: Long enough for a worker process to start, decode or exit on a loaded 2-core machine.
+WAIT_SECONDS = 20.0
+
+
+def _observation(rid: str, patient: str = PATIENT, **extra: object) -> dict[str, object]:
+    return {
+        "resourceType": "Observation",
+        "id": rid,
+        "meta": {"versionId": "1", "lastUpdated": "2026-11-01T10:00:00+01:00"},
+        "status": "final",
+        "subject": {"reference": f"Patient/{patient}"},
+        **extra,
+    }
+
+
+def _bundle(*resources: dict[str, object], next_url: str | None = None) -> bytes:
+    links = [{"relation": "self", "url": URL}]
+    if next_url is not None:
+        links.append({"relation": "next", "url": next_url})
+    entries: list[dict[str, object]] = [
+        {"resource": resource, "search": {"mode": "match"}} for resource in resources
+    ]
+    entries.append(
+        {"resource": {"resourceType": "OperationOutcome"}, "search": {"mode": "outcome"}}
+    )
+    return orjson.dumps(
+        {"resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries}
+    )
+
+
+PAGE = _bundle(
+    *(_observation(f"obs-{n}") for n in range(40)),
+    _observation("obs-wrong", status="entered-in-error"),
+    _observation("obs-other", patient="someone-else"),
+    next_url=f"{BASE}/Observation?page=2",
+)
+
+
+@pytest.fixture
+async def decoder() -> AsyncIterator[PageDecoder]:
+    """A started decoder with one worker, used for every page however small."""
+    started = PageDecoder(workers=1, inline_below=0)
+    await started.start()
+    try:
+        yield started
+    finally:
+        await started.close()
+
+
+async def test_a_worker_decodes_a_page_exactly_as_the_event_loop_would(
+    decoder: PageDecoder,
+) -> None:
+    in_place = decode_page(URL, PAGE, "Observation", PATIENT, BASE)
+
+    decoded = await decoder.decode(URL, PAGE, "Observation", PATIENT, BASE)
+
+    assert decoded == in_place
+    assert decoded.next_url == f"{BASE}/Observation?page=2"
+    assert decoded.self_url == URL
+    assert len(decoded.prepared.items) == 41
+    assert decoded.prepared.rejected == ["Observation/obs-other"]
+    assert [item.resource_id for item in decoded.prepared.items if item.entered_in_error] == [
+        "obs-wrong"
+    ]
+    assert decoded.prepared.max_last_updated is not None
+    assert decoded.prepared.max_last_updated.utcoffset() is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"resourceType": "Bundle", "entry": [', "malformed JSON"),
+        (b'{"resourceType": "Patient", "id": "x"}', "something other than a Bundle"),
+        (b'{"resourceType": "Bundle", "entry": {"resource": 1}}', "not a list"),
+    ],
+)
+async def test_a_hostile_page_fails_in_a_worker_as_it_fails_in_place(
+    decoder: PageDecoder, body: bytes, message: str
+) -> None:
+    with pytest.raises(Transient) as in_place:
+        decode_page(URL, body, "Observation", PATIENT, BASE)
+    with pytest.raises(Transient) as in_worker:
+        await decoder.decode(URL, body, "Observation", PATIENT, BASE)
+
+    assert message in in_worker.value.message
+    assert in_worker.value.message == in_place.value.message
+    assert in_worker.value.reason == in_place.value.reason
+    # The worker survives a hostile page.
+    assert (await decoder.decode(URL, PAGE, "Observation", PATIENT, BASE)).next_url
+
+
+async def test_malformed_entry_and_link_fields_neither_crash_nor_page(
+    decoder: PageDecoder,
+) -> None:
+    body = orjson.dumps(
+        {
+            "resourceType": "Bundle",
+            "link": 5,
+            "entry": [
+                {"resource": _observation("obs-1"), "search": "match"},
+                {"resource": _observation("obs-2"), "search": {"mode": "include"}},
+                "not an entry",
+            ],
+        }
+    )
+
+    decoded = await decoder.decode(URL, body, "Observation", PATIENT, BASE)
+
+    assert decoded == decode_page(URL, body, "Observation", PATIENT, BASE)
+    assert [item.resource_id for item in decoded.prepared.items] == ["obs-1"]
+    assert decoded.next_url is None
+
+
+async def test_a_worker_that_dies_fails_its_page_as_transient_and_is_replaced() -> None:
+    decoder = PageDecoder(workers=1, inline_below=1024)
+    await decoder.start()
+    try:
+        (pid,) = decoder.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        await _until_gone(pid)
+
+        with pytest.raises(Transient, match="decoder process stopped unexpectedly"):
+            await decoder.decode(URL, PAGE, "Observation", PATIENT, BASE)
+        # A page below the threshold never needed the worker.
+        small = _bundle(_observation("obs-small"))
+        assert len(small) < 1024
+        small_page = await decoder.decode(URL, small, "Observation", PATIENT, BASE)
+        assert [item.resource_id for item in small_page.prepared.items] == ["obs-small"]
+        # The next page goes to a new worker.
+        decoded = await decoder.decode(URL, PAGE, "Observation", PATIENT, BASE)
+        assert len(decoded.prepared.items) == 41
+    finally:
+        await decoder.close()
+
+
+async def test_workers_ignore_interrupts_meant_for_the_service(decoder: PageDecoder) -> None:
+    (pid,) = decoder.worker_pids
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+
+    decoded = await decoder.decode(URL, PAGE, "Observation", PATIENT, BASE)
+
+    assert len(decoded.prepared.items) == 41
+    assert decoder.worker_pids == [pid]
+    os.kill(pid, 0)  # still there
+
+
+def test_a_decoder_without_workers_has_no_worker_processes() -> None:
+    assert PageDecoder().worker_pids == []
+
+
+async def test_close_stops_the_workers() -> None:
+    decoder = PageDecoder(workers=2)
+    await decoder.start()
+    pids = decoder.worker_pids
+    assert len(pids) == 2
+
+    await decoder.close()
+
+    for pid in pids:
+        await _until_gone(pid)
+
+
+def test_a_worker_exits_when_its_service_is_killed_outright(tmp_path: Path) -> None:
+    script = tmp_path / "service.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import asyncio
+
+            from syncsvc.sync.page_decode import PageDecoder
+
+
+            async def main() -> None:
+                decoder = PageDecoder(workers=1)
+                await decoder.start()
+                print(decoder.worker_pids[0], flush=True)
+                await asyncio.sleep(60)
+
+
+            if __name__ == "__main__":
+                asyncio.run(main())
+            """
+        ),
+        encoding="utf-8",
+    )
+    with subprocess.Popen(  # noqa: S603 - this interpreter, a script the test wrote
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[3],
+    ) as service:
+        try:
+            assert service.stdout is not None
+            worker = int(service.stdout.readline())
+            service.kill()
+            service.wait(WAIT_SECONDS)
+            deadline = time.monotonic() + WAIT_SECONDS
+            while _alive(worker) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not _alive(worker), "the decode worker outlived its service"
+        finally:
+            service.kill()
+
+
+@pytest.mark.parametrize(("cores", "workers"), [(None, 0), (1, 0), (2, 1), (4, 3), (64, 4)])
+def test_automatic_workers_leave_one_core_to_the_event_loop(
+    cores: int | None, workers: int
+) -> None:
+    assert auto_workers(cores) == workers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # A dead child not yet reaped by its parent is a zombie: gone for this purpose.
+        with Path(f"/proc/{pid}/stat").open(encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def _until_gone(pid: int) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} is still running"
+        await asyncio.sleep(0.05)
