@@ -28,6 +28,7 @@ from syncsvc.logging import configure_logging
 from syncsvc.process import tune_gc
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.page_decode import page_decoder
 from syncsvc.sync.runner import run_due
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
@@ -121,12 +122,16 @@ def _scale_worker(settings: Settings, pipe: Pipe) -> None:
     async def work() -> None:
         engine = create_engine(settings.database_url)
         try:
-            async with create_http_client() as http:
+            async with (
+                create_http_client() as http,
+                page_decoder(settings.decode_workers) as decoder,
+            ):
                 ctx = SyncContext(
                     settings=settings,
                     sessionmaker=create_sessionmaker(engine),
                     vault=Vault.from_settings(settings),
                     http=http,
+                    decoder=decoder,
                 )
                 scheduler = SyncScheduler(ctx, limiter=unlimited())
                 tune_gc()
@@ -151,7 +156,9 @@ def scale_workers(settings: Settings, count: int) -> Any:
     try:
         for _ in range(count):
             parent, child = context.Pipe()
-            process = context.Process(target=_scale_worker, args=(settings, child), daemon=True)
+            # Not daemonic: a worker starts its own page-decoding processes, as the service does.
+            # It stops when its pipe closes, and the ``finally`` below terminates a straggler.
+            process = context.Process(target=_scale_worker, args=(settings, child))
             process.start()
             child.close()
             started.append((process, parent))

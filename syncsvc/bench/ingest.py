@@ -43,7 +43,7 @@ class Fleet:
 async def sync_round(ctx: SyncContext, fleet: Fleet, *, expect: int) -> Sample:
     """Make the fleet due and work it once; the sample counts every resource handled."""
     await world.make_due(ctx.sessionmaker, fleet.connection_ids)
-    with timed() as sample:
+    with timed(ctx.decoder.worker_pids) as sample:
         report = await run_due(ctx, connection_ids=fleet.connection_ids, limiter=unlimited())
     if report.failures or set(report.sync) != {"ok"}:
         raise BenchError(f"a sync round did not succeed: {report.to_json()}")

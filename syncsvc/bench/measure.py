@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import resource
 import statistics
 import sys
@@ -12,13 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
+_PROC = Path("/proc")
 
 
-def _status_kib(name: str, status: Path = _STATUS) -> int | None:
+def _proc(pid: int | None) -> Path:
+    return _PROC / ("self" if pid is None else str(pid))
+
+
+def _status_kib(name: str, pid: int | None = None) -> int | None:
     try:
-        for line in status.read_text(encoding="ascii").splitlines():
+        for line in (_proc(pid) / "status").read_text(encoding="ascii").splitlines():
             if line.startswith(name + ":"):
                 return int(line.split()[1])
     except OSError:
@@ -28,27 +32,39 @@ def _status_kib(name: str, status: Path = _STATUS) -> int | None:
 
 def rss_mib(pid: int | None = None) -> float:
     """Current resident set size of this process (or ``pid``) in MiB."""
-    status = _STATUS if pid is None else Path(f"/proc/{pid}/status")
-    kib = _status_kib("VmRSS", status)
+    kib = _status_kib("VmRSS", pid)
     if kib is None:
         # Not Linux: the lifetime peak is the best there is.
-        return peak_rss_mib()
+        return peak_rss_mib() if pid is None else 0.0
     return kib / 1024
 
 
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process in MiB since the last :func:`reset_peak_rss`."""
-    kib = _status_kib("VmHWM")
+def peak_rss_mib(pid: int | None = None) -> float:
+    """Peak RSS of this process (or ``pid``) in MiB since the last :func:`reset_peak_rss`."""
+    kib = _status_kib("VmHWM", pid)
     if kib is not None:
         return kib / 1024
+    if pid is not None:
+        return 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def reset_peak_rss() -> None:
+def reset_peak_rss(pid: int | None = None) -> None:
     """Start a new peak (Linux: ``clear_refs`` 5 resets VmHWM; elsewhere it stays lifetime)."""
     with contextlib.suppress(OSError):
-        _CLEAR_REFS.write_text("5", encoding="ascii")
+        (_proc(pid) / "clear_refs").write_text("5", encoding="ascii")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used; 0 when it cannot be read."""
+    try:
+        stat = (_proc(pid) / "stat").read_text(encoding="ascii")
+    except OSError:
+        return 0.0
+    # Fields after the command name, which may itself hold spaces and parentheses.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -78,17 +94,25 @@ class Sample:
 
 
 @contextlib.contextmanager
-def timed() -> Iterator[Sample]:
-    """Time a block; the caller sets ``items`` on the yielded sample."""
-    sample = Sample(rss_before_mib=rss_mib())
+def timed(helpers: Sequence[int] = ()) -> Iterator[Sample]:
+    """Time a block; the caller sets ``items`` on the yielded sample.
+
+    ``helpers`` are process ids of this process's workers (page decoders): their CPU counts,
+    and their peak RSS growth is added to this process's (an upper bound: peaks need not meet).
+    """
+    sample = Sample(rss_before_mib=rss_mib() + sum(rss_mib(pid) for pid in helpers))
     reset_peak_rss()
+    for pid in helpers:
+        reset_peak_rss(pid)
+    helper_cpu = sum(cpu_seconds(pid) for pid in helpers)
     wall, cpu = time.perf_counter(), time.process_time()
     try:
         yield sample
     finally:
         sample.seconds = time.perf_counter() - wall
         sample.cpu_seconds = time.process_time() - cpu
-        sample.peak_rss_mib = peak_rss_mib()
+        sample.cpu_seconds += sum(cpu_seconds(pid) for pid in helpers) - helper_cpu
+        sample.peak_rss_mib = peak_rss_mib() + sum(peak_rss_mib(pid) for pid in helpers)
 
 
 @dataclass

@@ -72,6 +72,8 @@ class Report:
     patients: int
     resources: int
     rounds: int
+    #: Page-decoding worker processes of the measured service (their CPU and RSS are counted).
+    decode_workers: int = 0
     rows: list[Row] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -98,6 +100,7 @@ class Report:
                 "resources": self.resources,
                 "rounds": self.rounds,
             },
+            "decode_workers": self.decode_workers,
             "rows": [row.to_json() for row in self.rows],
             "targets": [target.to_json() for target in self.targets],
             "notes": self.notes,
@@ -108,7 +111,8 @@ class Report:
         machine = self.machine()
         lines = [
             f"syncsvc bench: {self.database}, {machine['cpus']} CPUs, Python {machine['python']}; "
-            f"{self.patients} patients x {self.resources} resources, {self.rounds} rounds",
+            f"{self.patients} patients x {self.resources} resources, {self.rounds} rounds, "
+            f"{self.decode_workers} decode worker(s)",
             f"{'scenario':<10} {'figure':<26} {'median':>12} {'min - max':>21} "
             f"{'CPU s/10k':>9} {'RSS+ MiB':>8}  {'ratio (syncsvc/peer)':<20}",
         ]

@@ -31,6 +31,7 @@ from syncsvc.process import tune_gc
 from syncsvc.settings import VAULT_KEY_BYTES, Settings, VaultKey
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens
+from syncsvc.sync.page_decode import PageDecoder, page_decoder
 from syncsvc.vault import Vault
 
 SCENARIOS = ("ingest", "resync", "peers", "wide", "big", "scheduler", "refresh", "scaleout")
@@ -51,6 +52,8 @@ class Options:
     scheduler_sizes: tuple[int, ...] = (100_000,)
     refresh_connections: int = 200
     workers: tuple[int, ...] = (1, 2, 3)
+    #: Page-decoding processes (None: the service's automatic choice).
+    decode_workers: int | None = None
     scenarios: tuple[str, ...] = QUICK_SCENARIOS
     work_dir: Path | None = None
     #: Raise the collector's thresholds after start-up, as ``worker`` should (see README).
@@ -97,19 +100,25 @@ async def run(options: Options) -> Report:
         )
         origin = stack.enter_context(sandbox_process(config))
         await upgrade_to_head(db_url)
-        settings = bench_settings(db_url, work)
+        settings = bench_settings(db_url, work, decode_workers=options.decode_workers)
         report = Report(
             database=normalise_url(db_url).get_backend_name(),
             patients=options.patients,
             resources=options.resources,
             rounds=options.rounds,
         )
-        async with _database(db_url) as sessionmaker, create_http_client() as http:
+        async with (
+            _database(db_url) as sessionmaker,
+            create_http_client() as http,
+            page_decoder(settings.decode_workers) as decoder,
+        ):
+            report.decode_workers = decoder.workers
             bench = Bench(
                 options=options,
                 settings=settings,
                 sessionmaker=sessionmaker,
                 http=http,
+                decoder=decoder,
                 origin=origin,
                 config=config,
                 work=work,
@@ -139,6 +148,7 @@ class Bench:
         settings: Settings,
         sessionmaker: async_sessionmaker[AsyncSession],
         http: aiohttp.ClientSession,
+        decoder: PageDecoder,
         origin: str,
         config: Any,
         work: Path,
@@ -148,6 +158,7 @@ class Bench:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.http = http
+        self.decoder = decoder
         self.origin = origin
         self.config = config
         self.work = work
@@ -162,7 +173,11 @@ class Bench:
         """A sync context as ``worker`` builds one, with settings ``overrides``."""
         settings = self.settings.replace(**overrides) if overrides else self.settings
         return SyncContext(
-            settings=settings, sessionmaker=self.sessionmaker, vault=self.vault, http=self.http
+            settings=settings,
+            sessionmaker=self.sessionmaker,
+            vault=self.vault,
+            http=self.http,
+            decoder=self.decoder,
         )
 
     async def run(self) -> None:

@@ -40,6 +40,7 @@ def _bench(args: argparse.Namespace) -> int:
         scheduler_sizes=args.scheduler_size,
         refresh_connections=args.refresh_connections,
         workers=args.workers,
+        decode_workers=args.decode_workers,
         scenarios=scenarios,
         say=(lambda line: print(line, file=sys.stderr, flush=True))
         if not args.json
@@ -93,6 +94,13 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     bench.add_argument(
         "--workers", type=_sizes, default=(1, 2, 3), metavar="N[,N]", help="scale-out (1,2,3)"
+    )
+    bench.add_argument(
+        "--decode-workers",
+        type=int,
+        metavar="N",
+        help="page-decoding processes of the measured service (default: as the service picks "
+        "them, one per core beyond the first; 0 decodes in the event loop's thread)",
     )
     bench.add_argument(
         "--scenario",
