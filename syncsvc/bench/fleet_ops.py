@@ -19,7 +19,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench.ingest import BenchError, unlimited
-from syncsvc.bench.measure import rss_mib
+from syncsvc.bench.measure import children_of, rss_mib
 from syncsvc.db import repo
 from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.db.models import Connection, ResourceCursor, SyncRun
@@ -75,12 +75,17 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
         "SYNCSVC_LOG_LEVEL": "WARNING",
         "SYNCSVC_DATA_DIR": str(settings.data_dir),
     }
+    if settings.decode_workers is not None:
+        env["SYNCSVC_DECODE_WORKERS"] = str(settings.decode_workers)
     env.update(extra)
     return env
 
 
 async def worker_rss(settings: Settings) -> float:
-    """RSS in MiB of a real ``syncsvc worker`` after a few ticks over the current database."""
+    """RSS in MiB of a real ``syncsvc worker`` after a few ticks over the current database.
+
+    Its page-decoding processes count too: what the service costs is the sum.
+    """
     process = subprocess.Popen(  # noqa: ASYNC220 - a child we stop ourselves a few seconds later
         [sys.executable, "-m", "syncsvc", "worker"],
         env=worker_environment(settings, SYNCSVC_TICK_SECONDS="0.5"),
@@ -91,7 +96,7 @@ async def worker_rss(settings: Settings) -> float:
         await asyncio.sleep(RSS_SETTLE_SECONDS)
         if process.poll() is not None:
             raise BenchError(f"the worker exited early ({process.returncode})")
-        return rss_mib(process.pid)
+        return rss_mib(process.pid) + sum(rss_mib(child) for child in children_of(process.pid))
     finally:
         process.send_signal(signal.SIGTERM)
         try:

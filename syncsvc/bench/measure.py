@@ -56,6 +56,19 @@ def reset_peak_rss(pid: int | None = None) -> None:
         (_proc(pid) / "clear_refs").write_text("5", encoding="ascii")
 
 
+def children_of(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (Linux; empty elsewhere)."""
+    found = []
+    for entry in _PROC.glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii")
+        except OSError:  # gone meanwhile, or not Linux
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU seconds (user and system) process ``pid`` has used; 0 when it cannot be read."""
     try:

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench import fleet_ops, ingest, world
 from syncsvc.bench.ingest import Fleet
-from syncsvc.bench.measure import Sample, Spread
+from syncsvc.bench.measure import Sample, Spread, rss_mib
 from syncsvc.bench.peers import PEERS, peer_available, run_peer
 from syncsvc.bench.report import Report, Row, judge
 from syncsvc.bench.sandbox_process import sandbox_process
@@ -113,6 +113,12 @@ async def run(options: Options) -> Report:
             page_decoder(settings.decode_workers) as decoder,
         ):
             report.decode_workers = decoder.workers
+            if decoder.workers:
+                held = sum(rss_mib(pid) for pid in decoder.worker_pids)
+                report.notes.append(
+                    f"{decoder.workers} page-decoding process(es): their CPU and RSS growth count "
+                    f"in every figure; at rest they hold {held:.0f} MiB besides the service"
+                )
             bench = Bench(
                 options=options,
                 settings=settings,

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import orjson
+
 from syncsvc.db.models import RESOURCE_ID_LENGTH
 from syncsvc.sync.compartment import belongs_to_patient, canonical, resource_identity
 
@@ -95,7 +97,11 @@ def prepare_page(
         meta = meta if isinstance(meta, dict) else {}
         version = meta.get("versionId")
         last_updated = _parse_instant(meta.get("lastUpdated"))
-        stored = canonical(resource)
+        try:
+            stored = canonical(resource)
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes: hostile, not a record
+            page.rejected.append(_describe(resource))
+            continue
         by_id[identity[1]] = Prepared(
             identity[1],
             version if isinstance(version, str) and len(version) <= RESOURCE_ID_LENGTH else None,

@@ -80,3 +80,17 @@ def test_entered_in_error_is_recognised_in_each_spelling() -> None:
     assert is_entered_in_error(condition)
     assert not is_entered_in_error({"status": "final"})
     assert not is_entered_in_error({"verificationStatus": {"coding": [{"code": "confirmed"}]}})
+
+
+def test_a_resource_nested_deeper_than_json_can_be_written_is_rejected_not_raised() -> None:
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(300):  # orjson reads 1024 levels but writes at most 254
+        inner["x"] = {}
+        inner = inner["x"]
+    hostile = {**_observation("deep"), "extension": [deep]}
+
+    page = prepare_page([hostile, _observation("fine")], "Observation", NANCY)
+
+    assert [item.resource_id for item in page.items] == ["fine"]
+    assert page.rejected == ["Observation/deep"]

@@ -34,11 +34,13 @@ async def ctx(
         yield SyncContext(settings, sessionmaker, vault, http)
         return
     decoder = PageDecoder(workers=1, inline_below=0)
-    await decoder.start()
     try:
+        await decoder.start()
         yield SyncContext(settings, sessionmaker, vault, http, decoder=decoder)
     finally:
         await decoder.close()
+    # Every test of this kind searches: had its pages been decoded in place, it proved nothing.
+    assert decoder.worker_pages > 0
 
 
 @pytest.fixture

@@ -63,8 +63,8 @@ PAGE = _bundle(
 async def decoder() -> AsyncIterator[PageDecoder]:
     """A started decoder with one worker, used for every page however small."""
     started = PageDecoder(workers=1, inline_below=0)
-    await started.start()
     try:
+        await started.start()
         yield started
     finally:
         await started.close()
@@ -156,20 +156,60 @@ async def test_a_worker_that_dies_fails_its_page_as_transient_and_is_replaced() 
         await decoder.close()
 
 
-async def test_workers_ignore_interrupts_meant_for_the_service(decoder: PageDecoder) -> None:
+async def test_workers_ignore_a_ctrl_c_meant_for_the_service(decoder: PageDecoder) -> None:
     (pid,) = decoder.worker_pids
     os.kill(pid, signal.SIGINT)
-    os.kill(pid, signal.SIGTERM)
 
     decoded = await decoder.decode(URL, PAGE, "Observation", PATIENT, BASE)
 
     assert len(decoded.prepared.items) == 41
-    assert decoder.worker_pids == [pid]
-    os.kill(pid, 0)  # still there
+    assert _alive(pid)
+    assert decoder.worker_pages == 1
 
 
-def test_a_decoder_without_workers_has_no_worker_processes() -> None:
-    assert PageDecoder().worker_pids == []
+async def test_a_worker_dying_beside_a_busy_one_leaves_no_process_behind() -> None:
+    # The survivor is mid-page when the pool breaks; the pool must still be able to stop it.
+    big = _bundle(*(_observation(f"obs-{n}", note=[{"text": "x" * 2000}]) for n in range(1000)))
+    decoder = PageDecoder(workers=2, inline_below=0)
+    try:
+        await decoder.start()
+        first, second = decoder.worker_pids
+        pages = [
+            asyncio.ensure_future(decoder.decode(URL, big, "Observation", PATIENT, BASE))
+            for _ in range(4)
+        ]
+        await asyncio.sleep(0.05)
+        os.kill(first, signal.SIGKILL)
+        outcomes = await asyncio.gather(*pages, return_exceptions=True)
+    finally:
+        await asyncio.wait_for(decoder.close(), WAIT_SECONDS)
+
+    assert any(isinstance(outcome, Transient) for outcome in outcomes), outcomes
+    assert all(
+        isinstance(outcome, Transient) or len(outcome.prepared.items) == 1000
+        for outcome in outcomes
+    ), outcomes
+    for pid in (first, second):
+        await _until_gone(pid)
+
+
+async def test_pages_handed_to_workers_are_decoded_when_the_decoder_closes() -> None:
+    decoder = PageDecoder(workers=1, inline_below=0)
+    await decoder.start()
+    pages = [
+        asyncio.ensure_future(decoder.decode(URL, PAGE, "Observation", PATIENT, BASE))
+        for _ in range(8)
+    ]
+    await asyncio.sleep(0)  # every page is submitted before the close begins
+
+    await asyncio.wait_for(decoder.close(), WAIT_SECONDS)
+
+    decoded = await asyncio.gather(*pages)
+    assert [len(page.prepared.items) for page in decoded] == [41] * 8
+    # Pages after the close are decoded in place.
+    after = await decoder.decode(URL, PAGE, "Observation", PATIENT, BASE)
+    assert len(after.prepared.items) == 41
+    assert decoder.worker_pages == 8
 
 
 async def test_close_stops_the_workers() -> None:
