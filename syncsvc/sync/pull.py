@@ -1,8 +1,9 @@
 """Pulling one connection's record: every granted type, paged, incremental where possible.
 
-One run goes type by type. Pages are handed to the process's group writer as they arrive and
-committed in short transactions (never one held across an HTTP call); a type's watermark moves
-only when the type completed, so a crash or a transient failure
+One run goes type by type. Each page is decoded by the context's decoder (in this thread, or in
+a page-decoding process; see ``syncsvc.sync.page_decode``) and handed to the process's group
+writer as it arrives; pages are committed in short transactions (never one held across an HTTP
+call). A type's watermark moves only when the type completed, so a crash or a transient failure
 makes the next run redo that type idempotently (unchanged resources are compared, not rewritten).
 Every run leaves a ``sync_runs`` row and per-type ``sync_states``.
 
