@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.db import repo
 from syncsvc.db.models import Connection, LaunchAttempt, Tenant, new_id
 from syncsvc.errors import LaunchError, ReauthRequired, SyncsvcError, Transient
-from syncsvc.fhir.client import FhirClient, is_fhir_id
+from syncsvc.fhir.client import FhirClient
+from syncsvc.fhir.ids import is_fhir_id
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
 from syncsvc.smart import oauth

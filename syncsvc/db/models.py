@@ -28,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
+from syncsvc.fhir.ids import MAX_ID_LENGTH
+
 from .base import Base, UTCDateTime
 
 Vendor = Literal["cerner", "epic", "generic"]
@@ -212,8 +214,7 @@ TYPE_SYNC_STATUSES: tuple[str, ...] = get_args(TypeSyncStatus)
 RUN_OUTCOMES: tuple[str, ...] = get_args(RunOutcome)
 
 RESOURCE_TYPE_LENGTH = 64
-#: FHIR ids are at most 64 characters.
-RESOURCE_ID_LENGTH = 64
+RESOURCE_ID_LENGTH = MAX_ID_LENGTH
 HASH_LENGTH = 64
 
 

@@ -8,17 +8,16 @@ search instead (Cerner-style tenants are told apart by path, so even the same ho
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
-from urllib.parse import unquote, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import aiohttp
-import orjson
-from yarl import URL
 
 from syncsvc.errors import SyncsvcError, Transient
+from syncsvc.fhir.bundle import parse_json
+from syncsvc.fhir.ids import RESOURCE_TYPE, is_fhir_id
+from syncsvc.fhir.urls import is_under_base
 from syncsvc.http import BodyTooLarge, read_body
 from syncsvc.smart.vendor_errors import FhirFailure, classify_fhir_failure
 
@@ -57,17 +56,6 @@ class PagingLoop(SyncsvcError):
         )
 
 
-@dataclass
-class Page:
-    """One searchset page."""
-
-    url: str
-    resources: list[dict[str, Any]]
-    next_url: str | None
-    #: The Bundle's own ``self`` link, which a looping server repeats as ``next``.
-    self_url: str | None = None
-
-
 class SearchPage(Protocol):
     """What paging needs of a decoded page: where it came from and where it points."""
 
@@ -84,49 +72,6 @@ class SearchPage(Protocol):
 P = TypeVar("P", bound=SearchPage)
 #: Turns a fetched page (its URL and body) into the caller's page.
 Decoder: TypeAlias = Callable[[str, bytes], Awaitable[P]]
-
-
-#: FHIR's id datatype (R4 2.24.0.2): also keeps path syntax out of URLs built from EHR data.
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-
-
-def is_fhir_id(value: str) -> bool:
-    """Whether ``value`` is a valid FHIR id (and no dot segment)."""
-    return bool(FHIR_ID.match(value)) and value not in (".", "..")
-
-
-def _ambiguous_path(raw_path: str) -> bool:
-    # A dot segment (plain or percent-encoded) or an encoded slash makes the path the HTTP client
-    # sends differ from the one checked here (it resolves them), so such URLs are refused.
-    lowered = raw_path.lower()
-    if "%2f" in lowered or "%5c" in lowered or "\\" in raw_path:
-        return True
-    return any(unquote(segment) in (".", "..") for segment in raw_path.split("/"))
-
-
-def is_under_base(url: str, base: str) -> bool:
-    """Whether ``url`` is under ``base``: same scheme, host and port, path below the base path.
-
-    The comparison is made on the URL as the HTTP client will send it (normalised by yarl), and
-    URLs whose path could be read two ways are refused outright.
-    """
-    try:
-        target, root = URL(url), URL(base)
-    except (ValueError, TypeError):
-        return False
-    if not target.is_absolute() or target.user or target.password:
-        return False
-    if _ambiguous_path(urlsplit(url).path):
-        return False
-    if (target.scheme.lower(), target.host, target.explicit_port or target.port) != (
-        root.scheme.lower(),
-        root.host,
-        root.explicit_port or root.port,
-    ):
-        return False
-    base_path = root.path.rstrip("/")
-    return target.path == base_path or target.path.startswith(base_path + "/")
 
 
 class FhirClient:
@@ -221,41 +166,3 @@ class FhirClient:
 
 def _with_query(url: str, params: Mapping[str, str]) -> str:
     return f"{url}?{urlencode(params)}"
-
-
-def parse_json(body: bytes) -> Any:
-    """An EHR's JSON answer, parsed; malformed JSON is a transient failure of the EHR."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise Transient("The EHR answered with malformed JSON") from exc
-
-
-def parse_bundle(url: str, body: bytes) -> Page:
-    """A searchset page from its URL and body: the ``match`` entries' resources and the links."""
-    doc = parse_json(body)
-    if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
-        raise Transient("The EHR answered a search with something other than a Bundle")
-    resources: list[dict[str, Any]] = []
-    entries = doc.get("entry") or []
-    if not isinstance(entries, list):
-        raise Transient("The EHR's Bundle.entry is not a list")
-    for entry in entries:
-        resource = entry.get("resource") if isinstance(entry, dict) else None
-        if isinstance(resource, dict):
-            search = entry.get("search")
-            # Only ``match`` entries are results; an entry without a usable mode counts as one.
-            mode = search.get("mode", "match") if isinstance(search, dict) else "match"
-            if mode == "match":
-                resources.append(resource)
-    links: dict[str, str] = {}
-    raw_links = doc.get("link")
-    for link in raw_links if isinstance(raw_links, list) else []:
-        if isinstance(link, dict) and isinstance(link.get("url"), str) and link["url"]:
-            links[str(link.get("relation"))] = link["url"]
-    return Page(
-        url=url,
-        resources=resources,
-        next_url=links.get("next"),
-        self_url=links.get("self"),
-    )

@@ -14,7 +14,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from syncsvc.fhir.client import is_under_base
+from syncsvc.fhir.ids import MAX_ID_LENGTH
+from syncsvc.fhir.urls import is_under_base
 
 #: Where each type names its patient, in the order to look (FHIR R4 patient compartment).
 _PATIENT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -105,6 +106,6 @@ def resource_identity(resource: dict[str, Any]) -> tuple[str, str] | None:
     resource_type, resource_id = resource.get("resourceType"), resource.get("id")
     if not isinstance(resource_type, str) or not isinstance(resource_id, str) or not resource_id:
         return None
-    if len(resource_id) > 64:  # FHIR ids are at most 64 characters
+    if len(resource_id) > MAX_ID_LENGTH:
         return None
     return resource_type, resource_id

@@ -32,7 +32,7 @@ from multiprocessing.queues import Queue
 import structlog
 
 from syncsvc.errors import SyncsvcError, Transient
-from syncsvc.fhir.client import parse_bundle
+from syncsvc.fhir.bundle import parse_bundle
 from syncsvc.process import tune_gc
 from syncsvc.sync.prepare import PreparedPage, prepare_page
 

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from syncsvc.db.models import RESOURCE_ID_LENGTH
+from syncsvc.fhir.ids import MAX_ID_LENGTH
 from syncsvc.sync.compartment import belongs_to_patient, canonical, resource_identity
 
 ENTERED_IN_ERROR = "entered-in-error"
@@ -104,7 +104,7 @@ def prepare_page(
             continue
         by_id[identity[1]] = Prepared(
             identity[1],
-            version if isinstance(version, str) and len(version) <= RESOURCE_ID_LENGTH else None,
+            version if isinstance(version, str) and len(version) <= MAX_ID_LENGTH else None,
             last_updated,
             stored.body,
             stored.content_hash,

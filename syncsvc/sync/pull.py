@@ -42,9 +42,9 @@ from syncsvc.fhir.client import (
     FhirRequestError,
     ForeignNextLink,
     PagingLoop,
-    is_under_base,
 )
 from syncsvc.fhir.plans import TypePlan, plan_for, supports_last_updated
+from syncsvc.fhir.urls import is_under_base
 from syncsvc.smart.scopes import covered_types
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens

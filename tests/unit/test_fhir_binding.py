@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from syncsvc.fhir.client import is_fhir_id, is_under_base
+from syncsvc.fhir.ids import is_fhir_id
+from syncsvc.fhir.urls import is_under_base
 
 BASE = "https://fhir.example.com/r4/ec2458f2"
 
