@@ -56,27 +56,30 @@ def reset_peak_rss(pid: int | None = None) -> None:
         (_proc(pid) / "clear_refs").write_text("5", encoding="ascii")
 
 
+def _stat_fields(process: Path) -> list[str] | None:
+    """The fields of a process's ``stat`` after its command name (which may hold spaces)."""
+    try:
+        stat = (process / "stat").read_text(encoding="ascii")
+    except OSError:  # gone meanwhile, or not Linux
+        return None
+    return stat[stat.rindex(")") + 2 :].split()
+
+
 def children_of(pid: int) -> list[int]:
     """Process ids whose parent is ``pid`` (Linux; empty elsewhere)."""
     found = []
     for entry in _PROC.glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text(encoding="ascii")
-        except OSError:  # gone meanwhile, or not Linux
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
+        fields = _stat_fields(entry)
+        if fields is not None and int(fields[1]) == pid:
             found.append(int(entry.name))
     return found
 
 
 def cpu_seconds(pid: int) -> float:
     """CPU seconds (user and system) process ``pid`` has used; 0 when it cannot be read."""
-    try:
-        stat = (_proc(pid) / "stat").read_text(encoding="ascii")
-    except OSError:
+    fields = _stat_fields(_proc(pid))
+    if fields is None:
         return 0.0
-    # Fields after the command name, which may itself hold spaces and parentheses.
-    fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

@@ -15,9 +15,8 @@ from syncsvc.errors import Transient
 
 @dataclass
 class Page:
-    """One searchset page."""
+    """One searchset page: its ``match`` resources and its links."""
 
-    url: str
     resources: list[dict[str, Any]]
     next_url: str | None
     #: The Bundle's own ``self`` link, which a looping server repeats as ``next``.
@@ -32,8 +31,8 @@ def parse_json(body: bytes) -> Any:
         raise Transient("The EHR answered with malformed JSON") from exc
 
 
-def parse_bundle(url: str, body: bytes) -> Page:
-    """A searchset page from its URL and body: the ``match`` entries' resources and the links."""
+def parse_bundle(body: bytes) -> Page:
+    """A searchset page from its body: the ``match`` entries' resources and the links."""
     doc = parse_json(body)
     if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
         raise Transient("The EHR answered a search with something other than a Bundle")
@@ -55,7 +54,6 @@ def parse_bundle(url: str, body: bytes) -> Page:
         if isinstance(link, dict) and isinstance(link.get("url"), str) and link["url"]:
             links[str(link.get("relation"))] = link["url"]
     return Page(
-        url=url,
         resources=resources,
         next_url=links.get("next"),
         self_url=links.get("self"),

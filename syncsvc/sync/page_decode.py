@@ -60,9 +60,9 @@ def decode_page(
     url: str, body: bytes, resource_type: str, patient_id: str, base: str | None
 ) -> DecodedPage:
     """Parse a searchset page and prepare its resources for ``patient_id`` at ``base``."""
-    page = parse_bundle(url, body)
+    page = parse_bundle(body)
     prepared = prepare_page(page.resources, resource_type, patient_id, base)
-    return DecodedPage(page.url, page.next_url, page.self_url, prepared)
+    return DecodedPage(url, page.next_url, page.self_url, prepared)
 
 
 def _start_worker(announce: Queue[int]) -> None:
