@@ -39,6 +39,7 @@ VAULT_KEY_BYTES = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: More page-decoding processes than this only add memory: the writer is the limit by then.
 MAX_DECODE_WORKERS = 64
+MAX_WRITE_LANES = 16
 
 LogFormat = Literal["json", "console"]
 
@@ -189,6 +190,9 @@ class Settings:
     #: Worker processes that decode pulled pages (0: in the event loop's thread; unset: one per
     #: core beyond the first, at most 4).
     decode_workers: int | None = None
+    #: Writers committing pulled pages on PostgreSQL, each in its own transaction (unset: 2);
+    #: a connection's writes always take the same one. SQLite always has one.
+    write_lanes: int | None = None
     launch_ttl_seconds: int = 600
     connect_link_ttl_seconds: int = 86_400
     #: Where webhooks are POSTed (https, or http on loopback); None sends none.
@@ -228,6 +232,8 @@ class Settings:
                 raise ConfigError(f"{name} must be a positive integer")
         if self.decode_workers is not None and not 0 <= self.decode_workers <= MAX_DECODE_WORKERS:
             raise ConfigError(f"decode_workers must be between 0 and {MAX_DECODE_WORKERS}")
+        if self.write_lanes is not None and not 1 <= self.write_lanes <= MAX_WRITE_LANES:
+            raise ConfigError(f"write_lanes must be between 1 and {MAX_WRITE_LANES}")
 
     @property
     def database_url_censored(self) -> str:
@@ -301,6 +307,7 @@ _INT_FIELDS = {
     "sync_concurrency",
     "claim_batch_size",
     "decode_workers",
+    "write_lanes",
 }
 
 

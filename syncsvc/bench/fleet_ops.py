@@ -77,6 +77,8 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
     }
     if settings.decode_workers is not None:
         env["SYNCSVC_DECODE_WORKERS"] = str(settings.decode_workers)
+    if settings.write_lanes is not None:
+        env["SYNCSVC_WRITE_LANES"] = str(settings.write_lanes)
     env.update(extra)
     return env
 

@@ -74,6 +74,8 @@ class Report:
     rounds: int
     #: Page-decoding worker processes of the measured service (their CPU and RSS are counted).
     decode_workers: int = 0
+    #: Group-commit writers of the measured service (see ``syncsvc.sync.store.write_lanes``).
+    write_lanes: int = 1
     rows: list[Row] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -101,6 +103,7 @@ class Report:
                 "rounds": self.rounds,
             },
             "decode_workers": self.decode_workers,
+            "write_lanes": self.write_lanes,
             "rows": [row.to_json() for row in self.rows],
             "targets": [target.to_json() for target in self.targets],
             "notes": self.notes,
@@ -112,7 +115,7 @@ class Report:
         lines = [
             f"syncsvc bench: {self.database}, {machine['cpus']} CPUs, Python {machine['python']}; "
             f"{self.patients} patients x {self.resources} resources, {self.rounds} rounds, "
-            f"{self.decode_workers} decode worker(s)",
+            f"{self.decode_workers} decode worker(s), {self.write_lanes} write lane(s)",
             f"{'scenario':<10} {'figure':<26} {'median':>12} {'min - max':>21} "
             f"{'CPU s/10k':>9} {'RSS+ MiB':>8}  {'ratio (syncsvc/peer)':<20}",
         ]

@@ -32,6 +32,7 @@ from syncsvc.settings import VAULT_KEY_BYTES, Settings, VaultKey
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens
 from syncsvc.sync.page_decode import PageDecoder, page_decoder
+from syncsvc.sync.store import write_lanes
 from syncsvc.vault import Vault
 
 SCENARIOS = ("ingest", "resync", "peers", "wide", "big", "scheduler", "refresh", "scaleout")
@@ -54,6 +55,8 @@ class Options:
     workers: tuple[int, ...] = (1, 2, 3)
     #: Page-decoding processes (None: the service's automatic choice).
     decode_workers: int | None = None
+    #: Writers on PostgreSQL (None: the service's default).
+    write_lanes: int | None = None
     scenarios: tuple[str, ...] = QUICK_SCENARIOS
     work_dir: Path | None = None
     #: Raise the collector's thresholds after start-up, as ``worker`` should (see README).
@@ -100,7 +103,9 @@ async def run(options: Options) -> Report:
         )
         origin = stack.enter_context(sandbox_process(config))
         await upgrade_to_head(db_url)
-        settings = bench_settings(db_url, work, decode_workers=options.decode_workers)
+        settings = bench_settings(
+            db_url, work, decode_workers=options.decode_workers, write_lanes=options.write_lanes
+        )
         report = Report(
             database=normalise_url(db_url).get_backend_name(),
             patients=options.patients,
@@ -113,6 +118,7 @@ async def run(options: Options) -> Report:
             page_decoder(settings.decode_workers) as decoder,
         ):
             report.decode_workers = decoder.workers
+            report.write_lanes = write_lanes(sessionmaker, settings.write_lanes)
             if decoder.workers:
                 held = sum(rss_mib(pid) for pid in decoder.worker_pids)
                 report.notes.append(

@@ -41,6 +41,7 @@ def _bench(args: argparse.Namespace) -> int:
         refresh_connections=args.refresh_connections,
         workers=args.workers,
         decode_workers=args.decode_workers,
+        write_lanes=args.write_lanes,
         scenarios=scenarios,
         say=(lambda line: print(line, file=sys.stderr, flush=True))
         if not args.json
@@ -101,6 +102,13 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="N",
         help="page-decoding processes of the measured service (default: as the service picks "
         "them, one per core beyond the first; 0 decodes in the event loop's thread)",
+    )
+    bench.add_argument(
+        "--write-lanes",
+        type=int,
+        metavar="N",
+        help="group-commit writers of the measured service on PostgreSQL (default: as the "
+        "service picks them, 2; SQLite always has one)",
     )
     bench.add_argument(
         "--scenario",

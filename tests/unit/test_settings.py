@@ -28,6 +28,7 @@ def test_defaults_use_sqlite_in_the_data_dir() -> None:
     assert settings.vault_keys == ()
     assert settings.log_format == "json"
     assert settings.decode_workers is None  # chosen from the host's cores at start
+    assert settings.write_lanes is None  # chosen from the database at start
 
 
 def test_environment_is_parsed_into_types() -> None:
@@ -45,6 +46,7 @@ def test_environment_is_parsed_into_types() -> None:
             "SYNCSVC_LOG_LEVEL": "debug",
             "SYNCSVC_LOG_FORMAT": "console",
             "SYNCSVC_DECODE_WORKERS": "0",
+            "SYNCSVC_WRITE_LANES": "3",
         }
     )
     assert settings.database_url == "sqlite+aiosqlite:///data/x/syncsvc.db"
@@ -59,6 +61,7 @@ def test_environment_is_parsed_into_types() -> None:
     assert settings.keepalive_days == 7
     assert settings.log_level == "DEBUG"
     assert settings.decode_workers == 0
+    assert settings.write_lanes == 3
 
 
 def test_environment_wins_over_the_config_file(tmp_path: Path) -> None:
@@ -96,6 +99,9 @@ def test_key_file_is_read_primary_first(tmp_path: Path) -> None:
         ({"SYNCSVC_DECODE_WORKERS": "-1"}, "decode_workers"),
         ({"SYNCSVC_DECODE_WORKERS": "65"}, "decode_workers"),
         ({"SYNCSVC_DECODE_WORKERS": "many"}, "decode_workers"),
+        ({"SYNCSVC_WRITE_LANES": "0"}, "write_lanes"),
+        ({"SYNCSVC_WRITE_LANES": "17"}, "write_lanes"),
+        ({"SYNCSVC_WRITE_LANES": "two"}, "write_lanes"),
         ({"SYNCSVC_LOG_LEVEL": "loud"}, "log_level"),
         ({"SYNCSVC_PUBLIC_URL": "sync.example.org"}, "public_url"),
         ({"SYNCSVC_VAULT_KEYS": "nocolon"}, "vault_keys"),

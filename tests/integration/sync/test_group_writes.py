@@ -14,7 +14,14 @@ from syncsvc.db import resource_repo
 from syncsvc.db.models import Resource
 from syncsvc.sync.page_batch import PageBatch, PendingRow
 from syncsvc.sync.prepare import PreparedPage, prepare_page
-from syncsvc.sync.store import Counts, GroupWriter, store_page
+from syncsvc.sync.store import (
+    POSTGRES_LANES,
+    Counts,
+    GroupWriter,
+    group_writer,
+    store_page,
+    write_lanes,
+)
 from tests.integration.dbdata import add_connection, add_tenant, utcnow
 
 PATIENT = "p-1"
@@ -286,3 +293,80 @@ async def test_a_batch_over_one_statements_size_is_written_in_parts_in_order(
         ("c", 3),
     ]
     assert [(rid, seq) for rid, seq, _ in await _rows(sessionmaker, second)] == [("x", 1)]
+
+
+async def test_each_connection_keeps_one_writer_and_postgres_spreads_them_over_lanes(
+    sessionmaker: async_sessionmaker[AsyncSession], db_backend: str
+) -> None:
+    ids = [f"connection-{index}" for index in range(64)]
+    writers = [group_writer(sessionmaker, cid, lanes=4) for cid in ids]
+
+    assert [group_writer(sessionmaker, cid, lanes=4) for cid in ids] == writers
+    distinct = {id(writer) for writer in writers}
+    if db_backend == "sqlite":
+        # One writing transaction at a time: more writers would only wait on the lock.
+        assert len(distinct) == 1
+        assert write_lanes(sessionmaker, 4) == 1
+    else:
+        assert len(distinct) == 4
+        assert write_lanes(sessionmaker, None) == POSTGRES_LANES
+
+
+async def test_a_group_held_open_on_one_lane_does_not_hold_up_another(
+    sessionmaker: async_sessionmaker[AsyncSession], db_backend: str
+) -> None:
+    if db_backend == "sqlite":
+        pytest.skip("SQLite has one writer")
+    # Random ids: 24 of them all landing on one of two lanes has odds of 1 in 8 million.
+    connections = await _connections(sessionmaker, 24)
+    lanes: dict[int, str] = {}
+    for cid in connections:
+        lanes.setdefault(id(group_writer(sessionmaker, cid, lanes=2)), cid)
+    assert len(lanes) == 2
+    held, free = lanes.values()
+    now = utcnow()
+    release = asyncio.Event()
+
+    async def slow(session: AsyncSession, batch: PageBatch) -> Counts:
+        counts = await store_page(session, held, _page(_observation("a", 1)), now=now, batch=batch)
+        await asyncio.wait_for(release.wait(), timeout=10)
+        return counts
+
+    stuck = group_writer(sessionmaker, held, lanes=2).submit_batched(slow)
+    other = group_writer(sessionmaker, free, lanes=2).submit_batched(_page_of_a(free, now))
+
+    # The other lane commits while the first lane's transaction is still open.
+    assert (await asyncio.wait_for(other, timeout=10)).new == 1
+    assert not stuck.done()
+    assert [rid for rid, _, _ in await _rows(sessionmaker, free)] == ["a"]
+    assert await _rows(sessionmaker, held) == []
+    release.set()
+    assert (await asyncio.wait_for(stuck, timeout=10)).new == 1
+    assert [rid for rid, _, _ in await _rows(sessionmaker, held)] == ["a"]
+
+
+async def test_pages_of_many_connections_through_lanes_keep_each_connections_order(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    connections = await _connections(sessionmaker, 6)
+    now = utcnow()
+
+    def unit(cid: str, number: int) -> Any:
+        async def write(session: AsyncSession, batch: PageBatch) -> Counts:
+            page = _page(*(_observation(f"r{number}-{i}", 1) for i in range(3)))
+            return await store_page(session, cid, page, now=now, batch=batch)
+
+        return write
+
+    futures = [
+        group_writer(sessionmaker, cid, lanes=3).submit_batched(unit(cid, number))
+        for number in range(5)
+        for cid in connections
+    ]
+    results = await asyncio.wait_for(asyncio.gather(*futures), timeout=30)
+
+    assert sum(counts.new for counts in results) == 6 * 5 * 3
+    for cid in connections:
+        rows = await _rows(sessionmaker, cid)
+        assert [seq for _, seq, _ in rows] == list(range(1, 16))
+        assert [rid for rid, _, _ in rows] == [f"r{n}-{i}" for n in range(5) for i in range(3)]
