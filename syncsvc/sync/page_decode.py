@@ -4,30 +4,34 @@ Decoding is most of the CPU a pull spends: JSON parsing, the compartment guard, 
 canonical bytes with their SHA-256, for every resource. In the event loop's thread it competes
 with the HTTP client and the group writer for one core (the GIL), so a process with spare cores
 hands it to worker processes: the body goes out as bytes and comes back as prepared rows, which
-cross the pipe cheaply. Small pages are decoded in place, where the trip costs more than it saves.
+cross cheaply. Small pages are decoded in place, where the trip costs more than it saves.
 
-Workers are spawned (not forked: nothing of the event loop, the database pool or the sockets is
-inherited), ignore SIGINT (a Ctrl-C reaches the whole process group; the parent stops them) and
-exit when the parent dies. A worker that dies breaks the pool: every page it had in flight fails
-as transient (the runs are retried later) and the pool is replaced, its survivors terminated.
+Each worker is a spawned process (not forked: nothing of the event loop, the database pool or
+the sockets is inherited) with a socket pair of its own and one page at a time. The event loop
+writes pages and reads results itself, without helper threads, and a worker that dies closes
+only its own socket. (``concurrent.futures``' process pool shares one result pipe and its lock
+among workers: one killed while sending a result left the pool's reader waiting forever for
+the rest of the message, and every later page with it.) A page whose worker dies, or does not
+answer in :data:`PAGE_SECONDS`, fails as transient (its run is retried later), and the worker is
+replaced. Workers ignore SIGINT (a Ctrl-C reaches the whole process group; the parent stops
+them) and exit when their socket closes, which is also what the parent's death does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import multiprocessing
 import os
-import queue
+import pickle
 import signal
-import threading
+import socket
+import struct
 from collections.abc import AsyncIterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from multiprocessing.process import BaseProcess
-from multiprocessing.queues import Queue
+from typing import Any
 
 import structlog
 
@@ -42,8 +46,19 @@ log = structlog.get_logger(__name__)
 INLINE_BELOW_BYTES = 16 * 1024
 #: How long a worker process may take to start (imports on a loaded machine).
 START_SECONDS = 60.0
+#: How long a worker may take over one page before it is taken for hung and replaced; pages of
+#: megabytes decode in well under a second.
+PAGE_SECONDS = 120.0
+#: How long a closing worker gets to exit before it is killed.
+STOP_SECONDS = 10.0
 #: Worker processes the automatic setting uses at most.
 MAX_AUTO_WORKERS = 4
+#: Pages a worker holds at once: the next one is there when it finishes one, so it does not
+#: wait for a busy event loop to send more.
+WORKER_DEPTH = 2
+#: A frame on a worker's socket: its length (8 bytes, network order), then a pickle.
+_LENGTH = struct.Struct("!Q")
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 @dataclass
@@ -65,24 +80,155 @@ def decode_page(
     return DecodedPage(url, page.next_url, page.self_url, prepared)
 
 
-def _start_worker(announce: Queue[int]) -> None:
+def _serve(channel: socket.socket) -> None:
+    """A worker process: say its pid, then decode each page it is sent until the socket closes."""
     # A Ctrl-C reaches the whole process group: the parent decides when workers stop. SIGTERM
-    # keeps its default, which is how the pool stops the survivors of a broken pool.
+    # keeps its default.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        # A worker also holds its task queue's write end, so a parent killed outright (SIGKILL,
-        # the OOM killer) never shows it an end of file: it watches the parent's sentinel.
-        threading.Thread(
-            target=_exit_with_parent, args=(parent,), name="parent-watch", daemon=True
-        ).start()
     tune_gc()
-    announce.put(os.getpid())
+    with channel, contextlib.suppress(OSError):  # the parent went away: nobody to answer
+        _send_frame(channel, pickle.dumps(os.getpid()))
+        while (request := _receive_frame(channel)) is not None:
+            # From our own parent, over a socket pair nobody else holds.
+            url, body, resource_type, patient_id, base = pickle.loads(request)  # noqa: S301
+            reply: tuple[bool, Any]
+            try:
+                reply = (True, decode_page(url, body, resource_type, patient_id, base))
+            except Exception as exc:  # raised again on the parent's side, as in place
+                reply = (False, exc)
+            _send_frame(channel, pickle.dumps(reply, _PROTOCOL))
 
 
-def _exit_with_parent(parent: BaseProcess) -> None:
-    parent.join()
-    os._exit(0)
+def _send_frame(channel: socket.socket, payload: bytes) -> None:
+    channel.sendall(_LENGTH.pack(len(payload)))
+    channel.sendall(payload)
+
+
+def _receive_frame(channel: socket.socket) -> bytearray | None:
+    """The next frame's payload; None once the socket is closed."""
+    head = _receive_exactly(channel, _LENGTH.size)
+    if head is None:
+        return None
+    return _receive_exactly(channel, _LENGTH.unpack(head)[0])
+
+
+def _receive_exactly(channel: socket.socket, size: int) -> bytearray | None:
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < size:
+        got = channel.recv_into(view[filled:])
+        if not got:
+            return None
+        filled += got
+    return buffer
+
+
+def _transient(cause: BaseException) -> Transient:
+    error = Transient("A page decoder process stopped unexpectedly; retrying later")
+    error.__cause__ = cause
+    return error
+
+
+@dataclass(eq=False)
+class _Worker:
+    """One worker process, the parent's end of its socket, and the pages it was sent."""
+
+    process: BaseProcess
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    pid: int = 0
+    #: Futures of the pages sent and not yet answered, in the order they were sent.
+    waiting: collections.deque[asyncio.Future[Any]] = field(default_factory=collections.deque)
+    #: Why its socket broke (it takes no more pages), None while it works.
+    failure: BaseException | None = None
+    _answers: asyncio.Task[None] | None = None
+
+    async def answer(self) -> Any:
+        """The next frame from the worker, unpickled (EOFError once it has gone)."""
+        (size,) = _LENGTH.unpack(await self.reader.readexactly(_LENGTH.size))
+        return pickle.loads(await self.reader.readexactly(size))  # noqa: S301 - our own worker
+
+    def listen(self) -> None:
+        """Hand each answer to the page it belongs to, from now until the socket breaks."""
+        self._answers = asyncio.create_task(self._hand_out(), name=f"page-decoder-{self.pid}")
+
+    async def _hand_out(self) -> None:
+        try:
+            while True:
+                answer = await self.answer()
+                future = self.waiting.popleft()  # IndexError: an answer nobody asked for
+                if not future.done():  # its page may have been cancelled meanwhile
+                    future.set_result(answer)
+        except (OSError, EOFError, IndexError, pickle.UnpicklingError) as exc:
+            self.fail(exc)
+
+    async def ask(self, payload: bytes) -> Any:
+        """Send a page (the worker queues it behind the ones it has) and wait for its answer."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self.writer.write(_LENGTH.pack(len(payload)))
+        self.writer.write(payload)
+        try:
+            await self.writer.drain()
+        except OSError as exc:
+            self.fail(exc)
+        return await future
+
+    def fail(self, cause: BaseException) -> None:
+        """Give up on the worker: its pages fail as transient and the process is killed."""
+        if self.failure is None:
+            self.failure = cause
+            log.warning("page_decoder_worker_failed", pid=self.pid, error=type(cause).__name__)
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(_transient(cause))
+        if self._answers is not None and self._answers is not asyncio.current_task():
+            self._answers.cancel()
+        self.writer.close()
+        if self.process.is_alive():
+            self.process.kill()
+        # Reaped by multiprocessing when the next process starts, or at exit: joining here
+        # would block the event loop.
+
+    async def stop(self) -> None:
+        """Close the socket (an idle worker exits on it); kill the process if it stays."""
+        if self._answers is not None:
+            self._answers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._answers
+        self.writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(self.writer.wait_closed(), STOP_SECONDS)
+        await asyncio.to_thread(self.process.join, STOP_SECONDS)
+        if self.process.is_alive():
+            self.process.kill()
+            await asyncio.to_thread(self.process.join, STOP_SECONDS)
+
+
+async def _spawn() -> _Worker:
+    """Start a worker and wait for it to say its pid (raises TimeoutError, OSError, EOFError)."""
+    ours, theirs = socket.socketpair()
+    process = get_context("spawn").Process(
+        target=_serve, args=(theirs,), name="syncsvc-page-decoder", daemon=True
+    )
+    try:
+        process.start()
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    reader, writer = await asyncio.open_unix_connection(sock=ours)
+    worker = _Worker(process, reader, writer)
+    try:
+        worker.pid = await asyncio.wait_for(worker.answer(), START_SECONDS)
+    except BaseException as exc:
+        worker.fail(exc)
+        raise
+    worker.listen()
+    return worker
 
 
 def usable_cpus() -> int | None:
@@ -104,102 +250,112 @@ class PageDecoder:
 
     workers: int = 0
     inline_below: int = INLINE_BELOW_BYTES
-    _pool: ProcessPoolExecutor | None = field(default=None, init=False, repr=False)
     #: Pages decoded by workers so far (the rest were decoded in place).
     worker_pages: int = field(default=0, init=False)
+    _running: bool = field(default=False, init=False, repr=False)
+    _pool: list[_Worker] = field(default_factory=list, init=False, repr=False)
+    #: Pages in workers at once: WORKER_DEPTH each.
+    _room: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
+    _replacing: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _pids: list[int] = field(default_factory=list, init=False, repr=False)
-    #: Where workers announce their process ids as they start (None until a pool exists).
-    _announced: Queue[int] | None = field(default=None, init=False, repr=False)
+    #: Pages handed to workers and not yet back (close waits for them).
+    _in_flight: int = field(default=0, init=False, repr=False)
+    _drained: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
     async def start(self) -> None:
         """Spawn the workers (when there are any) and wait until each has started.
 
         Raises SyncsvcError (workers stopped again) when they do not start in time.
         """
-        if self.workers <= 0 or self._pool is not None:
+        if self.workers <= 0 or self._running:
             return
-        self._pool, announced = self._new_pool()
-        loop = asyncio.get_running_loop()
-
-        def started() -> list[int]:
-            return [announced.get(timeout=START_SECONDS) for _ in range(self.workers)]
-
-        try:
-            # As many calls as workers spawn them all now: no page waits for a process to start.
-            await asyncio.gather(
-                *(loop.run_in_executor(self._pool, os.getpid) for _ in range(self.workers))
-            )
-            self._pids.extend(await asyncio.to_thread(started))
-        except (queue.Empty, BrokenProcessPool, OSError) as exc:
+        started = await asyncio.gather(
+            *(_spawn() for _ in range(self.workers)), return_exceptions=True
+        )
+        self._pool = [worker for worker in started if isinstance(worker, _Worker)]
+        self._pids.extend(worker.pid for worker in self._pool)
+        self._room = asyncio.Semaphore(self.workers * WORKER_DEPTH)
+        self._running = True
+        failure = next((r for r in started if isinstance(r, BaseException)), None)
+        if failure is not None:
             await self.close()
+            if not isinstance(failure, Exception):
+                raise failure
             raise SyncsvcError(
                 f"The page decoder's {self.workers} worker process(es) did not start "
-                f"({type(exc).__name__}); set SYNCSVC_DECODE_WORKERS=0 to decode in place"
-            ) from exc
-
-    def _new_pool(self) -> tuple[ProcessPoolExecutor, Queue[int]]:
-        context = get_context("spawn")
-        self._announced = announced = context.Queue()
-        pool = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=context,
-            initializer=_start_worker,
-            initargs=(announced,),
-        )
-        return pool, announced
+                f"({type(failure).__name__}); set SYNCSVC_DECODE_WORKERS=0 to decode in place"
+            ) from failure
 
     async def decode(
         self, url: str, body: bytes, resource_type: str, patient_id: str, base: str | None
     ) -> DecodedPage:
-        """The decoded page; raises Transient (malformed page, or no worker could take it)."""
-        pool = self._pool
-        if pool is None or len(body) < self.inline_below:
+        """The decoded page; raises Transient (malformed page, or its worker failed)."""
+        room = self._room
+        if not self._running or room is None or len(body) < self.inline_below:
             return decode_page(url, body, resource_type, patient_id, base)
+        payload = pickle.dumps((url, body, resource_type, patient_id, base), _PROTOCOL)
+        self._in_flight += 1
+        self._drained.clear()
         try:
-            future = pool.submit(decode_page, url, body, resource_type, patient_id, base)
-        except BrokenProcessPool as exc:
-            raise self._broken(pool) from exc
-        except (RuntimeError, OSError) as exc:
-            # Submitting spawns a worker when one is missing (OSError when the system refuses),
-            # and a pool closed since this page began refuses new work (RuntimeError).
-            raise Transient(f"No page decoder process could take the page ({exc})") from exc
-        try:
-            decoded = await asyncio.wrap_future(future)
-        except BrokenProcessPool as exc:
-            raise self._broken(pool) from exc
+            async with room:
+                worker = await self._least_busy()
+                if worker is None:  # no process can be started now: this page in place
+                    return decode_page(url, body, resource_type, patient_id, base)
+                try:
+                    ok, value = await asyncio.wait_for(worker.ask(payload), PAGE_SECONDS)
+                except TimeoutError as exc:  # hung: its other pages would wait as long
+                    worker.fail(exc)
+                    raise _transient(exc) from exc
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
+        if not ok:
+            raise value
         self.worker_pages += 1
+        decoded: DecodedPage = value
         return decoded
 
-    def _broken(self, broken: ProcessPoolExecutor) -> Transient:
-        """Replace a broken pool (once, however many pages it failed); the error for a page."""
-        if self._pool is broken:
-            log.warning("page_decoder_replaced", workers=self.workers)
-            # The pool terminates its surviving workers (SIGTERM) and its own thread reaps them;
-            # waiting for that here would block the event loop.
-            broken.shutdown(wait=False, cancel_futures=True)
-            try:
-                self._pool, _ = self._new_pool()
-            except OSError:  # the system refuses pipes or semaphores now: decode in place
-                log.warning("page_decoder_in_place", workers=self.workers)
-                self._pool = None
-        return Transient("A page decoder process stopped unexpectedly; retrying later")
+    async def _least_busy(self) -> _Worker | None:
+        """The working worker with the fewest pages, failed ones replaced first."""
+        if any(worker.failure is not None for worker in self._pool):
+            async with self._replacing:
+                for index, worker in enumerate(self._pool):
+                    if worker.failure is not None:
+                        replacement = await self._replace()
+                        if replacement is None:
+                            break
+                        self._pool[index] = replacement
+        working = [worker for worker in self._pool if worker.failure is None]
+        return min(working, key=lambda worker: len(worker.waiting), default=None)
+
+    async def _replace(self) -> _Worker | None:
+        """A new worker for one that failed; None (logged) when none can be started."""
+        try:
+            worker = await _spawn()
+        except (OSError, EOFError, TimeoutError) as exc:
+            log.warning("page_decoder_in_place", error=type(exc).__name__)
+            return None
+        self._pids.append(worker.pid)
+        log.info("page_decoder_worker_replaced", pid=worker.pid)
+        return worker
 
     @property
     def worker_pids(self) -> list[int]:
-        """Process ids of the workers started so far (those of a replaced pool included)."""
-        announced = self._announced
-        with contextlib.suppress(queue.Empty):
-            while announced is not None:
-                self._pids.append(announced.get_nowait())
+        """Process ids of the workers started so far (replaced ones included)."""
         return list(self._pids)
 
     async def close(self) -> None:
         """Stop the workers once the pages handed to them are decoded (pages come later inline)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            # Queued pages are not cancelled: their pulls would see a CancelledError that nobody
-            # asked for. Each takes milliseconds.
-            await asyncio.to_thread(pool.shutdown, wait=True)
+        if not self._running:
+            return
+        self._running = False
+        # Pages already handed over are not cancelled: their pulls would see a CancelledError
+        # nobody asked for. Each takes milliseconds, and PAGE_SECONDS at most.
+        if self._in_flight:
+            await self._drained.wait()
+        pool, self._pool = self._pool, []
+        await asyncio.gather(*(worker.stop() for worker in pool))
 
 
 @contextlib.asynccontextmanager

@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from syncsvc.errors import Transient
+from syncsvc.sync import page_decode
 from syncsvc.sync.page_decode import PageDecoder, auto_workers, decode_page
 
 BASE = "https://fhir.example.org/r4/tenant-a"
@@ -134,7 +135,7 @@ async def test_malformed_entry_and_link_fields_neither_crash_nor_page(
     assert decoded.next_url is None
 
 
-async def test_a_worker_that_dies_fails_its_page_as_transient_and_is_replaced() -> None:
+async def test_a_worker_that_died_idle_is_replaced_before_the_next_page() -> None:
     decoder = PageDecoder(workers=1, inline_below=1024)
     await decoder.start()
     try:
@@ -142,18 +143,43 @@ async def test_a_worker_that_dies_fails_its_page_as_transient_and_is_replaced() 
         os.kill(pid, signal.SIGKILL)
         await _until_gone(pid)
 
-        with pytest.raises(Transient, match="decoder process stopped unexpectedly"):
-            await decoder.decode(URL, PAGE, "Observation", PATIENT, BASE)
         # A page below the threshold never needed the worker.
         small = _bundle(_observation("obs-small"))
         assert len(small) < 1024
         small_page = await decoder.decode(URL, small, "Observation", PATIENT, BASE)
         assert [item.resource_id for item in small_page.prepared.items] == ["obs-small"]
-        # The next page goes to a new worker.
+        # No page was in the dead worker: the next one goes to its replacement.
         decoded = await decoder.decode(URL, PAGE, "Observation", PATIENT, BASE)
         assert len(decoded.prepared.items) == 41
+        assert decoder.worker_pages == 1
+        first, replacement = decoder.worker_pids
+        assert first == pid
+        assert _alive(replacement)
     finally:
         await decoder.close()
+
+
+async def test_a_hung_worker_fails_its_page_as_transient_and_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(page_decode, "PAGE_SECONDS", 0.5)
+    decoder = PageDecoder(workers=1, inline_below=0)
+    await decoder.start()
+    try:
+        (pid,) = decoder.worker_pids
+        os.kill(pid, signal.SIGSTOP)
+
+        with pytest.raises(Transient, match="decoder process stopped unexpectedly"):
+            await asyncio.wait_for(
+                decoder.decode(URL, PAGE, "Observation", PATIENT, BASE), WAIT_SECONDS
+            )
+
+        await _until_gone(pid)  # killed, not left stopped
+        decoded = await decoder.decode(URL, PAGE, "Observation", PATIENT, BASE)
+        assert len(decoded.prepared.items) == 41
+        assert len(decoder.worker_pids) == 2
+    finally:
+        await asyncio.wait_for(decoder.close(), WAIT_SECONDS)
 
 
 async def test_workers_ignore_a_ctrl_c_meant_for_the_service(decoder: PageDecoder) -> None:
@@ -176,11 +202,16 @@ async def test_a_worker_dying_beside_a_busy_one_leaves_no_process_behind() -> No
         first, second = decoder.worker_pids
         pages = [
             asyncio.ensure_future(decoder.decode(URL, big, "Observation", PATIENT, BASE))
-            for _ in range(4)
+            for _ in range(16)
         ]
-        await asyncio.sleep(0.05)
+        # Killed once the first page is back (not after a fixed sleep, which an idle machine
+        # outran): the other fifteen are then still queued or being decoded.
+        await asyncio.wait(pages, timeout=WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
         os.kill(first, signal.SIGKILL)
-        outcomes = await asyncio.gather(*pages, return_exceptions=True)
+        # The pool that shared one result pipe hung here forever once a worker died mid-answer.
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*pages, return_exceptions=True), WAIT_SECONDS
+        )
     finally:
         await asyncio.wait_for(decoder.close(), WAIT_SECONDS)
 
@@ -278,7 +309,7 @@ def _alive(pid: int) -> bool:
         # A dead child not yet reaped by its parent is a zombie: gone for this purpose.
         with Path(f"/proc/{pid}/stat").open(encoding="ascii") as stat:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # reaped before, or while, it was read
         return False
 
 
