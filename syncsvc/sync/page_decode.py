@@ -7,13 +7,15 @@ hands it to worker processes: the body goes out as bytes and comes back as prepa
 cross cheaply. Small pages are decoded in place, where the trip costs more than it saves.
 
 Each worker is a spawned process (not forked: nothing of the event loop, the database pool or
-the sockets is inherited) with a socket pair of its own and one page at a time. The event loop
+the sockets is inherited) with a socket pair of its own, holding up to :data:`WORKER_DEPTH` pages
+and decoding them in order. The event loop
 writes pages and reads results itself, without helper threads, and a worker that dies closes
 only its own socket. (``concurrent.futures``' process pool shares one result pipe and its lock
 among workers: one killed while sending a result left the pool's reader waiting forever for
 the rest of the message, and every later page with it.) A page whose worker dies, or does not
 answer in :data:`PAGE_SECONDS`, fails as transient (its run is retried later), and the worker is
-replaced. Workers ignore SIGINT (a Ctrl-C reaches the whole process group; the parent stops
+replaced in the background (pages meanwhile go to the others, or are decoded in place). Workers
+ignore SIGINT (a Ctrl-C reaches the whole process group; the parent stops
 them) and exit when their socket closes, which is also what the parent's death does.
 """
 
@@ -51,6 +53,9 @@ START_SECONDS = 60.0
 PAGE_SECONDS = 120.0
 #: How long a closing worker gets to exit before it is killed.
 STOP_SECONDS = 10.0
+#: After a replacement failed to start, pages without a worker are decoded in place this long
+#: before another is tried (a system refusing processes would otherwise be asked at every page).
+RESPAWN_PAUSE_SECONDS = 30.0
 #: Worker processes the automatic setting uses at most.
 MAX_AUTO_WORKERS = 4
 #: Pages a worker holds at once: the next one is there when it finishes one, so it does not
@@ -160,7 +165,7 @@ class _Worker:
                 future = self.waiting.popleft()  # IndexError: an answer nobody asked for
                 if not future.done():  # its page may have been cancelled meanwhile
                     future.set_result(answer)
-        except (OSError, EOFError, IndexError, pickle.UnpicklingError) as exc:
+        except Exception as exc:  # a closed socket, an answer nobody asked for, a bad pickle
             self.fail(exc)
 
     async def ask(self, payload: bytes) -> Any:
@@ -170,10 +175,15 @@ class _Worker:
         self.writer.write(_LENGTH.pack(len(payload)))
         self.writer.write(payload)
         try:
-            await self.writer.drain()
-        except OSError as exc:
-            self.fail(exc)
-        return await future
+            try:
+                await self.writer.drain()
+            except OSError as exc:
+                self.fail(exc)
+            return await future
+        except asyncio.CancelledError:
+            # It stays in line (its answer still comes), but nobody waits for it any more.
+            future.cancel()
+            raise
 
     def fail(self, cause: BaseException) -> None:
         """Give up on the worker: its pages fail as transient and the process is killed."""
@@ -186,11 +196,17 @@ class _Worker:
                 future.set_exception(_transient(cause))
         if self._answers is not None and self._answers is not asyncio.current_task():
             self._answers.cancel()
-        self.writer.close()
+        self.writer.transport.abort()
         if self.process.is_alive():
             self.process.kill()
-        # Reaped by multiprocessing when the next process starts, or at exit: joining here
-        # would block the event loop.
+        # Reaped by stop() (joining here would block the event loop).
+
+    @property
+    def working(self) -> bool:
+        """Whether it takes pages: its socket is whole and its process runs (which reaps it)."""
+        if self.failure is None and not self.process.is_alive():
+            self.fail(EOFError("the worker process has exited"))
+        return self.failure is None
 
     async def stop(self) -> None:
         """Close the socket (an idle worker exits on it); kill the process if it stays."""
@@ -198,9 +214,9 @@ class _Worker:
             self._answers.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._answers
-        self.writer.close()
-        with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(self.writer.wait_closed(), STOP_SECONDS)
+        # Aborted, not closed: a worker still sending an answer nobody reads (its callers were
+        # cancelled) would otherwise keep an unsent page waiting in the buffer, and both stall.
+        self.writer.transport.abort()
         await asyncio.to_thread(self.process.join, STOP_SECONDS)
         if self.process.is_alive():
             self.process.kill()
@@ -223,7 +239,8 @@ async def _spawn() -> _Worker:
     reader, writer = await asyncio.open_unix_connection(sock=ours)
     worker = _Worker(process, reader, writer)
     try:
-        worker.pid = await asyncio.wait_for(worker.answer(), START_SECONDS)
+        async with asyncio.timeout(START_SECONDS):
+            worker.pid = await worker.answer()
     except BaseException as exc:
         worker.fail(exc)
         raise
@@ -256,7 +273,10 @@ class PageDecoder:
     _pool: list[_Worker] = field(default_factory=list, init=False, repr=False)
     #: Pages in workers at once: WORKER_DEPTH each.
     _room: asyncio.Semaphore | None = field(default=None, init=False, repr=False)
-    _replacing: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    #: The background task replacing failed workers, while it runs.
+    _refill: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    #: No replacement is tried before this time (loop clock) once one failed to start.
+    _respawn_after: float = field(default=0.0, init=False, repr=False)
     _pids: list[int] = field(default_factory=list, init=False, repr=False)
     #: Pages handed to workers and not yet back (close waits for them).
     _in_flight: int = field(default=0, init=False, repr=False)
@@ -302,7 +322,8 @@ class PageDecoder:
                 if worker is None:  # no process can be started now: this page in place
                     return decode_page(url, body, resource_type, patient_id, base)
                 try:
-                    ok, value = await asyncio.wait_for(worker.ask(payload), PAGE_SECONDS)
+                    async with asyncio.timeout(PAGE_SECONDS):
+                        ok, value = await worker.ask(payload)
                 except TimeoutError as exc:  # hung: its other pages would wait as long
                     worker.fail(exc)
                     raise _transient(exc) from exc
@@ -317,28 +338,41 @@ class PageDecoder:
         return decoded
 
     async def _least_busy(self) -> _Worker | None:
-        """The working worker with the fewest pages, failed ones replaced first."""
-        if any(worker.failure is not None for worker in self._pool):
-            async with self._replacing:
-                for index, worker in enumerate(self._pool):
-                    if worker.failure is not None:
-                        replacement = await self._replace()
-                        if replacement is None:
-                            break
-                        self._pool[index] = replacement
-        working = [worker for worker in self._pool if worker.failure is None]
+        """The working worker with the fewest pages; None when there is none to be had.
+
+        Failed workers are replaced in the background; only when none works does a page wait
+        for that (and is decoded in place if it fails).
+        """
+        working = [worker for worker in self._pool if worker.working]
+        if (
+            len(working) < len(self._pool)
+            and self._refill is None
+            and asyncio.get_running_loop().time() >= self._respawn_after
+        ):
+            self._refill = asyncio.create_task(self._replace_failed(), name="page-decoder")
+        if not working and self._refill is not None:
+            await asyncio.shield(self._refill)
+            working = [worker for worker in self._pool if worker.working]
         return min(working, key=lambda worker: len(worker.waiting), default=None)
 
-    async def _replace(self) -> _Worker | None:
-        """A new worker for one that failed; None (logged) when none can be started."""
+    async def _replace_failed(self) -> None:
         try:
-            worker = await _spawn()
-        except (OSError, EOFError, TimeoutError) as exc:
-            log.warning("page_decoder_in_place", error=type(exc).__name__)
-            return None
-        self._pids.append(worker.pid)
-        log.info("page_decoder_worker_replaced", pid=worker.pid)
-        return worker
+            for index, worker in enumerate(self._pool):
+                if worker.failure is None:
+                    continue
+                try:
+                    replacement = await _spawn()
+                except (OSError, EOFError, TimeoutError) as exc:
+                    log.warning("page_decoder_in_place", error=type(exc).__name__)
+                    loop = asyncio.get_running_loop()
+                    self._respawn_after = loop.time() + RESPAWN_PAUSE_SECONDS
+                    return
+                self._pool[index] = replacement
+                self._pids.append(replacement.pid)
+                log.info("page_decoder_worker_replaced", pid=replacement.pid)
+                await worker.stop()  # killed already: this reaps it
+        finally:
+            self._refill = None
 
     @property
     def worker_pids(self) -> list[int]:
@@ -354,6 +388,10 @@ class PageDecoder:
         # nobody asked for. Each takes milliseconds, and PAGE_SECONDS at most.
         if self._in_flight:
             await self._drained.wait()
+        if self._refill is not None:
+            self._refill.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refill
         pool, self._pool = self._pool, []
         await asyncio.gather(*(worker.stop() for worker in pool))
 

@@ -37,8 +37,8 @@ REJECTED_SHOWN = 20
 #: Units of work one group transaction takes at most (a bound on its size and duration).
 GROUP_LIMIT = 64
 #: Writer lanes per process on PostgreSQL unless ``SYNCSVC_WRITE_LANES`` says otherwise. With
-#: one, the writer was busy through a whole first sync, half of it waiting on the database; two
-#: made a first sync 6-9% faster on 2 cores, and three or four did no better there.
+#: one, the writer was busy through a whole first sync, about 40% of it waiting on the database;
+#: two made a first sync 6-9% faster on 2 cores, and three or four did no better there.
 POSTGRES_LANES = 2
 
 T = TypeVar("T")
@@ -277,9 +277,9 @@ async def _settle(unit: _Unit, commit: Callable[[list[_Unit]], Awaitable[list[An
         unit.done.set_result(result)
 
 
-_WRITERS: weakref.WeakKeyDictionary[
-    async_sessionmaker[AsyncSession], dict[int, list[GroupWriter]]
-] = weakref.WeakKeyDictionary()
+_WRITERS: weakref.WeakKeyDictionary[async_sessionmaker[AsyncSession], list[GroupWriter]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def write_lanes(sessionmaker: async_sessionmaker[AsyncSession], asked: int | None = None) -> int:
@@ -301,14 +301,14 @@ def group_writer(
     """The writer of ``connection_id``'s units on ``sessionmaker``'s database (made on first use).
 
     The same connection always gets the same writer, so its units are written in the order
-    they were submitted; ``lanes`` is the setting (see :func:`write_lanes`). Writers are kept
+    they were submitted; ``lanes`` is the setting (see :func:`write_lanes`), read on first use
+    only: a count that changed later would move connections between writers. Writers are kept
     by session factory (one per engine), so every pull of a process shares them without a
     process-wide variable anyone must set up; they go when the factory goes.
     """
-    count = write_lanes(sessionmaker, lanes)
-    by_count = _WRITERS.setdefault(sessionmaker, {})
-    writers = by_count.get(count)
+    writers = _WRITERS.get(sessionmaker)
     if writers is None:
-        writers = by_count[count] = [GroupWriter(sessionmaker) for _ in range(count)]
+        count = write_lanes(sessionmaker, lanes)
+        writers = _WRITERS[sessionmaker] = [GroupWriter(sessionmaker) for _ in range(count)]
     # A stable hash (not hash(), which is salted per process) spreads connections evenly.
-    return writers[zlib.crc32(connection_id.encode()) % count]
+    return writers[zlib.crc32(connection_id.encode()) % len(writers)]

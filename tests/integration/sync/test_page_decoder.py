@@ -182,6 +182,57 @@ async def test_a_hung_worker_fails_its_page_as_transient_and_is_replaced(
         await asyncio.wait_for(decoder.close(), WAIT_SECONDS)
 
 
+async def test_a_cancelled_page_leaves_the_worker_answering_the_next_in_order(
+    decoder: PageDecoder,
+) -> None:
+    big = _bundle(*(_observation(f"big-{n}", note=[{"text": "x" * 2000}]) for n in range(500)))
+    cancelled = asyncio.ensure_future(decoder.decode(URL, big, "Observation", PATIENT, BASE))
+    await asyncio.sleep(0)  # handed to the worker
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+
+    decoded = await asyncio.wait_for(
+        decoder.decode(URL, PAGE, "Observation", PATIENT, BASE), WAIT_SECONDS
+    )
+
+    # The big page's answer, still on its way, went to nobody: this is this page's own.
+    assert len(decoded.prepared.items) == 41
+    assert len(decoder.worker_pids) == 1  # the worker was not replaced
+
+
+async def test_when_no_worker_can_be_started_pages_are_decoded_in_place(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    decoder = PageDecoder(workers=1, inline_below=0)
+    await decoder.start()
+    tries = 0
+
+    async def refused() -> None:
+        nonlocal tries
+        tries += 1
+        raise OSError("no more processes")
+
+    try:
+        (pid,) = decoder.worker_pids
+        os.kill(pid, signal.SIGKILL)
+        await _until_gone(pid)
+        monkeypatch.setattr(page_decode, "_spawn", refused)
+
+        pages = [
+            await asyncio.wait_for(
+                decoder.decode(URL, PAGE, "Observation", PATIENT, BASE), WAIT_SECONDS
+            )
+            for _ in range(3)
+        ]
+
+        assert [len(page.prepared.items) for page in pages] == [41, 41, 41]
+        assert decoder.worker_pages == 0
+        assert tries == 1  # not asked again at every page
+    finally:
+        await asyncio.wait_for(decoder.close(), WAIT_SECONDS)
+
+
 async def test_workers_ignore_a_ctrl_c_meant_for_the_service(decoder: PageDecoder) -> None:
     (pid,) = decoder.worker_pids
     os.kill(pid, signal.SIGINT)
