@@ -1,10 +1,12 @@
 """Pulling one connection's record: every granted type, paged, incremental where possible.
 
-One run goes type by type. Each page is decoded by the context's decoder (in this thread, or in
-a page-decoding process; see ``syncsvc.sync.page_decode``) and handed to the process's group
-writer as it arrives; pages are committed in short transactions (never one held across an HTTP
-call). A type's watermark moves only when the type completed, so a crash or a transient failure
-makes the next run redo that type idempotently (unchanged resources are compared, not rewritten).
+One run pulls its types side by side (:data:`TYPES_AT_ONCE` at a time, the others once the EHR
+has answered the first type with success). Each page is decoded by the context's decoder (in this
+thread, or in a page-decoding process; see ``syncsvc.sync.page_decode``) and handed to the
+connection's group writer as it arrives; pages are committed in short transactions (never one
+held across an HTTP call). A type's watermark moves only when the type completed, so a crash or a
+transient failure makes the next run redo that type idempotently (unchanged resources are
+compared, not rewritten).
 Every run leaves a ``sync_runs`` row and per-type ``sync_states``.
 
 Failures are sorted by how far they reach (issue: background sync, resource pull):
@@ -14,7 +16,7 @@ Failures are sorted by how far they reach (issue: background sync, resource pull
   loop;
 * the whole run: 401 tenant-mismatch (the connection becomes ``misbound``), 429 / 5xx / network
   / malformed answers (``transient``: the caller backs off; stored pages are kept), a grant that
-  can no longer be refreshed (``reauth``).
+  can no longer be refreshed (``reauth``). Types already running then finish; no other starts.
 
 A 401 ``invalid_token`` gets one forced token from the token source and one retry.
 """
@@ -115,6 +117,11 @@ RunOutcome = Literal["ok", "partial", "transient", "misbound", "reauth", "error"
 TypeStatus = Literal["ok", "denied", "error", "skipped", "incomplete"]
 Mode = Literal["full", "incremental", "none"]
 
+#: Resource types of one connection pulled at once. A type begins and ends with waits (its
+#: first answer, its last commits), and a patient has a dozen types, most of them a page or two:
+#: one after another, those waits add up (a quarter of a bench round with just two types). The
+#: tenant's limits still bound requests.
+TYPES_AT_ONCE = 3
 #: Pages of one pull waiting for the writer at most: enough to keep the event loop's thread busy
 #: preparing pages while the database writes, few enough to bound a pull's memory.
 PAGES_IN_FLIGHT = 6
@@ -205,27 +212,45 @@ class GrantClient(FhirClient):
     """A FHIR client that asks a token source for the token before each request.
 
     A 401 ``invalid_token`` (an access token expiring mid-pull: Cerner's live 570 s) gets one
-    forced token and one retry of the same request; a second refusal propagates.
+    forced token and one retry of the same request; a second refusal propagates. The types of
+    a run share the client, so a token refused to several requests at once is forced once: the
+    others retry with the token that replaced it.
     """
 
     def __init__(self, http: aiohttp.ClientSession, base: str, token_source: TokenSource) -> None:
         super().__init__(http, base, "")
         self._source = token_source
         self.forced_refreshes = 0
+        self._forcing = asyncio.Lock()
+        #: Tokens a forced refresh has replaced in this run.
+        self._replaced: set[str] = set()
+        #: Set once the EHR has answered a request with success: the token is good for this base.
+        self.answered = asyncio.Event()
 
     async def get_bytes(self, url: str, params: Mapping[str, str] | None = None) -> bytes:
         """GET with a current token, retried once with a forced new token after a 401."""
         if not is_under_base(url, self.base):
             raise ForeignNextLink
-        self.use_token(await self._source(False))
+        token = await self._source(False)
+        self.use_token(token)
         try:
-            return await self.fetch_bytes(url, params)
+            body = await self.fetch_bytes(url, params)
         except FhirRequestError as exc:
             if exc.failure.kind != "invalid_token":
                 raise
-        self.forced_refreshes += 1
-        self.use_token(await self._source(True))
-        return await self.fetch_bytes(url, params)
+            self.use_token(await self._replacement(token))
+            body = await self.fetch_bytes(url, params)
+        self.answered.set()
+        return body
+
+    async def _replacement(self, refused: str) -> str:
+        async with self._forcing:
+            if refused in self._replaced:
+                return await self._source(False)
+            self.forced_refreshes += 1
+            fresh = await self._source(True)
+            self._replaced.add(refused)
+            return fresh
 
 
 def grant_fingerprint(granted_scopes: Sequence[str]) -> str:
@@ -298,15 +323,17 @@ async def pull_connection(
     summary = RunSummary(connection_id, "ok", started, started, run_id=run_id, full=full)
     client = GrantClient(ctx.http, connection.fhir_base, token_source)
     fingerprint = grant_fingerprint(connection.granted_scopes)
+    plans = _plans(connection, tenant, states, full=full, types=types, now=started)
     try:
-        for plan in _plans(connection, tenant, states, full=full, types=types, now=started):
-            result = await _run_type(
-                ctx, client, connection, plan, fingerprint=fingerprint, summary=summary
-            )
-            summary.types[plan.resource_type] = result
-            summary.counts.add(result.counts)
-            if on_type is not None:
-                on_type(result)
+        await _run_types(
+            ctx,
+            client,
+            connection,
+            plans,
+            fingerprint=fingerprint,
+            summary=summary,
+            on_type=on_type,
+        )
     except _StopRun as stop:
         summary.outcome = stop.outcome
         summary.error_class = stop.error_class
@@ -372,6 +399,64 @@ def _plans(
             since = state.watermark - WATERMARK_OVERLAP
             plans.append(_Plan(resource_type, type_plan, "incremental", since, state))
     return plans
+
+
+async def _run_types(
+    ctx: SyncContext,
+    client: GrantClient,
+    connection: Connection,
+    plans: Sequence[_Plan],
+    *,
+    fingerprint: str,
+    summary: RunSummary,
+    on_type: Callable[[TypeResult], None] | None,
+) -> None:
+    """Pull the plans' types, :data:`TYPES_AT_ONCE` at a time; ``summary`` lists them in order.
+
+    A failure that ends the run lets the types already running finish, starts no more, and is
+    raised once they have (as is any other exception: no type is left running). The others wait
+    until the first type has had a successful answer (or has ended): a token the EHR refuses,
+    as belonging to another tenant say, is sent once rather than once per type.
+    """
+    room = asyncio.Semaphore(TYPES_AT_ONCE)
+    stops: list[_StopRun] = []
+
+    async def one(index: int, plan: _Plan) -> None:
+        if index == 0:
+            try:
+                await _run_one(plan)
+            finally:
+                client.answered.set()  # however it ended, the others may go
+            return
+        await client.answered.wait()
+        await _run_one(plan)
+
+    async def _run_one(plan: _Plan) -> None:
+        async with room:
+            if stops:
+                return
+            try:
+                result = await _run_type(
+                    ctx, client, connection, plan, fingerprint=fingerprint, summary=summary
+                )
+            except _StopRun as stop:
+                stops.append(stop)
+                return
+        summary.types[plan.resource_type] = result
+        summary.counts.add(result.counts)
+        if on_type is not None:
+            on_type(result)
+
+    outcomes = await asyncio.gather(
+        *(one(index, plan) for index, plan in enumerate(plans)), return_exceptions=True
+    )
+    order = {plan.resource_type: index for index, plan in enumerate(plans)}
+    summary.types = dict(sorted(summary.types.items(), key=lambda item: order[item[0]]))
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+    if stops:
+        raise stops[0]
 
 
 async def _run_type(

@@ -10,7 +10,7 @@ from syncsvc.db import repo, resource_repo
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.pull import pull_connection
+from syncsvc.sync.pull import TYPES_AT_ONCE, pull_connection
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.connected import connect_patient, register_sandbox_tenant
 
@@ -185,7 +185,8 @@ async def test_a_broken_answer_ends_the_run_transient_and_keeps_what_was_stored(
     assert summary.outcome == "transient"
     assert summary.error_class
     assert summary.types["Observation"].status == "incomplete"
-    assert "Goal" not in summary.types  # the run stopped there
+    # Types already running when it failed finish; none starts after it (Goal may have begun).
+    assert {r.status for t, r in summary.types.items() if t != "Observation"} <= {"ok"}
     if fault == "throttle":
         assert summary.retry_after == 1
     rows = await stored(ctx, tokens.connection.id)
@@ -206,6 +207,47 @@ async def test_a_broken_answer_ends_the_run_transient_and_keeps_what_was_stored(
     assert retried.types["Condition"].counts.new == retried.types["Condition"].counts.changed == 0
     assert retried.types["Observation"].counts.new == 250
     assert len(await stored(ctx, tokens.connection.id)) == 1 + 25 + 250 + 4
+
+
+async def test_a_run_that_fails_on_its_first_type_starts_no_other(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    tokens = await _connected(ctx, sandbox)
+    await admin.faults(GENERIC_TENANT, [{"kind": "status_503", "target": "Patient", "count": 1}])
+
+    summary = await pull_connection(ctx, tokens.connection.id, tokens)
+
+    assert summary.outcome == "transient"
+    assert list(summary.types) == ["Patient"]
+    assert summary.types["Patient"].status == "incomplete"
+    fhir = [e["url"] for e in await admin.requests() if e["tenant_id"] and e["token_id"]]
+    assert len(fhir) == 1
+    assert "/Patient/" in fhir[0]
+
+
+async def test_types_are_pulled_side_by_side_once_the_first_was_answered(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    tokens = await _connected(ctx, sandbox)
+    # Every answer takes 100 ms: one type after another, the three searches' first pages would
+    # be 100 ms apart; side by side they are asked for together.
+    await admin.faults(GENERIC_TENANT, [{"kind": "latency", "latency_ms": 100}])
+
+    summary = await pull_connection(ctx, tokens.connection.id, tokens)
+
+    assert summary.outcome == "ok", summary
+    assert list(summary.types) == ["Patient", "Condition", "Observation", "Goal"]
+    log = [e for e in await admin.requests() if e["tenant_id"] and e["token_id"]]
+    patient = next(e for e in log if "/Patient/" in e["url"])
+    firsts = {
+        name: min(e["at"] for e in log if f"/{name}?" in e["url"])
+        for name in ("Condition", "Observation", "Goal")
+    }
+    # The others waited for the Patient's answer (a refused token goes out once)...
+    assert all(at >= patient["at"] + 0.09 for at in firsts.values())
+    # ...then the first TYPES_AT_ONCE started together, not 100 ms apart.
+    started = sorted(firsts.values())[: TYPES_AT_ONCE - 1]
+    assert started[-1] - started[0] < 0.08
 
 
 @pytest.mark.parametrize("ctx", ["in-place", "worker"], indirect=True)
@@ -229,4 +271,7 @@ async def test_an_access_token_expiring_mid_pull_is_replaced_once(
     for resource_type in ("Condition", "Observation", "Goal"):
         assert ids_of(rows, resource_type) == await admin.ids(CERNER_TENANT, NANCY, resource_type)
     refused = [e for e in await admin.requests() if e["status"] == 401]
-    assert len(refused) == 1
+    # The requests in flight when it expired (types are pulled side by side), each retried once
+    # with the one replacement.
+    assert 1 <= len(refused) <= TYPES_AT_ONCE
+    assert len({e["url"] for e in refused}) == len(refused)
