@@ -79,6 +79,10 @@ class CachedTokenSource:
     read and a decryption, refreshing first when due). A pull asks before every page; this
     answers from memory while the access token has ``margin_seconds`` left and goes back to
     ``load`` only when it runs short or the EHR refused it (``force``).
+
+    A run's types ask at the same time, so one caller loads while the others wait for what it
+    loaded: ``load`` may refresh the grant, and the same refresh token sent twice at once can
+    cost a strict-rotation grant its life.
     """
 
     def __init__(
@@ -92,15 +96,23 @@ class CachedTokenSource:
         self._clock = clock
         self._margin = margin_seconds
         self._tokens: StoredTokens | None = None
+        self._loading = asyncio.Lock()
         #: How often ``load`` was called (the rest were answered from memory).
         self.loads = 0
 
     async def __call__(self, force: bool) -> str:
         """An access token of the grant; a fresh one from ``load`` when ``force``."""
-        tokens = self._tokens
-        if force or tokens is None or not tokens.access_valid(self._clock(), self._margin):
-            self.loads += 1
-            tokens = self._tokens = await self._load(force)
+        seen = self._tokens
+        if force or seen is None or not seen.access_valid(self._clock(), self._margin):
+            async with self._loading:
+                tokens = self._tokens
+                if tokens is seen or tokens is None:
+                    self.loads += 1
+                    tokens = self._tokens = await self._load(force)
+                # Otherwise another caller loaded while this one waited: the freshest there is
+                # (a forced caller's refused token is the one that caller replaced).
+        else:
+            tokens = seen
         if tokens.access_token is None:
             raise Transient("No access token is available.")
         return tokens.access_token
@@ -122,8 +134,9 @@ Mode = Literal["full", "incremental", "none"]
 #: one after another, those waits add up (a quarter of a bench round with just two types). The
 #: tenant's limits still bound requests.
 TYPES_AT_ONCE = 3
-#: Pages of one pull waiting for the writer at most: enough to keep the event loop's thread busy
-#: preparing pages while the database writes, few enough to bound a pull's memory.
+#: Pages of one type's pull waiting for the writer at most (a connection has TYPES_AT_ONCE such
+#: pulls): enough to keep the event loop's thread busy preparing pages while the database
+#: writes, few enough to bound a pull's memory.
 PAGES_IN_FLIGHT = 6
 #: FHIR failure kinds that end only the type they happened on.
 _TYPE_ERRORS = frozenset({"bad_request", "forbidden", "not_found", "gone", "unexpected"})
@@ -401,6 +414,10 @@ def _plans(
     return plans
 
 
+#: Which of several stops of one run is reported (lower first).
+_STOP_RANK = {"misbound": 0, "reauth": 1}
+
+
 async def _run_types(
     ctx: SyncContext,
     client: GrantClient,
@@ -420,6 +437,7 @@ async def _run_types(
     """
     room = asyncio.Semaphore(TYPES_AT_ONCE)
     stops: list[_StopRun] = []
+    failures: list[Exception] = []
 
     async def one(index: int, plan: _Plan) -> None:
         if index == 0:
@@ -433,7 +451,7 @@ async def _run_types(
 
     async def _run_one(plan: _Plan) -> None:
         async with room:
-            if stops:
+            if stops or failures:
                 return
             try:
                 result = await _run_type(
@@ -441,6 +459,9 @@ async def _run_types(
                 )
             except _StopRun as stop:
                 stops.append(stop)
+                return
+            except Exception as exc:  # not the EHR's doing: the run ends, raised below
+                failures.append(exc)
                 return
         summary.types[plan.resource_type] = result
         summary.counts.add(result.counts)
@@ -453,10 +474,15 @@ async def _run_types(
     order = {plan.resource_type: index for index, plan in enumerate(plans)}
     summary.types = dict(sorted(summary.types.items(), key=lambda item: order[item[0]]))
     for outcome in outcomes:
-        if isinstance(outcome, BaseException):
+        if isinstance(outcome, BaseException):  # cancelled, or from a progress callback
             raise outcome
+    for extra in failures[1:]:
+        log.error("pull_type_failed", connection_id=connection.id, error=type(extra).__name__)
+    if failures:
+        raise failures[0]
     if stops:
-        raise stops[0]
+        # The widest-reaching wins: a misbound token must not be reported as a mere 503.
+        raise min(stops, key=lambda stop: _STOP_RANK.get(stop.outcome, len(_STOP_RANK)))
 
 
 async def _run_type(

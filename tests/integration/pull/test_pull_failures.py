@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo, resource_repo
 from syncsvc.sandbox.config import SandboxConfig
@@ -229,9 +230,9 @@ async def test_types_are_pulled_side_by_side_once_the_first_was_answered(
     ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
 ) -> None:
     tokens = await _connected(ctx, sandbox)
-    # Every answer takes 100 ms: one type after another, the three searches' first pages would
-    # be 100 ms apart; side by side they are asked for together.
-    await admin.faults(GENERIC_TENANT, [{"kind": "latency", "latency_ms": 100}])
+    # Every answer takes 200 ms: one type after another, the three searches' first pages would
+    # be 200 ms apart; side by side they are asked for together.
+    await admin.faults(GENERIC_TENANT, [{"kind": "latency", "latency_ms": 200}])
 
     summary = await pull_connection(ctx, tokens.connection.id, tokens)
 
@@ -244,10 +245,30 @@ async def test_types_are_pulled_side_by_side_once_the_first_was_answered(
         for name in ("Condition", "Observation", "Goal")
     }
     # The others waited for the Patient's answer (a refused token goes out once)...
-    assert all(at >= patient["at"] + 0.09 for at in firsts.values())
-    # ...then the first TYPES_AT_ONCE started together, not 100 ms apart.
+    assert all(at >= patient["at"] + 0.19 for at in firsts.values())
+    # ...then the first TYPES_AT_ONCE started together, not 200 ms apart.
     started = sorted(firsts.values())[: TYPES_AT_ONCE - 1]
-    assert started[-1] - started[0] < 0.08
+    assert started[-1] - started[0] < 0.15
+
+
+async def test_an_unexpected_error_in_the_first_type_ends_the_run_before_any_other(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = await _connected(ctx, sandbox)
+    real = resource_repo.has_resources
+
+    async def broken(session: AsyncSession, connection_id: str, resource_type: str) -> bool:
+        if resource_type == "Patient":
+            raise RuntimeError("the database broke")
+        return await real(session, connection_id, resource_type)
+
+    monkeypatch.setattr(resource_repo, "has_resources", broken)
+
+    with pytest.raises(RuntimeError, match="the database broke"):
+        await pull_connection(ctx, tokens.connection.id, tokens)
+
+    fhir = [e["url"] for e in await admin.requests() if e["tenant_id"] and e["token_id"]]
+    assert not [url for url in fhir if "?" in url]  # no search began
 
 
 @pytest.mark.parametrize("ctx", ["in-place", "worker"], indirect=True)
