@@ -191,7 +191,13 @@ class ConnectionRun:
 
 
 def _stopped_type(summary: RunSummary) -> str | None:
-    """The type a run-ending failure happened on (the one left ``incomplete``), if any."""
+    """The type a run-ending failure happened on, if any.
+
+    Types are pulled side by side, so more than one may be left ``incomplete``; the pull names
+    the one whose failure it reports.
+    """
+    if summary.stopped_type is not None:
+        return summary.stopped_type
     return next((name for name, r in summary.types.items() if r.status == "incomplete"), None)
 
 

@@ -187,6 +187,8 @@ class RunSummary:
     bytes_received: int = 0
     #: Forced token refreshes after a 401 ``invalid_token``.
     forced_refreshes: int = 0
+    #: The type whose failure ended the run (several may be left incomplete).
+    stopped_type: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -209,6 +211,8 @@ class _StopRun(Exception):
         self.error_class = error_class
         self.message = message
         self.retry_after = retry_after
+        #: The type it happened on (set where the run's types are pulled).
+        self.resource_type: str | None = None
 
 
 class _TypeFailed(Exception):
@@ -349,6 +353,7 @@ async def pull_connection(
         )
     except _StopRun as stop:
         summary.outcome = stop.outcome
+        summary.stopped_type = stop.resource_type
         summary.error_class = stop.error_class
         summary.error_message = stop.message
         summary.retry_after = stop.retry_after
@@ -458,6 +463,7 @@ async def _run_types(
                     ctx, client, connection, plan, fingerprint=fingerprint, summary=summary
                 )
             except _StopRun as stop:
+                stop.resource_type = plan.resource_type
                 stops.append(stop)
                 return
             except Exception as exc:  # not the EHR's doing: the run ends, raised below

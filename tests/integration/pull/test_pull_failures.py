@@ -186,6 +186,7 @@ async def test_a_broken_answer_ends_the_run_transient_and_keeps_what_was_stored(
     assert summary.outcome == "transient"
     assert summary.error_class
     assert summary.types["Observation"].status == "incomplete"
+    assert summary.stopped_type == "Observation"
     # Types already running when it failed finish; none starts after it (Goal may have begun).
     assert {r.status for t, r in summary.types.items() if t != "Observation"} <= {"ok"}
     if fault == "throttle":
@@ -221,6 +222,7 @@ async def test_a_run_that_fails_on_its_first_type_starts_no_other(
     assert summary.outcome == "transient"
     assert list(summary.types) == ["Patient"]
     assert summary.types["Patient"].status == "incomplete"
+    assert summary.stopped_type == "Patient"
     fhir = [e["url"] for e in await admin.requests() if e["tenant_id"] and e["token_id"]]
     assert len(fhir) == 1
     assert "/Patient/" in fhir[0]
