@@ -8,7 +8,7 @@ import re
 MAX_ID_LENGTH = 64
 
 #: FHIR's id datatype (R4 2.24.0.2): also keeps path syntax out of URLs built from EHR data.
-FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+FHIR_ID = re.compile(rf"^[A-Za-z0-9\-.]{{1,{MAX_ID_LENGTH}}}$")
 RESOURCE_TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 
 

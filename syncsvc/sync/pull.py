@@ -445,14 +445,13 @@ async def _run_types(
     failures: list[Exception] = []
 
     async def one(index: int, plan: _Plan) -> None:
-        if index == 0:
-            try:
-                await _run_one(plan)
-            finally:
-                client.answered.set()  # however it ended, the others may go
-            return
-        await client.answered.wait()
-        await _run_one(plan)
+        if index:
+            await client.answered.wait()
+        try:
+            await _run_one(plan)
+        finally:
+            if not index:
+                client.answered.set()  # however the first ended, the others may go
 
     async def _run_one(plan: _Plan) -> None:
         async with room:

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+from functools import partial
 from typing import Any
 
 from syncsvc.sync.compartment import canonical
 from syncsvc.sync.prepare import is_entered_in_error, prepare_page
+from tests.fixtures.fhir_resources import observation
 
 NANCY = "12724066"
 
 
-def _observation(rid: str, patient: str = NANCY, **extra: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "meta": {"versionId": "2", "lastUpdated": "2026-11-20T10:00:00.123Z"},
-        "status": "final",
-        "subject": {"reference": f"Patient/{patient}"},
-        **extra,
-    }
+_observation = partial(observation, patient=NANCY)
 
 
 def test_the_guard_rejects_other_patients_other_types_and_missing_ids() -> None:

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -18,6 +19,7 @@ import pytest
 from syncsvc.errors import Transient
 from syncsvc.sync import page_decode
 from syncsvc.sync.page_decode import PageDecoder, auto_workers, decode_page
+from tests.fixtures.fhir_resources import observation
 
 BASE = "https://fhir.example.org/r4/tenant-a"
 PATIENT = "p-1"
@@ -26,15 +28,12 @@ URL = f"{BASE}/Observation?patient={PATIENT}"
 WAIT_SECONDS = 20.0
 
 
-def _observation(rid: str, patient: str = PATIENT, **extra: object) -> dict[str, object]:
-    return {
-        "resourceType": "Observation",
-        "id": rid,
-        "meta": {"versionId": "1", "lastUpdated": "2026-11-01T10:00:00+01:00"},
-        "status": "final",
-        "subject": {"reference": f"Patient/{patient}"},
-        **extra,
-    }
+#: An offset other than UTC: the worker must place the instant in time as the event loop does.
+_observation = partial(
+    observation,
+    patient=PATIENT,
+    meta={"versionId": "1", "lastUpdated": "2026-11-01T10:00:00+01:00"},
+)
 
 
 def _bundle(*resources: dict[str, object], next_url: str | None = None) -> bytes:
