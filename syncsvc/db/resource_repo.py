@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
@@ -321,8 +322,26 @@ def _sqlite_rows(rows: Sequence[ResourceRow], shift: Mapping[str, int]) -> list[
     ]
 
 
-_PG_SOURCE = ", ".join(f"${i}::{_PG_TYPES[name]}[]" for i, name in enumerate(_RESOURCE_COLUMNS, 1))
-_NEXT = len(_RESOURCE_COLUMNS) + 1
+#: PostgreSQL gets a statement's bodies as one value and each row's place in it: asyncpg takes
+#: about 2.3 us a row to encode a ``bytea[]`` on the event loop, against a tenth of that for one
+#: joined ``bytea`` and two ``int[]`` (PostgreSQL cuts them out again with ``substr``).
+_PG_UNNESTED = tuple(name for name in _RESOURCE_COLUMNS if name != "body")
+_PG_SOURCE = ", ".join(
+    [f"${i}::{_PG_TYPES[name]}[]" for i, name in enumerate(_PG_UNNESTED, 1)]
+    + [f"${len(_PG_UNNESTED) + 1}::int[]", f"${len(_PG_UNNESTED) + 2}::int[]"]
+)
+_BODIES = len(_PG_UNNESTED) + 3
+_NEXT = _BODIES + 1
+
+
+def _pg_source_column(name: str) -> str:
+    if name == "seq":
+        return "b.last_seq - needed.n + r.seq"
+    if name == "body":
+        return f"substr(${_BODIES}::bytea, r.body_at, r.body_length)"
+    return f"r.{name}"
+
+
 #: PostgreSQL: reserve every connection's seqs and write the rows in one statement (one round
 #: trip per group transaction, not two). A row's ``seq`` arrives as its position among its
 #: connection's rows (1..n) and becomes ``first + position - 1`` from the bumped cursor.
@@ -332,16 +351,14 @@ _PG_WRITE_POSITIONED = (
     "bumped AS (INSERT INTO resource_cursors (connection_id, last_seq) "
     "SELECT connection_id, n FROM needed ORDER BY connection_id" + _CURSOR_UPSERT + ") "
     f"INSERT INTO resources ({', '.join(_RESOURCE_COLUMNS)}) SELECT "
-    + ", ".join(
-        "b.last_seq - needed.n + r.seq" if name == "seq" else f"r.{name}"
-        for name in _RESOURCE_COLUMNS
-    )
-    + f" FROM unnest({_PG_SOURCE}) AS r({', '.join(_RESOURCE_COLUMNS)}) "
+    + ", ".join(_pg_source_column(name) for name in _RESOURCE_COLUMNS)
+    + f" FROM unnest({_PG_SOURCE}) AS r({', '.join(_PG_UNNESTED)}, body_at, body_length) "
     "JOIN needed ON needed.connection_id = r.connection_id "
     "JOIN bumped AS b ON b.connection_id = r.connection_id "
     f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
     + ", ".join(f"{name} = excluded.{name}" for name in _UPDATED)
 )
+_BODY_COLUMN = _RESOURCE_COLUMNS.index("body")
 
 
 async def write_positioned(
@@ -356,10 +373,18 @@ async def write_positioned(
         return
     if _dialect(session) == "postgresql":
         ids = sorted(counts)
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        bodies: list[bytes] = columns.pop(_BODY_COLUMN)
+        lengths = list(map(len, bodies))
+        starts = list(accumulate(lengths, initial=1))  # substr counts from 1
+        starts.pop()
         driver = await _driver(session)
         await driver.execute(
             _PG_WRITE_POSITIONED,
-            *(list(column) for column in zip(*rows, strict=True)),
+            *columns,
+            starts,
+            lengths,
+            b"".join(bodies),
             ids,
             [counts[cid] for cid in ids],
         )
