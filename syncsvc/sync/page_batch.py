@@ -37,6 +37,9 @@ class PendingRow(NamedTuple):
     stored_at: dt.datetime
     deleted_at: dt.datetime | None
     deleted_reason: str | None
+    #: The table held no row of this resource when the row was made (nor did the batch), so it
+    #: is inserted rather than upserted. False is always safe.
+    absent: bool = False
 
 
 #: Bodies one write statement carries at most: PostgreSQL takes no value over 1 GB (a group's
@@ -89,29 +92,41 @@ class PageBatch:
         if not self._rows:
             return
         positions: Counter[str] = Counter()
-        rows: list[ResourceRow] = []
+        absent: list[ResourceRow] = []
+        present: list[ResourceRow] = []
         size = 0
         for (connection_id, resource_type, resource_id), pending in self._rows.items():
             positions[connection_id] += 1
-            rows.append(
-                ResourceRow(
-                    connection_id,
-                    resource_type,
-                    resource_id,
-                    pending.version_id,
-                    pending.last_updated,
-                    pending.body,
-                    pending.content_hash,
-                    positions[connection_id],
-                    pending.stored_at,
-                    pending.deleted_at,
-                    pending.deleted_reason,
-                )
+            row = ResourceRow(
+                connection_id,
+                resource_type,
+                resource_id,
+                pending.version_id,
+                pending.last_updated,
+                pending.body,
+                pending.content_hash,
+                positions[connection_id],
+                pending.stored_at,
+                pending.deleted_at,
+                pending.deleted_reason,
             )
+            (absent if pending.absent else present).append(row)
             size += len(pending.body)
             if size >= self._statement_bytes:
                 # Written in order, each part reserving after the one before: seqs stay in order.
-                await resource_repo.write_positioned(session, rows, positions)
-                positions, rows, size = Counter(), [], 0
-        await resource_repo.write_positioned(session, rows, positions)
+                await self._write(session, absent, present, positions)
+                positions, absent, present, size = Counter(), [], [], 0
+        await self._write(session, absent, present, positions)
         self._rows.clear()
+
+    @staticmethod
+    async def _write(
+        session: AsyncSession,
+        absent: list[ResourceRow],
+        present: list[ResourceRow],
+        positions: Counter[str],
+    ) -> None:
+        # Which statement writes a row does not matter to its seq: that comes from its position.
+        await resource_repo.write_positioned(
+            session, absent + present, positions, absent=len(absent)
+        )

@@ -113,12 +113,13 @@ async def store_page(
     )
     if batch is not None and ids:
         stored = batch.overlay(connection_id, resource_type, ids, stored)
-    writes: list[Prepared] = []
+    # Each write with whether the resource is absent from the table and the batch.
+    writes: list[tuple[Prepared, bool]] = []
     replaced: list[str] = []
     for item in page.items:
         old = stored.get(item.resource_id)
         if old is None:
-            writes.append(item)
+            writes.append((item, True))
             if item.entered_in_error:
                 counts.deleted += 1
             else:
@@ -129,7 +130,7 @@ async def store_page(
             counts.unchanged += 1
             continue
         # Changed, or back after having vanished: a new seq either way.
-        writes.append(item)
+        writes.append((item, False))
         if not same:
             replaced.append(item.resource_id)
         if item.entered_in_error and old.deleted_reason != ENTERED_IN_ERROR:
@@ -146,7 +147,7 @@ async def store_page(
             session, connection_id, resource_type, replaced, now=now
         )
     own = PageBatch() if batch is None else batch
-    for item in writes:
+    for item, absent in writes:
         deleted = item.entered_in_error
         own.add(
             connection_id,
@@ -160,6 +161,7 @@ async def store_page(
                 now,
                 now if deleted else None,
                 ENTERED_IN_ERROR if deleted else None,
+                absent,
             ),
         )
     if batch is None:

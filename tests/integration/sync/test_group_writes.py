@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 from typing import Any
 
+import asyncpg
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -142,6 +144,54 @@ async def test_an_id_twice_in_one_group_is_compared_with_the_waiting_row_and_kep
     # Version 1 (stored before) and version 2 (written earlier in the same group) both kept.
     assert [b'"value":1' in h.body for h in history] == [True, False]
     assert [b'"value":2' in h.body for h in history] == [False, True]
+
+
+async def test_a_resource_taken_for_absent_is_never_overwritten_the_write_fails_instead(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    (connection_id,) = await _connections(sessionmaker, 1)
+    async with sessionmaker.begin() as session:
+        await store_page(session, connection_id, _page(_observation("a", 1)), now=utcnow())
+    (before,) = await _rows(sessionmaker, connection_id)
+
+    # An empty stored_ids says the type had nothing: "a" is written as absent, with no lookup,
+    # as a first sync writes; a row already there (another writer's) must stop the write.
+    with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
+        async with sessionmaker.begin() as session:
+            await store_page(
+                session, connection_id, _page(_observation("a", 2)), now=utcnow(), stored_ids=set()
+            )
+
+    assert await _rows(sessionmaker, connection_id) == [before]
+
+
+async def test_new_and_changed_resources_of_one_group_are_all_written_in_order(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    (connection_id,) = await _connections(sessionmaker, 1)
+    async with sessionmaker.begin() as session:
+        await store_page(
+            session, connection_id, _page(_observation("a", 1), _observation("b", 1)), now=utcnow()
+        )
+    writer = GroupWriter(sessionmaker)
+
+    def write(page: PreparedPage) -> Any:
+        async def unit(session: AsyncSession, batch: PageBatch) -> Counts:
+            return await store_page(session, connection_id, page, now=utcnow(), batch=batch)
+
+        return unit
+
+    pages = [
+        _page(_observation("c", 1), _observation("a", 2)),  # c new, a changed
+        _page(_observation("b", 2), _observation("d", 1)),  # b changed, d new
+    ]
+    counts = await asyncio.gather(*(writer.submit_batched(write(page)) for page in pages))
+
+    assert writer.groups == 1
+    assert [(c.new, c.changed) for c in counts] == [(1, 1), (1, 1)]
+    rows = await _rows(sessionmaker, connection_id)
+    assert [(rid, seq) for rid, seq, _ in rows] == [("c", 3), ("a", 4), ("b", 5), ("d", 6)]
+    assert [b'"value":2' in body for rid, _, body in rows if rid in "ab"] == [True, True]
 
 
 async def test_other_work_in_the_group_sees_the_pages_written_before_it(
