@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.settings import Settings
 from syncsvc.sync.page_decode import PageDecoder
+from syncsvc.sync.store import GroupWriter, group_writer
 from syncsvc.vault import Vault
 
 
@@ -46,3 +47,7 @@ class SyncContext:
     def now(self) -> dt.datetime:
         """The current time by this context's clock."""
         return self.clock()
+
+    def writer(self, connection_id: str) -> GroupWriter:
+        """The group writer that takes this connection's units (the same one for all of them)."""
+        return group_writer(self.sessionmaker, connection_id, lanes=self.settings.write_lanes)

@@ -56,9 +56,7 @@ from syncsvc.sync.prepare import PreparedPage, prepare_page
 from syncsvc.sync.store import (
     REJECTED_SHOWN,
     Counts,
-    GroupWriter,
     flag_vanished,
-    group_writer,
     store_page,
 )
 from syncsvc.tenants import resource_types_of, smart_configuration
@@ -308,7 +306,7 @@ async def pull_connection(
     about each type as it finishes (progress for a person watching a long pull).
     """
     started = ctx.now()
-    writer = _writer(ctx, connection_id)
+    writer = ctx.writer(connection_id)
     run_id = new_id()
 
     async def begin(
@@ -535,7 +533,7 @@ async def _run_type(
                 **result.counts.columns(),
             )
 
-        await _writer(ctx, connection.id).run(record_failure)
+        await ctx.writer(connection.id).run(record_failure)
         return result
     except _StopRun:
         summary.types[resource_type] = dataclasses.replace(result, status="incomplete")
@@ -569,7 +567,7 @@ async def _run_type(
         )
         return vanished
 
-    result.counts.deleted += await _writer(ctx, connection.id).run(record_success)
+    result.counts.deleted += await ctx.writer(connection.id).run(record_success)
     return result
 
 
@@ -596,7 +594,7 @@ async def _fetch_and_store(
         )
     # Kept by the writer itself (it writes pages in order), so it is exact for every page.
     stored_ids: set[str] | None = set() if first_time else None
-    writer = _writer(ctx, connection.id)
+    writer = ctx.writer(connection.id)
     in_flight: collections.deque[tuple[asyncio.Future[Counts], PreparedPage]] = collections.deque()
 
     async def settle_oldest() -> None:
@@ -661,11 +659,6 @@ async def _fetch_and_store(
     return seen, newest, first_time
 
 
-def _writer(ctx: SyncContext, connection_id: str) -> GroupWriter:
-    """The writer that takes this connection's units (the same one for all of them)."""
-    return group_writer(ctx.sessionmaker, connection_id, lanes=ctx.settings.write_lanes)
-
-
 def _failure(exc: SyncsvcError) -> _TypeFailed | _StopRun:
     """What a failure while fetching or storing a type ends: the type, or the whole run."""
     if isinstance(exc, FhirRequestError):
@@ -715,7 +708,7 @@ async def _finish(ctx: SyncContext, summary: RunSummary) -> None:
             session, summary.connection_id, now=summary.finished_at, success=summary.succeeded
         )
 
-    await _writer(ctx, summary.connection_id).run(record)
+    await ctx.writer(summary.connection_id).run(record)
     log.info(
         "sync run",
         connection_id=summary.connection_id,

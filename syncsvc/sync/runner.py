@@ -167,18 +167,25 @@ async def _close_run(
     *,
     report: WorkReport,
 ) -> None:
-    """One transaction: schedule the next pull (if this process still holds the lease), events."""
+    """One unit of the connection's group writer: schedule the next pull (if this process still
+    holds the lease), events. Going through the writer, the closes of runs ending together share
+    a transaction rather than each costing one (and its commit)."""
     summary = run.summary
     if summary is None and not run.refreshes:
         return
-    async with ctx.sessionmaker.begin() as session:
+
+    async def close(session: AsyncSession) -> int:
+        # The unit runs again if its group fails, so it returns the events it added, never adds.
         if summary is not None and await _still_ours(ctx, session, connection_id):
             connection = await repo.get_connection(session, connection_id)
             if connection is not None:
                 # The count as stored now: a refresh during this run may have changed it.
                 _schedule_after_sync(ctx, connection, summary, connection.failure_count)
-        report.events += await record_run(session, run, at=ctx.now())
+        added = await record_run(session, run, at=ctx.now())
         await _notify_host_app(ctx, session, connection_id, run)
+        return added
+
+    report.events += await ctx.writer(connection_id).run(close)
 
 
 async def _notify_host_app(
@@ -340,8 +347,11 @@ async def _work_leased(
         log.exception("connection work failed", connection_id=connection.id)
     finally:
         leases.pending.discard(connection.id)
-        async with ctx.sessionmaker.begin() as session:
-            await repo.release_lease(session, connection.id, ctx.owner)
+
+        async def release(session: AsyncSession) -> bool:
+            return await repo.release_lease(session, connection.id, ctx.owner)
+
+        await ctx.writer(connection.id).run(release)
 
 
 async def claim(
