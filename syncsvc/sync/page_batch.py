@@ -3,8 +3,9 @@
 A group transaction of the writer (:class:`syncsvc.sync.store.GroupWriter`) takes the pages of
 several pulls. Written page by page, each costs a seq reservation and an upsert, and each
 statement waits its turn on the event loop while pulls parse their next pages; the writer then
-spends most of its time waiting. Gathered here instead, a group's pages cost one reservation
-statement for all their connections and one upsert.
+spends most of its time waiting. Gathered here instead, a group's pages cost one seq reservation
+for all their connections and one write of their rows (on PostgreSQL a ``COPY`` of resources new
+to the table and an upsert of the others).
 
 Rows are kept in the order they were added, and a later row for the same resource replaces an
 earlier one (and takes its place at the end), so seqs follow the order of writing exactly as if
@@ -91,12 +92,16 @@ class PageBatch:
         """Write every waiting row in ``session``'s transaction, seqs in writing order."""
         if not self._rows:
             return
-        positions: Counter[str] = Counter()
+        # One reservation for every connection in the batch: the cursor rows stay locked until
+        # the transaction ends, so each connection's seqs become visible in order.
+        counts = Counter(connection_id for connection_id, _, _ in self._rows)
+        next_seq = await resource_repo.reserve_seqs_many(session, counts)
         absent: list[ResourceRow] = []
         present: list[ResourceRow] = []
         size = 0
         for (connection_id, resource_type, resource_id), pending in self._rows.items():
-            positions[connection_id] += 1
+            seq = next_seq[connection_id]
+            next_seq[connection_id] = seq + 1
             row = ResourceRow(
                 connection_id,
                 resource_type,
@@ -105,7 +110,7 @@ class PageBatch:
                 pending.last_updated,
                 pending.body,
                 pending.content_hash,
-                positions[connection_id],
+                seq,
                 pending.stored_at,
                 pending.deleted_at,
                 pending.deleted_reason,
@@ -113,20 +118,7 @@ class PageBatch:
             (absent if pending.absent else present).append(row)
             size += len(pending.body)
             if size >= self._statement_bytes:
-                # Written in order, each part reserving after the one before: seqs stay in order.
-                await self._write(session, absent, present, positions)
-                positions, absent, present, size = Counter(), [], [], 0
-        await self._write(session, absent, present, positions)
+                await resource_repo.write_rows(session, absent, present)
+                absent, present, size = [], [], 0
+        await resource_repo.write_rows(session, absent, present)
         self._rows.clear()
-
-    @staticmethod
-    async def _write(
-        session: AsyncSession,
-        absent: list[ResourceRow],
-        present: list[ResourceRow],
-        positions: Counter[str],
-    ) -> None:
-        # Which statement writes a row does not matter to its seq: that comes from its position.
-        await resource_repo.write_positioned(
-            session, absent + present, positions, absent=len(absent)
-        )
