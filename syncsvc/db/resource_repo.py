@@ -2,7 +2,7 @@
 
 The write path is built for throughput: a page of resources costs a fixed handful of statements
 whatever its size (one read of the stored hashes, one history copy, and its share of a group's
-seq reservation and upsert), those statements go to the driver as they are, rows are plain
+seq reservation and write), those statements go to the driver as they are, rows are plain
 tuples rather than ORM objects, and bodies are the canonical bytes as they were hashed.
 """
 
