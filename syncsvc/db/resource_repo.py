@@ -9,11 +9,13 @@ tuples rather than ORM objects, and bodies are the canonical bytes as they were 
 from __future__ import annotations
 
 import datetime as dt
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Any, NamedTuple, TypeVar
 
+import asyncpg
 from sqlalchemy import (
     String,
     Table,
@@ -26,6 +28,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from syncsvc.errors import Transient
 
 from .base import rowcount
 from .models import Connection, Resource, ResourceHistory, SyncRun, SyncState
@@ -358,9 +362,12 @@ async def write_rows(
     driver = await _driver(session)
     if _dialect(session) == "postgresql":
         if absent:
-            await driver.copy_records_to_table(
-                "resources", records=absent, columns=_RESOURCE_COLUMNS
-            )
+            try:
+                await driver.copy_records_to_table(
+                    "resources", records=absent, columns=_RESOURCE_COLUMNS
+                )
+            except asyncpg.UniqueViolationError as exc:
+                raise _stored_meanwhile() from exc
         if present:
             columns = [list(column) for column in zip(*present, strict=True)]
             bodies: list[bytes] = columns.pop(_BODY_COLUMN)
@@ -370,9 +377,24 @@ async def write_rows(
             await driver.execute(_PG_UPSERT, *columns, starts, lengths, b"".join(bodies))
         return
     if absent:
-        await driver.executemany(_SQLITE_INSERT, _sqlite_rows(absent))
+        try:
+            await driver.executemany(_SQLITE_INSERT, _sqlite_rows(absent))
+        except sqlite3.IntegrityError as exc:
+            if exc.sqlite_errorname != "SQLITE_CONSTRAINT_PRIMARYKEY":
+                raise
+            raise _stored_meanwhile() from exc
     if present:
         await driver.executemany(_SQLITE_UPSERT, _sqlite_rows(present))
+
+
+def _stored_meanwhile() -> Transient:
+    # Only a second writer for the same connection can store what this one found missing (a
+    # lease lost mid-run): the run stops and the next one looks everything up.
+    return Transient(
+        "A resource this sync found missing was stored by another writer meanwhile; "
+        "the connection is synced again later",
+        reason="concurrent_write",
+    )
 
 
 async def has_resources(session: AsyncSession, connection_id: str, resource_type: str) -> bool:

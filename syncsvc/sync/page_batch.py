@@ -43,8 +43,8 @@ class PendingRow(NamedTuple):
     absent: bool = False
 
 
-#: Bodies one write statement carries at most: PostgreSQL takes no value over 1 GB (a group's
-#: bodies travel as one array), and a bound keeps a statement's memory small.
+#: Bodies one write statement carries at most: PostgreSQL takes no value over 1 GB (an upsert's
+#: bodies travel as one value), and a bound keeps a statement's memory small.
 STATEMENT_BYTES = 32 * 1024 * 1024
 
 

@@ -331,7 +331,7 @@ async def pull_connection(
         )
         return connection, tenant, states
 
-    begun = await writer.run(begin)
+    begun = await writer.run(begin, beside_pages=True)
     if begun is None:
         return RunSummary(connection_id, "inactive", started, started)
     connection, tenant, states = begun
@@ -708,7 +708,7 @@ async def _finish(ctx: SyncContext, summary: RunSummary) -> None:
             session, summary.connection_id, now=summary.finished_at, success=summary.succeeded
         )
 
-    await ctx.writer(summary.connection_id).run(record)
+    await ctx.writer(summary.connection_id).run(record, beside_pages=True)
     log.info(
         "sync run",
         connection_id=summary.connection_id,

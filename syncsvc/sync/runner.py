@@ -185,13 +185,13 @@ async def _close_run(
         await _notify_host_app(ctx, session, connection_id, run)
         return added
 
-    report.events += await ctx.writer(connection_id).run(close)
+    report.events += await ctx.writer(connection_id).run(close, beside_pages=True)
 
 
 async def _notify_host_app(
     ctx: SyncContext, session: AsyncSession, connection_id: str, run: ConnectionRun
 ) -> None:
-    """Queue the host application's webhook for what this run did (in its own transaction)."""
+    """Queue the host application's webhook for what this run did (in the caller's transaction)."""
     if ctx.settings.webhook_url is None:
         return
     connection = await repo.get_connection(session, connection_id)
@@ -351,7 +351,7 @@ async def _work_leased(
         async def release(session: AsyncSession) -> bool:
             return await repo.release_lease(session, connection.id, ctx.owner)
 
-        await ctx.writer(connection.id).run(release)
+        await ctx.writer(connection.id).run(release, beside_pages=True)
 
 
 async def claim(

@@ -191,6 +191,8 @@ class _Unit:
     done: asyncio.Future[Any]
     #: Called with the group's :class:`PageBatch` too; see :meth:`GroupWriter.submit_batched`.
     batched: bool = False
+    #: Reads nothing the group's pages write, so the batch need not be flushed before it.
+    beside_pages: bool = False
 
 
 class GroupWriter:
@@ -211,9 +213,17 @@ class GroupWriter:
         self.groups = 0
         self.units = 0
 
-    def submit(self, work: Callable[[AsyncSession], Awaitable[T]]) -> asyncio.Future[T]:
-        """Queue ``work`` (called with the group's session); its result arrives in the future."""
-        return self._queue(_Unit(work, asyncio.get_running_loop().create_future()))
+    def submit(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, beside_pages: bool = False
+    ) -> asyncio.Future[T]:
+        """Queue ``work`` (called with the group's session); its result arrives in the future.
+
+        ``beside_pages`` says ``work`` reads no resource rows (closing a run, releasing a lease):
+        the pages waiting in the group's batch are then not flushed before it, so such units
+        between page writes do not split the group's rows into several small writes.
+        """
+        unit = _Unit(work, asyncio.get_running_loop().create_future(), beside_pages=beside_pages)
+        return self._queue(unit)
 
     def submit_batched(
         self, work: Callable[[AsyncSession, PageBatch], Awaitable[T]]
@@ -227,9 +237,11 @@ class GroupWriter:
             self._task = asyncio.create_task(self._drain(), name="syncsvc-group-writer")
         return unit.done
 
-    async def run(self, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-        """Submit ``work`` and wait for it to be committed."""
-        return await self.submit(work)
+    async def run(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, beside_pages: bool = False
+    ) -> T:
+        """Submit ``work`` and wait for it to be committed (``beside_pages``: see ``submit``)."""
+        return await self.submit(work, beside_pages=beside_pages)
 
     async def _drain(self) -> None:
         while self._waiting:
@@ -255,7 +267,8 @@ class GroupWriter:
                 if unit.batched:
                     results.append(await unit.work(session, batch))
                     continue
-                await batch.flush(session)
+                if not unit.beside_pages:
+                    await batch.flush(session)
                 results.append(await unit.work(session))
             await batch.flush(session)
         self.groups += 1

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import sqlite3
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import resource_repo
 from syncsvc.db.models import Resource
+from syncsvc.errors import Transient
 from syncsvc.sync.page_batch import PageBatch, PendingRow
 from syncsvc.sync.prepare import PreparedPage, prepare_page
 from syncsvc.sync.store import (
@@ -156,12 +155,13 @@ async def test_a_resource_taken_for_absent_is_never_overwritten_the_write_fails_
 
     # An empty stored_ids says the type had nothing: "a" is written as absent, with no lookup,
     # as a first sync writes; a row already there (another writer's) must stop the write.
-    with pytest.raises((sqlite3.IntegrityError, asyncpg.UniqueViolationError)):
+    with pytest.raises(Transient) as raised:
         async with sessionmaker.begin() as session:
             await store_page(
                 session, connection_id, _page(_observation("a", 2)), now=utcnow(), stored_ids=set()
             )
 
+    assert raised.value.reason == "concurrent_write"
     assert await _rows(sessionmaker, connection_id) == [before]
 
 
@@ -189,9 +189,11 @@ async def test_new_and_changed_resources_of_one_group_are_all_written_in_order(
 
     assert writer.groups == 1
     assert [(c.new, c.changed) for c in counts] == [(1, 1), (1, 1)]
+    expected = {item.resource_id: item.body for page in pages for item in page.items}
     rows = await _rows(sessionmaker, connection_id)
     assert [(rid, seq) for rid, seq, _ in rows] == [("c", 3), ("a", 4), ("b", 5), ("d", 6)]
-    assert [b'"value":2' in body for rid, _, body in rows if rid in "ab"] == [True, True]
+    # Whole bodies: each row's cut of the group's joined bodies must be its own.
+    assert {rid: body for rid, _, body in rows} == expected
 
 
 async def test_other_work_in_the_group_sees_the_pages_written_before_it(
@@ -211,6 +213,26 @@ async def test_other_work_in_the_group_sees_the_pages_written_before_it(
     await written
 
     assert await seen == {"a"}
+    assert writer.groups == 1
+
+
+async def test_work_beside_the_pages_runs_in_the_group_without_flushing_them_first(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    (connection_id,) = await _connections(sessionmaker, 1)
+    writer = GroupWriter(sessionmaker)
+
+    async def reader(session: AsyncSession) -> set[str]:
+        return await resource_repo.live_resource_ids(session, connection_id, "Observation")
+
+    written = writer.submit_batched(_page_of_a(connection_id, utcnow()))
+    beside = writer.submit(reader, beside_pages=True)
+    after = writer.submit(reader)
+    await written
+
+    # The page is still in the batch for the unit beside it, and written for the one after.
+    assert await beside == set()
+    assert await after == {"a"}
     assert writer.groups == 1
 
 
@@ -327,9 +349,11 @@ async def test_a_batch_over_one_statements_size_is_written_in_parts_in_order(
     first, second = await _connections(sessionmaker, 2)
     now = utcnow()
     async with sessionmaker.begin() as session:
+        await store_page(session, first, _page(_observation("a", 1)), now=now)
+    async with sessionmaker.begin() as session:
         batch = PageBatch(statement_bytes=1)  # every row a statement of its own
         pages = [
-            (first, _page(_observation("a", 1), _observation("b", 1))),
+            (first, _page(_observation("a", 2), _observation("b", 1))),  # a changed, b new
             (second, _page(_observation("x", 1))),
             (first, _page(_observation("c", 1))),
         ]
@@ -337,11 +361,9 @@ async def test_a_batch_over_one_statements_size_is_written_in_parts_in_order(
             await store_page(session, cid, page, now=now, batch=batch)
         await batch.flush(session)
 
-    assert [(rid, seq) for rid, seq, _ in await _rows(sessionmaker, first)] == [
-        ("a", 1),
-        ("b", 2),
-        ("c", 3),
-    ]
+    rows = await _rows(sessionmaker, first)
+    assert [(rid, seq) for rid, seq, _ in rows] == [("a", 2), ("b", 3), ("c", 4)]
+    assert rows[0][2] == pages[0][1].items[0].body
     assert [(rid, seq) for rid, seq, _ in await _rows(sessionmaker, second)] == [("x", 1)]
 
 
