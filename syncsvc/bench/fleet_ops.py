@@ -189,18 +189,25 @@ async def wait_for_runs(
     connection_ids: Sequence[str],
     since: dt.datetime,
 ) -> float:
-    """Wait until every connection has finished a run started after ``since``; the seconds."""
+    """Wait until every connection has finished a run started after ``since`` and is leased to
+    no worker any more (a worker's last step: closing the run comes before); the seconds."""
+    ids = list(connection_ids)
     started = time.perf_counter()
     while time.perf_counter() - started < SCALEOUT_TIMEOUT_SECONDS:
         async with sessionmaker() as session:
             done = await session.scalar(
                 select(func.count(func.distinct(SyncRun.connection_id))).where(
-                    SyncRun.connection_id.in_(list(connection_ids)),
+                    SyncRun.connection_id.in_(ids),
                     SyncRun.started_at >= since,
                     SyncRun.outcome != "running",
                 )
             )
-        if done == len(connection_ids):
+            leased = await session.scalar(
+                select(func.count()).where(
+                    Connection.id.in_(ids), Connection.lease_owner.is_not(None)
+                )
+            )
+        if done == len(ids) and leased == 0:
             return time.perf_counter() - started
         await asyncio.sleep(POLL_SECONDS)
     raise BenchError("scale-out did not finish in time")
