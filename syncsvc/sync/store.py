@@ -113,13 +113,12 @@ async def store_page(
     )
     if batch is not None and ids:
         stored = batch.overlay(connection_id, resource_type, ids, stored)
-    # Each write with whether the resource is absent from the table and the batch.
-    writes: list[tuple[Prepared, bool]] = []
+    writes: list[Prepared] = []
     replaced: list[str] = []
     for item in page.items:
         old = stored.get(item.resource_id)
         if old is None:
-            writes.append((item, True))
+            writes.append(item)
             if item.entered_in_error:
                 counts.deleted += 1
             else:
@@ -130,7 +129,7 @@ async def store_page(
             counts.unchanged += 1
             continue
         # Changed, or back after having vanished: a new seq either way.
-        writes.append((item, False))
+        writes.append(item)
         if not same:
             replaced.append(item.resource_id)
         if item.entered_in_error and old.deleted_reason != ENTERED_IN_ERROR:
@@ -147,7 +146,7 @@ async def store_page(
             session, connection_id, resource_type, replaced, now=now
         )
     own = PageBatch() if batch is None else batch
-    for item, absent in writes:
+    for item in writes:
         deleted = item.entered_in_error
         own.add(
             connection_id,
@@ -161,7 +160,8 @@ async def store_page(
                 now,
                 now if deleted else None,
                 ENTERED_IN_ERROR if deleted else None,
-                absent,
+                # Neither the table nor the batch had it: inserted, not upserted.
+                item.resource_id not in stored,
             ),
         )
     if batch is None:
