@@ -69,7 +69,9 @@ async def _background_sync(app: web.Application) -> AsyncIterator[None]:
             vault=app[VAULT],
             http=app[HTTP],
             decoder=decoder,
+            metrics=app[METRICS].work,
         )
+        context.publish_pipeline()
         scheduler = SyncScheduler(context)
         app[SCHEDULER] = scheduler
         scheduler.start()

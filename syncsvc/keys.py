@@ -14,6 +14,7 @@ from syncsvc.settings import Settings
 from syncsvc.signing import Signer
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
+from syncsvc.work_metrics import WorkMetrics
 
 SETTINGS = web.AppKey("settings", Settings)
 ENGINE = web.AppKey("engine", AsyncEngine)
@@ -26,3 +27,5 @@ HTTP = web.AppKey("http", aiohttp.ClientSession)
 SCHEDULER = web.AppKey("scheduler", SyncScheduler)
 #: This application's Prometheus registry and instruments (never the global registry).
 METRICS = web.AppKey("metrics", Metrics)
+#: The work counters of a process without a web application (a worker's metrics port).
+WORK_METRICS = web.AppKey("work_metrics", WorkMetrics)

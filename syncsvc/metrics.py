@@ -1,10 +1,12 @@
-"""Prometheus metrics of one application: request latencies, and tenant health at scrape time.
+"""Prometheus metrics of one application: request latencies, tenant health, and its work.
 
 Each application owns a :class:`Metrics` with its own ``CollectorRegistry`` (never the global
 one: a process, or a test run, may build many applications). Request latencies are observed by
-:meth:`Metrics.middleware`; the database-derived gauges are computed when ``/metrics`` is scraped
-(from the same reports as the health endpoints) and handed to a collector just before the
-exposition is rendered, with no await in between, so a scrape never sees another's numbers.
+:meth:`Metrics.middleware`; the work counters (:class:`~syncsvc.work_metrics.WorkMetrics`) by the
+sync engine of the process's scheduler; the database-derived gauges are computed when
+``/metrics`` is scraped (from the same reports as the health endpoints and the same readiness as
+``/readyz``) and handed to collectors just before the exposition is rendered, with no await in
+between, so a scrape never sees another's numbers.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prometheus_client.registry import Collector
 
 from syncsvc.health.report import TenantHealth
 from syncsvc.health.rules import STATUSES
+from syncsvc.work_metrics import Snapshot, WorkMetrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -124,6 +127,8 @@ class Metrics:
         )
         self.tenants = TenantCollector()
         self.registry.register(self.tenants)
+        #: The work counters of the sync engine running in this process (when one runs).
+        self.work = WorkMetrics(self.registry)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -142,7 +147,10 @@ class Metrics:
                 time.perf_counter() - started
             )
 
-    def exposition(self, reports: Sequence[TenantHealth]) -> bytes:
-        """The text exposition with tenant gauges from ``reports``."""
+    def exposition(
+        self, reports: Sequence[TenantHealth], snapshot: Snapshot | None = None
+    ) -> bytes:
+        """The exposition: tenant gauges from ``reports``, readiness from ``snapshot``."""
         self.tenants.update(reports)
+        self.work.scrape.snapshot = snapshot
         return generate_latest(self.registry)

@@ -74,11 +74,13 @@ def _sync(args: argparse.Namespace) -> int:
     return 1 if report.failures else 0
 
 
-async def _work_forever(settings: Settings) -> None:
+async def _work_forever(settings: Settings, args: argparse.Namespace) -> None:
     from syncsvc.http import create_http_client
+    from syncsvc.logging import get_logger
     from syncsvc.process import tune_gc
     from syncsvc.sync.page_decode import page_decoder
     from syncsvc.sync.scheduler import SyncScheduler
+    from syncsvc.web.worker_app import create_worker_app, serving_worker_app
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -88,8 +90,20 @@ async def _work_forever(settings: Settings) -> None:
         database(settings) as sessionmaker,
         create_http_client() as http,
         page_decoder(settings.decode_workers) as decoder,
+        contextlib.AsyncExitStack() as serving,
     ):
-        scheduler = SyncScheduler(sync_context(settings, sessionmaker, http, decoder))
+        context = sync_context(settings, sessionmaker, http, decoder)
+        context.publish_pipeline()
+        scheduler = SyncScheduler(context)
+        if args.metrics_port is not None:
+            # Listening first: a port in use stops the worker before it claims any work.
+            app = create_worker_app(settings, sessionmaker, scheduler, context.metrics)
+            port = await serving.enter_async_context(
+                serving_worker_app(app, args.metrics_host, args.metrics_port)
+            )
+            get_logger("syncsvc.worker").info(
+                "metrics served", url=f"http://{args.metrics_host}:{port}/metrics"
+            )
         tune_gc()
         scheduler.start()
         await stop.wait()
@@ -104,9 +118,11 @@ def _worker(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_work_forever(settings))
+            asyncio.run(_work_forever(settings, args))
     except SyncsvcError as exc:
         return fail("worker", exc.message)
+    except OSError as exc:
+        return fail("worker", exc.strerror or str(exc))
     print("worker stopped", file=sys.stderr)
     return 0
 
@@ -126,5 +142,17 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     worker = commands.add_parser(
         "worker", help="run background sync without the web application (SIGTERM stops it)"
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve /metrics (operator token), /healthz and /readyz on this port (default: none)",
+    )
+    worker.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        metavar="HOST",
+        help="interface of the metrics port (default: %(default)s, loopback only)",
     )
     worker.set_defaults(handler=_worker)

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -470,6 +470,20 @@ async def claim_due_connections(
         lease_seconds=lease_seconds,
         limit=limit,
     )
+
+
+async def due_backlog(session: AsyncSession, now: dt.datetime) -> tuple[int, dt.datetime | None]:
+    """How many connections a claim could take now, and since when the longest-waiting is due.
+
+    The same predicate as :func:`claim_due_connections`, so the backlog metric and the claims
+    cannot disagree about what is due.
+    """
+    row = (
+        await session.execute(
+            select(func.count(), func.min(Connection.next_due_at)).where(_due(now))
+        )
+    ).one()
+    return int(row[0]), row[1]
 
 
 async def renew_lease(

@@ -8,6 +8,7 @@ search instead (Cerner-style tenants are told apart by path, so even the same ho
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeAlias, TypeVar
 from urllib.parse import urlencode
@@ -69,6 +70,13 @@ class SearchPage(Protocol):
     def self_url(self) -> str | None: ...
 
 
+class RequestMeter(Protocol):
+    """Hears about each request: its resource type, its HTTP status (or ``timeout`` or
+    ``network`` when none came) and its time in seconds (``syncsvc.work_metrics.TenantMeter``)."""
+
+    def request(self, resource_type: str, status: str, seconds: float) -> None: ...
+
+
 P = TypeVar("P", bound=SearchPage)
 #: Turns a fetched page (its URL and body) into the caller's page.
 Decoder: TypeAlias = Callable[[str, bytes], Awaitable[P]]
@@ -77,12 +85,20 @@ Decoder: TypeAlias = Callable[[str, bytes], Awaitable[P]]
 class FhirClient:
     """Requests against one FHIR base with one bearer token."""
 
-    def __init__(self, http: aiohttp.ClientSession, base: str, access_token: str) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        base: str,
+        access_token: str,
+        *,
+        meter: RequestMeter | None = None,
+    ) -> None:
         self._http = http
         self.base = base.rstrip("/")
         self._token = access_token
         self.requests = 0
         self.bytes_received = 0
+        self.meter = meter
 
     def use_token(self, access_token: str) -> None:
         """Switch to a refreshed access token of the same grant."""
@@ -91,20 +107,31 @@ class FhirClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token}", "Accept": FHIR_JSON}
 
-    async def get(self, url: str, params: Mapping[str, str] | None = None) -> tuple[Any, int]:
+    async def get(
+        self, url: str, params: Mapping[str, str] | None = None, *, resource_type: str = ""
+    ) -> tuple[Any, int]:
         """GET a URL under the base; the parsed JSON and its size. Raises on any failure."""
-        body = await self.get_bytes(url, params)
+        body = await self.get_bytes(url, params, resource_type=resource_type)
         return parse_json(body), len(body)
 
-    async def get_bytes(self, url: str, params: Mapping[str, str] | None = None) -> bytes:
-        """GET a URL under the base; the body as received. Raises on any failure."""
+    async def get_bytes(
+        self, url: str, params: Mapping[str, str] | None = None, *, resource_type: str = ""
+    ) -> bytes:
+        """GET a URL under the base; the body as received. Raises on any failure.
+
+        ``resource_type`` names what is asked for, for the meter (a ``next`` link says nothing).
+        """
         if not is_under_base(url, self.base):
             raise ForeignNextLink
-        return await self.fetch_bytes(url, params)
+        return await self.fetch_bytes(url, params, resource_type=resource_type)
 
-    async def fetch_bytes(self, url: str, params: Mapping[str, str] | None = None) -> bytes:
+    async def fetch_bytes(
+        self, url: str, params: Mapping[str, str] | None = None, *, resource_type: str = ""
+    ) -> bytes:
         """One GET of ``url`` (the caller has checked it is under the base), unparsed."""
         self.requests += 1
+        started = time.perf_counter()
+        status = "network"
         try:
             async with self._http.get(
                 url, params=params, headers=self._headers(), allow_redirects=False
@@ -112,7 +139,9 @@ class FhirClient:
                 try:
                     body = await read_body(response.content, MAX_PAGE_BYTES)
                 except BodyTooLarge as exc:
+                    status = str(response.status)
                     raise Transient("The EHR answered with an oversized page") from exc
+                status = str(response.status)
                 if not 200 <= response.status < 300:
                     raise FhirRequestError(
                         classify_fhir_failure(
@@ -123,7 +152,12 @@ class FhirClient:
                         )
                     )
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                status = "timeout"
             raise Transient(f"The EHR could not be reached ({type(exc).__name__})") from exc
+        finally:
+            if self.meter is not None:
+                self.meter.request(resource_type, status, time.perf_counter() - started)
         self.bytes_received += len(body)
         return body
 
@@ -131,7 +165,9 @@ class FhirClient:
         """Read one resource by id (ids come from the EHR: they are checked before use)."""
         if not RESOURCE_TYPE.match(resource_type) or not is_fhir_id(resource_id):
             raise Transient(f"Refusing to read a {resource_type[:40]} with a malformed id")
-        doc, _ = await self.get(f"{self.base}/{resource_type}/{resource_id}")
+        doc, _ = await self.get(
+            f"{self.base}/{resource_type}/{resource_id}", resource_type=resource_type
+        )
         if not isinstance(doc, dict) or doc.get("resourceType") != resource_type:
             raise Transient(f"The EHR answered a {resource_type} read with something else")
         return doc
@@ -150,7 +186,7 @@ class FhirClient:
         for _ in range(MAX_PAGES_PER_SEARCH):
             if url is None:
                 return
-            body = await self.get_bytes(url, query)
+            body = await self.get_bytes(url, query, resource_type=resource_type)
             page = await decode(url if query is None else _with_query(url, query), body)
             yield page
             next_url = page.next_url

@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.settings import Settings
 from syncsvc.sync.page_decode import PageDecoder
-from syncsvc.sync.store import GroupWriter, group_writer
+from syncsvc.sync.store import GroupWriter, group_writer, writers_of
 from syncsvc.vault import Vault
+from syncsvc.work_metrics import Pipeline, WorkMetrics
 
 
 def utcnow() -> dt.datetime:
@@ -43,6 +44,8 @@ class SyncContext:
     decoder: PageDecoder = field(default_factory=PageDecoder)
     #: Injected so tests can move time without sleeping.
     clock: Callable[[], dt.datetime] = utcnow
+    #: The process's work counters (a private registry unless the process serves metrics).
+    metrics: WorkMetrics = field(default_factory=WorkMetrics)
 
     def now(self) -> dt.datetime:
         """The current time by this context's clock."""
@@ -51,3 +54,12 @@ class SyncContext:
     def writer(self, connection_id: str) -> GroupWriter:
         """The group writer that takes this connection's units (the same one for all of them)."""
         return group_writer(self.sessionmaker, connection_id, lanes=self.settings.write_lanes)
+
+    def publish_pipeline(self) -> None:
+        """Let this context's metrics show its page pipeline (decoder and writers) when scraped."""
+        sessionmaker, decoder = self.sessionmaker, self.decoder
+        self.metrics.scrape.pipeline = Pipeline(
+            decoding=lambda: decoder.in_flight,
+            writing=lambda: sum(writer.depth for writer in writers_of(sessionmaker)),
+            writes=lambda: [writer.stats for writer in writers_of(sessionmaker)],
+        )

@@ -375,6 +375,11 @@ class PageDecoder:
             self._refill = None
 
     @property
+    def in_flight(self) -> int:
+        """Pages handed to worker processes and not yet back."""
+        return self._in_flight
+
+    @property
     def worker_pids(self) -> list[int]:
         """Process ids of the workers started so far (replaced ones included)."""
         return list(self._pids)

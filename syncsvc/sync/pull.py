@@ -60,6 +60,7 @@ from syncsvc.sync.store import (
     store_page,
 )
 from syncsvc.tenants import resource_types_of, smart_configuration
+from syncsvc.work_metrics import TenantMeter
 
 log = structlog.get_logger("syncsvc.sync.pull")
 
@@ -232,8 +233,17 @@ class GrantClient(FhirClient):
     others retry with the token that replaced it.
     """
 
-    def __init__(self, http: aiohttp.ClientSession, base: str, token_source: TokenSource) -> None:
-        super().__init__(http, base, "")
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        base: str,
+        token_source: TokenSource,
+        *,
+        meter: TenantMeter | None = None,
+    ) -> None:
+        super().__init__(http, base, "", meter=meter)
+        #: The tenant's counters (requests, retries, resources, runs), when the run is metered.
+        self.tenant_meter = meter
         self._source = token_source
         self.forced_refreshes = 0
         self._forcing = asyncio.Lock()
@@ -242,19 +252,23 @@ class GrantClient(FhirClient):
         #: Set once the EHR has answered a request with success: the token is good for this base.
         self.answered = asyncio.Event()
 
-    async def get_bytes(self, url: str, params: Mapping[str, str] | None = None) -> bytes:
+    async def get_bytes(
+        self, url: str, params: Mapping[str, str] | None = None, *, resource_type: str = ""
+    ) -> bytes:
         """GET with a current token, retried once with a forced new token after a 401."""
         if not is_under_base(url, self.base):
             raise ForeignNextLink
         token = await self._source(False)
         self.use_token(token)
         try:
-            body = await self.fetch_bytes(url, params)
+            body = await self.fetch_bytes(url, params, resource_type=resource_type)
         except FhirRequestError as exc:
             if exc.failure.kind != "invalid_token":
                 raise
             self.use_token(await self._replacement(token))
-            body = await self.fetch_bytes(url, params)
+            if self.tenant_meter is not None:
+                self.tenant_meter.retry("invalid_token")
+            body = await self.fetch_bytes(url, params, resource_type=resource_type)
         self.answered.set()
         return body
 
@@ -336,7 +350,9 @@ async def pull_connection(
         return RunSummary(connection_id, "inactive", started, started)
     connection, tenant, states = begun
     summary = RunSummary(connection_id, "ok", started, started, run_id=run_id, full=full)
-    client = GrantClient(ctx.http, connection.fhir_base, token_source)
+    client = GrantClient(
+        ctx.http, connection.fhir_base, token_source, meter=ctx.metrics.tenant(tenant.name)
+    )
     fingerprint = grant_fingerprint(connection.granted_scopes)
     plans = _plans(connection, tenant, states, full=full, types=types, now=started)
     try:
@@ -376,6 +392,8 @@ async def pull_connection(
     summary.forced_refreshes = client.forced_refreshes
     summary.finished_at = ctx.now()
     await _finish(ctx, summary)
+    # Counted once the run record is committed, so the counter and the records agree.
+    ctx.metrics.tenant(tenant.name).run(summary.outcome)
     return summary
 
 
@@ -567,8 +585,16 @@ async def _run_type(
         )
         return vanished
 
-    result.counts.deleted += await ctx.writer(connection.id).run(record_success)
+    vanished = await ctx.writer(connection.id).run(record_success)
+    result.counts.deleted += vanished
+    _meter(client, Counts(deleted=vanished))
     return result
+
+
+def _meter(client: GrantClient, counts: Counts) -> None:
+    """Count committed resources in the tenant's metrics (when the run is metered)."""
+    if client.tenant_meter is not None:
+        client.tenant_meter.resources(**counts.as_dict())
 
 
 async def _fetch_and_store(
@@ -602,6 +628,7 @@ async def _fetch_and_store(
         written, page = in_flight.popleft()
         counts = await written
         result.counts.add(counts)
+        _meter(client, counts)  # committed now: counted once per page, never per resource
         if page.rejected:
             room = REJECTED_SHOWN - len(result.rejected)
             result.rejected.extend(page.rejected[: max(room, 0)])

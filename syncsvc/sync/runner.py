@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc import webhooks
 from syncsvc.db import repo
-from syncsvc.db.models import Connection
+from syncsvc.db.models import Connection, Tenant
 from syncsvc.errors import Transient
 from syncsvc.logging import get_logger
 from syncsvc.sync.backoff import Backoff
@@ -166,6 +167,7 @@ async def _close_run(
     run: ConnectionRun,
     *,
     report: WorkReport,
+    tenant: str,
 ) -> None:
     """One unit of the connection's group writer: schedule the next pull (if this process still
     holds the lease), events. Going through the writer, the closes of runs ending together share
@@ -186,6 +188,11 @@ async def _close_run(
         return added
 
     report.events += await ctx.writer(connection_id).run(close, beside_pages=True)
+    # Counted from the events just committed, so the counter and the events agree.
+    meter = ctx.metrics.tenant(tenant)
+    for record in run.events():
+        if record.kind == "refresh":
+            meter.refresh(record.outcome)
 
 
 async def _notify_host_app(
@@ -250,14 +257,18 @@ async def work_connection(
     *,
     leases: _Leases | None = None,
     pull: PullOptions = PullOptions(),
+    tenant: str,
 ) -> None:
-    """Refresh and/or pull one leased connection, as due; never raises for EHR trouble."""
+    """Refresh and/or pull one leased connection, as due; never raises for EHR trouble.
+
+    ``tenant`` is the connection's tenant name (the label of its metrics).
+    """
     bound = log.bind(connection_id=connection.id)
     run = ConnectionRun(tenant_id=connection.tenant_id, connection_id=connection.id)
     try:
         await _work(ctx, connection, report, run, leases=leases, pull=pull)
     finally:
-        await _close_run(ctx, connection.id, run, report=report)
+        await _close_run(ctx, connection.id, run, report=report, tenant=tenant)
     if run.summary is not None:
         bound.debug("connection worked", outcome=run.summary.outcome)
 
@@ -330,6 +341,7 @@ async def _work_leased(
     leases: _Leases,
     stop: asyncio.Event | None,
     pull: PullOptions,
+    tenant: str,
 ) -> None:
     try:
         # The tenant's slot first: a connection waiting for its tenant holds no process slot.
@@ -339,7 +351,7 @@ async def _work_leased(
                 return
             if connection.id in leases.lost:
                 return
-            await work_connection(ctx, connection, report, leases=leases, pull=pull)
+            await work_connection(ctx, connection, report, leases=leases, pull=pull, tenant=tenant)
     except Exception:
         # One connection's unexpected failure must not stop the batch; it is logged with
         # its id and retried when its lease expires or is released.
@@ -362,8 +374,9 @@ async def claim(
     connection_ids: Sequence[str] | None = None,
 ) -> list[Connection]:
     """Lease up to ``limit`` due connections to this process (one short transaction)."""
+    started = time.perf_counter()
     async with ctx.sessionmaker.begin() as session:
-        return await repo.claim_due_connections(
+        claimed = await repo.claim_due_connections(
             session,
             ctx.owner,
             ctx.now(),
@@ -372,13 +385,15 @@ async def claim(
             tenant_id=tenant_id,
             connection_ids=connection_ids,
         )
+    ctx.metrics.claim(len(claimed), time.perf_counter() - started)
+    return claimed
 
 
-async def _vendors(ctx: SyncContext, tenant_ids: set[str]) -> dict[str, str]:
-    """The vendor profile of each tenant (limits default per vendor)."""
+async def _tenants(ctx: SyncContext, tenant_ids: set[str]) -> dict[str, Tenant]:
+    """The tenants of a batch: limits default per vendor, metrics are labelled by name."""
     async with ctx.sessionmaker() as session:
         tenants = [await repo.get_tenant(session, tenant_id) for tenant_id in sorted(tenant_ids)]
-    return {tenant.id: tenant.vendor for tenant in tenants if tenant is not None}
+    return {tenant.id: tenant for tenant in tenants if tenant is not None}
 
 
 async def _work_batch(
@@ -391,14 +406,15 @@ async def _work_batch(
     stop: asyncio.Event | None,
     pull: PullOptions,
 ) -> None:
-    vendors = await _vendors(ctx, {connection.tenant_id for connection in batch})
+    tenants = await _tenants(ctx, {connection.tenant_id for connection in batch})
     leases = _Leases(ctx, [connection.id for connection in batch])
     keeper = asyncio.create_task(leases.keep_alive())
     try:
         async with asyncio.TaskGroup() as group:
             for connection in batch:
+                tenant = tenants.get(connection.tenant_id)
                 gate = limiter.gate(
-                    connection.tenant_id, vendors.get(connection.tenant_id, "generic")
+                    connection.tenant_id, tenant.vendor if tenant is not None else "generic"
                 )
                 group.create_task(
                     _work_leased(
@@ -410,6 +426,8 @@ async def _work_batch(
                         leases=leases,
                         stop=stop,
                         pull=pull,
+                        # A tenant deleted meanwhile: its id, which is as bounded as its name.
+                        tenant=tenant.name if tenant is not None else connection.tenant_id,
                     )
                 )
     finally:

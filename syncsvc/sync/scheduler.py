@@ -89,6 +89,7 @@ class SyncScheduler:
         async with self._busy:
             self.last_tick_at = self._ctx.now()
             self.ticks += 1
+            self._ctx.metrics.tick_started()
             try:
                 report = await run_due(
                     self._ctx,
@@ -98,8 +99,10 @@ class SyncScheduler:
                 )
             except Exception:
                 # The database may be briefly unreachable; the next tick tries again.
+                self._ctx.metrics.tick(ok=False)
                 log.exception("tick failed")
                 return
+            self._ctx.metrics.tick(ok=True)
             self.last_report = report
             await self._work_outboxes()
             if report.claimed:

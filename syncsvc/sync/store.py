@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 import weakref
 import zlib
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.db import resource_repo
 from syncsvc.sync.page_batch import PageBatch, PendingRow
 from syncsvc.sync.prepare import ENTERED_IN_ERROR, Prepared, PreparedPage
+from syncsvc.work_metrics import WRITE_BUCKETS, LatencyStats
 
 VANISHED = "vanished"
 #: Rejected resources named in a run's report at most (the count is always complete).
@@ -212,6 +214,15 @@ class GroupWriter:
         #: Transactions committed and units written, for benchmarks and logs.
         self.groups = 0
         self.units = 0
+        #: Units in the transaction being written now (``depth`` adds those waiting).
+        self._writing = 0
+        #: Time of each group transaction, committed or not (read by ``/metrics``).
+        self.stats = LatencyStats(WRITE_BUCKETS)
+
+    @property
+    def depth(self) -> int:
+        """Units waiting for this writer or in its transaction now."""
+        return len(self._waiting) + self._writing
 
     def submit(
         self, work: Callable[[AsyncSession], Awaitable[T]], *, beside_pages: bool = False
@@ -261,16 +272,22 @@ class GroupWriter:
 
     async def _commit(self, group: list[_Unit]) -> list[Any]:
         results: list[Any] = []
-        async with self._sessionmaker.begin() as session:
-            batch = PageBatch()
-            for unit in group:
-                if unit.batched:
-                    results.append(await unit.work(session, batch))
-                    continue
-                if not unit.beside_pages:
-                    await batch.flush(session)
-                results.append(await unit.work(session))
-            await batch.flush(session)
+        started = time.perf_counter()
+        self._writing = len(group)
+        try:
+            async with self._sessionmaker.begin() as session:
+                batch = PageBatch()
+                for unit in group:
+                    if unit.batched:
+                        results.append(await unit.work(session, batch))
+                        continue
+                    if not unit.beside_pages:
+                        await batch.flush(session)
+                    results.append(await unit.work(session))
+                await batch.flush(session)
+        finally:
+            self._writing = 0
+            self.stats.observe(time.perf_counter() - started)
         self.groups += 1
         self.units += len(group)
         return results
@@ -308,6 +325,11 @@ def write_lanes(sessionmaker: async_sessionmaker[AsyncSession], asked: int | Non
     if bind is None or bind.dialect.name == "sqlite":
         return 1
     return POSTGRES_LANES if asked is None else max(1, asked)
+
+
+def writers_of(sessionmaker: async_sessionmaker[AsyncSession]) -> list[GroupWriter]:
+    """The group writers made so far on ``sessionmaker``'s database (none before a first write)."""
+    return list(_WRITERS.get(sessionmaker, ()))
 
 
 def group_writer(

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import functools
 from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
 from sqlalchemy.exc import SQLAlchemyError
 
-from syncsvc.db import health_repo, migrate, repo
+from syncsvc.db import repo
 from syncsvc.errors import NotFound
 from syncsvc.health.chart import outcome_chart
+from syncsvc.health.readiness import readiness, snapshot
 from syncsvc.health.report import TenantHealth, all_tenant_health, tenant_health
 from syncsvc.health.rules import RULES, worst
 from syncsvc.keys import METRICS, SCHEDULER, SESSIONMAKER, SETTINGS
@@ -30,15 +30,8 @@ from syncsvc.web.auth import require_operator
 from syncsvc.web.handlers.api import json_response
 
 log = get_logger("syncsvc.web.operators")
-#: A readiness probe gives up on the database after this long (a load balancer is waiting).
-READY_TIMEOUT_SECONDS = 5.0
-#: The scheduler is stale when its last tick is older than this many tick intervals ...
-SCHEDULER_STALE_TICKS = 6
-#: ... or than this floor, whichever is longer (a tick of several batches takes a while).
-SCHEDULER_STALE_FLOOR = dt.timedelta(seconds=60)
-
-#: The newest migration in the source tree; read once, the files do not change under a process.
-head_revision = functools.cache(migrate.head_revision)
+#: A scrape gives up on the tenant reports after this long (Prometheus is waiting).
+SCRAPE_TIMEOUT_SECONDS = 10.0
 
 
 def _now() -> dt.datetime:
@@ -111,39 +104,11 @@ async def healthz(_request: web.Request) -> web.Response:
     return json_response({"status": "alive"})
 
 
-async def _database_checks(request: web.Request) -> dict[str, str]:
-    try:
-        async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-            async with request.app[SESSIONMAKER]() as session:
-                current = await health_repo.schema_revision(session)
-    except (OSError, TimeoutError, SQLAlchemyError) as exc:
-        # The class only: a driver's message may carry the DSN.
-        log.warning("readiness: database unreachable", error_class=type(exc).__name__)
-        return {"database": "unreachable", "migrations": "unknown"}
-    head = head_revision()
-    if current != head:
-        log.warning("readiness: schema not at head", current=current, head=head)
-        return {"database": "ok", "migrations": "not_at_head"}
-    return {"database": "ok", "migrations": "ok"}
-
-
-def _scheduler_check(request: web.Request) -> str:
-    scheduler = request.app.get(SCHEDULER)
-    if scheduler is None:
-        return "not_running"
-    if scheduler.last_tick_at is None:
-        return "not_ticked"
-    tick = dt.timedelta(seconds=request.app[SETTINGS].tick_seconds)
-    if _now() - scheduler.last_tick_at > max(tick * SCHEDULER_STALE_TICKS, SCHEDULER_STALE_FLOOR):
-        return "stale"
-    return "ok"
-
-
 async def readyz(request: web.Request) -> web.Response:
     """``GET /readyz``: database reachable, schema at head, and the scheduler ticking (if any)."""
-    checks = await _database_checks(request)
-    checks["scheduler"] = _scheduler_check(request)
-    ready = all(value in ("ok", "not_running") for value in checks.values())
+    ready, checks = await readiness(
+        request.app[SESSIONMAKER], request.app.get(SCHEDULER), request.app[SETTINGS].tick_seconds
+    )
     return json_response(
         {"status": "ready" if ready else "not_ready", "checks": checks},
         status=200 if ready else 503,
@@ -200,11 +165,22 @@ async def one_tenant_health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """``GET /metrics``: Prometheus exposition, tenant gauges computed from the database now."""
+    """``GET /metrics``: Prometheus exposition; tenant gauges and readiness computed now.
+
+    A database that cannot be read leaves the tenant gauges out and says ``syncsvc_ready 0``
+    rather than failing the scrape: the process's own counters still come through.
+    """
     require_operator(request)
-    async with request.app[SESSIONMAKER]() as session:
-        reports = await all_tenant_health(session, _now())
-    body = request.app[METRICS].exposition(reports)
+    app = request.app
+    reports: list[TenantHealth] = []
+    try:
+        async with asyncio.timeout(SCRAPE_TIMEOUT_SECONDS):
+            async with app[SESSIONMAKER]() as session:
+                reports = await all_tenant_health(session, _now())
+    except (OSError, TimeoutError, SQLAlchemyError) as exc:
+        log.warning("metrics: tenant health unreadable", error_class=type(exc).__name__)
+    state = await snapshot(app[SESSIONMAKER], app.get(SCHEDULER), app[SETTINGS].tick_seconds)
+    body = app[METRICS].exposition(reports, state)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
