@@ -90,14 +90,15 @@ class Worker:
     log_file: IO[bytes]
 
     @classmethod
-    async def start(cls, env: dict[str, str], log_path: Path) -> Worker:
-        """Start a worker; its standard streams go to ``log_path``."""
+    async def start(cls, env: dict[str, str], log_path: Path, *args: str) -> Worker:
+        """Start a worker (with ``args``); its standard streams go to ``log_path``."""
         log_file = log_path.open("wb")
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "syncsvc",
             "worker",
+            *args,
             cwd=ROOT,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
