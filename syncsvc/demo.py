@@ -34,6 +34,7 @@ from syncsvc.sandbox.config import default_config
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox, running_sandbox
 from syncsvc.settings import Secret, Settings
+from syncsvc.smart.mixup import tenant_callback_uri
 from syncsvc.smart.scopes import grant_report
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.runner import WorkReport, run_due
@@ -142,7 +143,7 @@ async def serving(app: web.Application, sock: socket.socket) -> AsyncIterator[No
 
 
 async def _register_sandbox_tenants(
-    app: web.Application, sandbox: RunningSandbox, callback: str
+    app: web.Application, sandbox: RunningSandbox, public_url: str
 ) -> None:
     now = dt.datetime.now(dt.UTC)
     for sandbox_id, name, confidential in DEMO_TENANTS:
@@ -155,7 +156,7 @@ async def _register_sandbox_tenants(
             client_id="syncsvc-confidential" if confidential else "syncsvc-public",
             auth_method="client_secret_basic" if confidential else "public",
             client_secret=SANDBOX_SECRET if confidential else None,
-            redirect_uri=callback,
+            redirect_uri=tenant_callback_uri(public_url, name),
         )
         await register_tenant(app[SESSIONMAKER], app[VAULT], app[HTTP], spec, now=now)
 
@@ -174,7 +175,10 @@ async def run_demo(
     public_url = f"http://127.0.0.1:{app_socket.getsockname()[1]}"
     settings = demo_settings(data_dir, public_url, say)
     await upgrade_to_head(settings.database_url)
-    sandbox_config = default_config(redirect_uris=[f"{public_url}/callback"])
+    # Each tenant has its own redirect URI (the mix-up defence), registered at the sandbox.
+    sandbox_config = default_config(
+        redirect_uris=[tenant_callback_uri(public_url, name) for _, name, _ in DEMO_TENANTS]
+    )
     summary = DemoSummary(syncsvc_url=public_url)
     async with AsyncExitStack() as stack:
         sandbox = await stack.enter_async_context(
@@ -219,7 +223,7 @@ async def _connect_and_sync(
     summary: DemoSummary,
     say: Callable[[str], None],
 ) -> None:
-    await _register_sandbox_tenants(app, sandbox, f"{settings.public_url}/callback")
+    await _register_sandbox_tenants(app, sandbox, settings.public_url)
     link_url = await _fresh_link(app, settings, "cerner")
     say("connecting the demo patient (Nancy Smart) at the Cerner-shaped sandbox tenant ...")
     async with ScriptedPatient(username=DEMO_PATIENT_LOGIN) as patient:

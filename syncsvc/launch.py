@@ -33,6 +33,7 @@ from syncsvc.settings import Settings
 from syncsvc.smart import oauth
 from syncsvc.smart.discovery import SmartConfiguration
 from syncsvc.smart.id_token import fetch_jwks, validate_id_token
+from syncsvc.smart.mixup import callback_tenant_of, check_callback_route, check_response_issuer
 from syncsvc.smart.scopes import GrantReport, grant_report, plan_scopes
 from syncsvc.smart.vendor_errors import OAuthError, safe_error_uri
 from syncsvc.sync.credentials import load_tokens, save_tokens
@@ -164,14 +165,25 @@ async def complete_launch(
     services: LaunchServices,
     query: Mapping[str, str],
     *,
+    arrived_for: str | None,
     browser_binding: str | None,
     now: dt.datetime,
 ) -> LaunchOutcome:
-    """Finish a launch from the callback's query; LaunchError on anything wrong."""
+    """Finish a launch from the callback's query; LaunchError on anything wrong.
+
+    ``arrived_for`` is the tenant named by the callback path the answer came to
+    (``/callback/{tenant}``), None for the shared ``/callback`` (see :mod:`syncsvc.smart.mixup`).
+    """
     state = _single(query, "state")
     error = _single(query, "error")
     if error is not None:
         tenant = await _record_ehr_error(services, state, browser_binding, now)
+        if tenant is not None and not _answers_for(tenant, query, arrived_for):
+            # Another server's error for this attempt: none of its words or links are shown.
+            raise LaunchError(
+                "Your provider did not complete the sign-in. Please start again.",
+                reason="callback_mismatch",
+            )
         answer = OAuthError(
             error=error[:100],
             description=_single(query, "error_description"),
@@ -203,6 +215,17 @@ async def complete_launch(
         tenant = await repo.get_tenant(session, attempt.tenant_id)
     if tenant is None:
         raise LaunchError("This provider is no longer available.", reason="unknown_tenant")
+    try:
+        # Before anything else is done with the answer: it must come from the attempt's tenant.
+        check_callback_route(
+            redirect_uri=tenant.redirect_uri,
+            arrived_for=arrived_for,
+            display_name=tenant.display_name,
+        )
+    except LaunchError as exc:
+        await _set_outcome(services, attempt.id, exc.reason)
+        log.warning("launch_callback_mismatch", tenant=tenant.name, attempt_id=attempt.id)
+        raise
     code = _single(query, "code")
     if code is None:
         await _set_outcome(services, attempt.id, "code_missing")
@@ -211,12 +234,22 @@ async def complete_launch(
             reason="code_missing",
         )
     try:
-        outcome = await _finish(services, attempt, tenant, code, now)
+        outcome = await _finish(services, attempt, tenant, code, iss=_single(query, "iss"), now=now)
     except LaunchError as exc:
         await _set_outcome(services, attempt.id, exc.reason)
         raise
     await _set_outcome(services, attempt.id, outcome.connection.status)
     return outcome
+
+
+def _answers_for(tenant: Tenant, query: Mapping[str, str], arrived_for: str | None) -> bool:
+    """Whether an error answer came through the tenant's callback with no foreign ``iss``."""
+    if callback_tenant_of(tenant.redirect_uri) != arrived_for:
+        return False
+    iss = _single(query, "iss")
+    return (
+        iss is None or iss == tenant.issuer or (tenant.issuer is None and arrived_for is not None)
+    )
 
 
 def _on_ehr_host(answer: OAuthError, tenant: Tenant) -> bool:
@@ -259,9 +292,20 @@ async def _finish(
     attempt: LaunchAttempt,
     tenant: Tenant,
     code: str,
+    *,
+    iss: str | None,
     now: dt.datetime,
 ) -> LaunchOutcome:
     config = await fresh_configuration(services.sessionmaker, services.http, tenant, now=now)
+    # RFC 9207: the code and the PKCE verifier go to this tenant's token endpoint only when
+    # nothing says the answer came from another authorization server.
+    check_response_issuer(
+        iss=iss,
+        issuer=config.issuer or tenant.issuer,
+        iss_required=config.authorization_response_iss_parameter_supported,
+        own_callback=callback_tenant_of(tenant.redirect_uri) is not None,
+        display_name=tenant.display_name,
+    )
     verifier = services.vault.decrypt(
         attempt.code_verifier_enc, purpose=Purpose.CODE_VERIFIER, row=attempt.id
     )

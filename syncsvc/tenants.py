@@ -27,6 +27,7 @@ from syncsvc.smart.discovery import (
     is_loopback_host,
     normalise_base,
 )
+from syncsvc.smart.mixup import tenant_callback_uri
 from syncsvc.smart.oauth import bound_revocation_endpoint
 from syncsvc.vault import Purpose, Vault
 
@@ -56,7 +57,9 @@ class TenantSpec:
     name: str
     fhir_base: str
     client_id: str
-    redirect_uri: str
+    #: ``None``: keep the tenant's stored redirect URI, or give a new tenant its own
+    #: ``/callback/{name}`` (see :mod:`syncsvc.smart.mixup`).
+    redirect_uri: str | None
     display_name: str | None = None
     vendor: str = "generic"
     auth_method: str = "public"
@@ -155,12 +158,15 @@ async def register_tenant(
     *,
     now: dt.datetime,
     run_discovery: bool = True,
+    public_url: str | None = None,
 ) -> Tenant:
     """Discover ``spec.fhir_base`` and create or update the tenant named ``spec.name``.
 
     DiscoveryError if the base publishes no usable SMART configuration; nothing is stored then.
     ``run_discovery=False`` (bulk imports) stores the tenant undiscovered, keeping any earlier
-    discovery result; the first launch discovers it then.
+    discovery result; the first launch discovers it then. A spec without a redirect URI keeps
+    the stored one (an EHR registration holding it keeps working) or, for a new tenant, gets
+    ``{public_url}/callback/{name}``.
     """
     base = normalise_base(spec.fhir_base)
     parts = urlsplit(base)
@@ -174,6 +180,7 @@ async def register_tenant(
         if other is not None and (existing is None or other.id != existing.id):
             raise ConfigError(f"The FHIR base {base} is already registered as '{other.name}'.")
         tenant_id = existing.id if existing else new_id()
+        redirect_uri = _redirect_uri(spec, existing, public_url)
         columns: dict[str, object] = {
             "display_name": spec.display_name or spec.name,
             "vendor": spec.vendor,
@@ -183,7 +190,7 @@ async def register_tenant(
             "client_secret_enc": _seal(vault, spec.client_secret, Purpose.CLIENT_SECRET, tenant_id),
             "private_key_enc": _seal(vault, spec.private_key_pem, Purpose.PRIVATE_KEY, tenant_id),
             "key_id": spec.key_id,
-            "redirect_uri": spec.redirect_uri,
+            "redirect_uri": redirect_uri,
             "configured_scopes": list(dict.fromkeys(spec.resource_types)),
             "plan_overrides": spec.plan_overrides,
         }
@@ -194,6 +201,16 @@ async def register_tenant(
                 session, id=tenant_id, name=spec.name, now=now, **columns
             )
         return await repo.update_tenant(session, tenant_id, now=now, **columns)
+
+
+def _redirect_uri(spec: TenantSpec, existing: Tenant | None, public_url: str | None) -> str:
+    if spec.redirect_uri:
+        return spec.redirect_uri
+    if existing is not None:
+        return existing.redirect_uri
+    if public_url is None:
+        raise ConfigError(f"Tenant '{spec.name}' needs a redirect URI (or a public URL).")
+    return tenant_callback_uri(public_url, spec.name)
 
 
 def _seal(vault: Vault, value: str | None, purpose: Purpose, row: str) -> str | None:

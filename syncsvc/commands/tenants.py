@@ -109,6 +109,7 @@ async def _register(settings: Settings, spec: TenantSpec, *, run_discovery: bool
             spec,
             now=dt.datetime.now(dt.UTC),
             run_discovery=run_discovery,
+            public_url=settings.public_url,
         )
 
 
@@ -145,7 +146,7 @@ def _add(args: argparse.Namespace) -> int:
             client_secret=args.client_secret,
             private_key_pem=private_key,
             key_id=args.key_id,
-            redirect_uri=args.redirect_uri or f"{settings.public_url}/callback",
+            redirect_uri=args.redirect_uri,
             resource_types=tuple(args.scopes) if args.scopes else DEFAULT_RESOURCE_TYPES,
             plan_overrides=plans,
         )
@@ -260,7 +261,7 @@ def _import(args: argparse.Namespace) -> int:
                 vendor=endpoint.vendor,
                 auth_method=args.auth_method,
                 client_secret=args.client_secret,
-                redirect_uri=args.redirect_uri or f"{settings.public_url}/callback",
+                redirect_uri=args.redirect_uri,
             )
             await _register(settings, spec, run_discovery=args.discover)
             done += 1
@@ -304,7 +305,13 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add.add_argument("--auth-method", choices=AUTH_METHODS, help="default: from the secret given")
     add.add_argument("--vendor", choices=VENDORS, default="generic")
     add.add_argument("--display-name", help="the name patients see (default: --name)")
-    add.add_argument("--redirect-uri", help="default: SYNCSVC_PUBLIC_URL + /callback")
+    add.add_argument(
+        "--redirect-uri",
+        help=(
+            "default: the tenant's stored one, else SYNCSVC_PUBLIC_URL + /callback/NAME "
+            "(see SECURITY.md on the shared /callback)"
+        ),
+    )
     add.add_argument(
         "--scopes", nargs="+", metavar="TYPE", help="resource types to request (default: a set)"
     )
@@ -347,7 +354,9 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     import_secret = imports.add_mutually_exclusive_group()
     import_secret.add_argument("--client-secret")
     import_secret.add_argument("--client-secret-file", type=Path)
-    imports.add_argument("--redirect-uri")
+    imports.add_argument(
+        "--redirect-uri", help="default: each tenant's stored one, else its own /callback/NAME"
+    )
     imports.add_argument("--discover", action="store_true", help="run discovery for each now")
     imports.add_argument("--json", action="store_true")
     imports.set_defaults(handler=_import)

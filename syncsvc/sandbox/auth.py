@@ -128,9 +128,27 @@ def _authorize_get(ctx: AuthContext, vendor: Vendor) -> Handler:
     async def handler(request: web.Request) -> web.StreamResponse:
         tenant = resolve_tenant(request, ctx.state, vendor)
         params = _params(request.query)
+        if tenant.policy.forward_authorize_to is not None:
+            return _forward(ctx, tenant, params)
         return _authorize(ctx, tenant, params, request.path, decision=None, form={})
 
     return handler
+
+
+def _forward(ctx: AuthContext, tenant: TenantConfig, params: Mapping[str, str]) -> web.Response:
+    """The mix-up attack's first step: send the browser on to an honest tenant's authorize."""
+    policy = tenant.policy
+    target = ctx.state.tenant(policy.forward_authorize_to or "")
+    if target is None:
+        raise web.HTTPNotFound
+    urls = ctx.state.urls(target)
+    forwarded = {
+        **params,
+        "client_id": policy.forward_client_id or params.get("client_id", ""),
+        "redirect_uri": policy.forward_redirect_uri or params.get("redirect_uri", ""),
+        "aud": urls.fhir_base,
+    }
+    return _redirect(urls.authorize, forwarded)
 
 
 def _authorize_post(ctx: AuthContext, vendor: Vendor) -> Handler:
@@ -186,7 +204,14 @@ def _authorize(
             ctx, tenant, client, redirect_uri, state=params.get("state"), exc=exc
         )
     code = _issue_code(ctx, request, patient.id)
-    return _redirect(redirect_uri, {"code": code.code, "state": request.state or ""})
+    return _redirect(
+        redirect_uri, {"code": code.code, "state": request.state or "", **_iss(ctx, tenant)}
+    )
+
+
+def _iss(ctx: AuthContext, tenant: TenantConfig) -> dict[str, str]:
+    """RFC 9207's ``iss`` response parameter, for tenants whose policy sends it."""
+    return {"iss": ctx.state.urls(tenant).issuer} if tenant.policy.send_response_iss else {}
 
 
 def _client_and_redirect(
@@ -333,7 +358,12 @@ def _redirect_error(
     state: str | None,
     exc: AuthorizeRedirectError,
 ) -> web.Response:
-    query = {"error": exc.error, "error_description": exc.description, "state": state or ""}
+    query = {
+        "error": exc.error,
+        "error_description": exc.description,
+        "state": state or "",
+        **_iss(ctx, tenant),
+    }
     if exc.urn is not None:
         query["error_uri"] = error_uri(
             ctx.state, exc.urn, client_id=client.client_id, tenant_id=tenant.id

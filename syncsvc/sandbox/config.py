@@ -64,6 +64,18 @@ class TenantPolicy:
     advertise_code_challenge_methods: bool = True
     # Authorization
     pkce: PkceMode = "required"
+    #: RFC 9207: advertise ``authorization_response_iss_parameter_supported`` in discovery, and
+    #: (separately, so a test can advertise without sending) put ``iss`` in every authorize
+    #: redirect.
+    advertise_response_iss: bool = False
+    send_response_iss: bool = False
+    #: A hostile tenant mounting a mix-up attack (RFC 9207 §1): its authorize endpoint forwards
+    #: the browser to this sandbox tenant's authorize endpoint with the client's own ``state``,
+    #: ``code_challenge`` and ``nonce``, as ``forward_client_id`` (the client's id at the honest
+    #: tenant) with ``forward_redirect_uri`` (the redirect URI registered there).
+    forward_authorize_to: str | None = None
+    forward_client_id: str | None = None
+    forward_redirect_uri: str | None = None
     #: Patient id picked without a login page (headless tests, demo, benchmarks); ``None`` shows
     #: the login + consent page.
     auto_approve_patient: str | None = None
@@ -224,13 +236,21 @@ def vendor_policy(vendor: Vendor, **overrides: Any) -> TenantPolicy:
             },
         )
     else:
-        base = TenantPolicy()
+        # The generic shape follows the current specs, RFC 9207's iss parameter included.
+        base = TenantPolicy(advertise_response_iss=True, send_response_iss=True)
     return dataclasses.replace(base, **overrides)
 
 
 def default_config(redirect_uris: list[str] | None = None) -> SandboxConfig:
     """Three tenants (Cerner-, Epic- and generic-shaped) with demo patients and demo clients."""
-    redirects = list(redirect_uris or ["http://127.0.0.1:8000/callback"])
+    # The shared callback of earlier syncsvc releases, and the per-tenant ones of the demo names.
+    redirects = list(
+        redirect_uris
+        or [
+            "http://127.0.0.1:8000/callback",
+            *(f"http://127.0.0.1:8000/callback/{name}" for name in ("cerner", "epic", "generic")),
+        ]
+    )
     patients = [
         PatientSpec(
             id="12724066",

@@ -108,6 +108,8 @@ def smart_configuration(state: SandboxState, tenant: TenantConfig) -> dict[str, 
     }
     if policy.advertise_code_challenge_methods:
         document["code_challenge_methods_supported"] = ["S256"]
+    if policy.advertise_response_iss:
+        document["authorization_response_iss_parameter_supported"] = True
     return document
 
 

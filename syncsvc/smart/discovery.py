@@ -48,6 +48,8 @@ class SmartConfiguration:
     token_endpoint_auth_methods: tuple[str, ...] = ()
     #: Resource types the CapabilityStatement lists, with the search parameters of each.
     resource_search_params: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: RFC 9207: the server names itself (``iss``) in every authorization response.
+    authorization_response_iss_parameter_supported: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form for storage."""
@@ -163,6 +165,9 @@ def parse_smart_configuration(base: str, doc: Any) -> SmartConfiguration:
         code_challenge_methods=advertised or ASSUMED_CHALLENGE_METHODS,
         code_challenge_methods_advertised=bool(advertised),
         token_endpoint_auth_methods=_str_tuple(doc.get("token_endpoint_auth_methods_supported")),
+        authorization_response_iss_parameter_supported=(
+            doc.get("authorization_response_iss_parameter_supported") is True
+        ),
     )
 
 

@@ -33,7 +33,7 @@ async def test_patient_connects_sees_the_sync_and_disconnects(
     await page.get_by_label("Password").fill("portal")
     await page.get_by_role("button", name="Approve").click()
 
-    await page.wait_for_url(f"{service.callback}?**")
+    await page.wait_for_url(f"{service.callback_for('cerner')}?**")
     assert await page.get_by_role("heading", level=1).inner_text() == "Your record is connected"
     body = await page.locator("body").inner_text()
     assert "Wilma Smart" in body

@@ -2,7 +2,8 @@
 
 ``GET /connect?link=…`` only shows the page (link scanners prefetch URLs); the "Connect" button
 POSTs to ``/connect/start``, which uses up the link, starts a patient session and redirects to
-the EHR. ``GET /callback`` is where the EHR sends the browser back. Every failure renders a page
+the EHR. ``GET /callback/{tenant}`` (or the shared ``/callback`` of tenants registered before
+per-tenant redirect URIs) is where the EHR sends the browser back. Every failure renders a page
 that says what happened and what to do, never a stack trace.
 """
 
@@ -158,11 +159,12 @@ async def start(request: web.Request) -> web.StreamResponse:
 
 
 async def callback(request: web.Request) -> web.Response:
-    """Where the EHR sends the browser back (``redirect_uri``)."""
+    """Where the EHR sends the browser back (``redirect_uri``: per tenant, or the shared one)."""
     try:
         outcome = await complete_launch(
             launch_services(request),
             request.query,
+            arrived_for=request.match_info.get("tenant"),
             browser_binding=browser_binding(request),
             now=_now(),
         )
@@ -190,7 +192,9 @@ def setup_routes(app: web.Application) -> None:
     """Register the patient pages."""
     app.router.add_get("/connect", connect_page)
     app.router.add_post("/connect/start", start)
-    app.router.add_get("/callback", callback)
+    # No HEAD on the callback: answering one would use up the launch and redeem the code.
+    app.router.add_get("/callback", callback, allow_head=False)
+    app.router.add_get("/callback/{tenant}", callback, allow_head=False)
 
 
 __all__ = ["setup_routes"]

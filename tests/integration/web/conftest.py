@@ -19,9 +19,15 @@ from syncsvc.sandbox.config import ClientRegistration, SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.smart.client_auth import generate_private_key
+from syncsvc.smart.mixup import tenant_callback_uri
 from syncsvc.vault import Vault
 from tests.integration.web.flows import Flow
-from tests.integration.web.service import PKJWT_CLIENT, PKJWT_KEY_ID, RunningService
+from tests.integration.web.service import (
+    PKJWT_CLIENT,
+    PKJWT_KEY_ID,
+    TEST_TENANT_NAMES,
+    RunningService,
+)
 
 # What other folders' conftests take with ``from tests.integration.web.conftest import *``: the
 # fixtures (pytest finds them by name) and the service's type.
@@ -70,15 +76,22 @@ def settings(db_url: str, tmp_path: Path, service_origin: str) -> Settings:
 
 @pytest.fixture
 def sandbox_config(sandbox_config: SandboxConfig, service_origin: str) -> SandboxConfig:
-    """The sandbox with syncsvc's callback registered, and a private_key_jwt client."""
-    callback = f"{service_origin}/callback"
+    """The sandbox with syncsvc's callbacks registered, and a private_key_jwt client.
+
+    The shared ``/callback`` (tenants registered before per-tenant redirect URIs) and the
+    ``/callback/{name}`` of each name in ``TEST_TENANT_NAMES``.
+    """
+    callbacks = [
+        f"{service_origin}/callback",
+        *(tenant_callback_uri(service_origin, name) for name in TEST_TENANT_NAMES),
+    ]
     for client in sandbox_config.clients:
-        client.redirect_uris.append(callback)
+        client.redirect_uris.extend(callbacks)
     sandbox_config.clients.append(
         ClientRegistration(
             client_id=PKJWT_CLIENT,
             auth="private_key_jwt",
-            redirect_uris=[callback],
+            redirect_uris=list(callbacks),
             jwks_url=f"{service_origin}/.well-known/jwks.json",
         )
     )

@@ -41,8 +41,12 @@ async def register(
     auth: str = "public",
     private_key: str | None = None,
     resource_types: tuple[str, ...] = DEFAULT_TYPES,
+    redirect_uri: str | None = None,
 ) -> Tenant:
-    """Register a sandbox tenant with the running service, as ``tenants add`` would."""
+    """Register a sandbox tenant with the running service, as ``tenants add`` would.
+
+    The redirect URI defaults to the tenant's own ``/callback/{name}``.
+    """
     config = sandbox.tenant(sandbox_tenant)
     client_id = {
         "public": "syncsvc-public",
@@ -59,7 +63,7 @@ async def register(
         client_secret=SANDBOX_SECRET if auth == "client_secret_basic" else None,
         private_key_pem=private_key,
         key_id=PKJWT_KEY_ID if private_key else None,
-        redirect_uri=service.callback,
+        redirect_uri=redirect_uri or service.callback_for(name),
         resource_types=resource_types,
     )
     return await register_tenant(
@@ -189,6 +193,7 @@ class Flow:
         auth: str = "public",
         private_key: str | None = None,
         resource_types: tuple[str, ...] = DEFAULT_TYPES,
+        redirect_uri: str | None = None,
     ) -> Tenant:
         """Register a sandbox tenant with the service (see :func:`register`)."""
         return await register(
@@ -200,6 +205,7 @@ class Flow:
             auth=auth,
             private_key=private_key,
             resource_types=resource_types,
+            redirect_uri=redirect_uri,
         )
 
     async def link(self, user_id: str = "user-1", tenant: str | None = None) -> str:

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from syncsvc.settings import Settings
+from syncsvc.smart.mixup import tenant_callback_uri
 from syncsvc.vault import Vault
 
 PKJWT_CLIENT = "syncsvc-pkjwt"
 PKJWT_KEY_ID = "syncsvc-test-key"
+#: Tenant names the tests register; the sandbox's clients hold each one's own redirect URI.
+TEST_TENANT_NAMES = ("cerner", "epic", "generic")
 
 
 @dataclass(frozen=True)
@@ -28,5 +31,9 @@ class RunningService:
 
     @property
     def callback(self) -> str:
-        """The redirect URI (``{origin}/callback``)."""
+        """The shared redirect URI of earlier releases (``{origin}/callback``)."""
         return f"{self.origin}/callback"
+
+    def callback_for(self, tenant_name: str) -> str:
+        """A tenant's own redirect URI (``{origin}/callback/{tenant}``)."""
+        return tenant_callback_uri(self.origin, tenant_name)
