@@ -15,10 +15,21 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from syncsvc.client_jwks import ClientJwks
 from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.errors import ConfigError
 from syncsvc.http import create_http_client
-from syncsvc.keys import ENGINE, HTTP, METRICS, SCHEDULER, SESSIONMAKER, SETTINGS, SIGNER, VAULT
+from syncsvc.keys import (
+    CLIENT_JWKS,
+    ENGINE,
+    HTTP,
+    METRICS,
+    SCHEDULER,
+    SESSIONMAKER,
+    SETTINGS,
+    SIGNER,
+    VAULT,
+)
 from syncsvc.metrics import Metrics
 from syncsvc.process import tune_gc
 from syncsvc.settings import Settings
@@ -41,6 +52,7 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
     engine = create_engine(app[SETTINGS].database_url)
     app[ENGINE] = engine
     app[SESSIONMAKER] = create_sessionmaker(engine)
+    app[CLIENT_JWKS] = ClientJwks(app[SESSIONMAKER], app[VAULT])
     yield
     await engine.dispose()
 

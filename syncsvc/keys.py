@@ -9,6 +9,7 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from syncsvc.client_jwks import ClientJwks
 from syncsvc.metrics import Metrics
 from syncsvc.settings import Settings
 from syncsvc.signing import Signer
@@ -21,6 +22,8 @@ ENGINE = web.AppKey("engine", AsyncEngine)
 SESSIONMAKER = web.AppKey("sessionmaker", async_sessionmaker[AsyncSession])
 VAULT = web.AppKey("vault", Vault)
 SIGNER = web.AppKey("signer", Signer)
+#: The served JWKS of the private_key_jwt clients, rebuilt only when their keys change.
+CLIENT_JWKS = web.AppKey("client_jwks", ClientJwks)
 #: The one outbound HTTP client of the process (DummyCookieJar, explicit timeouts).
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 #: The background sync tick, when this process runs one.

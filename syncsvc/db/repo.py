@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
@@ -57,6 +58,25 @@ async def get_tenant_by_base(session: AsyncSession, fhir_base: str) -> Tenant | 
 async def list_tenants(session: AsyncSession) -> list[Tenant]:
     """Every tenant, by name."""
     return list(await session.scalars(select(Tenant).order_by(Tenant.name)))
+
+
+@dataclass(frozen=True)
+class PrivateKeyRow:
+    """A tenant's encrypted private_key_jwt key, as the served JWKS needs it."""
+
+    tenant_id: str
+    key_id: str | None
+    private_key_enc: str
+
+
+async def private_key_rows(session: AsyncSession) -> list[PrivateKeyRow]:
+    """Every tenant's encrypted private key, by tenant id (no decryption here)."""
+    rows = await session.execute(
+        select(Tenant.id, Tenant.key_id, Tenant.private_key_enc)
+        .where(Tenant.private_key_enc.is_not(None))
+        .order_by(Tenant.id)
+    )
+    return [PrivateKeyRow(str(i), k, str(e)) for i, k, e in rows]
 
 
 async def update_tenant(

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from authlib.oauth2.rfc7523 import private_key_jwt_sign
+from joserfc.errors import InvalidKeyTypeError
 from joserfc.jwk import ECKey, KeyParameters, KeySet, RSAKey
 
 AuthMethod = Literal["public", "client_secret_basic", "client_secret_post", "private_key_jwt"]
@@ -47,7 +48,8 @@ def _load_private_key(pem: str, kid: str | None) -> RSAKey | ECKey:
     params: KeyParameters | None = {"kid": kid} if kid else None
     try:
         return RSAKey.import_key(pem, parameters=params)
-    except ValueError:
+    except (ValueError, InvalidKeyTypeError):
+        # joserfc says InvalidKeyTypeError (not a ValueError) for an EC key's PEM.
         return ECKey.import_key(pem, parameters=params)
 
 

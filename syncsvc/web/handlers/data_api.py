@@ -391,6 +391,11 @@ async def serve_feed(
     if plan.has_more:
         response.headers["Link"] = f'<{next_url}>; rel="next"'
     await response.prepare(request)
+    if request.method == "HEAD":
+        # Headers only: a body after a HEAD answer would be read as the start of the next
+        # response on the same keep-alive connection (a desync behind any pooling proxy).
+        await response.write_eof()
+        return response
     try:
         await _write_page(request, response, plan, query, cursor=cursor, next_url=next_url)
     except ConnectionResetError:
