@@ -32,7 +32,8 @@ from urllib.parse import urlsplit
 import orjson
 
 from syncsvc.errors import ConfigError, DiscoveryError
-from syncsvc.smart.discovery import is_loopback_host, normalise_base
+from syncsvc.netguard import endpoint_problem, is_loopback_host
+from syncsvc.smart.discovery import normalise_base
 
 #: Larger files are refused before parsing: the whole document is held in memory.
 MAX_FILE_BYTES = 50 * 1024 * 1024
@@ -459,8 +460,9 @@ def _check_endpoint(endpoint: dict[str, Any]) -> tuple[str | None, str | None]:
     except DiscoveryError as exc:
         return None, f"its address is not a usable FHIR base ({exc.message})"
     parts = urlsplit(base)
-    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
-        return None, f"its address {address} is not https"
+    problem = endpoint_problem(base, loopback_tenant=is_loopback_host(parts.hostname))
+    if problem is not None:
+        return None, f"its address {address} {problem}"
     return base, None
 
 

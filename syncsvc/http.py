@@ -7,6 +7,9 @@ from contextvars import ContextVar
 from types import SimpleNamespace
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
+
+from syncsvc.netguard import PublicOnlyResolver
 
 USER_AGENT = "syncsvc/0.1 (+SMART on FHIR sync)"
 
@@ -36,7 +39,11 @@ def gated_trace() -> aiohttp.TraceConfig:
 
 
 def create_http_client(
-    *, total_seconds: float = 60, connect_seconds: float = 10, read_seconds: float = 30
+    *,
+    total_seconds: float = 60,
+    connect_seconds: float = 10,
+    read_seconds: float = 30,
+    resolver: AbstractResolver | None = None,
 ) -> aiohttp.ClientSession:
     """A client session for EHR traffic.
 
@@ -44,13 +51,17 @@ def create_http_client(
     ``allow_redirects`` stays per call; token and FHIR calls pass ``False`` so a bearer token is
     never carried to a URL it was not issued for. Every request first waits for the
     :data:`REQUEST_GATE` of the task sending it (the tenant's rate budget during sync work).
+    Host names are resolved through :class:`~syncsvc.netguard.PublicOnlyResolver` (wrapping
+    ``resolver``, the system's by default): no EHR request reaches a private address by name.
     """
     return aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(
             total=total_seconds, connect=connect_seconds, sock_read=read_seconds
         ),
-        connector=aiohttp.TCPConnector(limit=100, limit_per_host=20),
+        connector=aiohttp.TCPConnector(
+            limit=100, limit_per_host=20, resolver=PublicOnlyResolver(resolver)
+        ),
         headers={"User-Agent": USER_AGENT},
         trace_configs=[gated_trace()],
     )

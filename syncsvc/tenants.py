@@ -20,11 +20,12 @@ from syncsvc.db import repo
 from syncsvc.db.models import AUTH_METHOD_NAMES, VENDORS, Tenant, new_id
 from syncsvc.errors import ConfigError, DiscoveryError
 from syncsvc.fhir.plans import plan_for
+from syncsvc.netguard import endpoint_problem, is_loopback_host
 from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.discovery import (
     SmartConfiguration,
+    configuration_problem,
     discover,
-    is_loopback_host,
     normalise_base,
 )
 from syncsvc.smart.mixup import tenant_callback_uri
@@ -169,10 +170,11 @@ async def register_tenant(
     ``{public_url}/callback/{name}``.
     """
     base = normalise_base(spec.fhir_base)
-    parts = urlsplit(base)
-    if parts.scheme != "https" and not is_loopback_host(parts.hostname):
-        # Tokens travel to the base: in clear text only on this machine (the sandbox).
-        raise ConfigError(f"The FHIR base must use https: {base}")
+    # Tokens travel to the base: in clear text only on this machine (the sandbox), and never
+    # to a private or metadata address.
+    problem = endpoint_problem(base, loopback_tenant=is_loopback_host(urlsplit(base).hostname))
+    if problem is not None:
+        raise ConfigError(f"The FHIR base {problem}: {base}")
     config = await discover(http, base) if run_discovery else None
     async with sessionmaker.begin() as session:
         existing = await repo.get_tenant_by_name(session, spec.name)
@@ -232,6 +234,9 @@ async def fresh_configuration(
     document at all the DiscoveryError propagates.
     """
     stored = smart_configuration(tenant)
+    if stored is not None and configuration_problem(stored) is not None:
+        # Stored before the endpoint rules tightened: never used again, discovered afresh.
+        stored = None
     fetched = tenant.discovery_fetched_at
     if stored is not None and fetched is not None and now - fetched < ttl:
         return stored

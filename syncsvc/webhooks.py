@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.db.leases import claim_rows, lease_free
 from syncsvc.db.models import Connection, WebhookDelivery, new_id
 from syncsvc.logging import get_logger
+from syncsvc.netguard import PRIVATE_NAMES_ALLOWED
 from syncsvc.settings import Settings
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
@@ -219,6 +220,8 @@ async def _post(ctx: SyncContext, url: str, secret: str, delivery: WebhookDelive
         EVENT_HEADER: delivery.event_type,
         DELIVERY_HEADER: delivery.id,
     }
+    # The operator chose this receiver; it may be a name inside their network (see netguard).
+    allowed = PRIVATE_NAMES_ALLOWED.set(True)
     try:
         async with ctx.http.post(
             url,
@@ -238,6 +241,8 @@ async def _post(ctx: SyncContext, url: str, secret: str, delivery: WebhookDelive
             return _Outcome(False, response.status, f"HTTP {response.status}", retry_after)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return _Outcome(False, None, f"{type(exc).__name__}: {exc}"[:ERROR_LENGTH])
+    finally:
+        PRIVATE_NAMES_ALLOWED.reset(allowed)
 
 
 async def _record(

@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from syncsvc.http import read_body
-from syncsvc.smart.discovery import is_loopback_host
+from syncsvc.netguard import is_loopback_host
 
 MAX_STEPS = 12
 PAGE_LIMIT_BYTES = 1024 * 1024

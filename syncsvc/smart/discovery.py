@@ -8,7 +8,6 @@ plain-http URL for a remote host.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -18,6 +17,7 @@ import orjson
 
 from syncsvc.errors import DiscoveryError
 from syncsvc.http import BodyTooLarge, read_body
+from syncsvc.netguard import endpoint_problem, is_loopback_host
 
 OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 #: Cerner's published smart-configuration omits ``code_challenge_methods_supported`` although
@@ -88,32 +88,24 @@ def normalise_base(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
 
 
-def is_loopback_host(host: str | None) -> bool:
-    """Whether ``host`` is a loopback name or address (plain http is allowed only there)."""
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+def validate_endpoint(url: Any, what: str, *, loopback_tenant: bool) -> str:
+    """``url`` if it may be a tenant's endpoint (see :func:`~syncsvc.netguard.endpoint_problem`).
 
-
-def validate_endpoint(url: Any, what: str) -> str:
-    """``url`` if it is an absolute https URL (or http on loopback); else a DiscoveryError."""
+    ``loopback_tenant``: the tenant's FHIR base is on loopback, so plain http on loopback is
+    allowed; a remote tenant's endpoints must be https on public addresses.
+    """
     if not isinstance(url, str) or not url:
         raise DiscoveryError(f"The server's {what} is missing")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise DiscoveryError(f"The server's {what} is not an absolute URL: '{url}'")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise DiscoveryError(f"The server's {what} must use https: '{url}'")
+    problem = endpoint_problem(url, loopback_tenant=loopback_tenant)
+    if problem is not None:
+        raise DiscoveryError(f"The server's {what} {problem}: '{url}'")
     return url
 
 
-def _optional_endpoint(url: Any, what: str) -> str | None:
-    return None if url in (None, "") else validate_endpoint(url, what)
+def _optional_endpoint(url: Any, what: str, *, loopback_tenant: bool) -> str | None:
+    if url in (None, ""):
+        return None
+    return validate_endpoint(url, what, loopback_tenant=loopback_tenant)
 
 
 def _str_tuple(value: Any) -> tuple[str, ...]:
@@ -137,10 +129,36 @@ async def _get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
             return 200, None
 
 
+def _is_loopback_base(base: str) -> bool:
+    return is_loopback_host(urlsplit(base).hostname)
+
+
+def configuration_problem(config: SmartConfiguration) -> str | None:
+    """Why a stored configuration's endpoints may no longer be used, or None.
+
+    Documents stored before the endpoint rules tightened are checked again when read.
+    """
+    local = _is_loopback_base(config.fhir_base)
+    named = {
+        "FHIR base": config.fhir_base,
+        "authorization endpoint": config.authorization_endpoint,
+        "token endpoint": config.token_endpoint,
+        "jwks_uri": config.jwks_uri,
+        "revocation endpoint": config.revocation_endpoint,
+        "introspection endpoint": config.introspection_endpoint,
+    }
+    for what, url in named.items():
+        problem = url and endpoint_problem(url, loopback_tenant=local)
+        if problem:
+            return f"The {what} {problem}: '{url}'"
+    return None
+
+
 def parse_smart_configuration(base: str, doc: Any) -> SmartConfiguration:
     """Validate a ``.well-known/smart-configuration`` document."""
     if not isinstance(doc, dict):
         raise DiscoveryError("The smart-configuration document is not a JSON object")
+    local = _is_loopback_base(base)
     advertised = _str_tuple(doc.get("code_challenge_methods_supported"))
     if "code_challenge_methods_supported" in doc and "S256" not in advertised:
         raise DiscoveryError("The server does not support PKCE with S256, which SMART requires")
@@ -148,17 +166,19 @@ def parse_smart_configuration(base: str, doc: Any) -> SmartConfiguration:
     return SmartConfiguration(
         fhir_base=base,
         source="well-known",
-        issuer=_optional_endpoint(doc.get("issuer"), "issuer"),
-        jwks_uri=_optional_endpoint(doc.get("jwks_uri"), "jwks_uri"),
+        issuer=_optional_endpoint(doc.get("issuer"), "issuer", loopback_tenant=local),
+        jwks_uri=_optional_endpoint(doc.get("jwks_uri"), "jwks_uri", loopback_tenant=local),
         authorization_endpoint=validate_endpoint(
-            doc.get("authorization_endpoint"), "authorization endpoint"
+            doc.get("authorization_endpoint"), "authorization endpoint", loopback_tenant=local
         ),
-        token_endpoint=validate_endpoint(doc.get("token_endpoint"), "token endpoint"),
+        token_endpoint=validate_endpoint(
+            doc.get("token_endpoint"), "token endpoint", loopback_tenant=local
+        ),
         revocation_endpoint=_optional_endpoint(
-            doc.get("revocation_endpoint"), "revocation endpoint"
+            doc.get("revocation_endpoint"), "revocation endpoint", loopback_tenant=local
         ),
         introspection_endpoint=_optional_endpoint(
-            doc.get("introspection_endpoint"), "introspection endpoint"
+            doc.get("introspection_endpoint"), "introspection endpoint", loopback_tenant=local
         ),
         capabilities=_str_tuple(doc.get("capabilities")),
         scopes_supported=_str_tuple(scopes) if isinstance(scopes, list) else None,
@@ -209,13 +229,22 @@ def parse_capability_statement(base: str, statement: Any) -> SmartConfiguration:
     if not isinstance(statement, dict) or statement.get("resourceType") != "CapabilityStatement":
         raise DiscoveryError("The server's metadata is not a FHIR CapabilityStatement")
     uris = _oauth_uris(statement)
+    local = _is_loopback_base(base)
     return SmartConfiguration(
         fhir_base=base,
         source="capability-statement",
-        authorization_endpoint=validate_endpoint(uris.get("authorize"), "authorization endpoint"),
-        token_endpoint=validate_endpoint(uris.get("token"), "token endpoint"),
-        revocation_endpoint=_optional_endpoint(uris.get("revoke"), "revocation endpoint"),
-        introspection_endpoint=_optional_endpoint(uris.get("introspect"), "introspection endpoint"),
+        authorization_endpoint=validate_endpoint(
+            uris.get("authorize"), "authorization endpoint", loopback_tenant=local
+        ),
+        token_endpoint=validate_endpoint(
+            uris.get("token"), "token endpoint", loopback_tenant=local
+        ),
+        revocation_endpoint=_optional_endpoint(
+            uris.get("revoke"), "revocation endpoint", loopback_tenant=local
+        ),
+        introspection_endpoint=_optional_endpoint(
+            uris.get("introspect"), "introspection endpoint", loopback_tenant=local
+        ),
         resource_search_params=resource_search_params(statement),
     )
 

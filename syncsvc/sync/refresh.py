@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -27,6 +28,7 @@ from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.models import Connection, new_id
 from syncsvc.errors import Conflict, ReauthRequired, Transient
 from syncsvc.logging import get_logger
+from syncsvc.netguard import endpoint_problem, is_loopback_host
 from syncsvc.settings import Settings
 from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.oauth import TokenResponse, refresh_tokens
@@ -478,6 +480,16 @@ async def _call_ehr(
     ctx: SyncContext, snapshot: _Snapshot, tokens: StoredTokens, refresh_token: str
 ) -> RefreshResult:
     """Step 2, outside any transaction: the token request, then transaction 2 for its outcome."""
+    connection = snapshot.connection
+    local = is_loopback_host(urlsplit(connection.fhir_base).hostname)
+    problem = endpoint_problem(connection.token_endpoint, loopback_tenant=local)
+    if problem is not None:
+        # Stored before endpoints were checked: the refresh token never goes there.
+        refused = ReauthRequired(
+            f"The token endpoint this connection was made with {problem}; reconnect.",
+            reason="token_endpoint_refused",
+        )
+        return await _failed(ctx, tokens, refused)
     try:
         response = await refresh_tokens(
             ctx.http,

@@ -127,7 +127,7 @@ def test_each_problem_entry_is_skipped_with_its_reason() -> None:
         "Endpoint/riverbend-off": "status is 'off'",
         "Endpoint/riverbend-msg": "not FHIR REST",
         "Endpoint/riverbend-noaddr": "has no address",
-        "Endpoint/riverbend-http": "is not https",
+        "Endpoint/riverbend-http": "must use https",
         "Endpoint/riverbend-query": "not a usable FHIR base",
         "Endpoint/riverbend-r4-copy": "duplicates Endpoint/riverbend-r4",
         "Endpoint/riverbend-missing": "not in the bundle",
