@@ -41,6 +41,7 @@ from syncsvc.vault import Vault
 from syncsvc.web.middlewares import (
     add_security_headers,
     context_middleware,
+    control_character_middleware,
     error_middleware,
 )
 from syncsvc.web.routes import setup_routes
@@ -119,6 +120,7 @@ def create_app(
             context_middleware,
             metrics.middleware,
             error_middleware,
+            control_character_middleware,
         ],
         client_max_size=MAX_REQUEST_BYTES,
     )

@@ -34,6 +34,15 @@ class IssuedLink:
     expires_at: dt.datetime
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds a C0 control character or DEL (NUL included).
+
+    PostgreSQL refuses NUL in text outright (a 500 there, silently stored on SQLite), and the
+    others make an id that prints, logs and compares differently from what was meant.
+    """
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)
+
+
 def validate_user_id(user_id: object) -> str:
     """The host app's user id, or BadRequest saying what is wrong with it."""
     if not isinstance(user_id, str) or not user_id.strip():
@@ -42,6 +51,8 @@ def validate_user_id(user_id: object) -> str:
         raise BadRequest(
             f"user_id must be at most {MAX_USER_ID_LENGTH} characters.", reason="invalid_user_id"
         )
+    if has_control_characters(user_id):
+        raise BadRequest("user_id must not contain control characters.", reason="invalid_user_id")
     return user_id
 
 

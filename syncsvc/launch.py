@@ -35,7 +35,7 @@ from syncsvc.smart.discovery import SmartConfiguration
 from syncsvc.smart.id_token import fetch_jwks, validate_id_token
 from syncsvc.smart.mixup import callback_tenant_of, check_callback_route, check_response_issuer
 from syncsvc.smart.scopes import GrantReport, grant_report, plan_scopes
-from syncsvc.smart.vendor_errors import OAuthError, safe_error_uri
+from syncsvc.smart.vendor_errors import OAuthError, known_reason, safe_error_uri
 from syncsvc.sync.credentials import load_tokens, save_tokens
 from syncsvc.tenants import client_credentials, fresh_configuration, resource_types_of
 from syncsvc.vault import Purpose, Vault
@@ -192,7 +192,8 @@ async def complete_launch(
         # The EHR's link is shown only for an answer to a launch this browser really started,
         # and only on the EHR's own host: anyone can type a /callback URL with any link in it.
         link = answer.error_uri if tenant is not None and _on_ehr_host(answer, tenant) else None
-        raise LaunchError(answer.explain(), reason=answer.reason, error_uri=link)
+        # Only a code syncsvc knows is named on the page, never the answer's own text.
+        raise LaunchError(answer.explain(), reason=known_reason(answer.reason), error_uri=link)
     if state is None:
         raise LaunchError(
             "The answer from your provider is missing its security check (state), so it cannot "
@@ -253,12 +254,18 @@ def _answers_for(tenant: Tenant, query: Mapping[str, str], arrived_for: str | No
 
 
 def _on_ehr_host(answer: OAuthError, tenant: Tenant) -> bool:
+    return _uri_on_ehr_host(answer.error_uri, tenant)
+
+
+def _uri_on_ehr_host(uri: str | None, tenant: Tenant) -> bool:
+    """Whether ``uri`` is a safe link on the host of the tenant's authorize or token endpoint."""
     endpoints = tenant.endpoints or {}
     hosts = {
         urlsplit(str(endpoints.get(name) or "")).netloc.lower()
         for name in ("authorization_endpoint", "token_endpoint")
     }
-    return urlsplit(answer.error_uri or "").netloc.lower() in hosts - {""}
+    safe = safe_error_uri(uri)
+    return safe is not None and urlsplit(safe).netloc.lower() in hosts - {""}
 
 
 async def _record_ehr_error(
@@ -319,11 +326,13 @@ async def _finish(
             credentials=client_credentials(services.vault, tenant),
         )
     except ReauthRequired as exc:
+        code = known_reason(exc.reason)
+        link = exc.error_uri if _uri_on_ehr_host(exc.error_uri, tenant) else None
         raise LaunchError(
-            f"{tenant.display_name} refused to complete the sign-in ({exc.reason}). Please "
+            f"{tenant.display_name} refused to complete the sign-in ({code}). Please "
             "start again; if it keeps happening, contact the service operator.",
-            reason=f"exchange_{exc.reason}"[:64],
-            error_uri=exc.error_uri,
+            reason=f"exchange_{code}"[:64],
+            error_uri=link,
         ) from exc
     except Transient as exc:
         raise LaunchError(

@@ -16,6 +16,8 @@ from syncsvc.sync.context import SyncContext
 from syncsvc.sync.limits import TenantLimiter, TenantLimits
 from syncsvc.sync.runner import run_due
 
+#: The sandbox admin API takes changes as JSON only.
+JSON = {"Content-Type": "application/json"}
 #: Admin API calls in flight while changing resources between rounds.
 CHANGE_CONCURRENCY = 16
 #: The sandbox is ours: the per-tenant politeness limits (``syncsvc.sync.limits``) are lifted,
@@ -73,7 +75,10 @@ async def change_some(
 
     async def patch(patient: str, rid: str) -> None:
         body = orjson.dumps({"note": [{"text": f"amended {rng.random():.6f}"}]})
-        async with limit, http.patch(f"{base}/{patient}/Observation/{rid}", data=body) as response:
+        async with (
+            limit,
+            http.patch(f"{base}/{patient}/Observation/{rid}", data=body, headers=JSON) as response,
+        ):
             await response.read()
             if response.status != 200:
                 raise BenchError(f"the sandbox refused a change ({response.status})")
@@ -93,7 +98,7 @@ async def set_latency(
     """Add ``latency_ms`` before every FHIR answer of a tenant (0 removes it)."""
     faults = [{"kind": "latency", "latency_ms": latency_ms}] if latency_ms else []
     url = f"{origin}/admin/tenants/{tenant_id}/faults"
-    async with http.put(url, data=orjson.dumps(faults)) as response:
+    async with http.put(url, data=orjson.dumps(faults), headers=JSON) as response:
         await response.read()
         if response.status >= 300:
             raise BenchError(f"the sandbox refused the latency fault ({response.status})")

@@ -7,6 +7,8 @@ keys (SQLite ignores them by default) and a busy timeout (a second writer waits,
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,34 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+#: The SQLite database holds encrypted tokens and patient records: only its owner reads it.
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def private_sqlite_file(path: Path) -> None:
+    """Create ``path``'s directory (0700) and the empty database file (0600) if missing.
+
+    SQLite would create the file under the process umask (commonly 0644, readable by every
+    local user); its -wal and -shm files copy the database file's mode. A file that exists
+    with wider permissions is narrowed, as is a directory syncsvc created itself.
+    """
+    directory = path.parent
+    if not directory.exists():
+        directory.mkdir(parents=True, mode=DIRECTORY_MODE)
+        directory.chmod(DIRECTORY_MODE)  # mkdir's mode is filtered by the umask
+    if not path.exists():
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, FILE_MODE))
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if file.exists() and file.stat().st_mode & 0o077:
+                file.chmod(FILE_MODE)
+        except PermissionError:
+            # Another user's file: theirs to fix; SQLite will say if it cannot be opened.
+            continue
+
+
 def create_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
     """An async engine for ``url``, creating a SQLite file's directory if needed."""
     parsed = normalise_url(url)
@@ -66,7 +96,7 @@ def create_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
         database = parsed.database
         if not database or database == ":memory:":
             raise ConfigError("an in-memory SQLite database is not supported; name a file")
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite_file(Path(database))
     else:
         # A connection broken by a database restart is replaced, not handed to a request.
         kwargs["pool_pre_ping"] = True

@@ -6,14 +6,27 @@ from urllib.parse import unquote, urlsplit
 
 from yarl import URL
 
+#: Percent-decoding rounds applied before judging a segment: ``%252e`` is ``.`` after two.
+_DECODE_ROUNDS = 4
+
 
 def _ambiguous_path(raw_path: str) -> bool:
-    # A dot segment (plain or percent-encoded) or an encoded slash makes the path the HTTP client
-    # sends differ from the one checked here (it resolves them), so such URLs are refused.
+    # A dot segment (plain or percent-encoded, once or more), an encoded slash, a path parameter
+    # (``..;`` is ``..`` to Tomcat and Spring) or a control character makes the path a server or
+    # proxy acts on differ from the one checked here, so such URLs are refused. FHIR paths are
+    # plain: a type, an id ([A-Za-z0-9.-]), an operation.
     lowered = raw_path.lower()
-    if "%2f" in lowered or "%5c" in lowered or "\\" in raw_path:
+    if "%2f" in lowered or "%5c" in lowered or "%25" in lowered or "\\" in raw_path:
         return True
-    return any(unquote(segment) in (".", "..") for segment in raw_path.split("/"))
+    for segment in raw_path.split("/"):
+        decoded = segment
+        for _ in range(_DECODE_ROUNDS):
+            decoded = unquote(decoded)
+        if ";" in decoded or any(ord(c) < 0x20 or ord(c) >= 0x7F for c in decoded):
+            return True
+        if decoded.strip() in (".", "..") or (segment != decoded and "." in decoded):
+            return True
+    return False
 
 
 def is_under_base(url: str, base: str) -> bool:

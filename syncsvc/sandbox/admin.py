@@ -15,6 +15,7 @@ import re
 import types
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -54,11 +55,44 @@ def is_loopback(remote: str | None) -> bool:
     return address.is_loopback
 
 
+def _loopback_name(host: str | None) -> bool:
+    """Whether a Host header or an Origin's host names this machine (any port)."""
+    if not host:
+        return False
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if host.startswith("["):
+        name = host[1 : host.index("]")] if "]" in host else host
+    return name.lower() == "localhost" or is_loopback(name)
+
+
+def _browser_problem(request: web.Request) -> str | None:
+    """Why a request may come from a web page rather than a local tool, or None.
+
+    A page elsewhere can make the developer's browser send simple cross-origin requests
+    (form or text/plain POSTs: CSRF) and, through a name that resolves to 127.0.0.1, reach
+    this port under its own origin (DNS rebinding). The ``Host`` must name this machine, an
+    ``Origin`` (browsers send one with every cross-origin and every POST request) must be a
+    loopback origin, and a state change must carry a JSON body type, which no page can send
+    without a CORS preflight that this API never grants.
+    """
+    if not _loopback_name(request.headers.get("Host")):
+        return "The Host header must name this machine (127.0.0.1, [::1] or localhost)"
+    origin = request.headers.get("Origin")
+    if origin is not None and not _loopback_name(urlsplit(origin).netloc):
+        return "Requests from a web page of another origin are refused"
+    if request.method in ("POST", "PUT", "PATCH") and request.content_type != "application/json":
+        return "A change must be sent as application/json"
+    return None
+
+
 def _guarded(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
         # The peer address of the socket, never a forwarding header: those are client-controlled.
         if not is_loopback(request.remote):
             return _error(403, "forbidden", "The admin API answers loopback clients only")
+        problem = _browser_problem(request)
+        if problem is not None:
+            return _error(403, "forbidden", problem)
         try:
             return await handler(request)
         except AdminError as exc:

@@ -131,10 +131,12 @@ class FaultSpec:
         "truncated",
         "next_self",
         "next_foreign",
+        "next_escape",
         "empty_last_page_with_next",
         "foreign_patient_entry",
         "token_outage",
         "epic_merged_400_html",
+        "bad_request_diagnostics",
     ]
     #: Which requests: ``fhir`` (any FHIR request), a resource type name, ``token`` or ``revoke``.
     target: str = "fhir"
@@ -142,6 +144,10 @@ class FaultSpec:
     rate: float | None = None
     latency_ms: int = 0
     retry_after: int = 1
+    #: For ``bad_request_diagnostics``: the OperationOutcome's diagnostics text (any size).
+    diagnostics: str | None = None
+    #: For ``next_escape``: the path after the FHIR base of the next link (``/..;/admin``).
+    next_path: str | None = None
 
 
 @dataclass

@@ -21,7 +21,14 @@ from .outcomes import fhir_response, operation_outcome
 from .state import SandboxState
 
 _ERROR_KINDS = frozenset(
-    {"status_500", "status_503", "throttle", "throttle_no_retry_after", "reset"}
+    {
+        "status_500",
+        "status_503",
+        "throttle",
+        "throttle_no_retry_after",
+        "reset",
+        "bad_request_diagnostics",
+    }
 )
 #: The status the request log records for a connection the sandbox dropped on purpose
 #: (nothing is sent; the client sees a reset).
@@ -78,6 +85,8 @@ def _error_response(request: web.Request, fault: FaultSpec) -> web.StreamRespons
         )
     if fault.kind == "throttle_no_retry_after":
         return operation_outcome(429, "throttled", "Too many requests (injected)")
+    if fault.kind == "bad_request_diagnostics":
+        return operation_outcome(400, "invalid", fault.diagnostics or "Bad request (injected)")
     reset_connection(request)
     return web.Response(status=RESET_LOG_STATUS)
 
@@ -100,6 +109,8 @@ class PagingFaults:
 
     next_self: bool = False
     next_foreign: bool = False
+    #: A path appended to the FHIR base as the next link (one that tries to leave the base).
+    next_escape: str | None = None
     empty_last_page_with_next: bool = False
     foreign_patient_entry: bool = False
 
@@ -110,9 +121,11 @@ def paging_faults(
     """The paging faults that fire for a page (the empty-trailing-page one only on a last page)."""
     if not tenant.faults:
         return PagingFaults()
+    escape = firing(state, tenant, resource_type, "next_escape")
     return PagingFaults(
         next_self=firing(state, tenant, resource_type, "next_self") is not None,
         next_foreign=firing(state, tenant, resource_type, "next_foreign") is not None,
+        next_escape=(escape.next_path if escape is not None else None),
         empty_last_page_with_next=(
             last_page
             and firing(state, tenant, resource_type, "empty_last_page_with_next") is not None

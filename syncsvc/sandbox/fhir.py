@@ -228,6 +228,8 @@ class FhirServer:
         if quirks.next_foreign:
             target = next_url or self_url
             next_url = faults.foreign_origin(self.state.origin) + target[len(self.state.origin) :]
+        if quirks.next_escape is not None:
+            next_url = base + quirks.next_escape
         return next_url
 
     def _remember(self, context: PageContext, base: str) -> str:

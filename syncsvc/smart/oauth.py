@@ -26,7 +26,7 @@ from syncsvc.http import BodyTooLarge, read_body
 
 from .client_auth import ClientCredentials, apply_client_auth
 from .scopes import split_scope_string
-from .vendor_errors import OAuthError, parse_retry_after, safe_error_uri
+from .vendor_errors import OAuthError, ehr_text, parse_retry_after, safe_error_uri
 
 MAX_TOKEN_RESPONSE_BYTES = 256 * 1024
 #: Token errors after which the grant cannot be used again without the patient.
@@ -189,11 +189,11 @@ def classify_token_error(
         # An HTML or empty 4xx (Epic's merged endpoint answers 400 HTML when overloaded) says
         # nothing about the grant; losing a grant over it would be our fault, not the patient's.
         return Transient(f"The token endpoint answered HTTP {status} without an OAuth error")
+    description = doc.get("error_description")
     error = OAuthError(
-        error=doc["error"],
-        description=doc.get("error_description")
-        if isinstance(doc.get("error_description"), str)
-        else None,
+        # The server's own text, kept short and redacted (it ends up stored with the connection).
+        error=ehr_text(doc["error"])[:100],
+        description=ehr_text(description) if isinstance(description, str) else None,
         error_uri=safe_error_uri(
             doc.get("error_uri") if isinstance(doc.get("error_uri"), str) else None
         ),

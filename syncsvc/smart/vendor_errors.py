@@ -15,6 +15,8 @@ from urllib.parse import unquote, urlsplit
 
 import orjson
 
+from syncsvc.logging import redact_text
+
 TENANT_MISMATCH_URN = "urn:cerner:error:oauth2:resource-access:tenant-mismatch"
 INSUFFICIENT_SCOPES_URN = "urn:cerner:error:oauth2:resource-access:insufficient-scopes"
 
@@ -49,6 +51,38 @@ _AUTHORIZE_EXPLANATIONS: dict[str, str] = {
     "server_error": "The EHR had an internal error. Please try again later.",
     "temporarily_unavailable": "The EHR is temporarily unavailable. Please try again later.",
 }
+
+
+#: Error codes of RFC 6749 (§4.1.2.1, §5.2) and RFC 6750 (§3.1): the ones a page may name.
+OAUTH_ERROR_CODES = frozenset(
+    {
+        "invalid_request",
+        "unauthorized_client",
+        "access_denied",
+        "unsupported_response_type",
+        "invalid_scope",
+        "server_error",
+        "temporarily_unavailable",
+        "invalid_client",
+        "invalid_grant",
+        "unsupported_grant_type",
+        "invalid_token",
+        "insufficient_scope",
+    }
+)
+#: Shown instead of a code syncsvc does not know: the EHR's own words are not repeated.
+UNKNOWN_EHR_ERROR = "ehr_error"
+
+
+def known_reason(code: str | None) -> str:
+    """``code`` if syncsvc knows it (an OAuth code or an explained vendor code), else a fixed one.
+
+    Whatever a server puts in ``error`` (or in an ``error_uri`` path) is chosen by whoever made
+    the URL; a page repeating it would show an attacker's text ("please call 555-0100").
+    """
+    if code and (code in OAUTH_ERROR_CODES or code in _AUTHORIZE_EXPLANATIONS):
+        return code
+    return UNKNOWN_EHR_ERROR
 
 
 @dataclass(frozen=True)
@@ -152,6 +186,24 @@ def _json_message(body: bytes) -> tuple[str, str]:
     return str(message), outcome
 
 
+#: EHR error text kept with a connection or a run is cut to this many characters.
+MAX_EHR_TEXT = 500
+#: Social-security-like numbers (123-45-6789, 123 45 6789) inside an EHR's error text.
+_SSN_LIKE = re.compile(r"\b\d{3}([- ])\d{2}\1\d{4}\b")
+
+
+def ehr_text(text: str) -> str:
+    """An EHR's own error text as syncsvc keeps it: redacted, then cut to MAX_EHR_TEXT.
+
+    Diagnostics have been seen echoing the request, tokens and patient identifiers; none of
+    that is stored, shown or sent on in webhooks.
+    """
+    cleaned = _SSN_LIKE.sub("[redacted-number]", redact_text(text))
+    if len(cleaned) <= MAX_EHR_TEXT:
+        return cleaned
+    return cleaned[: MAX_EHR_TEXT - 1] + "…"
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds form only; dates are ignored)."""
     if not value:
@@ -169,7 +221,8 @@ def classify_fhir_failure(
     """Classify a non-2xx answer of a FHIR server."""
     challenge = parse_www_authenticate(www_authenticate)
     message, outcome = _json_message(body[:65536])
-    description = challenge.get("error_description", "")
+    outcome = ehr_text(outcome)
+    description = ehr_text(challenge.get("error_description", ""))
     if status == 401:
         if TENANT_MISMATCH_URN in message or "not valid for this tenant" in description.lower():
             return FhirFailure(

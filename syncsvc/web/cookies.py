@@ -14,6 +14,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import aiohttp_jinja2
@@ -64,8 +65,17 @@ def set_browser_binding(request: web.Request, response: web.StreamResponse, valu
     _set(response, request, BROWSER_COOKIE, value, None)
 
 
-def session_user(request: web.Request) -> str | None:
-    """The host-app user of a valid patient session, or None."""
+@dataclass(frozen=True)
+class PatientSession:
+    """A valid patient session: the host-app user, and the one tenant its link allowed."""
+
+    user_id: str
+    #: The connect link's tenant restriction, kept for the whole session (None: any tenant).
+    tenant: str | None
+
+
+def patient_session(request: web.Request) -> PatientSession | None:
+    """The request's valid patient session, or None."""
     token = request.cookies.get(SESSION_COOKIE)
     if not token or len(token) > MAX_COOKIE_LENGTH:
         return None
@@ -73,13 +83,23 @@ def session_user(request: web.Request) -> str | None:
         payload = request.app[SIGNER].verify("patient-session", token, max_age=SESSION_SECONDS)
     except LaunchError:
         return None
-    user = payload.get("uid")
-    return user if isinstance(user, str) and user else None
+    user, tenant = payload.get("uid"), payload.get("tnt")
+    if not isinstance(user, str) or not user:
+        return None
+    return PatientSession(user, tenant if isinstance(tenant, str) and tenant else None)
 
 
-def start_session(request: web.Request, response: web.StreamResponse, user_id: str) -> None:
-    """Remember ``user_id`` in a signed session cookie."""
-    token = request.app[SIGNER].sign("patient-session", {"uid": user_id})
+def session_user(request: web.Request) -> str | None:
+    """The host-app user of a valid patient session, or None."""
+    session = patient_session(request)
+    return session.user_id if session is not None else None
+
+
+def start_session(
+    request: web.Request, response: web.StreamResponse, user_id: str, tenant: str | None
+) -> None:
+    """Remember ``user_id`` (and the link's tenant restriction) in a signed session cookie."""
+    token = request.app[SIGNER].sign("patient-session", {"uid": user_id, "tnt": tenant})
     _set(response, request, SESSION_COOKIE, token, SESSION_SECONDS)
 
 

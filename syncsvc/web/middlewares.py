@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from syncsvc.errors import SyncsvcError
+from syncsvc.connect_links import has_control_characters
+from syncsvc.errors import BadRequest, SyncsvcError
 from syncsvc.keys import SETTINGS
 
 from .problem import problem_from_error, problem_response
@@ -67,6 +68,22 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
     response.headers.setdefault("Cache-Control", "no-store")
     if request.app[SETTINGS].public_is_https:
         response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+
+
+@web.middleware
+async def control_character_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """400 for a control character in a path parameter (an id) or in an API query value."""
+    values = list(request.match_info.values())
+    if request.path.startswith("/api/"):
+        values += request.query.values()
+    if any(has_control_characters(v) for v in values):
+        raise BadRequest(
+            "Ids and parameters must not contain control characters.",
+            reason="control_character",
+        )
+    return await handler(request)
 
 
 @web.middleware

@@ -39,6 +39,18 @@ def test_urls_under_the_base_are_accepted(url: str) -> None:
         "https://fhir.example.com/r4/ec2458f2/%2E%2E/%2E%2E/r4/other/Patient/1",
         "https://fhir.example.com/r4/ec2458f2/./Observation",
         "https://fhir.example.com/r4/ec2458f2/Patient%2F..%2F..%2Fother",
+        # Path parameters and double encoding: ".." to Tomcat/Spring or to a decoding proxy.
+        "https://fhir.example.com/r4/ec2458f2/..;/other/Observation",
+        "https://fhir.example.com/r4/ec2458f2/..;x=1/..;/r4/other/Patient/1",
+        "https://fhir.example.com/r4/ec2458f2/%2e%2e;/other/Observation",
+        "https://fhir.example.com/r4/ec2458f2/%252e%252e/other/Observation",
+        "https://fhir.example.com/r4/ec2458f2/%25252e%25252e/other/Observation",
+        "https://fhir.example.com/r4/ec2458f2/.%2e/other/Observation",
+        "https://fhir.example.com/r4/ec2458f2/%2e./other/Observation",
+        "https://fhir.example.com/r4/ec2458f2/Observation;jsessionid=1",
+        "https://fhir.example.com/r4/ec2458f2/%00/Observation",
+        "https://fhir.example.com/r4/ec2458f2/%EF%BC%8E%EF%BC%8E/other",  # fullwidth dots
+        "https://fhir.example.com/r4/ec2458f2/Observation%5C..%5C..%5Cother",
     ],
 )
 def test_urls_outside_the_base_are_refused(url: str) -> None:

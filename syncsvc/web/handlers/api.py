@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from syncsvc.connect_links import issue_connect_link
+from syncsvc.connect_links import has_control_characters, issue_connect_link
 from syncsvc.errors import BadRequest
 from syncsvc.http import BodyTooLarge, read_body
 from syncsvc.keys import SESSIONMAKER, SETTINGS, SIGNER
@@ -44,7 +44,7 @@ async def create_connect_link(request: web.Request) -> web.Response:
     require_api_key(request)
     body = await read_json_object(request)
     tenant = body.get("tenant")
-    if tenant is not None and not isinstance(tenant, str):
+    if tenant is not None and (not isinstance(tenant, str) or has_control_characters(tenant)):
         raise BadRequest("tenant must be a tenant name (string).", reason="invalid_tenant")
     ttl = body.get("ttl_seconds")
     if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool)):

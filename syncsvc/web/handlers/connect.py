@@ -24,9 +24,11 @@ from syncsvc.launch import LaunchOutcome, complete_launch, start_launch
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed
 from syncsvc.web.cookies import (
     FORM_FIELD,
+    PatientSession,
     browser_binding,
     form_is_ours,
     new_browser_binding,
+    patient_session,
     render_with_form_token,
     session_user,
     set_browser_binding,
@@ -83,35 +85,42 @@ async def connect_page(request: web.Request) -> web.Response:
             gone = exc.reason in ("link_used", "link_expired")
             return _error_page(request, exc, status=410 if gone else 400)
         tenant_name = claims.tenant
-    elif session_user(request) is None:
-        return _error_page(
-            request,
-            LaunchError(
-                "To connect your record, open the link the application gave you.",
-                reason="link_missing",
-            ),
-        )
+    else:
+        patient = patient_session(request)
+        if patient is None:
+            return _error_page(
+                request,
+                LaunchError(
+                    "To connect your record, open the link the application gave you.",
+                    reason="link_missing",
+                ),
+            )
+        # The session keeps its link's restriction: only that tenant is offered again.
+        tenant_name = patient.tenant
     tenants = await _tenants_for(request, tenant_name)
     context = {"tenants": tenants, "link": token or "", "start_url": "/connect/start"}
     return render_with_form_token("connect.html", request, context)
 
 
-async def _user_for_start(request: web.Request, token: object, tenant_name: str) -> str:
-    """The user a launch is for: from the link (using it up) or from the patient session."""
+async def _user_for_start(request: web.Request, token: object, tenant_name: str) -> PatientSession:
+    """Who a launch is for, and the tenant restriction to keep: from the link (using it up)
+    or from the patient session, which carries its link's restriction."""
     if isinstance(token, str) and token:
         async with request.app[SESSIONMAKER].begin() as session:
             claims = await use_connect_link(session, request.app[SIGNER], token, now=_now())
-        if claims.tenant is not None and claims.tenant != tenant_name:
-            raise LaunchError("This link is for another provider.", reason="link_tenant_mismatch")
-        return claims.user_id
-    user_id = session_user(request)
-    if user_id is None:
-        raise LaunchError(
-            "Your session has ended. Open the link the application gave you again, or ask it "
-            "for a new one.",
-            reason="session_missing",
-        )
-    return user_id
+        found = PatientSession(claims.user_id, claims.tenant)
+    else:
+        patient = patient_session(request)
+        if patient is None:
+            raise LaunchError(
+                "Your session has ended. Open the link the application gave you again, or ask "
+                "it for a new one.",
+                reason="session_missing",
+            )
+        found = patient
+    if found.tenant is not None and found.tenant != tenant_name:
+        raise LaunchError("This link is for another provider.", reason="link_tenant_mismatch")
+    return found
 
 
 async def start(request: web.Request) -> web.StreamResponse:
@@ -135,9 +144,10 @@ async def start(request: web.Request) -> web.StreamResponse:
             request, LaunchError("Choose a provider first.", reason="tenant_missing")
         )
     try:
-        user_id = await _user_for_start(request, form.get("link"), tenant_name)
+        patient = await _user_for_start(request, form.get("link"), tenant_name)
     except LaunchError as exc:
         return _error_page(request, exc)
+    user_id = patient.user_id
     response: web.StreamResponse
     try:
         binding = browser_binding(request) or new_browser_binding()
@@ -154,7 +164,7 @@ async def start(request: web.Request) -> web.StreamResponse:
         response = _error_page(request, exc, can_retry=True)
     else:
         set_browser_binding(request, response, binding)
-    start_session(request, response, user_id)
+    start_session(request, response, user_id, patient.tenant)
     return response
 
 

@@ -23,6 +23,9 @@ from tests.integration.host_api.conftest import (
 from tests.integration.web.flows import sync_now
 from tests.integration.web.service import RunningService
 
+#: The sandbox admin API takes changes as JSON only (no page can send that cross-origin).
+JSON = {"Content-Type": "application/json"}
+
 PROBLEM = "application/problem+json"
 
 
@@ -45,7 +48,7 @@ async def _admin(
 ) -> Any:
     url = f"{sandbox.origin}/admin/tenants/{GENERIC_TENANT}/patients/{NANCY}/{path}"
     data = orjson.dumps(body) if body is not None else None
-    async with http.request(method, url, data=data) as response:
+    async with http.request(method, url, data=data, headers=JSON) as response:
         raw = await response.read()
         assert response.status < 300, raw
         return orjson.loads(raw) if raw else None

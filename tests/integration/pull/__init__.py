@@ -25,6 +25,9 @@ from syncsvc.sync.credentials import load_tokens, save_tokens
 from syncsvc.tenants import client_credentials
 from tests.integration.sandbox.tokens import mint_access_token
 
+#: The sandbox admin API takes changes as JSON only (no page can send that cross-origin).
+JSON = {"Content-Type": "application/json"}
+
 NANCY = "12724066"
 WILMA = "12742400"
 
@@ -106,7 +109,7 @@ class SandboxAdmin:
     async def call(self, method: str, path: str, body: Any = None) -> Any:
         data = orjson.dumps(body) if body is not None else None
         async with self.http.request(
-            method, f"{self.sandbox.origin}/admin/{path}", data=data
+            method, f"{self.sandbox.origin}/admin/{path}", data=data, headers=JSON
         ) as response:
             raw = await response.read()
             assert response.status < 300, raw

@@ -298,3 +298,38 @@ async def test_an_access_token_expiring_mid_pull_is_replaced_once(
     # with the one replacement.
     assert 1 <= len(refused) <= TYPES_AT_ONCE
     assert len({e["url"] for e in refused}) == len(refused)
+
+
+@pytest.mark.parametrize(
+    "escape",
+    [
+        "/..;/..;/admin/grants",
+        "/%252e%252e/%252e%252e/admin/grants",
+        "/Observation/..;x=1/../../admin/grants",
+        "/.%2e/.%2e/admin/grants",
+    ],
+)
+async def test_a_next_link_escaping_the_base_by_encoded_dot_segments_gets_no_token(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin, escape: str
+) -> None:
+    """Same origin, a path that a Tomcat-style server or a decoding proxy reads as outside it."""
+    tokens = await _connected(ctx, sandbox)
+    await admin.faults(
+        GENERIC_TENANT, [{"kind": "next_escape", "target": "Observation", "next_path": escape}]
+    )
+
+    summary = await pull_connection(ctx, tokens.connection.id, tokens)
+
+    observation = summary.types["Observation"]
+    assert observation.status == "error"
+    assert observation.error_class == "foreign_next_link"
+    assert observation.counts.new == 100  # the first page was fetched
+    assert summary.types["Goal"].status == "ok"
+    base = sandbox.urls(GENERIC_TENANT).fhir_base
+    with_token = [e["url"] for e in await admin.requests() if e["token_id"]]
+    assert with_token, "no FHIR request carried a token at all"
+    for url in with_token:
+        assert url.startswith(base + "/"), url
+        assert ";" not in url, url
+        assert "%25" not in url, url
+        assert ".." not in url, url

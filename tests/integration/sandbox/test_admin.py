@@ -14,6 +14,9 @@ from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
 
 from .tokens import bearer, claims_of, mint_access_token
 
+#: The sandbox admin API takes changes as JSON only (no page can send that cross-origin).
+JSON = {"Content-Type": "application/json"}
+
 NANCY = "12724066"
 WILMA = "12742400"
 SCOPES = (
@@ -34,7 +37,7 @@ class Admin:
     async def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = orjson.dumps(body) if body is not None else None
         url = f"{self.sandbox.origin}/admin/{path}"
-        async with self.http.request(method, url, data=data) as response:
+        async with self.http.request(method, url, data=data, headers=JSON) as response:
             raw = await response.read()
             return response.status, orjson.loads(raw) if raw else None
 
@@ -378,3 +381,39 @@ async def test_admin_paths_do_not_count_as_tenant_requests(admin: Admin) -> None
 
 def _epoch(instant: str) -> float:
     return datetime.fromisoformat(instant).timestamp()
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        # CSRF: a page elsewhere posts a "simple" request (no preflight) from the browser.
+        ({"Content-Type": "text/plain", "Origin": "https://evil.example"}, b'{"seconds": 9e6}'),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, b"seconds=9000000"),
+        # A page of another origin that managed a JSON body (only after a preflight, never
+        # granted here) is still refused by its Origin.
+        ({"Content-Type": "application/json", "Origin": "http://evil.example"}, b'{"seconds": 1}'),
+        # DNS rebinding: evil.example now resolves to 127.0.0.1, so the page is same-origin
+        # with the sandbox; the Host header still names it.
+        (
+            {"Content-Type": "application/json", "Host": "rebind.evil.example:8765"},
+            b'{"seconds": 9e6}',
+        ),
+    ],
+)
+async def test_a_web_page_cannot_drive_the_admin_api(
+    admin: Admin, sandbox: RunningSandbox, headers: dict[str, str], body: bytes
+) -> None:
+    offset = sandbox.state.clock_offset
+    url = f"{sandbox.origin}/admin/clock/advance"
+    async with admin.http.post(url, data=body, headers=headers) as response:
+        answer = await response.json()
+    assert response.status == 403
+    assert answer["error"] == "forbidden"
+    assert sandbox.state.clock_offset == offset
+    # The same change from a local tool (JSON, loopback Host, no foreign Origin) goes through.
+    local = {"Content-Type": "application/json", "Origin": sandbox.origin}
+    async with admin.http.post(url, data=b'{"seconds": 5}', headers=local) as response:
+        assert response.status == 200
+    assert sandbox.state.clock_offset == offset + 5
+    async with admin.http.get(f"{sandbox.origin}/admin/clock", headers={"Host": "localhost"}) as r:
+        assert r.status == 200
