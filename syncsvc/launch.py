@@ -326,12 +326,12 @@ async def _finish(
             credentials=client_credentials(services.vault, tenant),
         )
     except ReauthRequired as exc:
-        code = known_reason(exc.reason)
+        refusal = known_reason(exc.reason)
         link = exc.error_uri if _uri_on_ehr_host(exc.error_uri, tenant) else None
         raise LaunchError(
-            f"{tenant.display_name} refused to complete the sign-in ({code}). Please "
+            f"{tenant.display_name} refused to complete the sign-in ({refusal}). Please "
             "start again; if it keeps happening, contact the service operator.",
-            reason=f"exchange_{code}"[:64],
+            reason=f"exchange_{refusal}"[:64],
             error_uri=link,
         ) from exc
     except Transient as exc:
