@@ -123,12 +123,15 @@ class FaultSpec:
     kind: Literal[
         "latency",
         "status_500",
+        "status_502",
         "status_503",
+        "status_504",
         "throttle",
         "throttle_no_retry_after",
         "reset",
         "malformed_json",
         "truncated",
+        "reset_mid_body",
         "next_self",
         "next_foreign",
         "next_escape",
@@ -143,11 +146,17 @@ class FaultSpec:
     count: int | None = None
     rate: float | None = None
     latency_ms: int = 0
+    #: Seconds of the ``Retry-After`` a ``throttle`` sends (and a 5xx, with ``with_retry_after``).
     retry_after: int = 1
     #: For ``bad_request_diagnostics``: the OperationOutcome's diagnostics text (any size).
     diagnostics: str | None = None
     #: For ``next_escape``: the path after the FHIR base of the next link (``/..;/admin``).
     next_path: str | None = None
+    #: Whether a ``status_5xx`` answer carries ``Retry-After: {retry_after}``.
+    with_retry_after: bool = False
+    #: Only requests made with this patient's token (``None``: every patient's). A patient's
+    #: fault is consulted once the token is checked, so it never fires on a refused request.
+    patient: str | None = None
 
 
 @dataclass

@@ -1,8 +1,11 @@
 """Injected faults of the FHIR server: outages, throttling, broken bodies and paging quirks.
 
 A tenant's faults (``TenantConfig.faults``) target ``fhir`` (every FHIR request) or one resource
-type. Each fault is consulted only where it can take effect, so a count-limited fault is spent on a
-request it actually changes. Token-endpoint faults belong to the authorization server.
+type, and every patient or one (``FaultSpec.patient``): a real EHR's Condition search may answer
+503 for one record while the rest work. Each fault is consulted only where it can take effect, so
+a count-limited fault is spent on a request it actually changes. Faults without a patient act
+before the token is checked (a load balancer's outage); a patient's faults act once the token
+has named the patient. Token-endpoint faults belong to the authorization server.
 """
 
 from __future__ import annotations
@@ -23,48 +26,78 @@ from .state import SandboxState
 _ERROR_KINDS = frozenset(
     {
         "status_500",
+        "status_502",
         "status_503",
+        "status_504",
         "throttle",
         "throttle_no_retry_after",
         "reset",
         "bad_request_diagnostics",
     }
 )
+#: The answer of each injected 5xx: status, OperationOutcome code and text.
+_STATUS_FAULTS: Mapping[str, tuple[int, str, str]] = {
+    "status_500": (500, "exception", "Internal server error (injected)"),
+    "status_502": (502, "transient", "Bad gateway (injected)"),
+    "status_503": (503, "transient", "Service unavailable (injected)"),
+    "status_504": (504, "timeout", "Gateway timeout (injected)"),
+}
 #: The status the request log records for a connection the sandbox dropped on purpose
 #: (nothing is sent; the client sees a reset).
 RESET_LOG_STATUS = 599
 
 
-def _applies(fault: FaultSpec, resource_type: str) -> bool:
-    return fault.target in ("fhir", resource_type)
+def _applies(fault: FaultSpec, resource_type: str, patient_id: str | None) -> bool:
+    return fault.target in ("fhir", resource_type) and fault.patient == patient_id
 
 
 def firing(
-    state: SandboxState, tenant: TenantConfig, resource_type: str, kind: str
+    state: SandboxState,
+    tenant: TenantConfig,
+    resource_type: str,
+    kind: str,
+    *,
+    patient_id: str | None = None,
 ) -> FaultSpec | None:
-    """The first fault of ``kind`` for this request that fires, if any."""
+    """The first fault of ``kind`` for this request that fires, if any.
+
+    Faults for every patient are consulted first, then those of ``patient_id`` (when given).
+    """
     for fault in list(tenant.faults):
-        if fault.kind == kind and _applies(fault, resource_type) and state.should_fire(fault):
+        if fault.kind != kind or fault.target not in ("fhir", resource_type):
+            continue
+        if fault.patient is not None and fault.patient != patient_id:
+            continue
+        if state.should_fire(fault):
             return fault
     return None
 
 
 async def before_request(
-    request: web.Request, state: SandboxState, tenant: TenantConfig, resource_type: str
+    request: web.Request,
+    state: SandboxState,
+    tenant: TenantConfig,
+    resource_type: str,
+    *,
+    patient_id: str | None = None,
 ) -> web.StreamResponse | None:
-    """Apply latency, and answer with an error or a reset if such a fault fires."""
+    """Apply latency, and answer with an error or a reset if such a fault fires.
+
+    Called twice per request: before the token is checked with ``patient_id`` None (faults for
+    every patient), and after it with the token's patient (that patient's faults only).
+    """
     faults = list(tenant.faults)
     delay_ms = sum(
         f.latency_ms
         for f in faults
-        if f.kind == "latency" and _applies(f, resource_type) and state.should_fire(f)
+        if f.kind == "latency" and _applies(f, resource_type, patient_id) and state.should_fire(f)
     )
     if delay_ms > 0:
         await asyncio.sleep(delay_ms / 1000)
     for fault in faults:
         if (
             fault.kind in _ERROR_KINDS
-            and _applies(fault, resource_type)
+            and _applies(fault, resource_type, patient_id)
             and state.should_fire(fault)
         ):
             return _error_response(request, fault)
@@ -72,10 +105,10 @@ async def before_request(
 
 
 def _error_response(request: web.Request, fault: FaultSpec) -> web.StreamResponse:
-    if fault.kind == "status_500":
-        return operation_outcome(500, "exception", "Internal server error (injected)")
-    if fault.kind == "status_503":
-        return operation_outcome(503, "transient", "Service unavailable (injected)")
+    if fault.kind in _STATUS_FAULTS:
+        status, code, text = _STATUS_FAULTS[fault.kind]
+        headers = {"Retry-After": str(fault.retry_after)} if fault.with_retry_after else None
+        return operation_outcome(status, code, text, headers=headers)
     if fault.kind == "throttle":
         return operation_outcome(
             429,
@@ -150,25 +183,37 @@ async def send(
     body: bytes,
     *,
     headers: Mapping[str, str] | None = None,
+    patient_id: str | None = None,
 ) -> web.StreamResponse:
     """Send a successful FHIR response, broken if a body fault fires."""
     if tenant.faults:
-        if firing(state, tenant, resource_type, "malformed_json") is not None:
+        if (
+            firing(state, tenant, resource_type, "malformed_json", patient_id=patient_id)
+            is not None
+        ):
             return fhir_response(body[: len(body) // 2], headers=headers)
-        if firing(state, tenant, resource_type, "truncated") is not None:
-            return await _send_truncated(request, body, headers)
+        if firing(state, tenant, resource_type, "truncated", patient_id=patient_id) is not None:
+            return await _send_truncated(request, body, headers, reset=False)
+        if (
+            firing(state, tenant, resource_type, "reset_mid_body", patient_id=patient_id)
+            is not None
+        ):
+            return await _send_truncated(request, body, headers, reset=True)
     return fhir_response(body, headers=headers)
 
 
 async def _send_truncated(
-    request: web.Request, body: bytes, headers: Mapping[str, str] | None
+    request: web.Request, body: bytes, headers: Mapping[str, str] | None, *, reset: bool
 ) -> web.StreamResponse:
     response = web.StreamResponse(headers=headers)
     response.content_type = "application/fhir+json"
-    # Announce the whole body, send half, then close: the client sees a short read.
+    # Announce the whole body, send half, then close (or reset): the client sees a short read.
     response.content_length = len(body)
     await response.prepare(request)
     await response.write(body[: len(body) // 2])
-    if request.transport is not None:
+    if reset:
+        await asyncio.sleep(0)  # let the half body leave before the reset discards the buffer
+        reset_connection(request)
+    elif request.transport is not None:
         request.transport.close()
     return response

@@ -130,6 +130,12 @@ class FhirServer:
         access = authorize(request, self.state, tenant, resource_type, operation)
         if isinstance(access, web.Response):
             return access
+        if access.patient_id is not None:
+            fault = await faults.before_request(
+                request, self.state, tenant, resource_type, patient_id=access.patient_id
+            )
+            if fault is not None:
+                return fault
         return tenant, access
 
     async def search(self, request: web.Request) -> web.StreamResponse:
@@ -150,7 +156,9 @@ class FhirServer:
         except RefusedError as refusal:
             return refusal.response
         body = self._page(request, tenant, context)
-        return await faults.send(request, self.state, tenant, resource_type, body)
+        return await faults.send(
+            request, self.state, tenant, resource_type, body, patient_id=access.patient_id
+        )
 
     def _recall(
         self, request: web.Request, tenant: TenantConfig, resource_type: str, access: Access
@@ -301,7 +309,13 @@ class FhirServer:
                 if entry is not None:
                     headers = {"ETag": f'W/"{entry.version}"'}
                     return await faults.send(
-                        request, self.state, tenant, resource_type, entry.body, headers=headers
+                        request,
+                        self.state,
+                        tenant,
+                        resource_type,
+                        entry.body,
+                        headers=headers,
+                        patient_id=access.patient_id,
                     )
                 if rid in bucket.deleted:
                     return operation_outcome(
@@ -325,7 +339,9 @@ class FhirServer:
             return operation_outcome(404, "not-found", f"Binary/{rid} was not found")
         if binary.patient_id != access.patient_id:
             return foreign_patient(tenant)
-        return await faults.send(request, self.state, tenant, "Binary", binary.body)
+        return await faults.send(
+            request, self.state, tenant, "Binary", binary.body, patient_id=access.patient_id
+        )
 
 
 def parse_query(

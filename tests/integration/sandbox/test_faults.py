@@ -76,7 +76,12 @@ async def test_latency_delays_the_answer(client: Client) -> None:
 
 @pytest.mark.parametrize(
     ("kind", "status", "code"),
-    [("status_500", 500, "exception"), ("status_503", 503, "transient")],
+    [
+        ("status_500", 500, "exception"),
+        ("status_502", 502, "transient"),
+        ("status_503", 503, "transient"),
+        ("status_504", 504, "timeout"),
+    ],
 )
 async def test_server_errors_fire_count_times(
     client: Client, kind: Any, status: int, code: str
@@ -87,6 +92,56 @@ async def test_server_errors_fire_count_times(
 
     assert [a[0] for a in answers] == [status, status, 200]
     assert answers[0][1]["issue"][0]["code"] == code
+
+
+@pytest.mark.parametrize("kind", ["status_500", "status_502", "status_503", "status_504"])
+async def test_server_errors_carry_retry_after_only_when_asked(client: Client, kind: Any) -> None:
+    client.inject(
+        FaultSpec(kind=kind, count=1, retry_after=4, with_retry_after=True),
+        FaultSpec(kind=kind, count=1),
+    )
+
+    _, told, _ = await client.raw(f"Goal?patient={NANCY}")
+    _, untold, _ = await client.raw(f"Goal?patient={NANCY}")
+
+    assert told["Retry-After"] == "4"
+    assert "Retry-After" not in untold
+
+
+async def test_a_patients_fault_fires_only_for_that_patients_token(
+    client: Client, sandbox: RunningSandbox
+) -> None:
+    wilma = "12742400"
+    client.inject(FaultSpec(kind="status_503", target="Condition", patient=wilma))
+    wilma_token = mint_access_token(sandbox, GENERIC_TENANT, wilma, SCOPES)
+
+    nancy_status, _ = await client.json(f"Condition?patient={NANCY}")
+    async with client.http.get(
+        client.url(f"Condition?patient={wilma}"), headers=bearer(wilma_token)
+    ) as response:
+        wilma_status = response.status
+    async with client.http.get(
+        client.url(f"Goal?patient={wilma}"), headers=bearer(wilma_token)
+    ) as response:
+        other_type = response.status
+    # A request without a valid token is refused before any patient's fault is consulted.
+    async with client.http.get(client.url(f"Condition?patient={wilma}")) as response:
+        anonymous = response.status
+
+    assert (nancy_status, wilma_status, other_type, anonymous) == (200, 503, 200, 401)
+    assert sandbox.state.fault_counters == {}  # a persistent fault keeps no count
+
+
+async def test_a_patients_slow_answer_outlasts_a_client_timeout(client: Client) -> None:
+    client.inject(FaultSpec(kind="latency", latency_ms=600, patient=NANCY, count=1))
+    timeout = aiohttp.ClientTimeout(total=0.2)
+
+    with pytest.raises(TimeoutError):
+        async with client.http.get(
+            client.url(f"Goal?patient={NANCY}"), headers=bearer(client.token), timeout=timeout
+        ) as response:
+            await response.read()
+    assert (await client.json(f"Goal?patient={NANCY}"))[0] == 200
 
 
 async def test_throttle_answers_429_throttled_with_retry_after(client: Client) -> None:
@@ -139,6 +194,16 @@ async def test_truncated_body_is_shorter_than_announced(client: Client) -> None:
     with pytest.raises(aiohttp.ClientPayloadError):
         await client.raw(f"Goal?patient={NANCY}")
     assert (await client.json(f"Goal?patient={NANCY}"))[0] == 200
+
+
+async def test_reset_mid_body_sends_part_of_the_page_then_drops_the_connection(
+    client: Client,
+) -> None:
+    client.inject(FaultSpec(kind="reset_mid_body", target="Condition", patient=NANCY, count=1))
+
+    with pytest.raises((aiohttp.ClientPayloadError, aiohttp.ClientConnectionError)):
+        await client.raw(f"Condition?patient={NANCY}")
+    assert (await client.json(f"Condition?patient={NANCY}"))[0] == 200
 
 
 async def test_body_faults_apply_to_reads(client: Client) -> None:
