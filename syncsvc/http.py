@@ -18,6 +18,11 @@ USER_AGENT = "syncsvc/0.1 (+SMART on FHIR sync)"
 REQUEST_GATE: ContextVar[Callable[[], Awaitable[None]] | None] = ContextVar(
     "syncsvc_request_gate", default=None
 )
+#: Who hears that a request from the current task was answered 429, with its ``Retry-After``
+#: header: the tenant's rate budget, which then pauses every connection of the tenant.
+THROTTLE_LISTENER: ContextVar[Callable[[str | None], None] | None] = ContextVar(
+    "syncsvc_throttle_listener", default=None
+)
 
 
 async def _await_gate(
@@ -31,10 +36,24 @@ async def _await_gate(
         await gate()
 
 
+async def _hear_throttle(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestEndParams,
+) -> None:
+    if params.response.status != 429:
+        return
+    listener = THROTTLE_LISTENER.get()
+    if listener is not None:
+        listener(params.response.headers.get("Retry-After"))
+
+
 def gated_trace() -> aiohttp.TraceConfig:
-    """A trace config that makes every request wait for :data:`REQUEST_GATE` first."""
+    """A trace config that makes every request wait for :data:`REQUEST_GATE` first, and tells
+    :data:`THROTTLE_LISTENER` about every 429."""
     trace = aiohttp.TraceConfig()
     trace.on_request_start.append(_await_gate)
+    trace.on_request_end.append(_hear_throttle)
     return trace
 
 

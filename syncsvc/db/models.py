@@ -207,7 +207,7 @@ class ConnectLink(Base):
 # --- synced resources ------------------------------------------------------------------------
 
 DeletedReason = Literal["vanished", "entered-in-error"]
-TypeSyncStatus = Literal["ok", "denied", "error"]
+TypeSyncStatus = Literal["ok", "denied", "error", "transient_error", "failing"]
 RunOutcome = Literal["running", "ok", "partial", "transient", "misbound", "reauth", "error"]
 DELETED_REASONS: tuple[str, ...] = get_args(DeletedReason)
 TYPE_SYNC_STATUSES: tuple[str, ...] = get_args(TypeSyncStatus)
@@ -322,6 +322,11 @@ class SyncState(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     #: SHA-256 of the granted scopes when the type was denied: a new grant retries it.
     grant_fingerprint: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
+    #: When a type in ``transient_error`` or ``failing`` is tried again (its own schedule).
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    #: Transient failures in a row, and when the first of them happened (None once it worked).
+    failure_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    failing_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     # Counts of the last attempt.
     new_count: Mapped[int] = mapped_column(Integer, default=0)
     changed_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -361,6 +366,8 @@ class SyncRun(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     bytes_received: Mapped[int] = mapped_column(BigInteger(), default=0)
     requests: Mapped[int] = mapped_column(Integer, default=0)
+    #: Requests retried in place during the run (502/503/504, 429, 408, timeouts, resets).
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Event(Base):

@@ -37,6 +37,15 @@ class FhirRequestError(SyncsvcError):
         self.failure = failure
 
 
+class RequestTransient(Transient):
+    """One request failed in transport: timed out, reset, cut short or never connected.
+
+    ``reason`` is ``timeout``, ``reset`` (the connection dropped, possibly mid-body) or
+    ``unreachable`` (no connection could be made to the base: the whole base is down, not one
+    type). The message names the exception class only, never a URL or a body.
+    """
+
+
 class ForeignNextLink(SyncsvcError):
     """A paging link pointed outside the connection's base; the token was not sent there."""
 
@@ -154,7 +163,9 @@ class FhirClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             if isinstance(exc, TimeoutError):
                 status = "timeout"
-            raise Transient(f"The EHR could not be reached ({type(exc).__name__})") from exc
+            raise RequestTransient(
+                f"The EHR could not be reached ({type(exc).__name__})", reason=_transport(exc)
+            ) from exc
         finally:
             if self.meter is not None:
                 self.meter.request(resource_type, status, time.perf_counter() - started)
@@ -198,6 +209,16 @@ class FhirClient:
                 seen.add(next_url)
             url, query = next_url, None
         raise PagingLoop
+
+
+def _transport(exc: aiohttp.ClientError | TimeoutError) -> str:
+    """How a request failed in transport: ``timeout``, ``unreachable`` or ``reset``."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        # No connection to the base at all (refused, no route, DNS): not one type's trouble.
+        return "unreachable"
+    return "reset"
 
 
 def _with_query(url: str, params: Mapping[str, str]) -> str:

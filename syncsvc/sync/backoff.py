@@ -21,7 +21,7 @@ RandomSource = Callable[[], float]
 MAX_EXPONENT = 32
 
 
-def _system_random() -> float:
+def system_random() -> float:
     # Jitter, not security: the standard generator is the right tool here.
     return random.random()  # noqa: S311
 
@@ -49,7 +49,7 @@ class Backoff:
         attempt: int,
         *,
         retry_after: float | None = None,
-        rand: RandomSource = _system_random,
+        rand: RandomSource = system_random,
     ) -> float:
         """Seconds to wait after the ``attempt``-th consecutive failure.
 
@@ -67,7 +67,7 @@ class Backoff:
         attempt: int,
         *,
         retry_after: float | None = None,
-        rand: RandomSource = _system_random,
+        rand: RandomSource = system_random,
     ) -> dt.datetime:
         """The time to try again after the ``attempt``-th consecutive failure at ``now``."""
         return now + dt.timedelta(seconds=self.delay(attempt, retry_after=retry_after, rand=rand))

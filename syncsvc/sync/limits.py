@@ -8,8 +8,14 @@ at the HTTP edge: the runner installs the tenant's gate in :data:`syncsvc.http.R
 for the task working the connection, and the process's outbound client awaits it before each
 request, so neither the pull engine nor the token client needs to know about limits.
 
+A 429 is the tenant speaking for all its connections: the HTTP client tells the gate of the
+task that got it (:data:`syncsvc.http.THROTTLE_LISTENER`), and the tenant's bucket gives no
+token to any connection until its ``Retry-After`` has passed (up to :data:`MAX_TENANT_PAUSE`),
+then resumes at its normal rate.
+
 Limits hold in one process; N processes sharing a database may together send N times the
-budget. Defaults are per vendor profile (``VENDOR_LIMITS``); a tenant can be given its own.
+budget (and each hears only its own 429s). Defaults are per vendor profile (``VENDOR_LIMITS``);
+a tenant can be given its own.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from syncsvc.http import REQUEST_GATE
+from syncsvc.http import REQUEST_GATE, THROTTLE_LISTENER
+from syncsvc.smart.vendor_errors import parse_retry_after
 
 #: A monotonic clock in seconds and a sleep, injectable so the bucket can be tested exactly.
 Clock = Callable[[], float]
@@ -42,6 +49,11 @@ class TenantLimits:
         if self.max_connections < 1 or self.requests_per_second <= 0 or self.burst < 1:
             raise ValueError("tenant limits must be positive")
 
+
+#: The longest a tenant's 429 pauses its connections in this process: a connection waiting
+#: holds one of the process's slots, so a tenant asking for minutes must not stall the others.
+#: A request asked to wait longer is not retried in place; its run backs off instead.
+MAX_TENANT_PAUSE = 30.0
 
 #: Defaults by vendor profile. Oracle Health (Cerner) and Epic throttle per application; ten
 #: requests a second with four patients in flight stays well inside what both tolerate.
@@ -81,18 +93,39 @@ class TokenBucket:
         self._tokens = float(capacity)
         self._stamp = clock()
         self._lock = asyncio.Lock()
+        #: No token is given before this (a 429's ``Retry-After``).
+        self.paused_until = 0.0
         #: Tokens taken, and the seconds spent waiting for them (for logs and tests).
         self.taken = 0
         self.waited = 0.0
 
     def _refill(self) -> None:
         now = self._clock()
+        if now <= self._stamp:
+            return  # paused: nothing accrues until the pause ends
         self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
 
+    def pause(self, seconds: float) -> None:
+        """Give no token for ``seconds`` from now; then one, then the normal rate.
+
+        Tokens saved up before are dropped and none accrue during the pause, so the requests
+        that waited do not all go at once when it ends.
+        """
+        until = self._clock() + seconds
+        if until <= self.paused_until:
+            return
+        self.paused_until = until
+        self._tokens = min(self._tokens, 1.0)
+        self._stamp = max(self._stamp, until)
+
     async def acquire(self) -> None:
-        """Take one token, waiting until one is available."""
+        """Take one token, waiting until one is available (and any pause has ended)."""
         async with self._lock:
+            paused = self.paused_until - self._clock()
+            if paused > 0:
+                self.waited += paused
+                await self._sleep(paused)
             self._refill()
             if self._tokens < 1:
                 wait = (1 - self._tokens) / self.rate
@@ -115,10 +148,22 @@ class TenantGate:
         self.active = 0
         #: The most connections of this tenant ever worked at once (for tests and logs).
         self.peak = 0
+        #: 429s with a Retry-After heard from this tenant (for logs and tests).
+        self.throttles = 0
 
     async def pace(self) -> None:
         """Wait for the tenant's request budget (the hook the HTTP client awaits)."""
         await self.bucket.acquire()
+
+    def throttled(self, retry_after: str | None) -> None:
+        """The tenant answered 429: pause its requests for ``Retry-After`` (capped).
+
+        Without a ``Retry-After`` the request's own back-off decides; the others go on.
+        """
+        seconds = parse_retry_after(retry_after)
+        if seconds:
+            self.throttles += 1
+            self.bucket.pause(min(seconds, MAX_TENANT_PAUSE))
 
     @contextlib.asynccontextmanager
     async def working(self) -> AsyncIterator[None]:
@@ -127,9 +172,11 @@ class TenantGate:
             self.active += 1
             self.peak = max(self.peak, self.active)
             token = REQUEST_GATE.set(self.pace)
+            listening = THROTTLE_LISTENER.set(self.throttled)
             try:
                 yield
             finally:
+                THROTTLE_LISTENER.reset(listening)
                 REQUEST_GATE.reset(token)
                 self.active -= 1
 

@@ -160,7 +160,7 @@ class ConnectionRun:
                     detail="Resources outside the patient's compartment were refused.",
                     count=result.counts.rejected,
                 )
-            if result.status in ("denied", "error"):
+            if result.status in ("denied", "error", "transient_error", "failing"):
                 failed = True
                 yield EventRecord(
                     "sync",

@@ -130,7 +130,9 @@ def _receive_exactly(channel: socket.socket, size: int) -> bytearray | None:
 
 
 def _transient(cause: BaseException) -> Transient:
-    error = Transient("A page decoder process stopped unexpectedly; retrying later")
+    error = Transient(
+        "A page decoder process stopped unexpectedly; retrying later", reason="decoder_failed"
+    )
     error.__cause__ = cause
     return error
 

@@ -9,14 +9,19 @@ transient failure makes the next run redo that type idempotently (unchanged reso
 compared, not rewritten).
 Every run leaves a ``sync_runs`` row and per-type ``sync_states``.
 
-Failures are sorted by how far they reach (issue: background sync, resource pull):
+Requests are retried in place first (:mod:`syncsvc.sync.grant_client`: 502/503/504, 429, 408,
+timeouts, resets). What still fails is sorted by how far it reaches:
 
 * one type: 403 ``insufficient_scope`` (``denied`` until the grant changes), 400 and other
   refusals (``error`` with the OperationOutcome text), a ``next`` link outside the base, a paging
-  loop;
-* the whole run: 401 tenant-mismatch (the connection becomes ``misbound``), 429 / 5xx / network
-  / malformed answers (``transient``: the caller backs off; stored pages are kept), a grant that
-  can no longer be refreshed (``reauth``). Types already running then finish; no other starts.
+  loop; 5xx, timeouts, resets and malformed answers (``transient_error``: the type is retried on
+  its own back-off, :mod:`syncsvc.sync.type_schedule`, and becomes ``failing`` if it keeps
+  failing). The other types still start and finish; the run is ``partial``.
+* the whole run: 401 tenant-mismatch (the connection becomes ``misbound``), a 429 (the tenant
+  is throttling: every connection of it waits), no connection to the base at all, a grant that
+  can no longer be refreshed (``reauth``) or a token that cannot be had right now
+  (``transient``: the caller backs off; stored pages are kept). Types already running then
+  finish; no other starts.
 
 A 401 ``invalid_token`` gets one forced token from the token source and one retry.
 """
@@ -32,24 +37,18 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import aiohttp
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo, resource_repo
 from syncsvc.db.models import Connection, SyncState, Tenant, new_id
 from syncsvc.errors import Misbound, NotFound, ReauthRequired, SyncsvcError, Transient
-from syncsvc.fhir.client import (
-    FhirClient,
-    FhirRequestError,
-    ForeignNextLink,
-    PagingLoop,
-)
+from syncsvc.fhir.client import FhirRequestError, ForeignNextLink, PagingLoop, RequestTransient
 from syncsvc.fhir.plans import TypePlan, plan_for, supports_last_updated
-from syncsvc.fhir.urls import is_under_base
 from syncsvc.smart.scopes import covered_types
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens
+from syncsvc.sync.grant_client import GrantClient, TokenSource, TokenUnavailable
 from syncsvc.sync.page_batch import PageBatch
 from syncsvc.sync.page_decode import DecodedPage
 from syncsvc.sync.prepare import PreparedPage, prepare_page
@@ -59,16 +58,10 @@ from syncsvc.sync.store import (
     flag_vanished,
     store_page,
 )
+from syncsvc.sync.type_schedule import RETRYING, after_failure, waiting_until
 from syncsvc.tenants import resource_types_of, smart_configuration
-from syncsvc.work_metrics import TenantMeter
 
 log = structlog.get_logger("syncsvc.sync.pull")
-
-TokenSource = Callable[[bool], Awaitable[str]]
-"""``get(force_refresh)`` → an access token of the connection's grant.
-
-Called with ``False`` before each request, and with ``True`` once after a 401 ``invalid_token``.
-"""
 
 
 class CachedTokenSource:
@@ -125,7 +118,7 @@ WATERMARK_OVERLAP = dt.timedelta(minutes=5)
 FULL_RECONCILIATION_INTERVAL = dt.timedelta(days=7)
 
 RunOutcome = Literal["ok", "partial", "transient", "misbound", "reauth", "error", "inactive"]
-TypeStatus = Literal["ok", "denied", "error", "skipped", "incomplete"]
+TypeStatus = Literal["ok", "denied", "error", "transient_error", "failing", "skipped", "incomplete"]
 Mode = Literal["full", "incremental", "none"]
 
 #: Resource types of one connection pulled at once. A type begins and ends with waits (its
@@ -153,6 +146,8 @@ class TypeResult:
     error_message: str | None = None
     #: ``Type/id`` of resources the compartment guard refused (the first few).
     rejected: list[str] = field(default_factory=list)
+    #: When a ``transient_error`` or ``failing`` type is tried again.
+    next_attempt_at: dt.datetime | None = None
 
     def report(self) -> dict[str, Any]:
         """The JSON form kept in the run record."""
@@ -163,6 +158,9 @@ class TypeResult:
             "error_class": self.error_class,
             "error_message": self.error_message,
             "rejected_ids": self.rejected,
+            "next_attempt_at": None
+            if self.next_attempt_at is None
+            else self.next_attempt_at.isoformat(),
         }
 
 
@@ -188,6 +186,11 @@ class RunSummary:
     forced_refreshes: int = 0
     #: The type whose failure ended the run (several may be left incomplete).
     stopped_type: str | None = None
+    #: Requests retried in place, by reason (``http_503``, ``timeout``, ...).
+    retries: dict[str, int] = field(default_factory=dict)
+    #: When the connection is next due: the soonest of its types' own schedules (a type that
+    #: failed is retried on its back-off, the others after the sync interval).
+    next_due_at: dt.datetime | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -217,69 +220,18 @@ class _StopRun(Exception):
 class _TypeFailed(Exception):
     """A failure that ends one type; the run goes on with the next."""
 
-    def __init__(self, status: TypeStatus, error_class: str, message: str) -> None:
+    def __init__(
+        self,
+        status: TypeStatus,
+        error_class: str,
+        message: str,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.error_class = error_class
         self.message = message
-
-
-class GrantClient(FhirClient):
-    """A FHIR client that asks a token source for the token before each request.
-
-    A 401 ``invalid_token`` (an access token expiring mid-pull: Cerner's live 570 s) gets one
-    forced token and one retry of the same request; a second refusal propagates. The types of
-    a run share the client, so a token refused to several requests at once is forced once: the
-    others retry with the token that replaced it.
-    """
-
-    def __init__(
-        self,
-        http: aiohttp.ClientSession,
-        base: str,
-        token_source: TokenSource,
-        *,
-        meter: TenantMeter | None = None,
-    ) -> None:
-        super().__init__(http, base, "", meter=meter)
-        #: The tenant's counters (requests, retries, resources, runs), when the run is metered.
-        self.tenant_meter = meter
-        self._source = token_source
-        self.forced_refreshes = 0
-        self._forcing = asyncio.Lock()
-        #: Tokens a forced refresh has replaced in this run.
-        self._replaced: set[str] = set()
-        #: Set once the EHR has answered a request with success: the token is good for this base.
-        self.answered = asyncio.Event()
-
-    async def get_bytes(
-        self, url: str, params: Mapping[str, str] | None = None, *, resource_type: str = ""
-    ) -> bytes:
-        """GET with a current token, retried once with a forced new token after a 401."""
-        if not is_under_base(url, self.base):
-            raise ForeignNextLink
-        token = await self._source(False)
-        self.use_token(token)
-        try:
-            body = await self.fetch_bytes(url, params, resource_type=resource_type)
-        except FhirRequestError as exc:
-            if exc.failure.kind != "invalid_token":
-                raise
-            self.use_token(await self._replacement(token))
-            if self.tenant_meter is not None:
-                self.tenant_meter.retry("invalid_token")
-            body = await self.fetch_bytes(url, params, resource_type=resource_type)
-        self.answered.set()
-        return body
-
-    async def _replacement(self, refused: str) -> str:
-        async with self._forcing:
-            if refused in self._replaced:
-                return await self._source(False)
-            self.forced_refreshes += 1
-            fresh = await self._source(True)
-            self._replaced.add(refused)
-            return fresh
+        self.retry_after = retry_after
 
 
 def grant_fingerprint(granted_scopes: Sequence[str]) -> str:
@@ -354,7 +306,10 @@ async def pull_connection(
         ctx.http, connection.fhir_base, token_source, meter=ctx.metrics.tenant(tenant.name)
     )
     fingerprint = grant_fingerprint(connection.granted_scopes)
-    plans = _plans(connection, tenant, states, full=full, types=types, now=started)
+    interval = dt.timedelta(seconds=ctx.settings.sync_interval_seconds)
+    plans, waiting = _plans(
+        connection, tenant, states, full=full, types=types, now=started, interval=interval
+    )
     try:
         await _run_types(
             ctx,
@@ -385,16 +340,48 @@ async def pull_connection(
                     ),
                 )
     else:
-        if any(r.status in ("denied", "error") for r in summary.types.values()):
+        if any(r.status in _PARTIAL for r in summary.types.values()):
             summary.outcome = "partial"
     summary.requests = client.requests
     summary.bytes_received = client.bytes_received
     summary.forced_refreshes = client.forced_refreshes
+    summary.retries = dict(client.retries)
     summary.finished_at = ctx.now()
+    summary.next_due_at = _next_due(summary, waiting, interval)
     await _finish(ctx, summary)
     # Counted once the run record is committed, so the counter and the records agree.
     ctx.metrics.tenant(tenant.name).run(summary.outcome)
     return summary
+
+
+#: Type statuses that make a run ``partial``.
+_PARTIAL = frozenset({"denied", "error", "transient_error", "failing"})
+
+
+def _next_due(
+    summary: RunSummary, waiting: Mapping[str, dt.datetime], interval: dt.timedelta
+) -> dt.datetime:
+    """The soonest time one of the connection's types is due again after this run."""
+    due = [*waiting.values(), summary.finished_at + interval]
+    due.extend(
+        r.next_attempt_at
+        for r in summary.types.values()
+        if r.status in RETRYING and r.next_attempt_at is not None
+    )
+    return min(due)
+
+
+def _retry_run(connection: Connection, states: Mapping[str, SyncState]) -> bool:
+    """Whether the connection was made due only by a type's own retry (not by its interval).
+
+    Its ``next_sync_at`` is then exactly that type's ``next_attempt_at``: the run pulls the
+    types that are due, and the others keep their normal schedule. A sync asked for now (or an
+    interval come round) sets another time, and every type not waiting for a retry is pulled.
+    """
+    due = connection.next_sync_at
+    return due is not None and any(
+        state.status in RETRYING and state.next_attempt_at == due for state in states.values()
+    )
 
 
 def _plans(
@@ -405,17 +392,37 @@ def _plans(
     full: bool,
     types: Sequence[str] | None,
     now: dt.datetime,
-) -> list[_Plan]:
+    interval: dt.timedelta,
+) -> tuple[list[_Plan], dict[str, dt.datetime]]:
+    """The plans of the types due in this run, and when each of the others is due."""
     # Only what the *granted* scopes cover, in the operator's order for this tenant.
     wanted = covered_types(connection.granted_scopes, resource_types_of(tenant))
+    # A forced run, or one narrowed to named types, pulls them whatever their schedule.
+    scheduled = not full and types is None
     if types is not None:
         wanted = [t for t in wanted if t in set(types)]
+    retry_run = scheduled and _retry_run(connection, states)
     vendor_plan = plan_for(tenant.vendor, tenant.plan_overrides)
     config = smart_configuration(tenant)
     plans: list[_Plan] = []
+    waiting: dict[str, dt.datetime] = {}
     for resource_type in wanted:
         type_plan = vendor_plan.for_type(resource_type)
         state = states.get(resource_type)
+        if scheduled:
+            wait = waiting_until(state, now)
+            if (
+                wait is None
+                and retry_run
+                and state is not None
+                and state.status not in RETRYING
+                and state.last_attempt_at is not None
+                and state.last_attempt_at + interval > now
+            ):
+                wait = state.last_attempt_at + interval
+            if wait is not None:
+                waiting[resource_type] = wait
+                continue
         incremental_ok = resource_type != "Patient" and supports_last_updated(type_plan, config)
         due_full = (
             full
@@ -432,7 +439,7 @@ def _plans(
             assert state.watermark is not None  # noqa: S101 - ditto for a missing watermark
             since = state.watermark - WATERMARK_OVERLAP
             plans.append(_Plan(resource_type, type_plan, "incremental", since, state))
-    return plans
+    return plans, waiting
 
 
 #: Which of several stops of one run is reported (lower first).
@@ -531,11 +538,29 @@ async def _run_type(
     try:
         seen, newest, first_time = await _fetch_and_store(ctx, client, connection, plan, result)
     except _TypeFailed as failure:
-        result.status = failure.status
-        result.error_class = failure.error_class
-        result.error_message = failure.message
         failed_at = ctx.now()
-        status, error_class, message = failure.status, failure.error_class, failure.message
+        error_class, message = failure.error_class, failure.message
+        schedule: dict[str, Any] = {
+            "next_attempt_at": None,
+            "failure_count": 0,
+            "failing_since": None,
+        }
+        status = failure.status
+        if status == "transient_error":
+            # Retried on its own back-off; ``failing`` once it has failed long enough.
+            after = after_failure(
+                state, attempt_at=attempt_at, now=failed_at, retry_after=failure.retry_after
+            )
+            status = "failing" if after.status == "failing" else "transient_error"
+            result.next_attempt_at = after.next_attempt_at
+            schedule = {
+                "next_attempt_at": after.next_attempt_at,
+                "failure_count": after.failure_count,
+                "failing_since": after.failing_since,
+            }
+        result.status = status
+        result.error_class = error_class
+        result.error_message = message
 
         async def record_failure(session: AsyncSession) -> None:
             await resource_repo.save_sync_state(
@@ -548,6 +573,7 @@ async def _run_type(
                 error_message=message,
                 grant_fingerprint=fingerprint if status == "denied" else None,
                 last_attempt_at=attempt_at,
+                **schedule,
                 **result.counts.columns(),
             )
 
@@ -574,6 +600,9 @@ async def _run_type(
             "error_class": None,
             "error_message": None,
             "grant_fingerprint": None,
+            "next_attempt_at": None,
+            "failure_count": 0,
+            "failing_since": None,
             "last_attempt_at": attempt_at,
             "last_success_at": now,
             **counts.columns(),
@@ -686,12 +715,27 @@ async def _fetch_and_store(
     return seen, newest, first_time
 
 
+#: Transient reasons of syncsvc's own making, which end the whole run rather than count against
+#: a type: another writer stored this connection's resources (its lease was lost), or a
+#: page-decoding process died.
+_RUN_TRANSIENTS = frozenset({"concurrent_write", "lost_lease", "decoder_failed"})
+
+
 def _failure(exc: SyncsvcError) -> _TypeFailed | _StopRun:
     """What a failure while fetching or storing a type ends: the type, or the whole run."""
-    if isinstance(exc, FhirRequestError):
+    if isinstance(exc, TokenUnavailable):
+        # No token to send: nothing of the connection can be pulled now.
+        exc = exc.cause
+    elif isinstance(exc, FhirRequestError):
         return _classify(exc)
-    if isinstance(exc, ForeignNextLink | PagingLoop):
+    elif isinstance(exc, ForeignNextLink | PagingLoop):
         return _TypeFailed("error", exc.reason, exc.message)
+    elif isinstance(exc, RequestTransient) and exc.reason == "unreachable":
+        # No connection to the base at all: the whole EHR is down, not one search.
+        return _StopRun("transient", exc.reason, exc.message)
+    elif isinstance(exc, Transient) and exc.reason not in _RUN_TRANSIENTS:
+        # A timeout, a reset or a malformed answer on one type's request, after its retries.
+        return _TypeFailed("transient_error", exc.reason, exc.message, exc.retry_after)
     if isinstance(exc, Transient):
         return _StopRun("transient", exc.reason, exc.message, exc.retry_after)
     if isinstance(exc, ReauthRequired):
@@ -706,11 +750,16 @@ def _classify(exc: FhirRequestError) -> _TypeFailed | _StopRun:
     failure = exc.failure
     if failure.kind == "insufficient_scope":
         return _TypeFailed("denied", failure.kind, failure.detail)
-    if failure.kind in _TYPE_ERRORS:
-        return _TypeFailed("error", failure.kind, failure.detail)
     if failure.kind == "tenant_mismatch":
         return _StopRun("misbound", failure.kind, failure.detail)
-    # throttled, upstream_5xx, and an invalid_token that a fresh token did not cure.
+    if failure.kind == "upstream_5xx" or failure.status == 408:
+        # One search broken (a Condition search answering 503 for one record, say): that type
+        # waits for its own retry; the rest of the record goes on.
+        return _TypeFailed("transient_error", failure.kind, failure.detail, failure.retry_after)
+    if failure.kind in _TYPE_ERRORS:
+        return _TypeFailed("error", failure.kind, failure.detail)
+    # throttled (the tenant wants every connection to wait), and an invalid_token that a fresh
+    # token did not cure.
     return _StopRun("transient", failure.kind, failure.detail, failure.retry_after)
 
 
@@ -729,6 +778,7 @@ async def _finish(ctx: SyncContext, summary: RunSummary) -> None:
             error_message=summary.error_message,
             bytes_received=summary.bytes_received,
             requests=summary.requests,
+            retries=sum(summary.retries.values()),
             **summary.counts.columns(),
         )
         await resource_repo.stamp_connection_sync(
@@ -743,6 +793,7 @@ async def _finish(ctx: SyncContext, summary: RunSummary) -> None:
         outcome=summary.outcome,
         error_class=summary.error_class,
         requests=summary.requests,
+        retries=summary.retries or None,
         bytes=summary.bytes_received,
         seconds=round((summary.finished_at - summary.started_at).total_seconds(), 3),
         **summary.counts.as_dict(),

@@ -146,7 +146,11 @@ def _schedule_after_sync(
     now = ctx.now()
     next_sync: dt.datetime | None
     if summary.outcome in ("ok", "partial", "error"):
-        next_sync = now + dt.timedelta(seconds=ctx.settings.sync_interval_seconds)
+        # The soonest of the types' own schedules: a type that failed is retried on its own
+        # back-off, the others after the interval.
+        next_sync = summary.next_due_at or now + dt.timedelta(
+            seconds=ctx.settings.sync_interval_seconds
+        )
         failures = 0
     elif summary.outcome == "transient":
         failures += 1

@@ -171,43 +171,104 @@ async def test_tenant_mismatch_makes_the_connection_misbound_and_stops(
 
 @pytest.mark.parametrize("ctx", ["in-place", "worker"], indirect=True)
 @pytest.mark.parametrize(
-    "fault", ["malformed_json", "truncated", "status_500", "status_503", "throttle", "reset"]
+    ("fault", "count", "reason"),
+    [
+        ("status_502", 1, "http_502"),
+        ("status_503", 2, "http_503"),
+        ("status_504", 1, "http_504"),
+        ("throttle", 1, "http_429"),
+        ("truncated", 1, "reset"),
+        ("reset_mid_body", 1, "reset"),
+        # aiohttp quietly retries a request once when a reused connection is reset.
+        ("reset", 2, "reset"),
+    ],
 )
-async def test_a_broken_answer_ends_the_run_transient_and_keeps_what_was_stored(
-    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin, fault: str
+async def test_a_passing_failure_is_retried_in_place_and_the_run_completes(
+    ctx: SyncContext,
+    sandbox: RunningSandbox,
+    admin: SandboxAdmin,
+    fault: str,
+    count: int,
+    reason: str,
 ) -> None:
     tokens = await _connected(ctx, sandbox)
-    # aiohttp quietly retries a request once when a reused connection is reset.
-    count = 2 if fault == "reset" else 1
     await admin.faults(GENERIC_TENANT, [{"kind": fault, "target": "Observation", "count": count}])
 
     summary = await pull_connection(ctx, tokens.connection.id, tokens)
 
-    assert summary.outcome == "transient"
-    assert summary.error_class
-    assert summary.types["Observation"].status == "incomplete"
-    assert summary.stopped_type == "Observation"
-    # Types already running when it failed finish; none starts after it (Goal may have begun).
-    assert {r.status for t, r in summary.types.items() if t != "Observation"} <= {"ok"}
-    if fault == "throttle":
-        assert summary.retry_after == 1
+    assert summary.outcome == "ok"
+    assert {r.status for r in summary.types.values()} == {"ok"}
+    assert summary.retries.get(reason, 0) >= 1
+    assert set(summary.retries) == {reason}
+    assert len(await stored(ctx, tokens.connection.id)) == 1 + 25 + 250 + 4
+    async with ctx.sessionmaker() as session:
+        assert summary.run_id is not None
+        run = await resource_repo.get_run(session, summary.run_id)
+    assert run is not None
+    assert run.retries == sum(summary.retries.values())
+    # Every retry went out as a request of its own: three pages and the failed tries.
+    log = await admin.requests()
+    observations = [e for e in log if "/Observation" in e["url"] and e["token_id"]]
+    assert len(observations) == 3 + count
+    # aiohttp's own retry of a reset request is not ours to count.
+    assert sum(summary.retries.values()) == (1 if fault == "reset" else count)
+
+
+@pytest.mark.parametrize("ctx", ["in-place", "worker"], indirect=True)
+@pytest.mark.parametrize(
+    ("fault", "error_class"),
+    [
+        ("malformed_json", "transient"),
+        ("status_500", "upstream_5xx"),
+        ("status_503", "upstream_5xx"),
+        ("reset_mid_body", "reset"),
+    ],
+)
+async def test_a_type_that_keeps_failing_ends_alone_and_the_rest_of_the_record_is_stored(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin, fault: str, error_class: str
+) -> None:
+    tokens = await _connected(ctx, sandbox)
+    # Persistent: every retry in place fails too.
+    await admin.faults(GENERIC_TENANT, [{"kind": fault, "target": "Observation"}])
+
+    summary = await pull_connection(ctx, tokens.connection.id, tokens)
+
+    assert summary.outcome == "partial"
+    observation = summary.types["Observation"]
+    assert observation.status == "transient_error"
+    assert observation.error_class == error_class
+    assert observation.next_attempt_at is not None
+    assert observation.next_attempt_at > summary.finished_at
+    # Every other type started and finished.
+    assert {t: r.status for t, r in summary.types.items() if t != "Observation"} == {
+        "Patient": "ok",
+        "Condition": "ok",
+        "Goal": "ok",
+    }
     rows = await stored(ctx, tokens.connection.id)
-    assert len(ids_of(rows, "Condition")) == 25  # earlier pages kept
+    assert (len(ids_of(rows, "Condition")), len(ids_of(rows, "Goal"))) == (25, 4)
     async with ctx.sessionmaker() as session:
         states = await resource_repo.sync_states(session, tokens.connection.id)
         connection = await repo.get_connection(session, tokens.connection.id)
-    assert "Observation" not in states
+    assert states["Observation"].status == "transient_error"
+    assert states["Observation"].watermark is None  # the type did not complete
+    assert states["Observation"].failure_count == 1
+    assert states["Observation"].next_attempt_at == observation.next_attempt_at
     assert connection is not None
-    assert connection.last_success_at is None
+    assert connection.last_success_at == summary.finished_at
     assert connection.status == "active"
+    # The connection is due again when the failed type is, before the sync interval is up.
+    assert summary.next_due_at == observation.next_attempt_at
 
-    retried = await pull_connection(ctx, tokens.connection.id, tokens)
+    await admin.faults(GENERIC_TENANT, [])
+    retried = await pull_connection(ctx, tokens.connection.id, tokens, types=["Observation"])
 
     assert retried.outcome == "ok"
-    # Condition completed before: its retry is incremental and finds nothing new.
-    assert retried.types["Condition"].mode == "incremental"
-    assert retried.types["Condition"].counts.new == retried.types["Condition"].counts.changed == 0
     assert retried.types["Observation"].counts.new == 250
+    async with ctx.sessionmaker() as session:
+        states = await resource_repo.sync_states(session, tokens.connection.id)
+    assert states["Observation"].status == "ok"
+    assert (states["Observation"].failure_count, states["Observation"].next_attempt_at) == (0, None)
     assert len(await stored(ctx, tokens.connection.id)) == 1 + 25 + 250 + 4
 
 
@@ -215,11 +276,17 @@ async def test_a_run_that_fails_on_its_first_type_starts_no_other(
     ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
 ) -> None:
     tokens = await _connected(ctx, sandbox)
-    await admin.faults(GENERIC_TENANT, [{"kind": "status_503", "target": "Patient", "count": 1}])
+    # A 429 asking for a minute: not waited out in place, and it speaks for the whole tenant.
+    await admin.faults(
+        GENERIC_TENANT,
+        [{"kind": "throttle", "target": "Patient", "count": 1, "retry_after": 60}],
+    )
 
     summary = await pull_connection(ctx, tokens.connection.id, tokens)
 
     assert summary.outcome == "transient"
+    assert summary.retry_after == 60
+    assert summary.retries == {}
     assert list(summary.types) == ["Patient"]
     assert summary.types["Patient"].status == "incomplete"
     assert summary.stopped_type == "Patient"

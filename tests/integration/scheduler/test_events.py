@@ -69,13 +69,16 @@ CASES: dict[str, tuple[Setup, Expected]] = {
     ),
     "upstream_5xx": (
         fault("status_500", "fhir", count=1),
-        {("sync", "transient", "upstream_5xx", "Patient")},
+        {("sync", "transient_error", "upstream_5xx", "Patient")},
     ),
     "malformed": (
         fault("malformed_json", "Condition"),
-        {("sync", "transient", "malformed", "Condition")},
+        {("sync", "transient_error", "malformed", "Condition")},
     ),
-    "network": (fault("reset", "Condition"), {("sync", "transient", "network", "Condition")}),
+    "network": (
+        fault("reset", "Condition"),
+        {("sync", "transient_error", "network", "Condition")},
+    ),
     "foreign_next_link": (
         fault("next_foreign", "Observation"),
         {("sync", "error", "foreign_next_link", "Observation")},

@@ -1,0 +1,153 @@
+"""The FHIR client of one run: a grant's current token on every request, retries in place.
+
+Each request asks the run's token source for the token first. A 401 ``invalid_token`` (an
+access token expiring mid-pull: Cerner's live 570 s) gets one forced token and one retry of the
+same request. A failure worth asking again for (:mod:`syncsvc.sync.retry`: 502/503/504, 429,
+408, a timeout, a reset) is retried in place a few times, after a jittered exponential wait or
+the server's ``Retry-After`` (up to a cap), while the run's time budget lasts; only then does it
+count against the type. Every retry is counted by reason, in the run record and in the tenant's
+``syncsvc_ehr_retries_total``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp
+
+from syncsvc.errors import SyncsvcError
+from syncsvc.fhir.client import FhirClient, FhirRequestError, ForeignNextLink, RequestTransient
+from syncsvc.fhir.urls import is_under_base
+from syncsvc.logging import get_logger
+from syncsvc.sync.retry import DEFAULT_RETRY, RetryPolicy, retry_reason
+from syncsvc.work_metrics import TenantMeter
+
+log = get_logger("syncsvc.sync.grant_client")
+
+TokenSource = Callable[[bool], Awaitable[str]]
+"""``get(force_refresh)`` → an access token of the connection's grant.
+
+Called with ``False`` before each request, and with ``True`` once after a 401 ``invalid_token``.
+"""
+#: A monotonic clock in seconds and a sleep, injectable so the retry loop can be tested exactly.
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class TokenUnavailable(SyncsvcError):
+    """The token source could not give a token (``cause`` says why): no request was sent."""
+
+    def __init__(self, cause: SyncsvcError) -> None:
+        super().__init__(cause.message, reason=cause.reason)
+        self.cause = cause
+
+
+class GrantClient(FhirClient):
+    """A FHIR client that asks a token source for the token before each request.
+
+    The types of a run share the client, so a token refused to several requests at once is
+    forced once: the others retry with the token that replaced it.
+    """
+
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        base: str,
+        token_source: TokenSource,
+        *,
+        meter: TenantMeter | None = None,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        super().__init__(http, base, "", meter=meter)
+        #: The tenant's counters (requests, retries, resources, runs), when the run is metered.
+        self.tenant_meter = meter
+        self._source = token_source
+        self.forced_refreshes = 0
+        self._forcing = asyncio.Lock()
+        #: Tokens a forced refresh has replaced in this run.
+        self._replaced: set[str] = set()
+        #: Set once the EHR has answered a request with success: the token is good for this base.
+        self.answered = asyncio.Event()
+        self._retry = retry
+        self._clock = clock
+        self._sleep = sleep
+        self._deadline = clock() + retry.budget_seconds
+        #: Retries made in this run, by reason (``http_503``, ``timeout``, ...).
+        self.retries: Counter[str] = Counter()
+
+    async def get_bytes(
+        self, url: str, params: Mapping[str, str] | None = None, *, resource_type: str = ""
+    ) -> bytes:
+        """GET with a current token; retried in place while the failure is worth it."""
+        if not is_under_base(url, self.base):
+            raise ForeignNextLink
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                body = await self._get_once(url, params, resource_type)
+            except (FhirRequestError, RequestTransient) as exc:
+                reason, delay = self._retry_after(exc, attempt)
+                if reason is None:
+                    raise
+                self.retries[reason] += 1
+                if self.tenant_meter is not None:
+                    self.tenant_meter.retry(reason)
+                log.debug("request retried", reason=reason, attempt=attempt, wait=round(delay, 3))
+                await self._sleep(delay)
+                continue
+            self.answered.set()
+            return body
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
+
+    def _retry_after(self, exc: SyncsvcError, attempt: int) -> tuple[str | None, float]:
+        """The reason and wait of a retry of a request that failed with ``exc``, if one is due."""
+        if isinstance(exc, FhirRequestError):
+            reason = retry_reason(exc.failure.status, None)
+            retry_after = exc.failure.retry_after
+        else:
+            reason = retry_reason(None, exc.reason)
+            retry_after = None
+        if reason is None or attempt >= self._retry.attempts:
+            return None, 0.0
+        if retry_after is not None and retry_after > self._retry.max_retry_after:
+            return None, 0.0  # the server wants a long pause: the failure counts now
+        delay = self._retry.backoff.delay(attempt, retry_after=retry_after)
+        if self._clock() + delay > self._deadline:
+            return None, 0.0  # the run's time budget is spent
+        return reason, delay
+
+    async def _get_once(
+        self, url: str, params: Mapping[str, str] | None, resource_type: str
+    ) -> bytes:
+        token = await self._current_token(False)
+        self.use_token(token)
+        try:
+            return await self.fetch_bytes(url, params, resource_type=resource_type)
+        except FhirRequestError as exc:
+            if exc.failure.kind != "invalid_token":
+                raise
+            self.use_token(await self._replacement(token))
+            if self.tenant_meter is not None:
+                self.tenant_meter.retry("invalid_token")
+            return await self.fetch_bytes(url, params, resource_type=resource_type)
+
+    async def _current_token(self, force: bool) -> str:
+        # Told apart from the EHR's answers: a token that cannot be had stops the whole run,
+        # while a failed request may stop only its type.
+        try:
+            return await self._source(force)
+        except SyncsvcError as exc:
+            raise TokenUnavailable(exc) from exc
+
+    async def _replacement(self, refused: str) -> str:
+        async with self._forcing:
+            if refused in self._replaced:
+                return await self._current_token(False)
+            self.forced_refreshes += 1
+            fresh = await self._current_token(True)
+            self._replaced.add(refused)
+            return fresh
