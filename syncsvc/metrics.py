@@ -81,6 +81,11 @@ class TenantCollector(Collector):
             "Seconds since the tenant's discovery document was last fetched.",
             labels=["tenant"],
         )
+        type_failures = GaugeMetricFamily(
+            "syncsvc_type_failures",
+            "Active connections whose resource type is failing (kept failing past the threshold).",
+            labels=["tenant", "resource_type"],
+        )
         refresh_due = GaugeMetricFamily(
             "syncsvc_refresh_due_next_hour",
             "Active connections whose token refresh is due within the next hour.",
@@ -110,7 +115,18 @@ class TenantCollector(Collector):
             if report.discovery_age_seconds is not None:
                 discovery.add_metric([tenant], report.discovery_age_seconds)
             refresh_due.add_metric([tenant], report.refresh_due_next_hour)
-        yield from (health, connections, lag, errors, last_sync, discovery, refresh_due)
+            for resource_type, count in report.type_failures.items():
+                type_failures.add_metric([tenant, resource_type], count)
+        yield from (
+            health,
+            connections,
+            lag,
+            errors,
+            last_sync,
+            discovery,
+            refresh_due,
+            type_failures,
+        )
 
 
 class Metrics:

@@ -115,6 +115,7 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
     from syncsvc.db import disconnect_repo, repo
     from syncsvc.db.models import SyncState
     from syncsvc.smart.scopes import explain_trimmed, grant_report
+    from syncsvc.sync.type_words import type_sentence
 
     async with database(settings) as sessionmaker, sessionmaker() as session:
         connection = await repo.get_connection(session, connection_id)
@@ -158,6 +159,10 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
                     "status": row.status,
                     "last_success_at": row.last_success_at,
                     "error_class": row.error_class,
+                    "failure_count": row.failure_count,
+                    "failing_since": row.failing_since,
+                    "next_attempt_at": row.next_attempt_at,
+                    "explanation": type_sentence(row),
                 }
                 for row in states
             },
@@ -197,6 +202,13 @@ def _print_detail(detail: dict[str, Any]) -> None:
         print(f"  not granted     {sentence}")
     for resource_type, count in detail["resource_counts"].items():
         print(f"  {resource_type:<15} {count}")
+    for resource_type, state in detail["sync_states"].items():
+        if state["status"] in ("transient_error", "failing"):
+            print(
+                f"  {resource_type:<15} {state['status']} ({state['error_class']}) after "
+                f"{state['failure_count']} attempt(s), next {_when(state['next_attempt_at'])}"
+            )
+            print(f"  {'':<15} {state['explanation']}")
     for pending in detail["pending_revocations"]:
         print(
             f"  revocation      pending after {pending['attempts']} attempt(s), next "

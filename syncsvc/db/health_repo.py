@@ -14,7 +14,7 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from .models import Connection, Credential, Event, SyncRun
+from .models import Connection, Credential, Event, SyncRun, SyncState
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +95,35 @@ async def error_counts(
     return [
         ErrorCount(tenant_id, str(error_class), resource_type, int(count or 0))
         for tenant_id, error_class, resource_type, count in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class TypeFailures:
+    """How many of a tenant's active connections have one resource type ``failing``."""
+
+    tenant_id: str
+    resource_type: str
+    connections: int
+
+
+async def type_failures(
+    session: AsyncSession, tenant_ids: Sequence[str] | None = None
+) -> list[TypeFailures]:
+    """Per tenant and resource type, the active connections where that type is ``failing``."""
+    count = func.count()
+    query = (
+        select(Connection.tenant_id, SyncState.resource_type, count)
+        .join(Connection, Connection.id == SyncState.connection_id)
+        .where(SyncState.status == "failing", Connection.status == "active")
+        .group_by(Connection.tenant_id, SyncState.resource_type)
+    )
+    if tenant_ids is not None:
+        query = query.where(Connection.tenant_id.in_(tenant_ids))
+    rows = await session.execute(query)
+    return [
+        TypeFailures(tenant_id, resource_type, int(n))
+        for tenant_id, resource_type, n in sorted(rows, key=lambda row: (row[0], row[1]))
     ]
 
 

@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import health_repo, repo
-from syncsvc.db.health_repo import ConnectionFacts, ErrorCount
+from syncsvc.db.health_repo import ConnectionFacts, ErrorCount, TypeFailures
 from syncsvc.db.models import CONNECTION_STATUSES, RUN_OUTCOMES, Tenant
 from syncsvc.smart.scopes import grant_report
 
-from .rules import TenantFacts, Verdict, evaluate
+from .rules import TenantFacts, Verdict, evaluate, failing_at_tenant
 
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
@@ -123,6 +123,8 @@ class TenantHealth:
     refresh_latest: dt.datetime | None
     refresh_due_next_hour: int
     outcomes: tuple[OutcomeBucket, ...] = ()
+    #: Active connections with each resource type ``failing``.
+    type_failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -185,6 +187,15 @@ class TenantHealth:
                 "latest": self.refresh_latest,
                 "due_next_hour": self.refresh_due_next_hour,
             },
+            "type_failures": [
+                {
+                    "resource_type": resource_type,
+                    "failing_connections": count,
+                    "active_connections": self.connections.get("active", 0),
+                    "at_tenant": failing_at_tenant(count, self.connections.get("active", 0)),
+                }
+                for resource_type, count in self.type_failures.items()
+            ],
         }
         if self.outcomes:
             body["sync_outcomes"] = {
@@ -244,8 +255,10 @@ def build_health(
     errors_day: Iterable[ErrorCount],
     now: dt.datetime,
     runs: Iterable[tuple[dt.datetime, str]] | None = None,
+    type_failures: Iterable[TypeFailures] = (),
 ) -> TenantHealth:
     """The report of one tenant from its rows."""
+    failing_types = {item.resource_type: item.connections for item in type_failures}
     by_status = dict.fromkeys(CONNECTION_STATUSES, 0)
     for connection in connections:
         by_status[connection.status] = by_status.get(connection.status, 0) + 1
@@ -267,6 +280,7 @@ def build_health(
         errors_last_day=day_window.by_class,
         discovery_error=tenant.discovery_error,
         has_discovery_document=has_document,
+        type_failures=failing_types,
     )
     return TenantHealth(
         name=tenant.name,
@@ -290,6 +304,7 @@ def build_health(
         refresh_latest=horizon[-1] if horizon else None,
         refresh_due_next_hour=sum(1 for moment in horizon if moment <= now + HOUR),
         outcomes=outcome_buckets(runs, now) if runs is not None else (),
+        type_failures=failing_types,
     )
 
 
@@ -301,6 +316,7 @@ async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime)
     errors_day = await health_repo.error_counts(session, now - DAY, ids)
     first_bucket = now.replace(minute=0, second=0, microsecond=0) - (CHART_BUCKETS - 1) * HOUR
     runs = await health_repo.run_outcomes(session, tenant.id, first_bucket)
+    failures = await health_repo.type_failures(session, ids)
     return build_health(
         tenant,
         connections=connections,
@@ -308,11 +324,12 @@ async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime)
         errors_day=errors_day,
         now=now,
         runs=runs,
+        type_failures=failures,
     )
 
 
 async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[TenantHealth]:
-    """The report of every tenant, by name (no outcome charts), in four queries."""
+    """The report of every tenant, by name (no outcome charts), in five queries."""
     tenants = await repo.list_tenants(session)
     connections: defaultdict[str, list[ConnectionFacts]] = defaultdict(list)
     for row in await health_repo.connection_facts(session):
@@ -323,6 +340,9 @@ async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[Ten
     errors_day: defaultdict[str, list[ErrorCount]] = defaultdict(list)
     for item in await health_repo.error_counts(session, now - DAY):
         errors_day[item.tenant_id].append(item)
+    failures: defaultdict[str, list[TypeFailures]] = defaultdict(list)
+    for failure in await health_repo.type_failures(session):
+        failures[failure.tenant_id].append(failure)
     reports = [
         build_health(
             t,
@@ -330,6 +350,7 @@ async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[Ten
             errors_hour=errors_hour[t.id],
             errors_day=errors_day[t.id],
             now=now,
+            type_failures=failures[t.id],
         )
         for t in tenants
     ]

@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from syncsvc.sync.type_schedule import FAILING_AFTER, FAILING_AFTER_RUNS
+from syncsvc.sync.type_words import tenant_type_sentence
+
 Status = Literal["ok", "degraded", "failing"]
 STATUSES: tuple[Status, ...] = ("ok", "degraded", "failing")
 
@@ -29,6 +32,11 @@ SYNC_LAG_DEGRADED = dt.timedelta(hours=6)
 TRANSIENT_ERRORS_DEGRADED = 3
 #: Error classes that say the EHR is slow, overloaded or broken right now (retried with backoff).
 TRANSIENT_CLASSES = frozenset({"throttled", "upstream_5xx", "timeout", "network", "malformed"})
+#: A resource type ``failing`` for at least this many active connections, and at least this
+#: share of them, is said to fail at the tenant ("Condition searches fail at this tenant"):
+#: one patient's broken record is that patient's; half a tenant's is the EHR's.
+TYPE_FAILING_TENANT_MIN = 2
+TYPE_FAILING_TENANT_SHARE = 0.5
 #: Error classes where the EHR sent something outside the patient's binding (rejected by us).
 INTEGRITY_CLASSES = frozenset(
     {"tenant_mismatch", "foreign_next_link", "compartment_violation", "paging_loop"}
@@ -54,6 +62,8 @@ class TenantFacts:
     discovery_error: str | None = None
     #: Whether a good discovery document is held (launches and refresh can still work).
     has_discovery_document: bool = True
+    #: Active connections with each resource type ``failing`` (types failing nowhere absent).
+    type_failures: Mapping[str, int] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
         """Connections in ``status``."""
@@ -160,6 +170,31 @@ def _transient(facts: TenantFacts) -> str | None:
     return f"{total} transient upstream errors in the last hour ({listed})."
 
 
+def failing_at_tenant(connections: int, active: int) -> bool:
+    """Whether a type failing for ``connections`` of ``active`` fails at the tenant itself."""
+    return (
+        connections >= TYPE_FAILING_TENANT_MIN
+        and active > 0
+        and connections / active >= TYPE_FAILING_TENANT_SHARE
+    )
+
+
+def _type_failing_at_tenant(facts: TenantFacts) -> str | None:
+    active = facts.count("active")
+    hits = [t for t, n in sorted(facts.type_failures.items()) if failing_at_tenant(n, active)]
+    if not hits:
+        return None
+    return " ".join(tenant_type_sentence(t, facts.type_failures[t], active) for t in hits)
+
+
+def _type_failing(facts: TenantFacts) -> str | None:
+    hits = {t: n for t, n in sorted(facts.type_failures.items()) if n}
+    if not hits:
+        return None
+    listed = ", ".join(f"{t} for {n}" for t, n in hits.items())
+    return f"Resource types failing for some connections, retried every few hours ({listed})."
+
+
 def _insufficient_scope(facts: TenantFacts) -> str | None:
     n = facts.errors_last_day.get("insufficient_scope", 0)
     if not n:
@@ -231,6 +266,22 @@ RULES: tuple[Rule, ...] = (
         "degraded",
         f"At least {REAUTH_DEGRADED_SHARE:.0%} of non-revoked connections need reauthorization.",
         _reauth_wave,
+    ),
+    Rule(
+        "type_failing_at_tenant",
+        "degraded",
+        f"One resource type is failing for at least {TYPE_FAILING_TENANT_MIN} active "
+        f"connections and {TYPE_FAILING_TENANT_SHARE:.0%} of them: its searches fail at this "
+        "tenant.",
+        _type_failing_at_tenant,
+    ),
+    Rule(
+        "type_failing",
+        "degraded",
+        f"A resource type of some connection has kept failing for "
+        f"{FAILING_AFTER.total_seconds() / 3600:g} h or {FAILING_AFTER_RUNS} attempts in a row "
+        "(state failing); the rest of those records are still synced.",
+        _type_failing,
     ),
     Rule(
         "transient_errors",

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from syncsvc.connect_links import MAX_LINK_TTL_SECONDS, MAX_USER_ID_LENGTH
+from syncsvc.db.models import TYPE_SYNC_STATUSES
 from syncsvc.keys import SETTINGS
 from syncsvc.web.cursors import MAX_CURSOR_LENGTH
 from syncsvc.web.handlers.data_api import (
@@ -353,10 +354,18 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "type": {"type": "string"},
                 "granted": {"type": "boolean"},
-                "status": {"type": ["string", "null"], "enum": ["ok", "denied", "error", None]},
+                "status": {"type": ["string", "null"], "enum": [*TYPE_SYNC_STATUSES, None]},
                 "resources": {"type": "integer", "minimum": 0},
                 "last_success_at": _NULLABLE_TIME,
                 "error_class": _NULLABLE_STRING,
+                "next_attempt_at": {
+                    **_NULLABLE_TIME,
+                    "description": "When a type in transient_error or failing is tried again.",
+                },
+                "explanation": {
+                    **_NULLABLE_STRING,
+                    "description": "Why the type is not up to date, in plain words (or null).",
+                },
             },
         },
         "Connection": {

@@ -38,6 +38,7 @@ from syncsvc.db.data_repo import ChangedRow, ConnectionFacts
 from syncsvc.errors import BadRequest, Conflict, NotFound
 from syncsvc.keys import SESSIONMAKER, SETTINGS
 from syncsvc.smart.scopes import explain_trimmed, grant_report
+from syncsvc.sync.type_words import type_sentence
 from syncsvc.web.auth import require_api_key
 from syncsvc.web.cursors import (
     CursorCodec,
@@ -93,6 +94,8 @@ def connection_view(facts: ConnectionFacts) -> dict[str, Any]:
                 "resources": facts.resource_counts.get(name, 0),
                 "last_success_at": state.last_success_at if state else None,
                 "error_class": state.error_class if state else None,
+                "next_attempt_at": state.next_attempt_at if state else None,
+                "explanation": type_sentence(state),
             }
         )
     return {

@@ -20,7 +20,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import disconnect_repo, repo
+from syncsvc.db import disconnect_repo, repo, resource_repo
 from syncsvc.db.models import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.disconnect import DisconnectResult, disconnect_connection
@@ -28,6 +28,7 @@ from syncsvc.errors import NotFound
 from syncsvc.keys import HTTP, SESSIONMAKER, SETTINGS, VAULT
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed, grant_report
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.type_words import type_sentence
 from syncsvc.web.cookies import SESSION_COOKIE, render_with_form_token, session_user
 
 MAX_FORM_BYTES = 16 * 1024
@@ -174,6 +175,7 @@ async def _connection_view(
         "can_reconnect": connection.status in ("needs_reauth", "revoked"),
         "can_disconnect": connection.status != "revoked" or bool(counts),
         "revocation_pending": False,
+        "type_problems": [],
     }
     if connection.status == "needs_reauth":
         view["detail"] = connection.status_message
@@ -184,6 +186,12 @@ async def _connection_view(
         view["detail"] = _DISCONNECTED_BY.get(connection.status_reason or "")
         pending = await disconnect_repo.pending_revocations_of(session, connection.id)
         view["revocation_pending"] = bool(pending)
+    if connection.status == "active":
+        states = await resource_repo.sync_states(session, connection.id)
+        ranked = sorted(states, key=lambda t: (order.index(t) if t in order else len(order), t))
+        view["type_problems"] = [
+            sentence for name in ranked if (sentence := type_sentence(states[name])) is not None
+        ]
     if connection.status in ("active", "needs_reauth", "error"):
         credentials = await repo.get_credentials(session, connection.id)
         has_refresh = credentials is not None and credentials.refresh_token_enc is not None

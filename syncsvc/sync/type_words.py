@@ -1,0 +1,47 @@
+"""What a resource type's sync state means, in the same words on every surface.
+
+The status page, ``connections show``, the host API and tenant health all say why a type is not
+up to date through these functions, from the type's ``sync_states`` row, so they cannot drift
+apart. Only ``transient_error`` and ``failing`` get a sentence here (a type that is fine needs
+none; a denied type is explained with the grant).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from syncsvc.db.models import SyncState
+from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS
+
+
+def moment(value: dt.datetime) -> str:
+    """A time as these sentences print it (``04 Dec 2026, 23:10 UTC``)."""
+    return f"{value.astimezone(dt.UTC):%d %b %Y, %H:%M} UTC"
+
+
+def type_sentence(state: SyncState | None) -> str | None:
+    """The patient-facing sentence for a type that is not being returned, or None."""
+    if state is None or state.status not in ("transient_error", "failing"):
+        return None
+    what = RESOURCE_DESCRIPTIONS.get(state.resource_type, state.resource_type)
+    if state.status == "failing":
+        since = state.last_success_at or state.failing_since
+        when = f"since {moment(since)}" if since is not None else "yet"
+        return (
+            f"Your provider's system has not returned your {what} ({state.resource_type}) "
+            f"{when}. Everything else is kept up to date; we keep asking every few hours."
+        )
+    retry = state.next_attempt_at
+    again = f"at {moment(retry)}" if retry is not None else "soon"
+    return (
+        f"Your provider's system did not return your {what} ({state.resource_type}) at the "
+        f"last try. We will ask again {again}."
+    )
+
+
+def tenant_type_sentence(resource_type: str, connections: int, of: int) -> str:
+    """The operator's sentence for a type failing at a tenant for ``connections`` of ``of``."""
+    return (
+        f"{resource_type} searches fail at this tenant ({connections} of {of} active "
+        f"connections have {resource_type} failing)."
+    )
