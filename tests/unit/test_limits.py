@@ -10,6 +10,7 @@ from aiohttp import web
 
 from syncsvc.http import REQUEST_GATE, create_http_client
 from syncsvc.sync.limits import (
+    MAX_TENANT_PAUSE,
     VENDOR_LIMITS,
     TenantGate,
     TenantLimiter,
@@ -132,3 +133,29 @@ async def test_every_request_sent_while_working_a_tenant_is_charged_to_its_bucke
         async with http.get(f"{origin}/") as response:
             assert response.status == 200
     assert gate.bucket.taken == 4
+
+
+async def test_a_paused_bucket_gives_nothing_until_the_pause_ends_then_keeps_its_rate() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(rate=2.0, capacity=5, clock=time.clock, sleep=time.sleep)
+    await bucket.acquire()
+    bucket.pause(3.0)
+    bucket.pause(1.0)  # a shorter pause heard later does not cut the longer one short
+    for _ in range(3):
+        await bucket.acquire()
+    # Three seconds of pause, then one token at once (none saved up), then the rate.
+    assert time.sleeps == [pytest.approx(3.0), pytest.approx(0.5), pytest.approx(0.5)]
+    assert time.now == pytest.approx(4.0)
+
+
+def test_a_gate_pauses_for_a_429s_retry_after_capped_and_not_without_one() -> None:
+    time = FakeTime()
+    gate = TenantGate(TenantLimits(1, 10.0, 10), clock=time.clock)
+    gate.bucket = TokenBucket(10.0, 10, clock=time.clock, sleep=time.sleep)
+    gate.throttled(None)
+    gate.throttled("soon")
+    assert (gate.throttles, gate.bucket.paused_until) == (0, 0.0)
+    gate.throttled("7")
+    assert (gate.throttles, gate.bucket.paused_until) == (1, 7.0)
+    gate.throttled("3600")
+    assert gate.bucket.paused_until == MAX_TENANT_PAUSE
