@@ -220,6 +220,15 @@ async def _notify_host_app(
             "outcome": summary.outcome,
             "counts": summary.counts.as_dict(),
             "full": summary.full,
+            # Each type's state as the pages show it (a failing type says so here too).
+            "types": {
+                name: {
+                    "status": result.status,
+                    "error_class": result.error_class,
+                    "next_attempt_at": result.next_attempt_at,
+                }
+                for name, result in summary.types.items()
+            },
         }
     else:
         return

@@ -482,6 +482,20 @@ def _schemas() -> dict[str, Any]:
                         "run_id": {"type": "string"},
                         "outcome": {"type": "string"},
                         "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        "types": {
+                            "type": "object",
+                            "description": "sync.completed: each pulled type's status "
+                            "(ok, denied, error, transient_error, failing, skipped), its error "
+                            "class and, for a type retried on its own schedule, the next attempt.",
+                            "additionalProperties": {
+                                "type": "object",
+                                "properties": {
+                                    "status": {"type": "string"},
+                                    "error_class": _NULLABLE_STRING,
+                                    "next_attempt_at": _NULLABLE_TIME,
+                                },
+                            },
+                        },
                         "message": {"type": "string"},
                         "error_uri": _NULLABLE_STRING,
                     },

@@ -9,7 +9,8 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc import webhooks
-from syncsvc.db import repo
+from syncsvc.db import repo, resource_repo
+from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Secret, Settings
 from syncsvc.sync.context import SyncContext
@@ -66,3 +67,34 @@ async def test_sync_completed_and_needs_reauth_are_delivered_signed(
     assert types == ["sync.completed", "connection.needs_reauth"]
     reauth = orjson.loads(receiver.received[1][1])
     assert reauth["data"]["reason"] == "invalid_grant"
+
+
+async def test_sync_completed_names_a_type_that_failed_and_when_it_is_tried_again(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+    receiver: Receiver,
+) -> None:
+    hooked = settings.replace(webhook_url=receiver.url, webhook_secret=Secret(SECRET))
+    ctx = SyncContext(settings=hooked, sessionmaker=sessionmaker, vault=vault, http=http)
+    _, connection = await register_and_connect(sessionmaker, vault, http, sandbox, GENERIC_TENANT)
+    sandbox.tenant(GENERIC_TENANT).faults[:] = [FaultSpec(kind="status_500", target="Condition")]
+
+    report = await run_due(ctx)
+
+    assert report.sync == {"partial": 1}
+    assert (await webhooks.deliver_due(ctx)).delivered == 1
+    event = orjson.loads(receiver.received[0][1])
+    data = event["data"]
+    assert (event["type"], data["outcome"]) == ("sync.completed", "partial")
+    condition = data["types"].pop("Condition")
+    assert (condition["status"], condition["error_class"]) == ("transient_error", "upstream_5xx")
+    async with sessionmaker() as session:
+        states = await resource_repo.sync_states(session, connection.id)
+    assert dt.datetime.fromisoformat(condition["next_attempt_at"]) == (
+        states["Condition"].next_attempt_at
+    )
+    assert data["types"]
+    assert {t["status"] for t in data["types"].values()} == {"ok"}
