@@ -249,7 +249,9 @@ def _answers_for(tenant: Tenant, query: Mapping[str, str], arrived_for: str | No
         return False
     iss = _single(query, "iss")
     return (
-        iss is None or iss == tenant.issuer or (tenant.issuer is None and arrived_for is not None)
+        iss is None
+        or iss == tenant.issuer
+        or (tenant.issuer is None and arrived_for == tenant.name)
     )
 
 
@@ -310,7 +312,7 @@ async def _finish(
         iss=iss,
         issuer=config.issuer or tenant.issuer,
         iss_required=config.authorization_response_iss_parameter_supported,
-        own_callback=callback_tenant_of(tenant.redirect_uri) is not None,
+        own_callback=callback_tenant_of(tenant.redirect_uri) == tenant.name,
         display_name=tenant.display_name,
     )
     verifier = services.vault.decrypt(

@@ -28,7 +28,7 @@ from syncsvc.smart.discovery import (
     discover,
     normalise_base,
 )
-from syncsvc.smart.mixup import tenant_callback_uri
+from syncsvc.smart.mixup import callback_tenant_of, tenant_callback_uri
 from syncsvc.smart.oauth import bound_revocation_endpoint
 from syncsvc.vault import Purpose, Vault
 
@@ -207,6 +207,13 @@ async def register_tenant(
 
 def _redirect_uri(spec: TenantSpec, existing: Tenant | None, public_url: str | None) -> str:
     if spec.redirect_uri:
+        named = callback_tenant_of(spec.redirect_uri)
+        if named is not None and named != spec.name:
+            # Two tenants on one per-tenant callback would share it, undoing the mix-up check.
+            raise ConfigError(
+                f"The redirect URI {spec.redirect_uri} is tenant '{named}'s callback; tenant "
+                f"'{spec.name}' uses its own (/callback/{spec.name}) or the shared /callback."
+            )
         return spec.redirect_uri
     if existing is not None:
         return existing.redirect_uri

@@ -40,6 +40,8 @@ def client_secret_of(args: argparse.Namespace) -> str | None:
 
 def tenant_summary(tenant: Tenant, connections: int | None = None) -> dict[str, Any]:
     """What an operator sees of a tenant (never a secret: only whether one is set)."""
+    from syncsvc.smart.mixup import callback_tenant_of
+
     endpoints = tenant.endpoints or {}
     summary: dict[str, Any] = {
         "name": tenant.name,
@@ -53,6 +55,8 @@ def tenant_summary(tenant: Tenant, connections: int | None = None) -> dict[str, 
         "private_key_set": tenant.private_key_enc is not None,
         "key_id": tenant.key_id,
         "redirect_uri": tenant.redirect_uri,
+        # Not the tenant's own /callback/NAME: only iss protects it from a mix-up (SECURITY.md).
+        "redirect_uri_shared": callback_tenant_of(tenant.redirect_uri) != tenant.name,
         "resource_types": list(tenant.configured_scopes),
         "plan_overrides": tenant.plan_overrides,
         "discovery": {
@@ -76,7 +80,8 @@ def _print_tenant(summary: dict[str, Any]) -> None:
     print(f"{summary['name']}: {summary['display_name']} ({summary['vendor']})")
     print(f"  FHIR base       {summary['fhir_base']}")
     print(f"  client          {summary['client_id']} ({summary['auth_method']})")
-    print(f"  redirect URI    {summary['redirect_uri']}")
+    shared = "  (shared: see SECURITY.md to move it)" if summary["redirect_uri_shared"] else ""
+    print(f"  redirect URI    {summary['redirect_uri']}{shared}")
     print(f"  resource types  {', '.join(summary['resource_types'])}")
     if discovery["source"]:
         print(

@@ -83,3 +83,31 @@ async def test_a_remote_base_without_https_is_refused(
     )
     with pytest.raises(ConfigError, match="must use https"):
         await register_tenant(sessionmaker, vault, http, spec, now=dt.datetime.now(dt.UTC))
+
+
+async def test_redirect_uris_new_kept_and_never_another_tenants(
+    sessionmaker: Sessionmaker, vault: Vault, http: aiohttp.ClientSession, sandbox: RunningSandbox
+) -> None:
+    base = sandbox.urls(GENERIC_TENANT).fhir_base
+    now = dt.datetime.now(dt.UTC)
+    public = "https://sync.example.org"
+
+    def spec(redirect_uri: str | None) -> TenantSpec:
+        return TenantSpec(name="clinic", fhir_base=base, client_id="c", redirect_uri=redirect_uri)
+
+    # A new tenant gets its own callback; an existing one keeps what its EHR registration holds.
+    created = await register_tenant(
+        sessionmaker, vault, http, spec(None), now=now, public_url=public
+    )
+    assert created.redirect_uri == "https://sync.example.org/callback/clinic"
+    legacy = await register_tenant(
+        sessionmaker, vault, http, spec(f"{public}/callback"), now=now, public_url=public
+    )
+    assert legacy.redirect_uri == f"{public}/callback"
+    kept = await register_tenant(sessionmaker, vault, http, spec(None), now=now, public_url=public)
+    assert kept.redirect_uri == f"{public}/callback"
+    # Another tenant's own callback would be shared with it: refused.
+    with pytest.raises(ConfigError, match="callback"):
+        await register_tenant(
+            sessionmaker, vault, http, spec(f"{public}/callback/other"), now=now, public_url=public
+        )
