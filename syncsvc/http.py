@@ -79,7 +79,12 @@ def create_http_client(
             total=total_seconds, connect=connect_seconds, sock_read=read_seconds
         ),
         connector=aiohttp.TCPConnector(
-            limit=100, limit_per_host=20, resolver=PublicOnlyResolver(resolver)
+            limit=100,
+            limit_per_host=20,
+            resolver=PublicOnlyResolver(resolver),
+            # No cache of answers: one resolved for a webhook (private names allowed) must not
+            # be reused for an EHR request to the same name. Pooled connections stay reused.
+            use_dns_cache=False,
         ),
         headers={"User-Agent": USER_AGENT},
         trace_configs=[gated_trace()],

@@ -141,6 +141,13 @@ async def test_names_resolving_to_private_addresses_are_refused_before_connectin
         finally:
             PRIVATE_NAMES_ALLOWED.reset(token)
         assert listener.accepted >= 1  # (aiohttp retries an idempotent request once)
+        # ... and that answer is not cached for the next request that is not a webhook's.
+        accepted = listener.accepted
+        with pytest.raises(aiohttp.ClientConnectorError) as refused:
+            async with http.get(f"http://ehr-0.example:{listener.port}/"):
+                pass
+        assert isinstance(refused.value.os_error, NonPublicAddress)
+        assert listener.accepted == accepted
 
 
 @pytest.mark.parametrize(
