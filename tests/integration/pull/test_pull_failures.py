@@ -5,6 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
+from prometheus_client import generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo, resource_repo
@@ -14,6 +15,7 @@ from syncsvc.sync.context import SyncContext
 from syncsvc.sync.pull import TYPES_AT_ONCE, pull_connection
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.connected import connect_patient, register_sandbox_tenant
+from tests.integration.operators.exposition import parse
 
 from . import NANCY, MintedTokens, SandboxAdmin, StoredTokens, ids_of, stored
 
@@ -365,6 +367,16 @@ async def test_an_access_token_expiring_mid_pull_is_replaced_once(
     # with the one replacement.
     assert 1 <= len(refused) <= TYPES_AT_ONCE
     assert len({e["url"] for e in refused}) == len(refused)
+
+    # The metrics say the same, counted in this process (pages decoded by a worker process
+    # included): each refused request and its one retry, every stored resource, the run.
+    m = parse(generate_latest(ctx.metrics.registry).decode())
+    assert m.total("syncsvc_ehr_requests_total", status="401") == len(refused)
+    assert m.total("syncsvc_ehr_requests_total") == summary.requests
+    assert m.total("syncsvc_ehr_retries_total", reason="invalid_token") == len(refused)
+    assert m.total("syncsvc_ehr_retries_total") == len(refused)
+    assert m.total("syncsvc_resources_stored_total", change="new") == len(rows) > 0
+    assert m.total("syncsvc_sync_runs_total", outcome="ok") == 1
 
 
 @pytest.mark.parametrize(
