@@ -12,7 +12,7 @@ from aiohttp import web
 
 from syncsvc.disconnect import disconnect_connection
 from syncsvc.errors import BadRequest
-from syncsvc.keys import HTTP, SESSIONMAKER, SETTINGS, VAULT
+from syncsvc.keys import HTTP, METRICS, SESSIONMAKER, SETTINGS, VAULT
 from syncsvc.sync.context import SyncContext
 from syncsvc.web.auth import require_api_key
 
@@ -32,7 +32,11 @@ async def delete_connection(request: web.Request) -> web.Response:
     erase = _erase(request)
     app = request.app
     ctx = SyncContext(
-        settings=app[SETTINGS], sessionmaker=app[SESSIONMAKER], vault=app[VAULT], http=app[HTTP]
+        settings=app[SETTINGS],
+        sessionmaker=app[SESSIONMAKER],
+        vault=app[VAULT],
+        http=app[HTTP],
+        metrics=app[METRICS].work,
     )
     await disconnect_connection(
         ctx, request.match_info["connection_id"], by="host_app", erase=erase

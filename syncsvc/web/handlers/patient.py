@@ -25,7 +25,7 @@ from syncsvc.db.models import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.disconnect import DisconnectResult, disconnect_connection
 from syncsvc.errors import NotFound
-from syncsvc.keys import HTTP, SESSIONMAKER, SETTINGS, VAULT
+from syncsvc.keys import HTTP, METRICS, SESSIONMAKER, SETTINGS, VAULT
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed, grant_report
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.type_words import type_sentence
@@ -274,7 +274,11 @@ async def disconnect(request: web.Request) -> web.Response:
         )
     app = request.app
     ctx = SyncContext(
-        settings=app[SETTINGS], sessionmaker=app[SESSIONMAKER], vault=app[VAULT], http=app[HTTP]
+        settings=app[SETTINGS],
+        sessionmaker=app[SESSIONMAKER],
+        vault=app[VAULT],
+        http=app[HTTP],
+        metrics=app[METRICS].work,
     )
     try:
         result = await disconnect_connection(
