@@ -43,8 +43,8 @@ WAIT_SECONDS = 30.0
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """A refresh margin longer than the sandbox's hour-long tokens: launches schedule the first
-    refresh at once, and the worker makes it as soon as the minimum interval allows (once)."""
-    return settings.replace(refresh_margin_seconds=7200)
+    refresh at once, and the (long) minimum interval keeps it to one in the test."""
+    return settings.replace(refresh_margin_seconds=7200, min_refresh_interval_seconds=3000)
 
 
 def _free_port() -> int:
@@ -72,6 +72,7 @@ def _worker_env(service: RunningService) -> dict[str, str]:
         admin_token="test-admin-token",
         tick_seconds=0.2,
         refresh_margin_seconds=service.settings.refresh_margin_seconds,
+        min_refresh_interval_seconds=service.settings.min_refresh_interval_seconds,
         decode_workers=1,
     )
 
