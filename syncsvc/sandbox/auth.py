@@ -249,6 +249,12 @@ def _validate(
         raise AuthorizeRedirectError(
             "access_denied", "The application is not enabled at this tenant", DENIED_BY_SERVER
         )
+    if client.launch == "ehr" and "launch" not in params:
+        # Cerner's answer to a standalone launch of an app registered for EHR launch: no
+        # patient is in context, refused as access_denied with the missing-patient URN.
+        raise AuthorizeRedirectError(
+            "access_denied", "No patient is in context for this launch", MISSING_PATIENT
+        )
     if client.persona != "patient":
         raise AuthorizeRedirectError(
             "unauthorized_client",
@@ -263,8 +269,9 @@ def _validate(
         )
     scopes = split(params.get("scope"))
     if needs_patient_context(scopes) and "launch/patient" not in scopes:
+        # As in Cerner's answers: access_denied, with the missing-patient URN in error_uri.
         raise AuthorizeRedirectError(
-            "invalid_request", "Patient scopes need launch/patient", MISSING_PATIENT
+            "access_denied", "Patient scopes need launch/patient", MISSING_PATIENT
         )
     challenge, method = _pkce(policy.pkce, params)
     return AuthorizeRequest(
@@ -366,6 +373,10 @@ def _redirect_error(
     }
     if exc.urn is not None:
         query["error_uri"] = error_uri(
-            ctx.state, exc.urn, client_id=client.client_id, tenant_id=tenant.id
+            ctx.state,
+            exc.urn,
+            client_id=client.client_id,
+            tenant_id=tenant.id,
+            persona=client.persona,
         )
     return _redirect(redirect_uri, query)

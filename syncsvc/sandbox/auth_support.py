@@ -72,7 +72,9 @@ def resolve_tenant(request: web.Request, state: SandboxState, vendor: Vendor) ->
     return tenant
 
 
-def error_uri(state: SandboxState, urn: str, *, client_id: str, tenant_id: str) -> str:
-    """A Cerner-style error instance URL naming ``urn``."""
-    query = urlencode({"persona": "patient", "client": client_id, "tenant": tenant_id})
+def error_uri(
+    state: SandboxState, urn: str, *, client_id: str, tenant_id: str, persona: str = "patient"
+) -> str:
+    """A Cerner-style error instance URL naming ``urn`` (``persona``: the client's registration)."""
+    query = urlencode({"persona": persona, "client": client_id, "tenant": tenant_id})
     return f"{state.origin}/errors/{quote(urn, safe='')}/instances/{uuid.uuid4()}?{query}"

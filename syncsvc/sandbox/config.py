@@ -53,6 +53,9 @@ class ClientRegistration:
     persona: Literal["patient", "provider"] = "patient"
     #: Tenants this client may be used with; empty means every tenant.
     tenants: list[str] = field(default_factory=list)
+    #: How the application is registered to start: a standalone launch of an app registered
+    #: for launch from inside the EHR only gets no patient context (Cerner: missing-patient).
+    launch: Literal["standalone", "ehr"] = "standalone"
 
 
 @dataclass
@@ -105,6 +108,12 @@ class TenantPolicy:
     #: token's tenant claims name this tenant id instead, so the FHIR server answers every
     #: request with tenant-mismatch (what a token issued for another tenant gets at Cerner).
     issue_tokens_for_tenant: str | None = None
+    #: Opaque access tokens and no ``tenant`` in the token response: nothing the client can
+    #: read names the tenant, so a misbound grant only shows as the FHIR server's 401.
+    opaque_tokens: bool = False
+    #: A refresh response that names this patient instead of the grant's own (a server mixing
+    #: up grants): the client must notice before it uses the token.
+    refresh_names_patient: str | None = None
     # FHIR search rules
     count_defaults: dict[str, int] = field(default_factory=dict)
     count_maxima: dict[str, int] = field(default_factory=dict)

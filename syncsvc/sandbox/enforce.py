@@ -18,6 +18,7 @@ from .scopes import Operation, covers
 from .state import Grant, SandboxState
 
 TENANT_MISMATCH_DESCRIPTION = "Token is not valid for this tenant"
+INSUFFICIENT_SCOPE_DESCRIPTION = "The access token does not grant access to this resource path"
 # Oracle Health's documented answer to a token of another tenant, reproduced byte for byte.
 TENANT_MISMATCH_BODY = (
     b'{"code":401,"message":"code=\\"urn:cerner:error:oauth2:resource-access:tenant-mismatch\\", '
@@ -59,7 +60,7 @@ def authorize(
     token = bearer_token(request)
     if token is None:
         return invalid_token(tenant, "No bearer token was presented")
-    claims = state.signer.verify(token)
+    claims = state.read_access_token(token)
     if claims is None:
         return invalid_token(tenant, "The access token could not be verified")
     exp = claims.get("exp")
@@ -73,7 +74,7 @@ def authorize(
         return tenant_mismatch(tenant)
     scopes = _scopes(claims.get("scope"))
     if not covers(scopes, resource_type, operation):
-        return insufficient_scope(tenant)
+        return insufficient_scope(tenant, f"patient/{resource_type}.read")
     grant.last_used_at = state.now()
     patient = claims.get("patient")
     return Access(tenant, patient if isinstance(patient, str) else None, scopes, grant, claims)
@@ -87,11 +88,15 @@ def _scopes(raw: object) -> list[str]:
     return []
 
 
-def _challenge(realm: str | None, error: str, description: str | None = None) -> str:
+def _challenge(
+    realm: str | None, error: str, description: str | None = None, scope: str | None = None
+) -> str:
     parts = [f'realm="{realm}"'] if realm else []
     parts.append(f'error="{error}"')
     if description:
         parts.append(f'error_description="{description}"')
+    if scope:
+        parts.append(f'scope="{scope}"')
     return "Bearer " + ", ".join(parts)
 
 
@@ -115,14 +120,24 @@ def tenant_mismatch(tenant: TenantConfig) -> web.Response:
     )
 
 
-def insufficient_scope(tenant: TenantConfig) -> web.Response:
-    """403 when the token's scopes do not cover the requested type."""
+def insufficient_scope(tenant: TenantConfig, scope: str | None = None) -> web.Response:
+    """403 when the token's scopes do not cover the requested type (``scope`` would)."""
     if tenant.vendor == "epic":
         # Epic answers with an empty body and only the challenge header.
         return web.Response(
             status=403, headers={"WWW-Authenticate": _challenge(None, "insufficient_scope")}
         )
-    return web.Response(status=403, body=INSUFFICIENT_SCOPE_BODY, content_type="application/json")
+    # Cerner sends the challenge (RFC 6750 section 3: error, description and the scope needed)
+    # beside its JSON body.
+    challenge = _challenge(
+        tenant.host, "insufficient_scope", INSUFFICIENT_SCOPE_DESCRIPTION, scope=scope
+    )
+    return web.Response(
+        status=403,
+        body=INSUFFICIENT_SCOPE_BODY,
+        content_type="application/json",
+        headers={"WWW-Authenticate": challenge},
+    )
 
 
 def foreign_patient(tenant: TenantConfig) -> web.Response:

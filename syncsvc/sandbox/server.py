@@ -29,7 +29,7 @@ def _bearer_claims(request: web.Request, state: SandboxState) -> dict[str, objec
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return None
-    return state.signer.verify(token.strip())
+    return state.read_access_token(token.strip())
 
 
 @web.middleware

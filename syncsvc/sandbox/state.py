@@ -103,6 +103,16 @@ class SandboxState:
         self.rng = random.Random(config.seed)  # noqa: S311 - fault sampling, not security
         #: Pages of search results by page context id (see the FHIR server).
         self.page_contexts: dict[str, Any] = {}
+        #: Opaque access tokens (tenants with ``opaque_tokens``) → their claims. Nothing outside
+        #: the sandbox can read them: like a reference token, only its issuer knows what it means.
+        self.opaque_access_tokens: dict[str, dict[str, Any]] = {}
+
+    def read_access_token(self, token: str) -> dict[str, Any] | None:
+        """The claims of an access token this sandbox issued (opaque or JWT), else ``None``."""
+        claims = self.opaque_access_tokens.get(token)
+        if claims is not None:
+            return dict(claims)
+        return self.signer.verify(token)
 
     def now(self) -> float:
         """Current sandbox time (wall clock plus the admin-set offset), in epoch seconds."""

@@ -92,7 +92,14 @@ def _error_response(
 ) -> web.Response:
     body: dict[str, str] = {"error": exc.error, "error_description": exc.description}
     if exc.urn is not None and tenant.vendor == "cerner":
-        body["error_uri"] = error_uri(ctx.state, exc.urn, client_id=client_id, tenant_id=tenant.id)
+        client = ctx.state.config.client(client_id) if client_id else None
+        body["error_uri"] = error_uri(
+            ctx.state,
+            exc.urn,
+            client_id=client_id,
+            tenant_id=tenant.id,
+            persona=client.persona if client is not None else "patient",
+        )
     return web.json_response(body, status=exc.status, headers={**NO_STORE, **exc.headers})
 
 
@@ -376,16 +383,24 @@ def _token_body(
     policy = tenant.policy
     now = int(state.now())
     scope = " ".join(scopes)
+    claims = access_token_claims(ctx, tenant, grant, scope, now)
+    if policy.opaque_tokens:
+        access_token = state.new_secret()
+        state.opaque_access_tokens[access_token] = claims
+    else:
+        access_token = state.signer.sign(claims)
     body: dict[str, Any] = {
-        "access_token": state.signer.sign(access_token_claims(ctx, tenant, grant, scope, now)),
+        "access_token": access_token,
         "token_type": "Bearer",
         "expires_in": policy.access_token_lifetime,
         "scope": returned_scope(scopes, policy),
         "patient": grant.patient_id,
         "need_patient_banner": True,
     }
-    if policy.token_response_tenant:
+    if policy.token_response_tenant and not policy.opaque_tokens:
         body["tenant"] = policy.issue_tokens_for_tenant or tenant.id
+    if policy.refresh_names_patient is not None and not with_id_token:
+        body["patient"] = policy.refresh_names_patient
     if with_id_token and "openid" in scopes:
         body["id_token"] = state.signer.sign(
             id_token_claims(ctx, tenant, grant, scopes, nonce=nonce, now=now)
@@ -484,7 +499,7 @@ def revoke_token(
         if grant.tenant_id == tenant.id and grant.client_id == client.client_id:
             revoke_grant(grant, "revoked by the client")
         return
-    claims = state.signer.verify(token)
+    claims = state.read_access_token(token)
     if (
         claims is not None
         and claims.get("tenant") == tenant.id
@@ -516,7 +531,7 @@ def introspect(ctx: AuthContext, tenant: TenantConfig, token: str) -> dict[str, 
     grant = state.grants.get(state.refresh_index.get(token, ""))
     if grant is not None:
         return _introspect_refresh(ctx, tenant, grant) or inactive
-    claims = state.signer.verify(token)
+    claims = state.read_access_token(token)
     if claims is None or not access_token_active(ctx, tenant, claims):
         return inactive
     scope = str(claims.get("scope", ""))

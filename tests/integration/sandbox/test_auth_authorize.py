@@ -263,9 +263,26 @@ async def test_patient_scopes_without_launch_patient_is_missing_patient(
 
     result = await authorize(http, sandbox, CERNER_TENANT, params)
 
-    assert result.query["error"] == "invalid_request"
+    # Cerner answers missing-patient as access_denied, the URN saying why.
+    assert result.query["error"] == "access_denied"
     assert result.query["state"] == "xyz-state"
     assert _urn(result.query["error_uri"]) == URN_PREFIX + "oauth2:grant:missing-patient"
+
+
+async def test_standalone_launch_of_an_ehr_launch_app_is_missing_patient(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    _auto_approve(sandbox, CERNER_TENANT)
+    sandbox.state.config.clients.append(
+        ClientRegistration(client_id="ehr-app", redirect_uris=[TEST_REDIRECT_URI], launch="ehr")
+    )
+    params = authorize_params(sandbox, CERNER_TENANT, client_id="ehr-app", pkce=new_pkce())
+
+    result = await authorize(http, sandbox, CERNER_TENANT, params)
+
+    assert result.query["error"] == "access_denied"
+    assert _urn(result.query["error_uri"]) == URN_PREFIX + "oauth2:grant:missing-patient"
+    assert "persona=patient&client=ehr-app" in result.query["error_uri"]
 
 
 async def test_error_uri_has_the_cerner_shape(
@@ -341,7 +358,8 @@ async def test_provider_client_is_client_persona_mismatch(
 
     assert result.query["error"] == "unauthorized_client"
     assert _urn(result.query["error_uri"]) == URN_PREFIX + "oauth2:grant:client-persona-mismatch"
-    assert "client=provider-app" in result.query["error_uri"]
+    # The persona named is the one the client is registered for, as Cerner's links say.
+    assert "persona=provider&client=provider-app" in result.query["error_uri"]
 
 
 async def test_client_not_enabled_at_the_tenant_is_denied_by_server(

@@ -559,3 +559,59 @@ async def test_token_latency_fault(sandbox: RunningSandbox, http: aiohttp.Client
 
     assert time.monotonic() - started >= 0.3
     assert body["access_token"]
+
+
+async def test_opaque_token_mode_names_no_tenant_and_still_answers_tenant_mismatch(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    sandbox.tenant(CERNER_TENANT).policy.auto_approve_patient = "12724066"
+    sandbox.tenant(CERNER_TENANT).policy.opaque_tokens = True
+    sandbox.tenant(CERNER_TENANT).policy.issue_tokens_for_tenant = "another-tenant"
+
+    body = await obtain_tokens(http, sandbox, CERNER_TENANT)
+
+    # Nothing the client can read says which tenant the grant is for ...
+    assert "tenant" not in body
+    assert body["access_token"].count(".") == 0
+    # ... and only the FHIR server, which knows, answers with tenant-mismatch.
+    url = f"{sandbox.urls(CERNER_TENANT).fhir_base}/Patient/12724066"
+    headers = {"Authorization": f"Bearer {body['access_token']}"}
+    async with http.get(url, headers=headers) as response:
+        assert response.status == 401
+        assert "tenant-mismatch" in await response.text()
+    sandbox.tenant(CERNER_TENANT).policy.issue_tokens_for_tenant = None
+    good = await obtain_tokens(http, sandbox, CERNER_TENANT)
+    headers = {"Authorization": f"Bearer {good['access_token']}"}
+    async with http.get(url, headers=headers) as response:
+        assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    ("scope", "granted"),
+    [
+        # One space-free string: a single scope nobody knows, so nothing can be granted.
+        ("launch/patient,openid,patient/Observation.read", None),
+        # Space and comma: each name with a trailing comma is unknown and dropped in silence.
+        (
+            "launch/patient openid, patient/Patient.read, patient/Observation.read",
+            "launch/patient patient/Observation.read",
+        ),
+    ],
+)
+async def test_comma_separated_scopes_are_answered_as_cerner_does(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession, scope: str, granted: str | None
+) -> None:
+    sandbox.tenant(CERNER_TENANT).policy.auto_approve_patient = "12724066"
+    pkce = new_pkce()
+    params = authorize_params(sandbox, CERNER_TENANT, scope=scope, pkce=pkce)
+    code = await obtain_code(http, sandbox, CERNER_TENANT, params)
+
+    status, body = await exchange_code(http, sandbox, CERNER_TENANT, code, verifier=pkce.verifier)
+
+    if granted is None:
+        assert status == 400
+        assert body["error"] == "invalid_scope"
+        assert EMPTY_SCOPES_URN in unquote(body["error_uri"])
+    else:
+        assert status == 200
+        assert body["scope"] == granted

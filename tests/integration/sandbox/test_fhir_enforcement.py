@@ -9,6 +9,7 @@ from multidict import CIMultiDict
 
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sandbox.tokens import TokenSigner
+from syncsvc.smart.vendor_errors import classify_fhir_failure
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
 
 from .tokens import bearer, claims_of, mint_access_token
@@ -158,6 +159,13 @@ async def test_a_type_outside_the_scopes_is_403_with_the_cerner_body(
 
     assert (status, body) == (403, INSUFFICIENT_SCOPE_BODY)
     assert headers["Content-Type"].startswith("application/json")
+    challenge = headers["WWW-Authenticate"]
+    assert challenge.startswith(f'Bearer realm="{sandbox.tenant(tenant_id).host}", ')
+    assert 'error="insufficient_scope"' in challenge
+    assert 'error_description="' in challenge
+    assert challenge.endswith('scope="patient/Condition.read"')
+    failure = classify_fhir_failure(403, challenge, None, body.encode())
+    assert failure.kind == "insufficient_scope"
 
 
 async def test_epic_answers_insufficient_scope_with_a_header_only(
