@@ -23,11 +23,12 @@ import aiohttp
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db import repo
+from syncsvc.db import launch_failure_repo, repo
 from syncsvc.db.models import Connection, LaunchAttempt, Tenant, new_id
 from syncsvc.errors import LaunchError, ReauthRequired, SyncsvcError, Transient
 from syncsvc.fhir.client import FhirClient
 from syncsvc.fhir.ids import is_fhir_id
+from syncsvc.launch_failures import record_launch_failure
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
 from syncsvc.smart import oauth
@@ -173,13 +174,24 @@ async def complete_launch(
 
     ``arrived_for`` is the tenant named by the callback path the answer came to
     (``/callback/{tenant}``), None for the shared ``/callback`` (see :mod:`syncsvc.smart.mixup`).
+
+    Every failure that can be tied to a tenant (through its launch attempt) is recorded as a
+    launch failure, for tenant health, ``tenants check`` and the metric.
     """
     state = _single(query, "state")
     error = _single(query, "error")
     if error is not None:
-        tenant = await _record_ehr_error(services, state, browser_binding, now)
-        if tenant is not None and not _answers_for(tenant, query, arrived_for):
+        used = await _record_ehr_error(services, state, browser_binding, now)
+        tenant = used[1] if used is not None else None
+        if used is not None and not _answers_for(used[1], query, arrived_for):
             # Another server's error for this attempt: none of its words or links are shown.
+            await record_launch_failure(
+                services.sessionmaker,
+                tenant_id=used[1].id,
+                attempt_id=used[0],
+                syncsvc_reason="callback_mismatch",
+                now=now,
+            )
             raise LaunchError(
                 "Your provider did not complete the sign-in. Please start again.",
                 reason="callback_mismatch",
@@ -189,6 +201,15 @@ async def complete_launch(
             description=_single(query, "error_description"),
             error_uri=safe_error_uri(_single(query, "error_uri")),
         )
+        if used is not None:
+            await record_launch_failure(
+                services.sessionmaker,
+                tenant_id=used[1].id,
+                attempt_id=used[0],
+                syncsvc_reason="ehr_error",
+                answer=answer,
+                now=now,
+            )
         # The EHR's link is shown only for an answer to a launch this browser really started,
         # and only on the EHR's own host: anyone can type a /callback URL with any link in it.
         link = answer.error_uri if tenant is not None and _on_ehr_host(answer, tenant) else None
@@ -206,14 +227,18 @@ async def complete_launch(
             "again here, with cookies allowed for this site.",
             reason="state_no_cookie",
         )
-    async with services.sessionmaker.begin() as session:
-        attempt = await repo.consume_launch_attempt(
-            session,
-            state_hash=sha256_hex(state),
-            browser_binding_hash=sha256_hex(browser_binding),
-            now=now,
-        )
-        tenant = await repo.get_tenant(session, attempt.tenant_id)
+    try:
+        async with services.sessionmaker.begin() as session:
+            attempt = await repo.consume_launch_attempt(
+                session,
+                state_hash=sha256_hex(state),
+                browser_binding_hash=sha256_hex(browser_binding),
+                now=now,
+            )
+            tenant = await repo.get_tenant(session, attempt.tenant_id)
+    except LaunchError as exc:
+        await _record_state_failure(services, state, exc, now)
+        raise
     if tenant is None:
         raise LaunchError("This provider is no longer available.", reason="unknown_tenant")
     try:
@@ -225,21 +250,42 @@ async def complete_launch(
         )
     except LaunchError as exc:
         await _set_outcome(services, attempt.id, exc.reason)
+        await record_launch_failure(
+            services.sessionmaker,
+            tenant_id=tenant.id,
+            attempt_id=attempt.id,
+            syncsvc_reason=exc.reason,
+            now=now,
+        )
         log.warning("launch_callback_mismatch", tenant=tenant.name, attempt_id=attempt.id)
         raise
-    code = _single(query, "code")
-    if code is None:
-        await _set_outcome(services, attempt.id, "code_missing")
-        raise LaunchError(
-            "Your provider answered without an authorization code. Please start again.",
-            reason="code_missing",
-        )
     try:
+        code = _single(query, "code")
+        if code is None:
+            raise LaunchError(
+                "Your provider answered without an authorization code. Please start again.",
+                reason="code_missing",
+            )
         outcome = await _finish(services, attempt, tenant, code, iss=_single(query, "iss"), now=now)
     except LaunchError as exc:
         await _set_outcome(services, attempt.id, exc.reason)
+        await record_launch_failure(
+            services.sessionmaker,
+            tenant_id=tenant.id,
+            attempt_id=attempt.id,
+            syncsvc_reason=exc.reason,
+            now=now,
+        )
         raise
     await _set_outcome(services, attempt.id, outcome.connection.status)
+    if outcome.connection.status == "misbound":
+        await record_launch_failure(
+            services.sessionmaker,
+            tenant_id=tenant.id,
+            attempt_id=attempt.id,
+            syncsvc_reason=outcome.connection.status_reason or "tenant_mismatch",
+            now=now,
+        )
     return outcome
 
 
@@ -253,6 +299,22 @@ def _answers_for(tenant: Tenant, query: Mapping[str, str], arrived_for: str | No
         or iss == tenant.issuer
         or (tenant.issuer is None and arrived_for == tenant.name)
     )
+
+
+async def _record_state_failure(
+    services: LaunchServices, state: str, exc: LaunchError, now: dt.datetime
+) -> None:
+    """Count a replayed, expired or foreign-browser callback against its attempt's tenant."""
+    async with services.sessionmaker() as session:
+        tenant_id = await launch_failure_repo.attempt_tenant_id(session, sha256_hex(state))
+    if tenant_id is not None:
+        await record_launch_failure(
+            services.sessionmaker,
+            tenant_id=tenant_id,
+            attempt_id=None,
+            syncsvc_reason=exc.reason,
+            now=now,
+        )
 
 
 def _on_ehr_host(answer: OAuthError, tenant: Tenant) -> bool:
@@ -272,8 +334,8 @@ def _uri_on_ehr_host(uri: str | None, tenant: Tenant) -> bool:
 
 async def _record_ehr_error(
     services: LaunchServices, state: str | None, browser_binding: str | None, now: dt.datetime
-) -> Tenant | None:
-    """Use up the attempt the EHR's error answers (no replay later); its tenant, if it was one."""
+) -> tuple[str, Tenant] | None:
+    """Use up the attempt the EHR's error answers (no replay later); its id and tenant."""
     if state is None or not browser_binding:
         return None
     try:
@@ -285,10 +347,12 @@ async def _record_ehr_error(
                 now=now,
             )
             await repo.set_launch_outcome(session, attempt.id, "ehr_error")
-            return await repo.get_tenant(session, attempt.tenant_id)
+            tenant = await repo.get_tenant(session, attempt.tenant_id)
     except LaunchError:
-        # The EHR's own error is what the patient must see; a stale state adds nothing.
+        # The EHR's own error is what the patient must see; a stale state adds nothing (and a
+        # replayed error answer is not counted twice).
         return None
+    return None if tenant is None else (attempt.id, tenant)
 
 
 async def _set_outcome(services: LaunchServices, attempt_id: str, outcome: str) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from syncsvc.health.report import TenantHealth
@@ -91,8 +91,16 @@ class TenantCollector(Collector):
             "Active connections whose token refresh is due within the next hour.",
             labels=["tenant"],
         )
+        launch_failures = CounterMetricFamily(
+            "syncsvc_launch_failures",
+            "Failed launches kept in the database, by reason (the EHR's URN code, else its "
+            "error, else syncsvc's reason).",
+            labels=["tenant", "reason"],
+        )
         for report in self._reports:
             tenant = report.name
+            for reason, count in report.launches.kept.by_reason.items():
+                launch_failures.add_metric([tenant, reason], count)
             for status in STATUSES:
                 health.add_metric([tenant, status], 1.0 if report.status == status else 0.0)
             for connection_status, count in report.connections.items():
@@ -126,6 +134,7 @@ class TenantCollector(Collector):
             discovery,
             refresh_due,
             type_failures,
+            launch_failures,
         )
 
 

@@ -190,6 +190,36 @@ class LaunchAttempt(Base):
     outcome: Mapped[str | None] = mapped_column(String(64))
 
 
+class LaunchFailure(Base):
+    """One launch that did not end in a usable connection: what the EHR said and why we stopped.
+
+    Kept per tenant for health, ``tenants check`` and the ``syncsvc_launch_failures_total``
+    metric. No tokens, no patient identifiers; ``ehr_description`` is capped and redacted
+    before it is stored.
+    """
+
+    __tablename__ = "launch_failures"
+    __table_args__ = (Index("ix_launch_failures_tenant_id_at", "tenant_id", "at"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    tenant_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    #: The launch attempt it ended (kept for reporting; attempts may be purged).
+    attempt_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    #: The most specific code: the EHR's URN segment, else its ``error``, else syncsvc's reason.
+    reason: Mapped[str] = mapped_column(String(64))
+    #: syncsvc's own reason (``ehr_error``, ``state_replayed``, ``tenant_mismatch``, ...).
+    syncsvc_reason: Mapped[str] = mapped_column(String(64))
+    #: The EHR's OAuth ``error``, the last segment of its ``error_uri`` URN, its description.
+    ehr_error: Mapped[str | None] = mapped_column(String(100))
+    ehr_code: Mapped[str | None] = mapped_column(String(100))
+    ehr_description: Mapped[str | None] = mapped_column(Text)
+
+
 class ConnectLink(Base):
     """A signed connect link's id, so each link works once."""
 
@@ -465,6 +495,7 @@ __all__ = [
     "Credential",
     "Event",
     "LaunchAttempt",
+    "LaunchFailure",
     "PendingRevocation",
     "Resource",
     "ResourceCursor",

@@ -17,8 +17,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import health_repo, repo
+from syncsvc.db import health_repo, launch_failure_repo, repo
 from syncsvc.db.health_repo import ConnectionFacts, ErrorCount, TypeFailures
+from syncsvc.db.launch_failure_repo import FailureCount
 from syncsvc.db.models import CONNECTION_STATUSES, RUN_OUTCOMES, Tenant
 from syncsvc.smart.scopes import grant_report
 
@@ -68,6 +69,49 @@ class ErrorWindow:
             "total": self.total,
             "by_class": self.by_class,
             "insufficient_scope_by_type": self.insufficient_scope_by_type,
+        }
+
+
+@dataclass(frozen=True)
+class LaunchFailureWindow:
+    """Failed launches in one window, by reason."""
+
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Every failed launch in the window."""
+        return sum(self.by_reason.values())
+
+    @classmethod
+    def of(cls, counts: Iterable[FailureCount]) -> LaunchFailureWindow:
+        """The window summing ``counts``."""
+        by_reason: Counter[str] = Counter()
+        for item in counts:
+            by_reason[item.reason] += item.count
+        return cls(dict(sorted(by_reason.items())))
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"total": self.total, "by_reason": self.by_reason}
+
+
+@dataclass(frozen=True)
+class LaunchFigures:
+    """A tenant's failed launches (last hour, last day, every one kept) and its successes."""
+
+    hour: LaunchFailureWindow = field(default_factory=LaunchFailureWindow)
+    day: LaunchFailureWindow = field(default_factory=LaunchFailureWindow)
+    #: Every failure kept, by reason: the ``syncsvc_launch_failures_total`` counter.
+    kept: LaunchFailureWindow = field(default_factory=LaunchFailureWindow)
+    succeeded_day: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``launch_failures`` field of tenant health."""
+        return {
+            "last_hour": self.hour.to_json(),
+            "last_day": self.day.to_json(),
+            "succeeded_last_day": self.succeeded_day,
         }
 
 
@@ -125,6 +169,7 @@ class TenantHealth:
     outcomes: tuple[OutcomeBucket, ...] = ()
     #: Active connections with each resource type ``failing``.
     type_failures: dict[str, int] = field(default_factory=dict)
+    launches: LaunchFigures = field(default_factory=LaunchFigures)
 
     @property
     def status(self) -> str:
@@ -172,6 +217,7 @@ class TenantHealth:
                 "last_hour": self.errors_hour.to_json(),
                 "last_day": self.errors_day.to_json(),
             },
+            "launch_failures": self.launches.to_json(),
             "scopes": [
                 {"scope": s.scope, "requested": s.requested, "granted": s.granted}
                 for s in self.scopes
@@ -256,6 +302,7 @@ def build_health(
     now: dt.datetime,
     runs: Iterable[tuple[dt.datetime, str]] | None = None,
     type_failures: Iterable[TypeFailures] = (),
+    launches: LaunchFigures | None = None,
 ) -> TenantHealth:
     """The report of one tenant from its rows."""
     failing_types = {item.resource_type: item.connections for item in type_failures}
@@ -270,6 +317,7 @@ def build_health(
     horizon = sorted(c.next_refresh_at for c in active if c.next_refresh_at is not None)
     hour_window, day_window = ErrorWindow.of(errors_hour), ErrorWindow.of(errors_day)
     has_document = bool(tenant.endpoints)
+    launches = launches or LaunchFigures()
     facts = TenantFacts(
         now=now,
         connections=by_status,
@@ -281,6 +329,8 @@ def build_health(
         discovery_error=tenant.discovery_error,
         has_discovery_document=has_document,
         type_failures=failing_types,
+        launch_failures_last_day=launches.day.by_reason,
+        launches_succeeded_last_day=launches.succeeded_day,
     )
     return TenantHealth(
         name=tenant.name,
@@ -305,7 +355,31 @@ def build_health(
         refresh_due_next_hour=sum(1 for moment in horizon if moment <= now + HOUR),
         outcomes=outcome_buckets(runs, now) if runs is not None else (),
         type_failures=failing_types,
+        launches=launches,
     )
+
+
+async def launch_figures(
+    session: AsyncSession, now: dt.datetime, tenant_ids: Sequence[str] | None = None
+) -> dict[str, LaunchFigures]:
+    """Launch figures per tenant id, in four queries."""
+    windows: dict[str, defaultdict[str, list[FailureCount]]] = {}
+    for name, since in (("hour", now - HOUR), ("day", now - DAY), ("kept", None)):
+        grouped: defaultdict[str, list[FailureCount]] = defaultdict(list)
+        for item in await launch_failure_repo.failure_counts(session, since, tenant_ids):
+            grouped[item.tenant_id].append(item)
+        windows[name] = grouped
+    succeeded = await launch_failure_repo.successful_launches(session, now - DAY, tenant_ids)
+    ids = set(succeeded).union(*(set(w) for w in windows.values()))
+    return {
+        tenant_id: LaunchFigures(
+            hour=LaunchFailureWindow.of(windows["hour"][tenant_id]),
+            day=LaunchFailureWindow.of(windows["day"][tenant_id]),
+            kept=LaunchFailureWindow.of(windows["kept"][tenant_id]),
+            succeeded_day=succeeded.get(tenant_id, 0),
+        )
+        for tenant_id in ids
+    }
 
 
 async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime) -> TenantHealth:
@@ -317,6 +391,7 @@ async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime)
     first_bucket = now.replace(minute=0, second=0, microsecond=0) - (CHART_BUCKETS - 1) * HOUR
     runs = await health_repo.run_outcomes(session, tenant.id, first_bucket)
     failures = await health_repo.type_failures(session, ids)
+    launches = await launch_figures(session, now, ids)
     return build_health(
         tenant,
         connections=connections,
@@ -325,11 +400,12 @@ async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime)
         now=now,
         runs=runs,
         type_failures=failures,
+        launches=launches.get(tenant.id),
     )
 
 
 async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[TenantHealth]:
-    """The report of every tenant, by name (no outcome charts), in five queries."""
+    """The report of every tenant, by name (no outcome charts), in nine queries."""
     tenants = await repo.list_tenants(session)
     connections: defaultdict[str, list[ConnectionFacts]] = defaultdict(list)
     for row in await health_repo.connection_facts(session):
@@ -343,6 +419,7 @@ async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[Ten
     failures: defaultdict[str, list[TypeFailures]] = defaultdict(list)
     for failure in await health_repo.type_failures(session):
         failures[failure.tenant_id].append(failure)
+    launches = await launch_figures(session, now)
     reports = [
         build_health(
             t,
@@ -351,6 +428,7 @@ async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[Ten
             errors_day=errors_day[t.id],
             now=now,
             type_failures=failures[t.id],
+            launches=launches.get(t.id),
         )
         for t in tenants
     ]

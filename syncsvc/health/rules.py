@@ -41,6 +41,17 @@ TYPE_FAILING_TENANT_SHARE = 0.5
 INTEGRITY_CLASSES = frozenset(
     {"tenant_mismatch", "foreign_next_link", "compartment_violation", "paging_loop"}
 )
+#: Failed launches in the last 24 h that count against a tenant (every reason except the
+#: patient's own "no" and a reloaded, stale or foreign-browser callback) at or above this ...
+LAUNCH_FAILURES_DEGRADED = 3
+#: ... degrade it when they are at least this share of the launches finished in that time ...
+LAUNCH_FAILURE_SHARE = 0.5
+#: ... and at or above this many with no successful launch at all in that time fail it.
+LAUNCH_FAILURES_FAILING = 5
+#: Launch failure reasons that say nothing about the tenant (see syncsvc.launch_failures).
+LAUNCH_NOISE_REASONS = frozenset(
+    {"access_denied", "state_replayed", "state_expired", "state_browser_mismatch"}
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,18 @@ class TenantFacts:
     has_discovery_document: bool = True
     #: Active connections with each resource type ``failing`` (types failing nowhere absent).
     type_failures: Mapping[str, int] = field(default_factory=dict)
+    #: Failed launches in the last 24 h by reason, and launches that connected in that time.
+    launch_failures_last_day: Mapping[str, int] = field(default_factory=dict)
+    launches_succeeded_last_day: int = 0
+
+    @property
+    def counted_launch_failures(self) -> dict[str, int]:
+        """The last day's failed launches that count against the tenant, by reason."""
+        return {
+            reason: n
+            for reason, n in self.launch_failures_last_day.items()
+            if n and reason not in LAUNCH_NOISE_REASONS
+        }
 
     def count(self, status: str) -> int:
         """Connections in ``status``."""
@@ -212,6 +235,30 @@ def _refused(facts: TenantFacts) -> str | None:
     )
 
 
+def _launch_summary(failures: Mapping[str, int]) -> str:
+    return ", ".join(f"{reason} x{n}" for reason, n in sorted(failures.items()))
+
+
+def _launches_failing(facts: TenantFacts) -> str | None:
+    failures = facts.counted_launch_failures
+    total = sum(failures.values())
+    if total < LAUNCH_FAILURES_FAILING or facts.launches_succeeded_last_day:
+        return None
+    return (
+        f"{total} launches failed in the last 24 h and none succeeded "
+        f"({_launch_summary(failures)}): no patient can connect."
+    )
+
+
+def _launch_failures(facts: TenantFacts) -> str | None:
+    failures = facts.counted_launch_failures
+    total = sum(failures.values())
+    finished = total + facts.launches_succeeded_last_day
+    if total < LAUNCH_FAILURES_DEGRADED or total / finished < LAUNCH_FAILURE_SHARE:
+        return None
+    return f"{total} of {finished} launches failed in the last 24 h ({_launch_summary(failures)})."
+
+
 def _error_connections(facts: TenantFacts) -> str | None:
     n = facts.count("error")
     if n == 0:
@@ -253,6 +300,13 @@ RULES: tuple[Rule, ...] = (
         "failing",
         "Discovery fails and no good discovery document is held.",
         _discovery_failing,
+    ),
+    Rule(
+        "launches_failing",
+        "failing",
+        f"At least {LAUNCH_FAILURES_FAILING} launches failed in the last 24 h (not counting a "
+        "patient's own refusal or a reloaded callback) and none succeeded.",
+        _launches_failing,
     ),
     Rule(
         "integrity_errors",
@@ -301,6 +355,14 @@ RULES: tuple[Rule, ...] = (
         "degraded",
         "The EHR refused a resource search outright in the last day (400, plain 403, 404, 410).",
         _refused,
+    ),
+    Rule(
+        "launch_failures",
+        "degraded",
+        f"At least {LAUNCH_FAILURES_DEGRADED} launches failed in the last 24 h (not counting a "
+        f"patient's own refusal or a reloaded callback), {LAUNCH_FAILURE_SHARE:.0%} or more of "
+        "the launches finished in that time.",
+        _launch_failures,
     ),
     Rule(
         "error_connections",

@@ -23,28 +23,29 @@ INSUFFICIENT_SCOPES_URN = "urn:cerner:error:oauth2:resource-access:insufficient-
 _URN_IN_PATH = re.compile(r"/errors/(?P<urn>[^/]+)/instances/")
 _WWW_AUTH_PARAM = re.compile(r'(?P<key>[a-zA-Z_]+)="(?P<value>[^"]*)"')
 
+#: Cerner's missing-patient, persona and launch-code answers to a standalone patient launch come
+#: from how the application is registered there (for clinicians, or for launch from inside the
+#: EHR), not from anything the patient did: signing in again cannot help.
+_REGISTRATION_EXPLANATION = (
+    "Your provider's setup for this application did not allow your record to be shared with "
+    "it, so nothing was connected. This is not something you did wrong, and signing in again "
+    "will not help: the service operator has been told and must have the application's "
+    "registration at your provider fixed."
+)
+
 #: What each known authorization answer means, in words a patient can act on.
 _AUTHORIZE_EXPLANATIONS: dict[str, str] = {
     "access_denied": (
         "You chose not to share your record, so nothing was connected. You can try again at "
         "any time."
     ),
-    "missing-patient": (
-        "The EHR did not select a patient record. Sign in with the patient's portal account and "
-        "pick the record to share."
-    ),
-    "invalid-launch-code": (
-        "The EHR did not recognise the launch it was given. Start the connection again from "
-        "this service rather than from a saved link."
-    ),
+    "missing-patient": _REGISTRATION_EXPLANATION,
+    "invalid-launch-code": _REGISTRATION_EXPLANATION,
     "denied-by-server": (
         "The EHR's authorization server refused the request. The provider may not allow this "
         "application; contact the service operator."
     ),
-    "client-persona-mismatch": (
-        "This application is registered with the EHR for clinicians, not patients. The service "
-        "operator must fix the registration."
-    ),
+    "client-persona-mismatch": _REGISTRATION_EXPLANATION,
     "invalid_scope": "The EHR refused the permissions requested. The operator must fix them.",
     "unauthorized_client": "The EHR does not allow this application to connect this way.",
     "invalid_request": "The EHR rejected the connection request as malformed.",
@@ -106,6 +107,8 @@ class OAuthError:
 
     def explain(self) -> str:
         """A plain-words explanation of this error for the patient."""
+        if "persona" in self.reason:
+            return _REGISTRATION_EXPLANATION
         return _AUTHORIZE_EXPLANATIONS.get(self.reason) or _AUTHORIZE_EXPLANATIONS.get(
             self.error, "The EHR reported an error and nothing was connected."
         )

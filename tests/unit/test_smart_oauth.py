@@ -95,7 +95,20 @@ def test_cerner_urn_is_read_from_error_uri() -> None:
     assert urn == "urn:cerner:error:authorization-server:oauth2:grant:missing-patient"
     error = OAuthError("access_denied", error_uri=CERNER_ERROR_URI)
     assert error.reason == "missing-patient"
-    assert "pick the record" in error.explain()
+    # The cause is the app's registration at the provider, not the patient's sign-in.
+    assert "registration" in error.explain()
+    assert "operator has been told" in error.explain()
+    assert "sign in" not in error.explain().replace("signing in again will not help", "")
+
+
+@pytest.mark.parametrize(
+    "urn_code", ["client-persona-mismatch", "invalid-launch-code", "unknown-persona"]
+)
+def test_persona_and_launch_type_errors_blame_the_registration(urn_code: str) -> None:
+    uri = CERNER_ERROR_URI.replace("missing-patient", urn_code)
+    error = OAuthError("unauthorized_client", error_uri=uri)
+    assert error.reason == urn_code
+    assert "registration" in error.explain()
 
 
 def test_authorize_url_carries_aud_pkce_state_and_nonce() -> None:

@@ -21,6 +21,7 @@ from syncsvc.db.models import Tenant
 from syncsvc.errors import LaunchError
 from syncsvc.keys import SESSIONMAKER, SIGNER
 from syncsvc.launch import LaunchOutcome, complete_launch, start_launch
+from syncsvc.launch_failures import is_registration_error
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed
 from syncsvc.web.cookies import (
     FORM_FIELD,
@@ -45,6 +46,8 @@ _HEADINGS = {
     "link_invalid": "This link is not valid",
     "link_unknown": "This link is not valid",
 }
+#: The heading when the EHR refused because of the application's registration there.
+_REGISTRATION_HEADING = "Your provider's setup prevented sharing your record"
 
 
 def _now() -> dt.datetime:
@@ -55,7 +58,9 @@ def _error_page(
     request: web.Request, exc: LaunchError, *, status: int = 400, can_retry: bool = False
 ) -> web.Response:
     context: dict[str, Any] = {
-        "heading": _HEADINGS.get(exc.reason, "Your record was not connected"),
+        "heading": _REGISTRATION_HEADING
+        if is_registration_error(exc.reason)
+        else _HEADINGS.get(exc.reason, "Your record was not connected"),
         "message": exc.message,
         "reason": exc.reason,
         "error_uri": exc.error_uri,
