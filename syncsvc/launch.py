@@ -32,19 +32,22 @@ from syncsvc.launch_failures import record_launch_failure
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
 from syncsvc.smart import oauth
+from syncsvc.smart.binding import foreign_tenant
 from syncsvc.smart.discovery import SmartConfiguration
 from syncsvc.smart.id_token import fetch_jwks, validate_id_token
 from syncsvc.smart.mixup import callback_tenant_of, check_callback_route, check_response_issuer
 from syncsvc.smart.scopes import GrantReport, grant_report, plan_scopes
 from syncsvc.smart.vendor_errors import OAuthError, known_reason, safe_error_uri
+from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens, save_tokens
+from syncsvc.sync.misbound import TENANT_MISMATCH, GrantToEnd, end_misbound, revoke_now
 from syncsvc.tenants import client_credentials, fresh_configuration, resource_types_of
 from syncsvc.vault import Purpose, Vault
 
 log = get_logger("syncsvc.launch")
 
-#: Claims naming the tenant inside a readable access token (generic, and Cerner's own claim set).
-CERNER_CLAIMS = "urn:cerner:authorization:claims:version:1"
+#: The inline revocation attempt of a misbound grant is short: a person is waiting.
+INLINE_REVOKE_TIMEOUT_SECONDS = 5.0
 
 
 def sha256_hex(value: str) -> str:
@@ -468,22 +471,9 @@ async def _check_identity(services: LaunchServices, exchange: _Exchange) -> None
     )
 
 
-def _names_tenant(fhir_base: str, value: str) -> bool:
-    """Whether a tenant id from the EHR is one of the base's path segments (Cerner: /r4/{id})."""
-    segments = [s.lower() for s in urlsplit(fhir_base).path.split("/") if s]
-    return value.lower() in segments
-
-
 def _tenant_mismatch(tenant: Tenant, tokens: oauth.TokenResponse) -> str | None:
     """The foreign tenant id the EHR issued this grant for, or None if nothing says so."""
-    if tokens.tenant and not _names_tenant(tenant.fhir_base, tokens.tenant):
-        return tokens.tenant
-    claims = oauth.jwt_payload(tokens.access_token)
-    cerner = claims.get(CERNER_CLAIMS)
-    for value in (claims.get("tenant"), cerner.get("tnt") if isinstance(cerner, dict) else None):
-        if isinstance(value, str) and value and not _names_tenant(tenant.fhir_base, value):
-            return value
-    return None
+    return foreign_tenant(tenant.fhir_base, tokens)
 
 
 async def _store_connection(
@@ -512,22 +502,18 @@ async def _store_connection(
             "next_refresh_at": max(now, expires - margin) if tokens.refresh_token else None,
         }
     else:
-        status = {
-            "status": "misbound",
-            "status_reason": "tenant_mismatch",
-            "status_message": (
-                f"{tenant.display_name} issued this sign-in for a different organisation "
-                f"(tenant '{mismatch}'), so it cannot be used with this provider. Nothing was "
-                "stored; the service operator must check the provider's registration."
-            ),
-            "error_uri": None,
-            "next_sync_at": None,
-            "next_refresh_at": None,
-        }
+        # Made misbound (tokens deleted, revocation queued) by end_misbound below.
+        status = {"next_sync_at": None, "next_refresh_at": None, "error_uri": None}
+    ctx = SyncContext(
+        settings=services.settings,
+        sessionmaker=services.sessionmaker,
+        vault=services.vault,
+        http=services.http,
+    )
     for _ in range(2):
         try:
             async with services.sessionmaker.begin() as session:
-                return await _upsert_connection(
+                connection = await _upsert_connection(
                     session,
                     services.vault,
                     exchange,
@@ -535,9 +521,28 @@ async def _store_connection(
                     store_tokens=mismatch is None,
                     now=now,
                 )
+                ended = None
+                if mismatch is not None:
+                    ended = await end_misbound(
+                        session,
+                        vault=services.vault,
+                        owner=ctx.owner,
+                        connection=connection,
+                        tenant=tenant,
+                        grant=GrantToEnd.of(tokens.refresh_token, tokens.access_token),
+                        reason=TENANT_MISMATCH,
+                        foreign=mismatch,
+                        stage="launch",
+                        now=now,
+                    )
+                    await session.refresh(connection)
         except IntegrityError:
             # Two callbacks for the same patient raced to insert; the second updates instead.
             continue
+        if ended is not None:
+            # The patient is waiting: one short attempt now, the tick retries a failure.
+            await revoke_now(ctx, ended, timeout_seconds=INLINE_REVOKE_TIMEOUT_SECONDS)
+        return connection
     raise LaunchError("The connection could not be saved. Please start again.", reason="conflict")
 
 

@@ -23,6 +23,7 @@ class ConnectionFacts:
 
     tenant_id: str
     status: str
+    status_reason: str | None
     created_at: dt.datetime
     connected_at: dt.datetime | None
     last_refresh_at: dt.datetime | None
@@ -50,6 +51,7 @@ async def connection_facts(
     query = select(
         Connection.tenant_id,
         Connection.status,
+        Connection.status_reason,
         Connection.created_at,
         Connection.connected_at,
         Connection.last_refresh_at,
@@ -66,6 +68,7 @@ async def connection_facts(
         ConnectionFacts(
             tenant_id=row.tenant_id,
             status=row.status,
+            status_reason=row.status_reason,
             created_at=row.created_at,
             connected_at=row.connected_at,
             last_refresh_at=row.last_refresh_at,

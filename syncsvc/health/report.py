@@ -23,7 +23,7 @@ from syncsvc.db.launch_failure_repo import FailureCount
 from syncsvc.db.models import CONNECTION_STATUSES, RUN_OUTCOMES, Tenant
 from syncsvc.smart.scopes import grant_report
 
-from .rules import TenantFacts, Verdict, evaluate, failing_at_tenant
+from .rules import OFFLINE_ACCESS_NOT_GRANTED, TenantFacts, Verdict, evaluate, failing_at_tenant
 
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
@@ -329,6 +329,12 @@ def build_health(
         discovery_error=tenant.discovery_error,
         has_discovery_document=has_document,
         type_failures=failing_types,
+        reauth_offline_access=sum(
+            1
+            for c in connections
+            if c.status == "needs_reauth" and c.status_reason == OFFLINE_ACCESS_NOT_GRANTED
+        ),
+        grants_offline_access=any(c.has_refresh_token for c in connections),
         launch_failures_last_day=launches.day.by_reason,
         launches_succeeded_last_day=launches.succeeded_day,
     )

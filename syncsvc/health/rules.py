@@ -39,8 +39,16 @@ TYPE_FAILING_TENANT_MIN = 2
 TYPE_FAILING_TENANT_SHARE = 0.5
 #: Error classes where the EHR sent something outside the patient's binding (rejected by us).
 INTEGRITY_CLASSES = frozenset(
-    {"tenant_mismatch", "foreign_next_link", "compartment_violation", "paging_loop"}
+    {
+        "tenant_mismatch",
+        "patient_mismatch",
+        "foreign_next_link",
+        "compartment_violation",
+        "paging_loop",
+    }
 )
+#: A connection's reason when its grant had no refresh token and its access token ran out.
+OFFLINE_ACCESS_NOT_GRANTED = "offline_access_not_granted"
 #: Failed launches in the last 24 h that count against a tenant (every reason except the
 #: patient's own "no" and a reloaded, stale or foreign-browser callback) at or above this ...
 LAUNCH_FAILURES_DEGRADED = 3
@@ -75,6 +83,10 @@ class TenantFacts:
     has_discovery_document: bool = True
     #: Active connections with each resource type ``failing`` (types failing nowhere absent).
     type_failures: Mapping[str, int] = field(default_factory=dict)
+    #: needs_reauth connections whose only fault is a grant without offline access that ran out,
+    #: and whether any connection of the tenant holds a refresh token (the tenant grants it).
+    reauth_offline_access: int = 0
+    grants_offline_access: bool = True
     #: Failed launches in the last 24 h by reason, and launches that connected in that time.
     launch_failures_last_day: Mapping[str, int] = field(default_factory=dict)
     launches_succeeded_last_day: int = 0
@@ -138,7 +150,12 @@ def _misbound(facts: TenantFacts) -> str | None:
 def _reauth_share(facts: TenantFacts, threshold: float) -> str | None:
     live = facts.live_connections
     n = facts.count("needs_reauth")
-    if live == 0 or n == 0 or n / live < threshold:
+    if not facts.grants_offline_access:
+        # The tenant never grants offline access: reconnecting would end the same way, so
+        # those connections are not a wave of patients to ask back.
+        live -= facts.reauth_offline_access
+        n -= facts.reauth_offline_access
+    if live <= 0 or n <= 0 or n / live < threshold:
         return None
     return f"{n} of {live} connections need the patient to reconnect ({n / live:.0%})."
 

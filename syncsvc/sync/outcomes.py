@@ -21,13 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db.event_repo import add_event
 from syncsvc.sync.pull import RunSummary
-from syncsvc.sync.refresh import RefreshResult
+from syncsvc.sync.refresh import OFFLINE_ACCESS_NOT_GRANTED, RefreshResult
 
 #: The error classes tenant health is computed from (``refused``: the EHR turned down one
 #: query for a reason of its own, a 400 missing parameter, a plain 403, a 404).
 HEALTH_CLASSES = frozenset(
     {
         "tenant_mismatch",
+        "patient_mismatch",
+        "offline_access_not_granted",
         "insufficient_scope",
         "invalid_grant",
         "throttled",
@@ -133,6 +135,19 @@ class ConnectionRun:
         for result in self.refreshes:
             if result.outcome == "refreshed":
                 yield EventRecord("refresh", "ok")
+            elif result.outcome == "misbound":
+                yield EventRecord(
+                    "refresh",
+                    "misbound",
+                    health_class(result.reason) or "tenant_mismatch",
+                    detail="The refresh answer named another tenant or patient.",
+                )
+            elif result.outcome == "needs_reauth" and result.reason == OFFLINE_ACCESS_NOT_GRANTED:
+                # Not a refusal, and not the EHR turning the grant down: it never included
+                # offline access, and its one access token ran out.
+                yield EventRecord(
+                    "refresh", "needs_reauth", OFFLINE_ACCESS_NOT_GRANTED, detail=result.reason
+                )
             elif result.outcome == "needs_reauth" and result.reason is not None:
                 # Every reason to reconnect counts as invalid_grant for health; the precise
                 # reason (invalid_client, empty_scopes, ...) stays in the detail.

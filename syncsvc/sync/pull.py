@@ -42,13 +42,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo, resource_repo
 from syncsvc.db.models import Connection, SyncState, Tenant, new_id
-from syncsvc.errors import Misbound, NotFound, ReauthRequired, SyncsvcError, Transient
+from syncsvc.errors import (
+    Misbound,
+    NotFound,
+    ReauthRequired,
+    SyncsvcError,
+    Transient,
+    VaultError,
+)
 from syncsvc.fhir.client import FhirRequestError, ForeignNextLink, PagingLoop, RequestTransient
 from syncsvc.fhir.plans import TypePlan, plan_for, supports_last_updated
 from syncsvc.smart.scopes import covered_types
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.credentials import StoredTokens
+from syncsvc.sync.credentials import StoredTokens, load_tokens
 from syncsvc.sync.grant_client import GrantClient, TokenSource, TokenUnavailable
+from syncsvc.sync.misbound import (
+    ATTEMPT_TIMEOUT_SECONDS,
+    TENANT_MISMATCH,
+    GrantToEnd,
+    end_misbound,
+    revoke_now,
+)
 from syncsvc.sync.page_batch import PageBatch
 from syncsvc.sync.page_decode import DecodedPage
 from syncsvc.sync.prepare import PreparedPage, prepare_page
@@ -327,18 +341,7 @@ async def pull_connection(
         summary.error_message = stop.message
         summary.retry_after = stop.retry_after
         if stop.outcome == "misbound":
-            async with ctx.sessionmaker.begin() as session:
-                await repo.set_connection_status(
-                    session,
-                    connection_id,
-                    status="misbound",
-                    now=ctx.now(),
-                    reason="tenant_mismatch",
-                    message=(
-                        "The EHR says this connection's token is not valid for its FHIR "
-                        "server. Syncing stopped; the operator must check the tenant."
-                    ),
-                )
+            await _end_misbound(ctx, connection, tenant)
     else:
         if any(r.status in _PARTIAL for r in summary.types.values()):
             summary.outcome = "partial"
@@ -382,6 +385,33 @@ def _retry_run(connection: Connection, states: Mapping[str, SyncState]) -> bool:
     return due is not None and any(
         state.status in RETRYING and state.next_attempt_at == due for state in states.values()
     )
+
+
+async def _end_misbound(ctx: SyncContext, connection: Connection, tenant: Tenant) -> None:
+    """The FHIR server refused the token for this tenant: end the grant, keep what was synced."""
+    async with ctx.sessionmaker.begin() as session:
+        current = await repo.get_connection(session, connection.id)
+        if current is None or current.status == "misbound":
+            return  # erased meanwhile, or already ended (by a refresh, say)
+        try:
+            tokens = await load_tokens(session, ctx.vault, connection.id)
+        except VaultError:
+            tokens = None  # unreadable: nothing to revoke, deleted all the same
+        ended = await end_misbound(
+            session,
+            vault=ctx.vault,
+            owner=ctx.owner,
+            connection=current,
+            tenant=tenant,
+            grant=None
+            if tokens is None
+            else GrantToEnd.of(tokens.refresh_token, tokens.access_token),
+            reason=TENANT_MISMATCH,
+            foreign=None,
+            stage="run",
+            now=ctx.now(),
+        )
+    await revoke_now(ctx, ended, timeout_seconds=ATTEMPT_TIMEOUT_SECONDS)
 
 
 def _plans(

@@ -26,10 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.models import Connection, new_id
-from syncsvc.errors import Conflict, ReauthRequired, Transient
+from syncsvc.errors import Conflict, Misbound, ReauthRequired, Transient
 from syncsvc.logging import get_logger
 from syncsvc.netguard import endpoint_problem, is_loopback_host
 from syncsvc.settings import Settings
+from syncsvc.smart.binding import foreign_patient, foreign_tenant
 from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.oauth import TokenResponse, refresh_tokens
 from syncsvc.tenants import client_credentials, revocation_endpoint
@@ -38,8 +39,19 @@ from syncsvc.vault import Purpose
 from .backoff import Backoff
 from .context import SyncContext
 from .credentials import StoredTokens, load_tokens, save_tokens
+from .misbound import (
+    ATTEMPT_TIMEOUT_SECONDS,
+    PATIENT_MISMATCH,
+    TENANT_MISMATCH,
+    GrantToEnd,
+    MisboundEnd,
+    end_misbound,
+    revoke_now,
+)
 
-RefreshOutcome = Literal["refreshed", "not_due", "needs_reauth", "transient", "lost_lease"]
+RefreshOutcome = Literal[
+    "refreshed", "not_due", "needs_reauth", "misbound", "transient", "lost_lease"
+]
 
 #: Retry policy for failed refreshes: a first retry within 15 s, at most an hour apart.
 REFRESH_BACKOFF = Backoff(base_seconds=15.0, cap_seconds=3600.0)
@@ -293,58 +305,130 @@ async def _stored(
     response: TokenResponse,
     now: dt.datetime,
 ) -> RefreshResult:
-    """Transaction 2 after a successful refresh: tokens (compare-and-swap) and bookkeeping."""
-    schedule = RefreshSchedule.from_settings(ctx.settings)
+    """Transaction 2 after a successful refresh: the binding check, tokens and bookkeeping."""
     async with ctx.sessionmaker.begin() as session:
         connection = await _fresh_connection(session, snapshot.connection.id)
-        try:
-            stored = await save_tokens(
-                session, ctx.vault, connection.id, response, previous=previous, now=now
-            )
-        except Conflict:
-            # Another writer (a worker whose lease we took over, or a reconnect) stored first.
-            # Theirs are at least as new as ours; ours are dropped, theirs are scheduled.
-            current = await load_tokens(session, ctx.vault, connection.id)
-            if current is None:
-                # Disconnected while the EHR was answering: the tokens it just issued belong to
-                # nobody now, so they are queued for revocation like the disconnect's own.
-                await _orphaned(ctx, session, snapshot, response, now)
-                return RefreshResult(
-                    "needs_reauth",
-                    None,
-                    message="The connection was disconnected during the refresh.",
-                    reason="disconnected",
-                )
-            connection.next_refresh_at = next_refresh_at(
-                schedule,
+        ended = await _check_binding(
+            ctx, session, connection=connection, previous=previous, response=response, now=now
+        )
+        if ended is None:
+            result = await _store_in(
+                ctx,
+                session,
+                snapshot=snapshot,
+                connection=connection,
+                previous=previous,
+                response=response,
                 now=now,
-                access_expires_at=current.access_expires_at,
-                last_refresh_at=connection.last_refresh_at,
-                connected_at=connection.connected_at,
-                has_refresh_token=current.refresh_token is not None,
             )
-            connection.updated_at = now
-            return _theirs(current)
-        connection.last_refresh_at = now
-        connection.failure_count = 0
-        connection.backoff_until = None
+        else:
+            result = RefreshResult(
+                "misbound", None, message=ended.message, reason=connection.status_reason
+            )
+    if ended is not None:
+        await revoke_now(ctx, ended, timeout_seconds=ATTEMPT_TIMEOUT_SECONDS)
+    return result
+
+
+async def _store_in(
+    ctx: SyncContext,
+    session: AsyncSession,
+    *,
+    snapshot: _Snapshot,
+    connection: Connection,
+    previous: StoredTokens,
+    response: TokenResponse,
+    now: dt.datetime,
+) -> RefreshResult:
+    """Store a refresh's tokens (compare-and-swap) and the connection's bookkeeping."""
+    schedule = RefreshSchedule.from_settings(ctx.settings)
+    try:
+        stored = await save_tokens(
+            session, ctx.vault, connection.id, response, previous=previous, now=now
+        )
+    except Conflict:
+        # Another writer (a worker whose lease we took over, or a reconnect) stored first.
+        # Theirs are at least as new as ours; ours are dropped, theirs are scheduled.
+        current = await load_tokens(session, ctx.vault, connection.id)
+        if current is None:
+            # Disconnected while the EHR was answering: the tokens it just issued belong to
+            # nobody now, so they are queued for revocation like the disconnect's own.
+            await _orphaned(ctx, session, snapshot, response, now)
+            return RefreshResult(
+                "needs_reauth",
+                None,
+                message="The connection was disconnected during the refresh.",
+                reason="disconnected",
+            )
         connection.next_refresh_at = next_refresh_at(
             schedule,
             now=now,
-            access_expires_at=stored.access_expires_at,
-            last_refresh_at=now,
+            access_expires_at=current.access_expires_at,
+            last_refresh_at=connection.last_refresh_at,
             connected_at=connection.connected_at,
-            has_refresh_token=stored.refresh_token is not None,
+            has_refresh_token=current.refresh_token is not None,
         )
-        narrowed = narrowed_scopes(
-            connection.granted_scopes,
-            response,
-            holds_refresh_token=stored.refresh_token is not None,
-        )
-        if narrowed is not None:
-            connection.granted_scopes = narrowed
         connection.updated_at = now
+        return _theirs(current)
+    connection.last_refresh_at = now
+    connection.failure_count = 0
+    connection.backoff_until = None
+    connection.next_refresh_at = next_refresh_at(
+        schedule,
+        now=now,
+        access_expires_at=stored.access_expires_at,
+        last_refresh_at=now,
+        connected_at=connection.connected_at,
+        has_refresh_token=stored.refresh_token is not None,
+    )
+    narrowed = narrowed_scopes(
+        connection.granted_scopes,
+        response,
+        holds_refresh_token=stored.refresh_token is not None,
+    )
+    if narrowed is not None:
+        connection.granted_scopes = narrowed
+    connection.updated_at = now
     return RefreshResult("refreshed", stored)
+
+
+async def _check_binding(
+    ctx: SyncContext,
+    session: AsyncSession,
+    *,
+    connection: Connection,
+    previous: StoredTokens,
+    response: TokenResponse,
+    now: dt.datetime,
+) -> MisboundEnd | None:
+    """End the grant before its new token is stored if the EHR renewed it for someone else.
+
+    A refresh response naming another patient, or another tenant (Cerner's ``tenant`` field,
+    a readable token's tenant claim), makes the connection ``misbound``: nothing it returned is
+    stored or used, and the newest token of the grant is queued for revocation.
+    """
+    other_patient = foreign_patient(connection.patient_id, response)
+    other_tenant = None if other_patient else foreign_tenant(connection.fhir_base, response)
+    if other_patient is None and other_tenant is None:
+        return None
+    tenant = await repo.get_tenant(session, connection.tenant_id)
+    if tenant is None:  # pragma: no cover - the foreign key forbids it
+        return None
+    refresh_token = response.refresh_token or previous.refresh_token
+    ended = await end_misbound(
+        session,
+        vault=ctx.vault,
+        owner=ctx.owner,
+        connection=connection,
+        tenant=tenant,
+        grant=GrantToEnd.of(refresh_token, response.access_token),
+        reason=PATIENT_MISMATCH if other_patient else TENANT_MISMATCH,
+        foreign=other_tenant,
+        stage="refresh",
+        now=now,
+    )
+    await session.refresh(connection)
+    return ended
 
 
 async def _orphaned(
@@ -412,7 +496,9 @@ async def _failed(
     )
 
 
-async def _refresh(ctx: SyncContext, connection_id: str, *, force: bool) -> RefreshResult:
+async def _refresh(
+    ctx: SyncContext, connection_id: str, *, force: bool, refused: bool = False
+) -> RefreshResult:
     now = ctx.now()
     snapshot = await _read(ctx, connection_id, now)
     if snapshot is None:
@@ -440,8 +526,9 @@ async def _refresh(ctx: SyncContext, connection_id: str, *, force: bool) -> Refr
         has_refresh_token=tokens.refresh_token is not None,
     )
     if tokens.refresh_token is None:
-        # No offline access: the EHR has nothing to refresh. Use the access token while it lasts.
-        if tokens.access_valid(now):
+        # No offline access: the EHR has nothing to refresh. Use the access token while it lasts
+        # (``refused``: the EHR already turned it down with a 401, whatever its expiry said).
+        if tokens.access_valid(now) and not refused:
             await _record_schedule(ctx, snapshot, due, now)
             return RefreshResult("not_due", tokens, message="No refresh token was granted.")
         return await _needs_reauth(
@@ -505,7 +592,7 @@ async def _call_ehr(
 
 
 async def refresh_connection(
-    ctx: SyncContext, connection_id: str, *, force: bool = False
+    ctx: SyncContext, connection_id: str, *, force: bool = False, refused: bool = False
 ) -> RefreshResult:
     """Refresh one leased connection's tokens if due (or ``force``), committing before returning.
 
@@ -514,7 +601,7 @@ async def refresh_connection(
     off; old tokens kept) and ``lost_lease`` (no EHR call was made).
     """
     log = get_logger(__name__).bind(connection_id=connection_id)
-    result = await _refresh(ctx, connection_id, force=force)
+    result = await _refresh(ctx, connection_id, force=force, refused=refused)
     fields = {
         "outcome": result.outcome,
         "forced": force,
@@ -525,7 +612,7 @@ async def refresh_connection(
         if result.tokens is not None and result.tokens.access_expires_at is not None
         else None,
     }
-    if result.outcome in ("needs_reauth", "transient"):
+    if result.outcome in ("needs_reauth", "misbound", "transient"):
         log.warning("refresh", **fields)
     elif result.outcome == "not_due":
         log.debug("refresh", **fields)
@@ -556,7 +643,9 @@ async def ensure_access_token(
             tokens = await load_tokens(session, ctx.vault, connection_id)
         if tokens is not None and tokens.access_valid(ctx.now(), min_valid_seconds):
             return tokens
-    result = await refresh_connection(ctx, connection_id, force=True)
+    # ``force`` comes after the EHR refused the access token: a grant without a refresh token
+    # then has nothing left, and ends as offline_access_not_granted rather than as a refusal.
+    result = await refresh_connection(ctx, connection_id, force=True, refused=force)
     if on_refresh is not None:
         on_refresh(result)
     if (
@@ -565,6 +654,8 @@ async def ensure_access_token(
         and result.tokens.access_valid(ctx.now())
     ):
         return result.tokens
+    if result.outcome == "misbound":
+        raise Misbound(result.message or "The grant is misbound.", reason=result.reason)
     if result.outcome == "needs_reauth":
         raise ReauthRequired(
             result.message or _DEFAULT_REAUTH_MESSAGE,

@@ -300,7 +300,7 @@ async def _work(
         result = await refresh_connection(ctx, connection.id)
         run.refreshes.append(result)
         report.refresh[result.outcome] += 1
-        if result.outcome in ("needs_reauth", "lost_lease"):
+        if result.outcome in ("needs_reauth", "misbound", "lost_lease"):
             return
     if not _is_due(connection.next_sync_at, now):
         return

@@ -18,6 +18,8 @@ from syncsvc.health.report import (
     scope_grants,
 )
 from syncsvc.health.rules import (
+    LAUNCH_FAILURES_DEGRADED,
+    LAUNCH_FAILURES_FAILING,
     RULES,
     STATUSES,
     TRANSIENT_ERRORS_DEGRADED,
@@ -182,6 +184,7 @@ def _connection(**overrides: object) -> ConnectionFacts:
     fields: dict[str, object] = {
         "tenant_id": "t",
         "status": "active",
+        "status_reason": None,
         "created_at": NOW - dt.timedelta(days=2),
         "connected_at": NOW - dt.timedelta(days=2),
         "last_refresh_at": None,
@@ -318,3 +321,41 @@ def test_refused_searches_in_the_last_day_degrade() -> None:
     verdict = evaluate(replace(HEALTHY, errors_last_day={"refused": 2}))
     assert (verdict.status, verdict.rule) == ("degraded", "refused_searches")
     assert "2 search(es) refused" in verdict.reason
+
+
+def test_reauth_without_offline_access_does_not_ask_patients_back_where_it_is_never_granted() -> (
+    None
+):
+    offline_only = {"reauth_offline_access": 3}
+    counts = {"connections": {"active": 1, "needs_reauth": 3}}
+    never = evaluate(TenantFacts(now=NOW, grants_offline_access=False, **counts, **offline_only))
+    assert never.rule not in ("reauth_majority", "reauth_wave")
+    granted = evaluate(TenantFacts(now=NOW, grants_offline_access=True, **counts, **offline_only))
+    assert granted.rule == "reauth_majority"
+
+
+def test_launch_failure_rules_count_only_what_points_at_the_tenant() -> None:
+    noisy = evaluate(
+        TenantFacts(now=NOW, launch_failures_last_day={"access_denied": 9, "state_replayed": 9})
+    )
+    assert noisy.status == "ok"
+    mixed = evaluate(
+        TenantFacts(
+            now=NOW,
+            launch_failures_last_day={"missing-patient": LAUNCH_FAILURES_DEGRADED},
+            launches_succeeded_last_day=LAUNCH_FAILURES_DEGRADED,
+        )
+    )
+    assert (mixed.status, mixed.rule) == ("degraded", "launch_failures")
+    mostly_fine = evaluate(
+        TenantFacts(
+            now=NOW,
+            launch_failures_last_day={"missing-patient": LAUNCH_FAILURES_DEGRADED},
+            launches_succeeded_last_day=LAUNCH_FAILURES_DEGRADED + 1,
+        )
+    )
+    assert mostly_fine.status == "ok"
+    none_connect = evaluate(
+        TenantFacts(now=NOW, launch_failures_last_day={"id_token_aud": LAUNCH_FAILURES_FAILING})
+    )
+    assert (none_connect.status, none_connect.rule) == ("failing", "launches_failing")

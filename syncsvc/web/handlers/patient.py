@@ -49,11 +49,11 @@ _STATUS_WORDS: dict[str, tuple[str, str, str]] = {
         "Reconnect to continue.",
     ),
     "misbound": (
-        "Could not be connected safely",
+        "Stopped: signed in for the wrong organisation",
         "bad",
-        "Your provider issued this sign-in for a different organisation, so nothing from it is "
-        "used. The service operator must check the provider's setup; reconnecting will not help "
-        "until then.",
+        "Your provider issued or renewed this connection's sign-in for a different organisation "
+        "or record, so syncsvc stopped using it and deleted it. The service operator must check "
+        "the provider's setup; reconnecting will not help until then.",
     ),
     "error": (
         "Stopped because of a problem",

@@ -84,7 +84,7 @@ async def test_misbound_is_explained(flow: Flow) -> None:
             message="Generic issued this sign-in for a different organisation.",
         )
         page = await patient.open(f"{flow.service.origin}/status")
-    assert "Could not be connected safely." in words(page.body)
+    assert "Stopped: signed in for the wrong organisation." in words(page.body)
     assert "issued this sign-in for a different organisation" in words(page.body)
     assert not [f for f in parse_forms(page.body) if "/connect/start" in f.action]
 

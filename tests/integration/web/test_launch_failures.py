@@ -8,7 +8,7 @@ import aiohttp
 from sqlalchemy import select, update
 
 from syncsvc.connect_links import issue_connect_link
-from syncsvc.db.models import Credential, LaunchAttempt, Tenant
+from syncsvc.db.models import Credential, LaunchAttempt, PendingRevocation, Tenant
 from syncsvc.keys import SESSIONMAKER, SIGNER
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
@@ -188,14 +188,23 @@ async def test_token_for_another_tenant_is_recorded_misbound(
     async with ScriptedPatient(username="nancysmart") as patient:
         page = await patient.connect(link)
     assert page.status == 409
-    assert "could not be connected safely" in page.body
+    assert "<title>Your record could not be connected safely" in page.body
+    assert "Your record is connected" not in page.body
     assert other in page.body
+    assert "asked to cancel it" in page.body
     connection = await flow.only_connection()
     assert connection.status == "misbound"
     assert connection.status_reason == "tenant_mismatch"
     assert connection.next_sync_at is None
+    assert connection.status_message is not None
+    assert "no records were read with it" in connection.status_message
     async with flow.service.app[SESSIONMAKER]() as session:
         assert list(await session.scalars(select(Credential))) == []
+        assert list(await session.scalars(select(PendingRevocation))) == []
+    # The grant is dead at the EHR too: revoked there before the page was shown.
+    [grant] = flow.sandbox.state.grants.values()
+    assert grant.revoked
+    assert grant.revoked_reason == "revoked by the client"
     # The EHR confirms: that token is refused here with Cerner's tenant-mismatch answer.
     fhir_calls = [e for e in flow.sandbox.state.request_log if "/Patient/" in e.url]
     assert fhir_calls == []
