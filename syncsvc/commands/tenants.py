@@ -159,12 +159,64 @@ def _add(args: argparse.Namespace) -> int:
     except SyncsvcError as exc:
         return fail("tenants add", exc.message)
     summary = tenant_summary(tenant)
+    warnings = _warn_about_discovery(tenant)
+    for warning in warnings:
+        print(f"tenants add: warning: {warning}", file=sys.stderr)
     if args.json:
-        print_json(summary)
+        print_json({**summary, "warnings": warnings})
     else:
         print(f"registered tenant '{tenant.name}'; discovery succeeded:")
         _print_tenant(summary)
     return 0
+
+
+async def _check(settings: Settings, name: str) -> dict[str, Any] | None:
+    from syncsvc.db import repo
+    from syncsvc.health.report import tenant_health
+
+    async with database(settings) as sessionmaker, sessionmaker() as session:
+        tenant = await repo.get_tenant_by_name(session, name)
+        if tenant is None:
+            return None
+        report = await tenant_health(session, tenant, dt.datetime.now(dt.UTC))
+    body = report.to_json()
+    return {
+        "tenant": body["tenant"],
+        "status": body["status"],
+        "rule": body["rule"],
+        "findings": body["findings"],
+        "launch_failures": body["launch_failures"],
+        "connections": body["connections"],
+    }
+
+
+def _check_cmd(args: argparse.Namespace) -> int:
+    settings = load_settings("tenants check")
+    if settings is None:
+        return EXIT_USAGE
+    result = asyncio.run(_check(settings, args.name))
+    if result is None:
+        return fail("tenants check", f"no tenant named '{args.name}'")
+    if args.json:
+        print_json(result)
+        return 0
+    rule = result["rule"]
+    print(f"{result['tenant']}: {result['status']} ({rule['id']}: {rule['reason']})")
+    if not result["findings"]:
+        print("  no likely cause found: nothing in discovery, grants or launches stands out")
+    for finding in result["findings"]:
+        print(f"  - [{finding['id']}] {finding['message']}")
+    return 0
+
+
+def _warn_about_discovery(tenant: Tenant) -> list[str]:
+    """The discovery findings ``tenants add`` warns about at once."""
+    from syncsvc.diagnosis import discovery_findings
+
+    found = discovery_findings(
+        tenant.display_name, tenant.scopes_supported, list(tenant.capabilities or [])
+    )
+    return [f"[{f.id}] {f.message}" for f in found]
 
 
 async def _load(settings: Settings, name: str | None) -> list[tuple[Tenant, int]]:
@@ -289,7 +341,9 @@ def _import(args: argparse.Namespace) -> int:
 
 def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register ``tenants``."""
-    tenants = commands.add_parser("tenants", help="EHR tenants: add, list, show, remove, import")
+    tenants = commands.add_parser(
+        "tenants", help="EHR tenants: add, list, show, check, remove, import"
+    )
     actions = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
 
     add = actions.add_parser(
@@ -337,6 +391,19 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     show.add_argument("name")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_show)
+
+    check = actions.add_parser(
+        "check",
+        help="explain a tenant's likely problems in plain words",
+        description=(
+            "Reads discovery, the scopes requested and granted per connection (here and at "
+            "other tenants with the same client), failed launches and misbound grants, and "
+            "names the likely causes. Tenant health lists the same findings."
+        ),
+    )
+    check.add_argument("name")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=_check_cmd)
 
     remove = actions.add_parser("remove", help="delete a tenant")
     remove.add_argument("name")

@@ -21,6 +21,7 @@ from syncsvc.db import health_repo, launch_failure_repo, repo
 from syncsvc.db.health_repo import ConnectionFacts, ErrorCount, TypeFailures
 from syncsvc.db.launch_failure_repo import FailureCount
 from syncsvc.db.models import CONNECTION_STATUSES, RUN_OUTCOMES, Tenant
+from syncsvc.diagnosis import Evidence, Finding, diagnose, findings_json, granted_types
 from syncsvc.smart.scopes import grant_report
 
 from .rules import OFFLINE_ACCESS_NOT_GRANTED, TenantFacts, Verdict, evaluate, failing_at_tenant
@@ -170,6 +171,8 @@ class TenantHealth:
     #: Active connections with each resource type ``failing``.
     type_failures: dict[str, int] = field(default_factory=dict)
     launches: LaunchFigures = field(default_factory=LaunchFigures)
+    #: The likely causes behind what the figures show (``tenants check`` prints the same).
+    findings: tuple[Finding, ...] = ()
 
     @property
     def status(self) -> str:
@@ -218,6 +221,7 @@ class TenantHealth:
                 "last_day": self.errors_day.to_json(),
             },
             "launch_failures": self.launches.to_json(),
+            "findings": findings_json(self.findings),
             "scopes": [
                 {"scope": s.scope, "requested": s.requested, "granted": s.granted}
                 for s in self.scopes
@@ -303,6 +307,7 @@ def build_health(
     runs: Iterable[tuple[dt.datetime, str]] | None = None,
     type_failures: Iterable[TypeFailures] = (),
     launches: LaunchFigures | None = None,
+    granted_elsewhere: dict[str, list[str]] | None = None,
 ) -> TenantHealth:
     """The report of one tenant from its rows."""
     failing_types = {item.resource_type: item.connections for item in type_failures}
@@ -338,6 +343,21 @@ def build_health(
         launch_failures_last_day=launches.day.by_reason,
         launches_succeeded_last_day=launches.succeeded_day,
     )
+    findings = diagnose(
+        Evidence(
+            display_name=tenant.display_name,
+            discovered=has_document,
+            scopes_supported=None
+            if tenant.scopes_supported is None
+            else tuple(tenant.scopes_supported),
+            capabilities=tuple(tenant.capabilities or ()),
+            connections=connections,
+            granted_elsewhere=granted_elsewhere or {},
+            launch_failures=launches.day.by_reason,
+            mismatch_events=day_window.by_class.get("tenant_mismatch", 0)
+            + day_window.by_class.get("patient_mismatch", 0),
+        )
+    )
     return TenantHealth(
         name=tenant.name,
         display_name=tenant.display_name,
@@ -362,7 +382,25 @@ def build_health(
         outcomes=outcome_buckets(runs, now) if runs is not None else (),
         type_failures=failing_types,
         launches=launches,
+        findings=tuple(findings),
     )
+
+
+def grants_by_client(
+    tenants: Iterable[Tenant], connections: dict[str, list[ConnectionFacts]]
+) -> dict[str, dict[str, list[str]]]:
+    """Per client id, the types granted to it and at which tenants: client → type → names.
+
+    A tenant's own name never appears under a type it never granted, so the map serves every
+    tenant of the client as "granted elsewhere" for the types it lacks.
+    """
+    found: defaultdict[str, defaultdict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for tenant in tenants:
+        _, granted = granted_types(connections.get(tenant.id, ()))
+        for resource_type, n in granted.items():
+            if n:
+                found[tenant.client_id][resource_type].append(tenant.name)
+    return {client: dict(types) for client, types in found.items()}
 
 
 async def launch_figures(
@@ -398,6 +436,15 @@ async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime)
     runs = await health_repo.run_outcomes(session, tenant.id, first_bucket)
     failures = await health_repo.type_failures(session, ids)
     launches = await launch_figures(session, now, ids)
+    siblings = [
+        t
+        for t in await repo.list_tenants(session)
+        if t.client_id == tenant.client_id and t.id != tenant.id
+    ]
+    sibling_connections: defaultdict[str, list[ConnectionFacts]] = defaultdict(list)
+    if siblings:
+        for row in await health_repo.connection_facts(session, [t.id for t in siblings]):
+            sibling_connections[row.tenant_id].append(row)
     return build_health(
         tenant,
         connections=connections,
@@ -407,6 +454,7 @@ async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime)
         runs=runs,
         type_failures=failures,
         launches=launches.get(tenant.id),
+        granted_elsewhere=grants_by_client(siblings, sibling_connections).get(tenant.client_id, {}),
     )
 
 
@@ -426,6 +474,7 @@ async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[Ten
     for failure in await health_repo.type_failures(session):
         failures[failure.tenant_id].append(failure)
     launches = await launch_figures(session, now)
+    by_client = grants_by_client(tenants, connections)
     reports = [
         build_health(
             t,
@@ -435,6 +484,7 @@ async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[Ten
             now=now,
             type_failures=failures[t.id],
             launches=launches.get(t.id),
+            granted_elsewhere=by_client.get(t.client_id, {}),
         )
         for t in tenants
     ]

@@ -116,10 +116,14 @@ def smart_configuration(state: SandboxState, tenant: TenantConfig) -> dict[str, 
 def capabilities(policy: TenantPolicy) -> list[str]:
     """SMART capabilities of a tenant with ``policy``."""
     versions = {"v1": ["permission-v1"], "v2": ["permission-v2"]}
-    return [
+    offered = [
         *CAPABILITIES_ALWAYS,
         *versions.get(policy.scope_syntax, ["permission-v1", "permission-v2"]),
     ]
+    if policy.trim_to is not None and "offline_access" not in policy.trim_to:
+        # A deployment that never grants offline access does not advertise it either.
+        offered.remove("permission-offline")
+    return offered
 
 
 def scopes_supported(policy: TenantPolicy) -> list[str]:

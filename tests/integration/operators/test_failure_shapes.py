@@ -122,6 +122,9 @@ async def test_misbound_at_launch(
     assert seen.health["rule"]["id"] == "misbound_connections"
     assert seen.health["launch_failures"]["last_hour"]["by_reason"] == {"tenant_mismatch": 1}
     assert seen.metric("syncsvc_launch_failures_total", tenant="cerner") == 1
+    [finding] = [f for f in seen.health["findings"] if f["id"] == "tenant_mismatch"]
+    assert "production versus sandbox" in finding["message"]
+    assert "1 misbound connection(s), 1 launch(es)" in finding["message"]
 
 
 async def test_misbound_at_run_time_with_opaque_tokens(

@@ -16,6 +16,7 @@ from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
+from tests.integration.cli.runner import syncsvc
 from tests.integration.web.flows import Flow
 
 FAKE_JWT = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
@@ -101,6 +102,19 @@ async def test_missing_patient_launches_are_counted_explained_and_degrade_the_te
     page = await health_html(operator, "cerner")
     assert "Launch failures" in page
     assert "<code>missing-patient</code>" in page
+    # The likely cause, in health and from `tenants check` alike.
+    [finding] = [f for f in body["findings"] if f["id"] == "launch_registration"]
+    assert (
+        "registered for clinicians (provider persona) or for launch from inside"
+        in (finding["message"])
+    )
+    assert "<code>launch_registration</code>" in page
+    checked = await syncsvc(flow.service.settings, "tenants", "check", "cerner", "--json")
+    assert checked.code == 0, checked.stderr
+    result = checked.json()
+    assert isinstance(result, dict)
+    assert result["findings"] == body["findings"]
+    assert result["status"] == "degraded"
 
     # Still nobody connects: the tenant fails outright.
     for i in range(LAUNCH_FAILURES_FAILING - LAUNCH_FAILURES_DEGRADED):
