@@ -108,6 +108,9 @@ class TenantPolicy:
     #: token's tenant claims name this tenant id instead, so the FHIR server answers every
     #: request with tenant-mismatch (what a token issued for another tenant gets at Cerner).
     issue_tokens_for_tenant: str | None = None
+    #: Name the patient in the code exchange's token response (a server that forgets to, as
+    #: seen with registrations lacking patient context, leaves the client guessing).
+    token_response_patient: bool = True
     #: Opaque access tokens and no ``tenant`` in the token response: nothing the client can
     #: read names the tenant, so a misbound grant only shows as the FHIR server's 401.
     opaque_tokens: bool = False

@@ -401,6 +401,8 @@ def _token_body(
         body["tenant"] = policy.issue_tokens_for_tenant or tenant.id
     if policy.refresh_names_patient is not None and not with_id_token:
         body["patient"] = policy.refresh_names_patient
+    if not policy.token_response_patient and with_id_token:
+        del body["patient"]
     if with_id_token and "openid" in scopes:
         body["id_token"] = state.signer.sign(
             id_token_claims(ctx, tenant, grant, scopes, nonce=nonce, now=now)

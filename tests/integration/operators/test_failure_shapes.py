@@ -7,16 +7,19 @@ show``, the host API, tenant health JSON and ``/metrics``. They must say the sam
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import aiohttp
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
 
-from syncsvc.db.models import Connection, Credential, PendingRevocation
+from syncsvc.db.models import Connection, Credential, LaunchAttempt, PendingRevocation
 from syncsvc.keys import SESSIONMAKER
+from syncsvc.sandbox.auth_support import INVALID_LAUNCH_CODE
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
 from syncsvc.sync.context import utcnow
@@ -267,12 +270,117 @@ async def _make_sync_due(flow: Flow, connection_id: str) -> None:
         )
 
 
-async def launch_error(flow: Flow, tenant: str, **answer: str) -> PageResult:
-    """A launch the EHR answers with ``answer`` (error, error_uri ...) for this very state."""
-    link = await flow.link(tenant=tenant)
+def _public(config: SandboxConfig) -> Any:
+    return next(c for c in config.clients if c.client_id == "syncsvc-public")
+
+
+async def _declined(flow: Flow, config: SandboxConfig, user: str) -> PageResult:
+    link = await flow.link(user, tenant="cerner")
+    async with ScriptedPatient(username="nancysmart", decision="deny") as patient:
+        return await patient.connect(link)
+
+
+async def _one_launch(flow: Flow, user: str) -> PageResult:
+    link = await flow.link(user, tenant="cerner")
+    async with ScriptedPatient(username="nancysmart") as patient:
+        return await patient.connect(link)
+
+
+async def _missing_patient(flow: Flow, config: SandboxConfig, user: str) -> PageResult:
+    _public(config).launch = "ehr"
+    return await _one_launch(flow, user)
+
+
+async def _persona(flow: Flow, config: SandboxConfig, user: str) -> PageResult:
+    _public(config).persona = "provider"
+    return await _one_launch(flow, user)
+
+
+async def _denied_by_server(flow: Flow, config: SandboxConfig, user: str) -> PageResult:
+    _public(config).tenants = ["some-other-tenant"]
+    return await _one_launch(flow, user)
+
+
+async def _invalid_launch_code(flow: Flow, config: SandboxConfig, user: str) -> PageResult:
+    urn = quote(INVALID_LAUNCH_CODE, safe="")
+    uri = f"{flow.sandbox.origin}/errors/{urn}/instances/1?persona=patient"
+    link = await flow.link(user, tenant="cerner")
     async with ScriptedPatient(username="nancysmart") as patient:
         stopped = await patient.connect(link, stop_before=flow.service.callback)
         state = dict(parse_qsl(urlsplit(stopped.url).query))["state"]
-        return await patient.open(
-            f"{flow.service.callback}?{urlencode({'state': state, **answer})}"
-        )
+        answer = {"state": state, "error": "invalid_request", "error_uri": uri}
+        return await patient.open(f"{flow.service.callback}?{urlencode(answer)}")
+
+
+async def _no_patient(flow: Flow, config: SandboxConfig, user: str) -> PageResult:
+    _tenant(config, CERNER_TENANT).policy.token_response_patient = False
+    return await _one_launch(flow, user)
+
+
+async def _identity_token(flow: Flow, config: SandboxConfig, user: str) -> PageResult:
+    link = await flow.link(user, tenant="cerner")
+    async with ScriptedPatient(username="nancysmart") as patient:
+        stopped = await patient.connect(link, stop_before=flow.service.callback)
+        # An answer meant for another launch: its id_token carries that launch's nonce.
+        async with flow.service.app[SESSIONMAKER].begin() as session:
+            await session.execute(update(LaunchAttempt).values(nonce="another-launch-nonce"))
+        return await patient.open(stopped.url)
+
+
+async def _replayed(flow: Flow, config: SandboxConfig, user: str) -> PageResult:
+    link = await flow.link(user, tenant="cerner")
+    async with ScriptedPatient(username="nancysmart") as patient:
+        assert (await patient.connect(link)).status == 200
+        callback = next(u for u in patient.visited if u.startswith(flow.service.callback))
+        return await patient.open(callback)
+
+
+LaunchShape = Callable[[Flow, SandboxConfig, str], Awaitable[PageResult]]
+
+
+@pytest.mark.parametrize(
+    ("shape", "reason", "sentence", "counts"),
+    [
+        (_declined, "access_denied", "You chose not to share your record", False),
+        (_missing_patient, "missing-patient", "setup for this application did not allow", True),
+        (_persona, "client-persona-mismatch", "setup for this application did not allow", True),
+        (_invalid_launch_code, "invalid-launch-code", "signing in again will not help", True),
+        (_denied_by_server, "denied-by-server", "refused the request", True),
+        (_no_patient, "no_patient", "did not say which patient record was shared", True),
+        (_identity_token, "id_token_nonce", "identity token", True),
+        (_replayed, "state_replayed", "already been completed", False),
+    ],
+)
+async def test_each_launch_error(
+    flow: Flow,
+    operator: aiohttp.ClientSession,
+    sandbox_config: SandboxConfig,
+    shape: LaunchShape,
+    reason: str,
+    sentence: str,
+    counts: bool,
+) -> None:
+    await flow.register(CERNER_TENANT, name="cerner")
+    pages = [await shape(flow, sandbox_config, f"user-{i}") for i in range(3)]
+
+    for page in pages:
+        assert page.status == 400, page.body
+        assert sentence in _text(page.body)
+        assert "Traceback" not in page.body
+        assert "Your record is connected" not in page.body
+    async with operator.get("/tenants/cerner/health") as response:
+        health = await response.json()
+    assert health["launch_failures"]["last_hour"]["by_reason"] == {reason: 3}
+    async with operator.get("/metrics") as response:
+        exposition = await response.text()
+    assert f'syncsvc_launch_failures_total{{reason="{reason}",tenant="cerner"}} 3.0' in exposition
+    if counts:
+        assert health["status"] == "degraded"
+        assert health["rule"]["id"] == "launch_failures"
+    else:
+        # The patient's own choice, or a reloaded callback: counted, never held against the EHR.
+        assert health["status"] == "ok"
+    # No failed launch leaves a connection behind that could look connected.
+    # (A reloaded callback's launch itself had connected: one active connection per user.)
+    active = [c.user_id for c in await flow.connections() if c.status == "active"]
+    assert active == ([f"user-{i}" for i in range(3)] if reason == "state_replayed" else [])
