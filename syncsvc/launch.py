@@ -23,6 +23,7 @@ import aiohttp
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from syncsvc import webhooks
 from syncsvc.db import launch_failure_repo, repo
 from syncsvc.db.models import Connection, LaunchAttempt, Tenant, new_id
 from syncsvc.errors import LaunchError, ReauthRequired, SyncsvcError, Transient
@@ -536,6 +537,19 @@ async def _store_connection(
                         now=now,
                     )
                     await session.refresh(connection)
+                    # The host application hears of it as of a misbound run (same words).
+                    await webhooks.enqueue(
+                        session,
+                        services.settings,
+                        "connection.misbound",
+                        connection=connection,
+                        data={
+                            "reason": connection.status_reason,
+                            "message": connection.status_message,
+                            "error_uri": connection.error_uri,
+                        },
+                        now=now,
+                    )
         except IntegrityError:
             # Two callbacks for the same patient raced to insert; the second updates instead.
             continue

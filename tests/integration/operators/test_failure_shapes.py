@@ -13,21 +13,37 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import aiohttp
+import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
 
-from syncsvc.db.models import Connection, Credential, LaunchAttempt, PendingRevocation
+from syncsvc.db.models import (
+    Connection,
+    Credential,
+    LaunchAttempt,
+    PendingRevocation,
+    WebhookDelivery,
+)
 from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.auth_support import INVALID_LAUNCH_CODE
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
+from syncsvc.settings import Secret, Settings
 from syncsvc.sync.context import utcnow
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc
 from tests.integration.web.flows import Flow, sync_now
 
 OTHER_TENANT = "0b8a0111-e8e6-4c26-a91c-5069cbc6b1ca"
+#: Nothing listens here: the queued payloads are read back from the database instead.
+WEBHOOK_URL = "http://127.0.0.1:9/hooks"
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """Webhooks set up, so that what the host application would be sent can be read back."""
+    return settings.replace(webhook_url=WEBHOOK_URL, webhook_secret=Secret("s" * 32))
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,8 @@ class Surfaces:
     api: dict[str, Any]
     health: dict[str, Any]
     metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+    #: The payloads queued for the host application about this connection, oldest first.
+    webhooks: list[dict[str, Any]]
 
     def metric(self, name: str, **labels: str) -> float | None:
         """One sample's value (None when absent)."""
@@ -55,6 +73,10 @@ class Surfaces:
         message = self.api["status_message"]
         assert sentence in message
         assert _text(message) in _text(self.status_page)
+        hooks = [w for w in self.webhooks if w["type"] == f"connection.{status}"]
+        assert hooks, [w["type"] for w in self.webhooks]
+        assert hooks[-1]["data"]["message"] == message
+        assert hooks[-1]["data"]["status"] == status
         tenant = self.api["tenant"]["name"]
         assert self.health["connections"][status] == 1
         assert self.metric("syncsvc_connections", tenant=tenant, status=status) == 1
@@ -86,7 +108,14 @@ async def surfaces(
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-    return Surfaces(page.body, cli, api, health, metrics)
+    async with flow.service.app[SESSIONMAKER]() as session:
+        queued = await session.scalars(
+            select(WebhookDelivery)
+            .where(WebhookDelivery.connection_id == connection_id)
+            .order_by(WebhookDelivery.created_at)
+        )
+        hooks = [orjson.loads(w.payload) for w in queued]
+    return Surfaces(page.body, cli, api, health, metrics, hooks)
 
 
 def _tenant(config: SandboxConfig, tenant_id: str) -> TenantConfig:
