@@ -338,7 +338,7 @@ async def _invalid_launch_code(flow: Flow, config: SandboxConfig, user: str) -> 
         stopped = await patient.connect(link, stop_before=flow.service.callback)
         state = dict(parse_qsl(urlsplit(stopped.url).query))["state"]
         answer = {"state": state, "error": "invalid_request", "error_uri": uri}
-        return await patient.open(f"{flow.service.callback}?{urlencode(answer)}")
+        return await patient.open(f"{flow.service.callback_for('cerner')}?{urlencode(answer)}")
 
 
 async def _no_patient(flow: Flow, config: SandboxConfig, user: str) -> PageResult:

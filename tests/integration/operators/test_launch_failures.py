@@ -182,7 +182,7 @@ async def test_the_ehr_description_is_redacted_and_capped_before_it_is_stored(
         query = urlencode(
             {"state": state, "error": "server_error", "error_description": description}
         )
-        page = await patient.open(f"{flow.service.callback}?{query}")
+        page = await patient.open(f"{flow.service.callback_for('generic')}?{query}")
 
     assert page.status == 400
     [failure] = await stored_failures(flow)
