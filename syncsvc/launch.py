@@ -41,9 +41,11 @@ from syncsvc.smart.scopes import GrantReport, grant_report, plan_scopes
 from syncsvc.smart.vendor_errors import OAuthError, known_reason, safe_error_uri
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens, save_tokens
+from syncsvc.sync.grant_states import readable_types, reconcile_type_states
 from syncsvc.sync.misbound import TENANT_MISMATCH, GrantToEnd, end_misbound, revoke_now
 from syncsvc.tenants import client_credentials, fresh_configuration, resource_types_of
 from syncsvc.vault import Purpose, Vault
+from syncsvc.vocabulary import NO_READABLE_TYPE
 
 log = get_logger("syncsvc.launch")
 
@@ -491,10 +493,20 @@ async def _store_connection(
         "requested_scopes": exchange.requested,
         "granted_scopes": exchange.granted,
     }
-    if mismatch is None:
+    if mismatch is None and not readable_types(exchange.granted, tenant):
+        # Nothing the grant covers can be read: never ``active``, nothing is scheduled.
+        status: dict[str, Any] = {
+            "status": "no_access",
+            "status_reason": NO_READABLE_TYPE,
+            "status_message": None,
+            "error_uri": None,
+            "next_sync_at": None,
+            "next_refresh_at": None,
+        }
+    elif mismatch is None:
         margin = dt.timedelta(seconds=services.settings.refresh_margin_seconds)
         expires = dt.datetime.fromtimestamp(tokens.expires_at, dt.UTC)
-        status: dict[str, Any] = {
+        status = {
             "status": "active",
             "status_reason": None,
             "status_message": None,
@@ -598,6 +610,8 @@ async def _upsert_connection(
         )
     elif previous is not None:
         await repo.delete_credentials(session, connection.id)
+    if store_tokens:
+        await reconcile_type_states(session, connection, exchange.tenant, now=now)
     return connection
 
 

@@ -38,13 +38,26 @@ from syncsvc.netguard import PRIVATE_NAMES_ALLOWED
 from syncsvc.settings import Settings
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
+from syncsvc.vocabulary import WEBHOOK_EVENTS
 
 log = get_logger("syncsvc.webhooks")
 
-EVENT_TYPES = ("sync.completed", "connection.needs_reauth", "connection.misbound")
+EVENT_TYPES = WEBHOOK_EVENTS
 #: What ``data`` may carry: outcomes, counts and plain-words reasons, never patient data.
 ALLOWED_DATA_KEYS = frozenset(
-    {"run_id", "outcome", "counts", "types", "reason", "message", "error_uri", "full"}
+    {
+        "run_id",
+        "outcome",
+        "counts",
+        "types",
+        "reason",
+        "message",
+        "error_uri",
+        "full",
+        "withdrawn",
+        "added",
+        "sentences",
+    }
 )
 SIGNATURE_HEADER = "Syncsvc-Signature"
 EVENT_HEADER = "Syncsvc-Event"

@@ -21,6 +21,7 @@ from syncsvc.commands.common import (
     print_json,
     sync_context,
 )
+from syncsvc.vocabulary import CONNECTION_STATUSES, SUCCESSFUL_RUN_OUTCOMES
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -31,9 +32,9 @@ if TYPE_CHECKING:
     from syncsvc.sync.pull import TypeResult
     from syncsvc.sync.runner import WorkReport
 
-STATUSES = ("active", "needs_reauth", "revoked", "misbound", "error")
+STATUSES = CONNECTION_STATUSES
 #: Sync outcomes after which ``sync --now`` reports success.
-GOOD_OUTCOMES = frozenset({"ok", "partial"})
+GOOD_OUTCOMES = SUCCESSFUL_RUN_OUTCOMES
 
 
 class CommandFailed(Exception):

@@ -29,15 +29,14 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from syncsvc.fhir.ids import MAX_ID_LENGTH
+from syncsvc.vocabulary import CONNECTION_STATUSES, RUN_OUTCOMES, TYPE_STATES
 
 from .base import Base, UTCDateTime
 
 Vendor = Literal["cerner", "epic", "generic"]
 AuthMethodName = Literal["public", "client_secret_basic", "client_secret_post", "private_key_jwt"]
-ConnectionStatus = Literal["active", "needs_reauth", "revoked", "misbound", "error"]
 VENDORS: tuple[str, ...] = get_args(Vendor)
 AUTH_METHOD_NAMES: tuple[str, ...] = get_args(AuthMethodName)
-CONNECTION_STATUSES: tuple[str, ...] = get_args(ConnectionStatus)
 
 URL_LENGTH = 2048
 ID_LENGTH = 36
@@ -237,11 +236,9 @@ class ConnectLink(Base):
 # --- synced resources ------------------------------------------------------------------------
 
 DeletedReason = Literal["vanished", "entered-in-error"]
-TypeSyncStatus = Literal["ok", "denied", "error", "transient_error", "failing"]
-RunOutcome = Literal["running", "ok", "partial", "transient", "misbound", "reauth", "error"]
 DELETED_REASONS: tuple[str, ...] = get_args(DeletedReason)
-TYPE_SYNC_STATUSES: tuple[str, ...] = get_args(TypeSyncStatus)
-RUN_OUTCOMES: tuple[str, ...] = get_args(RunOutcome)
+#: Kept under its old name for the check constraint; the states are the vocabulary's.
+TYPE_SYNC_STATUSES: tuple[str, ...] = TYPE_STATES
 
 RESOURCE_TYPE_LENGTH = 64
 RESOURCE_ID_LENGTH = MAX_ID_LENGTH

@@ -20,9 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.db import health_repo, launch_failure_repo, repo
 from syncsvc.db.health_repo import ConnectionFacts, ErrorCount, TypeFailures
 from syncsvc.db.launch_failure_repo import FailureCount
-from syncsvc.db.models import CONNECTION_STATUSES, RUN_OUTCOMES, Tenant
+from syncsvc.db.models import Tenant
 from syncsvc.diagnosis import Evidence, Finding, diagnose, findings_json, granted_types
 from syncsvc.smart.scopes import grant_report
+from syncsvc.vocabulary import CONNECTION_STATUSES, RUN_OUTCOMES
 
 from .rules import OFFLINE_ACCESS_NOT_GRANTED, TenantFacts, Verdict, evaluate, failing_at_tenant
 
@@ -289,7 +290,7 @@ def outcome_buckets(
     """Runs per outcome in ``buckets`` one-hour buckets, the last one holding ``now``."""
     last_start = now.replace(minute=0, second=0, microsecond=0)
     first_start = last_start - (buckets - 1) * HOUR
-    counts = [dict.fromkeys(RUN_OUTCOMES, 0) for _ in range(buckets)]
+    counts: list[dict[str, int]] = [dict.fromkeys(RUN_OUTCOMES, 0) for _ in range(buckets)]
     for started_at, outcome in runs:
         index = int((started_at - first_start) // HOUR)
         if 0 <= index < buckets and outcome in counts[index]:
@@ -311,7 +312,7 @@ def build_health(
 ) -> TenantHealth:
     """The report of one tenant from its rows."""
     failing_types = {item.resource_type: item.connections for item in type_failures}
-    by_status = dict.fromkeys(CONNECTION_STATUSES, 0)
+    by_status: dict[str, int] = dict.fromkeys(CONNECTION_STATUSES, 0)
     for connection in connections:
         by_status[connection.status] = by_status.get(connection.status, 0) + 1
     active = [c for c in connections if c.status == "active"]

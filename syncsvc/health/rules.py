@@ -12,13 +12,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 from syncsvc.sync.type_schedule import FAILING_AFTER, FAILING_AFTER_RUNS
 from syncsvc.sync.type_words import tenant_type_sentence
+from syncsvc.vocabulary import HEALTH_STATUSES, HealthStatus
 
-Status = Literal["ok", "degraded", "failing"]
-STATUSES: tuple[Status, ...] = ("ok", "degraded", "failing")
+Status = HealthStatus
+STATUSES: tuple[Status, ...] = HEALTH_STATUSES
 
 #: A share of needs_reauth connections at or above this fails the tenant ...
 REAUTH_FAILING_SHARE = 0.5

@@ -93,6 +93,10 @@ class TenantPolicy:
     hide_offline_access_in_scope: bool = False
     #: A registration change that has not reached this tenant: these scopes are silently dropped.
     missing_scopes: list[str] = field(default_factory=list)
+    #: A registration change that reaches the tenant after the launch: each refresh grants what
+    #: the patient approved and the policy allows now, so a grant can widen again (without
+    #: this, a scope narrowed away at a refresh stays away).
+    widen_on_refresh: bool = False
     # Tokens
     access_token_lifetime: int = 3600
     refresh_mode: RefreshMode = "none"

@@ -48,6 +48,8 @@ class Grant:
     created_at: float
     last_used_at: float
     refresh_token: str | None = None
+    #: What the patient approved at the launch (the grant never widens past it).
+    approved: list[str] = field(default_factory=list)
     #: Refresh tokens this grant has rotated away from; presenting one is a replay.
     retired_refresh_tokens: set[str] = field(default_factory=set)
     #: Absolute expiry of the refresh token (``None``: none).

@@ -267,6 +267,7 @@ def _new_grant(ctx: AuthContext, tenant: TenantConfig, code: AuthCode, granted: 
         client_id=code.client_id,
         patient_id=code.patient_id,
         scopes=granted,
+        approved=list(code.scopes),
         created_at=now,
         last_used_at=now,
     )
@@ -307,7 +308,8 @@ def refresh(
     if grant.refresh_expires_at is not None and now > grant.refresh_expires_at:
         raise invalid_grant("The refresh token has expired")
     _check_throttle(grant, policy.refresh_min_interval, now)
-    current = grant_scopes(grant.scopes, client, policy)
+    base = grant.approved if policy.widen_on_refresh and grant.approved else grant.scopes
+    current = grant_scopes(base, client, policy)
     if not current:
         raise TokenError(
             "invalid_scope", "No scope of this grant is granted any more", urn=EMPTY_SCOPES

@@ -3,8 +3,8 @@
 A run is the refreshes and the pull the runner did for one leased connection. It becomes one
 ``ok`` event per kind when everything went well, and otherwise one event per failing resource
 type or failure class, each with an error class from the health vocabulary
-(:data:`HEALTH_CLASSES`). Events are written in the transaction that closes the run, so
-recording them costs no round trip of its own.
+(:data:`syncsvc.vocabulary.HEALTH_CLASSES`). Events are written in the transaction that closes
+the run, so recording them costs no round trip of its own.
 
 Refreshes and pulls report failures in their own words (``FhirFailure`` kinds, the reason codes
 of :mod:`syncsvc.errors`, and for transport trouble only a message); :func:`health_class` maps
@@ -21,28 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db.event_repo import add_event
 from syncsvc.sync.pull import RunSummary
-from syncsvc.sync.refresh import OFFLINE_ACCESS_NOT_GRANTED, RefreshResult
-
-#: The error classes tenant health is computed from (``refused``: the EHR turned down one
-#: query for a reason of its own, a 400 missing parameter, a plain 403, a 404).
-HEALTH_CLASSES = frozenset(
-    {
-        "tenant_mismatch",
-        "patient_mismatch",
-        "offline_access_not_granted",
-        "insufficient_scope",
-        "invalid_grant",
-        "throttled",
-        "upstream_5xx",
-        "timeout",
-        "foreign_next_link",
-        "compartment_violation",
-        "paging_loop",
-        "malformed",
-        "network",
-        "refused",
-    }
-)
+from syncsvc.sync.refresh import RefreshResult
+from syncsvc.vocabulary import HEALTH_CLASSES, OFFLINE_ACCESS_NOT_GRANTED
 
 #: Failure kinds of the FHIR client and pull engine that name a health class of their own.
 _KIND_TO_CLASS = {

@@ -56,6 +56,7 @@ from syncsvc.smart.scopes import covered_types
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens
 from syncsvc.sync.grant_client import GrantClient, TokenSource, TokenUnavailable
+from syncsvc.sync.grant_states import readable_types
 from syncsvc.sync.misbound import (
     ATTEMPT_TIMEOUT_SECONDS,
     TENANT_MISMATCH,
@@ -74,6 +75,7 @@ from syncsvc.sync.store import (
 )
 from syncsvc.sync.type_schedule import RETRYING, after_failure, waiting_until
 from syncsvc.tenants import resource_types_of, smart_configuration
+from syncsvc.vocabulary import NO_READABLE_TYPE, SYNCING_STATUSES, PullOutcome, TypeRunStatus
 
 log = structlog.get_logger("syncsvc.sync.pull")
 
@@ -131,8 +133,8 @@ WATERMARK_OVERLAP = dt.timedelta(minutes=5)
 #: resources that vanished upstream (searches do not return deletions).
 FULL_RECONCILIATION_INTERVAL = dt.timedelta(days=7)
 
-RunOutcome = Literal["ok", "partial", "transient", "misbound", "reauth", "error", "inactive"]
-TypeStatus = Literal["ok", "denied", "error", "transient_error", "failing", "skipped", "incomplete"]
+RunOutcome = PullOutcome
+TypeStatus = TypeRunStatus
 Mode = Literal["full", "incremental", "none"]
 
 #: Resource types of one connection pulled at once. A type begins and ends with waits (its
@@ -298,7 +300,14 @@ async def pull_connection(
         tenant = await repo.get_tenant(session, connection.tenant_id)
         if tenant is None:
             raise NotFound("No such tenant.")
-        if connection.status != "active":
+        if connection.status not in SYNCING_STATUSES:
+            return None
+        if not readable_types(connection.granted_scopes, tenant):
+            # The tenant's types changed under the grant: a run would read nothing and call
+            # that ``ok``. The connection says what it is instead.
+            await repo.set_connection_status(
+                session, connection_id, status="no_access", now=started, reason=NO_READABLE_TYPE
+            )
             return None
         states = await resource_repo.sync_states(session, connection_id)
         await resource_repo.start_run(

@@ -17,14 +17,15 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from syncsvc import webhooks
 from syncsvc.db import disconnect_repo, repo
+from syncsvc.db.event_repo import add_event
 from syncsvc.db.models import Connection, new_id
 from syncsvc.errors import Conflict, Misbound, ReauthRequired, Transient
 from syncsvc.logging import get_logger
@@ -35,10 +36,12 @@ from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.oauth import TokenResponse, refresh_tokens
 from syncsvc.tenants import client_credentials, revocation_endpoint
 from syncsvc.vault import Purpose
+from syncsvc.vocabulary import OFFLINE_ACCESS_NOT_GRANTED, SCOPES_WITHDRAWN, RefreshOutcome
 
 from .backoff import Backoff
 from .context import SyncContext
 from .credentials import StoredTokens, load_tokens, save_tokens
+from .grant_states import GrantChange, grant_change, readable_types, reconcile_type_states, rescoped
 from .misbound import (
     ATTEMPT_TIMEOUT_SECONDS,
     PATIENT_MISMATCH,
@@ -49,14 +52,8 @@ from .misbound import (
     revoke_now,
 )
 
-RefreshOutcome = Literal[
-    "refreshed", "not_due", "needs_reauth", "misbound", "transient", "lost_lease"
-]
-
 #: Retry policy for failed refreshes: a first retry within 15 s, at most an hour apart.
 REFRESH_BACKOFF = Backoff(base_seconds=15.0, cap_seconds=3600.0)
-#: The reason recorded when a grant without a refresh token runs out.
-OFFLINE_ACCESS_NOT_GRANTED = "offline_access_not_granted"
 OFFLINE_ACCESS = "offline_access"
 #: ``Connection.status_reason`` is a String(64).
 REASON_LENGTH = 64
@@ -108,6 +105,8 @@ class RefreshResult:
     #: For ``transient``: the failure's reason code when the EHR was asked (None when not).
     reason: str | None = None
     error_uri: str | None = None
+    #: For ``refreshed``: the readable types the response took away or gave, if any.
+    scope_change: GrantChange | None = None
 
 
 @dataclass(frozen=True)
@@ -153,27 +152,6 @@ def next_refresh_at(
     if last_refresh_at is not None:
         due = max(due, last_refresh_at + schedule.min_interval)
     return due
-
-
-def narrowed_scopes(
-    recorded: Sequence[str], response: TokenResponse, *, holds_refresh_token: bool
-) -> list[str] | None:
-    """The recorded grant narrowed to what a refresh response says was granted, or None.
-
-    Only narrows: a scope the response names that the grant lacks is not recorded (a refresh
-    cannot widen a grant). ``offline_access`` stays while a refresh token is held: Epic leaves it
-    out of every ``scope`` it returns while still issuing refresh tokens. A response without
-    ``scope``, or with an empty one, says nothing about the grant.
-    """
-    if not response.scope_returned or not response.scopes:
-        return None
-    granted = {scope.lower() for scope in response.scopes}
-    kept = [
-        scope
-        for scope in recorded
-        if scope.lower() in granted or (holds_refresh_token and scope.lower() == OFFLINE_ACCESS)
-    ]
-    return kept if len(kept) < len(recorded) else None
 
 
 def _reauth_message(reason: str) -> str:
@@ -381,15 +359,101 @@ async def _store_in(
         connected_at=connection.connected_at,
         has_refresh_token=stored.refresh_token is not None,
     )
-    narrowed = narrowed_scopes(
-        connection.granted_scopes,
+    connection.updated_at = now
+    change = await _rescope(
+        ctx,
+        session,
+        connection,
         response,
         holds_refresh_token=stored.refresh_token is not None,
+        now=now,
     )
-    if narrowed is not None:
-        connection.granted_scopes = narrowed
-    connection.updated_at = now
-    return RefreshResult("refreshed", stored)
+    return RefreshResult("refreshed", stored, scope_change=change)
+
+
+async def _rescope(
+    ctx: SyncContext,
+    session: AsyncSession,
+    connection: Connection,
+    response: TokenResponse,
+    *,
+    holds_refresh_token: bool,
+    now: dt.datetime,
+) -> GrantChange | None:
+    """Record the grant a refresh response describes, when it changed (in the caller's tx).
+
+    A narrowed grant marks the types it took away ``withdrawn`` (their data is kept), records
+    one ``scope_withdrawn`` event per type and, when no readable type is left, makes the
+    connection ``no_access``. A widened grant makes the connection due for a pull of its new
+    types. Either way the host application hears ``connection.scopes_changed``.
+    """
+    if not response.scope_returned or not response.scopes:
+        return None  # a response without ``scope`` says nothing about the grant
+    granted = rescoped(
+        connection.granted_scopes,
+        connection.requested_scopes,
+        response.scopes,
+        holds_refresh_token=holds_refresh_token,
+    )
+    if granted is None:
+        return None
+    tenant = await repo.get_tenant(session, connection.tenant_id)
+    if tenant is None:  # pragma: no cover - the foreign key forbids it
+        return None
+    change = grant_change(tenant, connection.granted_scopes, granted)
+    connection.granted_scopes = granted
+    if not change.changed:
+        return None
+    await reconcile_type_states(session, connection, tenant, now=now)
+    if not readable_types(granted, tenant):
+        connection.status = "no_access"
+        connection.status_reason = SCOPES_WITHDRAWN
+        connection.status_message = None
+        connection.error_uri = None
+        connection.next_sync_at = None
+        connection.next_refresh_at = None
+    elif change.added:
+        connection.next_sync_at = now
+    for resource_type in change.withdrawn:
+        await add_event(
+            session,
+            tenant_id=connection.tenant_id,
+            connection_id=connection.id,
+            kind="scopes",
+            outcome="withdrawn",
+            at=now,
+            error_class="scope_withdrawn",
+            resource_type=resource_type,
+            detail=f"A refresh narrowed the grant: {resource_type} is no longer granted.",
+        )
+    for resource_type in change.added:
+        await add_event(
+            session,
+            tenant_id=connection.tenant_id,
+            connection_id=connection.id,
+            kind="scopes",
+            outcome="added",
+            at=now,
+            resource_type=resource_type,
+            detail=f"A refresh widened the grant: {resource_type} is now granted.",
+        )
+    await session.flush()
+    await webhooks.enqueue(
+        session,
+        ctx.settings,
+        "connection.scopes_changed",
+        connection=connection,
+        data={"withdrawn": list(change.withdrawn), "added": list(change.added)},
+        now=now,
+    )
+    get_logger(__name__).info(
+        "grant changed at refresh",
+        connection_id=connection.id,
+        withdrawn=list(change.withdrawn),
+        added=list(change.added),
+        status=connection.status,
+    )
+    return change
 
 
 async def _check_binding(

@@ -13,8 +13,8 @@ import orjson
 from aiohttp import web
 
 from syncsvc.connect_links import MAX_LINK_TTL_SECONDS, MAX_USER_ID_LENGTH
-from syncsvc.db.models import TYPE_SYNC_STATUSES
 from syncsvc.keys import SETTINGS
+from syncsvc.vocabulary import CONNECTION_STATUSES, TYPE_STATES, WEBHOOK_EVENTS
 from syncsvc.web.cursors import MAX_CURSOR_LENGTH
 from syncsvc.web.handlers.data_api import (
     CONNECTION_EXTENSION,
@@ -299,7 +299,7 @@ def _paths() -> dict[str, Any]:
 
 
 def _schemas() -> dict[str, Any]:
-    status_values = ["active", "needs_reauth", "revoked", "misbound", "error"]
+    status_values = list(CONNECTION_STATUSES)
     return {
         "Problem": {
             "type": "object",
@@ -354,7 +354,7 @@ def _schemas() -> dict[str, Any]:
             "properties": {
                 "type": {"type": "string"},
                 "granted": {"type": "boolean"},
-                "status": {"type": ["string", "null"], "enum": [*TYPE_SYNC_STATUSES, None]},
+                "status": {"type": ["string", "null"], "enum": [*TYPE_STATES, None]},
                 "resources": {"type": "integer", "minimum": 0},
                 "last_success_at": _NULLABLE_TIME,
                 "error_class": _NULLABLE_STRING,
@@ -466,7 +466,7 @@ def _schemas() -> dict[str, Any]:
                 "id": {"type": "string", "description": "Also `Syncsvc-Delivery`: deduplicate."},
                 "type": {
                     "type": "string",
-                    "enum": ["sync.completed", "connection.needs_reauth", "connection.misbound"],
+                    "enum": list(WEBHOOK_EVENTS),
                 },
                 "created_at": {"type": "string", "format": "date-time"},
                 "data": {

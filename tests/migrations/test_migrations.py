@@ -5,13 +5,16 @@ Both run on SQLite and PostgreSQL from an empty database, through Alembic's own 
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
+from syncsvc import vocabulary
 from syncsvc.db import migrate
 from syncsvc.db.base import Base
 from syncsvc.db.engine import create_engine
@@ -120,3 +123,80 @@ async def test_check_detects_drift(empty_db_url: str) -> None:
     assert [entry[0] for entry in diff] == ["add_index"]
     with pytest.raises(Exception, match="New upgrade operations detected"):
         await migrate.check(empty_db_url)
+
+
+def _check_values(sync: Any) -> dict[str, set[str]]:
+    inspector = inspect(sync)
+    found: dict[str, set[str]] = {}
+    for table in ("connections", "sync_states", "sync_runs"):
+        for check in inspector.get_check_constraints(table):
+            found[str(check["name"])] = set(re.findall(r"'([a-z_]+)'", check["sqltext"]))
+    return found
+
+
+async def test_check_constraints_carry_the_vocabulary(empty_db_url: str) -> None:
+    """Autogenerate does not compare CHECK constraints: the stored states are compared here."""
+    await migrate.upgrade_to_head(empty_db_url)
+    engine = create_engine(empty_db_url)
+    try:
+        async with engine.connect() as connection:
+            found = await connection.run_sync(_check_values)
+    finally:
+        await engine.dispose()
+    assert found["ck_connections_status"] == set(vocabulary.CONNECTION_STATUSES)
+    assert found["ck_sync_states_status"] == set(vocabulary.TYPE_STATES)
+    assert found["ck_sync_runs_outcome"] == set(vocabulary.RUN_OUTCOMES)
+
+
+async def test_active_grants_that_read_nothing_become_no_access(empty_db_url: str) -> None:
+    """The grant-states revision moves stored ``active`` connections that can read nothing."""
+    before = "29e0fc659213"
+    await migrate.upgrade(empty_db_url, before)
+    now = dt.datetime.now(dt.UTC)
+    engine = create_engine(empty_db_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO tenants (id, name, display_name, vendor, fhir_base, endpoints, "
+                    "capabilities, client_id, auth_method, redirect_uri, configured_scopes, "
+                    "created_at, updated_at) VALUES ('t', 't', 'T', 'generic', 'https://x/r4', "
+                    "'{}', '[]', 'c', 'public', 'https://s/cb', '[]', :now, :now)"
+                ),
+                {"now": now},
+            )
+            for cid, granted in (
+                ("reads", '["openid", "patient/Observation.read"]'),
+                ("nothing", '["openid", "fhirUser", "launch", "online_access"]'),
+            ):
+                await connection.execute(
+                    text(
+                        "INSERT INTO connections (id, tenant_id, user_id, patient_id, fhir_base, "
+                        "aud, token_endpoint, client_id, requested_scopes, granted_scopes, "
+                        "status, created_at, updated_at, failure_count, next_sync_at) VALUES "
+                        "(:id, 't', :id, 'p', 'https://x/r4', 'https://x/r4', 'https://x/t', "
+                        "'c', '[]', :granted, 'active', :now, :now, 0, :now)"
+                    ),
+                    {"id": cid, "granted": granted, "now": now},
+                )
+        await migrate.upgrade_to_head(empty_db_url)
+        async with engine.connect() as connection:
+            rows = dict(
+                (
+                    await connection.execute(
+                        text(
+                            "SELECT id, status || '/' || COALESCE(status_reason, '') "
+                            "FROM connections"
+                        )
+                    )
+                ).all()
+            )
+        assert rows == {"reads": "active/", "nothing": "no_access/no_readable_type"}
+        await migrate.downgrade(empty_db_url, before)
+        async with engine.connect() as connection:
+            statuses = set(
+                (await connection.execute(text("SELECT status FROM connections"))).scalars()
+            )
+        assert statuses == {"active", "needs_reauth"}
+    finally:
+        await engine.dispose()

@@ -9,7 +9,8 @@ import pytest
 from syncsvc.settings import Settings
 from syncsvc.smart.oauth import TokenResponse
 from syncsvc.sync.backoff import Backoff
-from syncsvc.sync.refresh import RefreshSchedule, narrowed_scopes, next_refresh_at
+from syncsvc.sync.grant_states import rescoped
+from syncsvc.sync.refresh import RefreshSchedule, next_refresh_at
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 POLICY = Backoff(base_seconds=10.0, cap_seconds=300.0, floor_seconds=1.0)
@@ -158,6 +159,8 @@ def _response(scope: str | None) -> TokenResponse:
 
 
 RECORDED = ["launch/patient", "offline_access", "patient/Patient.read", "patient/Observation.read"]
+#: What the launch asked for: Condition was trimmed then; Goal was never asked for.
+REQUESTED = [*RECORDED, "patient/Condition.read"]
 
 
 @pytest.mark.parametrize(
@@ -166,8 +169,12 @@ RECORDED = ["launch/patient", "offline_access", "patient/Patient.read", "patient
         pytest.param(
             "launch/patient offline_access patient/Patient.read", RECORDED[:3], id="narrower"
         ),
-        # Scopes are never widened.
-        pytest.param(" ".join([*RECORDED, "patient/Condition.read"]), None, id="wider"),
+        # Widened only within what was requested at launch.
+        pytest.param(
+            " ".join([*RECORDED, "patient/Condition.read", "patient/Goal.read"]),
+            [*RECORDED, "patient/Condition.read"],
+            id="wider",
+        ),
         # The comparison ignores case.
         pytest.param("LAUNCH/PATIENT offline_access patient/patient.read", RECORDED[:3], id="case"),
         # No scope says nothing about the grant.
@@ -175,17 +182,19 @@ RECORDED = ["launch/patient", "offline_access", "patient/Patient.read", "patient
         pytest.param("", None, id="empty-scope"),
     ],
 )
-def test_a_narrower_returned_scope_is_recorded(
+def test_a_changed_returned_scope_is_recorded(
     scope: str | None, expected: list[str] | None
 ) -> None:
-    assert narrowed_scopes(RECORDED, _response(scope), holds_refresh_token=True) == expected
+    returned = _response(scope).scopes
+    result = rescoped(RECORDED, REQUESTED, returned, holds_refresh_token=True) if returned else None
+    assert result == expected
 
 
 def test_offline_access_is_kept_while_a_refresh_token_is_held() -> None:
     # Epic omits offline_access from every scope it returns.
     response = _response("launch/patient patient/Patient.read patient/Observation.read")
-    assert narrowed_scopes(RECORDED, response, holds_refresh_token=True) is None
-    assert narrowed_scopes(RECORDED, response, holds_refresh_token=False) == [
+    assert rescoped(RECORDED, REQUESTED, response.scopes, holds_refresh_token=True) is None
+    assert rescoped(RECORDED, REQUESTED, response.scopes, holds_refresh_token=False) == [
         "launch/patient",
         "patient/Patient.read",
         "patient/Observation.read",

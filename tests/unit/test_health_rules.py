@@ -281,6 +281,7 @@ def test_build_health_computes_lag_horizon_and_verdict() -> None:
     )
     assert report.connections == {
         "active": 3,
+        "no_access": 0,
         "needs_reauth": 0,
         "revoked": 1,
         "misbound": 0,

@@ -75,6 +75,7 @@ async def test_a_freshly_synced_tenant_is_ok_with_its_figures(
     assert body["connections"] == {
         "total": 2,
         "active": 2,
+        "no_access": 0,
         "needs_reauth": 0,
         "revoked": 0,
         "misbound": 0,

@@ -1,0 +1,143 @@
+"""What a grant lets syncsvc read, and keeping the per-type states in line with it.
+
+The readable types of a connection are the tenant's configured types that the *granted* scopes
+cover: the pull plans only those, the launch calls a connection that can read none ``no_access``,
+and a refresh that changes the grant compares the two sets. Types outside the grant keep a
+``sync_states`` row that says why they are not pulled: ``not_granted`` (never granted) or
+``withdrawn`` (granted before: what was synced is kept and never shown as up to date).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from syncsvc.db import resource_repo
+from syncsvc.db.models import Connection, SyncState, Tenant
+from syncsvc.db.stats_repo import count_resources
+from syncsvc.smart.scopes import covered_types, parse_scope
+from syncsvc.tenants import resource_types_of
+from syncsvc.vocabulary import UNGRANTED_TYPE_STATES
+
+OFFLINE_ACCESS = "offline_access"
+
+
+def readable_types(granted: Iterable[str], tenant: Tenant) -> list[str]:
+    """The tenant's configured types that ``granted`` lets syncsvc read, in the tenant's order."""
+    return covered_types(granted, resource_types_of(tenant))
+
+
+def requested_types(requested: Iterable[str]) -> list[str]:
+    """The resource types named by explicit resource scopes in ``requested``."""
+    types = (parse_scope(scope) for scope in requested)
+    return list(dict.fromkeys(t.resource_type for t in types if t and t.resource_type != "*"))
+
+
+def rescoped(
+    recorded: Sequence[str],
+    requested: Sequence[str],
+    returned: Sequence[str],
+    *,
+    holds_refresh_token: bool,
+) -> list[str] | None:
+    """The grant a refresh's ``scope`` describes, or None when it is the recorded one.
+
+    Narrows to what the response names and widens to what it names beyond the recorded grant,
+    but never past what was requested at launch (the patient approved no more than that).
+    ``offline_access`` stays while a refresh token is held: Epic leaves it out of every
+    ``scope`` it returns while still issuing refresh tokens. Callers pass only a response that
+    carried a non-empty ``scope``; one without says nothing about the grant.
+    """
+    named = {scope.lower() for scope in returned}
+    asked = {scope.lower() for scope in requested}
+    kept = [
+        scope
+        for scope in recorded
+        if scope.lower() in named or (holds_refresh_token and scope.lower() == OFFLINE_ACCESS)
+    ]
+    seen = {scope.lower() for scope in kept}
+    added = [s for s in returned if s.lower() in asked and s.lower() not in seen]
+    result = kept + list(dict.fromkeys(added))
+    if {s.lower() for s in result} == {s.lower() for s in recorded}:
+        return None
+    return result
+
+
+@dataclass(frozen=True)
+class GrantChange:
+    """Types a grant change took away and gave, in the tenant's order."""
+
+    withdrawn: tuple[str, ...]
+    added: tuple[str, ...]
+
+    @property
+    def changed(self) -> bool:
+        """Whether any readable type came or went."""
+        return bool(self.withdrawn or self.added)
+
+
+def grant_change(tenant: Tenant, before: Iterable[str], after: Iterable[str]) -> GrantChange:
+    """Which readable types moving the grant from ``before`` to ``after`` withdrew and added."""
+    old, new = readable_types(before, tenant), readable_types(after, tenant)
+    return GrantChange(
+        withdrawn=tuple(t for t in old if t not in new),
+        added=tuple(t for t in new if t not in old),
+    )
+
+
+async def reconcile_type_states(
+    session: AsyncSession, connection: Connection, tenant: Tenant, *, now: dt.datetime
+) -> None:
+    """Make each type's ``sync_states`` row agree with the connection's current grant.
+
+    A type the grant covers loses a ``not_granted``/``withdrawn`` row, so the next pull takes
+    it in full. A type it does not cover becomes ``withdrawn`` when anything of it was synced or
+    attempted before, else ``not_granted``. In the caller's transaction.
+    """
+    readable = set(readable_types(connection.granted_scopes, tenant))
+    states = await resource_repo.sync_states(session, connection.id)
+    stored = await count_resources(session, connection.id)
+    considered = dict.fromkeys(
+        [
+            *resource_types_of(tenant),
+            *requested_types(connection.requested_scopes),
+            *states,
+            *stored,
+        ]
+    )
+    for resource_type in considered:
+        state = states.get(resource_type)
+        if resource_type in readable:
+            if state is not None and state.status in UNGRANTED_TYPE_STATES:
+                await _forget(session, connection.id, resource_type)
+            continue
+        if state is not None and state.status == "withdrawn":
+            continue
+        had_something = resource_type in stored or (
+            state is not None and state.status != "not_granted"
+        )
+        target = "withdrawn" if had_something else "not_granted"
+        if state is not None and state.status == target:
+            continue
+        await resource_repo.save_sync_state(
+            session,
+            connection.id,
+            resource_type,
+            now=now,
+            status=target,
+            error_class=None,
+            error_message=None,
+            grant_fingerprint=None,
+        )
+
+
+async def _forget(session: AsyncSession, connection_id: str, resource_type: str) -> None:
+    await session.execute(
+        delete(SyncState).where(
+            SyncState.connection_id == connection_id, SyncState.resource_type == resource_type
+        )
+    )

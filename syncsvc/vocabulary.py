@@ -1,0 +1,123 @@
+"""Every state name syncsvc reports, defined once.
+
+Connection statuses, the reasons syncsvc itself gives for them, per-type sync states, run and
+refresh outcomes, health statuses and error classes, and webhook event types. Database check
+constraints, pages, CLI lines, API fields and enums, metric labels and webhooks all take their
+names from here, so no two of them can disagree about what a state is called. The words that
+explain a state to a person live in :mod:`syncsvc.explain`; this module only names.
+
+Adding a state: add it to the ``Literal`` (the tuple follows), then give it words in
+:mod:`syncsvc.explain`; a stored one (connection status, type state, run outcome) also needs a
+migration that widens the table's check constraint.
+"""
+
+from __future__ import annotations
+
+from typing import Final, Literal, get_args
+
+# --- connections ---------------------------------------------------------------------------
+
+#: ``active``: the grant lets syncsvc read at least one resource type and it is synced.
+#: ``no_access``: the grant lets syncsvc read no resource type (never shown as ``active``).
+#: ``needs_reauth``: the grant cannot be used any more; the patient must connect again.
+#: ``revoked``: disconnected (by the patient, the host application or an operator).
+#: ``misbound``: the EHR issued the grant for another tenant; nothing from it is used.
+#: ``error``: stopped on a failure that is neither the grant's nor the tenant's.
+ConnectionStatus = Literal["active", "no_access", "needs_reauth", "revoked", "misbound", "error"]
+CONNECTION_STATUSES: Final[tuple[ConnectionStatus, ...]] = get_args(ConnectionStatus)
+#: Statuses whose connections are refreshed and pulled in the background.
+SYNCING_STATUSES: Final = frozenset({"active"})
+#: Statuses a patient can leave by connecting again (a new launch replaces the grant).
+RECONNECTABLE_STATUSES: Final = frozenset({"no_access", "needs_reauth", "revoked"})
+
+# Reasons syncsvc itself records in ``Connection.status_reason`` (EHR error codes such as
+# ``invalid_grant`` are recorded as the EHR spelled them).
+
+#: No refresh token was issued: usable until the access token expires, then ``needs_reauth``.
+OFFLINE_ACCESS_NOT_GRANTED: Final = "offline_access_not_granted"
+#: ``no_access`` from the start: the launch granted no resource type syncsvc syncs here.
+NO_READABLE_TYPE: Final = "no_readable_type"
+#: ``no_access`` later: a refresh narrowed the grant until no resource type was left.
+SCOPES_WITHDRAWN: Final = "scopes_withdrawn"
+#: ``misbound``: the EHR says the token belongs to another tenant.
+TENANT_MISMATCH: Final = "tenant_mismatch"
+
+# --- resource types of a connection --------------------------------------------------------
+
+#: ``ok``: the last pull of the type completed.
+#: ``denied``: the EHR refused the type (403 insufficient_scope) under the current grant.
+#: ``error``: the EHR refused the type's query for a reason of its own (400, 404, ...).
+#: ``transient_error``: the type's requests failed at the last try; it has a back-off of its own.
+#: ``failing``: it kept failing past a threshold; still retried, every few hours.
+#: ``not_granted``: requested, never granted: nothing of the type is synced.
+#: ``withdrawn``: granted before and narrowed away at a refresh or a reconnect: what was synced
+#: is kept, marked "not updated since", never "synced ok".
+TypeState = Literal[
+    "ok", "denied", "error", "transient_error", "failing", "not_granted", "withdrawn"
+]
+TYPE_STATES: Final[tuple[TypeState, ...]] = get_args(TypeState)
+#: States of a type the grant does not cover (it is not pulled).
+UNGRANTED_TYPE_STATES: Final = frozenset({"not_granted", "withdrawn"})
+
+#: How one type fared in one run (``skipped``: denied for this very grant before, not asked
+#: again; ``incomplete``: a run-ending failure stopped it).
+TypeRunStatus = Literal[
+    "ok", "denied", "error", "transient_error", "failing", "skipped", "incomplete"
+]
+TYPE_RUN_STATUSES: Final[tuple[TypeRunStatus, ...]] = get_args(TypeRunStatus)
+
+# --- runs and refreshes --------------------------------------------------------------------
+
+#: A sync run as stored (``running`` until it ends; ``partial``: some types denied or in error).
+RunOutcome = Literal["running", "ok", "partial", "transient", "misbound", "reauth", "error"]
+RUN_OUTCOMES: Final[tuple[RunOutcome, ...]] = get_args(RunOutcome)
+#: What a pull reports: a finished run's outcome, or ``inactive`` (the connection was not in a
+#: syncing status, so no run was started or stored).
+PullOutcome = Literal["ok", "partial", "transient", "misbound", "reauth", "error", "inactive"]
+PULL_OUTCOMES: Final[tuple[PullOutcome, ...]] = get_args(PullOutcome)
+#: Outcomes of a run that got through every type it could.
+SUCCESSFUL_RUN_OUTCOMES: Final = frozenset({"ok", "partial"})
+
+RefreshOutcome = Literal[
+    "refreshed", "not_due", "needs_reauth", "misbound", "transient", "lost_lease"
+]
+REFRESH_OUTCOMES: Final[tuple[RefreshOutcome, ...]] = get_args(RefreshOutcome)
+
+# --- tenant health -------------------------------------------------------------------------
+
+HealthStatus = Literal["ok", "degraded", "failing"]
+#: Best first: ``worst`` of several is the one with the highest index.
+HEALTH_STATUSES: Final[tuple[HealthStatus, ...]] = get_args(HealthStatus)
+
+#: Error classes of events, the ones tenant health is computed from (``refused``: the EHR turned
+#: down one query for a reason of its own, a 400 missing parameter, a plain 403, a 404;
+#: ``scope_withdrawn``: a refresh narrowed a grant).
+HealthClass = Literal[
+    "tenant_mismatch",
+    "patient_mismatch",
+    "offline_access_not_granted",
+    "insufficient_scope",
+    "invalid_grant",
+    "throttled",
+    "upstream_5xx",
+    "timeout",
+    "foreign_next_link",
+    "compartment_violation",
+    "paging_loop",
+    "malformed",
+    "network",
+    "refused",
+    "scope_withdrawn",
+]
+HEALTH_CLASSES: Final = frozenset(get_args(HealthClass))
+
+# --- webhooks ------------------------------------------------------------------------------
+
+WebhookEvent = Literal[
+    "sync.completed",
+    "connection.needs_reauth",
+    "connection.misbound",
+    "connection.no_access",
+    "connection.scopes_changed",
+]
+WEBHOOK_EVENTS: Final[tuple[WebhookEvent, ...]] = get_args(WebhookEvent)
