@@ -512,7 +512,9 @@ async def _store_connection(
             "status_message": None,
             "error_uri": None,
             "next_sync_at": now,
-            "next_refresh_at": max(now, expires - margin) if tokens.refresh_token else None,
+            # Without a refresh token the grant is looked at again when its access token
+            # expires: it then needs the patient (offline_access_not_granted).
+            "next_refresh_at": max(now, expires - margin) if tokens.refresh_token else expires,
         }
     else:
         # Made misbound (tokens deleted, revocation queued) by end_misbound below.

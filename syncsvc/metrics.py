@@ -86,6 +86,18 @@ class TenantCollector(Collector):
             "Active connections whose resource type is failing (kept failing past the threshold).",
             labels=["tenant", "resource_type"],
         )
+        offline = GaugeMetricFamily(
+            "syncsvc_connections_without_offline_access",
+            "Connections (not revoked) holding no refresh token: they stop syncing when their "
+            "access token expires.",
+            labels=["tenant"],
+        )
+        type_states = GaugeMetricFamily(
+            "syncsvc_resource_type_states",
+            "Connections (not revoked) with a resource type in a state (withdrawn, not_granted, "
+            "ok, ...).",
+            labels=["tenant", "state", "resource_type"],
+        )
         refresh_due = GaugeMetricFamily(
             "syncsvc_refresh_due_next_hour",
             "Active connections whose token refresh is due within the next hour.",
@@ -125,6 +137,10 @@ class TenantCollector(Collector):
             refresh_due.add_metric([tenant], report.refresh_due_next_hour)
             for resource_type, count in report.type_failures.items():
                 type_failures.add_metric([tenant, resource_type], count)
+            offline.add_metric([tenant], report.without_offline_access)
+            for state, by_type in report.type_states.items():
+                for resource_type, count in by_type.items():
+                    type_states.add_metric([tenant, state, resource_type], count)
         yield from (
             health,
             connections,
@@ -135,6 +151,8 @@ class TenantCollector(Collector):
             refresh_due,
             type_failures,
             launch_failures,
+            offline,
+            type_states,
         )
 
 

@@ -32,12 +32,13 @@ from sqlalchemy import and_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db.leases import claim_rows, lease_free
-from syncsvc.db.models import Connection, WebhookDelivery, new_id
+from syncsvc.db.models import Connection, Tenant, WebhookDelivery, new_id
 from syncsvc.logging import get_logger
 from syncsvc.netguard import PRIVATE_NAMES_ALLOWED
 from syncsvc.settings import Settings
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.grant_states import explain_connection
 from syncsvc.vocabulary import WEBHOOK_EVENTS
 
 log = get_logger("syncsvc.webhooks")
@@ -134,7 +135,9 @@ async def enqueue(
     """Record a webhook about ``connection`` in the caller's transaction; None if none is set up.
 
     The payload is ``{"id", "type", "created_at", "data": {"connection_id", "user_id",
-    "tenant_id", "patient_id", "status", "status_reason", ...data}}``.
+    "tenant_id", "patient_id", "status", "status_reason", "explanation", ...data}}``, where
+    ``explanation`` is the connection's state in the words its pages use (read in the caller's
+    transaction, so it describes the change being committed).
     """
     if event_type not in EVENT_TYPES:
         raise WebhookError(f"unknown webhook event type {event_type!r}")
@@ -146,6 +149,9 @@ async def enqueue(
         return None
     moment = now or dt.datetime.now(dt.UTC)
     delivery_id = new_id()
+    await session.flush()  # the explanation reads what the caller changed
+    tenant = await session.get(Tenant, connection.tenant_id)
+    explanation = await explain_connection(session, connection, tenant)
     payload = {
         "id": delivery_id,
         "type": event_type,
@@ -157,6 +163,7 @@ async def enqueue(
             "patient_id": connection.patient_id,
             "status": connection.status,
             "status_reason": connection.status_reason,
+            "explanation": explanation.to_json(),
             **extra,
         },
     }

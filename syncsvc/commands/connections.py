@@ -116,6 +116,7 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
     from syncsvc.db import disconnect_repo, repo
     from syncsvc.db.models import SyncState
     from syncsvc.smart.scopes import explain_trimmed, grant_report
+    from syncsvc.sync.grant_states import explain_connection
     from syncsvc.sync.type_words import type_sentence
 
     async with database(settings) as sessionmaker, sessionmaker() as session:
@@ -135,7 +136,20 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
             .order_by(SyncState.resource_type)
         )
         pending = await disconnect_repo.pending_revocations_of(session, connection_id)
+        explanation = await explain_connection(session, connection, tenant)
         detail |= {
+            "explanation": explanation.to_json(),
+            "types": [
+                {
+                    "type": line.type,
+                    "state": line.state,
+                    "granted": line.granted,
+                    "resources": line.resources,
+                    "last_success_at": line.last_success_at,
+                    "sentence": line.sentence,
+                }
+                for line in explanation.types
+            ],
             "status_message": connection.status_message,
             "error_uri": connection.error_uri,
             "requested_scopes": list(connection.requested_scopes),
@@ -184,8 +198,10 @@ def _print_detail(detail: dict[str, Any]) -> None:
     print(f"{detail['id']}: {detail['tenant']}, user {detail['user']}, patient {detail['patient']}")
     status = detail["status"] + (f" ({detail['reason']})" if detail["reason"] else "")
     print(f"  status          {status}")
-    if detail["status_message"]:
-        print(f"  message         {detail['status_message']}")
+    explanation = detail["explanation"]
+    print(f"  in words        {explanation['title']}. {explanation['summary']}")
+    for sentence in explanation["sentences"]:
+        print(f"                  {sentence}")
     if detail["error_uri"]:
         print(f"  EHR's link      {detail['error_uri']}")
     print(f"  connected       {_when(detail['connected_at'])}")
@@ -199,10 +215,8 @@ def _print_detail(detail: dict[str, Any]) -> None:
         kind = "refresh and access" if tokens["refresh_token"] else "access only"
         print(f"  tokens          {kind}, access expires {_when(tokens['access_expires_at'])}")
     print(f"  granted         {' '.join(detail['granted_scopes']) or '(nothing)'}")
-    for sentence in detail["trimmed"]:
-        print(f"  not granted     {sentence}")
-    for resource_type, count in detail["resource_counts"].items():
-        print(f"  {resource_type:<15} {count}")
+    for line in detail["types"]:
+        print(f"  {line['type']:<15} {line['state'] or '-':<11} {line['sentence']}")
     for resource_type, state in detail["sync_states"].items():
         if state["status"] in ("transient_error", "failing"):
             print(

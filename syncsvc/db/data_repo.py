@@ -27,6 +27,8 @@ class ConnectionFacts:
     #: Live (not deleted) resources per type.
     resource_counts: dict[str, int]
     states: dict[str, SyncState]
+    tenant: Tenant | None = None
+    access_expires_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +55,18 @@ async def _facts(session: AsyncSession, connections: Sequence[Connection]) -> li
             select(Tenant).where(Tenant.id.in_({c.tenant_id for c in connections}))
         )
     }
-    with_refresh = set(
-        await session.scalars(
-            select(Credential.connection_id).where(
-                Credential.connection_id.in_(ids), Credential.refresh_token_enc.is_not(None)
-            )
-        )
-    )
+    with_refresh: set[str] = set()
+    access_expiry: dict[str, dt.datetime | None] = {}
+    for cid, has_refresh, expires in await session.execute(
+        select(
+            Credential.connection_id,
+            Credential.refresh_token_enc.is_not(None),
+            Credential.access_expires_at,
+        ).where(Credential.connection_id.in_(ids))
+    ):
+        access_expiry[str(cid)] = expires
+        if has_refresh:
+            with_refresh.add(str(cid))
     counts: dict[str, dict[str, int]] = {cid: {} for cid in ids}
     rows = await session.execute(
         select(Resource.connection_id, Resource.resource_type, func.count())
@@ -87,6 +94,8 @@ async def _facts(session: AsyncSession, connections: Sequence[Connection]) -> li
                 has_refresh_token=connection.id in with_refresh,
                 resource_counts=counts[connection.id],
                 states=states[connection.id],
+                tenant=tenant,
+                access_expires_at=access_expiry.get(connection.id),
             )
         )
     return facts

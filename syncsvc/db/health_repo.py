@@ -130,6 +130,36 @@ async def type_failures(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class TypeStateCount:
+    """How many of a tenant's live connections have one type in one state."""
+
+    tenant_id: str
+    resource_type: str
+    state: str
+    count: int
+
+
+async def type_state_counts(
+    session: AsyncSession, tenant_ids: Sequence[str] | None = None
+) -> list[TypeStateCount]:
+    """Per tenant, type and state: connections (not revoked) with that type in that state."""
+    query = (
+        select(Connection.tenant_id, SyncState.resource_type, SyncState.status, func.count())
+        .join(Connection, Connection.id == SyncState.connection_id)
+        .where(Connection.status != "revoked")
+        .group_by(Connection.tenant_id, SyncState.resource_type, SyncState.status)
+        .order_by(Connection.tenant_id, SyncState.resource_type, SyncState.status)
+    )
+    if tenant_ids is not None:
+        query = query.where(Connection.tenant_id.in_(tenant_ids))
+    rows = await session.execute(query)
+    return [
+        TypeStateCount(str(tenant_id), str(resource_type), str(state), int(count))
+        for tenant_id, resource_type, state, count in rows
+    ]
+
+
 async def run_outcomes(
     session: AsyncSession, tenant_id: str, since: dt.datetime
 ) -> list[tuple[dt.datetime, str]]:

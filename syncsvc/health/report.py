@@ -18,14 +18,19 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import health_repo, launch_failure_repo, repo
-from syncsvc.db.health_repo import ConnectionFacts, ErrorCount, TypeFailures
+from syncsvc.db.health_repo import ConnectionFacts, ErrorCount, TypeFailures, TypeStateCount
 from syncsvc.db.launch_failure_repo import FailureCount
 from syncsvc.db.models import Tenant
 from syncsvc.diagnosis import Evidence, Finding, diagnose, findings_json, granted_types
 from syncsvc.smart.scopes import grant_report
-from syncsvc.vocabulary import CONNECTION_STATUSES, RUN_OUTCOMES
+from syncsvc.vocabulary import (
+    CONNECTION_STATUSES,
+    OFFLINE_ACCESS_NOT_GRANTED,
+    RUN_OUTCOMES,
+    TYPE_STATES,
+)
 
-from .rules import OFFLINE_ACCESS_NOT_GRANTED, TenantFacts, Verdict, evaluate, failing_at_tenant
+from .rules import TenantFacts, Verdict, evaluate, failing_at_tenant
 
 HOUR = dt.timedelta(hours=1)
 DAY = dt.timedelta(days=1)
@@ -174,6 +179,11 @@ class TenantHealth:
     launches: LaunchFigures = field(default_factory=LaunchFigures)
     #: The likely causes behind what the figures show (``tenants check`` prints the same).
     findings: tuple[Finding, ...] = ()
+    #: Live connections holding no refresh token.
+    without_offline_access: int = 0
+    offline_access_advertised: bool = False
+    #: Per type state, per resource type: live connections with that type in that state.
+    type_states: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -232,6 +242,11 @@ class TenantHealth:
                 "age_seconds": self.discovery_age_seconds,
                 "last_error": self.discovery_error,
                 "has_document": self.has_discovery_document,
+            },
+            "grants": {
+                "without_offline_access": self.without_offline_access,
+                "offline_access_advertised": self.offline_access_advertised,
+                "type_states": self.type_states,
             },
             "refresh_horizon": {
                 "earliest": self.refresh_earliest,
@@ -309,9 +324,23 @@ def build_health(
     type_failures: Iterable[TypeFailures] = (),
     launches: LaunchFigures | None = None,
     granted_elsewhere: dict[str, list[str]] | None = None,
+    type_states: Iterable[TypeStateCount] = (),
 ) -> TenantHealth:
     """The report of one tenant from its rows."""
     failing_types = {item.resource_type: item.connections for item in type_failures}
+    states: dict[str, dict[str, int]] = {state: {} for state in TYPE_STATES}
+    for item in type_states:
+        states.setdefault(item.state, {})[item.resource_type] = item.count
+    without_offline = sum(
+        1
+        for c in connections
+        if not c.has_refresh_token
+        and (
+            c.status == "active"
+            or (c.status == "needs_reauth" and c.status_reason == OFFLINE_ACCESS_NOT_GRANTED)
+        )
+    )
+    advertised = offline_access_advertised(tenant)
     by_status: dict[str, int] = dict.fromkeys(CONNECTION_STATUSES, 0)
     for connection in connections:
         by_status[connection.status] = by_status.get(connection.status, 0) + 1
@@ -343,6 +372,9 @@ def build_health(
         grants_offline_access=any(c.has_refresh_token for c in connections),
         launch_failures_last_day=launches.day.by_reason,
         launches_succeeded_last_day=launches.succeeded_day,
+        without_offline_access=without_offline,
+        offline_access_advertised=advertised,
+        withdrawn_types=states.get("withdrawn", {}),
     )
     findings = diagnose(
         Evidence(
@@ -382,6 +414,9 @@ def build_health(
         refresh_due_next_hour=sum(1 for moment in horizon if moment <= now + HOUR),
         outcomes=outcome_buckets(runs, now) if runs is not None else (),
         type_failures=failing_types,
+        without_offline_access=without_offline,
+        offline_access_advertised=advertised,
+        type_states=states,
         launches=launches,
         findings=tuple(findings),
     )
@@ -427,6 +462,12 @@ async def launch_figures(
     }
 
 
+def offline_access_advertised(tenant: Tenant) -> bool:
+    """Whether the tenant's discovery says it grants offline access."""
+    scopes = {scope.lower() for scope in tenant.scopes_supported or ()}
+    return "offline_access" in scopes or "permission-offline" in (tenant.capabilities or ())
+
+
 async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime) -> TenantHealth:
     """The full report of one tenant, with its outcome chart."""
     ids = [tenant.id]
@@ -456,6 +497,7 @@ async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime)
         type_failures=failures,
         launches=launches.get(tenant.id),
         granted_elsewhere=grants_by_client(siblings, sibling_connections).get(tenant.client_id, {}),
+        type_states=await health_repo.type_state_counts(session, ids),
     )
 
 
@@ -476,6 +518,9 @@ async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[Ten
         failures[failure.tenant_id].append(failure)
     launches = await launch_figures(session, now)
     by_client = grants_by_client(tenants, connections)
+    type_states: defaultdict[str, list[TypeStateCount]] = defaultdict(list)
+    for count in await health_repo.type_state_counts(session):
+        type_states[count.tenant_id].append(count)
     reports = [
         build_health(
             t,
@@ -486,6 +531,7 @@ async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[Ten
             type_failures=failures[t.id],
             launches=launches.get(t.id),
             granted_elsewhere=by_client.get(t.client_id, {}),
+            type_states=type_states[t.id],
         )
         for t in tenants
     ]

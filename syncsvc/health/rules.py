@@ -100,6 +100,15 @@ class TenantFacts:
             if n and reason not in LAUNCH_NOISE_REASONS
         }
 
+    #: Live connections holding no refresh token (active until their access token expires, or
+    #: already ``needs_reauth`` for it).
+    without_offline_access: int = 0
+    #: Whether the tenant's discovery says it grants offline access (``offline_access`` in
+    #: ``scopes_supported`` or the ``permission-offline`` capability).
+    offline_access_advertised: bool = False
+    #: Live connections per resource type whose type was ``withdrawn`` by a narrowed grant.
+    withdrawn_types: Mapping[str, int] = field(default_factory=dict)
+
     def count(self, status: str) -> int:
         """Connections in ``status``."""
         return int(self.connections.get(status, 0))
@@ -179,6 +188,47 @@ def _no_recent_sync(facts: TenantFacts) -> str | None:
     hours = int(NO_SYNC_FAILING.total_seconds() // 3600)
     since = "ever" if last is None else f"since {last.isoformat()}"
     return f"No successful sync in the last {hours} h ({since}) with active connections."
+
+
+def _nothing_can_sync(facts: TenantFacts) -> str | None:
+    live = facts.live_connections
+    if live == 0 or facts.count("active") > 0:
+        return None
+    listed = ", ".join(
+        f"{n} {status}"
+        for status, n in sorted(facts.connections.items())
+        if n and status not in ("revoked", "active")
+    )
+    return f"None of the {live} connection(s) can sync ({listed})."
+
+
+def _no_access(facts: TenantFacts) -> str | None:
+    n = facts.count("no_access")
+    if n == 0:
+        return None
+    return (
+        f"{n} connection(s) were granted no resource type syncsvc can read: the registration "
+        "or the tenant's scope policy trims every resource scope."
+    )
+
+
+def _offline_access_not_granted(facts: TenantFacts) -> str | None:
+    n = facts.without_offline_access
+    if n == 0 or not facts.offline_access_advertised:
+        return None
+    return (
+        f"{n} connection(s) hold no refresh token although the tenant advertises offline access: "
+        "they stop syncing when their access token expires (check the registration's "
+        "offline_access scope at this tenant)."
+    )
+
+
+def _withdrawn(facts: TenantFacts) -> str | None:
+    hits = {t: n for t, n in facts.withdrawn_types.items() if n}
+    if not hits:
+        return None
+    listed = ", ".join(f"{t} x{n}" for t, n in sorted(hits.items()))
+    return f"Types withdrawn from grants at a refresh and no longer updated ({listed})."
 
 
 def _discovery_failing(facts: TenantFacts) -> str | None:
@@ -313,6 +363,12 @@ RULES: tuple[Rule, ...] = (
         _no_recent_sync,
     ),
     Rule(
+        "nothing_can_sync",
+        "failing",
+        "Connections exist (not revoked) and none of them is active: no connection can sync.",
+        _nothing_can_sync,
+    ),
+    Rule(
         "discovery_failing",
         "failing",
         "Discovery fails and no good discovery document is held.",
@@ -331,6 +387,24 @@ RULES: tuple[Rule, ...] = (
         "The EHR sent data outside a patient's binding in the last day (tenant_mismatch, "
         "foreign_next_link, compartment_violation, paging_loop).",
         _integrity,
+    ),
+    Rule(
+        "no_access_connections",
+        "degraded",
+        "Any connection was granted no resource type syncsvc can read (status no_access).",
+        _no_access,
+    ),
+    Rule(
+        "offline_access_not_granted",
+        "degraded",
+        "Any connection holds no refresh token while the tenant advertises offline access.",
+        _offline_access_not_granted,
+    ),
+    Rule(
+        "withdrawn_types",
+        "degraded",
+        "Any connection has a type withdrawn by a narrowed grant (its data no longer updated).",
+        _withdrawn,
     ),
     Rule(
         "reauth_wave",

@@ -10,16 +10,17 @@ and a refresh that changes the grant compares the two sets. Types outside the gr
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import resource_repo
+from syncsvc.db import disconnect_repo, repo, resource_repo
 from syncsvc.db.models import Connection, SyncState, Tenant
 from syncsvc.db.stats_repo import count_resources
-from syncsvc.smart.scopes import covered_types, parse_scope
+from syncsvc.explain import Explanation, GrantFacts, TypeFacts, explain
+from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES, covered_types, parse_scope
 from syncsvc.tenants import resource_types_of
 from syncsvc.vocabulary import UNGRANTED_TYPE_STATES
 
@@ -141,3 +142,62 @@ async def _forget(session: AsyncSession, connection_id: str, resource_type: str)
             SyncState.connection_id == connection_id, SyncState.resource_type == resource_type
         )
     )
+
+
+def grant_facts(
+    connection: Connection,
+    tenant: Tenant | None,
+    *,
+    has_refresh_token: bool,
+    access_expires_at: dt.datetime | None,
+    states: Mapping[str, SyncState],
+    counts: Mapping[str, int],
+    revocation_pending: bool = False,
+) -> GrantFacts:
+    """The facts :func:`syncsvc.explain.explain` words, from rows the caller has read."""
+    candidates = resource_types_of(tenant) if tenant is not None else DEFAULT_RESOURCE_TYPES
+    return GrantFacts(
+        status=connection.status,
+        reason=connection.status_reason,
+        status_message=connection.status_message,
+        requested_scopes=tuple(connection.requested_scopes),
+        granted_scopes=tuple(connection.granted_scopes),
+        has_refresh_token=has_refresh_token,
+        access_expires_at=access_expires_at,
+        readable_types=tuple(covered_types(connection.granted_scopes, candidates)),
+        types={
+            name: TypeFacts(
+                state=state.status,
+                last_success_at=state.last_success_at,
+                next_attempt_at=state.next_attempt_at,
+                failing_since=state.failing_since,
+            )
+            for name, state in states.items()
+        },
+        counts=dict(counts),
+        revocation_pending=revocation_pending,
+    )
+
+
+async def load_grant_facts(
+    session: AsyncSession, connection: Connection, tenant: Tenant | None
+) -> GrantFacts:
+    """Read what :func:`grant_facts` needs for one connection (in the caller's session)."""
+    credentials = await repo.get_credentials(session, connection.id)
+    pending = await disconnect_repo.pending_revocations_of(session, connection.id)
+    return grant_facts(
+        connection,
+        tenant,
+        has_refresh_token=credentials is not None and credentials.refresh_token_enc is not None,
+        access_expires_at=credentials.access_expires_at if credentials is not None else None,
+        states=await resource_repo.sync_states(session, connection.id),
+        counts=await count_resources(session, connection.id),
+        revocation_pending=bool(pending),
+    )
+
+
+async def explain_connection(
+    session: AsyncSession, connection: Connection, tenant: Tenant | None
+) -> Explanation:
+    """The connection's state in sentences, read in the caller's session."""
+    return explain(await load_grant_facts(session, connection, tenant))

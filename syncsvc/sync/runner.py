@@ -213,6 +213,8 @@ async def _notify_host_app(
         event, data = "connection.needs_reauth", _status_data(connection)
     elif connection.status == "misbound":
         event, data = "connection.misbound", _status_data(connection)
+    elif connection.status == "no_access":
+        event, data = "connection.no_access", _status_data(connection)
     elif summary is not None and summary.outcome in ("ok", "partial"):
         event = "sync.completed"
         data = {

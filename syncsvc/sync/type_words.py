@@ -21,20 +21,40 @@ def moment(value: dt.datetime) -> str:
 
 def type_sentence(state: SyncState | None) -> str | None:
     """The patient-facing sentence for a type that is not being returned, or None."""
-    if state is None or state.status not in ("transient_error", "failing"):
+    if state is None:
         return None
-    what = RESOURCE_DESCRIPTIONS.get(state.resource_type, state.resource_type)
-    if state.status == "failing":
-        since = state.last_success_at or state.failing_since
+    return state_sentence(
+        state.resource_type,
+        state.status,
+        last_success_at=state.last_success_at,
+        failing_since=state.failing_since,
+        next_attempt_at=state.next_attempt_at,
+    )
+
+
+def state_sentence(
+    resource_type: str,
+    status: str,
+    *,
+    last_success_at: dt.datetime | None,
+    failing_since: dt.datetime | None,
+    next_attempt_at: dt.datetime | None,
+) -> str | None:
+    """:func:`type_sentence` from the state's columns (``syncsvc.explain`` words types so)."""
+    if status not in ("transient_error", "failing"):
+        return None
+    what = RESOURCE_DESCRIPTIONS.get(resource_type, resource_type)
+    if status == "failing":
+        since = last_success_at or failing_since
         when = f"since {moment(since)}" if since is not None else "yet"
         return (
-            f"Your provider's system has not returned your {what} ({state.resource_type}) "
+            f"Your provider's system has not returned your {what} ({resource_type}) "
             f"{when}. Everything else is kept up to date; we keep asking every few hours."
         )
-    retry = state.next_attempt_at
+    retry = next_attempt_at
     again = f"at {moment(retry)}" if retry is not None else "soon"
     return (
-        f"Your provider's system did not return your {what} ({state.resource_type}) at the "
+        f"Your provider's system did not return your {what} ({resource_type}) at the "
         f"last try. We will ask again {again}."
     )
 

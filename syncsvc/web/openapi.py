@@ -366,6 +366,28 @@ def _schemas() -> dict[str, Any]:
                     **_NULLABLE_STRING,
                     "description": "Why the type is not up to date, in plain words (or null).",
                 },
+                "sentence": {
+                    "type": "string",
+                    "description": "The type's state in plain words, as the patient sees it.",
+                },
+            },
+        },
+        "Explanation": {
+            "type": "object",
+            "required": ["title", "heading", "summary", "sentences", "kept_up_to_date"],
+            "description": (
+                "The connection's state in the same plain words the patient's pages, the CLI "
+                "and the webhooks use."
+            ),
+            "properties": {
+                "title": {"type": "string"},
+                "heading": {"type": "string"},
+                "summary": {"type": "string"},
+                "sentences": {"type": "array", "items": {"type": "string"}},
+                "kept_up_to_date": {
+                    "type": "boolean",
+                    "description": "True only with a refresh token and a readable type.",
+                },
             },
         },
         "Connection": {
@@ -382,6 +404,7 @@ def _schemas() -> dict[str, Any]:
                 "status": {"type": "string", "enum": status_values},
                 "status_reason": _NULLABLE_STRING,
                 "status_message": _NULLABLE_STRING,
+                "explanation": _ref("Explanation"),
                 "error_uri": {
                     "type": ["string", "null"],
                     "description": "A page from the EHR about the error (e.g. an approval link).",
@@ -496,13 +519,35 @@ def _schemas() -> dict[str, Any]:
                                 },
                             },
                         },
-                        "message": {"type": "string"},
+                        "message": _NULLABLE_STRING,
                         "error_uri": _NULLABLE_STRING,
+                        "explanation": _ref("Explanation"),
+                        "withdrawn": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "connection.scopes_changed: types no longer granted.",
+                        },
+                        "added": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "connection.scopes_changed: types newly granted.",
+                        },
                     },
                 },
             },
         },
     }
+
+
+_WEBHOOK_SUMMARIES = {
+    "sync.completed": "A sync run of a connection finished",
+    "connection.needs_reauth": "A connection needs the patient to reconnect",
+    "connection.misbound": "A connection's token is not valid for its tenant",
+    "connection.no_access": "A connection's grant lets syncsvc read no resource type",
+    "connection.scopes_changed": (
+        "A refresh narrowed or widened a connection's grant (`withdrawn`, `added` types)"
+    ),
+}
 
 
 def _webhook(summary: str) -> Schema:
@@ -563,11 +608,7 @@ def build_document(server_url: str) -> dict[str, Any]:
         "security": [{"apiKey": []}],
         "tags": [{"name": "connections"}, {"name": "resources"}],
         "paths": _paths(),
-        "webhooks": {
-            "sync.completed": _webhook("A sync run of a connection finished"),
-            "connection.needs_reauth": _webhook("A connection needs the patient to reconnect"),
-            "connection.misbound": _webhook("A connection's token is not valid for its tenant"),
-        },
+        "webhooks": {event: _webhook(_WEBHOOK_SUMMARIES[event]) for event in WEBHOOK_EVENTS},
         "components": {
             "securitySchemes": {
                 "apiKey": {

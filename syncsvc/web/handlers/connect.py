@@ -22,7 +22,7 @@ from syncsvc.errors import LaunchError
 from syncsvc.keys import SESSIONMAKER, SIGNER
 from syncsvc.launch import LaunchOutcome, complete_launch, start_launch
 from syncsvc.launch_failures import is_registration_error
-from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed
+from syncsvc.sync.grant_states import explain_connection
 from syncsvc.web.cookies import (
     FORM_FIELD,
     PatientSession,
@@ -185,18 +185,20 @@ async def callback(request: web.Request) -> web.Response:
         )
     except LaunchError as exc:
         return _error_page(request, exc)
-    return _connected_page(request, outcome)
+    return await _connected_page(request, outcome)
 
 
-def _connected_page(request: web.Request, outcome: LaunchOutcome) -> web.Response:
-    report = outcome.report
+async def _connected_page(request: web.Request, outcome: LaunchOutcome) -> web.Response:
+    async with request.app[SESSIONMAKER]() as session:
+        explanation = await explain_connection(session, outcome.connection, outcome.tenant)
     context = {
         "connection": outcome.connection,
         "tenant": outcome.tenant,
         "patient_name": outcome.patient_name,
-        "synced_types": [f"{RESOURCE_DESCRIPTIONS.get(t, t)} ({t})" for t in report.synced_types],
-        "trimmed": explain_trimmed(report),
-        "offline": report.offline,
+        "explanation": explanation,
+        "synced_types": [
+            f"{line.description} ({line.type})" for line in explanation.types if line.granted
+        ],
         "status_url": "/status",
     }
     status = 200 if outcome.connection.status == "active" else 409

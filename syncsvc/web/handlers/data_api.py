@@ -36,8 +36,10 @@ from aiohttp import web
 from syncsvc.db import data_repo
 from syncsvc.db.data_repo import ChangedRow, ConnectionFacts
 from syncsvc.errors import BadRequest, Conflict, NotFound
+from syncsvc.explain import explain
 from syncsvc.keys import SESSIONMAKER, SETTINGS
 from syncsvc.smart.scopes import explain_trimmed, grant_report
+from syncsvc.sync.grant_states import grant_facts
 from syncsvc.sync.type_words import type_sentence
 from syncsvc.web.auth import require_api_key
 from syncsvc.web.cursors import (
@@ -82,20 +84,30 @@ def connection_view(facts: ConnectionFacts) -> dict[str, Any]:
         {"scope": scope, "explanation": sentence}
         for scope, sentence in zip(report.trimmed, explain_trimmed(report), strict=True)
     ]
-    type_names = list(dict.fromkeys([*report.synced_types, *facts.states, *facts.resource_counts]))
+    explanation = explain(
+        grant_facts(
+            connection,
+            facts.tenant,
+            has_refresh_token=facts.has_refresh_token,
+            access_expires_at=facts.access_expires_at,
+            states=facts.states,
+            counts=facts.resource_counts,
+        )
+    )
     types = []
-    for name in type_names:
-        state = facts.states.get(name)
+    for line in explanation.types:
+        state = facts.states.get(line.type)
         types.append(
             {
-                "type": name,
-                "granted": name in report.synced_types,
-                "status": state.status if state else None,
-                "resources": facts.resource_counts.get(name, 0),
-                "last_success_at": state.last_success_at if state else None,
+                "type": line.type,
+                "granted": line.granted,
+                "status": line.state,
+                "resources": line.resources,
+                "last_success_at": line.last_success_at,
                 "error_class": state.error_class if state else None,
                 "next_attempt_at": state.next_attempt_at if state else None,
                 "explanation": type_sentence(state),
+                "sentence": line.sentence,
             }
         )
     return {
@@ -106,6 +118,7 @@ def connection_view(facts: ConnectionFacts) -> dict[str, Any]:
         "status": connection.status,
         "status_reason": connection.status_reason,
         "status_message": connection.status_message,
+        "explanation": explanation.to_json(),
         "error_uri": connection.error_uri,
         "scopes": {
             "requested": list(report.requested),
@@ -113,7 +126,7 @@ def connection_view(facts: ConnectionFacts) -> dict[str, Any]:
             "trimmed": trimmed,
             "offline_access": report.offline,
         },
-        "synced_types": list(report.synced_types),
+        "synced_types": [line.type for line in explanation.types if line.granted],
         "types": types,
         "resource_counts": dict(facts.resource_counts),
         "connected_at": connection.connected_at,

@@ -20,14 +20,15 @@ import aiohttp_jinja2
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import disconnect_repo, repo, resource_repo
+from syncsvc.db import repo, resource_repo
 from syncsvc.db.models import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.disconnect import DisconnectResult, disconnect_connection
 from syncsvc.errors import NotFound
+from syncsvc.explain import explain
 from syncsvc.keys import HTTP, METRICS, SESSIONMAKER, SETTINGS, VAULT
-from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed, grant_report
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.grant_states import load_grant_facts
 from syncsvc.sync.type_words import type_sentence
 from syncsvc.web.cookies import SESSION_COOKIE, render_with_form_token, session_user
 
@@ -35,34 +36,6 @@ MAX_FORM_BYTES = 16 * 1024
 CSRF_FIELD = "csrf"
 STATUS_URL = "/status"
 
-#: Each status in plain words: a heading, the card's colour and what it means for the patient.
-_STATUS_WORDS: dict[str, tuple[str, str, str]] = {
-    "active": (
-        "Connected",
-        "ok",
-        "Your record is being kept up to date in the background.",
-    ),
-    "needs_reauth": (
-        "Needs you to reconnect",
-        "warn",
-        "Your provider no longer accepts this connection, so your record is not being updated. "
-        "Reconnect to continue.",
-    ),
-    "misbound": (
-        "Stopped: signed in for the wrong organisation",
-        "bad",
-        "Your provider issued or renewed this connection's sign-in for a different organisation "
-        "or record, so syncsvc stopped using it and deleted it. The service operator must check "
-        "the provider's setup; reconnecting will not help until then.",
-    ),
-    "error": (
-        "Stopped because of a problem",
-        "bad",
-        "Syncing stopped because of a problem on our side or your provider's. The service "
-        "operator can see it; you do not need to do anything.",
-    ),
-    "revoked": ("Disconnected", "muted", "This connection has ended; nothing is synced any more."),
-}
 _DISCONNECTED_BY = {
     "disconnected_by_patient": "You disconnected it.",
     "disconnected_by_host_app": "The application you use disconnected it.",
@@ -133,69 +106,41 @@ def _not_found(request: web.Request) -> web.Response:
     )
 
 
-def _grant_view(connection: Connection, has_refresh_token: bool) -> dict[str, Any]:
-    report = grant_report(
-        connection.requested_scopes,
-        connection.granted_scopes,
-        has_refresh_token=has_refresh_token,
-    )
-    return {
-        "granted": [f"{RESOURCE_DESCRIPTIONS.get(t, t)} ({t})" for t in report.synced_types],
-        "trimmed": explain_trimmed(report),
-    }
-
-
 async def _connection_view(
     session: AsyncSession, connection: Connection, tenant: Tenant
 ) -> dict[str, Any]:
-    heading, tone, meaning = _STATUS_WORDS.get(connection.status, _STATUS_WORDS["error"])
-    counts = await count_resources(session, connection.id)
-    order = list(RESOURCE_DESCRIPTIONS)
-    synced = [
-        {"type": t, "description": RESOURCE_DESCRIPTIONS.get(t, t), "count": n}
-        for t, n in sorted(
-            counts.items(), key=lambda i: (order.index(i[0]) if i[0] in order else len(order), i[0])
-        )
-    ]
+    facts = await load_grant_facts(session, connection, tenant)
+    explanation = explain(facts)
+    synced = [line for line in explanation.types if line.resources or line.granted]
     view: dict[str, Any] = {
         "id": connection.id,
         "provider": tenant.display_name,
         "tenant": tenant.name,
         "status": connection.status,
-        "heading": heading,
-        "tone": tone,
-        "meaning": meaning,
-        "detail": None,
-        "error_uri": None,
+        "explanation": explanation,
+        "error_uri": connection.error_uri if connection.status == "needs_reauth" else None,
+        "detail": _DISCONNECTED_BY.get(connection.status_reason or "")
+        if connection.status == "revoked"
+        else None,
         "connected_at": _when(connection.connected_at),
         "last_sync": _when(connection.last_success_at),
-        "synced": synced,
-        "total": sum(counts.values()),
-        "grant": None,
-        "can_reconnect": connection.status in ("needs_reauth", "revoked"),
-        "can_disconnect": connection.status != "revoked" or bool(counts),
-        "revocation_pending": False,
+        "types": synced,
+        "not_granted": [
+            line for line in explanation.types if not line.granted and line.state != "withdrawn"
+        ],
+        "total": sum(facts.counts.values()),
+        "can_reconnect": explanation.can_reconnect,
+        "can_disconnect": connection.status != "revoked" or bool(facts.counts),
+        "revocation_pending": connection.status == "revoked" and facts.revocation_pending,
         "type_problems": [],
     }
-    if connection.status == "needs_reauth":
-        view["detail"] = connection.status_message
-        view["error_uri"] = connection.error_uri
-    elif connection.status == "misbound":
-        view["detail"] = connection.status_message
-    elif connection.status == "revoked":
-        view["detail"] = _DISCONNECTED_BY.get(connection.status_reason or "")
-        pending = await disconnect_repo.pending_revocations_of(session, connection.id)
-        view["revocation_pending"] = bool(pending)
     if connection.status == "active":
         states = await resource_repo.sync_states(session, connection.id)
+        order = [line.type for line in explanation.types]
         ranked = sorted(states, key=lambda t: (order.index(t) if t in order else len(order), t))
         view["type_problems"] = [
             sentence for name in ranked if (sentence := type_sentence(states[name])) is not None
         ]
-    if connection.status in ("active", "needs_reauth", "error"):
-        credentials = await repo.get_credentials(session, connection.id)
-        has_refresh = credentials is not None and credentials.refresh_token_enc is not None
-        view["grant"] = _grant_view(connection, has_refresh)
     return view
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import aiohttp
 
+from syncsvc.vocabulary import WEBHOOK_EVENTS
 from tests.integration.web.service import RunningService
 
 
@@ -46,9 +47,8 @@ async def test_document_covers_every_api_route(service: RunningService) -> None:
     assert registered, "no /api/v1 route found"
     assert registered <= documented, registered - documented
     assert ("delete", "/api/v1/connections/{connection_id}") in documented
-    assert {"sync.completed", "connection.needs_reauth", "connection.misbound"} == set(
-        document["webhooks"]
-    )
+    assert set(WEBHOOK_EVENTS) == set(document["webhooks"])
+    assert "connection.scopes_changed" in document["webhooks"]
 
     schemas = document["components"]["schemas"]
     for ref in _refs(document):

@@ -119,6 +119,10 @@ async def test_signed_delivery_retried_until_the_receiver_answers(
     payload = orjson.loads(body)
     assert payload["id"] == delivery.id
     assert payload["type"] == "sync.completed"
+    # The connection's state in the words of its pages (no tokens are stored for it here).
+    explanation = payload["data"].pop("explanation")
+    assert explanation["kept_up_to_date"] is False
+    assert explanation["title"] == "Connected until your provider's access expires"
     assert payload["data"] == {
         "connection_id": connection.id,
         "user_id": "user-a",

@@ -154,7 +154,6 @@ async def test_trimmed_scopes_are_explained_and_only_granted_recorded(
     async with ScriptedPatient(username="nancysmart") as patient:
         page = await patient.connect(link)
     assert page.status == 200
-    assert "What your provider did not grant" in page.body
     assert "(Condition) was not granted, so they will not sync" in page.body
     connection = await flow.only_connection()
     assert "patient/Condition.read" in connection.requested_scopes
@@ -162,7 +161,7 @@ async def test_trimmed_scopes_are_explained_and_only_granted_recorded(
     assert "patient/Observation.read" in connection.granted_scopes
 
 
-async def test_production_style_trim_to_identity_scopes_says_no_background_sync(
+async def test_production_style_trim_to_identity_scopes_is_no_access(
     flow: Flow, sandbox_config: SandboxConfig
 ) -> None:
     policy = _tenant(sandbox_config, CERNER_TENANT).policy
@@ -171,11 +170,14 @@ async def test_production_style_trim_to_identity_scopes_says_no_background_sync(
     link = await flow.link(tenant="cerner")
     async with ScriptedPatient(username="nancysmart") as patient:
         page = await patient.connect(link)
-    assert page.status == 200, page.body
-    assert "did not grant access to any part of your health record" in page.body
-    assert "Background sync is not possible" in page.body
+    assert page.status == 409, page.body
+    assert "<h1>Nothing from your record can be synced</h1>" in page.body
+    assert "did not let this service read any part of your health record" in page.body
+    assert "kept up to date" not in page.body
     connection = await flow.only_connection()
+    assert connection.status == "no_access"
     assert connection.next_refresh_at is None
+    assert connection.next_sync_at is None
 
 
 async def test_token_for_another_tenant_is_recorded_misbound(
@@ -288,4 +290,5 @@ async def test_reconnecting_without_offline_access_drops_the_old_refresh_token(
         after = await load_tokens(session, flow.service.vault, again.id)
     assert after is not None
     assert after.refresh_token is None
-    assert again.next_refresh_at is None
+    # Looked at again when the access token expires (it then needs the patient).
+    assert again.next_refresh_at == after.access_expires_at

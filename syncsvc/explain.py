@@ -1,0 +1,301 @@
+"""A connection's state in plain sentences: the one place that words it.
+
+The callback page, the status page, ``syncsvc connections show``, the host API and the webhooks
+all call :func:`explain` on the same facts, so they say the same thing in the same words. It is
+pure: callers read the facts (:class:`GrantFacts`) and render the :class:`Explanation`.
+
+Two rules hold for every status: no sentence says the record is "kept up to date" unless a
+refresh token and at least one readable type exist; and no title says "connected" for a
+connection that cannot read anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed, grant_report
+from syncsvc.sync.type_words import state_sentence
+from syncsvc.vocabulary import (
+    NO_READABLE_TYPE,
+    OFFLINE_ACCESS_NOT_GRANTED,
+    RECONNECTABLE_STATUSES,
+    SCOPES_WITHDRAWN,
+)
+
+#: The sentence of a healthy grant; nothing else may claim it.
+KEPT_UP_TO_DATE = "Your record is being kept up to date in the background."
+
+
+@dataclass(frozen=True)
+class TypeFacts:
+    """What is known about one resource type of a connection."""
+
+    state: str | None = None
+    last_success_at: dt.datetime | None = None
+    #: For ``transient_error`` / ``failing``: when it is tried again, and since when it fails.
+    next_attempt_at: dt.datetime | None = None
+    failing_since: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class GrantFacts:
+    """Everything :func:`explain` looks at; read by the caller, never by this module."""
+
+    status: str
+    reason: str | None
+    status_message: str | None
+    requested_scopes: Sequence[str]
+    granted_scopes: Sequence[str]
+    has_refresh_token: bool
+    access_expires_at: dt.datetime | None
+    #: The tenant's types the grant lets syncsvc read, in the tenant's order.
+    readable_types: Sequence[str]
+    types: Mapping[str, TypeFacts] = field(default_factory=dict)
+    #: Live resources kept per type.
+    counts: Mapping[str, int] = field(default_factory=dict)
+    revocation_pending: bool = False
+
+
+@dataclass(frozen=True)
+class TypeLine:
+    """One resource type of a connection, in words."""
+
+    type: str
+    description: str
+    state: str | None
+    granted: bool
+    resources: int
+    last_success_at: dt.datetime | None
+    sentence: str
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A connection's state for a person: a title, a summary, further sentences, per type."""
+
+    status: str
+    reason: str | None
+    #: Short, for a card or a CLI line ("Connected", "Nothing can be synced").
+    title: str
+    #: The same as a page's heading ("Your record is connected").
+    heading: str
+    #: ``ok``, ``warn``, ``bad`` or ``muted`` (the card's colour).
+    tone: str
+    summary: str
+    sentences: tuple[str, ...]
+    kept_up_to_date: bool
+    can_reconnect: bool
+    types: tuple[TypeLine, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The API and webhook form."""
+        return {
+            "title": self.title,
+            "heading": self.heading,
+            "summary": self.summary,
+            "sentences": list(self.sentences),
+            "kept_up_to_date": self.kept_up_to_date,
+        }
+
+    @property
+    def withdrawn(self) -> tuple[TypeLine, ...]:
+        """The types a narrowed grant took away."""
+        return tuple(line for line in self.types if line.state == "withdrawn")
+
+
+def when(moment: dt.datetime | None) -> str:
+    """A moment as every surface prints it."""
+    return "an unknown time" if moment is None else f"{moment:%d %b %Y, %H:%M} UTC"
+
+
+def _describe(resource_type: str) -> str:
+    return RESOURCE_DESCRIPTIONS.get(resource_type, resource_type)
+
+
+def _type_sentence(name: str, facts: TypeFacts, count: int, *, readable: bool) -> str:
+    label = f"{_describe(name).capitalize()} ({name})"
+    state = facts.state
+    if state == "withdrawn":
+        since = when(facts.last_success_at) if facts.last_success_at else "they were first synced"
+        return (
+            f"{label}: your provider stopped sharing this; the {count} record(s) kept here have "
+            f"not been updated since {since}."
+        )
+    if not readable or state == "not_granted":
+        return f"{label}: not granted by your provider, so not synced."
+    retried = state_sentence(
+        name,
+        state or "",
+        last_success_at=facts.last_success_at,
+        failing_since=facts.failing_since,
+        next_attempt_at=facts.next_attempt_at,
+    )
+    if retried is not None:
+        return f"{label}: {count} kept. {retried}"
+    if state == "ok":
+        return f"{label}: {count}, last updated {when(facts.last_success_at)}."
+    if state in ("denied", "error"):
+        return f"{label}: {count}; your provider refused it at the last sync."
+    if state is None:
+        return f"{label}: {count}, not synced yet." if count else f"{label}: not synced yet."
+    return f"{label}: {count}; the last sync of this type did not finish."
+
+
+def _types(facts: GrantFacts) -> tuple[TypeLine, ...]:
+    readable = list(facts.readable_types)
+    names = dict.fromkeys([*readable, *facts.types, *facts.counts])
+    order = list(RESOURCE_DESCRIPTIONS)
+    ranked = sorted(names, key=lambda t: (order.index(t) if t in order else len(order), t))
+    lines = []
+    for name in ranked:
+        type_facts = facts.types.get(name, TypeFacts())
+        count = facts.counts.get(name, 0)
+        lines.append(
+            TypeLine(
+                type=name,
+                description=_describe(name),
+                state=type_facts.state,
+                granted=name in readable,
+                resources=count,
+                last_success_at=type_facts.last_success_at,
+                sentence=_type_sentence(name, type_facts, count, readable=name in readable),
+            )
+        )
+    return tuple(lines)
+
+
+def _offline_summary(facts: GrantFacts) -> str:
+    until = (
+        f"until {when(facts.access_expires_at)}"
+        if facts.access_expires_at is not None
+        else "until the access it gave expires"
+    )
+    return (
+        "Your provider did not allow offline access, so your record can be synced only "
+        f"{until}; after that it is no longer updated. Reconnect then to sync again."
+    )
+
+
+#: Title, tone and summary of the statuses whose words do not depend on the grant.
+_FIXED: dict[str, tuple[str, str, str]] = {
+    "misbound": (
+        "Stopped: signed in for the wrong organisation",
+        "bad",
+        "Your provider issued or renewed this connection's sign-in for a different organisation "
+        "or record, so syncsvc stopped using it and deleted it. The service operator must check "
+        "the provider's setup; reconnecting will not help until then.",
+    ),
+    "error": (
+        "Stopped because of a problem",
+        "bad",
+        "Syncing stopped because of a problem on our side or your provider's. The service "
+        "operator can see it; you do not need to do anything.",
+    ),
+    "revoked": ("Disconnected", "muted", "This connection has ended; nothing is synced any more."),
+}
+
+
+def _headline(facts: GrantFacts) -> tuple[str, str, str]:
+    status, reason = facts.status, facts.reason
+    if status == "active" and not facts.readable_types:
+        status, reason = "no_access", NO_READABLE_TYPE  # never "connected" while nothing is read
+    if status == "active":
+        if not facts.has_refresh_token:
+            return "Connected until your provider's access expires", "warn", _offline_summary(facts)
+        return "Connected", "ok", KEPT_UP_TO_DATE
+    if status == "no_access":
+        if reason == SCOPES_WITHDRAWN:
+            return (
+                "Nothing can be synced any more",
+                "bad",
+                "Your provider stopped letting this service read any part of your health record, "
+                "so nothing is synced any more. What was synced before is kept. Reconnect to "
+                "share your record again.",
+            )
+        return (
+            "Nothing can be synced",
+            "bad",
+            "Your provider did not let this service read any part of your health record, so "
+            "nothing can be synced. Reconnect and allow access to your record; if your provider "
+            "gives you no choice, its setup for this service needs fixing and the service "
+            "operator can see that.",
+        )
+    if status == "needs_reauth":
+        if reason == OFFLINE_ACCESS_NOT_GRANTED:
+            summary = (
+                "Your provider did not allow offline access, and the access it gave has expired, "
+                "so your record is no longer being updated. Reconnect to sync again."
+            )
+        else:
+            summary = (
+                "Your provider no longer accepts this connection, so your record is not being "
+                "updated. Reconnect to continue."
+            )
+        return "Needs you to reconnect", "warn", summary
+    return _FIXED.get(status, _FIXED["error"])
+
+
+#: Page headings by title; a title not listed is its own heading.
+_HEADINGS = {
+    "Connected": "Your record is connected",
+    "Connected until your provider's access expires": (
+        "Your record is connected until your provider's access expires"
+    ),
+    "Nothing can be synced": "Nothing from your record can be synced",
+    "Nothing can be synced any more": "Nothing from your record can be synced any more",
+    "Needs you to reconnect": "Your record needs you to reconnect",
+    "Stopped: signed in for the wrong organisation": "Your record could not be connected safely",
+    "Stopped because of a problem": "Syncing your record stopped because of a problem",
+    "Disconnected": "Your record is disconnected",
+}
+
+
+def explain(facts: GrantFacts) -> Explanation:
+    """The connection's state in sentences (see the module docstring for the rules)."""
+    title, tone, summary = _headline(facts)
+    types = _types(facts)
+    sentences: list[str] = []
+    if facts.status == "needs_reauth" and facts.status_message:
+        if facts.reason != OFFLINE_ACCESS_NOT_GRANTED:
+            sentences.append(facts.status_message)
+    elif facts.status in ("misbound", "error") and facts.status_message:
+        sentences.append(facts.status_message)
+    if facts.status in ("active", "needs_reauth", "error", "no_access"):
+        withdrawn = [line.sentence for line in types if line.state == "withdrawn"]
+        sentences.extend(withdrawn)
+        if withdrawn and facts.status == "active":
+            sentences.append("Reconnect to share the types that stopped updating again.")
+        if facts.status != "no_access" or facts.reason == NO_READABLE_TYPE:
+            report = grant_report(
+                facts.requested_scopes,
+                facts.granted_scopes,
+                has_refresh_token=facts.has_refresh_token,
+            )
+            withdrawn_types = {line.type for line in types if line.state == "withdrawn"}
+            sentences.extend(
+                sentence
+                for scope, sentence in zip(report.trimmed, explain_trimmed(report), strict=True)
+                # Offline access is the summary's own subject; withdrawn types are said above.
+                if scope.lower() != "offline_access"
+                and not any(f"({t})" in sentence for t in withdrawn_types)
+            )
+    kept = facts.status == "active" and facts.has_refresh_token and bool(list(facts.readable_types))
+    can_reconnect = facts.status in RECONNECTABLE_STATUSES or (
+        facts.status == "active"
+        and (not facts.has_refresh_token or any(line.state == "withdrawn" for line in types))
+    )
+    return Explanation(
+        status=facts.status,
+        reason=facts.reason,
+        title=title,
+        heading=_HEADINGS.get(title, title),
+        tone=tone,
+        summary=summary,
+        sentences=tuple(sentences),
+        kept_up_to_date=kept,
+        can_reconnect=can_reconnect,
+        types=types,
+    )
