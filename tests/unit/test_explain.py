@@ -1,0 +1,136 @@
+"""The one function that words a connection's state: its rules hold for every status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+import pytest
+
+from syncsvc.explain import KEPT_UP_TO_DATE, GrantFacts, TypeFacts, explain
+from syncsvc.vocabulary import (
+    CONNECTION_STATUSES,
+    NO_READABLE_TYPE,
+    OFFLINE_ACCESS_NOT_GRANTED,
+    SCOPES_WITHDRAWN,
+    TYPE_STATES,
+)
+
+NOW = dt.datetime(2026, 12, 4, 12, 0, tzinfo=dt.UTC)
+REQUESTED = (
+    "launch/patient",
+    "offline_access",
+    "patient/Observation.read",
+    "patient/Condition.read",
+)
+
+
+def _facts(status: str, *, refresh: bool, readable: bool, **extra: object) -> GrantFacts:
+    granted = REQUESTED[:3] if readable else REQUESTED[:2]
+    fields: dict[str, object] = {
+        "status": status,
+        "reason": None,
+        "status_message": None,
+        "requested_scopes": REQUESTED,
+        "granted_scopes": granted,
+        "has_refresh_token": refresh,
+        "access_expires_at": NOW + dt.timedelta(hours=1),
+        "readable_types": ("Observation",) if readable else (),
+        **extra,
+    }
+    return GrantFacts(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status", "refresh", "readable"),
+    list(itertools.product(CONNECTION_STATUSES, (True, False), (True, False))),
+)
+def test_kept_up_to_date_only_with_a_refresh_token_and_a_readable_type(
+    status: str, refresh: bool, readable: bool
+) -> None:
+    explanation = explain(_facts(status, refresh=refresh, readable=readable))
+    kept = status == "active" and refresh and readable
+    assert explanation.kept_up_to_date is kept
+    said = " ".join([explanation.summary, *explanation.sentences])
+    assert ("kept up to date" in said) is kept
+    assert (explanation.summary == KEPT_UP_TO_DATE) is kept
+    # "Connected" is a title only for a connection that can read something.
+    assert explanation.title.startswith("Connected") is (status == "active" and readable)
+    assert explanation.heading
+
+
+def test_every_status_has_words_of_its_own() -> None:
+    summaries = {
+        status: explain(_facts(status, refresh=True, readable=True)).summary
+        for status in CONNECTION_STATUSES
+        if status != "no_access"
+    }
+    summaries["no_access"] = explain(
+        _facts("no_access", refresh=True, readable=False, reason=NO_READABLE_TYPE)
+    ).summary
+    assert len(set(summaries.values())) == len(CONNECTION_STATUSES)
+
+
+def test_no_access_says_whether_it_ever_could_read() -> None:
+    never = explain(_facts("no_access", refresh=True, readable=False, reason=NO_READABLE_TYPE))
+    later = explain(_facts("no_access", refresh=True, readable=False, reason=SCOPES_WITHDRAWN))
+    assert never.title == "Nothing can be synced"
+    assert later.title == "Nothing can be synced any more"
+    assert never.can_reconnect
+    assert later.can_reconnect
+
+
+def test_offline_access_words_before_and_after_expiry() -> None:
+    before = explain(_facts("active", refresh=False, readable=True))
+    after = explain(
+        _facts("needs_reauth", refresh=False, readable=True, reason=OFFLINE_ACCESS_NOT_GRANTED)
+    )
+    assert "did not allow offline access" in before.summary
+    assert "04 Dec 2026, 13:00 UTC" in before.summary
+    assert "did not allow offline access, and the access it gave has expired" in after.summary
+    # The summary says it; no second sentence about offline access repeats it.
+    assert not any("ffline" in s for s in (*before.sentences, *after.sentences))
+
+
+def test_a_withdrawn_type_is_never_shown_as_synced() -> None:
+    synced_at = NOW - dt.timedelta(days=2)
+    explanation = explain(
+        _facts(
+            "active",
+            refresh=True,
+            readable=True,
+            types={
+                "Observation": TypeFacts("ok", NOW),
+                "Condition": TypeFacts("withdrawn", synced_at),
+            },
+            counts={"Observation": 4, "Condition": 7},
+        )
+    )
+    [line] = explanation.withdrawn
+    assert line.sentence == (
+        "Problems and diagnoses (Condition): your provider stopped sharing this; the 7 record(s) "
+        "kept here have not been updated since 02 Dec 2026, 12:00 UTC."
+    )
+    assert line.sentence in explanation.sentences
+    assert explanation.can_reconnect
+    # Said once, as withdrawn, not again as "not granted".
+    assert not any("Condition) was not granted" in s for s in explanation.sentences)
+
+
+@pytest.mark.parametrize("state", TYPE_STATES)
+def test_every_type_state_has_a_sentence(state: str) -> None:
+    explanation = explain(
+        _facts(
+            "active",
+            refresh=True,
+            readable=True,
+            types={"Observation": TypeFacts(state, NOW)},
+            counts={"Observation": 3},
+        )
+    )
+    [line] = [line for line in explanation.types if line.type == "Observation"]
+    assert line.sentence.startswith("Lab results and vital signs (Observation): ")
+    if state == "ok":
+        assert "last updated" in line.sentence
+    else:
+        assert "last updated" not in line.sentence
