@@ -360,3 +360,31 @@ def test_launch_failure_rules_count_only_what_points_at_the_tenant() -> None:
         TenantFacts(now=NOW, launch_failures_last_day={"id_token_aud": LAUNCH_FAILURES_FAILING})
     )
     assert (none_connect.status, none_connect.rule) == ("failing", "launches_failing")
+
+
+def test_a_tenant_where_no_connection_can_sync_is_never_ok() -> None:
+    for statuses in ({"no_access": 2}, {"no_access": 1, "revoked": 3}, {"error": 1}):
+        verdict = evaluate(replace(HEALTHY, connections=statuses))
+        assert verdict.status == "failing", statuses
+        assert "nothing_can_sync" in [f.rule for f in verdict.findings]
+    # Only revoked connections: nothing is expected to sync.
+    assert evaluate(replace(HEALTHY, connections={"revoked": 2})).status == "ok"
+
+
+def test_no_access_connections_degrade_a_tenant_that_still_syncs() -> None:
+    verdict = evaluate(replace(HEALTHY, connections={"active": 9, "no_access": 1}))
+    assert (verdict.status, verdict.rule) == ("degraded", "no_access_connections")
+
+
+def test_missing_offline_access_degrades_only_where_the_tenant_offers_it() -> None:
+    facts = replace(HEALTHY, without_offline_access=2)
+    assert evaluate(facts).status == "ok"  # the tenant never grants offline access
+    verdict = evaluate(replace(facts, offline_access_advertised=True))
+    assert (verdict.status, verdict.rule) == ("degraded", "offline_access_not_granted")
+    assert "2 connection(s)" in verdict.reason
+
+
+def test_withdrawn_types_degrade_a_tenant() -> None:
+    verdict = evaluate(replace(HEALTHY, withdrawn_types={"Condition": 3, "Goal": 0}))
+    assert (verdict.status, verdict.rule) == ("degraded", "withdrawn_types")
+    assert verdict.reason.endswith("(Condition x3).")

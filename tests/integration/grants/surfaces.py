@@ -78,6 +78,7 @@ class Surfaces:
     cli_text: str
     api: dict[str, Any]
     health: dict[str, Any]
+    health_page: str
     metrics: str
     webhooks: list[dict[str, Any]]
 
@@ -115,6 +116,8 @@ class Surfaces:
         assert api_types == cli_types
         assert self.metric("syncsvc_connections", tenant=self.health["tenant"], status=status) == 1
         assert self.health["connections"][status] == 1
+        # The operator's page names the deciding rule the JSON names.
+        assert self.health["rule"]["id"] in self.health_page
         # "Kept up to date" only where a refresh token and a readable type exist.
         kept = words["kept_up_to_date"]
         assert kept == (status == "active" and self.cli["tokens"]["refresh_token"] is True)
@@ -144,6 +147,11 @@ async def read_surfaces(
     async with operator.get(f"/tenants/{tenant}/health") as response:
         assert response.status == 200, await response.text()
         health = await response.json()
+    async with operator.get(
+        f"/tenants/{tenant}/health", headers={"Accept": "text/html"}
+    ) as response:
+        assert response.status == 200
+        health_page = await response.text()
     async with operator.get("/metrics") as response:
         assert response.status == 200
         metrics = await response.text()
@@ -156,4 +164,4 @@ async def read_surfaces(
         hooks = [orjson.loads(row.payload) for row in rows]
     cli = shown.json()
     assert isinstance(cli, dict)
-    return Surfaces(page.body, cli, human.stdout, api, health, metrics, hooks)
+    return Surfaces(page.body, cli, human.stdout, api, health, health_page, metrics, hooks)

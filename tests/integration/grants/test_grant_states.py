@@ -149,6 +149,7 @@ async def test_no_offline_access(flow: Flow, operator: aiohttp.ClientSession) ->
     assert usable.health["status"] == "degraded"
     assert usable.health["rule"]["id"] == "offline_access_not_granted"
     assert usable.metric("syncsvc_connections_without_offline_access", tenant=TENANT) == 1
+    assert "Connections without offline access (no refresh token) 1" in text(usable.health_page)
 
     expired.assert_agree()
     assert expired.api["status"] == "needs_reauth"
@@ -197,6 +198,7 @@ async def test_narrowed_at_refresh(flow: Flow, operator: aiohttp.ClientSession) 
     assert changed["data"]["added"] == []
     assert seen.health["status"] == "degraded"
     assert "withdrawn_types" in _rules(seen.health)
+    assert "Condition withdrawn 1" in text(seen.health_page)
     assert seen.health["errors"]["last_hour"]["by_class"]["scope_withdrawn"] == 1
     assert (
         seen.metric(
