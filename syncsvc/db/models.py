@@ -420,7 +420,8 @@ class Event(Base):
     connection_id: Mapped[str | None] = mapped_column(
         String(ID_LENGTH), ForeignKey("connections.id", ondelete="SET NULL")
     )
-    #: ``refresh``, ``sync``, ``launch``, ``disconnect``, ``revocation``, ``webhook``.
+    #: ``refresh``, ``sync``, ``launch``, ``disconnect``, ``revocation``, ``webhook``, ``scopes``
+    #: (a refresh narrowed or widened the grant: one per type, ``withdrawn`` or ``added``).
     kind: Mapped[str] = mapped_column(String(32))
     #: ``ok`` or a failure outcome (``transient``, ``needs_reauth``, ``denied``, ...).
     outcome: Mapped[str] = mapped_column(String(32))
