@@ -1,7 +1,7 @@
 """Grant states: connection status ``no_access``, type states ``not_granted`` and ``withdrawn``.
 
 Revision ID: 5b0e7f2a9c41
-Revises: 7c1e9a4b2d30
+Revises: 5c1a7e9d2b40
 Create Date: 2026-12-04 23:00:00 UTC
 
 The check constraints of ``connections.status`` and ``sync_states.status`` are widened. Active
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "5b0e7f2a9c41"
-down_revision: str | Sequence[str] | None = "7c1e9a4b2d30"
+down_revision: str | Sequence[str] | None = "5c1a7e9d2b40"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -150,7 +150,7 @@ async def test_check_constraints_carry_the_vocabulary(empty_db_url: str) -> None
 
 async def test_active_grants_that_read_nothing_become_no_access(empty_db_url: str) -> None:
     """The grant-states revision moves stored ``active`` connections that can read nothing."""
-    before = "29e0fc659213"
+    before = "5c1a7e9d2b40"
     await migrate.upgrade(empty_db_url, before)
     now = dt.datetime.now(dt.UTC)
     engine = create_engine(empty_db_url)
