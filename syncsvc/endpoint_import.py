@@ -38,7 +38,7 @@ from syncsvc.smart.discovery import normalise_base
 #: Larger files are refused before parsing: the whole document is held in memory.
 MAX_FILE_BYTES = 50 * 1024 * 1024
 #: Tenant names are at most this long (``TenantSpec`` enforces the same bound).
-MAX_NAME_LENGTH = 64
+MAX_NAME_LENGTH = 63
 
 Format = Literal["brands", "oracle-current", "oracle-legacy"]
 Vendor = Literal["cerner", "epic", "generic"]

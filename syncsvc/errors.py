@@ -41,6 +41,13 @@ class ConfigError(SyncsvcError):
     default_reason = "config_invalid"
 
 
+class DatabaseUnavailable(SyncsvcError):
+    """The configured database does not answer, or does not hold the schema this code needs."""
+
+    status = 503
+    default_reason = "database_unavailable"
+
+
 class VaultError(SyncsvcError):
     """A ciphertext could not be decrypted (wrong key, tampered, or bound to another row)."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from types import SimpleNamespace
@@ -109,3 +110,39 @@ async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def describe_network_error(exc: BaseException) -> str:
+    """What went wrong with an outbound request, in words an operator reads without a manual.
+
+    ``could not resolve fhir.invalid``, ``connection refused by 127.0.0.1:5999`` and the like,
+    never an exception class name. The words carry no URL query, so no credential.
+    """
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"could not resolve {exc.host}"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"the TLS certificate of {exc.host} was not accepted"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError):
+        return f"the TLS handshake with {exc.host}:{exc.port} failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        cause = exc.os_error
+        if isinstance(cause, socket.gaierror):
+            return f"could not resolve {exc.host}"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused by {exc.host}:{exc.port}"
+        if isinstance(cause, TimeoutError):
+            return f"timed out connecting to {exc.host}:{exc.port}"
+        reason = cause.strerror or "connection failed"
+        return f"could not connect to {exc.host}:{exc.port}: {reason.lower()}"
+    # ServerTimeoutError is both a ClientError and a TimeoutError: test the timeout first.
+    if isinstance(exc, TimeoutError):
+        return "timed out waiting for an answer"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection without answering"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "the answer was cut off before its end"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "the URL is not valid"
+    if isinstance(exc, aiohttp.ClientOSError):
+        return f"the connection failed: {(exc.strerror or 'network error').lower()}"
+    return f"the request failed ({type(exc).__name__})"

@@ -43,7 +43,12 @@ from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens, save_tokens
 from syncsvc.sync.grant_states import readable_types, reconcile_type_states
 from syncsvc.sync.misbound import TENANT_MISMATCH, GrantToEnd, end_misbound, revoke_now
-from syncsvc.tenants import client_credentials, fresh_configuration, resource_types_of
+from syncsvc.tenants import (
+    client_credentials,
+    fresh_configuration,
+    redirect_uri_of,
+    resource_types_of,
+)
 from syncsvc.vault import Purpose, Vault
 from syncsvc.vocabulary import NO_READABLE_TYPE
 
@@ -152,7 +157,7 @@ async def start_launch(
     url = oauth.authorize_url(
         authorization_endpoint=config.authorization_endpoint,
         client_id=tenant.client_id,
-        redirect_uri=tenant.redirect_uri,
+        redirect_uri=redirect_uri_of(tenant, services.settings.public_url),
         scopes=scopes,
         state=state,
         aud=tenant.fhir_base,
@@ -393,7 +398,7 @@ async def _finish(
             services.http,
             token_endpoint=config.token_endpoint,
             code=code,
-            redirect_uri=tenant.redirect_uri,
+            redirect_uri=redirect_uri_of(tenant, services.settings.public_url),
             code_verifier=verifier,
             credentials=client_credentials(services.vault, tenant),
         )

@@ -168,10 +168,23 @@ class _SyncsvcHandler(logging.StreamHandler[IO[str]]):
     """Marks the handler this module installs, so reconfiguring replaces only ours."""
 
 
+def _is_terminal(stream: IO[str]) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual stream is not a terminal
+        return False
+
+
 def configure_logging(
-    *, log_format: str = "json", log_level: str = "INFO", stream: IO[str] | None = None
+    *, log_format: str = "auto", log_level: str = "INFO", stream: IO[str] | None = None
 ) -> None:
-    """Route structlog and standard-library logging through redaction to one renderer."""
+    """Route structlog and standard-library logging through redaction to one renderer.
+
+    ``auto`` renders readable console lines on a terminal and JSON lines anywhere else.
+    """
+    target = stream if stream is not None else sys.stderr
+    if log_format == "auto":
+        log_format = "console" if _is_terminal(target) else "json"
     renderer: Processor = (
         structlog.processors.JSONRenderer()
         if log_format == "json"
@@ -199,7 +212,7 @@ def configure_logging(
             renderer,
         ],
     )
-    handler = _SyncsvcHandler(stream if stream is not None else sys.stderr)
+    handler = _SyncsvcHandler(target)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for existing in [h for h in root.handlers if isinstance(h, _SyncsvcHandler)]:
@@ -210,6 +223,12 @@ def configure_logging(
     # statement with its parameters (patient ids, resource bodies) at DEBUG: keep both at WARNING.
     for name in ("sqlalchemy", "aiosqlite"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # APScheduler says "Running job ..." and "executed successfully" at INFO on every tick: the
+    # tick logs what it did itself. Its lines come back with DEBUG.
+    quiet = logging.DEBUG if log_level.upper() == "DEBUG" else logging.WARNING
+    logging.getLogger("apscheduler").setLevel(quiet)
+    # Alembic announces its dialect ("Context impl ...") whenever the schema revision is read.
+    logging.getLogger("alembic").setLevel(quiet)
 
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:

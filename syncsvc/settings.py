@@ -22,6 +22,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,16 +33,26 @@ from urllib.parse import urlsplit
 from syncsvc.errors import ConfigError
 
 PREFIX = "SYNCSVC_"
+#: Files in the data folder used when the settings name no vault key and no link-signing key;
+#: ``syncsvc keys init`` creates them (owner-only), so a first start needs no secret in the
+#: environment.
+DEFAULT_KEY_FILE = "vault-keys.json"
+DEFAULT_LINK_KEY_FILE = "link-signing-key"
 MASK = "**********"
 #: Key ids appear inside ciphertext envelopes (``v1.<kid>.<data>``), so no dots.
 KID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 VAULT_KEY_BYTES = 32
+#: A link-signing key shorter than this is too easy to guess (``keys init`` makes 43).
+MIN_LINK_KEY_LENGTH = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: More page-decoding processes than this only add memory: the writer is the limit by then.
 MAX_DECODE_WORKERS = 64
 MAX_WRITE_LANES = 16
 
-LogFormat = Literal["json", "console"]
+#: ``auto``: readable console lines on a terminal, JSON lines otherwise (a service manager,
+#: a container runtime or a log shipper reads them).
+LogFormat = Literal["json", "console", "auto"]
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
 
 
 class Secret:
@@ -139,6 +150,22 @@ def read_key_file(path: Path) -> tuple[VaultKey, ...]:
     return _unique_kids(keys)
 
 
+def read_link_key_file(path: Path) -> Secret | None:
+    """The link-signing key kept in ``path`` (its first line), or None if there is no file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the link-signing key file {path}: {exc.strerror}") from exc
+    value = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if len(value) < MIN_LINK_KEY_LENGTH:
+        raise ConfigError(
+            f"the link-signing key in {path} is shorter than {MIN_LINK_KEY_LENGTH} characters"
+        )
+    return Secret(value)
+
+
 def _unique_kids(keys: list[VaultKey]) -> tuple[VaultKey, ...]:
     kids = [key.kid for key in keys]
     if len(set(kids)) != len(kids):
@@ -162,7 +189,10 @@ class Settings:
 
     data_dir: Path = Path(".syncsvc")
     database_url: str = field(default="", repr=False)
-    public_url: str = "http://127.0.0.1:8000"
+    #: Where patients and EHRs reach this service; unset, ``serve`` uses its own host and port.
+    public_url: str = DEFAULT_PUBLIC_URL
+    #: Whether ``public_url`` was set (environment or file) rather than left at its default.
+    public_url_configured: bool = False
     #: The key ring, primary first; empty means "not configured" (the vault refuses to start).
     vault_keys: tuple[VaultKey, ...] = ()
     #: Where the key ring came from, if a file: ``keys rotate`` writes the new key there.
@@ -173,7 +203,7 @@ class Settings:
     api_keys: tuple[Secret, ...] = ()
     #: Bearer token for the operator endpoints.
     admin_token: Secret | None = None
-    log_format: LogFormat = "json"
+    log_format: LogFormat = "auto"
     log_level: str = "INFO"
     tick_seconds: float = 5.0
     refresh_margin_seconds: int = 120
@@ -209,8 +239,8 @@ class Settings:
             object.__setattr__(self, "webhook_url", _validate_webhook_url(self.webhook_url))
             if not self.webhook_secret:
                 raise ConfigError("webhook_url needs webhook_secret (webhooks are always signed)")
-        if self.log_format not in ("json", "console"):
-            raise ConfigError("log_format must be 'json' or 'console'")
+        if self.log_format not in ("json", "console", "auto"):
+            raise ConfigError("log_format must be 'json', 'console' or 'auto'")
         level = self.log_level.upper()
         if level not in LOG_LEVELS:
             raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
@@ -274,6 +304,12 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
+    def serving_at(self, host: str, port: int) -> Self:
+        """These settings for a server on ``host:port``: an unset public URL becomes its URL."""
+        if self.public_url_configured:
+            return self
+        return self.replace(public_url=f"http://{url_host(host)}:{port}")
+
     def replace(self, **changes: Any) -> Self:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -289,13 +325,26 @@ class Settings:
             kwargs[name] = _convert(name, value)
         if kwargs.get("vault_keys") and kwargs.get("vault_key_file"):
             raise ConfigError("set either vault_keys or vault_key_file, not both")
+        data_dir = kwargs.get("data_dir", Path(".syncsvc"))
+        if not kwargs.get("vault_keys") and kwargs.get("vault_key_file") is None:
+            default_key_file = data_dir / DEFAULT_KEY_FILE
+            if default_key_file.is_file():
+                kwargs["vault_key_file"] = default_key_file
         key_file = kwargs.get("vault_key_file")
         if key_file is not None:
             kwargs["vault_keys"] = read_key_file(key_file)
+        if "link_signing_key" not in kwargs:
+            link_key = read_link_key_file(data_dir / DEFAULT_LINK_KEY_FILE)
+            if link_key is not None:
+                kwargs["link_signing_key"] = link_key
+        kwargs["public_url_configured"] = "public_url" in kwargs
         return cls(**kwargs)
 
 
-_FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Settings))
+#: Settings read from the environment and the file (the flag is derived, never set).
+_FIELD_NAMES = tuple(
+    f.name for f in dataclasses.fields(Settings) if f.name != "public_url_configured"
+)
 _INT_FIELDS = {
     "refresh_margin_seconds",
     "min_refresh_interval_seconds",
@@ -351,6 +400,17 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL a browser can open.
+
+    A wildcard address (``0.0.0.0``, ``::``) is where the server listens, not where anyone can
+    reach it: the machine's name stands in for it. IPv6 addresses get brackets.
+    """
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - recognising the wildcard, not binding it
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
 
 
 def _validate_public_url(url: str) -> str:

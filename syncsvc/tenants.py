@@ -9,6 +9,7 @@ on this being idempotent).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -51,6 +52,21 @@ DEFAULT_RESOURCE_TYPES: tuple[str, ...] = (
 DISCOVERY_TTL = dt.timedelta(hours=24)
 
 
+#: Tenant names appear in links, commands, metric labels and log lines: a short, plain slug.
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def check_tenant_name(name: str) -> str:
+    """``name`` if it is a valid tenant name, else ConfigError saying what a name looks like."""
+    if not TENANT_NAME.fullmatch(name):
+        shown = name if len(name) <= 80 else name[:80] + "..."
+        raise ConfigError(
+            f"tenant name {shown!r} is not valid: use 1 to 63 lower-case letters, digits and "
+            "hyphens, starting with a letter or digit (e.g. 'clinic' or 'st-mary-r4')"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class TenantSpec:
     """What an operator says about a tenant; the rest is discovered."""
@@ -72,8 +88,7 @@ class TenantSpec:
     plan_overrides: dict[str, dict[str, object]] | None = None
 
     def __post_init__(self) -> None:
-        if not self.name or len(self.name) > 64:
-            raise ConfigError("A tenant name must be 1 to 64 characters.")
+        check_tenant_name(self.name)
         if self.vendor not in VENDORS:
             raise ConfigError(f"vendor must be one of {', '.join(VENDORS)}")
         if self.auth_method not in AUTH_METHOD_NAMES:
@@ -99,6 +114,17 @@ def validate_plan_overrides(overrides: object, vendor: str) -> None:
         plan_for(vendor, overrides)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"plan overrides are not valid: {exc}") from exc
+
+
+def redirect_uri_of(tenant: Tenant, public_url: str) -> str:
+    """The redirect URI of ``tenant`` as sent to its EHR.
+
+    A tenant registered while no public URL was set stores only the path (``/callback/NAME``):
+    it follows the public URL of the process that launches, so ``serve --port P`` sends
+    redirect URIs on P.
+    """
+    stored = tenant.redirect_uri
+    return f"{public_url.rstrip('/')}{stored}" if stored.startswith("/") else stored
 
 
 def smart_configuration(tenant: Tenant) -> SmartConfiguration | None:
@@ -218,7 +244,9 @@ def _redirect_uri(spec: TenantSpec, existing: Tenant | None, public_url: str | N
     if existing is not None:
         return existing.redirect_uri
     if public_url is None:
-        raise ConfigError(f"Tenant '{spec.name}' needs a redirect URI (or a public URL).")
+        # No public URL chosen yet: the path alone, resolved against the public URL of the
+        # process that launches (``serve`` on its own host and port, or the one set later).
+        return tenant_callback_uri("", spec.name)
     return tenant_callback_uri(public_url, spec.name)
 
 

@@ -87,8 +87,8 @@ class Vault:
     def _set_ring(self, keys: Sequence[VaultKey]) -> None:
         if not keys:
             raise ConfigError(
-                "No vault key is configured: set SYNCSVC_VAULT_KEYS or SYNCSVC_VAULT_KEY_FILE "
-                "(`syncsvc keys rotate` can create a key file)."
+                "No vault key is configured: run `syncsvc keys init` (a key file in the data "
+                "folder), or set SYNCSVC_VAULT_KEY_FILE or SYNCSVC_VAULT_KEYS."
             )
         self._primary = keys[0].kid
         self._ciphers = {key.kid: AESGCM(key.key) for key in keys}

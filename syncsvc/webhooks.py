@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db.leases import claim_rows, lease_free
 from syncsvc.db.models import Connection, Tenant, WebhookDelivery, new_id
+from syncsvc.http import describe_network_error
 from syncsvc.logging import get_logger
 from syncsvc.netguard import PRIVATE_NAMES_ALLOWED
 from syncsvc.settings import Settings
@@ -260,7 +261,7 @@ async def _post(ctx: SyncContext, url: str, secret: str, delivery: WebhookDelive
             # The receiver's body is not kept: it is not ours to store.
             return _Outcome(False, response.status, f"HTTP {response.status}", retry_after)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        return _Outcome(False, None, f"{type(exc).__name__}: {exc}"[:ERROR_LENGTH])
+        return _Outcome(False, None, describe_network_error(exc)[:ERROR_LENGTH])
     finally:
         PRIVATE_NAMES_ALLOWED.reset(allowed)
 

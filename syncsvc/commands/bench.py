@@ -6,7 +6,15 @@ import argparse
 import asyncio
 import sys
 
-from syncsvc.commands.common import EXIT_FAILED, EXIT_USAGE, fail, print_json
+from syncsvc.commands.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Commands,
+    add_command,
+    fail,
+    failed,
+    print_json,
+)
 
 
 def _sizes(value: str) -> tuple[int, ...]:
@@ -55,7 +63,7 @@ def _bench(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(run(options))
     except SyncsvcError as exc:
-        return fail("bench", exc.message)
+        return failed("bench", exc)
     if args.json:
         print_json(report.to_json())
     else:
@@ -63,11 +71,13 @@ def _bench(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(t.met is False for t in report.targets) and args.strict else 0
 
 
-def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_to(commands: Commands) -> None:
     """Register ``bench``."""
-    bench = commands.add_parser(
+    bench = add_command(
+        commands,
         "bench",
-        help="measure ingest, re-sync, scheduler, refresh and scale-out against the sandbox",
+        summary="measure ingest, re-sync, scheduler, refresh and scale-out against the sandbox",
+        examples=("syncsvc bench --quick", "syncsvc bench --db postgresql://USER@HOST/NAME"),
         description=(
             "Start the sandbox EHR in a child process, drive syncsvc's sync engine against it "
             "and print a table (median and min-max over rounds, peers in the same rounds)."

@@ -1,12 +1,12 @@
-"""What every command shares: settings loading, a database and a sync context, JSON output."""
+"""What every command shares: help layout, settings loading, a database and a sync context."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
     import aiohttp
@@ -23,10 +23,63 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
+#: Defaults that say nothing in a help text (flags, "not set").
+_SILENT_DEFAULTS = (None, False, True, argparse.SUPPRESS)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples keep their line breaks; options show their default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            not action.option_strings
+            or action.default in _SILENT_DEFAULTS
+            or "default" in text.lower()
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser that lays out every command's help the same way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def add_command(
+    commands: Commands,
+    name: str,
+    *,
+    summary: str,
+    description: str,
+    examples: Sequence[str] = (),
+) -> argparse.ArgumentParser:
+    """A sub-command with a one-line summary, a description and examples in its ``--help``."""
+    epilog = None
+    if examples:
+        epilog = "example" + ("s" if len(examples) > 1 else "") + ":\n"
+        epilog += "\n".join(f"  {line}" for line in examples)
+    return commands.add_parser(name, help=summary, description=description, epilog=epilog)
+
+
 def fail(command: str, message: str, code: int = EXIT_FAILED) -> int:
     """Tell the operator what went wrong (no traceback) and return the exit code."""
     print(f"syncsvc {command}: {message}", file=sys.stderr)
     return code
+
+
+def failed(command: str, exc: Exception) -> int:
+    """:func:`fail` for a deliberate error: exit 2 for configuration, 1 for everything else."""
+    from syncsvc.errors import ConfigError
+
+    code = EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+    return fail(command, str(exc), code)
 
 
 def load_settings(command: str, *, configure_logs: bool = False) -> Settings | None:
@@ -51,11 +104,17 @@ def load_settings(command: str, *, configure_logs: bool = False) -> Settings | N
 
 @asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    """A session factory on the configured database for the duration of one command."""
+    """A session factory on the configured database for the duration of one command.
+
+    The database must answer and be at the newest schema, else DatabaseUnavailable says why
+    in words (ConfigError for a malformed URL).
+    """
     from syncsvc.db.engine import create_engine, create_sessionmaker
+    from syncsvc.db.probe import require_newest_schema
 
     engine = create_engine(settings.database_url)
     try:
+        await require_newest_schema(engine, settings.database_url)
         yield create_sessionmaker(engine)
     finally:
         await engine.dispose()

@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any
 from syncsvc.commands.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    Commands,
+    add_command,
     database,
     fail,
+    failed,
     load_settings,
     print_json,
     sync_context,
@@ -309,7 +312,7 @@ def _sync_cmd(args: argparse.Namespace) -> int:
             return fail("connections sync", "--full needs --now", EXIT_USAGE)
         report = asyncio.run(_sync(settings, args.id, now=args.now, full=args.full))
     except (CommandFailed, SyncsvcError) as exc:
-        return fail("connections sync", str(exc))
+        return failed("connections sync", exc)
     if report is None:
         print(f"connection {args.id} is due now; a running worker or `serve` syncs it next tick")
         return 0
@@ -350,7 +353,7 @@ def _disconnect_cmd(args: argparse.Namespace) -> int:
     try:
         result = asyncio.run(_disconnect(settings, args.id, erase=not args.keep_data))
     except (CommandFailed, SyncsvcError) as exc:
-        return fail("connections disconnect", str(exc))
+        return failed("connections disconnect", exc)
     if args.json:
         print_json(result.to_json())
         return 0
@@ -368,19 +371,26 @@ def _disconnect_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_to(commands: Commands) -> None:
     """Register ``connections``."""
     connections = commands.add_parser(
-        "connections", help="patients' connections: list, show, sync, disconnect"
+        "connections",
+        help="patients' connections: list, show, sync, disconnect",
+        description="A connection is one patient's grant at one tenant, with its synced data.",
     )
     actions = connections.add_subparsers(
         dest="connections_command", required=True, metavar="ACTION"
     )
 
-    listing = actions.add_parser(
+    listing = add_command(
+        actions,
         "list",
-        help="connections with status, last sync and resource counts",
+        summary="connections with status, last sync and resource counts",
         description="List connections, oldest first, optionally filtered.",
+        examples=(
+            "syncsvc connections list --tenant clinic --status needs_reauth",
+            "syncsvc connections list --user USER --json",
+        ),
     )
     listing.add_argument("--user", help="only this host-application user's connections")
     listing.add_argument("--tenant", help="only this tenant's connections (tenant name)")
@@ -388,14 +398,29 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     listing.add_argument("--json", action="store_true", help="print the result as JSON")
     listing.set_defaults(handler=_list_cmd)
 
-    show = actions.add_parser("show", help="one connection in detail (never its tokens)")
+    show = add_command(
+        actions,
+        "show",
+        summary="one connection in detail (never its tokens)",
+        description=(
+            "Show a connection's status and its reason, granted and trimmed scopes, token "
+            "expiry (never the tokens), schedule, per-type sync state, resource counts and "
+            "pending revocations."
+        ),
+        examples=("syncsvc connections show CONNECTION_ID",),
+    )
     show.add_argument("id", help="the connection id")
     show.add_argument("--json", action="store_true", help="print the result as JSON")
     show.set_defaults(handler=_show_cmd)
 
-    sync = actions.add_parser(
+    sync = add_command(
+        actions,
         "sync",
-        help="make a connection due for sync now",
+        summary="make a connection due for sync now",
+        examples=(
+            "syncsvc connections sync CONNECTION_ID",
+            "syncsvc connections sync CONNECTION_ID --now --full",
+        ),
         description=(
             "Set the connection's next sync to now, so the running worker or `serve` syncs it at "
             "its next tick. With --now, sync it here and print the JSON report."
@@ -411,9 +436,11 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     sync.set_defaults(handler=_sync_cmd)
 
-    disconnect = actions.add_parser(
+    disconnect = add_command(
+        actions,
         "disconnect",
-        help="disconnect: delete tokens, revoke at the EHR, erase the synced data",
+        summary="disconnect: delete tokens, revoke at the EHR, erase the synced data",
+        examples=("syncsvc connections disconnect CONNECTION_ID --keep-data",),
         description=(
             "Mark the connection revoked, delete its tokens at once, revoke the grant at the EHR "
             "(retried in the background if the EHR is down) and erase its synced data unless "

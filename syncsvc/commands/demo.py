@@ -8,7 +8,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from syncsvc.commands.common import EXIT_FAILED, fail, print_json
+from syncsvc.commands.common import EXIT_FAILED, Commands, add_command, fail, failed, print_json
 
 
 def _say(message: str) -> None:
@@ -39,15 +39,17 @@ def _demo(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail("demo", f"cannot listen on 127.0.0.1: {exc.strerror} (is a demo running?)")
     except SyncsvcError as exc:
-        return fail("demo", exc.message)
+        return failed("demo", exc)
     return 0
 
 
-def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_to(commands: Commands) -> None:
     """Register ``demo``."""
-    demo = commands.add_parser(
+    demo = add_command(
+        commands,
         "demo",
-        help="run the sandbox EHR and syncsvc, connect and sync a demo patient",
+        summary="run the sandbox EHR and syncsvc, connect and sync a demo patient",
+        examples=("syncsvc demo", "syncsvc demo --once --data-dir /tmp/demo"),
         description=(
             "Starts the sandbox EHR and syncsvc on 127.0.0.1 with a SQLite database in the data "
             "folder, connects a demo patient headlessly through the real pages, syncs, and "
@@ -56,7 +58,9 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         ),
     )
     demo.add_argument("--once", action="store_true", help="exit after the first sync (JSON)")
-    demo.add_argument("--data-dir", type=Path, default=Path(".syncsvc-demo"))
+    demo.add_argument(
+        "--data-dir", type=Path, default=Path(".syncsvc-demo"), help="database and keys folder"
+    )
     demo.add_argument("--port", type=int, help="syncsvc port (default 8000; --once: any free)")
     demo.add_argument("--sandbox-port", type=int, help="sandbox port (default 8765)")
     demo.set_defaults(handler=_demo)

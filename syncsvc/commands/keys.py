@@ -1,12 +1,81 @@
-"""``syncsvc keys status|rotate``: the vault key ring and re-encryption under a new key."""
+"""``syncsvc keys init|status|rotate``: the vault key ring and re-encryption under a new key."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+from pathlib import Path
 
-from syncsvc.commands.common import EXIT_FAILED, EXIT_USAGE, database, fail, load_settings
+from syncsvc.commands.common import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Commands,
+    add_command,
+    database,
+    fail,
+    failed,
+    load_settings,
+)
+
+#: What a vault key looks like, for the operator who writes one by hand.
+KEY_FORMAT = (
+    "KID:KEY, KID up to 32 letters, digits, '_' or '-', KEY 32 random bytes in URL-safe base64"
+)
+
+
+def _write_secret_file(path: Path, value: str) -> None:
+    """Create ``path`` holding ``value``, owner-only from the first byte (never overwrites)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(value + "\n")
+
+
+def _init(args: argparse.Namespace) -> int:
+    import secrets
+
+    from syncsvc.settings import DEFAULT_KEY_FILE, DEFAULT_LINK_KEY_FILE
+    from syncsvc.vault import format_key_ring, generate_key, write_key_file
+
+    settings = load_settings("keys init")
+    if settings is None:
+        return EXIT_USAGE
+    if args.print:
+        print(f"SYNCSVC_VAULT_KEYS={format_key_ring((generate_key(),))}")
+        print(f"(a vault key is {KEY_FORMAT}; keep it secret and safe)", file=sys.stderr)
+        return 0
+    in_data_dir = args.file is None
+    path = args.file or settings.data_dir / DEFAULT_KEY_FILE
+    if path.exists():
+        return fail(
+            "keys init",
+            f"{path} already exists: it holds keys the stored tokens need; "
+            "`syncsvc keys rotate` adds a new one",
+            EXIT_USAGE,
+        )
+    if settings.vault_keys and in_data_dir:
+        return fail("keys init", "a vault key is already configured", EXIT_USAGE)
+    if in_data_dir:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        settings.data_dir.chmod(0o700)  # it holds the database and the keys: owner only
+    key = generate_key()
+    write_key_file(path, (key,))
+    print(f"created vault key file {path} (key {key.kid}, owner-only)", file=sys.stderr)
+    if in_data_dir:
+        link_file = settings.data_dir / DEFAULT_LINK_KEY_FILE
+        if settings.link_signing_key is None and not link_file.exists():
+            _write_secret_file(link_file, secrets.token_urlsafe(32))
+            print(f"created link-signing key file {link_file} (owner-only)", file=sys.stderr)
+        print(
+            f"both are used from {settings.data_dir} while SYNCSVC_VAULT_KEY_FILE, "
+            "SYNCSVC_VAULT_KEYS and SYNCSVC_LINK_SIGNING_KEY are unset; keep a copy of the "
+            "vault key file: the stored tokens cannot be read without it",
+            file=sys.stderr,
+        )
+    else:
+        print(f"SYNCSVC_VAULT_KEY_FILE={path.resolve()}")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -69,34 +138,73 @@ def _rotate(args: argparse.Namespace) -> int:
         vault = Vault.from_settings(settings)
         totals = asyncio.run(rotate(vault))
     except SyncsvcError as exc:
-        return fail("keys rotate", exc.message)
+        return failed("keys rotate", exc)
     summary = ", ".join(f"{table} {count}" for table, count in totals.items())
     print(f"re-encrypted under {vault.primary_kid}: {summary}", file=sys.stderr)
     return 0
 
 
-def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_to(commands: Commands) -> None:
     """Register ``keys``."""
-    keys = commands.add_parser("keys", help="vault keys: status and rotation")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    status = key_commands.add_parser("status", help="key ids, the primary, ciphertexts per key")
-    status.set_defaults(handler=_status)
-    rotate = key_commands.add_parser(
-        "rotate",
-        help="add a new primary key (key file) and re-encrypt everything under it",
+    keys = commands.add_parser(
+        "keys",
+        help="vault keys: init, status, rotation",
         description=(
-            "With SYNCSVC_VAULT_KEY_FILE: write a new primary key into the file, then re-encrypt "
+            "The vault encrypts tokens, client secrets and private keys at rest (AES-256-GCM) "
+            f"under a key ring whose first key is the primary. A key is {KEY_FORMAT}."
+        ),
+    )
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    init = add_command(
+        key_commands,
+        "init",
+        summary="create the first vault key (and a link-signing key)",
+        description=(
+            "Without options: create the vault key file and a link-signing key file in the data "
+            "folder (SYNCSVC_DATA_DIR, default .syncsvc/), owner-only; syncsvc uses them while "
+            "no key is set in the environment. --file PATH: create a vault key file there and "
+            "print the SYNCSVC_VAULT_KEY_FILE line to set. --print: write nothing, print a "
+            "SYNCSVC_VAULT_KEYS value (for a secret store). Never overwrites a key file."
+        ),
+        examples=(
+            "syncsvc keys init",
+            "syncsvc keys init --file /etc/syncsvc/vault-keys.json",
+            "syncsvc keys init --print",
+        ),
+    )
+    where = init.add_mutually_exclusive_group()
+    where.add_argument("--file", type=Path, metavar="PATH", help="create the key file here")
+    where.add_argument(
+        "--print", action="store_true", help="print a SYNCSVC_VAULT_KEYS value instead"
+    )
+    init.set_defaults(handler=_init)
+    status = add_command(
+        key_commands,
+        "status",
+        summary="key ids, the primary, ciphertexts per key",
+        description=(
+            "List the configured keys (primary first) with how many stored ciphertexts each "
+            "one encrypts, and any key id the database uses that is not configured (exit 1)."
+        ),
+        examples=("syncsvc keys status",),
+    )
+    status.set_defaults(handler=_status)
+    rotate = add_command(
+        key_commands,
+        "rotate",
+        summary="add a new primary key (key file) and re-encrypt everything under it",
+        description=(
+            "With a key file: write a new primary key into the file, then re-encrypt "
             "every stored ciphertext under it (running processes re-read the file when they meet "
             "the new key id). With SYNCSVC_VAULT_KEYS: print the new key ring to deploy, then run "
             "again with --reencrypt-only. Safe to re-run."
         ),
+        examples=("syncsvc keys rotate", "syncsvc keys rotate --reencrypt-only"),
     )
     rotate.add_argument(
         "--reencrypt-only",
         action="store_true",
         help="do not add a key; re-encrypt what is not under the current primary",
     )
-    rotate.add_argument(
-        "--batch-size", type=int, default=200, help="rows per transaction (default 200)"
-    )
+    rotate.add_argument("--batch-size", type=int, default=200, help="rows per transaction")
     rotate.set_defaults(handler=_rotate)

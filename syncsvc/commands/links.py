@@ -6,7 +6,16 @@ import argparse
 import asyncio
 import datetime as dt
 
-from syncsvc.commands.common import EXIT_USAGE, database, fail, load_settings, print_json
+from syncsvc.commands.common import (
+    EXIT_USAGE,
+    Commands,
+    add_command,
+    database,
+    fail,
+    failed,
+    load_settings,
+    print_json,
+)
 
 
 def _connect_link(args: argparse.Namespace) -> int:
@@ -18,7 +27,11 @@ def _connect_link(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_USAGE
     if settings.link_signing_key is None:
-        return fail("connect-link", "set SYNCSVC_LINK_SIGNING_KEY first", EXIT_USAGE)
+        return fail(
+            "connect-link",
+            "no link-signing key: run `syncsvc keys init` or set SYNCSVC_LINK_SIGNING_KEY",
+            EXIT_USAGE,
+        )
     signer = Signer(settings.link_signing_key.reveal())
 
     async def issue() -> IssuedLink:
@@ -36,7 +49,7 @@ def _connect_link(args: argparse.Namespace) -> int:
     try:
         link = asyncio.run(issue())
     except SyncsvcError as exc:
-        return fail("connect-link", exc.message)
+        return failed("connect-link", exc)
     if args.json:
         print_json({"url": link.url, "link_id": link.link_id, "expires_at": link.expires_at})
     else:
@@ -44,14 +57,26 @@ def _connect_link(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_to(commands: Commands) -> None:
     """Register ``connect-link``."""
-    link = commands.add_parser(
+    link = add_command(
+        commands,
         "connect-link",
-        help="print a signed, single-use link for a user to connect their record",
+        summary="print a signed, single-use link for a user to connect their record",
+        description=(
+            "Issue a connect link for one host-application user, as POST /api/v1/connect-links "
+            "does. The link starts at SYNCSVC_PUBLIC_URL; opening it shows the provider choice, "
+            "and pressing Connect uses it up."
+        ),
+        examples=("syncsvc connect-link --user USER --tenant clinic",),
     )
     link.add_argument("--user", required=True, help="the host application's user id")
     link.add_argument("--tenant", help="tenant name (default: the patient picks a provider)")
-    link.add_argument("--ttl", type=int, help="seconds the link stays valid (default: settings)")
-    link.add_argument("--json", action="store_true")
+    link.add_argument(
+        "--ttl",
+        type=int,
+        metavar="SECONDS",
+        help="how long the link stays valid (default: SYNCSVC_CONNECT_LINK_TTL_SECONDS, a day)",
+    )
+    link.add_argument("--json", action="store_true", help="print the result as JSON")
     link.set_defaults(handler=_connect_link)

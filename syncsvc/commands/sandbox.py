@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from pathlib import Path
 
-from syncsvc.commands.common import EXIT_USAGE, fail
+from syncsvc.commands.common import EXIT_USAGE, Commands, add_command, fail
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -34,15 +34,26 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_to(commands: Commands) -> None:
     """Register ``sandbox``."""
-    sandbox = commands.add_parser(
+    sandbox = add_command(
+        commands,
         "sandbox",
-        help="run the built-in sandbox EHR (Cerner-, Epic- and generic-shaped tenants)",
-        description="Serve the sandbox EHR on 127.0.0.1 until interrupted.",
+        summary="run the built-in sandbox EHR (Cerner-, Epic- and generic-shaped tenants)",
+        description=(
+            "Serve the sandbox EHR on 127.0.0.1 until interrupted. It prints its tenants' FHIR "
+            "bases and endpoints, its client registrations with their secrets, and its test "
+            "patients' logins. For development and tests only: never expose it."
+        ),
+        examples=(
+            "syncsvc sandbox --port 8765",
+            "syncsvc sandbox --redirect-uri http://127.0.0.1:8000/callback",
+        ),
     )
-    sandbox.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
-    sandbox.add_argument("--config", type=Path, help="JSON sandbox configuration file")
+    sandbox.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1")
+    sandbox.add_argument(
+        "--config", type=Path, help="JSON sandbox configuration file (default: built-in)"
+    )
     sandbox.add_argument(
         "--redirect-uri",
         action="append",

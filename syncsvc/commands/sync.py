@@ -11,8 +11,11 @@ from typing import TYPE_CHECKING
 
 from syncsvc.commands.common import (
     EXIT_USAGE,
+    Commands,
+    add_command,
     database,
     fail,
+    failed,
     load_settings,
     print_json,
     sync_context,
@@ -69,7 +72,7 @@ def _sync(args: argparse.Namespace) -> int:
     try:
         report = asyncio.run(_once(settings, args))
     except SyncsvcError as exc:
-        return fail("sync", exc.message)
+        return failed("sync", exc)
     print_json(report.to_json())
     return 1 if report.failures else 0
 
@@ -111,38 +114,66 @@ async def _work_forever(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from syncsvc.commands.serve import wait_for_database
     from syncsvc.errors import SyncsvcError
+    from syncsvc.vault import Vault
 
     settings = load_settings("worker", configure_logs=True)
     if settings is None:
         return EXIT_USAGE
+    Vault.from_settings(settings)  # no key: a configuration error before anything starts
+    wait_for_database(settings, args.wait_for_db)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_work_forever(settings, args))
     except SyncsvcError as exc:
-        return fail("worker", exc.message)
+        return failed("worker", exc)
     except OSError as exc:
+        if args.metrics_port is not None:
+            from syncsvc.commands.serve import listen_failure
+
+            return listen_failure("worker", args.metrics_host, args.metrics_port, exc)
         return fail("worker", exc.strerror or str(exc))
     print("worker stopped", file=sys.stderr)
     return 0
 
 
-def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_to(commands: Commands) -> None:
     """Register ``sync`` and ``worker``."""
-    sync = commands.add_parser(
+    from syncsvc.commands.serve import add_wait_for_db
+
+    sync = add_command(
+        commands,
         "sync",
-        help="refresh and pull everything due now, then exit with a JSON summary",
+        summary="refresh and pull everything due now, then exit with a JSON summary",
+        description=(
+            "Claim every connection whose refresh or sync is due, work it as `serve` and "
+            "`worker` would, deliver due webhooks and retry pending revocations, then print "
+            "one JSON summary. Exit 1 when a connection's work failed. Useful from cron or to "
+            "try a configuration."
+        ),
+        examples=("syncsvc sync --once", "syncsvc sync --once --tenant clinic"),
     )
     sync.add_argument("--once", action="store_true", required=True, help="run once and exit")
-    sync.add_argument("--tenant", help="only this tenant's connections")
+    sync.add_argument("--tenant", help="only this tenant's connections (tenant name)")
     sync.add_argument(
         "--connection", action="append", metavar="ID", help="only this connection (repeatable)"
     )
     sync.set_defaults(handler=_sync)
 
-    worker = commands.add_parser(
-        "worker", help="run background sync without the web application (SIGTERM stops it)"
+    worker = add_command(
+        commands,
+        "worker",
+        summary="run background sync without the web application (SIGTERM stops it)",
+        description=(
+            "Run the sync tick (refresh, pull, webhooks, revocations) until SIGTERM or Ctrl-C. "
+            "Any number of workers and `serve` processes can share one PostgreSQL database: "
+            "leases decide who works what. The database must answer and be at the newest "
+            "schema at start."
+        ),
+        examples=("syncsvc worker", "syncsvc worker --wait-for-db 120"),
     )
+    add_wait_for_db(worker)
     worker.add_argument(
         "--metrics-port",
         type=int,

@@ -13,8 +13,11 @@ from typing import TYPE_CHECKING, Any
 from syncsvc.commands.common import (
     EXIT_FAILED,
     EXIT_USAGE,
+    Commands,
+    add_command,
     database,
     fail,
+    failed,
     load_settings,
     print_json,
 )
@@ -26,6 +29,23 @@ if TYPE_CHECKING:
 
 AUTH_METHODS = ("public", "client_secret_basic", "client_secret_post", "private_key_jwt")
 VENDORS = ("cerner", "epic", "generic")
+
+
+def tenant_name(value: str) -> str:
+    """argparse type of ``--name``: a valid tenant name, else a usage error saying why."""
+    from syncsvc.errors import ConfigError
+    from syncsvc.tenants import check_tenant_name
+
+    try:
+        return check_tenant_name(value)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def public_url_of(settings: Settings) -> str | None:
+    """The public URL new tenants' redirect URIs start with; None (the path alone, resolved by
+    the process that launches) while SYNCSVC_PUBLIC_URL is not set."""
+    return settings.public_url if settings.public_url_configured else None
 
 
 def client_secret_of(args: argparse.Namespace) -> str | None:
@@ -80,8 +100,10 @@ def _print_tenant(summary: dict[str, Any]) -> None:
     print(f"{summary['name']}: {summary['display_name']} ({summary['vendor']})")
     print(f"  FHIR base       {summary['fhir_base']}")
     print(f"  client          {summary['client_id']} ({summary['auth_method']})")
+    redirect = summary["redirect_uri"]
     shared = "  (shared: see SECURITY.md to move it)" if summary["redirect_uri_shared"] else ""
-    print(f"  redirect URI    {summary['redirect_uri']}{shared}")
+    follows = " (after the public URL: SYNCSVC_PUBLIC_URL or serve's own)"
+    print(f"  redirect URI    {redirect}{follows if redirect.startswith('/') else ''}{shared}")
     print(f"  resource types  {', '.join(summary['resource_types'])}")
     if discovery["source"]:
         print(
@@ -100,7 +122,7 @@ def _print_tenant(summary: dict[str, Any]) -> None:
         print(f"  connections     {summary['connections']}")
 
 
-async def _register(settings: Settings, spec: TenantSpec, *, run_discovery: bool) -> Tenant:
+async def _register(settings: Settings, spec: TenantSpec) -> Tenant:
     from syncsvc.http import create_http_client
     from syncsvc.tenants import register_tenant
     from syncsvc.vault import Vault
@@ -113,8 +135,8 @@ async def _register(settings: Settings, spec: TenantSpec, *, run_discovery: bool
             http,
             spec,
             now=dt.datetime.now(dt.UTC),
-            run_discovery=run_discovery,
-            public_url=settings.public_url,
+            run_discovery=True,
+            public_url=public_url_of(settings),
         )
 
 
@@ -155,9 +177,9 @@ def _add(args: argparse.Namespace) -> int:
             resource_types=tuple(args.scopes) if args.scopes else DEFAULT_RESOURCE_TYPES,
             plan_overrides=plans,
         )
-        tenant = asyncio.run(_register(settings, spec, run_discovery=True))
+        tenant = asyncio.run(_register(settings, spec))
     except SyncsvcError as exc:
-        return fail("tenants add", exc.message)
+        return failed("tenants add", exc)
     summary = tenant_summary(tenant)
     warnings = _warn_about_discovery(tenant)
     for warning in warnings:
@@ -305,31 +327,47 @@ def _import(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail("tenants import", f"cannot read {exc.filename}: {exc.strerror}", EXIT_USAGE)
     total = len(report.endpoints)
-    print(f"{args.file}: {report.format} bundle, {total} endpoints", file=sys.stderr)
 
     async def run() -> int:
+        from syncsvc.http import create_http_client
+        from syncsvc.tenants import register_tenant
+        from syncsvc.vault import Vault
+
+        vault = Vault.from_settings(settings)
         done = 0
-        for endpoint in report.endpoints:
-            spec = TenantSpec(
-                name=endpoint.name,
-                display_name=endpoint.display_name,
-                fhir_base=endpoint.fhir_base,
-                client_id=args.client_id,
-                vendor=endpoint.vendor,
-                auth_method=args.auth_method,
-                client_secret=args.client_secret,
-                redirect_uri=args.redirect_uri,
-            )
-            await _register(settings, spec, run_discovery=args.discover)
-            done += 1
-            if done % 50 == 0 or done == total:
-                print(f"  {done}/{total} tenants created or updated", file=sys.stderr, flush=True)
+        async with database(settings) as sessionmaker, create_http_client() as http:
+            print(f"{args.file}: {report.format} bundle, {total} endpoints", file=sys.stderr)
+            for endpoint in report.endpoints:
+                spec = TenantSpec(
+                    name=endpoint.name,
+                    display_name=endpoint.display_name,
+                    fhir_base=endpoint.fhir_base,
+                    client_id=args.client_id,
+                    vendor=endpoint.vendor,
+                    auth_method=args.auth_method,
+                    client_secret=args.client_secret,
+                    redirect_uri=args.redirect_uri,
+                )
+                await register_tenant(
+                    sessionmaker,
+                    vault,
+                    http,
+                    spec,
+                    now=dt.datetime.now(dt.UTC),
+                    run_discovery=args.discover,
+                    public_url=public_url_of(settings),
+                )
+                done += 1
+                if done % 50 == 0 or done == total:
+                    print(
+                        f"  {done}/{total} tenants created or updated", file=sys.stderr, flush=True
+                    )
         return done
 
     try:
         done = asyncio.run(run())
     except SyncsvcError as exc:
-        return fail("tenants import", exc.message)
+        return failed("tenants import", exc)
     for reason in report.skipped:
         print(f"  skipped: {reason}", file=sys.stderr)
     if args.json:
@@ -339,21 +377,40 @@ def _import(args: argparse.Namespace) -> int:
     return 0 if done or not total else EXIT_FAILED
 
 
-def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_to(commands: Commands) -> None:
     """Register ``tenants``."""
     tenants = commands.add_parser(
-        "tenants", help="EHR tenants: add, list, show, check, remove, import"
+        "tenants",
+        help="EHR tenants: add, list, show, check, remove, import",
+        description=(
+            "A tenant is one EHR FHIR base with syncsvc's client registration there. Its name "
+            "(lower-case letters, digits and hyphens) appears in links, commands and metrics."
+        ),
     )
     actions = tenants.add_subparsers(dest="tenants_command", required=True, metavar="ACTION")
 
-    add = actions.add_parser(
+    add = add_command(
+        actions,
         "add",
-        help="register a FHIR base with syncsvc's client there (runs discovery)",
-        description="Register a tenant. Discovery runs at once and its result is shown.",
+        summary="register a FHIR base with syncsvc's client there (runs discovery)",
+        description=(
+            "Register a tenant, or update the tenant of that name. Discovery (SMART "
+            ".well-known, then the CapabilityStatement) runs at once and its result is shown; "
+            "an unreachable or non-SMART base fails with the reason (exit 1)."
+        ),
+        examples=(
+            "syncsvc tenants add --name clinic --base https://fhir.example.org/r4/TENANT "
+            "--client-id CLIENT --client-secret-file secret.txt --vendor cerner",
+        ),
     )
-    add.add_argument("--name", required=True, help="short handle used in links and commands")
+    add.add_argument(
+        "--name",
+        required=True,
+        type=tenant_name,
+        help="short handle used in links and commands: [a-z0-9][a-z0-9-]{0,62}",
+    )
     add.add_argument("--base", required=True, help="the FHIR base URL (also the aud)")
-    add.add_argument("--client-id", required=True)
+    add.add_argument("--client-id", required=True, help="syncsvc's client id at this EHR")
     secret = add.add_mutually_exclusive_group()
     secret.add_argument(
         "--client-secret", help="for client_secret_basic/_post (visible to `ps`: prefer the file)"
@@ -361,8 +418,13 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     secret.add_argument("--client-secret-file", type=Path, help="file holding the client secret")
     secret.add_argument("--private-key", type=Path, help="PEM file, for private_key_jwt")
     add.add_argument("--key-id", help="kid of the private key in the served JWKS")
-    add.add_argument("--auth-method", choices=AUTH_METHODS, help="default: from the secret given")
-    add.add_argument("--vendor", choices=VENDORS, default="generic")
+    add.add_argument(
+        "--auth-method",
+        choices=AUTH_METHODS,
+        help="client authentication (default: private_key_jwt with --private-key, "
+        "client_secret_basic with a secret, else public)",
+    )
+    add.add_argument("--vendor", choices=VENDORS, default="generic", help="EHR vendor profile")
     add.add_argument("--display-name", help="the name patients see (default: --name)")
     add.add_argument(
         "--redirect-uri",
@@ -383,52 +445,80 @@ def add_to(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     add.add_argument("--json", action="store_true", help="print the result as JSON")
     add.set_defaults(handler=_add)
 
-    listing = actions.add_parser("list", help="every tenant with its connection count")
-    listing.add_argument("--json", action="store_true")
+    listing = add_command(
+        actions,
+        "list",
+        summary="every tenant with its connection count",
+        description="List the tenants: name, vendor, connections, FHIR base.",
+        examples=("syncsvc tenants list", "syncsvc tenants list --json"),
+    )
+    listing.add_argument("--json", action="store_true", help="print the result as JSON")
     listing.set_defaults(handler=_list)
 
-    show = actions.add_parser("show", help="one tenant with its discovery result")
-    show.add_argument("name")
-    show.add_argument("--json", action="store_true")
+    show = add_command(
+        actions,
+        "show",
+        summary="one tenant with its discovery result",
+        description="Show a tenant's client, redirect URI, resource types and discovered "
+        "endpoints (never a secret: only whether one is set).",
+        examples=("syncsvc tenants show clinic",),
+    )
+    show.add_argument("name", help="the tenant name")
+    show.add_argument("--json", action="store_true", help="print the result as JSON")
     show.set_defaults(handler=_show)
 
-    check = actions.add_parser(
+    check = add_command(
+        actions,
         "check",
-        help="explain a tenant's likely problems in plain words",
+        summary="explain a tenant's likely problems in plain words",
         description=(
             "Reads discovery, the scopes requested and granted per connection (here and at "
             "other tenants with the same client), failed launches and misbound grants, and "
             "names the likely causes. Tenant health lists the same findings."
         ),
+        examples=("syncsvc tenants check clinic",),
     )
-    check.add_argument("name")
-    check.add_argument("--json", action="store_true")
+    check.add_argument("name", help="the tenant name")
+    check.add_argument("--json", action="store_true", help="print the result as JSON")
     check.set_defaults(handler=_check_cmd)
 
-    remove = actions.add_parser("remove", help="delete a tenant")
-    remove.add_argument("name")
+    remove = add_command(
+        actions,
+        "remove",
+        summary="delete a tenant",
+        description="Delete a tenant that has no connections (with --force: and its "
+        "connections, their tokens and data).",
+        examples=("syncsvc tenants remove clinic",),
+    )
+    remove.add_argument("name", help="the tenant name")
     remove.add_argument(
         "--force", action="store_true", help="also delete its connections, tokens and data"
     )
     remove.set_defaults(handler=_remove_cmd)
 
-    imports = actions.add_parser(
+    imports = add_command(
+        actions,
         "import",
-        help="create or update tenants from a User-access Brands or Oracle Health endpoint bundle",
+        summary="create or update tenants from a User-access Brands or Oracle Health bundle",
         description=(
             "Idempotent: re-importing updates the same tenants (names derive from the bundle). "
             "Discovery runs at each tenant's first launch unless --discover is given."
         ),
+        examples=("syncsvc tenants import brands.json --client-id CLIENT",),
     )
-    imports.add_argument("file", type=Path)
+    imports.add_argument("file", type=Path, help="the bundle (JSON)")
     imports.add_argument("--client-id", required=True, help="syncsvc's client id at these EHRs")
-    imports.add_argument("--auth-method", choices=AUTH_METHODS[:3], default="public")
+    imports.add_argument(
+        "--auth-method", choices=AUTH_METHODS[:3], default="public", help="client authentication"
+    )
     import_secret = imports.add_mutually_exclusive_group()
-    import_secret.add_argument("--client-secret")
-    import_secret.add_argument("--client-secret-file", type=Path)
+    import_secret.add_argument("--client-secret", help="the client secret (prefer the file)")
+    import_secret.add_argument(
+        "--client-secret-file", type=Path, help="file holding the client secret"
+    )
     imports.add_argument(
         "--redirect-uri", help="default: each tenant's stored one, else its own /callback/NAME"
     )
     imports.add_argument("--discover", action="store_true", help="run discovery for each now")
-    imports.add_argument("--json", action="store_true")
+    imports.add_argument("--json", action="store_true", help="print the result as JSON")
     imports.set_defaults(handler=_import)

@@ -38,11 +38,15 @@ def normalise_url(url: str | URL) -> URL:
     try:
         parsed = make_url(url)
     except Exception as exc:  # sqlalchemy raises ArgumentError, ValueError or TypeError
-        raise ConfigError("database_url is not a valid database URL") from exc
+        # The value itself is never repeated: it may hold a password.
+        raise ConfigError(
+            "SYNCSVC_DATABASE_URL is not a valid database URL "
+            "(expected postgresql://USER@HOST/NAME or sqlite:///PATH)"
+        ) from exc
     driver = _DRIVERS.get(parsed.drivername)
     if driver is None:
         raise ConfigError(
-            f"database_url scheme {parsed.drivername!r} is not supported "
+            f"SYNCSVC_DATABASE_URL: scheme {parsed.drivername!r} is not supported "
             "(use postgresql:// or sqlite:///)"
         )
     return parsed.set(drivername=driver)
@@ -95,8 +99,16 @@ def create_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if not database or database == ":memory:":
-            raise ConfigError("an in-memory SQLite database is not supported; name a file")
-        private_sqlite_file(Path(database))
+            raise ConfigError(
+                "SYNCSVC_DATABASE_URL: an in-memory SQLite database is not supported; name a file"
+            )
+        try:
+            private_sqlite_file(Path(database))
+        except OSError as exc:
+            raise ConfigError(
+                f"SYNCSVC_DATABASE_URL: cannot create the SQLite database {database}: "
+                f"{(exc.strerror or 'failed').lower()}"
+            ) from exc
     else:
         # A connection broken by a database restart is replaced, not handed to a request.
         kwargs["pool_pre_ping"] = True

@@ -19,7 +19,7 @@ from syncsvc.errors import SyncsvcError, Transient
 from syncsvc.fhir.bundle import parse_json
 from syncsvc.fhir.ids import RESOURCE_TYPE, is_fhir_id
 from syncsvc.fhir.urls import is_under_base
-from syncsvc.http import BodyTooLarge, read_body
+from syncsvc.http import BodyTooLarge, describe_network_error, read_body
 from syncsvc.smart.vendor_errors import FhirFailure, classify_fhir_failure
 
 FHIR_JSON = "application/fhir+json"
@@ -164,7 +164,8 @@ class FhirClient:
             if isinstance(exc, TimeoutError):
                 status = "timeout"
             raise RequestTransient(
-                f"The EHR could not be reached ({type(exc).__name__})", reason=_transport(exc)
+                f"The EHR could not be reached ({describe_network_error(exc)})",
+                reason=_transport(exc),
             ) from exc
         finally:
             if self.meter is not None:

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from syncsvc.errors import DiscoveryError
-from syncsvc.http import BodyTooLarge, read_body
+from syncsvc.http import BodyTooLarge, describe_network_error, read_body
 from syncsvc.netguard import endpoint_problem, is_loopback_host
 
 OAUTH_URIS_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
@@ -256,7 +256,7 @@ async def discover(http: aiohttp.ClientSession, fhir_base: str) -> SmartConfigur
         status, doc = await _get_json(http, f"{base}/.well-known/smart-configuration")
         meta_status, statement = await _get_json(http, f"{base}/metadata")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise DiscoveryError(f"Could not reach {base}: {type(exc).__name__}") from exc
+        raise DiscoveryError(f"Could not reach {base}: {describe_network_error(exc)}") from exc
     search_params = resource_search_params(statement) if meta_status == 200 else {}
     if status == 200 and doc is not None:
         config = parse_smart_configuration(base, doc)

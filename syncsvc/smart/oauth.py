@@ -22,7 +22,7 @@ from authlib.oauth2.rfc6749.parameters import prepare_grant_uri
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 
 from syncsvc.errors import ReauthRequired, Transient
-from syncsvc.http import BodyTooLarge, read_body
+from syncsvc.http import BodyTooLarge, describe_network_error, read_body
 
 from .client_auth import ClientCredentials, apply_client_auth
 from .scopes import split_scope_string
@@ -236,7 +236,9 @@ async def _token_request(
             except orjson.JSONDecodeError as exc:
                 raise Transient("The token endpoint answered with malformed JSON") from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise Transient(f"The token endpoint could not be reached ({type(exc).__name__})") from exc
+        raise Transient(
+            f"The token endpoint could not be reached ({describe_network_error(exc)})"
+        ) from exc
     return parse_token_response(doc)
 
 
@@ -296,7 +298,7 @@ async def revoke_token(
                 raise Transient(f"The revocation endpoint answered HTTP {response.status}")
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise Transient(
-            f"The revocation endpoint could not be reached ({type(exc).__name__})"
+            f"The revocation endpoint could not be reached ({describe_network_error(exc)})"
         ) from exc
 
 

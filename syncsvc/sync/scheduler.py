@@ -24,6 +24,7 @@ from syncsvc.revocations import retry_pending
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.limits import TenantLimiter
 from syncsvc.sync.runner import WorkReport, run_due
+from syncsvc.sync.streak import FailureStreak
 from syncsvc.webhooks import deliver_due
 
 log = get_logger("syncsvc.sync.scheduler")
@@ -63,6 +64,12 @@ class SyncScheduler:
         self.last_tick_at: dt.datetime | None = None
         self.last_report: WorkReport | None = None
         self.ticks = 0
+        url = ctx.settings.database_url
+        self._tick_streak = FailureStreak(log, "tick", url)
+        self._outbox_streaks = {
+            name: FailureStreak(log, "outbox", url, outbox=name)
+            for name in ("webhooks", "revocations")
+        }
 
     def start(self) -> None:
         """Start ticking (the first tick runs at once)."""
@@ -97,12 +104,14 @@ class SyncScheduler:
                     stop=self._stopping,
                     limiter=self.limiter,
                 )
-            except Exception:
-                # The database may be briefly unreachable; the next tick tries again.
+            except Exception as exc:
+                # The database may be briefly unreachable; the next tick tries again. Logged
+                # when the failing starts and when it ends, not every tick.
                 self._ctx.metrics.tick(ok=False)
-                log.exception("tick failed")
+                self._tick_streak.failed(exc)
                 return
             self._ctx.metrics.tick(ok=True)
+            self._tick_streak.succeeded()
             self.last_report = report
             await self._work_outboxes()
             if report.claimed:
@@ -113,10 +122,13 @@ class SyncScheduler:
     async def _work_outboxes(self) -> None:
         """Deliver due webhooks and retry pending revocations (each failure is its own)."""
         for name, work in (("webhooks", deliver_due), ("revocations", retry_pending)):
+            streak = self._outbox_streaks[name]
             try:
                 await work(self._ctx)
-            except Exception:
-                log.exception("outbox failed", outbox=name)
+            except Exception as exc:
+                streak.failed(exc)
+            else:
+                streak.succeeded()
 
     async def stop(self) -> None:
         """Stop claiming, let the running tick finish (its leases are released), then shut down."""

@@ -121,7 +121,12 @@ async def test_names_resolving_to_private_addresses_are_refused_before_connectin
             base = f"https://{name}:{listener.port}/fhir"
             with pytest.raises(DiscoveryError) as caught:
                 await register_tenant(
-                    sessionmaker, vault, http, _spec(base, name), now=dt.datetime.now(dt.UTC)
+                    sessionmaker,
+                    vault,
+                    http,
+                    # Tenant names are slugs: the host name's dots become hyphens.
+                    _spec(base, name.replace(".", "-")),
+                    now=dt.datetime.now(dt.UTC),
                 )
             cause = caught.value.__cause__
             assert isinstance(cause, aiohttp.ClientConnectorError), cause

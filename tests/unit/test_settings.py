@@ -23,10 +23,11 @@ def test_defaults_use_sqlite_in_the_data_dir() -> None:
     assert settings.data_dir == Path(".syncsvc")
     assert settings.database_url == "sqlite+aiosqlite:///.syncsvc/syncsvc.db"
     assert settings.public_url == "http://127.0.0.1:8000"
+    assert settings.public_url_configured is False
     assert settings.tick_seconds == 5.0
     assert settings.keepalive_days == 30
     assert settings.vault_keys == ()
-    assert settings.log_format == "json"
+    assert settings.log_format == "auto"  # console on a terminal, JSON otherwise
     assert settings.decode_workers is None  # chosen from the host's cores at start
     assert settings.write_lanes is None  # chosen from the database at start
 
@@ -198,3 +199,20 @@ def test_database_urls_are_rewritten_to_async_drivers(url: str, driver: str) -> 
 def test_unsupported_database_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="mysql"):
         normalise_url("mysql://u@h/db")
+
+
+def test_an_unset_public_url_follows_the_server_and_a_set_one_does_not() -> None:
+    unset = Settings.from_env({})
+    assert unset.serving_at("127.0.0.1", 18123).public_url == "http://127.0.0.1:18123"
+    assert unset.serving_at("::1", 18123).public_url == "http://[::1]:18123"
+    # A rebuilt copy keeps knowing the URL was not chosen by the operator.
+    assert unset.replace(tick_seconds=1).serving_at("localhost", 9).public_url == (
+        "http://localhost:9"
+    )
+    configured = Settings.from_env({"SYNCSVC_PUBLIC_URL": "https://sync.example.org/"})
+    assert configured.public_url_configured is True
+    wildcard = "0.0.0.0"  # noqa: S104 - an argument, nothing binds here
+    assert configured.serving_at(wildcard, 18123).public_url == "https://sync.example.org"
+    # The derived flag is not a setting of its own.
+    ignored = Settings.from_env({"SYNCSVC_PUBLIC_URL_CONFIGURED": "true"})
+    assert ignored.public_url_configured is False

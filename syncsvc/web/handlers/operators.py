@@ -106,13 +106,15 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """``GET /readyz``: database reachable, schema at head, and the scheduler ticking (if any)."""
+    scheduler = request.app.get(SCHEDULER)
     ready, checks = await readiness(
-        request.app[SESSIONMAKER], request.app.get(SCHEDULER), request.app[SETTINGS].tick_seconds
+        request.app[SESSIONMAKER], scheduler, request.app[SETTINGS].tick_seconds
     )
-    return json_response(
-        {"status": "ready" if ready else "not_ready", "checks": checks},
-        status=200 if ready else 503,
-    )
+    body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
+    if scheduler is not None:
+        # When the tick last ran: what "stale" is judged on, for the operator who sees it.
+        body["last_tick_at"] = scheduler.last_tick_at
+    return json_response(body, status=200 if ready else 503)
 
 
 def _summary(report: TenantHealth) -> dict[str, Any]:

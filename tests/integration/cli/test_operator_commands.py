@@ -145,7 +145,7 @@ async def test_tenants_add_takes_query_plan_overrides(
         "tenants", "add", "--name", "other", "--base", base, "--client-id", "syncsvc-public",
         "--plans", str(plans),
     )  # fmt: skip
-    assert refused.code == 1
+    assert refused.code == 2  # wrong input, not failed work
     assert "plan overrides are not valid" in refused.stderr
 
 
