@@ -2,7 +2,9 @@
 
 Everything lives in one data folder (default ``.syncsvc-demo``): the SQLite database, a generated
 vault key file and the demo's own secrets (link-signing key, API key, operator token), created on
-first run with owner-only permissions and reused afterwards, so stored tokens stay readable.
+first run with owner-only permissions and reused afterwards. The database starts fresh on every
+run: the sandbox EHR keeps its grants in memory, so the previous run's connections could only
+fail to refresh (and say so, loudly) against the new one.
 The demo patient connects headlessly through the real pages (a scripted browser fills the
 sandbox's login form); a person can then open the printed link to connect another.
 """
@@ -94,6 +96,15 @@ def _demo_secrets(data_dir: Path) -> dict[str, str]:
     return values
 
 
+def fresh_database(data_dir: Path, say: Callable[[str], None]) -> None:
+    """Remove the previous run's SQLite database (its grants died with that run's sandbox)."""
+    database = data_dir / "syncsvc.db"
+    if database.exists():
+        say("starting from a fresh demo database (the sandbox EHR forgot the last run's grants)")
+    for suffix in ("", "-wal", "-shm"):
+        database.with_name(database.name + suffix).unlink(missing_ok=True)
+
+
 def demo_settings(data_dir: Path, public_url: str, say: Callable[[str], None]) -> Settings:
     """Settings for the demo's data folder (keys generated on the first run)."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -174,6 +185,7 @@ async def run_demo(
     sandbox_socket = bind_loopback(sandbox_port)
     public_url = f"http://127.0.0.1:{app_socket.getsockname()[1]}"
     settings = demo_settings(data_dir, public_url, say)
+    fresh_database(data_dir, say)
     await upgrade_to_head(settings.database_url)
     # Each tenant has its own redirect URI (the mix-up defence), registered at the sandbox.
     sandbox_config = default_config(
@@ -194,7 +206,11 @@ async def run_demo(
             return summary
         say(f"syncsvc is running at {public_url}; the sandbox EHR at {sandbox.origin}")
         say(f"connect another patient in a browser: {summary.connect_url}")
-        say("  (sandbox logins: nancysmart, wilmasmart, timmysmart; password: portal)")
+        say("  sandbox logins: nancysmart, wilmasmart, timmysmart; password: portal")
+        say(
+            f"  sandbox clients: syncsvc-public (public), syncsvc-confidential (secret "
+            f"'{SANDBOX_SECRET}')"
+        )
         say(f"host-app API key and operator token: {data_dir / 'demo-secrets.json'}")
         say("press Ctrl-C to stop")
         await asyncio.Event().wait()
@@ -241,7 +257,9 @@ async def _connect_and_sync(
             break
     summary.sync = totals.to_json()
     await _describe_connections(app, summary)
-    say(f"first sync done: {summary.resources_stored} resources stored")
+    # What this sync stored, from its own report (not a count of what the database holds).
+    stored = totals.resources["new"] + totals.resources["changed"]
+    say(f"first sync done: {stored} resources stored")
 
 
 async def _describe_connections(app: web.Application, summary: DemoSummary) -> None:

@@ -23,14 +23,16 @@ def describe(sandbox: RunningSandbox) -> str:
         if policy.auto_approve_patient:
             lines.append(f"  auto-approves patient {policy.auto_approve_patient} (no login page)")
         lines.append("")
-    lines.append("Client registrations")
+    lines.append("Client registrations (sandbox-only credentials)")
     for client in sandbox.state.config.clients:
         where = ", ".join(client.tenants) if client.tenants else "all tenants"
-        lines.append(f"  {client.client_id}  ({client.auth}; {where})")
+        secret = f"; secret '{client.secret}'" if client.secret else ""
+        lines.append(f"  {client.client_id}  ({client.auth}{secret}; {where})")
         lines.extend(f"    redirect {uri}" for uri in client.redirect_uris)
     patients = {p.id: p for t in sandbox.state.config.tenants for p in t.patients}
-    lines += ["", "Test patients (portal password: see the configuration; default 'portal')"]
+    lines += ["", "Test patients (sandbox portal logins)"]
     lines.extend(
-        f"  {p.id}  {p.given} {p.family}  login '{p.username or p.id}'" for p in patients.values()
+        f"  {p.id}  {p.given} {p.family}  login '{p.username or p.id}', password '{p.password}'"
+        for p in patients.values()
     )
     return "\n".join(lines)

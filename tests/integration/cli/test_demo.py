@@ -29,7 +29,17 @@ async def test_demo_once_connects_syncs_and_prints_one_json_line(tmp_path: Path)
     assert "generated a vault key" in result.stderr
     key_file = data / "vault-keys.json"
     assert key_file.stat().st_mode & 0o077 == 0  # readable by the owner only
-    # A second run reuses the key (the stored tokens stay readable) and reconnects the patient.
+    assert f"first sync done: {summary['resources_stored']} resources stored" in result.stderr
+    # A second run reuses the key, starts from a fresh database (the last sandbox's grants are
+    # gone with it) and connects the patient again, without a warning about the last run.
     again = await syncsvc(None, "demo", "--once", "--data-dir", str(data), env=env)
     assert again.code == 0, again.stderr
     assert "generated a vault key" not in again.stderr
+    assert "starting from a fresh demo database" in again.stderr
+    for noise in ("warning", "needs_reauth", "could not be reached", "traceback"):
+        assert noise not in again.stderr.lower()
+    second = again.json()
+    assert isinstance(second, dict)
+    assert second["connections_made"] == 1
+    assert second["resources_stored"] == summary["resources_stored"]
+    assert f"first sync done: {second['resources_stored']} resources stored" in again.stderr

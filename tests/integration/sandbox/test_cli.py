@@ -96,11 +96,14 @@ async def test_sandbox_command_prints_tenants_bases_and_clients(tmp_path: Path) 
             f"  authorize  {origin}/tenants/{config.tenants[0].id}"
             "/protocols/oauth2/profiles/smart-v1/personas/patient/authorize\n"
         ) in banner
-        assert "Client registrations\n" in banner
+        assert "Client registrations (sandbox-only credentials)\n" in banner
         assert "  syncsvc-public  (public; all tenants)\n" in banner
-        assert "  syncsvc-confidential  (client_secret_basic; all tenants)\n" in banner
+        # The sandbox's own demo credentials are printed: a developer needs them to register.
+        assert (
+            "  syncsvc-confidential  (client_secret_basic; secret 'sandbox-secret'; all tenants)\n"
+        ) in banner
         assert f"    redirect {REDIRECT}\n" in banner
-        assert "sandbox-secret" not in banner
+        assert "login 'nancysmart', password 'portal'" in banner
 
         async with (
             aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
