@@ -110,8 +110,9 @@ def create_app(
     """
     if settings.link_signing_key is None:
         raise ConfigError(
-            "No link-signing key is configured: set SYNCSVC_LINK_SIGNING_KEY (a long random "
-            "string; connect links and patient sessions are signed with it)."
+            "No link-signing key is configured: run `syncsvc keys init` (a key file in the data "
+            "folder) or set SYNCSVC_LINK_SIGNING_KEY to a long random string (connect links and "
+            "patient sessions are signed with it)."
         )
     metrics = Metrics()
     app = web.Application(

@@ -31,6 +31,7 @@ from syncsvc.db import repo
 from syncsvc.db.migrate import upgrade_to_head
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.errors import SyncsvcError
+from syncsvc.http import describe_listen_error
 from syncsvc.keys import HTTP, SESSIONMAKER, SIGNER, VAULT
 from syncsvc.sandbox.config import default_config
 from syncsvc.sandbox.patient import ScriptedPatient
@@ -135,9 +136,9 @@ def bind_loopback(port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1", port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise SyncsvcError(describe_listen_error("127.0.0.1", port, exc)) from exc
     return sock
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
@@ -110,6 +111,19 @@ async def read_body(content: aiohttp.StreamReader, limit: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def describe_listen_error(host: str, port: int, exc: OSError) -> str:
+    """Why a server socket could not be bound, naming the port: ``cannot listen on ...: ...``."""
+    if exc.errno == errno.EADDRINUSE:
+        reason = f"port {port} is already in use (another syncsvc, or another program?)"
+    elif exc.errno == errno.EACCES:
+        reason = f"not allowed to listen on port {port} (ports below 1024 need privileges)"
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        reason = f"{host} is not an address of this machine"
+    else:
+        reason = (exc.strerror or str(exc)).lower()
+    return f"cannot listen on {host}:{port}: {reason}"
 
 
 def describe_network_error(exc: BaseException) -> str:

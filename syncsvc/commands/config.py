@@ -35,11 +35,23 @@ class Finding:
     fix: str
 
 
+#: Settings whose environment variable is not simply SYNCSVC_ + the name.
+_VARIABLES = {"vault_keys": ("SYNCSVC_VAULT_KEYS", "SYNCSVC_VAULT_KEY_FILE")}
+
+
 def _source(name: str, settings: Settings) -> str:
-    if os.environ.get(f"SYNCSVC_{name.upper()}"):
+    """Where a setting's value came from, as far as the environment tells."""
+    from syncsvc.settings import DEFAULT_KEY_FILE, DEFAULT_LINK_KEY_FILE
+
+    variables = _VARIABLES.get(name, (f"SYNCSVC_{name.upper()}",))
+    if any(os.environ.get(variable) for variable in variables):
         return "environment"
+    if name == "vault_keys" and settings.vault_key_file == settings.data_dir / DEFAULT_KEY_FILE:
+        return "data folder"
+    if name == "link_signing_key" and (settings.data_dir / DEFAULT_LINK_KEY_FILE).is_file():
+        return "data folder"
     if os.environ.get("SYNCSVC_CONFIG"):
-        return f"file {os.environ['SYNCSVC_CONFIG']} or default"
+        return f"{os.environ['SYNCSVC_CONFIG']} or default"
     return "default"
 
 

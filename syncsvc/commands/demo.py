@@ -8,7 +8,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from syncsvc.commands.common import EXIT_FAILED, Commands, add_command, fail, failed, print_json
+from syncsvc.commands.common import EXIT_FAILED, Commands, add_command, failed, print_json
 
 
 def _say(message: str) -> None:
@@ -36,8 +36,6 @@ def _demo(args: argparse.Namespace) -> int:
             if args.once:
                 print_json(summary.to_json())
                 return 0 if summary.to_json()["ok"] else EXIT_FAILED
-    except OSError as exc:
-        return fail("demo", f"cannot listen on 127.0.0.1: {exc.strerror} (is a demo running?)")
     except SyncsvcError as exc:
         return failed("demo", exc)
     return 0

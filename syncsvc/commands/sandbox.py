@@ -30,7 +30,9 @@ def _run(args: argparse.Namespace) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve())
     except OSError as exc:
-        return fail("sandbox", f"cannot listen on 127.0.0.1:{args.port}: {exc}")
+        from syncsvc.commands.serve import listen_failure
+
+        return listen_failure("sandbox", "127.0.0.1", args.port, exc)
     return 0
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import socket
 from typing import TYPE_CHECKING
 
@@ -49,15 +48,9 @@ def bind(host: str, port: int) -> socket.socket:
 
 def listen_failure(command: str, host: str, port: int, exc: OSError) -> int:
     """The operator's line for a socket that cannot be bound: which port, and why."""
-    if exc.errno == errno.EADDRINUSE:
-        reason = f"port {port} is already in use (another syncsvc, or another program?)"
-    elif exc.errno == errno.EACCES:
-        reason = f"not allowed to listen on port {port} (ports below 1024 need privileges)"
-    elif exc.errno == errno.EADDRNOTAVAIL:
-        reason = f"{host} is not an address of this machine"
-    else:
-        reason = (exc.strerror or str(exc)).lower()
-    return fail(command, f"cannot listen on {host}:{port}: {reason}", EXIT_FAILED)
+    from syncsvc.http import describe_listen_error
+
+    return fail(command, describe_listen_error(host, port, exc), EXIT_FAILED)
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from syncsvc.sandbox.config import default_config
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.sandbox.server import running_sandbox
-from syncsvc.settings import Settings
+from syncsvc.settings import Settings, parse_vault_keys, read_key_file
 from tests.fixtures.sandbox import CERNER_TENANT
 from tests.integration.cli.runner import Finished, environment, started, syncsvc
 
@@ -309,3 +309,43 @@ async def test_an_unreachable_fhir_base_is_said_in_words(settings: Settings) -> 
         f"syncsvc tenants add: Could not reach http://127.0.0.1:{port}/fhir: "
         f"connection refused by 127.0.0.1:{port}"
     )
+
+
+async def test_a_port_in_use_is_named(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for command in (("serve",), ("sandbox",)):
+            result = await syncsvc(settings, *command, "--port", str(port))
+            assert result.code == 1, result.stderr
+            assert result.stderr.splitlines() == [
+                f"syncsvc {command[0]}: cannot listen on 127.0.0.1:{port}: port {port} is "
+                "already in use (another syncsvc, or another program?)"
+            ]
+
+
+async def test_keys_init_writes_a_named_key_file_or_prints_a_key_ring(tmp_path: Path) -> None:
+    env = _empty_machine(tmp_path)
+    key_file = tmp_path / "etc" / "vault-keys.json"
+    made = await syncsvc(None, "keys", "init", "--file", str(key_file), env=env, cwd=tmp_path)
+    assert made.code == 0, made.stderr
+    assert made.stdout == f"SYNCSVC_VAULT_KEY_FILE={key_file}\n"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert not (tmp_path / ".syncsvc").exists()  # nothing else was written
+    ring = read_key_file(key_file)
+    assert len(ring) == 1
+
+    printed = await syncsvc(None, "keys", "init", "--print", env=env, cwd=tmp_path)
+    assert printed.code == 0, printed.stderr
+    name, _, value = printed.stdout.strip().partition("=")
+    assert name == "SYNCSVC_VAULT_KEYS"
+    [key] = parse_vault_keys(value)
+    assert len(key.key) == 32
+    assert key.kid != ring[0].kid
+    # The printed ring works as the setting: config check finds the vault key.
+    check = await syncsvc(
+        None, "config", "check", "--no-database", env=env | {name: value}, cwd=tmp_path
+    )
+    assert "MISSING: vault key" not in check.stdout
+    assert value.partition(":")[2] not in check.stdout
