@@ -51,10 +51,10 @@ connects once, syncsvc refreshes the grant and pulls their FHIR resources in the
 and host applications read them through its API.
 
 First steps on an empty machine:
-  syncsvc keys init --file vault-keys.json    create the vault key (owner-only file)
-  syncsvc config check                        what is set, what is missing and how to make it
-  syncsvc migrate                             create or upgrade the database schema
-  syncsvc serve                               pages, API and background sync
+  syncsvc keys init       create the vault key and link-signing key in .syncsvc/ (owner-only)
+  syncsvc config check    what is set, what is missing and how to make it
+  syncsvc migrate         create or upgrade the database schema
+  syncsvc serve           pages, API and background sync on http://127.0.0.1:8000
 """
 
 EPILOG = """\

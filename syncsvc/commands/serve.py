@@ -24,8 +24,10 @@ NO_WAIT = 0.0
 
 
 def wait_for_database(settings: Settings, seconds: float) -> None:
-    """Block until the database answers at the newest schema (DatabaseUnavailable after
-    ``seconds``), logging each change of state once."""
+    """Block until the database is ready; DatabaseUnavailable once ``seconds`` have passed.
+
+    Ready means answering at the newest schema; each change of state is logged once.
+    """
     from syncsvc.db.probe import wait_for_database as wait
     from syncsvc.logging import get_logger
 
@@ -65,7 +67,14 @@ def _serve(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_USAGE
     log = get_logger("syncsvc")
-    settings = settings.serving_at(args.host, args.port)
+    try:
+        # Bound first: a port in use is said at once, before the database or the tick starts.
+        sock = bind(args.host, args.port)
+    except OSError as exc:
+        return listen_failure("serve", args.host, args.port, exc)
+    # The bound port, not the option: --port 0 picks a free one.
+    port = sock.getsockname()[1]
+    settings = settings.serving_at(args.host, port)
     if not settings.public_url_configured and not is_loopback_host(args.host):
         log.warning(
             "SYNCSVC_PUBLIC_URL is not set: connect links and redirect URIs use a plain-http URL "
@@ -75,17 +84,13 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings, background=not args.no_sync)
     except ConfigError as exc:
+        sock.close()
         return fail("serve", exc.message, EXIT_USAGE)
-    try:
-        # Bound first: a port in use is said at once, before the database or the tick starts.
-        sock = bind(args.host, args.port)
-    except OSError as exc:
-        return listen_failure("serve", args.host, args.port, exc)
     wait_for_database(settings, args.wait_for_db)
     log.info(
         "starting",
         host=args.host,
-        port=args.port,
+        port=port,
         public_url=settings.public_url,
         database=settings.database_url_censored,
     )
