@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import signal
 import sys
 from typing import TYPE_CHECKING
@@ -20,6 +21,9 @@ from syncsvc.commands.common import (
     print_json,
     sync_context,
 )
+
+#: What binding the metrics port fails with (anything else is not about the port).
+LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL})
 
 if TYPE_CHECKING:
     from syncsvc.settings import Settings
@@ -129,7 +133,7 @@ def _worker(args: argparse.Namespace) -> int:
     except SyncsvcError as exc:
         return failed("worker", exc)
     except OSError as exc:
-        if args.metrics_port is not None:
+        if args.metrics_port is not None and exc.errno in LISTEN_ERRNOS:
             from syncsvc.commands.serve import listen_failure
 
             return listen_failure("worker", args.metrics_host, args.metrics_port, exc)
