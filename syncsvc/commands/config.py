@@ -125,7 +125,7 @@ def findings(settings: Settings) -> list[Finding]:
     if settings.public_url_configured and not settings.public_is_https:
         from urllib.parse import urlsplit
 
-        from syncsvc.smart.discovery import is_loopback_host
+        from syncsvc.netguard import is_loopback_host
 
         if not is_loopback_host(urlsplit(settings.public_url).hostname):
             found.append(

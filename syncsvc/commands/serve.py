@@ -61,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     from syncsvc.app import create_app
     from syncsvc.errors import ConfigError
     from syncsvc.logging import get_logger
-    from syncsvc.smart.discovery import is_loopback_host
+    from syncsvc.netguard import is_loopback_host
 
     settings = load_settings("serve", configure_logs=True)
     if settings is None:

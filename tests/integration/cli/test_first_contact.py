@@ -215,7 +215,7 @@ async def test_serve_without_a_public_url_issues_links_and_redirect_uris_on_its_
     origin = f"http://127.0.0.1:{port}"
     env = environment(settings) | {"SYNCSVC_API_KEYS": "host-app-key"}
     del env["SYNCSVC_PUBLIC_URL"]
-    sandbox_config = default_config(redirect_uris=[f"{origin}/callback"])
+    sandbox_config = default_config(redirect_uris=[f"{origin}/callback/cerner"])
     async with running_sandbox(sandbox_config, host="127.0.0.1", port=0) as sandbox:
         added = await syncsvc(
             None,
@@ -241,7 +241,7 @@ async def test_serve_without_a_public_url_issues_links_and_redirect_uris_on_its_
                 page = await patient.connect(link)
     assert page.status == 200, page.body
     authorize = next(url for url in patient.visited if "redirect_uri=" in url)
-    assert f"redirect_uri=http%3A%2F%2F127.0.0.1%3A{port}%2Fcallback" in authorize
+    assert f"redirect_uri=http%3A%2F%2F127.0.0.1%3A{port}%2Fcallback%2Fcerner&" in authorize
 
 
 async def test_an_idle_serve_at_info_prints_no_scheduler_chatter(settings: Settings) -> None:
