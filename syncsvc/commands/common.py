@@ -28,7 +28,13 @@ _SILENT_DEFAULTS = (None, False, True, argparse.SUPPRESS)
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions and examples keep their line breaks; options show their default."""
+    """Laid-out texts (examples, the top level) keep their line breaks, one-paragraph
+    descriptions are wrapped to the terminal, and options show their default."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return argparse.HelpFormatter._fill_text(self, text, width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
