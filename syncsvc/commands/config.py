@@ -118,7 +118,7 @@ def findings(settings: Settings) -> list[Finding]:
             Finding(
                 "SYNCSVC_ADMIN_TOKEN",
                 False,
-                "no operator token: /status and the operator API answer 401",
+                "no operator token: /metrics and /tenants/health answer 401",
                 f"set it to a long random string: {MAKE_SECRET}",
             )
         )

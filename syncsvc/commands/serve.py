@@ -119,9 +119,9 @@ def add_to(commands: Commands) -> None:
         summary="run the web application (patient pages, host-app API, operator endpoints)",
         description=(
             "Serve the patient pages, the host-application API (/api/v1), the operator endpoints "
-            "(/healthz, /readyz, /metrics, /status) and, unless --no-sync, the background sync "
-            "tick. The database must answer and be at the newest schema (`syncsvc migrate`) at "
-            "start; /readyz reports it when it is lost later. When SYNCSVC_PUBLIC_URL is unset, "
+            "(/healthz, /readyz, /metrics, /tenants/health) and, unless --no-sync, the background "
+            "sync tick. The database must answer and be at the newest schema (`syncsvc migrate`) "
+            "at start; /readyz reports it when it is lost later. When SYNCSVC_PUBLIC_URL is unset, "
             "links and redirect URIs use http://HOST:PORT of this server. SIGTERM or Ctrl-C "
             "stops it after the running tick."
         ),
