@@ -40,6 +40,7 @@ COMMANDS: tuple[tuple[str, ...], ...] = (
     ("keys", "rotate", "--reencrypt-only"),
     ("tenants", "list"),
     ("tenants", "show", "clinic"),
+    ("tenants", "check", "clinic"),
     ("tenants", "remove", "clinic"),
     ("tenants", "add", "--name", "clinic", "--base", "https://fhir.invalid/r4", "--client-id", "c"),
     ("tenants", "import", str(DATA / "oracle_current.json"), "--client-id", "c"),
