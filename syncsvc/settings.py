@@ -223,6 +223,11 @@ class Settings:
     #: Writers committing pulled pages on PostgreSQL, each in its own transaction (unset: 2);
     #: a connection's writes always take the same one. SQLite always has one.
     write_lanes: int | None = None
+    #: Caps on one EHR page (a tenant may have its own, in its plan overrides under ``"*"``).
+    max_page_bytes: int = 16 * 1024 * 1024
+    max_page_entries: int = 10_000
+    #: Page bytes one process reads and decodes at once, over all its pulls (at least one page).
+    page_budget_bytes: int = 64 * 1024 * 1024
     launch_ttl_seconds: int = 600
     connect_link_ttl_seconds: int = 86_400
     #: Where webhooks are POSTed (https, or http on loopback); None sends none.
@@ -257,9 +262,14 @@ class Settings:
             "sync_interval_seconds",
             "sync_concurrency",
             "claim_batch_size",
+            "max_page_bytes",
+            "max_page_entries",
+            "page_budget_bytes",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer")
+        if self.page_budget_bytes < self.max_page_bytes:
+            raise ConfigError("page_budget_bytes must be at least max_page_bytes")
         if self.decode_workers is not None and not 0 <= self.decode_workers <= MAX_DECODE_WORKERS:
             raise ConfigError(f"decode_workers must be between 0 and {MAX_DECODE_WORKERS}")
         if self.write_lanes is not None and not 1 <= self.write_lanes <= MAX_WRITE_LANES:
@@ -357,6 +367,9 @@ _INT_FIELDS = {
     "claim_batch_size",
     "decode_workers",
     "write_lanes",
+    "max_page_bytes",
+    "max_page_entries",
+    "page_budget_bytes",
 }
 
 

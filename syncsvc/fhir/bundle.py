@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from syncsvc.errors import Transient
+from syncsvc.fhir.page_limits import PageTooLarge
 
 
 @dataclass
@@ -31,8 +32,11 @@ def parse_json(body: bytes) -> Any:
         raise Transient("The EHR answered with malformed JSON") from exc
 
 
-def parse_bundle(body: bytes) -> Page:
-    """A searchset page from its body: the ``match`` entries' resources and the links."""
+def parse_bundle(body: bytes, max_entries: int | None = None) -> Page:
+    """A searchset page from its body: the ``match`` entries' resources and the links.
+
+    Raises PageTooLarge when it has more than ``max_entries`` entries.
+    """
     doc = parse_json(body)
     if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
         raise Transient("The EHR answered a search with something other than a Bundle")
@@ -40,6 +44,8 @@ def parse_bundle(body: bytes) -> Page:
     entries = doc.get("entry") or []
     if not isinstance(entries, list):
         raise Transient("The EHR's Bundle.entry is not a list")
+    if max_entries is not None and len(entries) > max_entries:
+        raise PageTooLarge("entries", max_entries)
     for entry in entries:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if isinstance(resource, dict):

@@ -18,12 +18,12 @@ import aiohttp
 from syncsvc.errors import SyncsvcError, Transient
 from syncsvc.fhir.bundle import parse_json
 from syncsvc.fhir.ids import RESOURCE_TYPE, is_fhir_id
+from syncsvc.fhir.page_limits import PageBudget, PageLimits, PageTooLarge, Reservation
 from syncsvc.fhir.urls import is_under_base
 from syncsvc.http import BodyTooLarge, describe_network_error, read_body
 from syncsvc.smart.vendor_errors import FhirFailure, classify_fhir_failure
 
 FHIR_JSON = "application/fhir+json"
-MAX_PAGE_BYTES = 64 * 1024 * 1024
 #: A search never follows more pages than this; a real record fits with room to spare and a
 #: server that pages forever is stopped.
 MAX_PAGES_PER_SEARCH = 10_000
@@ -92,7 +92,12 @@ Decoder: TypeAlias = Callable[[str, bytes], Awaitable[P]]
 
 
 class FhirClient:
-    """Requests against one FHIR base with one bearer token."""
+    """Requests against one FHIR base with one bearer token.
+
+    Each body is read under ``limits`` (see ``syncsvc.fhir.page_limits``), with its bytes
+    reserved from ``budget`` (the process's page budget) while it is read, and while a search
+    page is decoded.
+    """
 
     def __init__(
         self,
@@ -101,10 +106,14 @@ class FhirClient:
         access_token: str,
         *,
         meter: RequestMeter | None = None,
+        limits: PageLimits | None = None,
+        budget: PageBudget | None = None,
     ) -> None:
         self._http = http
         self.base = base.rstrip("/")
         self._token = access_token
+        self.limits = limits or PageLimits()
+        self._budget = budget
         self.requests = 0
         self.bytes_received = 0
         self.meter = meter
@@ -124,33 +133,60 @@ class FhirClient:
         return parse_json(body), len(body)
 
     async def get_bytes(
-        self, url: str, params: Mapping[str, str] | None = None, *, resource_type: str = ""
+        self,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        resource_type: str = "",
+        held: list[Reservation] | None = None,
     ) -> bytes:
         """GET a URL under the base; the body as received. Raises on any failure.
 
         ``resource_type`` names what is asked for, for the meter (a ``next`` link says nothing).
+        With ``held``, the body's reservation of the page budget is appended to it (the caller
+        releases it); otherwise it is released on return.
         """
         if not is_under_base(url, self.base):
             raise ForeignNextLink
-        return await self.fetch_bytes(url, params, resource_type=resource_type)
+        return await self.fetch_bytes(url, params, resource_type=resource_type, held=held)
 
     async def fetch_bytes(
-        self, url: str, params: Mapping[str, str] | None = None, *, resource_type: str = ""
+        self,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        resource_type: str = "",
+        held: list[Reservation] | None = None,
     ) -> bytes:
-        """One GET of ``url`` (the caller has checked it is under the base), unparsed."""
+        """One GET of ``url`` (the caller has checked it is under the base), unparsed.
+
+        Raises PageTooLarge when the body is over the byte cap, before buffering more than the
+        cap (an announced length over it is refused without reading).
+        """
         self.requests += 1
         started = time.perf_counter()
         status = "network"
+        cap = self.limits.max_bytes
+        reservation: Reservation | None = None
         try:
             async with self._http.get(
                 url, params=params, headers=self._headers(), allow_redirects=False
             ) as response:
-                try:
-                    body = await read_body(response.content, MAX_PAGE_BYTES)
-                except BodyTooLarge as exc:
-                    status = str(response.status)
-                    raise Transient("The EHR answered with an oversized page") from exc
                 status = str(response.status)
+                announced = response.content_length
+                if announced is not None and announced > cap:
+                    raise PageTooLarge("bytes", cap)
+                if self._budget is not None:
+                    # A compressed body's length says nothing of what it inflates to.
+                    plain = response.headers.get("Content-Encoding", "identity") == "identity"
+                    expected = announced if announced is not None and plain else cap
+                    reservation = await self._budget.reserve(expected)
+                try:
+                    body = await read_body(response.content, cap)
+                except BodyTooLarge as exc:
+                    raise PageTooLarge("bytes", cap) from exc
+                if reservation is not None:
+                    reservation.shrink(len(body))
                 if not 200 <= response.status < 300:
                     raise FhirRequestError(
                         classify_fhir_failure(
@@ -160,17 +196,26 @@ class FhirClient:
                             body,
                         )
                     )
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            if isinstance(exc, TimeoutError):
-                status = "timeout"
-            raise RequestTransient(
-                f"The EHR could not be reached ({describe_network_error(exc)})",
-                reason=_transport(exc),
-            ) from exc
+        except BaseException as exc:
+            if reservation is not None:
+                reservation.release()
+            if isinstance(exc, aiohttp.ClientError | TimeoutError):
+                if isinstance(exc, TimeoutError):
+                    status = "timeout"
+                raise RequestTransient(
+                    f"The EHR could not be reached ({describe_network_error(exc)})",
+                    reason=_transport(exc),
+                ) from exc
+            raise
         finally:
             if self.meter is not None:
                 self.meter.request(resource_type, status, time.perf_counter() - started)
         self.bytes_received += len(body)
+        if reservation is not None:
+            if held is None:
+                reservation.release()
+            else:
+                held.append(reservation)
         return body
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
@@ -198,8 +243,15 @@ class FhirClient:
         for _ in range(MAX_PAGES_PER_SEARCH):
             if url is None:
                 return
-            body = await self.get_bytes(url, query, resource_type=resource_type)
-            page = await decode(url if query is None else _with_query(url, query), body)
+            held: list[Reservation] = []
+            try:
+                body = await self.get_bytes(url, query, resource_type=resource_type, held=held)
+                page = await decode(url if query is None else _with_query(url, query), body)
+            finally:
+                # The page's bytes count against the budget until it is decoded.
+                for reservation in held:
+                    reservation.release()
+            del body  # not kept alive by this frame while the caller holds the page
             yield page
             next_url = page.next_url
             if next_url is not None:

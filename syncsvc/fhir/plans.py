@@ -59,6 +59,9 @@ class VendorPlan:
     vendor: str
     types: dict[str, TypePlan] = field(default_factory=dict)
     default_count: int | None = 100
+    #: This tenant's caps on one page (None: the process's settings), from the ``"*"`` override.
+    max_page_bytes: int | None = None
+    max_page_entries: int | None = None
 
     def for_type(self, resource_type: str) -> TypePlan:
         """The plan of ``resource_type`` (a generic one if the vendor says nothing special)."""
@@ -107,13 +110,32 @@ VENDOR_PLANS: dict[str, VendorPlan] = {
 }
 
 
+#: The key of plan overrides that apply to the tenant as a whole rather than to one type.
+TENANT_WIDE = "*"
+_TENANT_WIDE_FIELDS = ("max_page_bytes", "max_page_entries")
+
+
 def plan_for(vendor: str, overrides: Mapping[str, Any] | None = None) -> VendorPlan:
-    """The vendor's plan with per-tenant ``overrides`` (``{type: {field: value}}``) applied."""
+    """The vendor's plan with per-tenant ``overrides`` (``{type: {field: value}}``) applied.
+
+    ``"*"`` holds the tenant-wide fields (the page caps ``max_page_bytes``, ``max_page_entries``).
+    Raises ValueError or TypeError for overrides that do not make a plan.
+    """
     base = VENDOR_PLANS.get(vendor, VENDOR_PLANS["generic"])
     if not overrides:
         return base
     types = dict(base.types)
+    tenant_wide = dict(overrides.get(TENANT_WIDE) or {})
+    unknown = set(tenant_wide) - set(_TENANT_WIDE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown tenant-wide plan fields: {', '.join(sorted(unknown))}")
+    for name, value in tenant_wide.items():
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{name} must be a positive integer")
+    base = dataclasses.replace(base, **tenant_wide)
     for resource_type, changes in overrides.items():
+        if resource_type == TENANT_WIDE:
+            continue
         current = base.for_type(resource_type)
         values = dict(changes)
         if "variants" in values:

@@ -156,6 +156,7 @@ class FaultSpec:
         "token_outage",
         "epic_merged_400_html",
         "bad_request_diagnostics",
+        "oversized_page",
     ]
     #: Which requests: ``fhir`` (any FHIR request), a resource type name, ``token`` or ``revoke``.
     target: str = "fhir"
@@ -173,6 +174,8 @@ class FaultSpec:
     #: Only requests made with this patient's token (``None``: every patient's). A patient's
     #: fault is consulted once the token is checked, so it never fires on a refused request.
     patient: str | None = None
+    #: ``oversized_page``: the size the page is padded to, streamed without a Content-Length.
+    size_bytes: int = 0
 
 
 @dataclass

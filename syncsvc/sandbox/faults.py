@@ -187,6 +187,9 @@ async def send(
 ) -> web.StreamResponse:
     """Send a successful FHIR response, broken if a body fault fires."""
     if tenant.faults:
+        oversized = firing(state, tenant, resource_type, "oversized_page", patient_id=patient_id)
+        if oversized is not None:
+            return await _send_oversized(request, body, oversized.size_bytes, headers)
         if (
             firing(state, tenant, resource_type, "malformed_json", patient_id=patient_id)
             is not None
@@ -216,4 +219,32 @@ async def _send_truncated(
         reset_connection(request)
     elif request.transport is not None:
         request.transport.close()
+    return response
+
+
+#: Chunks an oversized page is streamed in (a hostile server need not announce its length).
+_OVERSIZED_CHUNK = 256 * 1024
+
+
+async def _send_oversized(
+    request: web.Request, body: bytes, size: int, headers: Mapping[str, str] | None
+) -> web.StreamResponse:
+    """The page padded with whitespace to ``size`` bytes (still valid JSON), sent chunked."""
+    closing = body.rstrip()
+    if not closing.endswith(b"}"):
+        return fhir_response(body, headers=headers)
+    padding = max(0, size - len(body))
+    response = web.StreamResponse(headers=headers)
+    response.content_type = "application/fhir+json"
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        await response.write(closing[:-1])
+        blank = b" " * _OVERSIZED_CHUNK
+        for start in range(0, padding, _OVERSIZED_CHUNK):
+            await response.write(blank[: min(_OVERSIZED_CHUNK, padding - start)])
+        await response.write(b"}")
+        await response.write_eof()
+    except (ConnectionResetError, ConnectionError):
+        pass  # the client stopped reading, as it should
     return response

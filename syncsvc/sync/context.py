@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import secrets
 import socket
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from syncsvc.fhir.page_limits import PageBudget, PageLimits
 from syncsvc.settings import Settings
 from syncsvc.sync.page_decode import PageDecoder
 from syncsvc.sync.store import GroupWriter, group_writer, writers_of
@@ -46,6 +48,24 @@ class SyncContext:
     clock: Callable[[], dt.datetime] = utcnow
     #: The process's work counters (a private registry unless the process serves metrics).
     metrics: WorkMetrics = field(default_factory=WorkMetrics)
+
+    @functools.cached_property
+    def page_budget(self) -> PageBudget:
+        """Page bytes being read or decoded at once by this context's pulls.
+
+        The process's composition root makes one context, so this is the process's budget.
+        """
+        return PageBudget(self.settings.page_budget_bytes)
+
+    def page_limits(self, max_bytes: int | None, max_entries: int | None) -> PageLimits:
+        """A tenant's page caps: its own where it has them, else the settings'.
+
+        A cap never exceeds the budget, so one page can always be reserved.
+        """
+        return PageLimits(
+            max_bytes=min(max_bytes or self.settings.max_page_bytes, self.page_budget.limit),
+            max_entries=max_entries or self.settings.max_page_entries,
+        )
 
     def now(self) -> dt.datetime:
         """The current time by this context's clock."""

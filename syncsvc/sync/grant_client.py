@@ -20,6 +20,7 @@ import aiohttp
 
 from syncsvc.errors import SyncsvcError
 from syncsvc.fhir.client import FhirClient, FhirRequestError, ForeignNextLink, RequestTransient
+from syncsvc.fhir.page_limits import PageBudget, PageLimits, Reservation
 from syncsvc.fhir.urls import is_under_base
 from syncsvc.logging import get_logger
 from syncsvc.sync.retry import DEFAULT_RETRY, RetryPolicy, retry_reason
@@ -59,11 +60,13 @@ class GrantClient(FhirClient):
         token_source: TokenSource,
         *,
         meter: TenantMeter | None = None,
+        limits: PageLimits | None = None,
+        budget: PageBudget | None = None,
         retry: RetryPolicy = DEFAULT_RETRY,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        super().__init__(http, base, "", meter=meter)
+        super().__init__(http, base, "", meter=meter, limits=limits, budget=budget)
         #: The tenant's counters (requests, retries, resources, runs), when the run is metered.
         self.tenant_meter = meter
         self._source = token_source
@@ -81,14 +84,19 @@ class GrantClient(FhirClient):
         self.retries: Counter[str] = Counter()
 
     async def get_bytes(
-        self, url: str, params: Mapping[str, str] | None = None, *, resource_type: str = ""
+        self,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        resource_type: str = "",
+        held: list[Reservation] | None = None,
     ) -> bytes:
         """GET with a current token; retried in place while the failure is worth it."""
         if not is_under_base(url, self.base):
             raise ForeignNextLink
         for attempt in range(1, self._retry.attempts + 1):
             try:
-                body = await self._get_once(url, params, resource_type)
+                body = await self._get_once(url, params, resource_type, held)
             except (FhirRequestError, RequestTransient) as exc:
                 reason, delay = self._retry_after(exc, attempt)
                 if reason is None:
@@ -121,19 +129,23 @@ class GrantClient(FhirClient):
         return reason, delay
 
     async def _get_once(
-        self, url: str, params: Mapping[str, str] | None, resource_type: str
+        self,
+        url: str,
+        params: Mapping[str, str] | None,
+        resource_type: str,
+        held: list[Reservation] | None,
     ) -> bytes:
         token = await self._current_token(False)
         self.use_token(token)
         try:
-            return await self.fetch_bytes(url, params, resource_type=resource_type)
+            return await self.fetch_bytes(url, params, resource_type=resource_type, held=held)
         except FhirRequestError as exc:
             if exc.failure.kind != "invalid_token":
                 raise
             self.use_token(await self._replacement(token))
             if self.tenant_meter is not None:
                 self.tenant_meter.retry("invalid_token")
-            return await self.fetch_bytes(url, params, resource_type=resource_type)
+            return await self.fetch_bytes(url, params, resource_type=resource_type, held=held)
 
     async def _current_token(self, force: bool) -> str:
         # Told apart from the EHR's answers: a token that cannot be had stops the whole run,

@@ -33,6 +33,8 @@ _KIND_TO_CLASS = {
     "upstream_5xx": "upstream_5xx",
     "foreign_next_link": "foreign_next_link",
     "paging_loop": "paging_loop",
+    # A page over the tenant's size or entry cap: an answer syncsvc cannot use.
+    "page_too_large": "malformed",
     # 400 (a required parameter missing), 403 without insufficient_scope, 404, 410 and other
     # refusals of one type: the EHR said no to the query itself.
     "bad_request": "refused",

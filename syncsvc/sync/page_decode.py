@@ -77,10 +77,19 @@ class DecodedPage:
 
 
 def decode_page(
-    url: str, body: bytes, resource_type: str, patient_id: str, base: str | None
+    url: str,
+    body: bytes,
+    resource_type: str,
+    patient_id: str,
+    base: str | None,
+    *,
+    max_entries: int | None = None,
 ) -> DecodedPage:
-    """Parse a searchset page and prepare its resources for ``patient_id`` at ``base``."""
-    page = parse_bundle(body)
+    """Parse a searchset page and prepare its resources for ``patient_id`` at ``base``.
+
+    Raises PageTooLarge when the page has more than ``max_entries`` entries.
+    """
+    page = parse_bundle(body, max_entries)
     prepared = prepare_page(page.resources, resource_type, patient_id, base)
     return DecodedPage(url, page.next_url, page.self_url, prepared)
 
@@ -95,10 +104,15 @@ def _serve(channel: socket.socket) -> None:
         _send_frame(channel, pickle.dumps(os.getpid()))
         while (request := _receive_frame(channel)) is not None:
             # From our own parent, over a socket pair nobody else holds.
-            url, body, resource_type, patient_id, base = pickle.loads(request)  # noqa: S301
+            url, body, resource_type, patient_id, base, max_entries = pickle.loads(request)  # noqa: S301
             reply: tuple[bool, Any]
             try:
-                reply = (True, decode_page(url, body, resource_type, patient_id, base))
+                reply = (
+                    True,
+                    decode_page(
+                        url, body, resource_type, patient_id, base, max_entries=max_entries
+                    ),
+                )
             except Exception as exc:  # raised again on the parent's side, as in place
                 reply = (False, exc)
             _send_frame(channel, pickle.dumps(reply, _PROTOCOL))
@@ -309,20 +323,33 @@ class PageDecoder:
             ) from failure
 
     async def decode(
-        self, url: str, body: bytes, resource_type: str, patient_id: str, base: str | None
+        self,
+        url: str,
+        body: bytes,
+        resource_type: str,
+        patient_id: str,
+        base: str | None,
+        *,
+        max_entries: int | None = None,
     ) -> DecodedPage:
-        """The decoded page; raises Transient (malformed page, or its worker failed)."""
+        """The decoded page; raises Transient (malformed page, or its worker failed).
+
+        Raises PageTooLarge for a page of more than ``max_entries`` entries (the byte cap was
+        checked as the page was read: a worker never receives more than that).
+        """
         room = self._room
         if not self._running or room is None or len(body) < self.inline_below:
-            return decode_page(url, body, resource_type, patient_id, base)
-        payload = pickle.dumps((url, body, resource_type, patient_id, base), _PROTOCOL)
+            return decode_page(url, body, resource_type, patient_id, base, max_entries=max_entries)
+        payload = pickle.dumps((url, body, resource_type, patient_id, base, max_entries), _PROTOCOL)
         self._in_flight += 1
         self._drained.clear()
         try:
             async with room:
                 worker = await self._least_busy()
                 if worker is None:  # no process can be started now: this page in place
-                    return decode_page(url, body, resource_type, patient_id, base)
+                    return decode_page(
+                        url, body, resource_type, patient_id, base, max_entries=max_entries
+                    )
                 try:
                     async with asyncio.timeout(PAGE_SECONDS):
                         ok, value = await worker.ask(payload)

@@ -14,9 +14,10 @@ timeouts, resets). What still fails is sorted by how far it reaches:
 
 * one type: 403 ``insufficient_scope`` (``denied`` until the grant changes), 400 and other
   refusals (``error`` with the OperationOutcome text), a ``next`` link outside the base, a paging
-  loop; 5xx, timeouts, resets and malformed answers (``transient_error``: the type is retried on
-  its own back-off, :mod:`syncsvc.sync.type_schedule`, and becomes ``failing`` if it keeps
-  failing). The other types still start and finish; the run is ``partial``.
+  loop, a page over the tenant's size or entry cap (``page_too_large``); 5xx, timeouts, resets
+  and malformed answers (``transient_error``: the type is retried on its own back-off,
+  :mod:`syncsvc.sync.type_schedule`, and becomes ``failing`` if it keeps failing). The other
+  types still start and finish; the run is ``partial``.
 * the whole run: 401 tenant-mismatch (the connection becomes ``misbound``), a 429 (the tenant
   is throttling: every connection of it waits), no connection to the base at all, a grant that
   can no longer be refreshed (``reauth``) or a token that cannot be had right now
@@ -51,7 +52,8 @@ from syncsvc.errors import (
     VaultError,
 )
 from syncsvc.fhir.client import FhirRequestError, ForeignNextLink, PagingLoop, RequestTransient
-from syncsvc.fhir.plans import TypePlan, plan_for, supports_last_updated
+from syncsvc.fhir.page_limits import PageTooLarge
+from syncsvc.fhir.plans import TypePlan, VendorPlan, plan_for, supports_last_updated
 from syncsvc.smart.scopes import covered_types
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens
@@ -325,13 +327,26 @@ async def pull_connection(
         return RunSummary(connection_id, "inactive", started, started)
     connection, tenant, states = begun
     summary = RunSummary(connection_id, "ok", started, started, run_id=run_id, full=full)
+    vendor_plan = plan_for(tenant.vendor, tenant.plan_overrides)
     client = GrantClient(
-        ctx.http, connection.fhir_base, token_source, meter=ctx.metrics.tenant(tenant.name)
+        ctx.http,
+        connection.fhir_base,
+        token_source,
+        meter=ctx.metrics.tenant(tenant.name),
+        limits=ctx.page_limits(vendor_plan.max_page_bytes, vendor_plan.max_page_entries),
+        budget=ctx.page_budget,
     )
     fingerprint = grant_fingerprint(connection.granted_scopes)
     interval = dt.timedelta(seconds=ctx.settings.sync_interval_seconds)
     plans, waiting = _plans(
-        connection, tenant, states, full=full, types=types, now=started, interval=interval
+        connection,
+        tenant,
+        vendor_plan,
+        states,
+        full=full,
+        types=types,
+        now=started,
+        interval=interval,
     )
     try:
         await _run_types(
@@ -426,6 +441,7 @@ async def _end_misbound(ctx: SyncContext, connection: Connection, tenant: Tenant
 def _plans(
     connection: Connection,
     tenant: Tenant,
+    vendor_plan: VendorPlan,
     states: Mapping[str, SyncState],
     *,
     full: bool,
@@ -441,7 +457,6 @@ def _plans(
     if types is not None:
         wanted = [t for t in wanted if t in set(types)]
     retry_run = scheduled and _retry_run(connection, states)
-    vendor_plan = plan_for(tenant.vendor, tenant.plan_overrides)
     config = smart_configuration(tenant)
     plans: list[_Plan] = []
     waiting: dict[str, dt.datetime] = {}
@@ -729,7 +744,12 @@ async def _fetch_and_store(
 
     def decode(url: str, body: bytes) -> Awaitable[DecodedPage]:
         return ctx.decoder.decode(
-            url, body, plan.resource_type, connection.patient_id, connection.fhir_base
+            url,
+            body,
+            plan.resource_type,
+            connection.patient_id,
+            connection.fhir_base,
+            max_entries=client.limits.max_entries,
         )
 
     try:
@@ -767,7 +787,7 @@ def _failure(exc: SyncsvcError) -> _TypeFailed | _StopRun:
         exc = exc.cause
     elif isinstance(exc, FhirRequestError):
         return _classify(exc)
-    elif isinstance(exc, ForeignNextLink | PagingLoop):
+    elif isinstance(exc, ForeignNextLink | PagingLoop | PageTooLarge):
         return _TypeFailed("error", exc.reason, exc.message)
     elif isinstance(exc, RequestTransient) and exc.reason == "unreachable":
         # No connection to the base at all: the whole EHR is down, not one search.
