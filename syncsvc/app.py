@@ -8,6 +8,8 @@ Configuration problems (no vault key, no link-signing key) fail at creation, bef
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -90,6 +92,21 @@ async def _background_sync(app: web.Application) -> AsyncIterator[None]:
         scheduler.start()
         yield
         await scheduler.stop()
+
+
+async def keys_on_hangup(app: web.Application) -> AsyncIterator[None]:
+    """SIGHUP re-reads the vault key file at once (a change is also noticed by itself).
+
+    For a process that serves one application (``syncsvc serve``), as a ``cleanup_ctx``.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, app[VAULT].refresh)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or Windows
+        yield
+        return
+    yield
+    loop.remove_signal_handler(signal.SIGHUP)
 
 
 async def _tune_process(app: web.Application) -> None:

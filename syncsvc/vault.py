@@ -6,8 +6,11 @@ ciphertext to its envelope header, its purpose and its row (``syncsvc/v1/<kid>/<
 so a refresh token copied into another connection's row, or into another column, fails to decrypt
 instead of silently working. Plaintext never leaves this module except as a return value.
 
-A vault built from a key file re-reads the file when it meets an unknown key id, so running
-processes pick up a key added by ``syncsvc keys rotate`` without a restart.
+A vault built from a key file re-reads the file when it meets an unknown key id, when the file
+has changed (checked at most every :data:`WATCH_INTERVAL_SECONDS` before encrypting) and when
+told to (``serve`` and ``worker`` do on SIGHUP), so running processes pick up the new primary of
+``syncsvc keys rotate`` and write new ciphertexts under it without a restart. A file that cannot
+be read or parsed leaves the ring as it was.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -33,6 +37,21 @@ VERSION = "v1"
 NONCE_BYTES = 12
 #: Do not re-read the key file more often than this when unknown key ids keep arriving.
 RELOAD_INTERVAL_SECONDS = 5.0
+#: How often an encrypting vault looks whether its key file changed (one ``stat``).
+WATCH_INTERVAL_SECONDS = 1.0
+
+log = structlog.get_logger(__name__)
+
+#: What identifies one version of a key file: a rotation replaces it (new inode, new mtime).
+_FileStamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> _FileStamp | None:
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return (status.st_ino, status.st_mtime_ns, status.st_size)
 
 
 class Purpose(StrEnum):
@@ -71,18 +90,56 @@ class Vault:
         keys: Sequence[VaultKey],
         *,
         reload: Callable[[], Sequence[VaultKey]] | None = None,
+        watch: Path | None = None,
     ) -> None:
         self._reload = reload
         self._last_reload = 0.0
         self._lock = threading.Lock()
+        #: The key file whose changes are noticed before encrypting (with ``reload``).
+        self._watch = watch if reload is not None else None
+        self._watched = _stamp(self._watch) if self._watch is not None else None
+        self._last_look = time.monotonic()
         self._set_ring(keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Vault:
         """The vault for ``settings``; ConfigError when no key is configured."""
         key_file = settings.vault_key_file
-        reload = (lambda: read_key_file(key_file)) if key_file is not None else None
-        return cls(settings.vault_keys, reload=reload)
+        if key_file is None:
+            return cls(settings.vault_keys)
+        return cls(settings.vault_keys, reload=lambda: read_key_file(key_file), watch=key_file)
+
+    def refresh(self) -> bool:
+        """Re-read the key file now (SIGHUP); whether the primary changed.
+
+        A file that cannot be read or is invalid keeps the current ring (and is logged).
+        """
+        if self._reload is None:
+            return False
+        with self._lock:
+            before = self._primary
+            if self._watch is not None:
+                self._watched = _stamp(self._watch)
+            self._last_look = time.monotonic()
+            try:
+                self._set_ring(self._reload())
+            except ConfigError as exc:
+                log.error("vault_key_file_unreadable", error=exc.message)
+                return False
+            if self._primary != before:
+                log.info("vault_primary_key_changed", kid=self._primary, previous=before)
+            return self._primary != before
+
+    def _notice_new_keys(self) -> None:
+        """Re-read the key file if it changed since last looked at (throttled)."""
+        if self._watch is None:
+            return
+        now = time.monotonic()
+        if now - self._last_look < WATCH_INTERVAL_SECONDS:
+            return
+        self._last_look = now
+        if _stamp(self._watch) != self._watched:
+            self.refresh()
 
     def _set_ring(self, keys: Sequence[VaultKey]) -> None:
         if not keys:
@@ -90,8 +147,9 @@ class Vault:
                 "No vault key is configured: run `syncsvc keys init` (a key file in the data "
                 "folder), or set SYNCSVC_VAULT_KEY_FILE or SYNCSVC_VAULT_KEYS."
             )
-        self._primary = keys[0].kid
+        # The ciphers first: a concurrent encrypt never sees a primary without its cipher.
         self._ciphers = {key.kid: AESGCM(key.key) for key in keys}
+        self._primary = keys[0].kid
 
     @property
     def primary_kid(self) -> str:
@@ -105,6 +163,7 @@ class Vault:
 
     def encrypt(self, plaintext: str, *, purpose: Purpose, row: str) -> str:
         """Encrypt ``plaintext`` under the primary key, bound to ``purpose`` and ``row``."""
+        self._notice_new_keys()
         kid = self._primary
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = self._ciphers[kid].encrypt(nonce, plaintext.encode(), _aad(kid, purpose, row))
@@ -125,7 +184,8 @@ class Vault:
             plain = cipher.decrypt(raw[:NONCE_BYTES], raw[NONCE_BYTES:], _aad(kid, purpose, row))
         except InvalidTag as exc:
             raise VaultError(
-                "The stored value failed authentication (tampered, or bound to another record).",
+                "The stored value failed authentication (tampered, bound to another record, or "
+                f"the configured bytes of key {kid!r} are wrong: `syncsvc keys status` tells).",
                 reason="vault_auth_failed",
             ) from exc
         return plain.decode()
@@ -213,3 +273,45 @@ def add_primary_key(path: Path) -> VaultKey:
             write_key_file(path, (new, *existing))
             return new
     raise ConfigError("could not pick an unused key id; try again")
+
+
+def remove_key(path: Path, kid: str) -> tuple[VaultKey, ...]:
+    """Remove the non-primary key ``kid`` from the key file at ``path``; the ring left.
+
+    ConfigError when the file does not hold ``kid`` or ``kid`` is its primary. Whether any
+    ciphertext still needs the key is the caller's question (``syncsvc keys retire`` asks).
+    """
+    existing = read_key_file(path)
+    if kid not in {key.kid for key in existing}:
+        raise ConfigError(f"the key file {path} holds no key {kid!r}")
+    if existing[0].kid == kid:
+        raise ConfigError(f"{kid!r} is the primary key: rotate to a new primary first")
+    remaining = tuple(key for key in existing if key.kid != kid)
+    write_key_file(path, remaining)
+    return remaining
+
+
+class KeyProof(StrEnum):
+    """What decrypting a key's sample ciphertexts showed."""
+
+    PROVEN = "proven"
+    #: Not one sample decrypts: the configured bytes are not the ones they were written with.
+    WRONG_BYTES = "wrong key bytes"
+    #: Some decrypt and some do not: those rows were altered or moved, the key is fine.
+    SOME_FAIL = "some ciphertexts fail"
+    UNPROVEN = "unproven"
+
+
+def prove_key(vault: Vault, samples: Sequence[tuple[str, Purpose, str]]) -> tuple[KeyProof, int]:
+    """Decrypt each ``(ciphertext, purpose, row)`` of one key; the verdict and how many failed."""
+    if not samples:
+        return KeyProof.UNPROVEN, 0
+    failed = 0
+    for ciphertext, purpose, row in samples:
+        try:
+            vault.decrypt(ciphertext, purpose=purpose, row=row)
+        except VaultError:
+            failed += 1
+    if not failed:
+        return KeyProof.PROVEN, 0
+    return (KeyProof.WRONG_BYTES if failed == len(samples) else KeyProof.SOME_FAIL), failed

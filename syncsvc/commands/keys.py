@@ -1,4 +1,4 @@
-"""``syncsvc keys init|status|rotate``: the vault key ring and re-encryption under a new key."""
+"""``syncsvc keys init|status|rotate|retire``: the vault key ring, re-encryption, retiring."""
 
 from __future__ import annotations
 
@@ -79,26 +79,102 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from syncsvc.db.rekey import count_by_key_id
+    from syncsvc.db.rekey import Sample, count_by_key_id, samples_by_key_id
+    from syncsvc.errors import SyncsvcError
+    from syncsvc.vault import KeyProof, Vault, prove_key
 
     settings = load_settings("keys status")
     if settings is None:
         return EXIT_USAGE
 
-    async def count() -> dict[str, int]:
+    async def survey() -> tuple[dict[str, int], dict[str, list[Sample]]]:
         async with database(settings) as sessionmaker, sessionmaker() as session:
-            return await count_by_key_id(session)
+            return await count_by_key_id(session), await samples_by_key_id(session)
 
-    counts = asyncio.run(count())
+    try:
+        vault = Vault(settings.vault_keys)
+        counts, samples = asyncio.run(survey())
+    except SyncsvcError as exc:
+        return fail("keys status", exc.message)
     configured = [key.kid for key in settings.vault_keys]
     source = str(settings.vault_key_file) if settings.vault_key_file else "SYNCSVC_VAULT_KEYS"
     print(f"key source: {source}")
+    healthy = True
     for index, kid in enumerate(configured):
         role = "primary" if index == 0 else "old"
-        print(f"{kid}\t{role}\t{counts.get(kid, 0)} ciphertexts")
-    for kid in sorted(set(counts) - set(configured)):
+        taken = [(s.ciphertext, s.purpose, s.row) for s in samples.get(kid, [])]
+        proof, bad = prove_key(vault, taken)
+        if proof is KeyProof.PROVEN:
+            verdict = f"proven: {len(taken)} of {len(taken)} sample ciphertexts decrypt"
+        elif proof is KeyProof.UNPROVEN:
+            verdict = "unproven: no ciphertext under it"
+        elif proof is KeyProof.WRONG_BYTES:
+            healthy = False
+            verdict = (
+                f"WRONG KEY BYTES: none of {len(taken)} sample ciphertexts decrypts; the "
+                f"configured bytes of {kid} are not the ones they were written with"
+            )
+        else:
+            healthy = False
+            verdict = (
+                f"{bad} of {len(taken)} sample ciphertexts do not decrypt (the key is "
+                "right: those rows were altered or copied from another row)"
+            )
+        print(f"{kid}\t{role}\t{counts.get(kid, 0)} ciphertexts\t{verdict}")
+    missing = sorted(set(counts) - set(configured))
+    for kid in missing:
         print(f"{kid}\tMISSING\t{counts[kid]} ciphertexts (cannot be decrypted)")
-    return EXIT_FAILED if set(counts) - set(configured) else 0
+    return EXIT_FAILED if missing or not healthy else 0
+
+
+def _retire(args: argparse.Namespace) -> int:
+    from syncsvc.db.rekey import count_by_key_id
+    from syncsvc.errors import SyncsvcError
+    from syncsvc.vault import format_key_ring, remove_key
+
+    settings = load_settings("keys retire")
+    if settings is None:
+        return EXIT_USAGE
+    kid = args.kid
+    configured = [key.kid for key in settings.vault_keys]
+    if kid not in configured:
+        return fail("keys retire", f"no key {kid!r} is configured", EXIT_USAGE)
+    if configured[0] == kid:
+        return fail(
+            "keys retire",
+            f"{kid} is the primary key; `syncsvc keys rotate` to a new primary first",
+            EXIT_USAGE,
+        )
+
+    async def count() -> int:
+        async with database(settings) as sessionmaker, sessionmaker() as session:
+            return (await count_by_key_id(session)).get(kid, 0)
+
+    try:
+        remaining = asyncio.run(count())
+    except SyncsvcError as exc:
+        return fail("keys retire", exc.message)
+    if remaining:
+        return fail(
+            "keys retire",
+            f"{remaining} stored ciphertexts are still under {kid}; nothing was changed. Run "
+            "`syncsvc keys rotate --reencrypt-only` first",
+        )
+    if settings.vault_key_file is None:
+        ring = tuple(key for key in settings.vault_keys if key.kid != kid)
+        print(f"SYNCSVC_VAULT_KEYS={format_key_ring(ring)}")
+        print(
+            f"No ciphertext is under {kid}. Deploy this SYNCSVC_VAULT_KEYS (without it) to every "
+            "process.",
+            file=sys.stderr,
+        )
+        return 0
+    try:
+        remove_key(settings.vault_key_file, kid)
+    except SyncsvcError as exc:
+        return fail("keys retire", exc.message)
+    print(f"retired key {kid}: removed from {settings.vault_key_file}", file=sys.stderr)
+    return 0
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -148,7 +224,7 @@ def add_to(commands: Commands) -> None:
     """Register ``keys``."""
     keys = commands.add_parser(
         "keys",
-        help="vault keys: init, status, rotation",
+        help="vault keys: init, status, rotation, retiring",
         description=(
             "The vault encrypts tokens, client secrets and private keys at rest (AES-256-GCM) "
             f"under a key ring whose first key is the primary. A key is {KEY_FORMAT}."
@@ -208,3 +284,16 @@ def add_to(commands: Commands) -> None:
     )
     rotate.add_argument("--batch-size", type=int, default=200, help="rows per transaction")
     rotate.set_defaults(handler=_rotate)
+    retire = add_command(
+        key_commands,
+        "retire",
+        summary="remove an old key once no stored ciphertext needs it",
+        description=(
+            "Refuses (exit 1, nothing changed) while any stored ciphertext is under KID, and "
+            "for the primary key (exit 2). With SYNCSVC_VAULT_KEY_FILE: removes KID from the "
+            "file (running processes notice). With SYNCSVC_VAULT_KEYS: prints the ring to deploy."
+        ),
+        examples=("syncsvc keys rotate --reencrypt-only", "syncsvc keys retire k20260101ab12"),
+    )
+    retire.add_argument("kid", metavar="KID", help="the key id to retire")
+    retire.set_defaults(handler=_retire)

@@ -58,7 +58,7 @@ def listen_failure(command: str, host: str, port: int, exc: OSError) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from syncsvc.app import create_app
+    from syncsvc.app import create_app, keys_on_hangup
     from syncsvc.errors import ConfigError
     from syncsvc.logging import get_logger
     from syncsvc.netguard import is_loopback_host
@@ -86,6 +86,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         sock.close()
         return fail("serve", exc.message, EXIT_USAGE)
+    app.cleanup_ctx.append(keys_on_hangup)
     wait_for_database(settings, args.wait_for_db)
     log.info(
         "starting",

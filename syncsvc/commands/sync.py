@@ -102,6 +102,8 @@ async def _work_forever(settings: Settings, args: argparse.Namespace) -> None:
         context = sync_context(settings, sessionmaker, http, decoder)
         context.publish_pipeline()
         scheduler = SyncScheduler(context)
+        # SIGHUP re-reads the vault key file at once (it is also noticed when it changes).
+        loop.add_signal_handler(signal.SIGHUP, context.vault.refresh)
         if args.metrics_port is not None:
             # Listening first: a port in use stops the worker before it claims any work.
             app = create_worker_app(settings, sessionmaker, scheduler, context.metrics)
@@ -173,7 +175,7 @@ def add_to(commands: Commands) -> None:
             "Run the sync tick (refresh, pull, webhooks, revocations) until SIGTERM or Ctrl-C. "
             "Any number of workers and `serve` processes can share one PostgreSQL database: "
             "leases decide who works what. The database must answer and be at the newest "
-            "schema at start."
+            "schema at start. SIGHUP re-reads the vault key file."
         ),
         examples=("syncsvc worker", "syncsvc worker --wait-for-db 120"),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, or_, select, update
@@ -101,6 +101,36 @@ async def count_by_key_id(session: AsyncSession, batch_size: int = 1000) -> dict
             async for value in result:
                 counts[key_id_of(value)] += 1
     return dict(counts)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One stored ciphertext with what binds it: enough to decrypt it again."""
+
+    ciphertext: str = field(repr=False)
+    purpose: Purpose
+    row: str
+
+
+async def samples_by_key_id(
+    session: AsyncSession, per_key: int = 3, batch_size: int = 1000
+) -> dict[str, list[Sample]]:
+    """Up to ``per_key`` stored ciphertexts of each key id, from as many columns as there are."""
+    samples: dict[str, list[Sample]] = {}
+    for spec in ENCRYPTED:
+        for column, purpose in spec.columns:
+            result = await session.stream(
+                select(spec.key, column)
+                .where(column.is_not(None), *spec.conditions())
+                .execution_options(yield_per=batch_size)
+            )
+            async for row_id, value in result:
+                ciphertext = str(value)
+                found = samples.setdefault(key_id_of(ciphertext), [])
+                if len(found) < per_key:
+                    found.append(Sample(ciphertext, purpose, str(row_id)))
+            await result.close()
+    return samples
 
 
 def _stale(column: InstrumentedAttribute[Any], prefix: str) -> Any:
