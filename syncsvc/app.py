@@ -26,6 +26,7 @@ from syncsvc.keys import (
     ENGINE,
     HTTP,
     METRICS,
+    RATE_LIMITS,
     SCHEDULER,
     SESSIONMAKER,
     SETTINGS,
@@ -46,6 +47,7 @@ from syncsvc.web.middlewares import (
     control_character_middleware,
     error_middleware,
 )
+from syncsvc.web.ratelimit import KeyedRateLimiter, RateLimits
 from syncsvc.web.routes import setup_routes
 
 MAX_REQUEST_BYTES = 1024 * 1024
@@ -148,6 +150,12 @@ def create_app(
     app[METRICS] = metrics
     app[VAULT] = Vault.from_settings(settings)
     app[SIGNER] = Signer(settings.link_signing_key.reveal())
+    app[RATE_LIMITS] = RateLimits(
+        connect_start=KeyedRateLimiter(
+            settings.connect_starts_per_hour / 3600, settings.connect_start_burst
+        ),
+        link_creation=KeyedRateLimiter(settings.links_per_minute / 60, settings.link_burst),
+    )
     aiohttp_jinja2.setup(
         app,
         loader=jinja2.PackageLoader("syncsvc.web", "templates"),

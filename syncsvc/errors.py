@@ -140,3 +140,14 @@ class NotFound(SyncsvcError):
 
     status = 404
     default_reason = "not_found"
+
+
+class RateLimited(SyncsvcError):
+    """Too many requests of one kind from one session or API key; retry after a while."""
+
+    status = 429
+    default_reason = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, reason: str | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after

@@ -15,6 +15,7 @@ from syncsvc.settings import Settings
 from syncsvc.signing import Signer
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
+from syncsvc.web.ratelimit import RateLimits
 from syncsvc.work_metrics import WorkMetrics
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -32,3 +33,5 @@ SCHEDULER = web.AppKey("scheduler", SyncScheduler)
 METRICS = web.AppKey("metrics", Metrics)
 #: The work counters of a process without a web application (a worker's metrics port).
 WORK_METRICS = web.AppKey("work_metrics", WorkMetrics)
+#: Per-session and per-API-key request rates of this application.
+RATE_LIMITS = web.AppKey("rate_limits", RateLimits)

@@ -228,6 +228,12 @@ class Settings:
     max_page_entries: int = 10_000
     #: Page bytes one process reads and decodes at once, over all its pulls (at least one page).
     page_budget_bytes: int = 64 * 1024 * 1024
+    #: ``POST /connect/start`` per patient session: this many at once, refilled per hour.
+    connect_start_burst: int = 10
+    connect_starts_per_hour: int = 30
+    #: Connect links issued per API key: this many at once, refilled per minute.
+    link_burst: int = 100
+    links_per_minute: int = 600
     launch_ttl_seconds: int = 600
     connect_link_ttl_seconds: int = 86_400
     #: Where webhooks are POSTed (https, or http on loopback); None sends none.
@@ -265,6 +271,10 @@ class Settings:
             "max_page_bytes",
             "max_page_entries",
             "page_budget_bytes",
+            "connect_start_burst",
+            "connect_starts_per_hour",
+            "link_burst",
+            "links_per_minute",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer")
@@ -370,6 +380,10 @@ _INT_FIELDS = {
     "max_page_bytes",
     "max_page_entries",
     "page_budget_bytes",
+    "connect_start_burst",
+    "connect_starts_per_hour",
+    "link_burst",
+    "links_per_minute",
 }
 
 

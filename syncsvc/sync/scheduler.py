@@ -20,6 +20,7 @@ from typing import Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from syncsvc.logging import get_logger
+from syncsvc.purge import purge_expired
 from syncsvc.revocations import retry_pending
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.limits import TenantLimiter
@@ -68,7 +69,7 @@ class SyncScheduler:
         self._tick_streak = FailureStreak(log, "tick", url)
         self._outbox_streaks = {
             name: FailureStreak(log, "outbox", url, outbox=name)
-            for name in ("webhooks", "revocations")
+            for name in ("webhooks", "revocations", "purge")
         }
 
     def start(self) -> None:
@@ -120,8 +121,13 @@ class SyncScheduler:
                 )
 
     async def _work_outboxes(self) -> None:
-        """Deliver due webhooks and retry pending revocations (each failure is its own)."""
-        for name, work in (("webhooks", deliver_due), ("revocations", retry_pending)):
+        """Deliver due webhooks, retry pending revocations and purge expired rows (each
+        failure is its own)."""
+        for name, work in (
+            ("webhooks", deliver_due),
+            ("revocations", retry_pending),
+            ("purge", purge_expired),
+        ):
             streak = self._outbox_streaks[name]
             try:
                 await work(self._ctx)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from aiohttp import web
 
 from syncsvc.errors import Unauthorized
@@ -30,6 +32,13 @@ def require_api_key(request: web.Request) -> None:
         raise Unauthorized(
             "A valid API key is required (Authorization: Bearer <key>).", reason="api_key_required"
         )
+
+
+def api_key_id(request: web.Request) -> str:
+    """A stable, non-secret name of the request's API key (call after ``require_api_key``)."""
+    presented = _bearer(request)
+    secret = presented.reveal() if presented is not None else ""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 def require_operator(request: web.Request) -> None:

@@ -205,6 +205,13 @@ def _paths() -> dict[str, Any]:
                     "201": _json("The link.", _ref("ConnectLink")),
                     "400": _BAD_REQUEST,
                     "401": _UNAUTHORIZED,
+                    "429": {
+                        **_problem(
+                            "Too many links for this API key at once; `Retry-After` says when "
+                            "to try again."
+                        ),
+                        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+                    },
                 },
             }
         },
@@ -311,6 +318,10 @@ def _schemas() -> dict[str, Any]:
                 "status": {"type": "integer"},
                 "detail": {"type": "string"},
                 "reason": {"type": "string", "description": "A stable machine-readable code."},
+                "retry_after": {
+                    "type": "integer",
+                    "description": "Seconds to wait (429 only; also in `Retry-After`).",
+                },
             },
         },
         "ConnectLinkRequest": {

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from syncsvc.errors import SyncsvcError
+from syncsvc.errors import RateLimited, SyncsvcError
 
 PROBLEM_JSON = "application/problem+json"
 _TITLES = {
@@ -48,4 +48,13 @@ def problem_response(
 
 def problem_from_error(error: SyncsvcError) -> web.Response:
     """The problem response for a deliberate syncsvc error."""
+    if isinstance(error, RateLimited):
+        response = problem_response(
+            error.status,
+            error.message,
+            reason=error.reason,
+            extra={"retry_after": error.retry_after},
+        )
+        response.headers["Retry-After"] = str(error.retry_after)
+        return response
     return problem_response(error.status, error.message, reason=error.reason)

@@ -9,10 +9,10 @@ import orjson
 from aiohttp import web
 
 from syncsvc.connect_links import has_control_characters, issue_connect_link
-from syncsvc.errors import BadRequest
+from syncsvc.errors import BadRequest, RateLimited
 from syncsvc.http import BodyTooLarge, read_body
-from syncsvc.keys import SESSIONMAKER, SETTINGS, SIGNER
-from syncsvc.web.auth import require_api_key
+from syncsvc.keys import RATE_LIMITS, SESSIONMAKER, SETTINGS, SIGNER
+from syncsvc.web.auth import api_key_id, require_api_key
 
 MAX_JSON_BYTES = 64 * 1024
 
@@ -42,6 +42,12 @@ def json_response(payload: Any, *, status: int = 200) -> web.Response:
 async def create_connect_link(request: web.Request) -> web.Response:
     """``POST /api/v1/connect-links``: a signed, expiring, single-use link for one user."""
     require_api_key(request)
+    wait = request.app[RATE_LIMITS].link_creation.take(api_key_id(request))
+    if wait is not None:
+        raise RateLimited(
+            f"Too many connect links for this API key; retry after {wait} seconds.",
+            retry_after=wait,
+        )
     body = await read_json_object(request)
     tenant = body.get("tenant")
     if tenant is not None and (not isinstance(tenant, str) or has_control_characters(tenant)):

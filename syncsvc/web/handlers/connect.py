@@ -19,7 +19,7 @@ from syncsvc.connect_links import peek_connect_link, use_connect_link
 from syncsvc.db import repo
 from syncsvc.db.models import Tenant
 from syncsvc.errors import LaunchError
-from syncsvc.keys import SESSIONMAKER, SIGNER
+from syncsvc.keys import RATE_LIMITS, SESSIONMAKER, SIGNER
 from syncsvc.launch import LaunchOutcome, complete_launch, start_launch
 from syncsvc.launch_failures import is_registration_error
 from syncsvc.sync.grant_states import explain_connection
@@ -45,6 +45,7 @@ _HEADINGS = {
     "link_expired": "This link has expired",
     "link_invalid": "This link is not valid",
     "link_unknown": "This link is not valid",
+    "too_many_attempts": "Too many attempts",
 }
 #: The heading when the EHR refused because of the application's registration there.
 _REGISTRATION_HEADING = "Your provider's setup prevented sharing your record"
@@ -52,6 +53,11 @@ _REGISTRATION_HEADING = "Your provider's setup prevented sharing your record"
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def _minutes(seconds: int) -> str:
+    minutes = max(1, -(-seconds // 60))
+    return "a minute" if minutes == 1 else f"{minutes} minutes"
 
 
 def _error_page(
@@ -143,6 +149,22 @@ async def start(request: web.Request) -> web.StreamResponse:
             ),
             status=403,
         )
+    session = session_user(request)
+    if session is not None:
+        # One link gives a session of hours; each start writes a launch attempt.
+        wait = request.app[RATE_LIMITS].connect_start.take(session)
+        if wait is not None:
+            page = _error_page(
+                request,
+                LaunchError(
+                    f"Too many attempts to connect from this browser. Please wait "
+                    f"{_minutes(wait)} and try again.",
+                    reason="too_many_attempts",
+                ),
+                status=429,
+            )
+            page.headers["Retry-After"] = str(wait)
+            return page
     tenant_name = form.get("tenant")
     if not isinstance(tenant_name, str) or not tenant_name:
         return _error_page(
