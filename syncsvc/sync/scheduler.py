@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -34,6 +35,8 @@ APSCHEDULER_LOGGER = "apscheduler.scheduler"
 #: A tick claims at most this many batches, so it ends and the next tick re-reads the schedule.
 BATCHES_PER_TICK = 4
 DRAIN_TIMEOUT_SECONDS = 30.0
+#: How often one process purges expired rows (``syncsvc.purge``).
+PURGE_INTERVAL_SECONDS = 60.0
 
 
 class _SkipNotice(logging.Filter):
@@ -65,6 +68,8 @@ class SyncScheduler:
         self.last_tick_at: dt.datetime | None = None
         self.last_report: WorkReport | None = None
         self.ticks = 0
+        #: When the next purge of expired rows is due (monotonic clock); the first tick purges.
+        self._next_purge = 0.0
         url = ctx.settings.database_url
         self._tick_streak = FailureStreak(log, "tick", url)
         self._outbox_streaks = {
@@ -121,13 +126,15 @@ class SyncScheduler:
                 )
 
     async def _work_outboxes(self) -> None:
-        """Deliver due webhooks, retry pending revocations and purge expired rows (each
-        failure is its own)."""
-        for name, work in (
-            ("webhooks", deliver_due),
-            ("revocations", retry_pending),
-            ("purge", purge_expired),
-        ):
+        """Deliver due webhooks, retry pending revocations and, once a minute, purge expired
+        rows (each failure is its own)."""
+        now = time.monotonic()
+        works = [("webhooks", deliver_due), ("revocations", retry_pending)]
+        if now >= self._next_purge:
+            # Expired rows are no hurry: ticks come every few seconds, purging needs not.
+            self._next_purge = now + PURGE_INTERVAL_SECONDS
+            works.append(("purge", purge_expired))
+        for name, work in works:
             streak = self._outbox_streaks[name]
             try:
                 await work(self._ctx)
