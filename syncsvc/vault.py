@@ -7,7 +7,7 @@ so a refresh token copied into another connection's row, or into another column,
 instead of silently working. Plaintext never leaves this module except as a return value.
 
 A vault built from a key file re-reads the file when it meets an unknown key id, when the file
-has changed (checked at most every :data:`WATCH_INTERVAL_SECONDS` before encrypting) and when
+has changed (one ``stat`` before each encryption) and when
 told to (``serve`` and ``worker`` do on SIGHUP), so running processes pick up the new primary of
 ``syncsvc keys rotate`` and write new ciphertexts under it without a restart. A file that cannot
 be read or parsed leaves the ring as it was.
@@ -37,8 +37,6 @@ VERSION = "v1"
 NONCE_BYTES = 12
 #: Do not re-read the key file more often than this when unknown key ids keep arriving.
 RELOAD_INTERVAL_SECONDS = 5.0
-#: How often an encrypting vault looks whether its key file changed (one ``stat``).
-WATCH_INTERVAL_SECONDS = 1.0
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +96,6 @@ class Vault:
         #: The key file whose changes are noticed before encrypting (with ``reload``).
         self._watch = watch if reload is not None else None
         self._watched = _stamp(self._watch) if self._watch is not None else None
-        self._last_look = time.monotonic()
         self._set_ring(keys)
 
     @classmethod
@@ -120,7 +117,6 @@ class Vault:
             before = self._primary
             if self._watch is not None:
                 self._watched = _stamp(self._watch)
-            self._last_look = time.monotonic()
             try:
                 self._set_ring(self._reload())
             except ConfigError as exc:
@@ -131,13 +127,10 @@ class Vault:
             return self._primary != before
 
     def _notice_new_keys(self) -> None:
-        """Re-read the key file if it changed since last looked at (throttled)."""
+        """Re-read the key file if it changed since last looked at (one ``stat``: a rotation
+        replaces the file, so its inode, time and size change)."""
         if self._watch is None:
             return
-        now = time.monotonic()
-        if now - self._last_look < WATCH_INTERVAL_SECONDS:
-            return
-        self._last_look = now
         if _stamp(self._watch) != self._watched:
             self.refresh()
 
