@@ -16,6 +16,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -129,7 +130,10 @@ class SyncScheduler:
         """Deliver due webhooks, retry pending revocations and, once a minute, purge expired
         rows (each failure is its own)."""
         now = time.monotonic()
-        works = [("webhooks", deliver_due), ("revocations", retry_pending)]
+        works: list[tuple[str, Callable[[SyncContext], Awaitable[object]]]] = [
+            ("webhooks", deliver_due),
+            ("revocations", retry_pending),
+        ]
         if now >= self._next_purge:
             # Expired rows are no hurry: ticks come every few seconds, purging needs not.
             self._next_purge = now + PURGE_INTERVAL_SECONDS
