@@ -95,7 +95,7 @@ def _status(args: argparse.Namespace) -> int:
         vault = Vault(settings.vault_keys)
         counts, samples = asyncio.run(survey())
     except SyncsvcError as exc:
-        return fail("keys status", exc.message)
+        return failed("keys status", exc)
     configured = [key.kid for key in settings.vault_keys]
     source = str(settings.vault_key_file) if settings.vault_key_file else "SYNCSVC_VAULT_KEYS"
     print(f"key source: {source}")
@@ -153,7 +153,7 @@ def _retire(args: argparse.Namespace) -> int:
     try:
         remaining = asyncio.run(count())
     except SyncsvcError as exc:
-        return fail("keys retire", exc.message)
+        return failed("keys retire", exc)
     if remaining:
         return fail(
             "keys retire",
@@ -172,7 +172,7 @@ def _retire(args: argparse.Namespace) -> int:
     try:
         remove_key(settings.vault_key_file, kid)
     except SyncsvcError as exc:
-        return fail("keys retire", exc.message)
+        return failed("keys retire", exc)
     print(f"retired key {kid}: removed from {settings.vault_key_file}", file=sys.stderr)
     return 0
 
