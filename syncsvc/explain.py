@@ -20,6 +20,7 @@ from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed, grant_r
 from syncsvc.sync.type_words import state_sentence
 from syncsvc.vocabulary import (
     NO_READABLE_TYPE,
+    OFFLINE_ACCESS_EXPIRED_MESSAGE,
     OFFLINE_ACCESS_NOT_GRANTED,
     RECONNECTABLE_STATUSES,
     SCOPES_WITHDRAWN,
@@ -225,10 +226,7 @@ def _headline(facts: GrantFacts) -> tuple[str, str, str]:
         )
     if status == "needs_reauth":
         if reason == OFFLINE_ACCESS_NOT_GRANTED:
-            summary = (
-                "Your provider did not allow offline access, and the access it gave has expired, "
-                "so your record is no longer being updated. Reconnect to sync again."
-            )
+            summary = OFFLINE_ACCESS_EXPIRED_MESSAGE
         else:
             summary = (
                 "Your provider no longer accepts this connection, so your record is not being "

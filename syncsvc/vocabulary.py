@@ -35,6 +35,12 @@ RECONNECTABLE_STATUSES: Final = frozenset({"no_access", "needs_reauth", "revoked
 
 #: No refresh token was issued: usable until the access token expires, then ``needs_reauth``.
 OFFLINE_ACCESS_NOT_GRANTED: Final = "offline_access_not_granted"
+#: The one wording of that end, stored as the connection's message and shown as the page's
+#: summary, so the patient, the host application and the operator read the same sentence.
+OFFLINE_ACCESS_EXPIRED_MESSAGE: Final = (
+    "Your provider did not allow offline access, and the access it gave has expired, so your "
+    "record is no longer being updated. Reconnect to sync again."
+)
 #: ``no_access`` from the start: the launch granted no resource type syncsvc syncs here.
 NO_READABLE_TYPE: Final = "no_readable_type"
 #: ``no_access`` later: a refresh narrowed the grant until no resource type was left.

@@ -36,7 +36,12 @@ from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.oauth import TokenResponse, refresh_tokens
 from syncsvc.tenants import client_credentials, revocation_endpoint
 from syncsvc.vault import Purpose
-from syncsvc.vocabulary import OFFLINE_ACCESS_NOT_GRANTED, SCOPES_WITHDRAWN, RefreshOutcome
+from syncsvc.vocabulary import (
+    OFFLINE_ACCESS_EXPIRED_MESSAGE,
+    OFFLINE_ACCESS_NOT_GRANTED,
+    SCOPES_WITHDRAWN,
+    RefreshOutcome,
+)
 
 from .backoff import Backoff
 from .context import SyncContext
@@ -79,10 +84,7 @@ _REAUTH_MESSAGES: dict[str, str] = {
         "The EHR no longer grants the permissions this connection had. The patient needs to "
         "connect again."
     ),
-    OFFLINE_ACCESS_NOT_GRANTED: (
-        "The EHR granted access only while the patient was signed in (no offline access), and "
-        "that access has expired. The patient needs to connect again to keep syncing."
-    ),
+    OFFLINE_ACCESS_NOT_GRANTED: OFFLINE_ACCESS_EXPIRED_MESSAGE,
     "tokens_missing": (
         "No tokens are stored for this connection. The patient needs to connect again."
     ),

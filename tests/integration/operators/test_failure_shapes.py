@@ -268,7 +268,7 @@ async def test_an_expired_grant_without_offline_access_is_not_a_refusal(
         seen = await surfaces(flow, operator, patient, connection.id)
 
     assert report.sync == {"reauth": 1}
-    seen.agree_on("needs_reauth", "offline_access_not_granted", "no offline access")
+    seen.agree_on("needs_reauth", "offline_access_not_granted", "did not allow offline access")
     by_class = seen.health["errors"]["last_day"]["by_class"]
     assert "refused" not in by_class
     assert by_class.get("offline_access_not_granted") == 1
