@@ -8,6 +8,9 @@ turns all of them into one small vocabulary the rest of syncsvc acts on.
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -207,15 +210,37 @@ def ehr_text(text: str) -> str:
     return cleaned[: MAX_EHR_TEXT - 1] + "…"
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds form only; dates are ignored)."""
-    if not value:
+#: The longest ``Retry-After`` syncsvc takes at its word (a day); a longer one is cut to this.
+#: Callers apply their own, shorter caps on top (a pause of the tenant, a wait in place).
+MAX_RETRY_AFTER = 86400.0
+
+
+def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP-date (RFC 9110 10.2.3).
+
+    A date is read relative to ``now`` (the wall clock when not given); a date already past
+    means no wait (0). A wait longer than :data:`MAX_RETRY_AFTER` is cut to it. A value that is
+    neither form (garbage, a negative or non-finite number) is ignored: None.
+    """
+    if not value or not value.strip():
         return None
+    text = value.strip()
+    seconds: float
     try:
-        seconds = float(value.strip())
+        seconds = float(text)
     except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)  # HTTP-dates are GMT; "-0000" parses naive
+        current = now if now is not None else dt.datetime.now(dt.UTC)
+        seconds = max(0.0, (when - current).total_seconds())
+    else:
+        if math.isnan(seconds) or seconds < 0:
+            return None
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def classify_fhir_failure(
