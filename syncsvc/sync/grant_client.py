@@ -5,8 +5,11 @@ access token expiring mid-pull: Cerner's live 570 s) gets one forced token and o
 same request. A failure worth asking again for (:mod:`syncsvc.sync.retry`: 502/503/504, 429,
 408, a timeout, a reset) is retried in place a few times, after a jittered exponential wait or
 the server's ``Retry-After`` (up to a cap), while the run's time budget lasts; only then does it
-count against the type. Every retry is counted by reason, in the run record and in the tenant's
-``syncsvc_ehr_retries_total``.
+count against the type. A retry starts only if its wait and the request's read timeout both fit
+in the budget. A type already retrying on its own schedule (``transient_error``, ``failing``)
+gets one try per run and no retry in place: a tenant-wide broken type must not hold a tenant
+slot for minutes of waits every run. Every retry (also the one after ``invalid_token``) is
+counted by reason, in the run record and in the tenant's ``syncsvc_ehr_retries_total``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import aiohttp
 
@@ -65,6 +68,8 @@ class GrantClient(FhirClient):
         retry: RetryPolicy = DEFAULT_RETRY,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
+        fail_fast: Collection[str] = frozenset(),
+        request_timeout: float | None = None,
     ) -> None:
         super().__init__(http, base, "", meter=meter, limits=limits, budget=budget)
         #: The tenant's counters (requests, retries, resources, runs), when the run is metered.
@@ -80,6 +85,13 @@ class GrantClient(FhirClient):
         self._clock = clock
         self._sleep = sleep
         self._deadline = clock() + retry.budget_seconds
+        #: Resource types whose requests get no retry in place (already failing on their own
+        #: schedule).
+        self._fail_fast = frozenset(fail_fast)
+        #: How long one more try may take: the session's read timeout, else its total.
+        self._request_timeout = (
+            request_timeout if request_timeout is not None else _read_timeout(http.timeout)
+        )
         #: Retries made in this run, by reason (``http_503``, ``timeout``, ...).
         self.retries: Counter[str] = Counter()
 
@@ -94,11 +106,12 @@ class GrantClient(FhirClient):
         """GET with a current token; retried in place while the failure is worth it."""
         if not is_under_base(url, self.base):
             raise ForeignNextLink
-        for attempt in range(1, self._retry.attempts + 1):
+        attempts = 1 if resource_type in self._fail_fast else self._retry.attempts
+        for attempt in range(1, attempts + 1):
             try:
                 body = await self._get_once(url, params, resource_type, held)
             except (FhirRequestError, RequestTransient) as exc:
-                reason, delay = self._retry_after(exc, attempt)
+                reason, delay = self._retry_after(exc, attempt, attempts)
                 if reason is None:
                     raise
                 self.retries[reason] += 1
@@ -111,7 +124,9 @@ class GrantClient(FhirClient):
             return body
         raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
-    def _retry_after(self, exc: SyncsvcError, attempt: int) -> tuple[str | None, float]:
+    def _retry_after(
+        self, exc: SyncsvcError, attempt: int, attempts: int
+    ) -> tuple[str | None, float]:
         """The reason and wait of a retry of a request that failed with ``exc``, if one is due."""
         if isinstance(exc, FhirRequestError):
             reason = retry_reason(exc.failure.status, None)
@@ -119,13 +134,13 @@ class GrantClient(FhirClient):
         else:
             reason = retry_reason(None, exc.reason)
             retry_after = None
-        if reason is None or attempt >= self._retry.attempts:
+        if reason is None or attempt >= attempts:
             return None, 0.0
         if retry_after is not None and retry_after > self._retry.max_retry_after:
             return None, 0.0  # the server wants a long pause: the failure counts now
         delay = self._retry.backoff.delay(attempt, retry_after=retry_after)
-        if self._clock() + delay > self._deadline:
-            return None, 0.0  # the run's time budget is spent
+        if self._clock() + delay + self._request_timeout > self._deadline:
+            return None, 0.0  # the wait and the next try do not fit in the run's time budget
         return reason, delay
 
     async def _get_once(
@@ -143,6 +158,7 @@ class GrantClient(FhirClient):
             if exc.failure.kind != "invalid_token":
                 raise
             self.use_token(await self._replacement(token))
+            self.retries["invalid_token"] += 1
             if self.tenant_meter is not None:
                 self.tenant_meter.retry("invalid_token")
             return await self.fetch_bytes(url, params, resource_type=resource_type, held=held)
@@ -163,3 +179,11 @@ class GrantClient(FhirClient):
             fresh = await self._current_token(True)
             self._replaced.add(refused)
             return fresh
+
+
+def _read_timeout(timeout: aiohttp.ClientTimeout) -> float:
+    """The longest one request may take under ``timeout``: its read timeout, else its total."""
+    for seconds in (timeout.sock_read, timeout.total):
+        if seconds is not None:
+            return float(seconds)
+    return 0.0

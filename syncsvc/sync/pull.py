@@ -335,6 +335,8 @@ async def pull_connection(
         meter=ctx.metrics.tenant(tenant.name),
         limits=ctx.page_limits(vendor_plan.max_page_bytes, vendor_plan.max_page_entries),
         budget=ctx.page_budget,
+        # A type already failing is tried once, on its own schedule: no waits in place.
+        fail_fast={name for name, state in states.items() if state.status in RETRYING},
     )
     fingerprint = grant_fingerprint(connection.granted_scopes)
     interval = dt.timedelta(seconds=ctx.settings.sync_interval_seconds)

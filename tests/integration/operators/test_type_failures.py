@@ -237,3 +237,33 @@ async def test_passing_503s_and_a_429_are_retried_in_place_and_the_first_run_com
     for reason, count in (("http_503", 2), ("http_429", 1)):
         key = frozenset({("tenant", TENANT), ("reason", reason)})
         assert samples[("syncsvc_ehr_retries_total", key)] == count
+
+
+async def test_a_retry_after_a_refused_token_is_counted_in_the_run_and_the_counter(
+    flow: Flow, operator: aiohttp.ClientSession
+) -> None:
+    await flow.register(GENERIC_TENANT, name=TENANT, resource_types=TYPES)
+    async with ScriptedPatient(username="nancysmart") as patient:
+        await _connect(flow, patient, "user-1")
+    connection = await flow.only_connection()
+    # The EHR's clock passes the hour-long token's expiry while syncsvc still trusts it: the
+    # first request is refused with invalid_token, refreshed once and retried.
+    flow.sandbox.state.clock_offset += 3700
+    ctx = sync_context(flow.service, flow.http)
+    counted = dataclasses.replace(ctx, metrics=flow.service.app[METRICS].work)
+
+    report = await run_due(counted)
+
+    assert report.sync == {"ok": 1}, report.to_json()
+    assert await _stored(flow, connection.id) == {"Patient": 1, **SIZES}
+    refused = [e for e in flow.sandbox.state.request_log if e.status == 401]
+    assert len(refused) >= 1
+    async with flow.service.app[SESSIONMAKER]() as session:
+        [run] = list(await session.scalars(select(SyncRun)))
+    # One retry per refused request, in the run record and in the counter alike.
+    assert (run.outcome, run.retries) == ("ok", len(refused))
+    samples = await _scrape(operator)
+    key = frozenset({("tenant", TENANT), ("reason", "invalid_token")})
+    assert samples[("syncsvc_ehr_retries_total", key)] == run.retries
+    retried = sum(v for (name, _), v in samples.items() if name == "syncsvc_ehr_retries_total")
+    assert retried == run.retries
