@@ -80,8 +80,9 @@ class SearchPage(Protocol):
 
 
 class RequestMeter(Protocol):
-    """Hears about each request: its resource type, its HTTP status (or ``timeout`` or
-    ``network`` when none came) and its time in seconds (``syncsvc.work_metrics.TenantMeter``)."""
+    """Hears about each request: its resource type, its HTTP status (:func:`status_label`: a
+    known number or ``other``; ``timeout`` or ``network`` when none came) and its time in
+    seconds (``syncsvc.work_metrics.TenantMeter``)."""
 
     def request(self, resource_type: str, status: str, seconds: float) -> None: ...
 
@@ -172,7 +173,7 @@ class FhirClient:
             async with self._http.get(
                 url, params=params, headers=self._headers(), allow_redirects=False
             ) as response:
-                status = str(response.status)
+                status = status_label(response.status)
                 announced = response.content_length
                 if announced is not None and announced > cap:
                     raise PageTooLarge("bytes", cap)
@@ -262,6 +263,19 @@ class FhirClient:
                 seen.add(next_url)
             url, query = next_url, None
         raise PagingLoop
+
+
+#: The HTTP statuses a request is counted under by their own number; any other (an EHR may answer
+#: with any three digits) is counted as ``other``, so the label's values stay few.
+KNOWN_STATUSES = frozenset(
+    {200, 201, 204, 301, 302, 304, 400, 401, 403, 404, 408, 409, 410, 412, 422, 429}
+    | {500, 501, 502, 503, 504}
+)
+
+
+def status_label(status: int) -> str:
+    """The ``status`` label of a request answered with ``status``: its number, or ``other``."""
+    return str(status) if status in KNOWN_STATUSES else "other"
 
 
 def _transport(exc: aiohttp.ClientError | TimeoutError) -> str:
