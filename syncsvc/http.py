@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from types import SimpleNamespace
 
@@ -65,6 +65,7 @@ def create_http_client(
     connect_seconds: float = 10,
     read_seconds: float = 30,
     resolver: AbstractResolver | None = None,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> aiohttp.ClientSession:
     """A client session for EHR traffic.
 
@@ -74,6 +75,8 @@ def create_http_client(
     :data:`REQUEST_GATE` of the task sending it (the tenant's rate budget during sync work).
     Host names are resolved through :class:`~syncsvc.netguard.PublicOnlyResolver` (wrapping
     ``resolver``, the system's by default): no EHR request reaches a private address by name.
+    ``trace_configs`` hear about each request after the gate (a request they see starting has
+    passed it).
     """
     return aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -89,7 +92,7 @@ def create_http_client(
             use_dns_cache=False,
         ),
         headers={"User-Agent": USER_AGENT},
-        trace_configs=[gated_trace()],
+        trace_configs=[gated_trace(), *trace_configs],
     )
 
 

@@ -69,6 +69,10 @@ def limits_for(vendor: str) -> TenantLimits:
     return VENDOR_LIMITS.get(vendor, VENDOR_LIMITS["generic"])
 
 
+#: How many times one acquire re-checks a pause that was lengthened while it slept.
+_MAX_PAUSE_CHECKS = 100
+
+
 class TokenBucket:
     """A token bucket: ``rate`` tokens a second, at most ``capacity`` saved up.
 
@@ -106,6 +110,16 @@ class TokenBucket:
         self._tokens = min(self.capacity, self._tokens + (now - self._stamp) * self.rate)
         self._stamp = now
 
+    async def _out_of_pause(self) -> None:
+        """Sleep until no pause holds; a pause lengthened meanwhile is slept out too."""
+        # Bounded: each pass sleeps out what is left (a sleep may end a hair early).
+        for _ in range(_MAX_PAUSE_CHECKS):
+            paused = self.paused_until - self._clock()
+            if paused <= 0:
+                return
+            self.waited += paused
+            await self._sleep(paused)
+
     def pause(self, seconds: float) -> None:
         """Give no token for ``seconds`` from now; then one, then the normal rate.
 
@@ -122,15 +136,14 @@ class TokenBucket:
     async def acquire(self) -> None:
         """Take one token, waiting until one is available (and any pause has ended)."""
         async with self._lock:
-            paused = self.paused_until - self._clock()
-            if paused > 0:
-                self.waited += paused
-                await self._sleep(paused)
+            await self._out_of_pause()
             self._refill()
             if self._tokens < 1:
                 wait = (1 - self._tokens) / self.rate
                 self.waited += wait
                 await self._sleep(wait)
+                # A 429 heard during that wait pauses this request too: it is not sent yet.
+                await self._out_of_pause()
                 self._refill()
             # A sleep that came back a little early leaves the balance just below zero; the
             # next caller waits it off, so the long-run rate still holds.

@@ -148,6 +148,39 @@ async def test_a_paused_bucket_gives_nothing_until_the_pause_ends_then_keeps_its
     assert time.now == pytest.approx(4.0)
 
 
+async def test_a_pause_heard_while_a_request_waits_for_the_rate_holds_it_too() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(rate=2.0, capacity=1, clock=time.clock, sleep=time.sleep)
+    await bucket.acquire()  # the one saved-up token: the next request waits 0.5 s for the rate
+    heard = False
+
+    async def sleep(seconds: float) -> None:
+        nonlocal heard
+        await time.sleep(seconds)
+        if not heard:
+            heard = True
+            bucket.pause(3.0)  # another connection's 429 arrives during that wait
+
+    bucket._sleep = sleep
+    await bucket.acquire()
+    # Not sent at 0.5 s, in the pause: only once it ended, 3.5 s in.
+    assert time.now >= bucket.paused_until == pytest.approx(3.5)
+    assert time.sleeps == [pytest.approx(0.5), pytest.approx(3.0)]
+
+
+async def test_a_sleep_that_ends_a_hair_early_still_sees_the_pause_out() -> None:
+    time = FakeTime()
+
+    async def early(seconds: float) -> None:
+        await time.sleep(seconds * 0.999)  # an event loop may wake a timer a little early
+
+    bucket = TokenBucket(rate=10.0, capacity=5, clock=time.clock, sleep=early)
+    bucket.pause(2.0)
+    await bucket.acquire()
+    assert time.now >= bucket.paused_until == 2.0
+    assert len(time.sleeps) >= 2
+
+
 def test_a_gate_pauses_for_a_429s_retry_after_capped_and_not_without_one() -> None:
     time = FakeTime()
     gate = TenantGate(TenantLimits(1, 10.0, 10), clock=time.clock)

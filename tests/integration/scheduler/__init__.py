@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
@@ -36,13 +36,23 @@ WAIT_SECONDS = 30.0
 
 @asynccontextmanager
 async def contexts(
-    settings: Settings, sessionmaker: Sessionmaker, vault: Vault, count: int
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    count: int,
+    *,
+    trace_configs: Sequence[aiohttp.TraceConfig] = (),
 ) -> AsyncIterator[list[SyncContext]]:
-    """``count`` sync contexts (distinct lease owners, own gated clients) on one database."""
+    """``count`` sync contexts (distinct lease owners, own gated clients) on one database.
+
+    ``trace_configs`` watch each client's requests once they have passed the tenant's gate.
+    """
     async with AsyncExitStack() as stack:
         made = []
         for index in range(count):
-            http = await stack.enter_async_context(create_http_client(total_seconds=20))
+            http = await stack.enter_async_context(
+                create_http_client(total_seconds=20, trace_configs=trace_configs)
+            )
             made.append(SyncContext(settings, sessionmaker, vault, http, owner=f"owner-{index}"))
         yield made
 
