@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from syncsvc.db import resource_repo
 from syncsvc.fhir.client import FhirRequestError
+from syncsvc.http import create_http_client
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import SyncContext
@@ -15,7 +18,7 @@ from syncsvc.sync.retry import RetryPolicy
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.connected import connect_patient, register_sandbox_tenant
 
-from . import NANCY, SandboxAdmin, StoredTokens
+from . import NANCY, SandboxAdmin, StoredTokens, stored
 
 TYPES = ("Patient", "Condition", "Observation", "Goal")
 
@@ -139,3 +142,45 @@ async def test_a_retry_starts_only_if_its_wait_and_its_try_fit_in_the_budget(
     assert raised.value.failure.status == 503
     assert sum(client.retries.values()) == len(waits) == retries
     assert len(_observation_requests(await admin.requests(since=seen))) == 1 + retries
+
+
+async def test_a_request_that_times_out_is_retried_in_place(
+    ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
+) -> None:
+    tokens = await _connected(ctx, sandbox)
+    # One of Nancy's Observation searches hangs well past the client's read timeout.
+    await admin.faults(
+        GENERIC_TENANT,
+        [
+            {
+                "kind": "latency",
+                "target": "Observation",
+                "patient": NANCY,
+                "latency_ms": 4000,
+                "count": 1,
+            }
+        ],
+    )
+    seen = len(await admin.requests())
+    async with create_http_client(total_seconds=20, read_seconds=1.0) as short:
+        impatient = dataclasses.replace(ctx, http=short)
+        summary = await pull_connection(impatient, tokens.connection.id, tokens)
+
+    assert summary.outcome == "ok", summary
+    assert {r.status for r in summary.types.values()} == {"ok"}
+    # Retried in place under "timeout" (another request could time out on a loaded machine too,
+    # but nothing else went wrong).
+    assert summary.retries.get("timeout", 0) >= 1
+    assert set(summary.retries) == {"timeout"}
+    async with ctx.sessionmaker() as session:
+        assert summary.run_id is not None
+        run = await resource_repo.get_run(session, summary.run_id)
+    assert run is not None
+    assert run.retries == sum(summary.retries.values())
+    # Each retry was a request of its own: one per type, plus the tries that timed out.
+    assert summary.requests == len(TYPES) + sum(summary.retries.values())
+    # The EHR answered the (one-page) Observation search once: the try that hung was given up
+    # by the client before the answer.
+    observations = _observation_requests(await admin.requests(since=seen))
+    assert [e["status"] for e in observations].count(200) == 1
+    assert len(await stored(ctx, tokens.connection.id)) == 1 + 5 + 5 + 2
