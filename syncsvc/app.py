@@ -20,7 +20,7 @@ from aiohttp import web
 from syncsvc.client_jwks import ClientJwks
 from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.errors import ConfigError
-from syncsvc.http import create_http_client
+from syncsvc.http import create_http_client, create_webhook_client
 from syncsvc.keys import (
     CLIENT_JWKS,
     ENGINE,
@@ -32,6 +32,7 @@ from syncsvc.keys import (
     SETTINGS,
     SIGNER,
     VAULT,
+    WEBHOOK_HTTP,
 )
 from syncsvc.metrics import Metrics
 from syncsvc.process import tune_gc
@@ -66,14 +67,16 @@ def _outbound_http(
     shared: aiohttp.ClientSession | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        if shared is not None:
-            app[HTTP] = shared
-            yield
-            return
-        client = create_http_client()
-        app[HTTP] = client
-        yield
-        await client.close()
+        # Webhooks get a client (and connection pool) of their own, always owned here.
+        async with create_webhook_client() as webhook_client:
+            app[WEBHOOK_HTTP] = webhook_client
+            if shared is not None:
+                app[HTTP] = shared
+                yield
+                return
+            async with create_http_client() as client:
+                app[HTTP] = client
+                yield
 
     return context
 
@@ -85,6 +88,7 @@ async def _background_sync(app: web.Application) -> AsyncIterator[None]:
             sessionmaker=app[SESSIONMAKER],
             vault=app[VAULT],
             http=app[HTTP],
+            webhook_http=app[WEBHOOK_HTTP],
             decoder=decoder,
             metrics=app[METRICS].work,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
 from types import SimpleNamespace
@@ -66,6 +67,7 @@ def create_http_client(
     read_seconds: float = 30,
     resolver: AbstractResolver | None = None,
     trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    ssl_context: ssl.SSLContext | None = None,
 ) -> aiohttp.ClientSession:
     """A client session for EHR traffic.
 
@@ -77,6 +79,8 @@ def create_http_client(
     ``resolver``, the system's by default): no EHR request reaches a private address by name.
     ``trace_configs`` hear about each request after the gate (a request they see starting has
     passed it).
+    Webhooks never use this session (see :func:`create_webhook_client`). ``ssl_context``
+    replaces the default trust store (a private CA, tests).
     """
     return aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -87,12 +91,38 @@ def create_http_client(
             limit=100,
             limit_per_host=20,
             resolver=PublicOnlyResolver(resolver),
-            # No cache of answers: one resolved for a webhook (private names allowed) must not
-            # be reused for an EHR request to the same name. Pooled connections stay reused.
+            # No cache of answers: a name must be judged each time it is resolved again.
             use_dns_cache=False,
+            ssl=True if ssl_context is None else ssl_context,
         ),
         headers={"User-Agent": USER_AGENT},
         trace_configs=[gated_trace(), *trace_configs],
+    )
+
+
+def create_webhook_client(
+    *,
+    resolver: AbstractResolver | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> aiohttp.ClientSession:
+    """A client session for webhook delivery only, with a connection pool of its own.
+
+    The operator configures the receiver, which may be a name inside their network, so names
+    are not limited to public addresses here. That is safe only because the pool is separate: a
+    keep-alive connection opened to an internal receiver can never be picked up by an EHR
+    request to the same host and port, which would skip the public-address check made when a
+    connection is opened. ``DummyCookieJar``, no redirects (per call), no tenant rate gate.
+    """
+    return aiohttp.ClientSession(
+        cookie_jar=aiohttp.DummyCookieJar(),
+        timeout=aiohttp.ClientTimeout(total=30, connect=10, sock_read=20),
+        connector=aiohttp.TCPConnector(
+            limit=10,
+            resolver=resolver,
+            use_dns_cache=False,
+            ssl=True if ssl_context is None else ssl_context,
+        ),
+        headers={"User-Agent": USER_AGENT},
     )
 
 

@@ -27,6 +27,8 @@ SIGNER = web.AppKey("signer", Signer)
 CLIENT_JWKS = web.AppKey("client_jwks", ClientJwks)
 #: The one outbound HTTP client of the process (DummyCookieJar, explicit timeouts).
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+#: The webhook client: a connection pool apart from HTTP's, so the two never share a connection.
+WEBHOOK_HTTP = web.AppKey("webhook_http", aiohttp.ClientSession)
 #: The background sync tick, when this process runs one.
 SCHEDULER = web.AppKey("scheduler", SyncScheduler)
 #: This application's Prometheus registry and instruments (never the global registry).

@@ -11,14 +11,15 @@ address or a host on the operator's private network (SSRF). Two checks stop that
   addresses only, checked after resolution and before connecting, so a name that resolves
   differently later (DNS rebinding) is refused too. Literal addresses never reach a resolver;
   the first check covers them. Webhook delivery, whose URLs the operator configures and which
-  may legitimately point inside the network, runs with :data:`PRIVATE_NAMES_ALLOWED` set.
+  may legitimately point inside the network, uses a client of its own with its own connection
+  pool (:func:`syncsvc.http.create_webhook_client`), so a connection it opened is never reused
+  for an EHR request.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
-from contextvars import ContextVar
 from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -31,9 +32,6 @@ _REFUSED_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
     ipaddress.ip_network("100.64.0.0/10"),  # shared address space: Alibaba metadata
     ipaddress.ip_network("fd00:ec2::/32"),  # AWS metadata over IPv6 (unique-local)
 )
-
-#: Set (to True) by webhook delivery: operator-configured receivers may be private names.
-PRIVATE_NAMES_ALLOWED: ContextVar[bool] = ContextVar("syncsvc_private_names_allowed", default=False)
 
 
 class NonPublicAddress(OSError):
@@ -104,7 +102,7 @@ class PublicOnlyResolver(AbstractResolver):
     """A resolver that refuses host names resolving to non-public addresses.
 
     ``localhost`` may resolve to loopback (the sandbox); every other name must resolve to public
-    addresses only, unless :data:`PRIVATE_NAMES_ALLOWED` is set for the requesting task.
+    addresses only.
     """
 
     def __init__(self, inner: AbstractResolver | None = None) -> None:
@@ -115,8 +113,6 @@ class PublicOnlyResolver(AbstractResolver):
     ) -> list[ResolveResult]:
         """Resolve ``host`` with the inner resolver, then refuse non-public answers."""
         results = await self._inner.resolve(host, port, family)
-        if PRIVATE_NAMES_ALLOWED.get():
-            return results
         addresses = [str(r["host"]) for r in results]
         if host.lower() == "localhost":
             allowed = all(is_loopback_host(a) for a in addresses)

@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import ipaddress
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,9 +34,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db.leases import claim_rows, lease_free
 from syncsvc.db.models import Connection, Tenant, WebhookDelivery, new_id
-from syncsvc.http import describe_network_error
+from syncsvc.http import create_webhook_client, describe_network_error
 from syncsvc.logging import get_logger
-from syncsvc.netguard import PRIVATE_NAMES_ALLOWED
 from syncsvc.settings import Settings
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
@@ -233,7 +233,9 @@ def _retry_after(value: str | None) -> float | None:
     return float(value.strip())
 
 
-async def _post(ctx: SyncContext, url: str, secret: str, delivery: WebhookDelivery) -> _Outcome:
+async def _post(
+    http: aiohttp.ClientSession, ctx: SyncContext, url: str, secret: str, delivery: WebhookDelivery
+) -> _Outcome:
     timestamp = int(ctx.now().timestamp())
     headers = {
         "Content-Type": "application/json",
@@ -241,10 +243,8 @@ async def _post(ctx: SyncContext, url: str, secret: str, delivery: WebhookDelive
         EVENT_HEADER: delivery.event_type,
         DELIVERY_HEADER: delivery.id,
     }
-    # The operator chose this receiver; it may be a name inside their network (see netguard).
-    allowed = PRIVATE_NAMES_ALLOWED.set(True)
     try:
-        async with ctx.http.post(
+        async with http.post(
             url,
             data=delivery.payload,
             headers=headers,
@@ -262,8 +262,6 @@ async def _post(ctx: SyncContext, url: str, secret: str, delivery: WebhookDelive
             return _Outcome(False, response.status, f"HTTP {response.status}", retry_after)
     except (aiohttp.ClientError, TimeoutError) as exc:
         return _Outcome(False, None, describe_network_error(exc)[:ERROR_LENGTH])
-    finally:
-        PRIVATE_NAMES_ALLOWED.reset(allowed)
 
 
 async def _record(
@@ -319,9 +317,17 @@ async def deliver_due(ctx: SyncContext, limit: int = DEFAULT_BATCH) -> DeliveryR
         return report
     async with ctx.sessionmaker.begin() as session:
         batch = await claim_due(session, ctx.owner, ctx.now(), limit)
-    for delivery in batch:
-        outcome = await _post(ctx, settings.webhook_url, settings.webhook_secret.reveal(), delivery)
-        await _record(ctx, delivery, outcome, report)
+    if batch:
+        # The operator chose this receiver; it may be a name inside their network. Never the EHR
+        # client (ctx.http): its pool must not hold a connection to an internal receiver.
+        async with AsyncExitStack() as stack:
+            http = ctx.webhook_http
+            if http is None:
+                http = await stack.enter_async_context(create_webhook_client())
+            for delivery in batch:
+                secret = settings.webhook_secret.reveal()
+                outcome = await _post(http, ctx, settings.webhook_url, secret, delivery)
+                await _record(ctx, delivery, outcome, report)
     if batch:
         log.info(
             "webhooks delivered",

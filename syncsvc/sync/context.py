@@ -40,6 +40,9 @@ class SyncContext:
     vault: Vault
     #: The process's one outbound client (DummyCookieJar, explicit timeouts).
     http: aiohttp.ClientSession
+    #: The process's webhook client, a pool apart from ``http`` (see
+    #: :func:`syncsvc.http.create_webhook_client`); None: each delivery batch opens its own.
+    webhook_http: aiohttp.ClientSession | None = None
     #: The lease owner id of this process.
     owner: str = field(default_factory=new_owner_id)
     #: Decodes search pages; in place unless the process started worker processes for it.

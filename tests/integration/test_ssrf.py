@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
 from syncsvc.errors import ConfigError, DiscoveryError
-from syncsvc.http import create_http_client
-from syncsvc.netguard import PRIVATE_NAMES_ALLOWED, NonPublicAddress
+from syncsvc.http import create_http_client, create_webhook_client
+from syncsvc.netguard import NonPublicAddress
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.smart.discovery import parse_smart_configuration
@@ -136,15 +136,12 @@ async def test_names_resolving_to_private_addresses_are_refused_before_connectin
         async with sessionmaker() as session:
             assert await repo.list_tenants(session) == []
 
-        # The control: webhook delivery may use private names, and then the same name connects,
-        # so the listener above would have seen a connection that slipped through.
-        token = PRIVATE_NAMES_ALLOWED.set(True)
-        try:
+        # The control: the webhook client may use private names, and then the same name
+        # connects, so the listener above would have seen a connection that slipped through.
+        async with create_webhook_client(resolver=dns) as hooks:
             with pytest.raises(aiohttp.ClientError):
-                async with http.get(f"http://ehr-0.example:{listener.port}/"):
+                async with hooks.get(f"http://ehr-0.example:{listener.port}/"):
                     pass
-        finally:
-            PRIVATE_NAMES_ALLOWED.reset(token)
         assert listener.accepted >= 1  # (aiohttp retries an idempotent request once)
         # ... and that answer is not cached for the next request that is not a webhook's.
         accepted = listener.accepted
