@@ -19,9 +19,11 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.event_repo import add_event
-from syncsvc.db.models import Connection, new_id
+from syncsvc.db.models import Connection, Tenant, new_id
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.errors import NotFound, VaultError
 from syncsvc.logging import get_logger
@@ -35,7 +37,7 @@ from syncsvc.revocations import (
 )
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens
-from syncsvc.tenants import client_credentials, revocation_endpoint
+from syncsvc.tenants import client_credentials, revocation_endpoint, revocation_endpoint_refused
 
 log = get_logger("syncsvc.disconnect")
 
@@ -43,7 +45,9 @@ DisconnectedBy = Literal["patient", "host_app", "operator"]
 DISCONNECTED_BY: tuple[str, ...] = get_args(DisconnectedBy)
 #: ``revoked``: the EHR confirmed. ``pending``: queued, retried in the background.
 #: ``not_offered``: the EHR publishes no revocation endpoint. ``nothing_to_revoke``: no token held.
-RevocationOutcome = Literal["revoked", "pending", "not_offered", "nothing_to_revoke"]
+#: ``refused``: the endpoint it publishes breaks the endpoint rules (not https on a public
+#: address); the token was not sent there.
+RevocationOutcome = Literal["revoked", "pending", "not_offered", "refused", "nothing_to_revoke"]
 #: The inline attempt is short: a person is waiting, and a failure is retried anyway.
 INLINE_REVOKE_TIMEOUT_SECONDS = 5.0
 
@@ -114,6 +118,30 @@ def _stop(connection: Connection, by: DisconnectedBy, now: dt.datetime) -> bool:
     return already
 
 
+async def _refusal(
+    session: AsyncSession, tenant: Tenant, connection: Connection, now: dt.datetime
+) -> str | None:
+    """Why the tenant's revocation endpoint is refused for this grant, recorded; None if it is not.
+
+    The token is then not sent (the endpoint breaks the endpoint rules), and the events say so.
+    """
+    refused = revocation_endpoint_refused(tenant, connection.token_endpoint)
+    if refused is None:
+        return None
+    await add_event(
+        session,
+        tenant_id=tenant.id,
+        connection_id=connection.id,
+        kind="revocation",
+        outcome="failed",
+        error_class="endpoint_refused",
+        detail=f"not sent: {refused}",
+        at=now,
+    )
+    log.warning("revocation endpoint refused", connection_id=connection.id, reason=refused)
+    return refused
+
+
 async def disconnect_connection(
     ctx: SyncContext,
     connection_id: str,
@@ -145,6 +173,9 @@ async def disconnect_connection(
         kept = 0 if erase else sum((await count_resources(session, connection_id)).values())
         endpoint = revocation_endpoint(tenant, connection.token_endpoint)
         to_revoke = _token_to_revoke(tokens, now)
+        refused = (
+            await _refusal(session, tenant, connection, now) if to_revoke is not None else None
+        )
         if to_revoke is not None and endpoint is not None:
             token, hint = to_revoke
             revocation_id = new_id()
@@ -196,6 +227,8 @@ async def disconnect_connection(
         revocation = "revoked" if outcome == "revoked" else "pending"
     elif still_pending:
         revocation = "pending"
+    elif to_revoke is not None and refused is not None:
+        revocation = "refused"
     elif to_revoke is not None:
         revocation = "not_offered"
     else:

@@ -26,7 +26,7 @@ from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.oauth import revoke_token
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
-from syncsvc.tenants import client_credentials
+from syncsvc.tenants import client_credentials, revocation_endpoint_refusal
 from syncsvc.vault import Purpose, Vault
 
 log = get_logger("syncsvc.revocations")
@@ -214,27 +214,48 @@ async def _failed(
     return outcome
 
 
-async def _claim(ctx: SyncContext, limit: int) -> tuple[list[ClaimedRevocation], list[str]]:
+@dataclass(frozen=True)
+class _Hopeless:
+    """A claimed row that can never succeed, and why."""
+
+    id: str
+    reason: str
+    error_class: str
+
+
+_UNREADABLE = "the token or the client secret can no longer be decrypted (key retired)"
+
+
+async def _claim(ctx: SyncContext, limit: int) -> tuple[list[ClaimedRevocation], list[_Hopeless]]:
     """Transaction 1: lease due rows and decrypt what each attempt needs.
 
-    Returns the claimed revocations and the ids of rows whose token cannot be decrypted any more
-    (its vault key was retired): those can never succeed.
+    Returns the claimed revocations and the rows that can never succeed: the token cannot be
+    decrypted any more (its vault key was retired), or the queued endpoint breaks the endpoint
+    rules (it was queued from a stored document that predates them); nothing is sent for those.
     """
     claimed: list[ClaimedRevocation] = []
-    unreadable: list[str] = []
+    hopeless: list[_Hopeless] = []
     async with ctx.sessionmaker.begin() as session:
         rows = await disconnect_repo.claim_pending_revocations(
             session, ctx.owner, ctx.now(), LEASE_SECONDS, limit
         )
         for row in rows:
             tenant = await repo.get_tenant(session, row.tenant_id)
+            refusal = (
+                revocation_endpoint_refusal(tenant, row.revocation_endpoint)
+                if tenant is not None
+                else None
+            )
+            if refusal is not None:
+                hopeless.append(_Hopeless(row.id, f"not sent: {refusal}", "endpoint_refused"))
+                continue
             try:
                 token = _open(ctx.vault, row)
                 if tenant is None:  # pragma: no cover - the foreign key cascades
                     raise VaultError("The tenant is gone.")
                 credentials = client_credentials(ctx.vault, tenant)
             except VaultError:
-                unreadable.append(row.id)
+                hopeless.append(_Hopeless(row.id, _UNREADABLE, "vault_error"))
                 continue
             claimed.append(
                 ClaimedRevocation(
@@ -248,21 +269,16 @@ async def _claim(ctx: SyncContext, limit: int) -> tuple[list[ClaimedRevocation],
                     credentials=credentials,
                 )
             )
-    return claimed, unreadable
+    return claimed, hopeless
 
 
-async def _give_up_unreadable(ctx: SyncContext, ids: Sequence[str]) -> int:
+async def _give_up_hopeless(ctx: SyncContext, hopeless: Sequence[_Hopeless]) -> int:
     given_up = 0
-    for revocation_id in ids:
+    for item in hopeless:
         async with ctx.sessionmaker() as session:
-            row = await session.get(PendingRevocation, revocation_id)
+            row = await session.get(PendingRevocation, item.id)
         if row is not None:
-            outcome = await _give_up(
-                ctx,
-                row,
-                reason="the token or the client secret can no longer be decrypted (key retired)",
-                error_class="vault_error",
-            )
+            outcome = await _give_up(ctx, row, reason=item.reason, error_class=item.error_class)
             given_up += outcome == "given_up"
     return given_up
 
@@ -270,9 +286,9 @@ async def _give_up_unreadable(ctx: SyncContext, ids: Sequence[str]) -> int:
 async def retry_pending(ctx: SyncContext, limit: int = DEFAULT_LIMIT) -> RevocationReport:
     """Claim up to ``limit`` due revocations and attempt each once (bounded concurrency)."""
     report = RevocationReport()
-    claimed, unreadable = await _claim(ctx, limit)
-    report.claimed = len(claimed) + len(unreadable)
-    report.given_up += await _give_up_unreadable(ctx, unreadable)
+    claimed, hopeless = await _claim(ctx, limit)
+    report.claimed = len(claimed) + len(hopeless)
+    report.given_up += await _give_up_hopeless(ctx, hopeless)
     concurrency = asyncio.Semaphore(ctx.settings.sync_concurrency)
 
     async def one(item: ClaimedRevocation) -> None:

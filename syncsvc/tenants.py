@@ -138,9 +138,33 @@ def revocation_endpoint(tenant: Tenant, token_endpoint: str) -> str | None:
     """Where a token of a grant issued at ``token_endpoint`` may be revoked, if anywhere.
 
     See :func:`~syncsvc.smart.oauth.bound_revocation_endpoint`: only on the token endpoint's host.
+    The stored document may predate today's endpoint rules, so the endpoint is checked again
+    here: one that :func:`revocation_endpoint_refusal` refuses is never returned.
     """
     advertised = (tenant.endpoints or {}).get("revocation_endpoint")
-    return bound_revocation_endpoint(advertised, token_endpoint)
+    endpoint = bound_revocation_endpoint(advertised, token_endpoint)
+    if endpoint is None or revocation_endpoint_refusal(tenant, endpoint) is not None:
+        return None
+    return endpoint
+
+
+def revocation_endpoint_refusal(tenant: Tenant, endpoint: str) -> str | None:
+    """Why ``endpoint`` may not receive the tenant's tokens for revocation, or None if it may.
+
+    The same rule as for every endpoint of a tenant (:func:`~syncsvc.netguard.endpoint_problem`):
+    https on a public address, plain http on loopback only for a loopback tenant.
+    """
+    local = is_loopback_host(urlsplit(tenant.fhir_base).hostname)
+    problem = endpoint_problem(endpoint, loopback_tenant=local)
+    return None if problem is None else f"the revocation endpoint {problem}"
+
+
+def revocation_endpoint_refused(tenant: Tenant, token_endpoint: str) -> str | None:
+    """Why the revocation endpoint the tenant advertises for this grant is refused, or None
+    (None also when it advertises none: that is "not offered", not refused)."""
+    advertised = (tenant.endpoints or {}).get("revocation_endpoint")
+    endpoint = bound_revocation_endpoint(advertised, token_endpoint)
+    return None if endpoint is None else revocation_endpoint_refusal(tenant, endpoint)
 
 
 def client_credentials(vault: Vault, tenant: Tenant) -> ClientCredentials:

@@ -340,6 +340,7 @@ _REVOCATION_WORDS = {
     "revoked": "revoked at the EHR",
     "pending": "revocation pending (the EHR did not confirm; retried in the background)",
     "not_offered": "the EHR offers no revocation",
+    "refused": "not revoked: the EHR's revocation endpoint is refused (not public https)",
     "nothing_to_revoke": "no token left to revoke",
 }
 
