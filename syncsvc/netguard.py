@@ -34,6 +34,29 @@ _REFUSED_NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
 )
 
 
+#: IPv6 ranges refused whole, whatever ``is_global`` says on this Python: local-use NAT64
+#: (RFC 8215) translates into the operator's own IPv4 network.
+_REFUSED_IPV6: tuple[ipaddress.IPv6Network, ...] = (ipaddress.IPv6Network("64:ff9b:1::/48"),)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches, if it carries one.
+
+    IPv4-mapped ``::ffff:10.0.0.1``, well-known NAT64 ``64:ff9b::a00:1``, 6to4
+    ``2002:7f00:1::`` and the deprecated IPv4-compatible ``::7f00:1`` all end up at an IPv4
+    address; that address is what must be public. (Python 3.11 judges some of them global.)
+    """
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 class NonPublicAddress(OSError):
     """A host name resolved to an address syncsvc does not send EHR traffic to."""
 
@@ -45,12 +68,9 @@ def is_public_address(address: str) -> bool:
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address):
-        # ::ffff:10.0.0.1 and 64:ff9b::a00:1 reach IPv4 addresses: judge those.
-        embedded = ip.ipv4_mapped or (
-            ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-            if ip in ipaddress.ip_network("64:ff9b::/96")
-            else None
-        )
+        if ip.is_site_local or any(ip in network for network in _REFUSED_IPV6):
+            return False
+        embedded = _embedded_ipv4(ip)
         if embedded is not None:
             return is_public_address(str(embedded))
     if not ip.is_global or ip.is_multicast:

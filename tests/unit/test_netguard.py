@@ -28,6 +28,19 @@ from syncsvc.netguard import endpoint_problem, is_public_address
         ("::ffff:127.0.0.1", False),
         ("::ffff:8.8.8.8", True),
         ("64:ff9b::a00:1", False),  # NAT64 of 10.0.0.1
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+        ("64:ff9b:1::a00:1", False),  # local-use NAT64 (RFC 8215): the operator's network
+        ("64:ff9b:1:808:8:800::", False),
+        ("2002:7f00:1::", False),  # 6to4 of 127.0.0.1
+        ("2002:a00:1::1", False),  # 6to4 of 10.0.0.1
+        ("2002:a9fe:a9fe::", False),  # 6to4 of 169.254.169.254
+        ("2002:808:808::1", True),  # 6to4 of 8.8.8.8
+        ("::7f00:1", False),  # IPv4-compatible 127.0.0.1
+        ("::a00:1", False),  # IPv4-compatible 10.0.0.1
+        ("::808:808", True),  # IPv4-compatible 8.8.8.8
+        ("::ffff:a9fe:a9fe", False),  # IPv4-mapped 169.254.169.254
+        ("fec0::1", False),  # site-local (deprecated, still routed inside some sites)
+        ("fef0::1", False),
         ("[::1]", False),
         ("not-an-address", False),
     ],
