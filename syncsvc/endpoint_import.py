@@ -83,8 +83,11 @@ class ImportReport:
     format: Format
 
 
-def read_endpoint_file(path: Path) -> ImportReport:
-    """Read and parse an endpoint bundle file; every failure is a ConfigError naming the file."""
+def read_endpoint_file(path: Path, *, allow_loopback: bool = False) -> ImportReport:
+    """Read and parse an endpoint bundle file; every failure is a ConfigError naming the file.
+
+    ``allow_loopback``: see :func:`parse_endpoint_bundle`.
+    """
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -101,13 +104,18 @@ def read_endpoint_file(path: Path) -> ImportReport:
     except orjson.JSONDecodeError as exc:
         raise ConfigError(f"Endpoint file {path} is not valid JSON: {exc}") from exc
     try:
-        return parse_endpoint_bundle(document)
+        return parse_endpoint_bundle(document, allow_loopback=allow_loopback)
     except ConfigError as exc:
         raise ConfigError(f"Endpoint file {path}: {exc.message}") from exc
 
 
-def parse_endpoint_bundle(document: Any) -> ImportReport:
-    """Parse a brands or Oracle Health endpoint bundle; ConfigError if it is neither."""
+def parse_endpoint_bundle(document: Any, *, allow_loopback: bool = False) -> ImportReport:
+    """Parse a brands or Oracle Health endpoint bundle; ConfigError if it is neither.
+
+    An endpoint on this machine (``127.0.0.1``, ``localhost``…) is skipped unless
+    ``allow_loopback``: it would become a loopback tenant, whose discovery may name any loopback
+    endpoint, and a published bundle has no business naming this machine.
+    """
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         found = document.get("resourceType") if isinstance(document, dict) else None
         what = f"a {found}" if isinstance(found, str) else "not a FHIR resource"
@@ -121,7 +129,7 @@ def parse_endpoint_bundle(document: Any) -> ImportReport:
             "The Bundle holds no Endpoint resources; expected a SMART User-access Brands "
             "bundle or an Oracle Health endpoint bundle."
         )
-    importer = _Importer(index, _detect_format(index))
+    importer = _Importer(index, _detect_format(index), allow_loopback=allow_loopback)
     for position, entry in enumerate(entries, start=1):
         importer.visit(position, entry)
     return importer.finish()
@@ -246,9 +254,10 @@ class _Pending:
 class _Importer:
     """Walks the entries in bundle order and keeps one endpoint per FHIR base."""
 
-    def __init__(self, index: _Index, fmt: Format) -> None:
+    def __init__(self, index: _Index, fmt: Format, *, allow_loopback: bool) -> None:
         self.index = index
         self.format: Format = fmt
+        self.allow_loopback = allow_loopback
         self.skipped: list[str] = []
         self.by_base: dict[str, _Pending] = {}
         #: Each checked Endpoint's base, or None if it was skipped (reported once).
@@ -347,7 +356,7 @@ class _Importer:
         self.claimed.add(endpoint.key)
         shown = brand.name or endpoint.label
         if endpoint.key not in self.checked:
-            base, reason = _check_endpoint(endpoint.resource)
+            base, reason = _check_endpoint(endpoint.resource, allow_loopback=self.allow_loopback)
             self.checked[endpoint.key] = base
             if reason is not None:
                 self.skipped.append(f"Skipped {endpoint.label} ({shown}): {reason}.")
@@ -440,7 +449,9 @@ class _Importer:
 # --- resource helpers -----------------------------------------------------------------------
 
 
-def _check_endpoint(endpoint: dict[str, Any]) -> tuple[str | None, str | None]:
+def _check_endpoint(
+    endpoint: dict[str, Any], *, allow_loopback: bool
+) -> tuple[str | None, str | None]:
     """``(fhir_base, None)`` for a usable R4 REST endpoint, else ``(None, reason)``."""
     status = endpoint.get("status")
     if status is not None and status != "active":
@@ -460,6 +471,9 @@ def _check_endpoint(endpoint: dict[str, Any]) -> tuple[str | None, str | None]:
     except DiscoveryError as exc:
         return None, f"its address is not a usable FHIR base ({exc.message})"
     parts = urlsplit(base)
+    loopback = is_loopback_host(parts.hostname) or (parts.hostname or "").endswith(".localhost")
+    if loopback and not allow_loopback:
+        return None, f"its address {address} is on this machine (loopback; --allow-loopback)"
     problem = endpoint_problem(base, loopback_tenant=is_loopback_host(parts.hostname))
     if problem is not None:
         return None, f"its address {address} {problem}"

@@ -314,13 +314,17 @@ def _remove_cmd(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from syncsvc.endpoint_import import read_endpoint_file
     from syncsvc.errors import SyncsvcError
+    from syncsvc.smart.mixup import redirect_uri_from_template
     from syncsvc.tenants import TenantSpec
 
     settings = load_settings("tenants import")
     if settings is None:
         return EXIT_USAGE
     try:
-        report = read_endpoint_file(args.file)
+        if args.redirect_uri is not None:
+            # Fail before reading anything: the template is the same for every tenant.
+            redirect_uri_from_template(args.redirect_uri, "example")
+        report = read_endpoint_file(args.file, allow_loopback=args.allow_loopback)
         args.client_secret = client_secret_of(args)
     except SyncsvcError as exc:
         return fail("tenants import", exc.message, EXIT_USAGE)
@@ -346,7 +350,9 @@ def _import(args: argparse.Namespace) -> int:
                     vendor=endpoint.vendor,
                     auth_method=args.auth_method,
                     client_secret=args.client_secret,
-                    redirect_uri=args.redirect_uri,
+                    redirect_uri=None
+                    if args.redirect_uri is None
+                    else redirect_uri_from_template(args.redirect_uri, endpoint.name),
                 )
                 await register_tenant(
                     sessionmaker,
@@ -517,7 +523,15 @@ def add_to(commands: Commands) -> None:
         "--client-secret-file", type=Path, help="file holding the client secret"
     )
     imports.add_argument(
-        "--redirect-uri", help="default: each tenant's stored one, else its own /callback/NAME"
+        "--redirect-uri",
+        metavar="TEMPLATE",
+        help="a template with {name}, e.g. https://sync.example/callback/{name}, giving each "
+        "tenant its own callback; default: each tenant's stored one, else its own /callback/NAME",
+    )
+    imports.add_argument(
+        "--allow-loopback",
+        action="store_true",
+        help="also import endpoints on this machine (127.0.0.1, localhost): development only",
     )
     imports.add_argument("--discover", action="store_true", help="run discovery for each now")
     imports.add_argument("--json", action="store_true", help="print the result as JSON")

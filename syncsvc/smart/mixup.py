@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from urllib.parse import quote, unquote, urlsplit
 
-from syncsvc.errors import LaunchError
+from syncsvc.errors import ConfigError, LaunchError
 
 #: The shared callback path of earlier releases; per-tenant callbacks live below it.
 CALLBACK_PATH = "/callback"
@@ -41,6 +41,27 @@ def callback_tenant_of(redirect_uri: str) -> str | None:
     if len(segments) >= 2 and segments[-2] == CALLBACK_PATH.strip("/"):
         return unquote(segments[-1])
     return None
+
+
+def redirect_uri_from_template(template: str, tenant_name: str) -> str:
+    """The redirect URI a template with ``{name}`` gives a tenant (``tenants import``).
+
+    ConfigError unless the result is that tenant's own callback (``.../callback/{name}``): a
+    URI shared by many imported tenants would leave only ``iss`` between them and the mix-up.
+    """
+    if "{name}" not in template:
+        raise ConfigError(
+            f"The redirect URI {template} would be shared by every imported tenant, leaving "
+            "only the iss parameter against the OAuth mix-up; give a template with {name} "
+            "(e.g. https://sync.example/callback/{name}) or leave it out."
+        )
+    uri = template.replace("{name}", quote(tenant_name, safe=""))
+    if callback_tenant_of(uri) != tenant_name:
+        raise ConfigError(
+            f"The redirect URI template {template} must end in /callback/{{name}}, so that each "
+            "tenant gets its own callback."
+        )
+    return uri
 
 
 def check_callback_route(*, redirect_uri: str, arrived_for: str | None, display_name: str) -> None:

@@ -120,7 +120,7 @@ def test_epic_host_is_recognised_and_dstu2_endpoint_is_skipped() -> None:
 
 
 def test_each_problem_entry_is_skipped_with_its_reason() -> None:
-    report = read_endpoint_file(DATA / "brands_problems.json")
+    report = read_endpoint_file(DATA / "brands_problems.json", allow_loopback=True)
 
     assert [e.name for e in report.endpoints] == ["riverbend-hospital", "loopback-dev-clinic"]
     reasons = {
@@ -146,10 +146,18 @@ def test_each_problem_entry_is_skipped_with_its_reason() -> None:
 
 
 def test_plain_http_is_accepted_on_loopback_only() -> None:
-    endpoints = by_base(read_endpoint_file(DATA / "brands_problems.json"))
+    endpoints = by_base(read_endpoint_file(DATA / "brands_problems.json", allow_loopback=True))
 
     assert endpoints["http://127.0.0.1:8081/fhir"].display_name == "Loopback Dev Clinic"
     assert not any(base.startswith("http://fhir.") for base in endpoints)
+
+
+def test_an_endpoint_on_this_machine_is_skipped_unless_loopback_is_allowed() -> None:
+    report = read_endpoint_file(DATA / "brands_problems.json")
+
+    assert "http://127.0.0.1:8081/fhir" not in by_base(report)
+    [found] = skipped_mentioning(report, "Endpoint/dev-local")
+    assert "is on this machine (loopback; --allow-loopback)" in found
 
 
 def test_inactive_brand_does_not_import_its_endpoint() -> None:
