@@ -161,6 +161,10 @@ async def test_names_resolving_to_private_addresses_are_refused_before_connectin
         "https://[::ffff:192.168.0.1]/fhir",
         "http://ehr.example/fhir",
         "https://api.localhost/fhir",
+        "https://[2002:7f00:1::]/fhir",  # 6to4 of 127.0.0.1
+        "https://[::7f00:1]/fhir",  # IPv4-compatible 127.0.0.1
+        "https://[64:ff9b:1::a00:1]/fhir",  # local-use NAT64
+        "https://[fec0::1]/fhir",  # site-local
     ],
 )
 async def test_a_base_on_a_literal_private_address_or_plain_http_is_refused_unasked(
@@ -217,15 +221,20 @@ async def test_a_stored_document_naming_loopback_endpoints_is_not_used(
     sandbox: RunningSandbox,
     listener: Listener,
 ) -> None:
-    """A remote tenant discovered before the rules tightened, its endpoints on this machine."""
-    dns = MapResolver({"ehr.example": "10.20.30.40"})
+    """A remote tenant discovered before the rules tightened, its endpoints on this machine.
+
+    Its host name resolves to this machine, at the port of a listener that counts connections:
+    were the re-discovery to connect despite the address check, the listener would count it.
+    """
+    dns = MapResolver({"ehr.example": "127.0.0.1"})
+    remote_base = f"https://ehr.example:{listener.port}/fhir"
     urls = sandbox.urls(GENERIC_TENANT)
     now = dt.datetime.now(dt.UTC)
     endpoints = parse_smart_configuration(
-        "https://ehr.example/fhir",
+        remote_base,
         {
-            "authorization_endpoint": "https://ehr.example/authorize",
-            "token_endpoint": "https://ehr.example/token",
+            "authorization_endpoint": f"https://ehr.example:{listener.port}/authorize",
+            "token_endpoint": f"https://ehr.example:{listener.port}/token",
         },
     ).to_json()
     endpoints["token_endpoint"] = urls.token  # what the hostile document said then
@@ -237,7 +246,7 @@ async def test_a_stored_document_naming_loopback_endpoints_is_not_used(
             now=now,
             display_name="Remote",
             vendor="generic",
-            fhir_base="https://ehr.example/fhir",
+            fhir_base=remote_base,
             client_id="c",
             auth_method="public",
             redirect_uri="https://sync.example/callback/remote",
