@@ -51,8 +51,8 @@ def _open(db_path: str) -> sqlite3.Connection:
 
 def _fhirclient(fhir_base: str, grants: Sequence[tuple[str, str]], db_path: str, count: int) -> int:
     # Optional (the bench extra) and untyped: imported here, used only here.
-    from fhirclient import client  # type: ignore[import-untyped]  # noqa: PLC0415
-    from fhirclient.models.observation import (  # type: ignore[import-untyped]  # noqa: PLC0415
+    from fhirclient import client  # noqa: PLC0415
+    from fhirclient.models.observation import (  # noqa: PLC0415
         Observation,
     )
 
