@@ -260,14 +260,7 @@ async def complete_launch(
             display_name=tenant.display_name,
         )
     except LaunchError as exc:
-        await _set_outcome(services, attempt.id, exc.reason)
-        await record_launch_failure(
-            services.sessionmaker,
-            tenant_id=tenant.id,
-            attempt_id=attempt.id,
-            syncsvc_reason=exc.reason,
-            now=now,
-        )
+        await _fail_attempt(services, attempt.id, tenant.id, exc.reason, now)
         log.warning("launch_callback_mismatch", tenant=tenant.name, attempt_id=attempt.id)
         raise
     try:
@@ -279,14 +272,7 @@ async def complete_launch(
             )
         outcome = await _finish(services, attempt, tenant, code, iss=_single(query, "iss"), now=now)
     except LaunchError as exc:
-        await _set_outcome(services, attempt.id, exc.reason)
-        await record_launch_failure(
-            services.sessionmaker,
-            tenant_id=tenant.id,
-            attempt_id=attempt.id,
-            syncsvc_reason=exc.reason,
-            now=now,
-        )
+        await _fail_attempt(services, attempt.id, tenant.id, exc.reason, now)
         raise
     await _set_outcome(services, attempt.id, outcome.connection.status)
     if outcome.connection.status == "misbound":
@@ -298,6 +284,20 @@ async def complete_launch(
             now=now,
         )
     return outcome
+
+
+async def _fail_attempt(
+    services: LaunchServices, attempt_id: str, tenant_id: str, reason: str, now: dt.datetime
+) -> None:
+    """Close a failed attempt with ``reason`` and count it against its tenant."""
+    await _set_outcome(services, attempt_id, reason)
+    await record_launch_failure(
+        services.sessionmaker,
+        tenant_id=tenant_id,
+        attempt_id=attempt_id,
+        syncsvc_reason=reason,
+        now=now,
+    )
 
 
 def _answers_for(tenant: Tenant, query: Mapping[str, str], arrived_for: str | None) -> bool:
