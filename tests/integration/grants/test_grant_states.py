@@ -1,4 +1,4 @@
-"""One test per row of docs/grant-states.md: the grant shape, over real HTTP, on every surface.
+"""One test per grant-shape row of docs/grant-states.md, over real HTTP, on every surface.
 
 Each test connects a patient through the real pages against a sandbox tenant configured for the
 shape, lets the real runner refresh and pull, then reads the status page, ``connections show``

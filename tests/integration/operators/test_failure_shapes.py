@@ -1,4 +1,4 @@
-"""The failure shapes of the README's table, end to end over real HTTP against the sandbox.
+"""The failure shapes of docs/grant-states.md, end to end over real HTTP against the sandbox.
 
 Each test drives one shape through the real pages (and the sync engine where it happens at run
 time) and then reads every surface: the patient's callback and status pages, ``connections
