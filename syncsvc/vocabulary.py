@@ -4,10 +4,10 @@ Connection statuses, the reasons syncsvc itself gives for them, per-type sync st
 refresh outcomes, health statuses and error classes, and webhook event types. Database check
 constraints, pages, CLI lines, API fields and enums, metric labels and webhooks all take their
 names from here, so no two of them can disagree about what a state is called. The words that
-explain a state to a person live in :mod:`syncsvc.explain`; this module only names.
+explain a state to a person live in :mod:`syncsvc.sync.explain`; this module only names.
 
 Adding a state: add it to the ``Literal`` (the tuple follows), then give it words in
-:mod:`syncsvc.explain`; a stored one (connection status, type state, run outcome) also needs a
+:mod:`syncsvc.sync.explain`; a stored one (connection status, type state, run outcome) also needs a
 migration that widens the table's check constraint.
 """
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from syncsvc.db.models import Connection
-    from syncsvc.disconnect import DisconnectResult
+    from syncsvc.lifecycle.disconnect import DisconnectResult
     from syncsvc.settings import Settings
     from syncsvc.sync.pull import TypeResult
     from syncsvc.sync.runner import WorkReport
@@ -324,9 +324,9 @@ def _sync_cmd(args: argparse.Namespace) -> int:
 
 
 async def _disconnect(settings: Settings, connection_id: str, *, erase: bool) -> DisconnectResult:
-    from syncsvc.disconnect import disconnect_connection
     from syncsvc.errors import NotFound
     from syncsvc.http import create_http_client
+    from syncsvc.lifecycle.disconnect import disconnect_connection
 
     async with database(settings) as sessionmaker, create_http_client() as http:
         ctx = sync_context(settings, sessionmaker, http)

@@ -16,7 +16,7 @@ def _say(message: str) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from syncsvc.demo import run_demo
+    from syncsvc.commands.demo_run import run_demo
     from syncsvc.errors import SyncsvcError
     from syncsvc.logging import configure_logging
 

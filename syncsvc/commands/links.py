@@ -19,9 +19,9 @@ from syncsvc.commands.common import (
 
 
 def _connect_link(args: argparse.Namespace) -> int:
-    from syncsvc.connect_links import IssuedLink, issue_connect_link
+    from syncsvc.connect.links import IssuedLink, issue_connect_link
+    from syncsvc.connect.signing import Signer
     from syncsvc.errors import SyncsvcError
-    from syncsvc.signing import Signer
 
     settings = load_settings("connect-link")
     if settings is None:

@@ -58,10 +58,10 @@ def listen_failure(command: str, host: str, port: int, exc: OSError) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from syncsvc.app import create_app, keys_on_hangup
     from syncsvc.errors import ConfigError
     from syncsvc.logging import get_logger
     from syncsvc.netguard import is_loopback_host
+    from syncsvc.web.app import create_app, keys_on_hangup
 
     settings = load_settings("serve", configure_logs=True)
     if settings is None:

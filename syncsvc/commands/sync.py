@@ -53,8 +53,8 @@ async def _once(settings: Settings, args: argparse.Namespace) -> WorkReport:
         report = await run_due(context, tenant_id=tenant_id, connection_ids=args.connection)
         if not args.tenant and not args.connection:
             # The outboxes are global: a run limited to one tenant or connection leaves them.
-            from syncsvc.revocations import retry_pending
-            from syncsvc.webhooks import deliver_due
+            from syncsvc.lifecycle.revocations import retry_pending
+            from syncsvc.lifecycle.webhooks import deliver_due
 
             await deliver_due(context)
             await retry_pending(context)

@@ -24,8 +24,8 @@ from syncsvc.commands.common import (
 
 if TYPE_CHECKING:
     from syncsvc.db.models import Tenant
+    from syncsvc.directory.tenants import TenantSpec
     from syncsvc.settings import Settings
-    from syncsvc.tenants import TenantSpec
 
 AUTH_METHODS = ("public", "client_secret_basic", "client_secret_post", "private_key_jwt")
 VENDORS = ("cerner", "epic", "generic")
@@ -33,8 +33,8 @@ VENDORS = ("cerner", "epic", "generic")
 
 def tenant_name(value: str) -> str:
     """argparse type of ``--name``: a valid tenant name, else a usage error saying why."""
+    from syncsvc.directory.tenants import check_tenant_name
     from syncsvc.errors import ConfigError
-    from syncsvc.tenants import check_tenant_name
 
     try:
         return check_tenant_name(value)
@@ -123,8 +123,8 @@ def _print_tenant(summary: dict[str, Any]) -> None:
 
 
 async def _register(settings: Settings, spec: TenantSpec) -> Tenant:
+    from syncsvc.directory.tenants import register_tenant
     from syncsvc.http import create_http_client
-    from syncsvc.tenants import register_tenant
     from syncsvc.vault import Vault
 
     vault = Vault.from_settings(settings)
@@ -141,8 +141,8 @@ async def _register(settings: Settings, spec: TenantSpec) -> Tenant:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from syncsvc.directory.tenants import DEFAULT_RESOURCE_TYPES, TenantSpec
     from syncsvc.errors import SyncsvcError
-    from syncsvc.tenants import DEFAULT_RESOURCE_TYPES, TenantSpec
 
     settings = load_settings("tenants add")
     if settings is None:
@@ -233,7 +233,7 @@ def _check_cmd(args: argparse.Namespace) -> int:
 
 def _warn_about_discovery(tenant: Tenant) -> list[str]:
     """The discovery findings ``tenants add`` warns about at once."""
-    from syncsvc.diagnosis import discovery_findings
+    from syncsvc.directory.diagnosis import discovery_findings
 
     found = discovery_findings(
         tenant.display_name, tenant.scopes_supported, list(tenant.capabilities or [])
@@ -312,10 +312,10 @@ def _remove_cmd(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from syncsvc.endpoint_import import read_endpoint_file
+    from syncsvc.directory.endpoint_import import read_endpoint_file
+    from syncsvc.directory.tenants import TenantSpec
     from syncsvc.errors import SyncsvcError
     from syncsvc.smart.mixup import redirect_uri_from_template
-    from syncsvc.tenants import TenantSpec
 
     settings = load_settings("tenants import")
     if settings is None:
@@ -333,8 +333,8 @@ def _import(args: argparse.Namespace) -> int:
     total = len(report.endpoints)
 
     async def run() -> int:
+        from syncsvc.directory.tenants import register_tenant
         from syncsvc.http import create_http_client
-        from syncsvc.tenants import register_tenant
         from syncsvc.vault import Vault
 
         vault = Vault.from_settings(settings)

@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.db import disconnect_repo, repo, resource_repo
 from syncsvc.db.models import Connection, SyncState, Tenant
 from syncsvc.db.stats_repo import count_resources
-from syncsvc.explain import Explanation, GrantFacts, TypeFacts, explain
+from syncsvc.directory.tenants import resource_types_of
 from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES, covered_types, parse_scope
-from syncsvc.tenants import resource_types_of
+from syncsvc.sync.explain import Explanation, GrantFacts, TypeFacts, explain
 from syncsvc.vocabulary import UNGRANTED_TYPE_STATES
 
 OFFLINE_ACCESS = "offline_access"
@@ -154,7 +154,7 @@ def grant_facts(
     counts: Mapping[str, int],
     revocation_pending: bool = False,
 ) -> GrantFacts:
-    """The facts :func:`syncsvc.explain.explain` words, from rows the caller has read."""
+    """The facts :func:`syncsvc.sync.explain.explain` words, from rows the caller has read."""
     candidates = resource_types_of(tenant) if tenant is not None else DEFAULT_RESOURCE_TYPES
     return GrantFacts(
         status=connection.status,

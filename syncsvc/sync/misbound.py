@@ -22,9 +22,9 @@ from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models import Connection, Tenant, new_id
 from syncsvc.db.stats_repo import count_resources
+from syncsvc.directory.tenants import client_credentials, revocation_endpoint
 from syncsvc.errors import VaultError
-from syncsvc.logging import get_logger
-from syncsvc.revocations import (
+from syncsvc.lifecycle.revocations import (
     ACCESS_TOKEN_HINT,
     ATTEMPT_TIMEOUT_SECONDS,
     LEASE_SECONDS,
@@ -33,7 +33,7 @@ from syncsvc.revocations import (
     attempt,
     token_purpose,
 )
-from syncsvc.tenants import client_credentials, revocation_endpoint
+from syncsvc.logging import get_logger
 from syncsvc.vault import Vault
 
 from .context import SyncContext

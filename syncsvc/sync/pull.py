@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo, resource_repo
 from syncsvc.db.models import Connection, SyncState, Tenant, new_id
+from syncsvc.directory.tenants import resource_types_of, smart_configuration
 from syncsvc.errors import (
     Misbound,
     NotFound,
@@ -76,7 +77,6 @@ from syncsvc.sync.store import (
     store_page,
 )
 from syncsvc.sync.type_schedule import RETRYING, after_failure, waiting_until
-from syncsvc.tenants import resource_types_of, smart_configuration
 from syncsvc.vocabulary import NO_READABLE_TYPE, SYNCING_STATUSES, PullOutcome, TypeRunStatus
 
 log = structlog.get_logger("syncsvc.sync.pull")

@@ -23,18 +23,18 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc import webhooks
 from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models import Connection, new_id
+from syncsvc.directory.tenants import client_credentials, revocation_endpoint
 from syncsvc.errors import Conflict, Misbound, ReauthRequired, Transient
+from syncsvc.lifecycle import webhooks
 from syncsvc.logging import get_logger
 from syncsvc.netguard import endpoint_problem, is_loopback_host
 from syncsvc.settings import Settings
 from syncsvc.smart.binding import foreign_patient, foreign_tenant
 from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.oauth import TokenResponse, refresh_tokens
-from syncsvc.tenants import client_credentials, revocation_endpoint
 from syncsvc.vault import Purpose
 from syncsvc.vocabulary import (
     OFFLINE_ACCESS_EXPIRED_MESSAGE,

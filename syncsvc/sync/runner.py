@@ -28,10 +28,10 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc import webhooks
 from syncsvc.db import repo
 from syncsvc.db.models import Connection, Tenant
 from syncsvc.errors import Transient
+from syncsvc.lifecycle import webhooks
 from syncsvc.logging import get_logger
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext

@@ -21,14 +21,14 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from syncsvc.lifecycle.purge import purge_expired
+from syncsvc.lifecycle.revocations import retry_pending
+from syncsvc.lifecycle.webhooks import deliver_due
 from syncsvc.logging import get_logger
-from syncsvc.purge import purge_expired
-from syncsvc.revocations import retry_pending
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.limits import TenantLimiter
 from syncsvc.sync.runner import WorkReport, run_due
 from syncsvc.sync.streak import FailureStreak
-from syncsvc.webhooks import deliver_due
 
 log = get_logger("syncsvc.sync.scheduler")
 #: APScheduler's logger, which warns each time a tick is due while the previous one still runs.
@@ -36,7 +36,7 @@ APSCHEDULER_LOGGER = "apscheduler.scheduler"
 #: A tick claims at most this many batches, so it ends and the next tick re-reads the schedule.
 BATCHES_PER_TICK = 4
 DRAIN_TIMEOUT_SECONDS = 30.0
-#: How often one process purges expired rows (``syncsvc.purge``).
+#: How often one process purges expired rows (``syncsvc.lifecycle.purge``).
 PURGE_INTERVAL_SECONDS = 60.0
 
 

@@ -40,7 +40,7 @@ def state_sentence(
     failing_since: dt.datetime | None,
     next_attempt_at: dt.datetime | None,
 ) -> str | None:
-    """:func:`type_sentence` from the state's columns (``syncsvc.explain`` words types so)."""
+    """:func:`type_sentence` from the state's columns (``syncsvc.sync.explain`` words types so)."""
     if status not in ("transient_error", "failing"):
         return None
     what = RESOURCE_DESCRIPTIONS.get(resource_type, resource_type)

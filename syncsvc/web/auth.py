@@ -7,8 +7,8 @@ import hashlib
 from aiohttp import web
 
 from syncsvc.errors import Unauthorized
-from syncsvc.keys import SETTINGS
 from syncsvc.settings import Secret
+from syncsvc.web.keys import SETTINGS
 
 
 def _bearer(request: web.Request) -> Secret | None:

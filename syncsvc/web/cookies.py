@@ -21,7 +21,7 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from syncsvc.errors import LaunchError
-from syncsvc.keys import SETTINGS, SIGNER
+from syncsvc.web.keys import SETTINGS, SIGNER
 
 BROWSER_COOKIE = "syncsvc_browser"
 SESSION_COOKIE = "syncsvc_session"

@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
-from syncsvc.connect_links import has_control_characters
+from syncsvc.connect.links import has_control_characters
 from syncsvc.errors import BadRequest, SyncsvcError
-from syncsvc.keys import SETTINGS
+from syncsvc.web.keys import SETTINGS
 
 from .problem import problem_from_error, problem_response
 

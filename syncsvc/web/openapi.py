@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from syncsvc.connect_links import MAX_LINK_TTL_SECONDS, MAX_USER_ID_LENGTH
-from syncsvc.keys import SETTINGS
+from syncsvc.connect.links import MAX_LINK_TTL_SECONDS, MAX_USER_ID_LENGTH
+from syncsvc.lifecycle.webhooks import MAX_ATTEMPTS, SIGNATURE_HEADER
 from syncsvc.vocabulary import CONNECTION_STATUSES, TYPE_STATES, WEBHOOK_EVENTS
 from syncsvc.web.cursors import MAX_CURSOR_LENGTH
 from syncsvc.web.handlers.data_api import (
@@ -23,7 +23,7 @@ from syncsvc.web.handlers.data_api import (
     DELETED_EXTENSION,
     MAX_LIMIT,
 )
-from syncsvc.webhooks import MAX_ATTEMPTS, SIGNATURE_HEADER
+from syncsvc.web.keys import SETTINGS
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from syncsvc.keys import HTTP, SESSIONMAKER, SETTINGS, VAULT
-from syncsvc.launch import LaunchServices
+from syncsvc.connect.launch import LaunchServices
+from syncsvc.web.keys import HTTP, SESSIONMAKER, SETTINGS, VAULT
 
 
 def launch_services(request: web.Request) -> LaunchServices:

@@ -18,12 +18,12 @@ from prometheus_client import generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.health.readiness import snapshot
-from syncsvc.keys import SCHEDULER, SESSIONMAKER, SETTINGS, WORK_METRICS
-from syncsvc.metrics import CONTENT_TYPE
 from syncsvc.settings import Settings
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.web.auth import require_operator
 from syncsvc.web.handlers.operators import healthz, readyz
+from syncsvc.web.keys import SCHEDULER, SESSIONMAKER, SETTINGS, WORK_METRICS
+from syncsvc.web.metrics import CONTENT_TYPE
 from syncsvc.web.middlewares import add_security_headers, error_middleware
 from syncsvc.work_metrics import WorkMetrics
 

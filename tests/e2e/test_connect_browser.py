@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from syncsvc.db.models import Connection
 from syncsvc.db.stats_repo import count_resources
-from syncsvc.keys import SESSIONMAKER
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import CERNER_TENANT
 from tests.integration.web.flows import Flow, sync_now
 

@@ -21,6 +21,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
+from syncsvc.directory.tenants import TenantSpec, fresh_configuration, register_tenant
 from syncsvc.errors import ConfigError, DiscoveryError
 from syncsvc.http import create_http_client, create_webhook_client
 from syncsvc.netguard import NonPublicAddress
@@ -29,7 +30,6 @@ from syncsvc.settings import Settings
 from syncsvc.smart.discovery import parse_smart_configuration
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.refresh import refresh_connection
-from syncsvc.tenants import TenantSpec, fresh_configuration, register_tenant
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.connected import register_and_connect

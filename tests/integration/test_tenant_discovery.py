@@ -9,9 +9,14 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
+from syncsvc.directory.tenants import (
+    DISCOVERY_TTL,
+    TenantSpec,
+    fresh_configuration,
+    register_tenant,
+)
 from syncsvc.errors import ConfigError, DiscoveryError
 from syncsvc.sandbox.server import RunningSandbox
-from syncsvc.tenants import DISCOVERY_TTL, TenantSpec, fresh_configuration, register_tenant
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.connected import register_sandbox_tenant

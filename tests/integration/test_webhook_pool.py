@@ -19,8 +19,8 @@ import pytest
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc import webhooks
 from syncsvc.http import create_http_client, create_webhook_client
+from syncsvc.lifecycle import webhooks
 from syncsvc.netguard import NonPublicAddress
 from syncsvc.settings import Secret, Settings
 from syncsvc.sync.context import SyncContext

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from syncsvc.endpoint_import import (
+from syncsvc.directory.endpoint_import import (
     MAX_FILE_BYTES,
     ImportedEndpoint,
     ImportReport,

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from syncsvc.explain import KEPT_UP_TO_DATE, GrantFacts, TypeFacts, explain
+from syncsvc.sync.explain import KEPT_UP_TO_DATE, GrantFacts, TypeFacts, explain
 from syncsvc.vocabulary import (
     CONNECTION_STATUSES,
     NO_READABLE_TYPE,

@@ -9,8 +9,8 @@ import hmac
 import pytest
 
 from syncsvc.errors import ConfigError
+from syncsvc.lifecycle.webhooks import sign, verify_signature, webhook_url_allowed
 from syncsvc.settings import Secret, Settings
-from syncsvc.webhooks import sign, verify_signature, webhook_url_allowed
 
 NOW = dt.datetime(2025, 3, 1, 12, 0, tzinfo=dt.UTC)
 T = int(NOW.timestamp())

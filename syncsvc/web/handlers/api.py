@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from syncsvc.connect_links import has_control_characters, issue_connect_link
+from syncsvc.connect.links import has_control_characters, issue_connect_link
 from syncsvc.errors import BadRequest, RateLimited
 from syncsvc.http import BodyTooLarge, read_body
-from syncsvc.keys import RATE_LIMITS, SESSIONMAKER, SETTINGS, SIGNER
 from syncsvc.web.auth import api_key_id, require_api_key
+from syncsvc.web.keys import RATE_LIMITS, SESSIONMAKER, SETTINGS, SIGNER
 
 MAX_JSON_BYTES = 64 * 1024
 

@@ -15,13 +15,12 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from syncsvc.connect_links import peek_connect_link, use_connect_link
+from syncsvc.connect.launch import LaunchOutcome, complete_launch, start_launch
+from syncsvc.connect.launch_failures import is_registration_error
+from syncsvc.connect.links import peek_connect_link, use_connect_link
 from syncsvc.db import repo
 from syncsvc.db.models import Tenant
 from syncsvc.errors import LaunchError
-from syncsvc.keys import RATE_LIMITS, SESSIONMAKER, SIGNER
-from syncsvc.launch import LaunchOutcome, complete_launch, start_launch
-from syncsvc.launch_failures import is_registration_error
 from syncsvc.sync.grant_states import explain_connection
 from syncsvc.web.cookies import (
     FORM_FIELD,
@@ -35,6 +34,7 @@ from syncsvc.web.cookies import (
     set_browser_binding,
     start_session,
 )
+from syncsvc.web.keys import RATE_LIMITS, SESSIONMAKER, SIGNER
 from syncsvc.web.services import launch_services
 
 MAX_FORM_BYTES = 16 * 1024

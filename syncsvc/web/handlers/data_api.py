@@ -36,9 +36,8 @@ from aiohttp import web
 from syncsvc.db import data_repo
 from syncsvc.db.data_repo import ChangedRow, ConnectionFacts
 from syncsvc.errors import BadRequest, Conflict, NotFound
-from syncsvc.explain import explain
-from syncsvc.keys import SESSIONMAKER, SETTINGS
 from syncsvc.smart.scopes import explain_trimmed, grant_report
+from syncsvc.sync.explain import explain
 from syncsvc.sync.grant_states import grant_facts
 from syncsvc.sync.type_words import type_sentence
 from syncsvc.web.auth import require_api_key
@@ -50,6 +49,7 @@ from syncsvc.web.cursors import (
     user_scope,
 )
 from syncsvc.web.handlers.api import json_response
+from syncsvc.web.keys import SESSIONMAKER, SETTINGS
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

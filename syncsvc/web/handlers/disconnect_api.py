@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from syncsvc.disconnect import disconnect_connection
 from syncsvc.errors import BadRequest
-from syncsvc.keys import HTTP, METRICS, SESSIONMAKER, SETTINGS, VAULT
+from syncsvc.lifecycle.disconnect import disconnect_connection
 from syncsvc.sync.context import SyncContext
 from syncsvc.web.auth import require_api_key
+from syncsvc.web.keys import HTTP, METRICS, SESSIONMAKER, SETTINGS, VAULT
 
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 

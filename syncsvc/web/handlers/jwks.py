@@ -2,14 +2,14 @@
 
 EHRs fetch this to verify the client assertions syncsvc signs at their token endpoints. Only the
 public halves are published; the private keys stay encrypted in the tenants table. The document
-comes from memory (:class:`~syncsvc.client_jwks.ClientJwks`), rebuilt only when keys change.
+comes from memory (:class:`~syncsvc.connect.client_jwks.ClientJwks`), rebuilt only when keys change.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from syncsvc.keys import CLIENT_JWKS
+from syncsvc.web.keys import CLIENT_JWKS
 
 #: EHRs cache the set; a rotated key shows up within this many seconds.
 CACHE_SECONDS = 300

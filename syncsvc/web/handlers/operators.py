@@ -23,11 +23,11 @@ from syncsvc.health.chart import outcome_chart
 from syncsvc.health.readiness import readiness, snapshot
 from syncsvc.health.report import TenantHealth, all_tenant_health, tenant_health
 from syncsvc.health.rules import RULES, worst
-from syncsvc.keys import METRICS, SCHEDULER, SESSIONMAKER, SETTINGS
 from syncsvc.logging import get_logger
-from syncsvc.metrics import CONTENT_TYPE
 from syncsvc.web.auth import require_operator
 from syncsvc.web.handlers.api import json_response
+from syncsvc.web.keys import METRICS, SCHEDULER, SESSIONMAKER, SETTINGS
+from syncsvc.web.metrics import CONTENT_TYPE
 
 log = get_logger("syncsvc.web.operators")
 #: A scrape gives up on the tenant reports after this long (Prometheus is waiting).

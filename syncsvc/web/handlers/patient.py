@@ -23,14 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.db import repo, resource_repo
 from syncsvc.db.models import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
-from syncsvc.disconnect import DisconnectResult, disconnect_connection
 from syncsvc.errors import NotFound
-from syncsvc.explain import explain
-from syncsvc.keys import HTTP, METRICS, SESSIONMAKER, SETTINGS, VAULT
+from syncsvc.lifecycle.disconnect import DisconnectResult, disconnect_connection
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.explain import explain
 from syncsvc.sync.grant_states import load_grant_facts
 from syncsvc.sync.type_words import type_sentence
 from syncsvc.web.cookies import SESSION_COOKIE, render_with_form_token, session_user
+from syncsvc.web.keys import HTTP, METRICS, SESSIONMAKER, SETTINGS, VAULT
 
 MAX_FORM_BYTES = 16 * 1024
 CSRF_FIELD = "csrf"

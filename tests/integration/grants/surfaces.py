@@ -19,11 +19,11 @@ import orjson
 from sqlalchemy import select
 
 from syncsvc.db.models import WebhookDelivery
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.settings import Secret
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.runner import WorkReport, run_due
+from syncsvc.web.keys import SESSIONMAKER
 from tests.integration.cli.runner import syncsvc
 from tests.integration.web.flows import Flow, sync_context
 

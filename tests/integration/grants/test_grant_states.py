@@ -13,9 +13,9 @@ import aiohttp
 from sqlalchemy import select
 
 from syncsvc.db.models import Event
-from syncsvc.explain import KEPT_UP_TO_DATE
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
+from syncsvc.sync.explain import KEPT_UP_TO_DATE
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.grants.surfaces import Clock, read_surfaces, sync, text
 from tests.integration.web.flows import Flow

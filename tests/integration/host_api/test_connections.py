@@ -6,7 +6,7 @@ import aiohttp
 from sqlalchemy import update
 
 from syncsvc.db.models import Connection
-from syncsvc.keys import SESSIONMAKER
+from syncsvc.web.keys import SESSIONMAKER
 from tests.integration.host_api.conftest import NANCY, connect
 from tests.integration.web.flows import sync_now
 from tests.integration.web.service import RunningService

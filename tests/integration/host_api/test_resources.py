@@ -9,8 +9,8 @@ import orjson
 from sqlalchemy import select, update
 
 from syncsvc.db.models import Resource, SyncState
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.host_api.conftest import (
     NANCY,

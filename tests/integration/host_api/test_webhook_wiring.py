@@ -8,8 +8,8 @@ import aiohttp
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc import webhooks
 from syncsvc.db import repo, resource_repo
+from syncsvc.lifecycle import webhooks
 from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Secret, Settings

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc import webhooks
 from syncsvc.db.models import WebhookDelivery
+from syncsvc.lifecycle import webhooks
 from syncsvc.settings import Secret, Settings
 from syncsvc.sync.context import SyncContext
 from syncsvc.vault import Vault

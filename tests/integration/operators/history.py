@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from syncsvc.db import event_repo, repo, resource_repo
 from syncsvc.db.models import Connection, Tenant, new_id
-from syncsvc.keys import SESSIONMAKER
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.web.flows import Flow, sync_now
 from tests.integration.web.service import RunningService

@@ -25,12 +25,12 @@ from syncsvc.db.models import (
     PendingRevocation,
     WebhookDelivery,
 )
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.auth_support import INVALID_LAUNCH_CODE
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
 from syncsvc.settings import Secret, Settings
 from syncsvc.sync.context import utcnow
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc
 from tests.integration.web.flows import Flow, sync_now

@@ -12,9 +12,9 @@ from sqlalchemy import select
 
 from syncsvc.db.models import LaunchFailure
 from syncsvc.health.rules import LAUNCH_FAILURES_DEGRADED, LAUNCH_FAILURES_FAILING
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc
 from tests.integration.web.flows import Flow

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from yarl import URL
 
 from syncsvc.db.models import Connection, Resource
-from syncsvc.keys import SESSIONMAKER
+from syncsvc.web.keys import SESSIONMAKER
 from tests.integration.connected import SANDBOX_SECRET
 from tests.integration.web.flows import Flow, stored_tokens, sync_now
 from tests.integration.web.service import RunningService

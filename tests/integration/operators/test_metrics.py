@@ -8,9 +8,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from syncsvc.keys import METRICS
-from syncsvc.metrics import Metrics
 from syncsvc.sync.context import utcnow
+from syncsvc.web.keys import METRICS
+from syncsvc.web.metrics import Metrics
 from tests.integration.operators.history import TENANT, add_events, connected_tenant
 from tests.integration.web.flows import Flow, set_status
 from tests.integration.web.service import RunningService

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import aiohttp
 
-from syncsvc.app import create_app
-from syncsvc.keys import SCHEDULER
 from syncsvc.settings import Settings
+from syncsvc.web.app import create_app
+from syncsvc.web.keys import SCHEDULER
 from tests.integration.operators.conftest import serving
 from tests.integration.web.conftest import RunningService
 

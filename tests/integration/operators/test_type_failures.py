@@ -18,13 +18,13 @@ from sqlalchemy import func, select
 
 from syncsvc.db import resource_repo
 from syncsvc.db.models import Resource, SyncRun
-from syncsvc.keys import METRICS, SESSIONMAKER
 from syncsvc.sandbox.config import FaultSpec, SandboxConfig
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.sync.context import utcnow
 from syncsvc.sync.runner import run_due
 from syncsvc.sync.type_schedule import FAILING_AFTER_RUNS
 from syncsvc.sync.type_words import type_sentence
+from syncsvc.web.keys import METRICS, SESSIONMAKER
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc
 from tests.integration.patient.helpers import words

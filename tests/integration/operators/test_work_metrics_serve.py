@@ -19,12 +19,12 @@ import pytest
 from aiohttp import web
 from prometheus_client import generate_latest
 
-from syncsvc.app import create_app
-from syncsvc.keys import SESSIONMAKER
-from syncsvc.metrics import Metrics
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.vault import Vault
+from syncsvc.web.app import create_app
+from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.metrics import Metrics
 from syncsvc.work_metrics import WorkMetrics
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.operators.exposition import (

@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 from prometheus_client import generate_latest
 
-from syncsvc.keys import SESSIONMAKER
-from syncsvc.metrics import Metrics
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
+from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.metrics import Metrics
 from syncsvc.work_metrics import WorkMetrics
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.multiprocess import Worker, worker_env

@@ -10,12 +10,12 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select
 
 from syncsvc.db.models import Connection, Credential, Event, PendingRevocation, Resource
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.patient import Form, PageResult, ScriptedPatient, parse_forms
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sandbox.state import Grant
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.runner import run_due
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.web.flows import Flow, sync_context
 from tests.integration.web.service import RunningService

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from syncsvc.db import repo
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.patient import ScriptedPatient
+from syncsvc.web.keys import SESSIONMAKER
 from tests.integration.patient.helpers import (
     NOTHING_LEFT,
     connect_and_sync,

@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 
 from syncsvc.db import repo
-from syncsvc.disconnect import disconnect_connection
-from syncsvc.keys import SESSIONMAKER
-from syncsvc.revocations import MAX_ATTEMPTS, retry_pending
+from syncsvc.lifecycle.disconnect import disconnect_connection
+from syncsvc.lifecycle.revocations import MAX_ATTEMPTS, retry_pending
 from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import utcnow
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.patient.helpers import (
     NOTHING_LEFT,

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db.models import ConnectLink, LaunchAttempt, WebhookDelivery
-from syncsvc.purge import LAUNCH_GRACE, purge_expired
+from syncsvc.lifecycle.purge import LAUNCH_GRACE, purge_expired
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.scheduler import SyncScheduler

@@ -24,9 +24,9 @@ from structlog.testing import capture_logs
 
 from syncsvc.db import repo
 from syncsvc.db.models import Connection, PendingRevocation
-from syncsvc.disconnect import disconnect_connection
 from syncsvc.errors import ReauthRequired, Transient
-from syncsvc.revocations import retry_pending, token_purpose
+from syncsvc.lifecycle.disconnect import disconnect_connection
+from syncsvc.lifecycle.revocations import retry_pending, token_purpose
 from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.faults import reset_connection
 from syncsvc.sandbox.server import RunningSandbox

@@ -14,13 +14,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from syncsvc.app import create_app
 from syncsvc.sandbox.config import ClientRegistration, SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.smart.client_auth import generate_private_key
 from syncsvc.smart.mixup import tenant_callback_uri
 from syncsvc.vault import Vault
+from syncsvc.web.app import create_app
 from tests.integration.web.flows import Flow
 from tests.integration.web.service import (
     PKJWT_CLIENT,

@@ -17,13 +17,13 @@ from sqlalchemy import select
 
 from syncsvc.db import repo
 from syncsvc.db.models import Connection, Tenant
-from syncsvc.keys import HTTP, SESSIONMAKER
+from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens
 from syncsvc.sync.runner import WorkReport, run_due
-from syncsvc.tenants import TenantSpec, register_tenant
+from syncsvc.web.keys import HTTP, SESSIONMAKER
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT
 from tests.integration.connected import SANDBOX_SECRET
 from tests.integration.web.service import PKJWT_CLIENT, PKJWT_KEY_ID, RunningService

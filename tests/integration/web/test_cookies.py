@@ -8,13 +8,13 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from syncsvc.app import create_app
-from syncsvc.connect_links import issue_connect_link
-from syncsvc.keys import SESSIONMAKER, SIGNER
+from syncsvc.connect.links import issue_connect_link
+from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
-from syncsvc.tenants import TenantSpec, register_tenant
 from syncsvc.vault import Vault
+from syncsvc.web.app import create_app
+from syncsvc.web.keys import SESSIONMAKER, SIGNER
 from tests.fixtures.sandbox import GENERIC_TENANT
 
 PUBLIC = "https://sync.example.org"

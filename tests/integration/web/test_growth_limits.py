@@ -7,9 +7,9 @@ import pytest
 from sqlalchemy import func, select
 
 from syncsvc.db.models import ConnectLink, LaunchAttempt
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.settings import Secret, Settings
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.web.flows import Flow
 

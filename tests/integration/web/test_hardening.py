@@ -8,8 +8,8 @@ import pytest
 from sqlalchemy import select
 
 from syncsvc.db.models import ConnectLink, LaunchAttempt
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import EPIC_TENANT, GENERIC_TENANT
 from tests.integration.web.flows import Flow
 

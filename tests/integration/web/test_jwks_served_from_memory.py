@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 
-from syncsvc.keys import CLIENT_JWKS, SESSIONMAKER
+from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.smart.client_auth import generate_private_key
-from syncsvc.tenants import TenantSpec, register_tenant
+from syncsvc.web.keys import CLIENT_JWKS, SESSIONMAKER
 from tests.fixtures.sandbox import EPIC_TENANT, GENERIC_TENANT
 from tests.integration.web.flows import Flow
 from tests.integration.web.service import PKJWT_CLIENT

@@ -6,9 +6,9 @@ import aiohttp
 from sqlalchemy import select
 
 from syncsvc.db.models import Credential, LaunchAttempt
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.sync.credentials import load_tokens
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
 from tests.integration.web.flows import Flow
 

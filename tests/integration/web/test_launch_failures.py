@@ -7,12 +7,12 @@ import datetime as dt
 import aiohttp
 from sqlalchemy import select, update
 
-from syncsvc.connect_links import issue_connect_link
+from syncsvc.connect.links import issue_connect_link
 from syncsvc.db.models import Credential, LaunchAttempt, PendingRevocation, Tenant
-from syncsvc.keys import SESSIONMAKER, SIGNER
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.sync.credentials import load_tokens
+from syncsvc.web.keys import SESSIONMAKER, SIGNER
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.web.flows import Flow
 

@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import select
 
 from syncsvc.db.models import LaunchAttempt
-from syncsvc.keys import SESSIONMAKER
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig, vendor_policy
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.web.keys import SESSIONMAKER
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.web.flows import Flow
 

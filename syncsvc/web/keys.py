@@ -9,12 +9,12 @@ import aiohttp
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from syncsvc.client_jwks import ClientJwks
-from syncsvc.metrics import Metrics
+from syncsvc.connect.client_jwks import ClientJwks
+from syncsvc.connect.signing import Signer
 from syncsvc.settings import Settings
-from syncsvc.signing import Signer
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
+from syncsvc.web.metrics import Metrics
 from syncsvc.web.ratelimit import RateLimits
 from syncsvc.work_metrics import WorkMetrics
 

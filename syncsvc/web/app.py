@@ -1,6 +1,6 @@
 """The syncsvc web application: ``create_app(settings)``.
 
-Shared resources are typed ``AppKey`` entries (``syncsvc.keys``) created and closed in
+Shared resources are typed ``AppKey`` entries (``syncsvc.web.keys``) created and closed in
 ``cleanup_ctx`` generators, in dependency order: database, the outbound HTTP client, then the
 sync scheduler (which needs both, and stops first).
 Configuration problems (no vault key, no link-signing key) fail at creation, before listening.
@@ -17,11 +17,18 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from syncsvc.client_jwks import ClientJwks
+from syncsvc.connect.client_jwks import ClientJwks
+from syncsvc.connect.signing import Signer
 from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.errors import ConfigError
 from syncsvc.http import create_http_client, create_webhook_client
-from syncsvc.keys import (
+from syncsvc.process import tune_gc
+from syncsvc.settings import Settings
+from syncsvc.sync.context import SyncContext
+from syncsvc.sync.page_decode import page_decoder
+from syncsvc.sync.scheduler import SyncScheduler
+from syncsvc.vault import Vault
+from syncsvc.web.keys import (
     CLIENT_JWKS,
     ENGINE,
     HTTP,
@@ -34,14 +41,7 @@ from syncsvc.keys import (
     VAULT,
     WEBHOOK_HTTP,
 )
-from syncsvc.metrics import Metrics
-from syncsvc.process import tune_gc
-from syncsvc.settings import Settings
-from syncsvc.signing import Signer
-from syncsvc.sync.context import SyncContext
-from syncsvc.sync.page_decode import page_decoder
-from syncsvc.sync.scheduler import SyncScheduler
-from syncsvc.vault import Vault
+from syncsvc.web.metrics import Metrics
 from syncsvc.web.middlewares import (
     add_security_headers,
     context_middleware,

@@ -25,14 +25,13 @@ from typing import Any
 
 from aiohttp import web
 
-from syncsvc.app import create_app
-from syncsvc.connect_links import issue_connect_link
+from syncsvc.connect.links import issue_connect_link
 from syncsvc.db import repo
 from syncsvc.db.migrate import upgrade_to_head
 from syncsvc.db.stats_repo import count_resources
+from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.errors import SyncsvcError
 from syncsvc.http import describe_listen_error
-from syncsvc.keys import HTTP, SESSIONMAKER, SIGNER, VAULT
 from syncsvc.sandbox.config import default_config
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox, running_sandbox
@@ -41,8 +40,9 @@ from syncsvc.smart.mixup import tenant_callback_uri
 from syncsvc.smart.scopes import grant_report
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.runner import WorkReport, run_due
-from syncsvc.tenants import TenantSpec, register_tenant
 from syncsvc.vault import ensure_key_file
+from syncsvc.web.app import create_app
+from syncsvc.web.keys import HTTP, SESSIONMAKER, SIGNER, VAULT
 
 DEMO_USER = "demo-user"
 DEMO_PATIENT_LOGIN = "nancysmart"

@@ -23,7 +23,7 @@ from syncsvc.db import launch_failure_repo
 from syncsvc.logging import get_logger, redact_text
 from syncsvc.smart.vendor_errors import OAuthError, known_reason
 
-log = get_logger("syncsvc.launch_failures")
+log = get_logger("syncsvc.connect.launch_failures")
 
 FailureKind = Literal["patient_choice", "browser", "registration", "misbound", "other"]
 

@@ -13,10 +13,10 @@ from urllib.parse import urlencode
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from syncsvc.connect.signing import ConnectLinkClaims, Signer
 from syncsvc.db import repo
 from syncsvc.errors import BadRequest
 from syncsvc.settings import Settings
-from syncsvc.signing import ConnectLinkClaims, Signer
 
 MAX_USER_ID_LENGTH = 255
 #: A link may be made shorter-lived than the default, never longer than a week.

@@ -20,7 +20,7 @@ from syncsvc.db import purge_repo
 from syncsvc.logging import get_logger
 from syncsvc.sync.context import SyncContext
 
-log = get_logger("syncsvc.purge")
+log = get_logger("syncsvc.lifecycle.purge")
 
 BATCH_SIZE = 500
 BATCHES_PER_KIND = 4

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncsvc.connect.launch_failures import kind_of
 from syncsvc.db.health_repo import ConnectionFacts
-from syncsvc.launch_failures import kind_of
 from syncsvc.smart.scopes import grant_report, parse_scope
 
 OFFLINE_ACCESS = "offline_access"

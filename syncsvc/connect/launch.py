@@ -23,13 +23,19 @@ import aiohttp
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc import webhooks
+from syncsvc.connect.launch_failures import record_launch_failure
 from syncsvc.db import launch_failure_repo, repo
 from syncsvc.db.models import Connection, LaunchAttempt, Tenant, new_id
+from syncsvc.directory.tenants import (
+    client_credentials,
+    fresh_configuration,
+    redirect_uri_of,
+    resource_types_of,
+)
 from syncsvc.errors import LaunchError, ReauthRequired, SyncsvcError, Transient
 from syncsvc.fhir.client import FhirClient
 from syncsvc.fhir.ids import is_fhir_id
-from syncsvc.launch_failures import record_launch_failure
+from syncsvc.lifecycle import webhooks
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
 from syncsvc.smart import oauth
@@ -43,16 +49,10 @@ from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens, save_tokens
 from syncsvc.sync.grant_states import readable_types, reconcile_type_states
 from syncsvc.sync.misbound import TENANT_MISMATCH, GrantToEnd, end_misbound, revoke_now
-from syncsvc.tenants import (
-    client_credentials,
-    fresh_configuration,
-    redirect_uri_of,
-    resource_types_of,
-)
 from syncsvc.vault import Purpose, Vault
 from syncsvc.vocabulary import NO_READABLE_TYPE
 
-log = get_logger("syncsvc.launch")
+log = get_logger("syncsvc.connect.launch")
 
 #: The inline revocation attempt of a misbound grant is short: a person is waiting.
 INLINE_REVOKE_TIMEOUT_SECONDS = 5.0

@@ -5,7 +5,7 @@ it as the reason), it leaves the schedule, its credentials are deleted, its sync
 when asked, and the token to revoke (the refresh token; the access token when there is none) is
 queued in ``pending_revocations``, encrypted and leased to this call. Only then is the EHR called
 (RFC 7009), once and briefly; success deletes the queued row, failure leaves it for
-:func:`syncsvc.revocations.retry_pending`. So an EHR that is down cannot leave anything
+:func:`syncsvc.lifecycle.revocations.retry_pending`. So an EHR that is down cannot leave anything
 half-done: the tokens are gone here either way, and the revocation is retried and reported.
 
 The connection row is kept, so the host application can see that (and when) it was disconnected;
@@ -25,9 +25,13 @@ from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models import Connection, Tenant, new_id
 from syncsvc.db.stats_repo import count_resources
+from syncsvc.directory.tenants import (
+    client_credentials,
+    revocation_endpoint,
+    revocation_endpoint_refused,
+)
 from syncsvc.errors import NotFound, VaultError
-from syncsvc.logging import get_logger
-from syncsvc.revocations import (
+from syncsvc.lifecycle.revocations import (
     ACCESS_TOKEN_HINT,
     LEASE_SECONDS,
     REFRESH_TOKEN_HINT,
@@ -35,11 +39,11 @@ from syncsvc.revocations import (
     attempt,
     token_purpose,
 )
+from syncsvc.logging import get_logger
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens
-from syncsvc.tenants import client_credentials, revocation_endpoint, revocation_endpoint_refused
 
-log = get_logger("syncsvc.disconnect")
+log = get_logger("syncsvc.lifecycle.disconnect")
 
 DisconnectedBy = Literal["patient", "host_app", "operator"]
 DISCONNECTED_BY: tuple[str, ...] = get_args(DisconnectedBy)

@@ -42,7 +42,7 @@ from syncsvc.sync.context import SyncContext
 from syncsvc.sync.grant_states import explain_connection
 from syncsvc.vocabulary import WEBHOOK_EVENTS
 
-log = get_logger("syncsvc.webhooks")
+log = get_logger("syncsvc.lifecycle.webhooks")
 
 EVENT_TYPES = WEBHOOK_EVENTS
 #: What ``data`` may carry: outcomes, counts and plain-words reasons, never patient data.

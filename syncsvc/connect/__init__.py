@@ -1,0 +1,1 @@
+"""The patient's one-time journey: signed connect links, the SMART launch and its callback."""
