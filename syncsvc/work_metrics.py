@@ -208,7 +208,7 @@ class WorkMetrics:
     """The work counters of one process, in ``registry`` (a private one when None)."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.ehr_requests = Counter(
             "syncsvc_ehr_requests",

@@ -1,4 +1,8 @@
-"""What every command shares: help layout, settings loading, a database and a sync context."""
+"""What every command shares: help layout, settings loading and a database.
+
+Commands that reach an EHR or run the sync engine open the process's
+:class:`~syncsvc.services.Services` instead, and take what they need from it.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,9 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
-    import aiohttp
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from syncsvc.settings import Settings
-    from syncsvc.sync.context import SyncContext
-    from syncsvc.sync.page_decode import PageDecoder
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -124,30 +125,6 @@ async def database(settings: Settings) -> AsyncIterator[async_sessionmaker[Async
         yield create_sessionmaker(engine)
     finally:
         await engine.dispose()
-
-
-def sync_context(
-    settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    http: aiohttp.ClientSession,
-    decoder: PageDecoder | None = None,
-) -> SyncContext:
-    """The sync engine's context on this command's database and HTTP client.
-
-    Pages are decoded in place unless ``decoder`` (a started one) is given. Raises ConfigError
-    when no vault key is configured.
-    """
-    from syncsvc.sync.context import SyncContext
-    from syncsvc.sync.page_decode import PageDecoder
-    from syncsvc.vault import Vault
-
-    return SyncContext(
-        settings=settings,
-        sessionmaker=sessionmaker,
-        vault=Vault.from_settings(settings),
-        http=http,
-        decoder=decoder or PageDecoder(),
-    )
 
 
 def print_json(payload: Any) -> None:

@@ -22,12 +22,13 @@ from syncsvc.commands.common import (
     failed,
     load_settings,
     print_json,
-    sync_context,
 )
 from syncsvc.vocabulary import CONNECTION_STATUSES, SUCCESSFUL_RUN_OUTCOMES
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
+    import datetime as dt
+
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from syncsvc.db.models import Connection
     from syncsvc.lifecycle.disconnect import DisconnectResult
@@ -260,43 +261,52 @@ def _show_type(connection_id: str, result: TypeResult) -> None:
     )
 
 
+async def _mark_due(
+    sessionmaker: async_sessionmaker[AsyncSession], connection_id: str
+) -> dt.datetime | None:
+    """Make the connection due now (CommandFailed unless it is active); its backoff, if any."""
+    from syncsvc.db import repo
+    from syncsvc.sync.context import utcnow
+
+    async with sessionmaker.begin() as session:
+        connection = await repo.get_connection(session, connection_id)
+        if connection is None:
+            raise CommandFailed(f"no connection with id '{connection_id}'")
+        if connection.status != "active":
+            reason = f" ({connection.status_reason})" if connection.status_reason else ""
+            raise CommandFailed(
+                f"connection {connection_id} is {connection.status}{reason}; it cannot sync "
+                "until the patient reconnects"
+            )
+        connection.next_sync_at = utcnow()
+        return connection.backoff_until
+
+
 async def _sync(
     settings: Settings, connection_id: str, *, now: bool, full: bool = False
 ) -> WorkReport | None:
-    from syncsvc.db import repo
-    from syncsvc.http import create_http_client
+    from syncsvc.services import Services
     from syncsvc.sync.context import utcnow
     from syncsvc.sync.runner import PullOptions, run_due
 
-    async with database(settings) as sessionmaker:
-        async with sessionmaker.begin() as session:
-            connection = await repo.get_connection(session, connection_id)
-            if connection is None:
-                raise CommandFailed(f"no connection with id '{connection_id}'")
-            if connection.status != "active":
-                reason = f" ({connection.status_reason})" if connection.status_reason else ""
-                raise CommandFailed(
-                    f"connection {connection_id} is {connection.status}{reason}; it cannot sync "
-                    "until the patient reconnects"
-                )
-            connection.next_sync_at = utcnow()
-            backoff = connection.backoff_until
-        if not now:
-            return None
+    if not now:
+        async with database(settings) as sessionmaker:
+            await _mark_due(sessionmaker, connection_id)
+        return None
+    async with Services(settings, require_schema=True) as services:
+        backoff = await _mark_due(services.sessionmaker, connection_id)
         if backoff is not None and backoff > utcnow():
             raise CommandFailed(
                 f"connection {connection_id} is backing off until {_when(backoff)} after EHR "
                 "errors; it will sync then"
             )
         print(f"syncing connection {connection_id} ...", file=sys.stderr, flush=True)
-        async with create_http_client() as http:
-            ctx = sync_context(settings, sessionmaker, http)
-            report = await run_due(
-                ctx,
-                connection_ids=[connection_id],
-                max_batches=1,
-                pull=PullOptions(full=full, on_type=_show_type),
-            )
+        report = await run_due(
+            services.sync_context(),
+            connection_ids=[connection_id],
+            max_batches=1,
+            pull=PullOptions(full=full, on_type=_show_type),
+        )
         print("sync finished", file=sys.stderr, flush=True)
         return report
 
@@ -325,11 +335,11 @@ def _sync_cmd(args: argparse.Namespace) -> int:
 
 async def _disconnect(settings: Settings, connection_id: str, *, erase: bool) -> DisconnectResult:
     from syncsvc.errors import NotFound
-    from syncsvc.http import create_http_client
     from syncsvc.lifecycle.disconnect import disconnect_connection
+    from syncsvc.services import Services
 
-    async with database(settings) as sessionmaker, create_http_client() as http:
-        ctx = sync_context(settings, sessionmaker, http)
+    async with Services(settings, require_schema=True) as services:
+        ctx = services.sync_context()
         try:
             return await disconnect_connection(ctx, connection_id, by="operator", erase=erase)
         except NotFound as exc:

@@ -35,14 +35,14 @@ from syncsvc.http import describe_listen_error
 from syncsvc.sandbox.config import default_config
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox, running_sandbox
+from syncsvc.services import Services
 from syncsvc.settings import Secret, Settings
 from syncsvc.smart.mixup import tenant_callback_uri
 from syncsvc.smart.scopes import grant_report
-from syncsvc.sync.context import SyncContext
 from syncsvc.sync.runner import WorkReport, run_due
 from syncsvc.vault import ensure_key_file
 from syncsvc.web.app import create_app
-from syncsvc.web.keys import HTTP, SESSIONMAKER, SIGNER, VAULT
+from syncsvc.web.keys import SERVICES, SIGNER
 
 DEMO_USER = "demo-user"
 DEMO_PATIENT_LOGIN = "nancysmart"
@@ -170,7 +170,8 @@ async def _register_sandbox_tenants(
             client_secret=SANDBOX_SECRET if confidential else None,
             redirect_uri=tenant_callback_uri(public_url, name),
         )
-        await register_tenant(app[SESSIONMAKER], app[VAULT], app[HTTP], spec, now=now)
+        services = app[SERVICES]
+        await register_tenant(services.sessionmaker, services.vault, services.http, spec, now=now)
 
 
 async def run_demo(
@@ -199,7 +200,7 @@ async def run_demo(
         )
         summary.sandbox_url = sandbox.origin
         # Interactive: keep syncing in the background, as `syncsvc serve` does.
-        app = create_app(settings, background=not once)
+        app = create_app(Services(settings, background=not once))
         await stack.enter_async_context(serving(app, app_socket))
         await _connect_and_sync(app, settings, sandbox, summary, say)
         summary.connect_url = await _fresh_link(app, settings)
@@ -221,7 +222,7 @@ async def run_demo(
 async def _fresh_link(
     app: web.Application, settings: Settings, tenant_name: str | None = None
 ) -> str:
-    async with app[SESSIONMAKER].begin() as session:
+    async with app[SERVICES].sessionmaker.begin() as session:
         link = await issue_connect_link(
             session,
             app[SIGNER],
@@ -247,9 +248,7 @@ async def _connect_and_sync(
         page = await patient.connect(link_url)
     if page.status != 200:
         raise SyncsvcError(f"the demo patient could not connect (HTTP {page.status})")
-    context = SyncContext(
-        settings=settings, sessionmaker=app[SESSIONMAKER], vault=app[VAULT], http=app[HTTP]
-    )
+    context = app[SERVICES].sync_context()
     totals = WorkReport()
     for _ in range(SYNC_ROUNDS):
         report = await run_due(context)
@@ -264,7 +263,7 @@ async def _connect_and_sync(
 
 
 async def _describe_connections(app: web.Application, summary: DemoSummary) -> None:
-    async with app[SESSIONMAKER]() as session:
+    async with app[SERVICES].sessionmaker() as session:
         for connection in await repo.list_connections(session, user_id=DEMO_USER):
             report = grant_report(
                 connection.requested_scopes, connection.granted_scopes, has_refresh_token=True

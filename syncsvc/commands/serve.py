@@ -61,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     from syncsvc.errors import ConfigError
     from syncsvc.logging import get_logger
     from syncsvc.netguard import is_loopback_host
+    from syncsvc.services import Services
     from syncsvc.web.app import create_app, keys_on_hangup
 
     settings = load_settings("serve", configure_logs=True)
@@ -82,7 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
             public_url=settings.public_url,
         )
     try:
-        app = create_app(settings, background=not args.no_sync)
+        app = create_app(Services(settings, background=not args.no_sync))
     except ConfigError as exc:
         sock.close()
         return fail("serve", exc.message, EXIT_USAGE)

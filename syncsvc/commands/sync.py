@@ -14,12 +14,10 @@ from syncsvc.commands.common import (
     EXIT_USAGE,
     Commands,
     add_command,
-    database,
     fail,
     failed,
     load_settings,
     print_json,
-    sync_context,
 )
 
 #: What binding the metrics port fails with (anything else is not about the port).
@@ -33,23 +31,18 @@ if TYPE_CHECKING:
 async def _once(settings: Settings, args: argparse.Namespace) -> WorkReport:
     from syncsvc.db import repo
     from syncsvc.errors import NotFound
-    from syncsvc.http import create_http_client
-    from syncsvc.sync.page_decode import page_decoder
+    from syncsvc.services import Services
     from syncsvc.sync.runner import run_due
 
-    async with (
-        database(settings) as sessionmaker,
-        create_http_client() as http,
-        page_decoder(settings.decode_workers) as decoder,
-    ):
+    async with Services(settings, decode_in_workers=True, require_schema=True) as services:
         tenant_id = None
         if args.tenant:
-            async with sessionmaker() as session:
+            async with services.sessionmaker() as session:
                 tenant = await repo.get_tenant_by_name(session, args.tenant)
             if tenant is None:
                 raise NotFound(f"no tenant named '{args.tenant}'")
             tenant_id = tenant.id
-        context = sync_context(settings, sessionmaker, http, decoder)
+        context = services.sync_context()
         report = await run_due(context, tenant_id=tenant_id, connection_ids=args.connection)
         if not args.tenant and not args.connection:
             # The outboxes are global: a run limited to one tenant or connection leaves them.
@@ -82,11 +75,9 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 async def _work_forever(settings: Settings, args: argparse.Namespace) -> None:
-    from syncsvc.http import create_http_client
     from syncsvc.logging import get_logger
     from syncsvc.process import tune_gc
-    from syncsvc.sync.page_decode import page_decoder
-    from syncsvc.sync.scheduler import SyncScheduler
+    from syncsvc.services import Services
     from syncsvc.web.worker_app import create_worker_app, serving_worker_app
 
     stop = asyncio.Event()
@@ -94,19 +85,14 @@ async def _work_forever(settings: Settings, args: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with (
-        database(settings) as sessionmaker,
-        create_http_client() as http,
-        page_decoder(settings.decode_workers) as decoder,
+        Services(settings, background=True, require_schema=True) as services,
         contextlib.AsyncExitStack() as serving,
     ):
-        context = sync_context(settings, sessionmaker, http, decoder)
-        context.publish_pipeline()
-        scheduler = SyncScheduler(context)
         # SIGHUP re-reads the vault key file at once (it is also noticed when it changes).
-        loop.add_signal_handler(signal.SIGHUP, context.vault.refresh)
+        loop.add_signal_handler(signal.SIGHUP, services.vault.refresh)
         if args.metrics_port is not None:
             # Listening first: a port in use stops the worker before it claims any work.
-            app = create_worker_app(settings, sessionmaker, scheduler, context.metrics)
+            app = create_worker_app(services)
             port = await serving.enter_async_context(
                 serving_worker_app(app, args.metrics_host, args.metrics_port)
             )
@@ -114,9 +100,9 @@ async def _work_forever(settings: Settings, args: argparse.Namespace) -> None:
                 "metrics served", url=f"http://{args.metrics_host}:{port}/metrics"
             )
         tune_gc()
-        scheduler.start()
+        services.start_background()
         await stop.wait()
-        await scheduler.stop()
+        await services.stop_background()
 
 
 def _worker(args: argparse.Namespace) -> int:

@@ -1,12 +1,12 @@
 """Prometheus metrics of one application: request latencies, tenant health, and its work.
 
-Each application owns a :class:`Metrics` with its own ``CollectorRegistry`` (never the global
-one: a process, or a test run, may build many applications). Request latencies are observed by
-:meth:`Metrics.middleware`; the work counters (:class:`~syncsvc.work_metrics.WorkMetrics`) by the
-sync engine of the process's scheduler; the database-derived gauges are computed when
-``/metrics`` is scraped (from the same reports as the health endpoints and the same readiness as
-``/readyz``) and handed to collectors just before the exposition is rendered, with no await in
-between, so a scrape never sees another's numbers.
+Each application owns a :class:`Metrics` on the ``CollectorRegistry`` of its services' work
+counters (never the global one: a process, or a test run, may build many applications).
+Request latencies are observed by :meth:`Metrics.middleware`; the work counters
+(:class:`~syncsvc.work_metrics.WorkMetrics`) by the sync engine of the process's scheduler; the
+database-derived gauges are computed when ``/metrics`` is scraped (from the same reports as the
+health endpoints and the same readiness as ``/readyz``) and handed to collectors just before the
+exposition is rendered, with no await in between, so a scrape never sees another's numbers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -157,10 +157,16 @@ class TenantCollector(Collector):
 
 
 class Metrics:
-    """The registry of one application and its instruments."""
+    """The registry of one application and its instruments.
 
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
+    ``work`` is the process's work counters (its services'); the application's instruments join
+    their registry, so one exposition shows both.
+    """
+
+    def __init__(self, work: WorkMetrics | None = None) -> None:
+        #: The work counters of the sync engine running in this process (when one runs).
+        self.work = work if work is not None else WorkMetrics()
+        self.registry = self.work.registry
         self.request_seconds = Histogram(
             "syncsvc_http_request_duration_seconds",
             "Time to answer an HTTP request, by route pattern, method and status.",
@@ -170,8 +176,6 @@ class Metrics:
         )
         self.tenants = TenantCollector()
         self.registry.register(self.tenants)
-        #: The work counters of the sync engine running in this process (when one runs).
-        self.work = WorkMetrics(self.registry)
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -5,12 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from syncsvc.connect.launch import LaunchServices
-from syncsvc.web.keys import HTTP, SESSIONMAKER, SETTINGS, VAULT
+from syncsvc.web.keys import SERVICES
 
 
 def launch_services(request: web.Request) -> LaunchServices:
     """What the launch needs, from the application of ``request``."""
-    app = request.app
+    services = request.app[SERVICES]
     return LaunchServices(
-        settings=app[SETTINGS], sessionmaker=app[SESSIONMAKER], vault=app[VAULT], http=app[HTTP]
+        settings=services.settings,
+        sessionmaker=services.sessionmaker,
+        vault=services.vault,
+        http=services.http,
     )

@@ -15,41 +15,32 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 from prometheus_client import generate_latest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.health.readiness import snapshot
-from syncsvc.settings import Settings
-from syncsvc.sync.scheduler import SyncScheduler
+from syncsvc.services import Services
 from syncsvc.web.auth import require_operator
 from syncsvc.web.handlers.operators import healthz, readyz
-from syncsvc.web.keys import SCHEDULER, SESSIONMAKER, SETTINGS, WORK_METRICS
+from syncsvc.web.keys import SERVICES, SETTINGS
 from syncsvc.web.metrics import CONTENT_TYPE
 from syncsvc.web.middlewares import add_security_headers, error_middleware
-from syncsvc.work_metrics import WorkMetrics
 
 
 async def worker_metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: the worker's work counters, its readiness and the due backlog now."""
     require_operator(request)
-    app = request.app
-    work = app[WORK_METRICS]
-    state = await snapshot(app[SESSIONMAKER], app[SCHEDULER], app[SETTINGS].tick_seconds)
+    services = request.app[SERVICES]
+    work = services.metrics
+    tick = services.settings.tick_seconds
+    state = await snapshot(services.sessionmaker, services.scheduler, tick)
     work.scrape.snapshot = state
     return web.Response(body=generate_latest(work.registry), headers={"Content-Type": CONTENT_TYPE})
 
 
-def create_worker_app(
-    settings: Settings,
-    sessionmaker: async_sessionmaker[AsyncSession],
-    scheduler: SyncScheduler,
-    metrics: WorkMetrics,
-) -> web.Application:
-    """The metrics and probe endpoints of one worker process."""
+def create_worker_app(services: Services) -> web.Application:
+    """The metrics and probe endpoints of one worker process (its services started)."""
     app = web.Application(middlewares=[error_middleware])
-    app[SETTINGS] = settings
-    app[SESSIONMAKER] = sessionmaker
-    app[SCHEDULER] = scheduler
-    app[WORK_METRICS] = metrics
+    app[SERVICES] = services
+    app[SETTINGS] = services.settings
     app.on_response_prepare.append(add_security_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

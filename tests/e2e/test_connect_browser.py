@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from syncsvc.db.models import Connection
 from syncsvc.db.stats_repo import count_resources
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import CERNER_TENANT
 from tests.integration.web.flows import Flow, sync_now
 
@@ -57,7 +57,7 @@ async def test_patient_connects_sees_the_sync_and_disconnects(
     assert (await page.get_by_role("heading", level=1).inner_text()).startswith("Disconnect")
     await page.get_by_role("button", name="Disconnect").click()
     assert (await page.get_by_role("heading", level=1).inner_text()).endswith("is disconnected")
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         [after] = list(await session.scalars(select(Connection)))
         assert await count_resources(session, after.id) == {}
     assert after.status == "revoked"

@@ -12,7 +12,7 @@ from syncsvc.connect.links import has_control_characters, issue_connect_link
 from syncsvc.errors import BadRequest, RateLimited
 from syncsvc.http import BodyTooLarge, read_body
 from syncsvc.web.auth import api_key_id, require_api_key
-from syncsvc.web.keys import RATE_LIMITS, SESSIONMAKER, SETTINGS, SIGNER
+from syncsvc.web.keys import RATE_LIMITS, SERVICES, SETTINGS, SIGNER
 
 MAX_JSON_BYTES = 64 * 1024
 
@@ -55,7 +55,7 @@ async def create_connect_link(request: web.Request) -> web.Response:
     ttl = body.get("ttl_seconds")
     if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool)):
         raise BadRequest("ttl_seconds must be an integer.", reason="invalid_ttl")
-    async with request.app[SESSIONMAKER].begin() as session:
+    async with request.app[SERVICES].sessionmaker.begin() as session:
         link = await issue_connect_link(
             session,
             request.app[SIGNER],

@@ -34,7 +34,7 @@ from syncsvc.web.cookies import (
     set_browser_binding,
     start_session,
 )
-from syncsvc.web.keys import RATE_LIMITS, SESSIONMAKER, SIGNER
+from syncsvc.web.keys import RATE_LIMITS, SERVICES, SIGNER
 from syncsvc.web.services import launch_services
 
 MAX_FORM_BYTES = 16 * 1024
@@ -77,7 +77,7 @@ def _error_page(
 
 
 async def _tenants_for(request: web.Request, tenant_name: str | None) -> list[Tenant]:
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         if tenant_name is None:
             return await repo.list_tenants(session)
         tenant = await repo.get_tenant_by_name(session, tenant_name)
@@ -90,7 +90,7 @@ async def connect_page(request: web.Request) -> web.Response:
     tenant_name: str | None = None
     if token:
         try:
-            async with request.app[SESSIONMAKER]() as session:
+            async with request.app[SERVICES].sessionmaker() as session:
                 claims = await peek_connect_link(session, request.app[SIGNER], token, now=_now())
         except LaunchError as exc:
             gone = exc.reason in ("link_used", "link_expired")
@@ -117,7 +117,7 @@ async def _user_for_start(request: web.Request, token: object, tenant_name: str)
     """Who a launch is for, and the tenant restriction to keep: from the link (using it up)
     or from the patient session, which carries its link's restriction."""
     if isinstance(token, str) and token:
-        async with request.app[SESSIONMAKER].begin() as session:
+        async with request.app[SERVICES].sessionmaker.begin() as session:
             claims = await use_connect_link(session, request.app[SIGNER], token, now=_now())
         found = PatientSession(claims.user_id, claims.tenant)
     else:
@@ -211,7 +211,7 @@ async def callback(request: web.Request) -> web.Response:
 
 
 async def _connected_page(request: web.Request, outcome: LaunchOutcome) -> web.Response:
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         explanation = await explain_connection(session, outcome.connection, outcome.tenant)
     context = {
         "connection": outcome.connection,

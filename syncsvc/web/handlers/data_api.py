@@ -49,7 +49,7 @@ from syncsvc.web.cursors import (
     user_scope,
 )
 from syncsvc.web.handlers.api import json_response
-from syncsvc.web.keys import SESSIONMAKER, SETTINGS
+from syncsvc.web.keys import SERVICES, SETTINGS
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -158,7 +158,7 @@ async def list_user_connections(request: web.Request) -> web.Response:
     """``GET /api/v1/users/{user_id}/connections``."""
     require_api_key(request)
     user_id = _user_id(request)
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         facts = await data_repo.user_connections(session, user_id)
     return json_response(
         {"user_id": user_id, "connections": [connection_view(item) for item in facts]}
@@ -168,7 +168,7 @@ async def list_user_connections(request: web.Request) -> web.Response:
 async def get_connection(request: web.Request) -> web.Response:
     """``GET /api/v1/connections/{connection_id}``."""
     require_api_key(request)
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         facts = await data_repo.connection_facts(session, request.match_info["connection_id"])
     if facts is None:
         raise _not_found()
@@ -180,7 +180,7 @@ async def sync_connection(request: web.Request) -> web.Response:
     """``POST /api/v1/connections/{connection_id}/sync``: make an active connection due now."""
     require_api_key(request)
     now = dt.datetime.now(dt.UTC)
-    async with request.app[SESSIONMAKER].begin() as session:
+    async with request.app[SERVICES].sessionmaker.begin() as session:
         facts = await data_repo.connection_facts(session, request.match_info["connection_id"])
         if facts is None:
             raise _not_found()
@@ -281,7 +281,7 @@ async def plan_page(
     positions = {cid: query.positions.get(cid, 0) for cid in connection_ids}
     ranges: list[tuple[str, int, int]] = []
     remaining, has_more = query.limit, False
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         # Read before the rows: every seq up to a connection's last_seq read here is committed
         # (the bump and its rows commit together), so a connection whose matching rows are
         # exhausted can jump to it and a type-filtered feed never rescans other types' rows.
@@ -305,7 +305,7 @@ async def plan_page(
 async def _rows(
     request: web.Request, plan: PagePlan, types: tuple[str, ...]
 ) -> AsyncIterator[tuple[ChangedRow, str]]:
-    sessionmaker = request.app[SESSIONMAKER]
+    sessionmaker = request.app[SERVICES].sessionmaker
     async with sessionmaker() as session:
         bases = await data_repo.fhir_bases(session, [cid for cid, _, _ in plan.ranges])
     for cid, after, upto in plan.ranges:
@@ -426,7 +426,7 @@ async def connection_resources(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/connections/{connection_id}/resources``: one connection's change feed."""
     require_api_key(request)
     connection_id = request.match_info["connection_id"]
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         facts = await data_repo.connection_facts(session, connection_id)
     if facts is None:
         raise _not_found()
@@ -440,7 +440,7 @@ async def user_resources(request: web.Request) -> web.StreamResponse:
     require_api_key(request)
     user_id = _user_id(request)
     query = _feed_query(request, user_scope(user_id))
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         connection_ids = await data_repo.connection_ids_of_user(session, user_id)
     return await serve_feed(request, connection_ids, query)
 

@@ -12,9 +12,8 @@ from aiohttp import web
 
 from syncsvc.errors import BadRequest
 from syncsvc.lifecycle.disconnect import disconnect_connection
-from syncsvc.sync.context import SyncContext
 from syncsvc.web.auth import require_api_key
-from syncsvc.web.keys import HTTP, METRICS, SESSIONMAKER, SETTINGS, VAULT
+from syncsvc.web.keys import SERVICES
 
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
 
@@ -30,14 +29,7 @@ async def delete_connection(request: web.Request) -> web.Response:
     """Disconnect a connection; 204 when done, 404 if there is no such connection."""
     require_api_key(request)
     erase = _erase(request)
-    app = request.app
-    ctx = SyncContext(
-        settings=app[SETTINGS],
-        sessionmaker=app[SESSIONMAKER],
-        vault=app[VAULT],
-        http=app[HTTP],
-        metrics=app[METRICS].work,
-    )
+    ctx = request.app[SERVICES].sync_context()
     await disconnect_connection(
         ctx, request.match_info["connection_id"], by="host_app", erase=erase
     )

@@ -26,7 +26,7 @@ from syncsvc.health.rules import RULES, worst
 from syncsvc.logging import get_logger
 from syncsvc.web.auth import require_operator
 from syncsvc.web.handlers.api import json_response
-from syncsvc.web.keys import METRICS, SCHEDULER, SESSIONMAKER, SETTINGS
+from syncsvc.web.keys import METRICS, SERVICES, SETTINGS
 from syncsvc.web.metrics import CONTENT_TYPE
 
 log = get_logger("syncsvc.web.operators")
@@ -106,9 +106,9 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """``GET /readyz``: database reachable, schema at head, and the scheduler ticking (if any)."""
-    scheduler = request.app.get(SCHEDULER)
+    scheduler = request.app[SERVICES].scheduler
     ready, checks = await readiness(
-        request.app[SESSIONMAKER], scheduler, request.app[SETTINGS].tick_seconds
+        request.app[SERVICES].sessionmaker, scheduler, request.app[SETTINGS].tick_seconds
     )
     body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "checks": checks}
     if scheduler is not None:
@@ -136,7 +136,7 @@ async def tenants_health(request: web.Request) -> web.Response:
     """``GET /tenants/health``: every tenant's status and the rule that decided it."""
     require_operator(request)
     now = _now()
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         reports = await all_tenant_health(session, now)
     status = worst([r.verdict.status for r in reports])
     body = {
@@ -157,7 +157,7 @@ async def one_tenant_health(request: web.Request) -> web.Response:
     require_operator(request)
     name = request.match_info["tenant"]
     now = _now()
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         tenant = await repo.get_tenant_by_name(session, name)
         if tenant is None:
             raise NotFound("No tenant has that name.", reason="tenant_not_found")
@@ -177,11 +177,12 @@ async def metrics(request: web.Request) -> web.Response:
     reports: list[TenantHealth] = []
     try:
         async with asyncio.timeout(SCRAPE_TIMEOUT_SECONDS):
-            async with app[SESSIONMAKER]() as session:
+            async with app[SERVICES].sessionmaker() as session:
                 reports = await all_tenant_health(session, _now())
     except (OSError, TimeoutError, SQLAlchemyError) as exc:
         log.warning("metrics: tenant health unreadable", error_class=type(exc).__name__)
-    state = await snapshot(app[SESSIONMAKER], app.get(SCHEDULER), app[SETTINGS].tick_seconds)
+    services = app[SERVICES]
+    state = await snapshot(services.sessionmaker, services.scheduler, app[SETTINGS].tick_seconds)
     body = app[METRICS].exposition(reports, state)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 

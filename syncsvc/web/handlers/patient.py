@@ -25,12 +25,11 @@ from syncsvc.db.models import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.errors import NotFound
 from syncsvc.lifecycle.disconnect import DisconnectResult, disconnect_connection
-from syncsvc.sync.context import SyncContext
 from syncsvc.sync.explain import explain
 from syncsvc.sync.grant_states import load_grant_facts
 from syncsvc.sync.type_words import type_sentence
 from syncsvc.web.cookies import SESSION_COOKIE, render_with_form_token, session_user
-from syncsvc.web.keys import HTTP, METRICS, SESSIONMAKER, SETTINGS, VAULT
+from syncsvc.web.keys import SERVICES, SETTINGS
 
 MAX_FORM_BYTES = 16 * 1024
 CSRF_FIELD = "csrf"
@@ -150,7 +149,7 @@ async def status_page(request: web.Request) -> web.Response:
     if user_id is None:
         return _signed_out(request)
     views = []
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         for connection in await repo.list_connections(session, user_id=user_id):
             tenant = await repo.get_tenant(session, connection.tenant_id)
             if tenant is not None:
@@ -163,7 +162,7 @@ async def _own_connection(
     request: web.Request, user_id: str
 ) -> tuple[Connection, Tenant, int] | None:
     connection_id = request.match_info["connection_id"]
-    async with request.app[SESSIONMAKER]() as session:
+    async with request.app[SERVICES].sessionmaker() as session:
         connection = await repo.get_connection(session, connection_id)
         if connection is None or connection.user_id != user_id:
             return None
@@ -217,14 +216,7 @@ async def disconnect(request: web.Request) -> web.Response:
         return _page(
             request, 400, "Choose what to do with your data", "Please try again.", signed_in=True
         )
-    app = request.app
-    ctx = SyncContext(
-        settings=app[SETTINGS],
-        sessionmaker=app[SESSIONMAKER],
-        vault=app[VAULT],
-        http=app[HTTP],
-        metrics=app[METRICS].work,
-    )
+    ctx = request.app[SERVICES].sync_context()
     try:
         result = await disconnect_connection(
             ctx,

@@ -23,7 +23,7 @@ from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.settings import Secret
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.runner import WorkReport, run_due
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.integration.cli.runner import syncsvc
 from tests.integration.web.flows import Flow, sync_context
 
@@ -155,7 +155,7 @@ async def read_surfaces(
     async with operator.get("/metrics") as response:
         assert response.status == 200
         metrics = await response.text()
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         rows = await session.scalars(
             select(WebhookDelivery)
             .where(WebhookDelivery.connection_id == connection_id)

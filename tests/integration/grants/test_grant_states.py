@@ -15,7 +15,7 @@ from sqlalchemy import select
 from syncsvc.db.models import Event
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.sync.explain import KEPT_UP_TO_DATE
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.grants.surfaces import Clock, read_surfaces, sync, text
 from tests.integration.web.flows import Flow
@@ -122,7 +122,7 @@ async def test_no_resource_scope(flow: Flow, operator: aiohttp.ClientSession) ->
     assert seen.health["rule"]["id"] == "nothing_can_sync"
     assert "no_access_connections" in _rules(seen.health)
     assert seen.metric("syncsvc_tenant_health", tenant=TENANT, status="failing") == 1
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         runs = await session.scalars(select(Event).where(Event.kind == "sync"))
         assert list(runs) == []
 

@@ -6,7 +6,7 @@ import aiohttp
 from sqlalchemy import update
 
 from syncsvc.db.models import Connection
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.integration.host_api.conftest import NANCY, connect
 from tests.integration.web.flows import sync_now
 from tests.integration.web.service import RunningService
@@ -58,7 +58,7 @@ async def test_trimmed_scopes_are_explained(
     service: RunningService, api: aiohttp.ClientSession, generic: str
 ) -> None:
     connection_id = await connect(api, "user-a", "nancysmart", generic)
-    async with service.app[SESSIONMAKER].begin() as session:
+    async with service.app[SERVICES].sessionmaker.begin() as session:
         # As if the EHR had granted less than was asked for.
         await session.execute(
             update(Connection)
@@ -101,7 +101,7 @@ async def test_sync_now_makes_an_active_connection_due_and_refuses_others(
 ) -> None:
     connection_id = await connect(api, "user-a", "nancysmart", generic)
     await sync_now(service)
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         before = await session.get(Connection, connection_id)
         assert before is not None
         assert before.next_sync_at is not None
@@ -109,7 +109,7 @@ async def test_sync_now_makes_an_active_connection_due_and_refuses_others(
         assert response.status == 202
         accepted = await response.json()
     assert accepted["id"] == connection_id
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         after = await session.get(Connection, connection_id)
         assert after is not None
         assert after.next_sync_at is not None
@@ -117,7 +117,7 @@ async def test_sync_now_makes_an_active_connection_due_and_refuses_others(
     report = await sync_now(service)
     assert report.sync["ok"] == 1
 
-    async with service.app[SESSIONMAKER].begin() as session:
+    async with service.app[SERVICES].sessionmaker.begin() as session:
         await session.execute(
             update(Connection)
             .where(Connection.id == connection_id)

@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 
 from syncsvc.db.models import Resource, SyncState
 from syncsvc.sandbox.server import RunningSandbox
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.host_api.conftest import (
     NANCY,
@@ -30,7 +30,7 @@ PROBLEM = "application/problem+json"
 
 
 async def _live(service: RunningService, connection_id: str) -> set[tuple[str, str]]:
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         rows = await session.execute(
             select(Resource.resource_type, Resource.resource_id).where(
                 Resource.connection_id == connection_id, Resource.deleted_at.is_(None)
@@ -95,7 +95,7 @@ async def test_paged_read_then_only_what_changed_or_was_deleted(
     assert set(keys) == live
     assert pages == -(-len(live) // 3) + (len(live) % 3 == 0)
     # The stored bytes come out exactly as synced.
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         stored = await session.get(Resource, (connection_id, *keys[0]))
         assert stored is not None
         assert orjson.loads(stored.body) == everything[0]
@@ -117,7 +117,7 @@ async def test_paged_read_then_only_what_changed_or_was_deleted(
     await _admin(http, sandbox, "PATCH", f"Observation/{observations[0]}", {"status": "amended"})
     await _admin(http, sandbox, "DELETE", f"Observation/{observations[1]}")
     await _admin(http, sandbox, "POST", f"Observation/{observations[2]}/entered-in-error")
-    async with service.app[SESSIONMAKER].begin() as session:
+    async with service.app[SERVICES].sessionmaker.begin() as session:
         # Deletions show only in a full reconciliation: make the next one due.
         await session.execute(
             update(SyncState)

@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 from syncsvc.db import event_repo, repo, resource_repo
 from syncsvc.db.models import Connection, Tenant, new_id
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.web.flows import Flow, sync_now
 from tests.integration.web.service import RunningService
@@ -38,7 +38,7 @@ async def add_events(
     service: RunningService, tenant: Tenant, at: dt.datetime, *events: dict[str, Any]
 ) -> None:
     """Record events as the runner would (``kind``/``outcome`` default to a failed sync)."""
-    async with service.app[SESSIONMAKER].begin() as session:
+    async with service.app[SERVICES].sessionmaker.begin() as session:
         for fields in events:
             await event_repo.add_event(
                 session,
@@ -52,7 +52,7 @@ async def add_run(
     service: RunningService, connection_id: str, started_at: dt.datetime, outcome: str
 ) -> None:
     """A finished sync run of ``connection_id`` that started at ``started_at``."""
-    async with service.app[SESSIONMAKER].begin() as session:
+    async with service.app[SERVICES].sessionmaker.begin() as session:
         run_id = new_id()
         await resource_repo.start_run(
             session,
@@ -69,7 +69,7 @@ async def add_run(
 
 async def set_columns(service: RunningService, connection_id: str, **values: Any) -> None:
     """Overwrite columns of a connection (its timestamps, say)."""
-    async with service.app[SESSIONMAKER].begin() as session:
+    async with service.app[SERVICES].sessionmaker.begin() as session:
         await session.execute(
             update(Connection).where(Connection.id == connection_id).values(**values)
         )
@@ -77,5 +77,5 @@ async def set_columns(service: RunningService, connection_id: str, **values: Any
 
 async def set_tenant(service: RunningService, tenant: Tenant, **values: Any) -> None:
     """Overwrite columns of a tenant (its discovery state, say)."""
-    async with service.app[SESSIONMAKER].begin() as session:
+    async with service.app[SERVICES].sessionmaker.begin() as session:
         await repo.update_tenant(session, tenant.id, now=dt.datetime.now(dt.UTC), **values)

@@ -30,7 +30,7 @@ from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
 from syncsvc.settings import Secret, Settings
 from syncsvc.sync.context import utcnow
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc
 from tests.integration.web.flows import Flow, sync_now
@@ -108,7 +108,7 @@ async def surfaces(
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         queued = await session.scalars(
             select(WebhookDelivery)
             .where(WebhookDelivery.connection_id == connection_id)
@@ -123,7 +123,7 @@ def _tenant(config: SandboxConfig, tenant_id: str) -> TenantConfig:
 
 
 async def _stored(flow: Flow) -> tuple[list[Credential], list[PendingRevocation]]:
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         return (
             list(await session.scalars(select(Credential))),
             list(await session.scalars(select(PendingRevocation))),
@@ -278,7 +278,7 @@ async def test_an_expired_grant_without_offline_access_is_not_a_refusal(
 
 
 async def _make_refresh_due(flow: Flow, connection_id: str) -> None:
-    async with flow.service.app[SESSIONMAKER].begin() as session:
+    async with flow.service.app[SERVICES].sessionmaker.begin() as session:
         await session.execute(
             update(Connection)
             .where(Connection.id == connection_id)
@@ -293,7 +293,7 @@ async def _make_refresh_due(flow: Flow, connection_id: str) -> None:
 
 
 async def _make_sync_due(flow: Flow, connection_id: str) -> None:
-    async with flow.service.app[SESSIONMAKER].begin() as session:
+    async with flow.service.app[SERVICES].sessionmaker.begin() as session:
         await session.execute(
             update(Connection).where(Connection.id == connection_id).values(next_sync_at=utcnow())
         )
@@ -351,7 +351,7 @@ async def _identity_token(flow: Flow, config: SandboxConfig, user: str) -> PageR
     async with ScriptedPatient(username="nancysmart") as patient:
         stopped = await patient.connect(link, stop_before=flow.service.callback)
         # An answer meant for another launch: its id_token carries that launch's nonce.
-        async with flow.service.app[SESSIONMAKER].begin() as session:
+        async with flow.service.app[SERVICES].sessionmaker.begin() as session:
             await session.execute(update(LaunchAttempt).values(nonce="another-launch-nonce"))
         return await patient.open(stopped.url)
 

@@ -14,7 +14,7 @@ from syncsvc.db.models import LaunchFailure
 from syncsvc.health.rules import LAUNCH_FAILURES_DEGRADED, LAUNCH_FAILURES_FAILING
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc
 from tests.integration.web.flows import Flow
@@ -50,7 +50,7 @@ async def launch_failure_metric(operator: aiohttp.ClientSession, tenant: str) ->
 
 async def stored_failures(flow: Flow) -> list[LaunchFailure]:
     """Every failed launch recorded, oldest first."""
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         return list(await session.scalars(select(LaunchFailure).order_by(LaunchFailure.id)))
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from yarl import URL
 
 from syncsvc.db.models import Connection, Resource
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.integration.connected import SANDBOX_SECRET
 from tests.integration.web.flows import Flow, stored_tokens, sync_now
 from tests.integration.web.service import RunningService
@@ -30,7 +30,7 @@ async def _patient_identifiers(service: RunningService) -> tuple[list[str], list
     """(ids, names and birth dates) of the connected patients, from the synced Patient rows."""
     ids: list[str] = []
     words: list[str] = []
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         for connection in await session.scalars(select(Connection)):
             ids.append(connection.patient_id)
         for row in await session.scalars(

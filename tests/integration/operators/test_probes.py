@@ -8,9 +8,10 @@ from pathlib import Path
 
 import aiohttp
 
+from syncsvc.services import Services
 from syncsvc.settings import Settings
 from syncsvc.web.app import create_app
-from syncsvc.web.keys import SCHEDULER
+from syncsvc.web.keys import SERVICES
 from tests.integration.operators.conftest import serving
 from tests.integration.web.conftest import RunningService
 
@@ -44,7 +45,7 @@ async def test_readyz_is_ready_on_a_migrated_database(service: RunningService) -
 
 async def test_readyz_is_not_ready_before_migrations(empty_db_url: str, tmp_path: Path) -> None:
     settings = Settings.for_tests(data_dir=tmp_path, database_url=empty_db_url)
-    async with serving(create_app(settings)) as origin:
+    async with serving(create_app(Services(settings))) as origin:
         status, body = await _get(origin, "/readyz")
     assert status == 503
     assert body["status"] == "not_ready"
@@ -59,7 +60,7 @@ async def test_readyz_is_not_ready_when_the_database_is_unreachable(tmp_path: Pa
     # Nothing listens on port 1 of the loopback: the connection is refused at once.
     unreachable = "postgresql+asyncpg://syncsvc:hunter2@127.0.0.1:1/syncsvc"
     settings = Settings.for_tests(data_dir=tmp_path, database_url=unreachable)
-    async with serving(create_app(settings)) as origin:
+    async with serving(create_app(Services(settings))) as origin:
         status, body = await _get(origin, "/readyz")
         # Liveness does not depend on the database.
         alive, _ = await _get(origin, "/healthz")
@@ -76,9 +77,9 @@ async def test_readyz_is_not_ready_when_the_database_is_unreachable(tmp_path: Pa
 async def test_readyz_follows_the_scheduler_tick(db_url: str, tmp_path: Path) -> None:
     # One tick on start, then none for an hour: the test moves the last tick by hand.
     settings = Settings.for_tests(data_dir=tmp_path, database_url=db_url, tick_seconds=3600.0)
-    app = create_app(settings, background=True)
+    app = create_app(Services(settings, background=True))
     async with serving(app) as origin:
-        scheduler = app[SCHEDULER]
+        scheduler = app[SERVICES].scheduler
         for _ in range(FIRST_TICK_POLLS):
             if scheduler.ticks:
                 break

@@ -24,7 +24,7 @@ from syncsvc.sync.context import utcnow
 from syncsvc.sync.runner import run_due
 from syncsvc.sync.type_schedule import FAILING_AFTER_RUNS
 from syncsvc.sync.type_words import type_sentence
-from syncsvc.web.keys import METRICS, SESSIONMAKER
+from syncsvc.web.keys import METRICS, SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc
 from tests.integration.patient.helpers import words
@@ -54,7 +54,7 @@ def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
 
 
 async def _stored(flow: Flow, connection_id: str) -> dict[str, int]:
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         rows = await session.execute(
             select(Resource.resource_type, func.count())
             .where(Resource.connection_id == connection_id, Resource.deleted_at.is_(None))
@@ -103,7 +103,7 @@ async def test_one_type_failing_for_good_leaves_the_rest_complete_and_failing_sh
         }
         # Each later run is due when Condition's own retry is; the others are not pulled again.
         for _ in range(FAILING_AFTER_RUNS - 1):
-            async with flow.service.app[SESSIONMAKER]() as session:
+            async with flow.service.app[SERVICES].sessionmaker() as session:
                 states = await resource_repo.sync_states(session, connection.id)
             due = states["Condition"].next_attempt_at
             assert due is not None
@@ -118,7 +118,7 @@ async def test_one_type_failing_for_good_leaves_the_rest_complete_and_failing_sh
             assert asked
             assert all("/Condition?" in url for url in asked), asked
 
-        async with flow.service.app[SESSIONMAKER]() as session:
+        async with flow.service.app[SERVICES].sessionmaker() as session:
             states = await resource_repo.sync_states(session, connection.id)
         condition = states["Condition"]
         assert condition.status == "failing"
@@ -187,7 +187,7 @@ async def test_a_type_failing_for_most_patients_is_said_to_fail_at_the_tenant(
         stored = await _stored(flow, connection.id)
         assert stored == {"Patient": 1, **{t: n for t, n in SIZES.items() if t != "Condition"}}
     # Persistent failures: make both connections' Condition failing as the runs would.
-    async with flow.service.app[SESSIONMAKER].begin() as session:
+    async with flow.service.app[SERVICES].sessionmaker.begin() as session:
         for connection in connections:
             await resource_repo.save_sync_state(
                 session,
@@ -230,7 +230,7 @@ async def test_passing_503s_and_a_429_are_retried_in_place_and_the_first_run_com
 
     assert report.sync == {"ok": 1}, report.to_json()
     assert await _stored(flow, connection.id) == {"Patient": 1, **SIZES}
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         [run] = list(await session.scalars(select(SyncRun)))
     assert (run.outcome, run.retries) == ("ok", 3)
     samples = await _scrape(operator)
@@ -258,7 +258,7 @@ async def test_a_retry_after_a_refused_token_is_counted_in_the_run_and_the_count
     assert await _stored(flow, connection.id) == {"Patient": 1, **SIZES}
     refused = [e for e in flow.sandbox.state.request_log if e.status == 401]
     assert len(refused) >= 1
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         [run] = list(await session.scalars(select(SyncRun)))
     # One retry per refused request, in the run record and in the counter alike.
     assert (run.outcome, run.retries) == ("ok", len(refused))

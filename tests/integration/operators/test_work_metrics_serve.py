@@ -20,10 +20,11 @@ from aiohttp import web
 from prometheus_client import generate_latest
 
 from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.services import Services
 from syncsvc.settings import Settings
 from syncsvc.vault import Vault
 from syncsvc.web.app import create_app
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from syncsvc.web.metrics import Metrics
 from syncsvc.work_metrics import WorkMetrics
 from tests.fixtures.sandbox import GENERIC_TENANT
@@ -61,7 +62,7 @@ async def service(
     settings: Settings, service_socket: socket.socket, service_origin: str
 ) -> AsyncIterator[RunningService]:
     """The service with its background scheduler, as ``syncsvc serve`` runs it."""
-    app = create_app(settings, background=True)
+    app = create_app(Services(settings, background=True))
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     await web.SockSite(runner, service_socket).start()
@@ -74,7 +75,7 @@ async def service(
 async def _until(service: RunningService, done: Callable[[Recorded], bool]) -> None:
     """Wait (bounded) until the database records what ``done`` looks for."""
     async with asyncio.timeout(WAIT_SECONDS):
-        while not done(await recorded(service.app[SESSIONMAKER])):  # noqa: ASYNC110 - the database
+        while not done(await recorded(service.app[SERVICES].sessionmaker)):  # noqa: ASYNC110 - the database
             await asyncio.sleep(0.1)
 
 
@@ -94,7 +95,7 @@ async def test_counters_match_the_records_of_the_work_the_scheduler_did(
     connection = await flow.only_connection()
     base = sandbox.urls(GENERIC_TENANT).fhir_base
     await _until(service, lambda c: c.runs.get("ok") == 1 and c.refreshes.get("ok") == 1)
-    db = await recorded(service.app[SESSIONMAKER])
+    db = await recorded(service.app[SERVICES].sessionmaker)
     m = await _metrics(http, service)
 
     # Runs by outcome equal the run records; resources stored equal the rows.
@@ -164,7 +165,7 @@ async def test_a_scrape_without_the_database_says_not_ready_and_keeps_the_counte
         database_url=f"sqlite+aiosqlite:///{tmp_path}/missing/syncsvc.db",
         public_url=service_origin,
     )
-    app = create_app(settings)
+    app = create_app(Services(settings))
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     await web.SockSite(runner, service_socket).start()

@@ -20,7 +20,7 @@ from prometheus_client import generate_latest
 
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from syncsvc.web.metrics import Metrics
 from syncsvc.work_metrics import WorkMetrics
 from tests.fixtures.sandbox import GENERIC_TENANT
@@ -58,11 +58,11 @@ async def _until(service: RunningService, worker: Worker, done: Callable[[Record
     """Wait (bounded) until the database records what ``done`` looks for."""
     try:
         async with asyncio.timeout(WAIT_SECONDS):
-            while not done(await recorded(service.app[SESSIONMAKER])):
+            while not done(await recorded(service.app[SERVICES].sessionmaker)):
                 assert worker.alive, worker.log()[-3000:]
                 await asyncio.sleep(0.2)
     except TimeoutError:
-        found = await recorded(service.app[SESSIONMAKER])
+        found = await recorded(service.app[SERVICES].sessionmaker)
         raise AssertionError((found, worker.log()[-3000:])) from None
 
 
@@ -93,7 +93,7 @@ async def test_worker_metrics_match_the_records_of_its_work(
         await _until(
             service, worker, lambda c: c.runs.get("ok") == 1 and c.refreshes.get("ok") == 1
         )
-        db = await recorded(service.app[SESSIONMAKER])
+        db = await recorded(service.app[SERVICES].sessionmaker)
         m = await scrape(http, f"{origin}/metrics")
 
         # The operator token guards it, as serve's; the probes answer without one.

@@ -15,7 +15,7 @@ from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sandbox.state import Grant
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.runner import run_due
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.web.flows import Flow, sync_context
 from tests.integration.web.service import RunningService
@@ -55,7 +55,7 @@ async def open_disconnect(patient: ScriptedPatient, url: str) -> tuple[PageResul
 
 async def connection(service: RunningService, connection_id: str) -> Connection:
     """One connection row, read fresh."""
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         row = await session.get(Connection, connection_id)
     assert row is not None
     return row
@@ -63,7 +63,7 @@ async def connection(service: RunningService, connection_id: str) -> Connection:
 
 async def counts(service: RunningService, connection_id: str) -> dict[str, int]:
     """How many resources, credentials and pending revocations the connection has."""
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         resources = await session.scalar(
             select(func.count()).where(Resource.connection_id == connection_id)
         )
@@ -78,13 +78,13 @@ async def counts(service: RunningService, connection_id: str) -> dict[str, int]:
 
 async def pending(service: RunningService) -> list[PendingRevocation]:
     """Every pending revocation row."""
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         return list(await session.scalars(select(PendingRevocation)))
 
 
 async def events(service: RunningService, kind: str) -> list[Event]:
     """Events of ``kind``, oldest first."""
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         return list(
             await session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id))
         )

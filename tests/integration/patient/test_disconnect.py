@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from syncsvc.db import repo
 from syncsvc.sandbox.patient import ScriptedPatient
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.integration.patient.helpers import (
     NOTHING_LEFT,
     connect_and_sync,
@@ -132,5 +132,5 @@ async def test_another_users_connection_is_not_found(flow: Flow) -> None:
 
 
 async def _connections_of(service: RunningService, user_id: str) -> list[str]:
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         return [c.id for c in await repo.list_connections(session, user_id=user_id)]

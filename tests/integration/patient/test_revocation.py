@@ -11,7 +11,7 @@ from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import utcnow
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.patient.helpers import (
     NOTHING_LEFT,
@@ -117,7 +117,7 @@ async def test_revocation_gives_up_after_the_last_attempt(flow: Flow) -> None:
 async def test_a_tenant_without_revocation_is_reported_as_such(flow: Flow) -> None:
     async with ScriptedPatient(username="nancysmart") as patient:
         connected = await connect_and_sync(flow, patient)
-        async with flow.service.app[SESSIONMAKER].begin() as session:
+        async with flow.service.app[SERVICES].sessionmaker.begin() as session:
             tenant = await repo.get_tenant(session, connected.tenant_id)
             assert tenant is not None
             endpoints = {**tenant.endpoints, "revocation_endpoint": None}
@@ -149,7 +149,7 @@ async def test_disconnecting_twice_reports_the_revocation_still_pending(flow: Fl
         True,
     )
     assert len(await pending(flow.service)) == 1
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         row = await repo.get_connection(session, connected.id)
     assert row is not None
     assert row.status_reason == "disconnected_by_host_app"

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from syncsvc.sandbox.config import ClientRegistration, SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.services import Services
 from syncsvc.settings import Settings
 from syncsvc.smart.client_auth import generate_private_key
 from syncsvc.smart.mixup import tenant_callback_uri
@@ -103,7 +104,7 @@ async def service(
     settings: Settings, service_socket: socket.socket, service_origin: str
 ) -> AsyncIterator[RunningService]:
     """syncsvc's web application serving on the pre-bound socket."""
-    app = create_app(settings)
+    app = create_app(Services(settings))
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.SockSite(runner, service_socket)

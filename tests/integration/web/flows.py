@@ -23,7 +23,7 @@ from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens
 from syncsvc.sync.runner import WorkReport, run_due
-from syncsvc.web.keys import HTTP, SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT
 from tests.integration.connected import SANDBOX_SECRET
 from tests.integration.web.service import PKJWT_CLIENT, PKJWT_KEY_ID, RunningService
@@ -67,7 +67,7 @@ async def register(
         resource_types=resource_types,
     )
     return await register_tenant(
-        service.app[SESSIONMAKER], service.vault, http, spec, now=dt.datetime.now(dt.UTC)
+        service.app[SERVICES].sessionmaker, service.vault, http, spec, now=dt.datetime.now(dt.UTC)
     )
 
 
@@ -108,7 +108,7 @@ async def connect_through_pages(
 
 async def connections(service: RunningService) -> list[Connection]:
     """Every connection row, read fresh, ordered by user."""
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         return list(
             await session.scalars(select(Connection).order_by(Connection.user_id, Connection.id))
         )
@@ -123,7 +123,7 @@ async def only_connection(service: RunningService) -> Connection:
 async def stored_tokens(service: RunningService) -> list[str]:
     """Every access and refresh token the service holds, decrypted."""
     found: list[str] = []
-    async with service.app[SESSIONMAKER]() as session:
+    async with service.app[SERVICES].sessionmaker() as session:
         for connection in await session.scalars(select(Connection)):
             tokens = await load_tokens(session, service.vault, connection.id)
             assert tokens is not None
@@ -144,7 +144,7 @@ async def set_status(
     error_uri: str | None = None,
 ) -> None:
     """Move a connection to ``status`` as refresh or pull would (the reason defaults to it)."""
-    async with service.app[SESSIONMAKER].begin() as session:
+    async with service.app[SERVICES].sessionmaker.begin() as session:
         await repo.set_connection_status(
             session,
             connection_id,
@@ -164,9 +164,9 @@ def sync_context(
     """A sync context on the service's database and vault (and its own outbound client)."""
     return SyncContext(
         settings=service.settings,
-        sessionmaker=service.app[SESSIONMAKER],
+        sessionmaker=service.app[SERVICES].sessionmaker,
         vault=service.vault,
-        http=http or service.app[HTTP],
+        http=http or service.app[SERVICES].http,
         clock=clock,
     )
 

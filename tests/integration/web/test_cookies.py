@@ -11,10 +11,11 @@ from aiohttp import web
 from syncsvc.connect.links import issue_connect_link
 from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.services import Services
 from syncsvc.settings import Settings
 from syncsvc.vault import Vault
 from syncsvc.web.app import create_app
-from syncsvc.web.keys import SESSIONMAKER, SIGNER
+from syncsvc.web.keys import SERVICES, SIGNER
 from tests.fixtures.sandbox import GENERIC_TENANT
 
 PUBLIC = "https://sync.example.org"
@@ -24,7 +25,7 @@ async def test_https_public_url_makes_every_cookie_secure(
     db_url: str, tmp_path: Path, sandbox: RunningSandbox, http: aiohttp.ClientSession
 ) -> None:
     settings = Settings.for_tests(data_dir=tmp_path, database_url=db_url, public_url=PUBLIC)
-    app = create_app(settings)
+    app = create_app(Services(settings))
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -38,8 +39,10 @@ async def test_https_public_url_makes_every_cookie_secure(
             client_id="syncsvc-public",
             redirect_uri=f"{PUBLIC}/callback",
         )
-        await register_tenant(app[SESSIONMAKER], Vault.from_settings(settings), http, spec, now=now)
-        async with app[SESSIONMAKER].begin() as session:
+        await register_tenant(
+            app[SERVICES].sessionmaker, Vault.from_settings(settings), http, spec, now=now
+        )
+        async with app[SERVICES].sessionmaker.begin() as session:
             link = await issue_connect_link(
                 session, app[SIGNER], settings, user_id="u-1", tenant_name="generic", now=now
             )

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from syncsvc.db.models import ConnectLink, LaunchAttempt
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.settings import Secret, Settings
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.web.flows import Flow
 
@@ -27,7 +27,7 @@ def settings(settings: Settings) -> Settings:
 
 
 async def _count(flow: Flow, model: type[LaunchAttempt] | type[ConnectLink]) -> int:
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         return int(await session.scalar(select(func.count()).select_from(model)) or 0)
 
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from syncsvc.db.models import ConnectLink, LaunchAttempt
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import EPIC_TENANT, GENERIC_TENANT
 from tests.integration.web.flows import Flow
 
@@ -39,7 +39,7 @@ async def test_a_tenant_restricted_links_session_cannot_launch_elsewhere(flow: F
     # The tenant the link named still works from the session.
     assert again.status == 303
     assert again.url.startswith(flow.sandbox.urls(GENERIC_TENANT).authorize)
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         attempts = list(await session.scalars(select(LaunchAttempt)))
         [used] = list(await session.scalars(select(ConnectLink)))
     assert used.used_at is not None
@@ -109,5 +109,5 @@ async def test_control_characters_in_ids_are_a_400(
         assert response.status == 400, problem
         assert response.content_type == PROBLEM
     assert problem["status"] == 400
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         assert list(await session.scalars(select(ConnectLink))) == []

@@ -13,7 +13,7 @@ import datetime as dt
 
 from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.smart.client_auth import generate_private_key
-from syncsvc.web.keys import CLIENT_JWKS, SESSIONMAKER
+from syncsvc.web.keys import CLIENT_JWKS, SERVICES
 from tests.fixtures.sandbox import EPIC_TENANT, GENERIC_TENANT
 from tests.integration.web.flows import Flow
 from tests.integration.web.service import PKJWT_CLIENT
@@ -42,7 +42,7 @@ async def test_a_burst_of_requests_builds_the_set_once(flow: Flow, pkjwt_private
     # served set is looked at again, with exactly one more build.
     second = generate_private_key("EC", kid="second-key")
     await register_tenant(
-        flow.service.app[SESSIONMAKER],
+        flow.service.app[SERVICES].sessionmaker,
         flow.service.vault,
         flow.http,
         TenantSpec(

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from syncsvc.db.models import Credential, LaunchAttempt
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.sync.credentials import load_tokens
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
 from tests.integration.web.flows import Flow
 
@@ -38,7 +38,7 @@ async def test_public_client_connects_and_sees_what_was_granted(flow: Flow) -> N
         "patient/Observation.rs" in connection.requested_scopes
     )
     assert connection.next_sync_at is not None
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         tokens = await load_tokens(session, flow.service.vault, connection.id)
     assert tokens is not None
     assert tokens.refresh_token
@@ -116,10 +116,10 @@ async def test_launch_attempt_stores_state_hashed_and_verifier_encrypted(flow: F
     assert authorize.query["aud"] == flow.sandbox.urls(GENERIC_TENANT).fhir_base
     assert authorize.query["code_challenge_method"] == "S256"
     assert authorize.query["nonce"]
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         [attempt] = list(await session.scalars(select(LaunchAttempt)))
     assert attempt.state_hash != state
     assert len(attempt.state_hash) == 64
     assert attempt.code_verifier_enc.startswith("v1.")
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         assert list(await session.scalars(select(Credential))) == []

@@ -12,7 +12,7 @@ from syncsvc.db.models import Credential, LaunchAttempt, PendingRevocation, Tena
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.sync.credentials import load_tokens
-from syncsvc.web.keys import SESSIONMAKER, SIGNER
+from syncsvc.web.keys import SERVICES, SIGNER
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.web.flows import Flow
 
@@ -50,7 +50,7 @@ async def test_ehr_error_redirect_shows_the_error_uri(
     assert "refused the request" in page.body
     assert "denied-by-server" in page.body
     assert "%3Agrant%3Adenied-by-server/instances/" in page.body
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         [attempt] = list(await session.scalars(select(LaunchAttempt)))
     assert attempt.used_at is not None
     assert attempt.outcome == "ehr_error"
@@ -91,7 +91,7 @@ async def test_used_and_expired_links(flow: Flow) -> None:
     assert forged.status == 400
     assert "not valid" in forged.body
     past = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
-    async with flow.service.app[SESSIONMAKER].begin() as session:
+    async with flow.service.app[SERVICES].sessionmaker.begin() as session:
         expired = await issue_connect_link(
             session,
             flow.service.app[SIGNER],
@@ -113,7 +113,7 @@ async def test_id_token_with_wrong_nonce_is_rejected(flow: Flow) -> None:
     async with ScriptedPatient(username="nancysmart") as patient:
         stopped = await patient.connect(link, stop_before=flow.service.callback)
         # An authorization response meant for another launch: its id_token carries that nonce.
-        async with flow.service.app[SESSIONMAKER].begin() as session:
+        async with flow.service.app[SERVICES].sessionmaker.begin() as session:
             await session.execute(update(LaunchAttempt).values(nonce="another-launch-nonce"))
         page = await patient.open(stopped.url)
     assert page.status == 400
@@ -133,7 +133,7 @@ async def test_id_token_from_another_issuer_is_rejected(
     async with ScriptedPatient(username="nancysmart") as patient:
         stopped = await patient.connect(link, stop_before=flow.service.callback)
         endpoints = {**tenant.endpoints, "issuer": "https://issuer.invalid/other"}
-        async with flow.service.app[SESSIONMAKER].begin() as session:
+        async with flow.service.app[SERVICES].sessionmaker.begin() as session:
             await session.execute(
                 update(Tenant)
                 .where(Tenant.id == tenant.id)
@@ -200,7 +200,7 @@ async def test_token_for_another_tenant_is_recorded_misbound(
     assert connection.next_sync_at is None
     assert connection.status_message is not None
     assert "no records were read with it" in connection.status_message
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         assert list(await session.scalars(select(Credential))) == []
         assert list(await session.scalars(select(PendingRevocation))) == []
     # The grant is dead at the EHR too: revoked there before the page was shown.
@@ -251,7 +251,7 @@ async def test_another_site_cannot_start_a_launch_with_its_own_link(
             allow_redirects=False,
         ) as cross_site:
             assert cross_site.status == 403  # ... a post from another origin is refused
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         attempts = list(await session.scalars(select(LaunchAttempt)))
     assert attempts == []
 
@@ -276,7 +276,7 @@ async def test_reconnecting_without_offline_access_drops_the_old_refresh_token(
     await flow.register(GENERIC_TENANT, name="generic")
     assert (await flow.connect("nancysmart", tenant="generic")).status == 200
     first = await flow.only_connection()
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         before = await load_tokens(session, flow.service.vault, first.id)
     assert before is not None
     assert before.refresh_token
@@ -286,7 +286,7 @@ async def test_reconnecting_without_offline_access_drops_the_old_refresh_token(
     assert (await flow.connect("nancysmart", tenant="generic")).status == 200
     again = await flow.only_connection()
     assert again.id == first.id
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         after = await load_tokens(session, flow.service.vault, again.id)
     assert after is not None
     assert after.refresh_token is None

@@ -19,7 +19,7 @@ from syncsvc.db.models import LaunchAttempt
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig, vendor_policy
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox
-from syncsvc.web.keys import SESSIONMAKER
+from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.web.flows import Flow
 
@@ -51,7 +51,7 @@ def _token_requests(sandbox: RunningSandbox, tenant_id: str) -> list[str]:
 
 
 async def _attempt_outcomes(flow: Flow) -> list[str]:
-    async with flow.service.app[SESSIONMAKER]() as session:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
         return sorted(str(a.outcome) for a in await session.scalars(select(LaunchAttempt)))
 
 
