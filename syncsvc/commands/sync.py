@@ -24,6 +24,7 @@ from syncsvc.commands.common import (
 LISTEN_ERRNOS = frozenset({errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL})
 
 if TYPE_CHECKING:
+    from syncsvc.services import Services
     from syncsvc.settings import Settings
     from syncsvc.sync.runner import WorkReport
 
@@ -74,20 +75,16 @@ def _sync(args: argparse.Namespace) -> int:
     return 1 if report.failures else 0
 
 
-async def _work_forever(settings: Settings, args: argparse.Namespace) -> None:
+async def _work_forever(services: Services, args: argparse.Namespace) -> None:
     from syncsvc.logging import get_logger
     from syncsvc.process import tune_gc
-    from syncsvc.services import Services
     from syncsvc.web.worker_app import create_worker_app, serving_worker_app
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with (
-        Services(settings, background=True, require_schema=True) as services,
-        contextlib.AsyncExitStack() as serving,
-    ):
+    async with services, contextlib.AsyncExitStack() as serving:
         # SIGHUP re-reads the vault key file at once (it is also noticed when it changes).
         loop.add_signal_handler(signal.SIGHUP, services.vault.refresh)
         if args.metrics_port is not None:
@@ -108,16 +105,17 @@ async def _work_forever(settings: Settings, args: argparse.Namespace) -> None:
 def _worker(args: argparse.Namespace) -> int:
     from syncsvc.commands.serve import wait_for_database
     from syncsvc.errors import SyncsvcError
-    from syncsvc.vault import Vault
+    from syncsvc.services import Services
 
     settings = load_settings("worker", configure_logs=True)
     if settings is None:
         return EXIT_USAGE
-    Vault.from_settings(settings)  # no key: a configuration error before anything starts
+    # No vault key: a configuration error before anything starts.
+    services = Services(settings, background=True, require_schema=True)
     wait_for_database(settings, args.wait_for_db)
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_work_forever(settings, args))
+            asyncio.run(_work_forever(services, args))
     except SyncsvcError as exc:
         return failed("worker", exc)
     except OSError as exc:
