@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.db.probe import require_newest_schema
 from syncsvc.http import create_http_client, create_webhook_client
+from syncsvc.lifecycle.chores import outbox_chores
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext, new_owner_id
 from syncsvc.sync.page_decode import PageDecoder, page_decoder
@@ -112,7 +113,7 @@ class Services:
         )
         if self.background:
             self._sync.publish_pipeline()
-            self._scheduler = SyncScheduler(self._sync)
+            self._scheduler = SyncScheduler(self._sync, chores=outbox_chores())
             stack.push_async_callback(self.stop_background)
 
     def start_background(self) -> None:

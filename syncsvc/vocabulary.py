@@ -127,3 +127,38 @@ WebhookEvent = Literal[
     "connection.scopes_changed",
 ]
 WEBHOOK_EVENTS: Final[tuple[WebhookEvent, ...]] = get_args(WebhookEvent)
+
+# --- launch failure kinds ------------------------------------------------------------------
+
+#: What a failed launch's counted reason says about who must act.
+FailureKind = Literal["patient_choice", "browser", "registration", "misbound", "other"]
+
+#: Codes that come from how the application is registered at the EHR, not from the patient:
+#: Cerner answers a standalone patient launch of an app registered for clinicians
+#: (provider persona) or for EHR launch with these.
+REGISTRATION_CODES = frozenset(
+    {"missing-patient", "invalid-launch-code", "client-persona-mismatch"}
+)
+#: The patient said no: their right, and no sign of a problem.
+PATIENT_CHOICE_CODES = frozenset({"access_denied"})
+#: A callback opened again, too late or in another browser: the launch itself may have worked.
+BROWSER_CODES = frozenset({"state_replayed", "state_expired", "state_browser_mismatch"})
+MISBOUND_CODES = frozenset({"tenant_mismatch", "patient_mismatch"})
+
+
+def kind_of(reason: str) -> FailureKind:
+    """What kind of failure a counted reason is."""
+    if reason in REGISTRATION_CODES or "persona" in reason:
+        return "registration"
+    if reason in PATIENT_CHOICE_CODES:
+        return "patient_choice"
+    if reason in BROWSER_CODES:
+        return "browser"
+    if reason in MISBOUND_CODES:
+        return "misbound"
+    return "other"
+
+
+def is_registration_error(reason: str) -> bool:
+    """Whether ``reason`` says the app's registration (persona, launch type) stopped the launch."""
+    return kind_of(reason) == "registration"

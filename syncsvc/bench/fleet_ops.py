@@ -24,6 +24,7 @@ from syncsvc.db import repo
 from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.db.models import Connection, ResourceCursor, SyncRun
 from syncsvc.http import create_http_client
+from syncsvc.lifecycle.chores import outbox_chores
 from syncsvc.logging import configure_logging
 from syncsvc.process import tune_gc
 from syncsvc.settings import Settings
@@ -140,7 +141,7 @@ def _scale_worker(settings: Settings, pipe: Pipe) -> None:
                     http=http,
                     decoder=decoder,
                 )
-                scheduler = SyncScheduler(ctx, limiter=unlimited())
+                scheduler = SyncScheduler(ctx, chores=outbox_chores(), limiter=unlimited())
                 tune_gc()
                 scheduler.start()
                 pipe.send(ctx.owner)

@@ -23,12 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
 from syncsvc.db.models import Connection, Tenant, new_id
-from syncsvc.directory.tenants import (
-    TenantSpec,
-    client_credentials,
-    register_tenant,
-    smart_configuration,
-)
+from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.sandbox.config import (
     COMPARTMENT_TYPES,
     ClientRegistration,
@@ -42,6 +37,7 @@ from syncsvc.sandbox.profiles import TenantUrls, tenant_urls
 from syncsvc.smart.oauth import exchange_code, new_pkce
 from syncsvc.smart.scopes import plan_scopes
 from syncsvc.sync.credentials import save_tokens
+from syncsvc.sync.tenant_config import client_credentials, smart_configuration
 from syncsvc.vault import Vault
 
 CLIENT_ID = "syncsvc-bench"

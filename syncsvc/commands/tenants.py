@@ -141,8 +141,9 @@ async def _register(settings: Settings, spec: TenantSpec) -> Tenant:
 
 
 def _add(args: argparse.Namespace) -> int:
-    from syncsvc.directory.tenants import DEFAULT_RESOURCE_TYPES, TenantSpec
+    from syncsvc.directory.tenants import TenantSpec
     from syncsvc.errors import SyncsvcError
+    from syncsvc.sync.tenant_config import DEFAULT_RESOURCE_TYPES
 
     settings = load_settings("tenants add")
     if settings is None:

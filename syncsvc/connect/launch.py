@@ -26,16 +26,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.connect.launch_failures import record_launch_failure
 from syncsvc.db import launch_failure_repo, repo
 from syncsvc.db.models import Connection, LaunchAttempt, Tenant, new_id
-from syncsvc.directory.tenants import (
-    client_credentials,
-    fresh_configuration,
-    redirect_uri_of,
-    resource_types_of,
-)
+from syncsvc.directory.tenants import fresh_configuration, redirect_uri_of
 from syncsvc.errors import LaunchError, ReauthRequired, SyncsvcError, Transient
 from syncsvc.fhir.client import FhirClient
 from syncsvc.fhir.ids import is_fhir_id
-from syncsvc.lifecycle import webhooks
 from syncsvc.logging import get_logger
 from syncsvc.settings import Settings
 from syncsvc.smart import oauth
@@ -45,10 +39,12 @@ from syncsvc.smart.id_token import fetch_jwks, validate_id_token
 from syncsvc.smart.mixup import callback_tenant_of, check_callback_route, check_response_issuer
 from syncsvc.smart.scopes import GrantReport, grant_report, plan_scopes
 from syncsvc.smart.vendor_errors import OAuthError, known_reason, safe_error_uri
+from syncsvc.sync import webhook_outbox
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens, save_tokens
 from syncsvc.sync.grant_states import readable_types, reconcile_type_states
 from syncsvc.sync.misbound import TENANT_MISMATCH, GrantToEnd, end_misbound, revoke_now
+from syncsvc.sync.tenant_config import client_credentials, resource_types_of
 from syncsvc.vault import Purpose, Vault
 from syncsvc.vocabulary import NO_READABLE_TYPE
 
@@ -557,7 +553,7 @@ async def _store_connection(
                     )
                     await session.refresh(connection)
                     # The host application hears of it as of a misbound run (same words).
-                    await webhooks.enqueue(
+                    await webhook_outbox.enqueue(
                         session,
                         services.settings,
                         "connection.misbound",

@@ -6,16 +6,15 @@ A failed launch is stored with the EHR's OAuth ``error``, the last segment of th
 (``ehr_error``, ``state_replayed``, ``id_token_aud``, ``tenant_mismatch``, ``no_patient`` ...).
 The counted ``reason`` is the most specific of these.
 
-Reasons fall into kinds an operator acts on differently (:func:`kind_of`): the patient's own
-choice (a plain ``access_denied``), the browser (a reloaded or stale callback), the app's
-registration (persona, launch type, missing patient context), a misbound grant (tenant-mismatch)
-and everything else.
+Reasons fall into kinds an operator acts on differently, defined with the other state names in
+:mod:`syncsvc.vocabulary` (:func:`~syncsvc.vocabulary.kind_of`): the patient's own choice (a plain
+``access_denied``), the browser (a reloaded or stale callback), the app's registration (persona,
+launch type, missing patient context), a misbound grant (tenant-mismatch) and everything else.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -25,39 +24,8 @@ from syncsvc.smart.vendor_errors import OAuthError, known_reason
 
 log = get_logger("syncsvc.connect.launch_failures")
 
-FailureKind = Literal["patient_choice", "browser", "registration", "misbound", "other"]
-
-#: Codes that come from how the application is registered at the EHR, not from the patient:
-#: Cerner answers a standalone patient launch of an app registered for clinicians
-#: (provider persona) or for EHR launch with these.
-REGISTRATION_CODES = frozenset(
-    {"missing-patient", "invalid-launch-code", "client-persona-mismatch"}
-)
-#: The patient said no: their right, and no sign of a problem.
-PATIENT_CHOICE_CODES = frozenset({"access_denied"})
-#: A callback opened again, too late or in another browser: the launch itself may have worked.
-BROWSER_CODES = frozenset({"state_replayed", "state_expired", "state_browser_mismatch"})
-MISBOUND_CODES = frozenset({"tenant_mismatch", "patient_mismatch"})
 #: How much of an EHR's description is read at all (the stored text is cut to 500 after).
 MAX_SCANNED = 8192
-
-
-def kind_of(reason: str) -> FailureKind:
-    """What kind of failure a counted reason is."""
-    if reason in REGISTRATION_CODES or "persona" in reason:
-        return "registration"
-    if reason in PATIENT_CHOICE_CODES:
-        return "patient_choice"
-    if reason in BROWSER_CODES:
-        return "browser"
-    if reason in MISBOUND_CODES:
-        return "misbound"
-    return "other"
-
-
-def is_registration_error(reason: str) -> bool:
-    """Whether ``reason`` says the app's registration (persona, launch type) stopped the launch."""
-    return kind_of(reason) == "registration"
 
 
 async def record_launch_failure(

@@ -16,9 +16,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from syncsvc.connect.launch_failures import kind_of
 from syncsvc.db.health_repo import ConnectionFacts
 from syncsvc.smart.scopes import grant_report, parse_scope
+from syncsvc.vocabulary import kind_of
 
 OFFLINE_ACCESS = "offline_access"
 PERMISSION_OFFLINE = "permission-offline"

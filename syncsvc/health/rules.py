@@ -56,7 +56,7 @@ LAUNCH_FAILURES_DEGRADED = 3
 LAUNCH_FAILURE_SHARE = 0.5
 #: ... and at or above this many with no successful launch at all in that time fail it.
 LAUNCH_FAILURES_FAILING = 5
-#: Launch failure reasons that say nothing about the tenant (see syncsvc.connect.launch_failures).
+#: Launch failure reasons that say nothing about the tenant (see syncsvc.vocabulary.kind_of).
 LAUNCH_NOISE_REASONS = frozenset(
     {"access_denied", "state_replayed", "state_expired", "state_browser_mismatch"}
 )

@@ -25,11 +25,6 @@ from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models import Connection, Tenant, new_id
 from syncsvc.db.stats_repo import count_resources
-from syncsvc.directory.tenants import (
-    client_credentials,
-    revocation_endpoint,
-    revocation_endpoint_refused,
-)
 from syncsvc.errors import NotFound, VaultError
 from syncsvc.lifecycle.revocations import (
     ACCESS_TOKEN_HINT,
@@ -42,6 +37,11 @@ from syncsvc.lifecycle.revocations import (
 from syncsvc.logging import get_logger
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens
+from syncsvc.sync.tenant_config import (
+    client_credentials,
+    revocation_endpoint,
+    revocation_endpoint_refused,
+)
 
 log = get_logger("syncsvc.lifecycle.disconnect")
 

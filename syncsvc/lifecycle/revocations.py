@@ -20,13 +20,13 @@ from typing import Any, Literal
 from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models import PendingRevocation
-from syncsvc.directory.tenants import client_credentials, revocation_endpoint_refusal
 from syncsvc.errors import SyncsvcError, VaultError
 from syncsvc.logging import get_logger
 from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.oauth import revoke_token
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.tenant_config import client_credentials, revocation_endpoint_refusal
 from syncsvc.vault import Purpose, Vault
 
 log = get_logger("syncsvc.lifecycle.revocations")

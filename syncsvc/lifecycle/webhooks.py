@@ -1,7 +1,8 @@
 """Webhooks to the host application: an outbox, signed deliveries, retries with backoff.
 
-:func:`enqueue` writes a ``webhook_deliveries`` row in the caller's transaction, so an event is
-recorded if and only if the state change it reports commits. :func:`deliver_due` claims due rows
+:func:`syncsvc.sync.webhook_outbox.enqueue` writes a ``webhook_deliveries`` row in the caller's
+transaction, so an event is recorded if and only if the state change it reports commits; this
+module delivers them. :func:`deliver_due` claims due rows
 with a lease (tx 1), POSTs each one with no transaction open, and records the outcome (tx 2); a
 failed delivery is retried on :data:`WEBHOOK_BACKOFF` until :data:`MAX_ATTEMPTS`, then given up
 with ``last_error`` kept. A crashed worker's lease expires and another takes the row over, so
@@ -21,46 +22,24 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import orjson
 from sqlalchemy import and_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db.leases import claim_rows, lease_free
-from syncsvc.db.models import Connection, Tenant, WebhookDelivery, new_id
+from syncsvc.db.models import WebhookDelivery
 from syncsvc.http import create_webhook_client, describe_network_error
 from syncsvc.logging import get_logger
-from syncsvc.settings import Settings
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.grant_states import explain_connection
-from syncsvc.vocabulary import WEBHOOK_EVENTS
 
 log = get_logger("syncsvc.lifecycle.webhooks")
 
-EVENT_TYPES = WEBHOOK_EVENTS
-#: What ``data`` may carry: outcomes, counts and plain-words reasons, never patient data.
-ALLOWED_DATA_KEYS = frozenset(
-    {
-        "run_id",
-        "outcome",
-        "counts",
-        "types",
-        "reason",
-        "message",
-        "error_uri",
-        "full",
-        "withdrawn",
-        "added",
-        "sentences",
-    }
-)
 SIGNATURE_HEADER = "Syncsvc-Signature"
 EVENT_HEADER = "Syncsvc-Event"
 DELIVERY_HEADER = "Syncsvc-Delivery"
@@ -73,10 +52,6 @@ DEFAULT_BATCH = 50
 SIGNATURE_TOLERANCE_SECONDS = 300
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 ERROR_LENGTH = 500
-
-
-class WebhookError(ValueError):
-    """An event that cannot be enqueued as asked (unknown type, data that is not allowed)."""
 
 
 def webhook_url_allowed(url: str) -> bool:
@@ -122,65 +97,6 @@ def verify_signature(
     expected = sign(secret, body, timestamp).partition(",v1=")[2]
     # Several v1 values are allowed, so a sender can sign with an old and a new secret.
     return any(hmac.compare_digest(expected, value) for value in fields.get("v1", []))
-
-
-async def enqueue(
-    session: AsyncSession,
-    settings: Settings,
-    event_type: str,
-    *,
-    connection: Connection,
-    data: Mapping[str, Any] | None = None,
-    now: dt.datetime | None = None,
-) -> WebhookDelivery | None:
-    """Record a webhook about ``connection`` in the caller's transaction; None if none is set up.
-
-    The payload is ``{"id", "type", "created_at", "data": {"connection_id", "user_id",
-    "tenant_id", "patient_id", "status", "status_reason", "explanation", ...data}}``, where
-    ``explanation`` is the connection's state in the words its pages use (read in the caller's
-    transaction, so it describes the change being committed).
-    """
-    if event_type not in EVENT_TYPES:
-        raise WebhookError(f"unknown webhook event type {event_type!r}")
-    extra = dict(data or {})
-    refused = set(extra) - ALLOWED_DATA_KEYS
-    if refused:
-        raise WebhookError(f"webhook data may not carry {', '.join(sorted(refused))}")
-    if settings.webhook_url is None:
-        return None
-    moment = now or dt.datetime.now(dt.UTC)
-    delivery_id = new_id()
-    await session.flush()  # the explanation reads what the caller changed
-    tenant = await session.get(Tenant, connection.tenant_id)
-    explanation = await explain_connection(session, connection, tenant)
-    payload = {
-        "id": delivery_id,
-        "type": event_type,
-        "created_at": moment,
-        "data": {
-            "connection_id": connection.id,
-            "user_id": connection.user_id,
-            "tenant_id": connection.tenant_id,
-            "patient_id": connection.patient_id,
-            "status": connection.status,
-            "status_reason": connection.status_reason,
-            "explanation": explanation.to_json(),
-            **extra,
-        },
-    }
-    delivery = WebhookDelivery(
-        id=delivery_id,
-        event_type=event_type,
-        connection_id=connection.id,
-        user_id=connection.user_id,
-        payload=orjson.dumps(payload),
-        attempts=0,
-        next_attempt_at=moment,
-        created_at=moment,
-    )
-    session.add(delivery)
-    await session.flush()
-    return delivery
 
 
 @dataclass

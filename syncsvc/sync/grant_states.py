@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.db import disconnect_repo, repo, resource_repo
 from syncsvc.db.models import Connection, SyncState, Tenant
 from syncsvc.db.stats_repo import count_resources
-from syncsvc.directory.tenants import resource_types_of
 from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES, covered_types, parse_scope
 from syncsvc.sync.explain import Explanation, GrantFacts, TypeFacts, explain
+from syncsvc.sync.tenant_config import resource_types_of
 from syncsvc.vocabulary import UNGRANTED_TYPE_STATES
 
 OFFLINE_ACCESS = "offline_access"

@@ -22,7 +22,6 @@ from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models import Connection, Tenant, new_id
 from syncsvc.db.stats_repo import count_resources
-from syncsvc.directory.tenants import client_credentials, revocation_endpoint
 from syncsvc.errors import VaultError
 from syncsvc.lifecycle.revocations import (
     ACCESS_TOKEN_HINT,
@@ -34,6 +33,7 @@ from syncsvc.lifecycle.revocations import (
     token_purpose,
 )
 from syncsvc.logging import get_logger
+from syncsvc.sync.tenant_config import client_credentials, revocation_endpoint
 from syncsvc.vault import Vault
 
 from .context import SyncContext

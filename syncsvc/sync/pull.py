@@ -43,7 +43,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo, resource_repo
 from syncsvc.db.models import Connection, SyncState, Tenant, new_id
-from syncsvc.directory.tenants import resource_types_of, smart_configuration
 from syncsvc.errors import (
     Misbound,
     NotFound,
@@ -76,6 +75,7 @@ from syncsvc.sync.store import (
     flag_vanished,
     store_page,
 )
+from syncsvc.sync.tenant_config import resource_types_of, smart_configuration
 from syncsvc.sync.type_schedule import RETRYING, after_failure, waiting_until
 from syncsvc.vocabulary import NO_READABLE_TYPE, SYNCING_STATUSES, PullOutcome, TypeRunStatus
 

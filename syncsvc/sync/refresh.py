@@ -26,15 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models import Connection, new_id
-from syncsvc.directory.tenants import client_credentials, revocation_endpoint
 from syncsvc.errors import Conflict, Misbound, ReauthRequired, Transient
-from syncsvc.lifecycle import webhooks
 from syncsvc.logging import get_logger
 from syncsvc.netguard import endpoint_problem, is_loopback_host
 from syncsvc.settings import Settings
 from syncsvc.smart.binding import foreign_patient, foreign_tenant
 from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.oauth import TokenResponse, refresh_tokens
+from syncsvc.sync import webhook_outbox
+from syncsvc.sync.tenant_config import client_credentials, revocation_endpoint
 from syncsvc.vault import Purpose
 from syncsvc.vocabulary import (
     OFFLINE_ACCESS_EXPIRED_MESSAGE,
@@ -440,7 +440,7 @@ async def _rescope(
             detail=f"A refresh widened the grant: {resource_type} is now granted.",
         )
     await session.flush()
-    await webhooks.enqueue(
+    await webhook_outbox.enqueue(
         session,
         ctx.settings,
         "connection.scopes_changed",

@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.db import repo
 from syncsvc.db.models import Connection, Tenant
 from syncsvc.errors import Transient
-from syncsvc.lifecycle import webhooks
 from syncsvc.logging import get_logger
+from syncsvc.sync import webhook_outbox
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens
@@ -234,7 +234,9 @@ async def _notify_host_app(
         }
     else:
         return
-    await webhooks.enqueue(session, ctx.settings, event, connection=connection, data=data, now=now)
+    await webhook_outbox.enqueue(
+        session, ctx.settings, event, connection=connection, data=data, now=now
+    )
 
 
 def _status_data(connection: Connection) -> dict[str, Any]:

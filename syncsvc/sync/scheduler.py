@@ -8,6 +8,10 @@ long as the scheduler, so they hold across ticks.
 
 Stopping: no new tick starts and the running one stops claiming; connections it claimed but
 has not started are handed back at once, those in flight finish, and every lease is released.
+
+After each round the tick runs its *chores*: outbox work that is not a sync (webhook delivery,
+revocation retries, purges). They are handed in by whoever builds the scheduler, so the sync
+engine does not import the lifecycle code that sits above it.
 """
 
 from __future__ import annotations
@@ -16,14 +20,12 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from syncsvc.lifecycle.purge import purge_expired
-from syncsvc.lifecycle.revocations import retry_pending
-from syncsvc.lifecycle.webhooks import deliver_due
 from syncsvc.logging import get_logger
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.limits import TenantLimiter
@@ -36,8 +38,16 @@ APSCHEDULER_LOGGER = "apscheduler.scheduler"
 #: A tick claims at most this many batches, so it ends and the next tick re-reads the schedule.
 BATCHES_PER_TICK = 4
 DRAIN_TIMEOUT_SECONDS = 30.0
-#: How often one process purges expired rows (``syncsvc.lifecycle.purge``).
-PURGE_INTERVAL_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Chore:
+    """Work a tick does after its sync round; a failure is logged once per streak, per chore."""
+
+    name: str
+    work: Callable[[SyncContext], Awaitable[object]]
+    #: At most this often (monotonic seconds); 0 runs it on every tick.
+    every_seconds: float = 0.0
 
 
 class _SkipNotice(logging.Filter):
@@ -60,8 +70,15 @@ def _quiet_skips() -> None:
 class SyncScheduler:
     """Runs :func:`~syncsvc.sync.runner.run_due` every ``tick_seconds`` until stopped."""
 
-    def __init__(self, ctx: SyncContext, *, limiter: TenantLimiter | None = None) -> None:
+    def __init__(
+        self,
+        ctx: SyncContext,
+        *,
+        chores: Sequence[Chore],
+        limiter: TenantLimiter | None = None,
+    ) -> None:
         self._ctx = ctx
+        self._chores = tuple(chores)
         self.limiter = limiter or TenantLimiter()
         self._stopping = asyncio.Event()
         self._busy = asyncio.Lock()
@@ -69,13 +86,13 @@ class SyncScheduler:
         self.last_tick_at: dt.datetime | None = None
         self.last_report: WorkReport | None = None
         self.ticks = 0
-        #: When the next purge of expired rows is due (monotonic clock); the first tick purges.
-        self._next_purge = 0.0
+        #: When each chore is next due (monotonic clock); the first tick runs them all.
+        self._next_due = {chore.name: 0.0 for chore in self._chores}
         url = ctx.settings.database_url
         self._tick_streak = FailureStreak(log, "tick", url)
         self._outbox_streaks = {
-            name: FailureStreak(log, "outbox", url, outbox=name)
-            for name in ("webhooks", "revocations", "purge")
+            chore.name: FailureStreak(log, "outbox", url, outbox=chore.name)
+            for chore in self._chores
         }
 
     def start(self) -> None:
@@ -127,21 +144,15 @@ class SyncScheduler:
                 )
 
     async def _work_outboxes(self) -> None:
-        """Deliver due webhooks, retry pending revocations and, once a minute, purge expired
-        rows (each failure is its own)."""
+        """Run the chores that are due (each failure is its own)."""
         now = time.monotonic()
-        works: list[tuple[str, Callable[[SyncContext], Awaitable[object]]]] = [
-            ("webhooks", deliver_due),
-            ("revocations", retry_pending),
-        ]
-        if now >= self._next_purge:
-            # Expired rows are no hurry: ticks come every few seconds, purging needs not.
-            self._next_purge = now + PURGE_INTERVAL_SECONDS
-            works.append(("purge", purge_expired))
-        for name, work in works:
-            streak = self._outbox_streaks[name]
+        for chore in self._chores:
+            if now < self._next_due[chore.name]:
+                continue
+            self._next_due[chore.name] = now + chore.every_seconds
+            streak = self._outbox_streaks[chore.name]
             try:
-                await work(self._ctx)
+                await chore.work(self._ctx)
             except Exception as exc:
                 streak.failed(exc)
             else:

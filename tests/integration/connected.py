@@ -14,16 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
 from syncsvc.db.models import Connection, Tenant
-from syncsvc.directory.tenants import (
-    DEFAULT_RESOURCE_TYPES,
-    TenantSpec,
-    register_tenant,
-    smart_configuration,
-)
+from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.smart.oauth import parse_token_response
 from syncsvc.smart.scopes import plan_scopes
 from syncsvc.sync.credentials import save_tokens
+from syncsvc.sync.tenant_config import DEFAULT_RESOURCE_TYPES, smart_configuration
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import TEST_REDIRECT_URI
 from tests.integration.sandbox.authflow import obtain_tokens

@@ -6,9 +6,9 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
-from syncsvc.directory.tenants import client_credentials, smart_configuration
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.credentials import load_tokens
+from syncsvc.sync.tenant_config import client_credentials, smart_configuration
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT
 from tests.integration.connected import connect_patient, register_sandbox_tenant

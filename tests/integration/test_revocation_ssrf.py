@@ -21,13 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.models import Connection, Event, PendingRevocation, Tenant, new_id
-from syncsvc.directory.tenants import revocation_endpoint
 from syncsvc.lifecycle.disconnect import disconnect_connection
 from syncsvc.lifecycle.revocations import retry_pending, token_purpose
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens
+from syncsvc.sync.tenant_config import revocation_endpoint
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.connected import register_and_connect

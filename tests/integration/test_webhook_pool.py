@@ -23,6 +23,7 @@ from syncsvc.http import create_http_client, create_webhook_client
 from syncsvc.lifecycle import webhooks
 from syncsvc.netguard import NonPublicAddress
 from syncsvc.settings import Secret, Settings
+from syncsvc.sync import webhook_outbox
 from syncsvc.sync.context import SyncContext
 from syncsvc.vault import Vault
 from tests.integration.dbdata import add_connection, add_tenant
@@ -85,7 +86,7 @@ async def test_a_token_request_to_the_webhook_receivers_host_never_rides_its_con
         async with sessionmaker.begin() as session:
             tenant = await add_tenant(session)
             connection = await add_connection(session, tenant, user_id="user-a", patient_id="p-1")
-            await webhooks.enqueue(
+            await webhook_outbox.enqueue(
                 session, configured, "sync.completed", connection=connection, data={}, now=now
             )
         report = await webhooks.deliver_due(ctx)

@@ -16,12 +16,12 @@ import aiohttp_jinja2
 from aiohttp import web
 
 from syncsvc.connect.launch import LaunchOutcome, complete_launch, start_launch
-from syncsvc.connect.launch_failures import is_registration_error
 from syncsvc.connect.links import peek_connect_link, use_connect_link
 from syncsvc.db import repo
 from syncsvc.db.models import Tenant
 from syncsvc.errors import LaunchError
 from syncsvc.sync.grant_states import explain_connection
+from syncsvc.vocabulary import is_registration_error
 from syncsvc.web.cookies import (
     FORM_FIELD,
     PatientSession,

@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
 from syncsvc.db.rekey import count_by_key_id
-from syncsvc.directory.tenants import client_credentials
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings, read_key_file
 from syncsvc.sync.credentials import load_tokens
+from syncsvc.sync.tenant_config import client_credentials
 from syncsvc.vault import Vault, ensure_key_file, format_key_ring
 from tests.fixtures.sandbox import CERNER_TENANT
 from tests.integration.cli.runner import environment, syncsvc

@@ -8,9 +8,9 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
-from syncsvc.directory.tenants import client_credentials
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
+from syncsvc.sync.tenant_config import client_credentials
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.db.models import WebhookDelivery
 from syncsvc.lifecycle import webhooks
 from syncsvc.settings import Secret, Settings
+from syncsvc.sync import webhook_outbox
 from syncsvc.sync.context import SyncContext
 from syncsvc.vault import Vault
 from tests.integration.dbdata import add_connection, add_tenant
@@ -71,7 +72,7 @@ async def test_signed_delivery_retried_until_the_receiver_answers(
     async with sessionmaker.begin() as session:
         tenant = await add_tenant(session)
         connection = await add_connection(session, tenant, user_id="user-a", patient_id="p-1")
-        delivery = await webhooks.enqueue(
+        delivery = await webhook_outbox.enqueue(
             session,
             ctx.settings,
             "sync.completed",
@@ -149,7 +150,7 @@ async def test_gives_up_after_the_last_attempt(
     ctx = _context(settings, sessionmaker, http, clock, receiver.url)
     async with sessionmaker.begin() as session:
         connection = await add_connection(session, await add_tenant(session))
-        delivery = await webhooks.enqueue(
+        delivery = await webhook_outbox.enqueue(
             session, ctx.settings, "connection.needs_reauth", connection=connection, now=clock.now
         )
     assert delivery is not None
@@ -186,7 +187,7 @@ async def test_unreachable_receiver_and_leases(
     ctx = _context(settings, sessionmaker, http, clock, url)
     async with sessionmaker.begin() as session:
         connection = await add_connection(session, await add_tenant(session))
-        delivery = await webhooks.enqueue(
+        delivery = await webhook_outbox.enqueue(
             session, ctx.settings, "connection.misbound", connection=connection, now=clock.now
         )
         assert delivery is not None
@@ -209,16 +210,16 @@ async def test_nothing_is_enqueued_without_a_webhook_and_bad_events_are_refused(
     async with sessionmaker.begin() as session:
         connection = await add_connection(session, await add_tenant(session))
         assert (
-            await webhooks.enqueue(session, settings, "sync.completed", connection=connection)
+            await webhook_outbox.enqueue(session, settings, "sync.completed", connection=connection)
             is None
         )
         configured = settings.replace(
             webhook_url="https://host.example/hooks", webhook_secret=Secret(SECRET)
         )
-        with pytest.raises(webhooks.WebhookError):
-            await webhooks.enqueue(session, configured, "sync.started", connection=connection)
-        with pytest.raises(webhooks.WebhookError):
-            await webhooks.enqueue(
+        with pytest.raises(webhook_outbox.WebhookError):
+            await webhook_outbox.enqueue(session, configured, "sync.started", connection=connection)
+        with pytest.raises(webhook_outbox.WebhookError):
+            await webhook_outbox.enqueue(
                 session,
                 configured,
                 "sync.completed",

@@ -18,11 +18,11 @@ import orjson
 from sqlalchemy import select
 
 from syncsvc.db.models import Connection, Resource, Tenant
-from syncsvc.directory.tenants import client_credentials
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.smart.oauth import refresh_tokens
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens, save_tokens
+from syncsvc.sync.tenant_config import client_credentials
 from tests.integration.sandbox.tokens import mint_access_token
 
 #: The sandbox admin API takes changes as JSON only (no page can send that cross-origin).

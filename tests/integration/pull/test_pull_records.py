@@ -7,11 +7,11 @@ import datetime as dt
 import pytest
 
 from syncsvc.db import repo, resource_repo
-from syncsvc.directory.tenants import DEFAULT_RESOURCE_TYPES
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.pull import pull_connection
+from syncsvc.sync.tenant_config import DEFAULT_RESOURCE_TYPES
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
 from tests.integration.connected import connect_patient, register_sandbox_tenant
 

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db.models import ConnectLink, LaunchAttempt, WebhookDelivery
+from syncsvc.lifecycle.chores import outbox_chores
 from syncsvc.lifecycle.purge import LAUNCH_GRACE, purge_expired
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
@@ -89,7 +90,7 @@ async def test_the_tick_purges_finished_rows_in_batches_and_keeps_live_ones(
     assert len(await _ids(sessionmaker, LaunchAttempt.id)) == 3
 
     # The scheduler's tick does the rest.
-    scheduler = SyncScheduler(ctx)
+    scheduler = SyncScheduler(ctx, chores=outbox_chores())
     await scheduler.tick()
 
     assert await _ids(sessionmaker, LaunchAttempt.id) == {"just-expired", "live"}

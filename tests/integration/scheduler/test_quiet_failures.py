@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 
 from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.http import create_http_client
+from syncsvc.lifecycle.chores import outbox_chores
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.scheduler import SyncScheduler
@@ -109,7 +110,9 @@ async def test_a_lost_database_is_logged_when_ticks_start_failing_and_when_they_
         fast = settings.replace(database_url=url, tick_seconds=0.05)
         engine = create_engine(url)
         async with create_http_client() as http:
-            scheduler = SyncScheduler(SyncContext(fast, create_sessionmaker(engine), vault, http))
+            scheduler = SyncScheduler(
+                SyncContext(fast, create_sessionmaker(engine), vault, http), chores=outbox_chores()
+            )
             scheduler.start()
             try:
 

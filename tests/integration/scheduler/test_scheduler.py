@@ -9,6 +9,7 @@ import aiohttp
 from sqlalchemy import update
 
 from syncsvc.db.models import Connection, SyncRun
+from syncsvc.lifecycle.chores import outbox_chores
 from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
@@ -43,7 +44,7 @@ async def test_a_tick_claims_works_and_releases_what_is_due(
 ) -> None:
     _, ids = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 3)
     async with contexts(settings, sessionmaker, vault, 1) as (ctx,):
-        scheduler = SyncScheduler(ctx)
+        scheduler = SyncScheduler(ctx, chores=outbox_chores())
         await scheduler.tick()
         report = scheduler.last_report
 
@@ -68,7 +69,7 @@ async def test_a_tick_claims_works_and_releases_what_is_due(
     assert {e.connection_id for e in recorded} == set(ids)
     # Nothing is due any more: the next tick claims nothing.
     async with contexts(settings, sessionmaker, vault, 1) as (ctx,):
-        again = SyncScheduler(ctx)
+        again = SyncScheduler(ctx, chores=outbox_chores())
         await again.tick()
     assert again.last_report is not None
     assert again.last_report.claimed == 0
@@ -87,7 +88,10 @@ async def test_two_schedulers_never_work_one_connection_at_the_same_time(
     small = settings.replace(claim_batch_size=2, sync_concurrency=2)
     claimed = 0
     async with contexts(small, sessionmaker, vault, 2) as (first, second):
-        one, two = SyncScheduler(first), SyncScheduler(second)
+        one, two = (
+            SyncScheduler(first, chores=outbox_chores()),
+            SyncScheduler(second, chores=outbox_chores()),
+        )
         # A claim that loses a race for its rows (SQLite has no SKIP LOCKED) ends that tick
         # early; ticking again picks up the rest, as the scheduler's interval does.
         for _ in range(len(ids)):
@@ -178,7 +182,7 @@ async def test_stop_hands_back_unstarted_work_finishes_the_rest_and_releases_lea
     # Two at a time, one tick claims all six: four wait when stop() comes.
     narrow = settings.replace(sync_concurrency=2, tick_seconds=60)
     async with contexts(narrow, sessionmaker, vault, 1) as (ctx,):
-        scheduler = SyncScheduler(ctx)
+        scheduler = SyncScheduler(ctx, chores=outbox_chores())
         scheduler.start()
 
         async def all_leased() -> bool:
