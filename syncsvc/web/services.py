@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from syncsvc.connect.launch import LaunchServices
+from syncsvc.connect.grant import LaunchServices
 from syncsvc.web.keys import SERVICES
 
 

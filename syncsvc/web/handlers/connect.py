@@ -15,7 +15,8 @@ from typing import Any
 import aiohttp_jinja2
 from aiohttp import web
 
-from syncsvc.connect.launch import LaunchOutcome, complete_launch, start_launch
+from syncsvc.connect.grant import LaunchOutcome
+from syncsvc.connect.launch import complete_launch, start_launch
 from syncsvc.connect.links import peek_connect_link, use_connect_link
 from syncsvc.db import repo
 from syncsvc.db.models import Tenant

@@ -1,0 +1,167 @@
+"""Storing a finished launch: the (tenant, user, patient) connection, its binding and its tokens.
+
+A grant that can read nothing is stored ``no_access`` and never scheduled; a grant issued for
+another tenant is stored ``misbound``, its tokens never kept and its revocation queued and tried
+once while the patient waits. Two callbacks racing for the same patient end in one row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from syncsvc.connect.grant import Exchange, LaunchServices
+from syncsvc.db import repo
+from syncsvc.db.models import Connection
+from syncsvc.errors import LaunchError
+from syncsvc.sync import webhook_outbox
+from syncsvc.sync.context import SyncContext
+from syncsvc.sync.credentials import load_tokens, save_tokens
+from syncsvc.sync.grant_states import readable_types, reconcile_type_states
+from syncsvc.sync.misbound import TENANT_MISMATCH, GrantToEnd, end_misbound, revoke_now
+from syncsvc.vault import Vault
+from syncsvc.vocabulary import NO_READABLE_TYPE
+
+#: The inline revocation attempt of a misbound grant is short: a person is waiting.
+INLINE_REVOKE_TIMEOUT_SECONDS = 5.0
+
+
+async def store_connection(
+    services: LaunchServices, exchange: Exchange, mismatch: str | None, now: dt.datetime
+) -> Connection:
+    """Create or update the (tenant, user, patient) connection with its binding and tokens."""
+    tenant, config, tokens = exchange.tenant, exchange.config, exchange.tokens
+    binding: dict[str, Any] = {
+        "fhir_base": tenant.fhir_base,
+        "aud": tenant.fhir_base,
+        "issuer": config.issuer or tenant.issuer,
+        "token_endpoint": config.token_endpoint,
+        "client_id": tenant.client_id,
+        "requested_scopes": exchange.requested,
+        "granted_scopes": exchange.granted,
+    }
+    if mismatch is None and not readable_types(exchange.granted, tenant):
+        # Nothing the grant covers can be read: never ``active``, nothing is scheduled.
+        status: dict[str, Any] = {
+            "status": "no_access",
+            "status_reason": NO_READABLE_TYPE,
+            "status_message": None,
+            "error_uri": None,
+            "next_sync_at": None,
+            "next_refresh_at": None,
+        }
+    elif mismatch is None:
+        margin = dt.timedelta(seconds=services.settings.refresh_margin_seconds)
+        expires = dt.datetime.fromtimestamp(tokens.expires_at, dt.UTC)
+        status = {
+            "status": "active",
+            "status_reason": None,
+            "status_message": None,
+            "error_uri": None,
+            "next_sync_at": now,
+            # Without a refresh token the grant is looked at again when its access token
+            # expires: it then needs the patient (offline_access_not_granted).
+            "next_refresh_at": max(now, expires - margin) if tokens.refresh_token else expires,
+        }
+    else:
+        # Made misbound (tokens deleted, revocation queued) by end_misbound below.
+        status = {"next_sync_at": None, "next_refresh_at": None, "error_uri": None}
+    ctx = SyncContext(
+        settings=services.settings,
+        sessionmaker=services.sessionmaker,
+        vault=services.vault,
+        http=services.http,
+    )
+    for _ in range(2):
+        try:
+            async with services.sessionmaker.begin() as session:
+                connection = await _upsert_connection(
+                    session,
+                    services.vault,
+                    exchange,
+                    {**binding, **status},
+                    store_tokens=mismatch is None,
+                    now=now,
+                )
+                ended = None
+                if mismatch is not None:
+                    ended = await end_misbound(
+                        session,
+                        vault=services.vault,
+                        owner=ctx.owner,
+                        connection=connection,
+                        tenant=tenant,
+                        grant=GrantToEnd.of(tokens.refresh_token, tokens.access_token),
+                        reason=TENANT_MISMATCH,
+                        foreign=mismatch,
+                        stage="launch",
+                        now=now,
+                    )
+                    await session.refresh(connection)
+                    # The host application hears of it as of a misbound run (same words).
+                    await webhook_outbox.enqueue(
+                        session,
+                        services.settings,
+                        "connection.misbound",
+                        connection=connection,
+                        data={
+                            "reason": connection.status_reason,
+                            "message": connection.status_message,
+                            "error_uri": connection.error_uri,
+                        },
+                        now=now,
+                    )
+        except IntegrityError:
+            # Two callbacks for the same patient raced to insert; the second updates instead.
+            continue
+        if ended is not None:
+            # The patient is waiting: one short attempt now, the tick retries a failure.
+            await revoke_now(ctx, ended, timeout_seconds=INLINE_REVOKE_TIMEOUT_SECONDS)
+        return connection
+    raise LaunchError("The connection could not be saved. Please start again.", reason="conflict")
+
+
+async def _upsert_connection(
+    session: AsyncSession,
+    vault: Vault,
+    exchange: Exchange,
+    columns: dict[str, Any],
+    *,
+    store_tokens: bool,
+    now: dt.datetime,
+) -> Connection:
+    attempt, tokens = exchange.attempt, exchange.tokens
+    patient_id = tokens.patient or ""
+    connection = await repo.find_connection(
+        session, tenant_id=exchange.tenant.id, user_id=attempt.user_id, patient_id=patient_id
+    )
+    if connection is None:
+        connection = await repo.create_connection(
+            session,
+            tenant_id=exchange.tenant.id,
+            user_id=attempt.user_id,
+            patient_id=patient_id,
+            now=now,
+            **columns,
+        )
+    else:
+        for name, value in columns.items():
+            setattr(connection, name, value)
+        connection.connected_at = now
+        connection.updated_at = now
+        connection.failure_count = 0
+        connection.backoff_until = None
+        await session.flush()
+    previous = await load_tokens(session, vault, connection.id)
+    if store_tokens:
+        await save_tokens(
+            session, vault, connection.id, tokens, previous=previous, now=now, replace=True
+        )
+    elif previous is not None:
+        await repo.delete_credentials(session, connection.id)
+    if store_tokens:
+        await reconcile_type_states(session, connection, exchange.tenant, now=now)
+    return connection
