@@ -1,4 +1,9 @@
-"""What background work needs from the process, handed down explicitly (no globals)."""
+"""What the sync engine needs from the process, handed down explicitly (no globals).
+
+A :class:`SyncContext` is the narrow view of the process's composition root
+(``syncsvc.services.Services``) that refresh, pull, disconnect and the launch take: the root
+builds one per process and hands the same one to every caller. Tests build their own.
+"""
 
 from __future__ import annotations
 
