@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from syncsvc.connect.grant import Exchange, LaunchOutcome, LaunchServices
+from syncsvc.connect.grant import Exchange, LaunchOutcome
 from syncsvc.connect.grant_store import store_connection
 from syncsvc.db.models import LaunchAttempt, Tenant
 from syncsvc.directory.tenants import fresh_configuration, redirect_uri_of
@@ -29,6 +29,7 @@ from syncsvc.smart.id_token import fetch_jwks, validate_id_token
 from syncsvc.smart.mixup import callback_tenant_of, check_response_issuer
 from syncsvc.smart.scopes import grant_report
 from syncsvc.smart.vendor_errors import known_reason, safe_error_uri
+from syncsvc.sync.context import SyncContext
 from syncsvc.sync.tenant_config import client_credentials
 from syncsvc.vault import Purpose
 
@@ -36,7 +37,7 @@ log = get_logger("syncsvc.connect.exchange")
 
 
 async def finish_exchange(
-    services: LaunchServices,
+    ctx: SyncContext,
     attempt: LaunchAttempt,
     tenant: Tenant,
     code: str,
@@ -45,7 +46,7 @@ async def finish_exchange(
     now: dt.datetime,
 ) -> LaunchOutcome:
     """Exchange the code at the attempt's tenant, check who the grant is for, store it."""
-    config = await fresh_configuration(services.sessionmaker, services.http, tenant, now=now)
+    config = await fresh_configuration(ctx.sessionmaker, ctx.http, tenant, now=now)
     # RFC 9207: the code and the PKCE verifier go to this tenant's token endpoint only when
     # nothing says the answer came from another authorization server.
     check_response_issuer(
@@ -55,17 +56,17 @@ async def finish_exchange(
         own_callback=callback_tenant_of(tenant.redirect_uri) == tenant.name,
         display_name=tenant.display_name,
     )
-    verifier = services.vault.decrypt(
+    verifier = ctx.vault.decrypt(
         attempt.code_verifier_enc, purpose=Purpose.CODE_VERIFIER, row=attempt.id
     )
     try:
         tokens = await oauth.exchange_code(
-            services.http,
+            ctx.http,
             token_endpoint=config.token_endpoint,
             code=code,
-            redirect_uri=redirect_uri_of(tenant, services.settings.public_url),
+            redirect_uri=redirect_uri_of(tenant, ctx.settings.public_url),
             code_verifier=verifier,
-            credentials=client_credentials(services.vault, tenant),
+            credentials=client_credentials(ctx.vault, tenant),
         )
     except ReauthRequired as exc:
         refusal = known_reason(exc.reason)
@@ -85,7 +86,7 @@ async def finish_exchange(
     requested = list(attempt.requested_scopes)
     granted = list(tokens.scopes) if tokens.scope_returned else requested
     exchange = Exchange(attempt, tenant, config, tokens, requested, granted)
-    await _check_identity(services, exchange)
+    await _check_identity(ctx, exchange)
     if not tokens.patient:
         raise LaunchError(
             f"{tenant.display_name} did not say which patient record was shared, so nothing "
@@ -100,11 +101,11 @@ async def finish_exchange(
             reason="patient_id_invalid",
         )
     mismatch = _tenant_mismatch(tenant, tokens)
-    connection = await store_connection(services, exchange, mismatch, now)
+    connection = await store_connection(ctx, exchange, mismatch, now)
     report = grant_report(requested, granted, has_refresh_token=tokens.refresh_token is not None)
     patient_name = None
     if mismatch is None:
-        patient_name = await _patient_name(services.http, tenant.fhir_base, tokens, granted)
+        patient_name = await _patient_name(ctx.http, tenant.fhir_base, tokens, granted)
     log.info(
         "launch_completed",
         tenant=tenant.name,
@@ -117,7 +118,7 @@ async def finish_exchange(
     return LaunchOutcome(connection, tenant, report, patient_name)
 
 
-async def _check_identity(services: LaunchServices, exchange: Exchange) -> None:
+async def _check_identity(ctx: SyncContext, exchange: Exchange) -> None:
     """Validate the id_token when the EHR sent one (or should have: ``openid`` granted)."""
     tenant, config, tokens = exchange.tenant, exchange.config, exchange.tokens
     issuer = config.issuer or tenant.issuer
@@ -134,7 +135,7 @@ async def _check_identity(services: LaunchServices, exchange: Exchange) -> None:
         # be verified, so none of its claims are used.
         log.warning("id_token_unverifiable", tenant=tenant.name)
         return
-    keys = await fetch_jwks(services.http, config.jwks_uri)
+    keys = await fetch_jwks(ctx.http, config.jwks_uri)
     validate_id_token(
         tokens.id_token,
         keys,

@@ -1,29 +1,17 @@
-"""What a launch works with and produces: the process's services, the exchanged grant, the
-outcome."""
+"""What a launch produces: the exchanged grant and the outcome.
+
+The launch works with the process's sync context (``syncsvc.sync.context.SyncContext``), the
+same one every request gets from the composition root.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiohttp
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from syncsvc.db.models import Connection, LaunchAttempt, Tenant
-from syncsvc.settings import Settings
 from syncsvc.smart import oauth
 from syncsvc.smart.discovery import SmartConfiguration
 from syncsvc.smart.scopes import GrantReport
-from syncsvc.vault import Vault
-
-
-@dataclass(frozen=True)
-class LaunchServices:
-    """What the launch needs from the process."""
-
-    settings: Settings
-    sessionmaker: async_sessionmaker[AsyncSession]
-    vault: Vault
-    http: aiohttp.ClientSession
 
 
 @dataclass(frozen=True)

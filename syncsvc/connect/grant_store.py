@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.connect.grant import Exchange, LaunchServices
+from syncsvc.connect.grant import Exchange
 from syncsvc.db import repo
 from syncsvc.db.models import Connection
 from syncsvc.errors import LaunchError
@@ -30,7 +30,7 @@ INLINE_REVOKE_TIMEOUT_SECONDS = 5.0
 
 
 async def store_connection(
-    services: LaunchServices, exchange: Exchange, mismatch: str | None, now: dt.datetime
+    ctx: SyncContext, exchange: Exchange, mismatch: str | None, now: dt.datetime
 ) -> Connection:
     """Create or update the (tenant, user, patient) connection with its binding and tokens."""
     tenant, config, tokens = exchange.tenant, exchange.config, exchange.tokens
@@ -54,7 +54,7 @@ async def store_connection(
             "next_refresh_at": None,
         }
     elif mismatch is None:
-        margin = dt.timedelta(seconds=services.settings.refresh_margin_seconds)
+        margin = dt.timedelta(seconds=ctx.settings.refresh_margin_seconds)
         expires = dt.datetime.fromtimestamp(tokens.expires_at, dt.UTC)
         status = {
             "status": "active",
@@ -69,18 +69,12 @@ async def store_connection(
     else:
         # Made misbound (tokens deleted, revocation queued) by end_misbound below.
         status = {"next_sync_at": None, "next_refresh_at": None, "error_uri": None}
-    ctx = SyncContext(
-        settings=services.settings,
-        sessionmaker=services.sessionmaker,
-        vault=services.vault,
-        http=services.http,
-    )
     for _ in range(2):
         try:
-            async with services.sessionmaker.begin() as session:
+            async with ctx.sessionmaker.begin() as session:
                 connection = await _upsert_connection(
                     session,
-                    services.vault,
+                    ctx.vault,
                     exchange,
                     {**binding, **status},
                     store_tokens=mismatch is None,
@@ -90,7 +84,7 @@ async def store_connection(
                 if mismatch is not None:
                     ended = await end_misbound(
                         session,
-                        vault=services.vault,
+                        vault=ctx.vault,
                         owner=ctx.owner,
                         connection=connection,
                         tenant=tenant,
@@ -104,7 +98,7 @@ async def store_connection(
                     # The host application hears of it as of a misbound run (same words).
                     await webhook_outbox.enqueue(
                         session,
-                        services.settings,
+                        ctx.settings,
                         "connection.misbound",
                         connection=connection,
                         data={

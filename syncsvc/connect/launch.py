@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from syncsvc.connect.exchange import finish_exchange, uri_on_ehr_host
-from syncsvc.connect.grant import LaunchOutcome, LaunchServices
+from syncsvc.connect.grant import LaunchOutcome
 from syncsvc.connect.launch_failures import record_launch_failure
 from syncsvc.db import launch_failure_repo, repo
 from syncsvc.db.models import Tenant, new_id
@@ -29,6 +29,7 @@ from syncsvc.smart import oauth
 from syncsvc.smart.mixup import callback_tenant_of, check_callback_route
 from syncsvc.smart.scopes import plan_scopes
 from syncsvc.smart.vendor_errors import OAuthError, known_reason, safe_error_uri
+from syncsvc.sync.context import SyncContext
 from syncsvc.sync.tenant_config import resource_types_of
 from syncsvc.vault import Purpose
 
@@ -49,7 +50,7 @@ class LaunchStart:
 
 
 async def start_launch(
-    services: LaunchServices,
+    ctx: SyncContext,
     *,
     tenant_name: str,
     user_id: str,
@@ -57,7 +58,7 @@ async def start_launch(
     now: dt.datetime,
 ) -> LaunchStart:
     """Record a launch attempt and return the authorize URL for it."""
-    async with services.sessionmaker() as session:
+    async with ctx.sessionmaker() as session:
         tenant = await repo.get_tenant_by_name(session, tenant_name)
     if tenant is None:
         raise LaunchError(
@@ -65,7 +66,7 @@ async def start_launch(
             reason="unknown_tenant",
         )
     try:
-        config = await fresh_configuration(services.sessionmaker, services.http, tenant, now=now)
+        config = await fresh_configuration(ctx.sessionmaker, ctx.http, tenant, now=now)
     except SyncsvcError as exc:
         log.warning("launch_discovery_failed", tenant=tenant.name, reason=exc.reason)
         raise LaunchError(
@@ -83,12 +84,12 @@ async def start_launch(
     nonce = secrets.token_urlsafe(24)
     pkce = oauth.new_pkce()
     attempt_id = new_id()
-    async with services.sessionmaker.begin() as session:
+    async with ctx.sessionmaker.begin() as session:
         await repo.create_launch_attempt(
             session,
             attempt_id=attempt_id,
             state_hash=sha256_hex(state),
-            code_verifier_enc=services.vault.encrypt(
+            code_verifier_enc=ctx.vault.encrypt(
                 pkce.verifier, purpose=Purpose.CODE_VERIFIER, row=attempt_id
             ),
             nonce=nonce,
@@ -97,12 +98,12 @@ async def start_launch(
             browser_binding_hash=sha256_hex(browser_binding),
             requested_scopes=scopes,
             now=now,
-            ttl_seconds=services.settings.launch_ttl_seconds,
+            ttl_seconds=ctx.settings.launch_ttl_seconds,
         )
     url = oauth.authorize_url(
         authorization_endpoint=config.authorization_endpoint,
         client_id=tenant.client_id,
-        redirect_uri=redirect_uri_of(tenant, services.settings.public_url),
+        redirect_uri=redirect_uri_of(tenant, ctx.settings.public_url),
         scopes=scopes,
         state=state,
         aud=tenant.fhir_base,
@@ -119,7 +120,7 @@ def _single(query: Mapping[str, str], name: str) -> str | None:
 
 
 async def complete_launch(
-    services: LaunchServices,
+    ctx: SyncContext,
     query: Mapping[str, str],
     *,
     arrived_for: str | None,
@@ -137,12 +138,12 @@ async def complete_launch(
     state = _single(query, "state")
     error = _single(query, "error")
     if error is not None:
-        used = await _record_ehr_error(services, state, browser_binding, now)
+        used = await _record_ehr_error(ctx, state, browser_binding, now)
         tenant = used[1] if used is not None else None
         if used is not None and not _answers_for(used[1], query, arrived_for):
             # Another server's error for this attempt: none of its words or links are shown.
             await record_launch_failure(
-                services.sessionmaker,
+                ctx.sessionmaker,
                 tenant_id=used[1].id,
                 attempt_id=used[0],
                 syncsvc_reason="callback_mismatch",
@@ -159,7 +160,7 @@ async def complete_launch(
         )
         if used is not None:
             await record_launch_failure(
-                services.sessionmaker,
+                ctx.sessionmaker,
                 tenant_id=used[1].id,
                 attempt_id=used[0],
                 syncsvc_reason="ehr_error",
@@ -184,7 +185,7 @@ async def complete_launch(
             reason="state_no_cookie",
         )
     try:
-        async with services.sessionmaker.begin() as session:
+        async with ctx.sessionmaker.begin() as session:
             attempt = await repo.consume_launch_attempt(
                 session,
                 state_hash=sha256_hex(state),
@@ -193,7 +194,7 @@ async def complete_launch(
             )
             tenant = await repo.get_tenant(session, attempt.tenant_id)
     except LaunchError as exc:
-        await _record_state_failure(services, state, exc, now)
+        await _record_state_failure(ctx, state, exc, now)
         raise
     if tenant is None:
         raise LaunchError("This provider is no longer available.", reason="unknown_tenant")
@@ -205,7 +206,7 @@ async def complete_launch(
             display_name=tenant.display_name,
         )
     except LaunchError as exc:
-        await _fail_attempt(services, attempt.id, tenant.id, exc.reason, now)
+        await _fail_attempt(ctx, attempt.id, tenant.id, exc.reason, now)
         log.warning("launch_callback_mismatch", tenant=tenant.name, attempt_id=attempt.id)
         raise
     try:
@@ -216,15 +217,15 @@ async def complete_launch(
                 reason="code_missing",
             )
         outcome = await finish_exchange(
-            services, attempt, tenant, code, iss=_single(query, "iss"), now=now
+            ctx, attempt, tenant, code, iss=_single(query, "iss"), now=now
         )
     except LaunchError as exc:
-        await _fail_attempt(services, attempt.id, tenant.id, exc.reason, now)
+        await _fail_attempt(ctx, attempt.id, tenant.id, exc.reason, now)
         raise
-    await _set_outcome(services, attempt.id, outcome.connection.status)
+    await _set_outcome(ctx, attempt.id, outcome.connection.status)
     if outcome.connection.status == "misbound":
         await record_launch_failure(
-            services.sessionmaker,
+            ctx.sessionmaker,
             tenant_id=tenant.id,
             attempt_id=attempt.id,
             syncsvc_reason=outcome.connection.status_reason or "tenant_mismatch",
@@ -234,12 +235,12 @@ async def complete_launch(
 
 
 async def _fail_attempt(
-    services: LaunchServices, attempt_id: str, tenant_id: str, reason: str, now: dt.datetime
+    ctx: SyncContext, attempt_id: str, tenant_id: str, reason: str, now: dt.datetime
 ) -> None:
     """Close a failed attempt with ``reason`` and count it against its tenant."""
-    await _set_outcome(services, attempt_id, reason)
+    await _set_outcome(ctx, attempt_id, reason)
     await record_launch_failure(
-        services.sessionmaker,
+        ctx.sessionmaker,
         tenant_id=tenant_id,
         attempt_id=attempt_id,
         syncsvc_reason=reason,
@@ -260,14 +261,14 @@ def _answers_for(tenant: Tenant, query: Mapping[str, str], arrived_for: str | No
 
 
 async def _record_state_failure(
-    services: LaunchServices, state: str, exc: LaunchError, now: dt.datetime
+    ctx: SyncContext, state: str, exc: LaunchError, now: dt.datetime
 ) -> None:
     """Count a replayed, expired or foreign-browser callback against its attempt's tenant."""
-    async with services.sessionmaker() as session:
+    async with ctx.sessionmaker() as session:
         tenant_id = await launch_failure_repo.attempt_tenant_id(session, sha256_hex(state))
     if tenant_id is not None:
         await record_launch_failure(
-            services.sessionmaker,
+            ctx.sessionmaker,
             tenant_id=tenant_id,
             attempt_id=None,
             syncsvc_reason=exc.reason,
@@ -280,13 +281,13 @@ def _on_ehr_host(answer: OAuthError, tenant: Tenant) -> bool:
 
 
 async def _record_ehr_error(
-    services: LaunchServices, state: str | None, browser_binding: str | None, now: dt.datetime
+    ctx: SyncContext, state: str | None, browser_binding: str | None, now: dt.datetime
 ) -> tuple[str, Tenant] | None:
     """Use up the attempt the EHR's error answers (no replay later); its id and tenant."""
     if state is None or not browser_binding:
         return None
     try:
-        async with services.sessionmaker.begin() as session:
+        async with ctx.sessionmaker.begin() as session:
             attempt = await repo.consume_launch_attempt(
                 session,
                 state_hash=sha256_hex(state),
@@ -302,6 +303,6 @@ async def _record_ehr_error(
     return None if tenant is None else (attempt.id, tenant)
 
 
-async def _set_outcome(services: LaunchServices, attempt_id: str, outcome: str) -> None:
-    async with services.sessionmaker.begin() as session:
+async def _set_outcome(ctx: SyncContext, attempt_id: str, outcome: str) -> None:
+    async with ctx.sessionmaker.begin() as session:
         await repo.set_launch_outcome(session, attempt_id, outcome[:64])

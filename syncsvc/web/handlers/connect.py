@@ -36,7 +36,6 @@ from syncsvc.web.cookies import (
     start_session,
 )
 from syncsvc.web.keys import RATE_LIMITS, SERVICES, SIGNER
-from syncsvc.web.services import launch_services
 
 MAX_FORM_BYTES = 16 * 1024
 #: Headings by the kind of failure, so the page's first line already says what happened.
@@ -180,7 +179,7 @@ async def start(request: web.Request) -> web.StreamResponse:
     try:
         binding = browser_binding(request) or new_browser_binding()
         launch = await start_launch(
-            launch_services(request),
+            request.app[SERVICES].sync_context(),
             tenant_name=tenant_name,
             user_id=user_id,
             browser_binding=binding,
@@ -200,7 +199,7 @@ async def callback(request: web.Request) -> web.Response:
     """Where the EHR sends the browser back (``redirect_uri``: per tenant, or the shared one)."""
     try:
         outcome = await complete_launch(
-            launch_services(request),
+            request.app[SERVICES].sync_context(),
             request.query,
             arrived_for=request.match_info.get("tenant"),
             browser_binding=browser_binding(request),
