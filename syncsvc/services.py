@@ -4,11 +4,11 @@
 application's ``cleanup_ctx``; ``worker``, ``sync --once`` and the commands that reach an EHR
 open it with ``async with``. Everything below receives it, or the narrow view of it the sync
 engine takes (:meth:`Services.sync_context`), and never assembles its own: one outbound HTTP
-client, one vault, one page decoder and one lease-owner id per process.
+client, one vault, one page decoder, one set of group writers and one lease-owner id per process.
 
 Start-up order is the dependency order (database, webhook client, EHR client, page decoder,
-sync context, scheduler); closing runs it backwards, so the scheduler stops first and the
-database goes last.
+group writers, sync context, scheduler); closing runs it backwards, so the scheduler stops first
+and the database goes last.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from syncsvc.http import create_http_client, create_webhook_client
 from syncsvc.lifecycle.chores import outbox_chores
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext, new_owner_id
-from syncsvc.sync.page_decode import PageDecoder, page_decoder
+from syncsvc.sync.pipeline.decode import PageDecoder, page_decoder
+from syncsvc.sync.pipeline.writer import group_writers
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
 from syncsvc.work_metrics import WorkMetrics
@@ -101,6 +102,10 @@ class Services:
             if self._decode_in_workers
             else PageDecoder()
         )
+        # Closed after the scheduler stops (so after the last pull), before the decoder.
+        writers = await stack.enter_async_context(
+            group_writers(self._sessionmaker, lanes=settings.write_lanes)
+        )
         self._sync = SyncContext(
             settings=settings,
             sessionmaker=self._sessionmaker,
@@ -110,6 +115,7 @@ class Services:
             owner=self.owner,
             decoder=decoder,
             metrics=self.metrics,
+            group_writers=writers,
         )
         if self.background:
             self._sync.publish_pipeline()

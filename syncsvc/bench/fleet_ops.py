@@ -29,7 +29,8 @@ from syncsvc.logging import configure_logging
 from syncsvc.process import tune_gc
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.page_decode import page_decoder
+from syncsvc.sync.pipeline.decode import page_decoder
+from syncsvc.sync.pipeline.writer import group_writers
 from syncsvc.sync.runner import run_due
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
@@ -130,16 +131,19 @@ def _scale_worker(settings: Settings, pipe: Pipe) -> None:
     async def work() -> None:
         engine = create_engine(settings.database_url)
         try:
+            sessionmaker = create_sessionmaker(engine)
             async with (
                 create_http_client() as http,
                 page_decoder(settings.decode_workers) as decoder,
+                group_writers(sessionmaker, lanes=settings.write_lanes) as writers,
             ):
                 ctx = SyncContext(
                     settings=settings,
-                    sessionmaker=create_sessionmaker(engine),
+                    sessionmaker=sessionmaker,
                     vault=Vault.from_settings(settings),
                     http=http,
                     decoder=decoder,
+                    group_writers=writers,
                 )
                 scheduler = SyncScheduler(ctx, chores=outbox_chores(), limiter=unlimited())
                 tune_gc()

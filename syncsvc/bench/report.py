@@ -74,7 +74,8 @@ class Report:
     rounds: int
     #: Page-decoding worker processes of the measured service (their CPU and RSS are counted).
     decode_workers: int = 0
-    #: Group-commit writers of the measured service (see ``syncsvc.sync.store.write_lanes``).
+    #: Group-commit writers of the measured service (see
+    #: ``syncsvc.sync.pipeline.writer.write_lanes``).
     write_lanes: int = 1
     rows: list[Row] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)

@@ -31,8 +31,8 @@ from syncsvc.process import tune_gc
 from syncsvc.settings import VAULT_KEY_BYTES, Settings, VaultKey
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens
-from syncsvc.sync.page_decode import PageDecoder, page_decoder
-from syncsvc.sync.store import write_lanes
+from syncsvc.sync.pipeline.decode import PageDecoder, page_decoder
+from syncsvc.sync.pipeline.writer import GroupWriters, group_writers
 from syncsvc.vault import Vault
 
 SCENARIOS = ("ingest", "resync", "peers", "wide", "big", "scheduler", "refresh", "scaleout")
@@ -116,9 +116,10 @@ async def run(options: Options) -> Report:
             _database(db_url) as sessionmaker,
             create_http_client() as http,
             page_decoder(settings.decode_workers) as decoder,
+            group_writers(sessionmaker, lanes=settings.write_lanes) as writers,
         ):
             report.decode_workers = decoder.workers
-            report.write_lanes = write_lanes(sessionmaker, settings.write_lanes)
+            report.write_lanes = len(writers)
             if decoder.workers:
                 held = sum(rss_mib(pid) for pid in decoder.worker_pids)
                 report.notes.append(
@@ -131,6 +132,7 @@ async def run(options: Options) -> Report:
                 sessionmaker=sessionmaker,
                 http=http,
                 decoder=decoder,
+                writers=writers,
                 origin=origin,
                 config=config,
                 work=work,
@@ -161,6 +163,7 @@ class Bench:
         sessionmaker: async_sessionmaker[AsyncSession],
         http: aiohttp.ClientSession,
         decoder: PageDecoder,
+        writers: GroupWriters,
         origin: str,
         config: Any,
         work: Path,
@@ -171,6 +174,7 @@ class Bench:
         self.sessionmaker = sessionmaker
         self.http = http
         self.decoder = decoder
+        self.writers = writers
         self.origin = origin
         self.config = config
         self.work = work
@@ -190,6 +194,7 @@ class Bench:
             vault=self.vault,
             http=self.http,
             decoder=self.decoder,
+            group_writers=self.writers,
         )
 
     async def run(self) -> None:

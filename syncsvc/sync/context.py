@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.fhir.page_limits import PageBudget, PageLimits
 from syncsvc.settings import Settings
-from syncsvc.sync.page_decode import PageDecoder
-from syncsvc.sync.store import GroupWriter, group_writer, writers_of
+from syncsvc.sync.pipeline.decode import PageDecoder
+from syncsvc.sync.pipeline.sink import PageSink
+from syncsvc.sync.pipeline.writer import GroupWriters
 from syncsvc.vault import Vault
 from syncsvc.work_metrics import Pipeline, WorkMetrics
 
@@ -56,6 +57,10 @@ class SyncContext:
     clock: Callable[[], dt.datetime] = utcnow
     #: The process's work counters (a private registry unless the process serves metrics).
     metrics: WorkMetrics = field(default_factory=WorkMetrics)
+    #: The process's group writers, made and closed by whoever built the context (see
+    #: :func:`syncsvc.sync.pipeline.writer.group_writers`). None: a context that never pulls,
+    #: or a test's, gets writers of its own on first use.
+    group_writers: GroupWriters | None = None
 
     @functools.cached_property
     def page_budget(self) -> PageBudget:
@@ -79,15 +84,19 @@ class SyncContext:
         """The current time by this context's clock."""
         return self.clock()
 
-    def writer(self, connection_id: str) -> GroupWriter:
-        """The group writer that takes this connection's units (the same one for all of them)."""
-        return group_writer(self.sessionmaker, connection_id, lanes=self.settings.write_lanes)
+    @functools.cached_property
+    def pages(self) -> PageSink:
+        """Where this context's pulls put their pages, and run what must follow them."""
+        writers = self.group_writers
+        if writers is None:
+            writers = GroupWriters(self.sessionmaker, lanes=self.settings.write_lanes)
+        return PageSink(self.sessionmaker, self.decoder, writers, self.clock)
 
     def publish_pipeline(self) -> None:
         """Let this context's metrics show its page pipeline (decoder and writers) when scraped."""
-        sessionmaker, decoder = self.sessionmaker, self.decoder
+        pages = self.pages
         self.metrics.scrape.pipeline = Pipeline(
-            decoding=lambda: decoder.in_flight,
-            writing=lambda: sum(writer.depth for writer in writers_of(sessionmaker)),
-            writes=lambda: [writer.stats for writer in writers_of(sessionmaker)],
+            decoding=lambda: pages.decoding,
+            writing=lambda: pages.writing,
+            writes=pages.writes,
         )

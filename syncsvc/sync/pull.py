@@ -2,7 +2,7 @@
 
 One run pulls its types side by side (:data:`TYPES_AT_ONCE` at a time, the others once the EHR
 has answered the first type with success). Each page is decoded by the context's decoder (in this
-thread, or in a page-decoding process; see ``syncsvc.sync.page_decode``) and handed to the
+thread, or in a page-decoding process; see ``syncsvc.sync.pipeline.decode``) and handed to the
 connection's group writer as it arrives; pages are committed in short transactions (never one
 held across an HTTP call). A type's watermark moves only when the type completed, so a crash or a
 transient failure makes the next run redo that type idempotently (unchanged resources are
@@ -30,7 +30,6 @@ A 401 ``invalid_token`` gets one forced token from the token source and one retr
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import datetime as dt
 import hashlib
@@ -66,15 +65,8 @@ from syncsvc.sync.misbound import (
     end_misbound,
     revoke_now,
 )
-from syncsvc.sync.page_batch import PageBatch
-from syncsvc.sync.page_decode import DecodedPage
-from syncsvc.sync.prepare import PreparedPage, prepare_page
-from syncsvc.sync.store import (
-    REJECTED_SHOWN,
-    Counts,
-    flag_vanished,
-    store_page,
-)
+from syncsvc.sync.pipeline.sink import TypePages
+from syncsvc.sync.pipeline.store import Counts
 from syncsvc.sync.tenant_config import resource_types_of, smart_configuration
 from syncsvc.sync.type_schedule import RETRYING, after_failure, waiting_until
 from syncsvc.vocabulary import NO_READABLE_TYPE, SYNCING_STATUSES, PullOutcome, TypeRunStatus
@@ -144,10 +136,6 @@ Mode = Literal["full", "incremental", "none"]
 #: one after another, those waits add up (a quarter of a bench round with just two types). The
 #: tenant's limits still bound requests.
 TYPES_AT_ONCE = 3
-#: Pages of one type's pull waiting for the writer at most (a connection has TYPES_AT_ONCE such
-#: pulls): enough to keep the event loop's thread busy preparing pages while the database
-#: writes, few enough to bound a pull's memory.
-PAGES_IN_FLIGHT = 6
 #: FHIR failure kinds that end only the type they happened on.
 _TYPE_ERRORS = frozenset({"bad_request", "forbidden", "not_found", "gone", "unexpected"})
 
@@ -290,7 +278,6 @@ async def pull_connection(
     about each type as it finishes (progress for a person watching a long pull).
     """
     started = ctx.now()
-    writer = ctx.writer(connection_id)
     run_id = new_id()
 
     async def begin(
@@ -322,7 +309,7 @@ async def pull_connection(
         )
         return connection, tenant, states
 
-    begun = await writer.run(begin, beside_pages=True)
+    begun = await ctx.pages.run(connection_id, begin, beside_pages=True)
     if begun is None:
         return RunSummary(connection_id, "inactive", started, started)
     connection, tenant, states = begun
@@ -592,7 +579,7 @@ async def _run_type(
     result = TypeResult(resource_type, "ok", plan.mode)
     attempt_at = ctx.now()
     try:
-        seen, newest, first_time = await _fetch_and_store(ctx, client, connection, plan, result)
+        pages = await _fetch_and_store(ctx, client, connection, plan, result)
     except _TypeFailed as failure:
         failed_at = ctx.now()
         error_class, message = failure.error_class, failure.message
@@ -633,7 +620,7 @@ async def _run_type(
                 **result.counts.columns(),
             )
 
-        await ctx.writer(connection.id).run(record_failure)
+        await ctx.pages.run(connection.id, record_failure)
         return result
     except _StopRun:
         summary.types[resource_type] = dataclasses.replace(result, status="incomplete")
@@ -645,11 +632,11 @@ async def _run_type(
         # The unit may run again if its group fails, so it returns what it did, never adds.
         vanished = 0
         # A type stored for the first time has only what this run stored: nothing can vanish.
-        if plan.mode == "full" and not first_time:
-            vanished = await flag_vanished(session, connection.id, resource_type, seen, now=now)
+        if plan.mode == "full" and not pages.first_time:
+            vanished = await pages.flag_vanished(session, now=now)
         counts = dataclasses.replace(result.counts, deleted=result.counts.deleted + vanished)
         previous = state.watermark if state is not None else None
-        watermark = max(filter(None, (previous, newest)), default=None)
+        watermark = max(filter(None, (previous, pages.newest)), default=None)
         fields: dict[str, Any] = {
             "status": "ok",
             "watermark": watermark,
@@ -670,7 +657,7 @@ async def _run_type(
         )
         return vanished
 
-    vanished = await ctx.writer(connection.id).run(record_success)
+    vanished = await ctx.pages.run(connection.id, record_success)
     result.counts.deleted += vanished
     _meter(client, Counts(deleted=vanished))
     return result
@@ -688,92 +675,39 @@ async def _fetch_and_store(
     connection: Connection,
     plan: _Plan,
     result: TypeResult,
-) -> tuple[set[str], dt.datetime | None, bool]:
-    """Fetch every page of one type and store each.
+) -> TypePages:
+    """Fetch every page of one type and put each into the page pipeline; returns its pages.
 
-    Returns the ids seen, the newest lastUpdated and whether the type had nothing stored before.
-
-    Pages are pipelined: while the group writer commits earlier pages, the next are fetched and
-    prepared. At most :data:`PAGES_IN_FLIGHT` pages of a pull wait for the writer, which writes
-    them in order; they are settled oldest first, so ``seen`` holds the ids of settled pages.
+    The pages' counts and rejected ids are added to ``result`` as they are committed.
     """
-    seen: set[str] = set()
-    newest: dt.datetime | None = None
-    async with ctx.sessionmaker() as session:
-        first_time = not await resource_repo.has_resources(
-            session, connection.id, plan.resource_type
-        )
-    # Kept by the writer itself (it writes pages in order), so it is exact for every page.
-    stored_ids: set[str] | None = set() if first_time else None
-    writer = ctx.writer(connection.id)
-    in_flight: collections.deque[tuple[asyncio.Future[Counts], PreparedPage]] = collections.deque()
-
-    async def settle_oldest() -> None:
-        nonlocal newest
-        written, page = in_flight.popleft()
-        counts = await written
-        result.counts.add(counts)
-        _meter(client, counts)  # committed now: counted once per page, never per resource
-        if page.rejected:
-            room = REJECTED_SHOWN - len(result.rejected)
-            result.rejected.extend(page.rejected[: max(room, 0)])
-        seen.update(item.resource_id for item in page.items)
-        if page.max_last_updated is not None and (newest is None or page.max_last_updated > newest):
-            newest = page.max_last_updated
-
-    async def settle() -> None:
-        # Every page is awaited even after one failed, so none is left unretrieved.
-        failure: BaseException | None = None
-        while in_flight:
-            try:
-                await settle_oldest()
-            except Exception as exc:  # the first failure is raised once all are settled
-                failure = failure or exc
-        if failure is not None:
-            raise failure
-
-    async def keep(page: PreparedPage) -> None:
-        while len(in_flight) >= PAGES_IN_FLIGHT:
-            await settle_oldest()
-        now = ctx.now()
-
-        def write(session: AsyncSession, batch: PageBatch) -> Awaitable[Counts]:
-            return store_page(
-                session, connection.id, page, now=now, stored_ids=stored_ids, batch=batch
-            )
-
-        in_flight.append((writer.submit_batched(write), page))
-
-    def decode(url: str, body: bytes) -> Awaitable[DecodedPage]:
-        return ctx.decoder.decode(
-            url,
-            body,
-            plan.resource_type,
-            connection.patient_id,
-            connection.fhir_base,
-            max_entries=client.limits.max_entries,
-        )
-
+    pages = await ctx.pages.open(
+        connection.id,
+        plan.resource_type,
+        patient_id=connection.patient_id,
+        base=connection.fhir_base,
+        max_entries=client.limits.max_entries,
+        counts=result.counts,
+        rejected=result.rejected,
+        meter=lambda counts: _meter(client, counts),
+    )
     try:
         try:
             if plan.resource_type == "Patient":
                 # The Patient is read by id: a search would need a parameter vendors spell apart.
                 resource = await client.read("Patient", connection.patient_id)
-                await keep(
-                    prepare_page([resource], "Patient", connection.patient_id, connection.fhir_base)
-                )
+                await pages.put_resources([resource])
             else:
                 for params in plan.type_plan.searches(connection.patient_id):
                     if plan.since is not None:
                         params["_lastUpdated"] = f"gt{_instant(plan.since)}"
-                    async for page in client.search(plan.resource_type, params, decode):
-                        await keep(page.prepared)
+                    async for page in client.search(plan.resource_type, params, pages.decode):
+                        await pages.put(page.prepared)
         finally:
             # Stored pages are kept (and counted) whatever ended the fetching.
-            await settle()
+            await pages.drain()
     except SyncsvcError as exc:
         raise _failure(exc) from exc
-    return seen, newest, first_time
+    return pages
 
 
 #: Transient reasons of syncsvc's own making, which end the whole run rather than count against
@@ -846,7 +780,7 @@ async def _finish(ctx: SyncContext, summary: RunSummary) -> None:
             session, summary.connection_id, now=summary.finished_at, success=summary.succeeded
         )
 
-    await ctx.writer(summary.connection_id).run(record, beside_pages=True)
+    await ctx.pages.run(summary.connection_id, record, beside_pages=True)
     log.info(
         "sync run",
         connection_id=summary.connection_id,

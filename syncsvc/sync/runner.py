@@ -191,7 +191,7 @@ async def _close_run(
         await _notify_host_app(ctx, session, connection_id, run)
         return added
 
-    report.events += await ctx.writer(connection_id).run(close, beside_pages=True)
+    report.events += await ctx.pages.run(connection_id, close, beside_pages=True)
     # Counted from the events just committed, so the counter and the events agree.
     meter = ctx.metrics.tenant(tenant)
     for record in run.events():
@@ -380,7 +380,7 @@ async def _work_leased(
         async def release(session: AsyncSession) -> bool:
             return await repo.release_lease(session, connection.id, ctx.owner)
 
-        await ctx.writer(connection.id).run(release, beside_pages=True)
+        await ctx.pages.run(connection.id, release, beside_pages=True)
 
 
 async def claim(

@@ -6,8 +6,8 @@ import datetime as dt
 from functools import partial
 from typing import Any
 
-from syncsvc.sync.compartment import canonical
-from syncsvc.sync.prepare import is_entered_in_error, prepare_page
+from syncsvc.sync.pipeline.compartment import canonical
+from syncsvc.sync.pipeline.prepare import is_entered_in_error, prepare_page
 from tests.fixtures.fhir_resources import observation
 
 NANCY = "12724066"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from syncsvc.sync.compartment import belongs_to_patient, canonical, resource_identity
+from syncsvc.sync.pipeline.compartment import belongs_to_patient, canonical, resource_identity
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.page_decode import PageDecoder
+from syncsvc.sync.pipeline.decode import PageDecoder
 from syncsvc.vault import Vault
 
 from . import SandboxAdmin

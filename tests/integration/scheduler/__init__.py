@@ -23,6 +23,7 @@ from syncsvc.http import create_http_client
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.pipeline.writer import group_writers
 from syncsvc.vault import Vault
 from tests.integration.connected import connect_patient, register_sandbox_tenant
 
@@ -48,12 +49,25 @@ async def contexts(
     ``trace_configs`` watch each client's requests once they have passed the tenant's gate.
     """
     async with AsyncExitStack() as stack:
+        # One set of writers, as the contexts of one process share them.
+        writers = await stack.enter_async_context(
+            group_writers(sessionmaker, lanes=settings.write_lanes)
+        )
         made = []
         for index in range(count):
             http = await stack.enter_async_context(
                 create_http_client(total_seconds=20, trace_configs=trace_configs)
             )
-            made.append(SyncContext(settings, sessionmaker, vault, http, owner=f"owner-{index}"))
+            made.append(
+                SyncContext(
+                    settings,
+                    sessionmaker,
+                    vault,
+                    http,
+                    owner=f"owner-{index}",
+                    group_writers=writers,
+                )
+            )
         yield made
 
 

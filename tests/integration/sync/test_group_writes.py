@@ -13,16 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.db import resource_repo
 from syncsvc.db.models import Resource
 from syncsvc.errors import Transient
-from syncsvc.sync.page_batch import PageBatch, PendingRow
-from syncsvc.sync.prepare import PreparedPage, prepare_page
-from syncsvc.sync.store import (
-    POSTGRES_LANES,
-    Counts,
-    GroupWriter,
-    group_writer,
-    store_page,
-    write_lanes,
-)
+from syncsvc.sync.pipeline.batch import PageBatch, PendingRow
+from syncsvc.sync.pipeline.prepare import PreparedPage, prepare_page
+from syncsvc.sync.pipeline.store import Counts, store_page
+from syncsvc.sync.pipeline.writer import POSTGRES_LANES, GroupWriter, GroupWriters, write_lanes
 from tests.integration.dbdata import add_connection, add_tenant, utcnow
 
 PATIENT = "p-1"
@@ -371,9 +365,10 @@ async def test_each_connection_keeps_one_writer_and_postgres_spreads_them_over_l
     sessionmaker: async_sessionmaker[AsyncSession], db_backend: str
 ) -> None:
     ids = [f"connection-{index}" for index in range(64)]
-    writers = [group_writer(sessionmaker, cid, lanes=4) for cid in ids]
+    lanes = GroupWriters(sessionmaker, lanes=4)
+    writers = [lanes.of(cid) for cid in ids]
 
-    assert [group_writer(sessionmaker, cid, lanes=4) for cid in ids] == writers
+    assert [lanes.of(cid) for cid in ids] == writers
     distinct = {id(writer) for writer in writers}
     if db_backend == "sqlite":
         # One writing transaction at a time: more writers would only wait on the lock.
@@ -389,9 +384,10 @@ async def test_a_group_held_open_holds_up_only_the_connections_of_its_own_lane(
 ) -> None:
     # Random ids: 24 of them all landing on one of two lanes has odds of 1 in 8 million.
     connections = await _connections(sessionmaker, 24)
+    writers = GroupWriters(sessionmaker, lanes=2)
     lanes: dict[int, str] = {}
     for cid in connections:
-        lanes.setdefault(id(group_writer(sessionmaker, cid, lanes=2)), cid)
+        lanes.setdefault(id(writers.of(cid)), cid)
     # SQLite has one writer whatever is asked: every connection shares it.
     assert len(lanes) == (1 if db_backend == "sqlite" else 2)
     held = connections[0]
@@ -404,8 +400,8 @@ async def test_a_group_held_open_holds_up_only_the_connections_of_its_own_lane(
         await asyncio.wait_for(release.wait(), timeout=10)
         return counts
 
-    stuck = group_writer(sessionmaker, held, lanes=2).submit_batched(slow)
-    other = group_writer(sessionmaker, free, lanes=2).submit_batched(_page_of_a(free, now))
+    stuck = writers.of(held).submit_batched(slow)
+    other = writers.of(free).submit_batched(_page_of_a(free, now))
 
     if db_backend == "sqlite":
         # The other connection's page waits in the same writer, behind the open group.
@@ -438,8 +434,9 @@ async def test_pages_of_many_connections_through_lanes_keep_each_connections_ord
 
         return write
 
+    writers = GroupWriters(sessionmaker, lanes=3)
     futures = [
-        group_writer(sessionmaker, cid, lanes=3).submit_batched(unit(cid, number))
+        writers.of(cid).submit_batched(unit(cid, number))
         for number in range(5)
         for cid in connections
     ]

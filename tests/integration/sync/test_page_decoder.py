@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from syncsvc.errors import Transient
-from syncsvc.sync import page_decode
-from syncsvc.sync.page_decode import PageDecoder, auto_workers, decode_page
+from syncsvc.sync.pipeline import decode as page_decode
+from syncsvc.sync.pipeline.decode import PageDecoder, auto_workers, decode_page
 from tests.fixtures.fhir_resources import observation
 
 BASE = "https://fhir.example.org/r4/tenant-a"
@@ -312,7 +312,7 @@ def test_a_worker_exits_when_its_service_is_killed_outright(tmp_path: Path) -> N
             """
             import asyncio
 
-            from syncsvc.sync.page_decode import PageDecoder
+            from syncsvc.sync.pipeline.decode import PageDecoder
 
 
             async def main() -> None:

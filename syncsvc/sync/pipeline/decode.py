@@ -40,7 +40,7 @@ import structlog
 from syncsvc.errors import SyncsvcError, Transient
 from syncsvc.fhir.bundle import parse_bundle
 from syncsvc.process import tune_gc
-from syncsvc.sync.prepare import PreparedPage, prepare_page
+from syncsvc.sync.pipeline.prepare import PreparedPage, prepare_page
 
 log = structlog.get_logger(__name__)
 

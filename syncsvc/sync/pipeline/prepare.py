@@ -1,7 +1,7 @@
 """Guarding and canonicalising a page of pulled resources: the CPU part of storing it.
 
 Nothing here touches the database or the network, so a page can be prepared in a worker process
-(:mod:`syncsvc.sync.page_decode`) as well as in the event loop's thread.
+(:mod:`syncsvc.sync.pipeline.decode`) as well as in the event loop's thread.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from syncsvc.fhir.ids import MAX_ID_LENGTH
-from syncsvc.sync.compartment import belongs_to_patient, canonical, resource_identity
+from syncsvc.sync.pipeline.compartment import belongs_to_patient, canonical, resource_identity
 
 ENTERED_IN_ERROR = "entered-in-error"
 

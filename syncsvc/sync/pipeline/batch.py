@@ -1,7 +1,7 @@
 """The resource rows of one group transaction's pages, written together.
 
-A group transaction of the writer (:class:`syncsvc.sync.store.GroupWriter`) takes the pages of
-several pulls. Written page by page, each costs a seq reservation and an upsert, and each
+A group transaction of the writer (:class:`syncsvc.sync.pipeline.writer.GroupWriter`) takes the
+pages of several pulls. Written page by page, each costs a seq reservation and an upsert, and each
 statement waits its turn on the event loop while pulls parse their next pages; the writer then
 spends most of its time waiting. Gathered here instead, a group's pages cost one seq reservation
 for all their connections and one write of their rows (on PostgreSQL a ``COPY`` of resources new

@@ -1,0 +1,218 @@
+"""Group commit: the writers that take every page write and run record of a process.
+
+:class:`GroupWriter` commits every unit of work that is waiting in one transaction (group
+commit): pulls hand it their units, so they never queue on the database's lock (SQLite's busy
+handler sleeps; PostgreSQL flushes its WAL per commit), and a pull can fetch its next page while
+its last one is being written. A process has one :class:`GroupWriters`, one writer per lane, and
+a connection's units always go through the same one: one on SQLite; on PostgreSQL several, so the
+database runs one lane's statement while the event loop builds the next lane's group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from syncsvc.sync.pipeline.batch import PageBatch
+from syncsvc.work_metrics import WRITE_BUCKETS, LatencyStats
+
+#: Units of work one group transaction takes at most (a bound on its size and duration).
+GROUP_LIMIT = 64
+#: Writer lanes per process on PostgreSQL unless ``SYNCSVC_WRITE_LANES`` says otherwise. With
+#: one, the writer was busy through a whole first sync, about 40% of it waiting on the database;
+#: two made a first sync 6-9% faster on 2 cores, and three or four did no better there.
+POSTGRES_LANES = 2
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Unit:
+    work: Callable[..., Awaitable[Any]]
+    done: asyncio.Future[Any]
+    #: Called with the group's :class:`PageBatch` too; see :meth:`GroupWriter.submit_batched`.
+    batched: bool = False
+    #: Reads nothing the group's pages write, so the batch need not be flushed before it.
+    beside_pages: bool = False
+
+
+class GroupWriter:
+    """Runs units of work one transaction at a time, each transaction taking all that wait.
+
+    Units run in the order they were submitted, so a pull's pages are written in page order. A
+    failing unit fails its group; the group is then retried unit by unit, so only the failing
+    unit's submitter sees the error. Page writes share the group's :class:`PageBatch`, which is
+    flushed before any other unit runs and before the commit, so every unit sees what the
+    units before it wrote.
+    """
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+        self._waiting: list[_Unit] = []
+        self._task: asyncio.Task[None] | None = None
+        #: Transactions committed and units written, for benchmarks and logs.
+        self.groups = 0
+        self.units = 0
+        #: Units in the transaction being written now (``depth`` adds those waiting).
+        self._writing = 0
+        #: Time of each group transaction, committed or not (read by ``/metrics``).
+        self.stats = LatencyStats(WRITE_BUCKETS)
+
+    @property
+    def depth(self) -> int:
+        """Units waiting for this writer or in its transaction now."""
+        return len(self._waiting) + self._writing
+
+    def submit(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, beside_pages: bool = False
+    ) -> asyncio.Future[T]:
+        """Queue ``work`` (called with the group's session); its result arrives in the future.
+
+        ``beside_pages`` says ``work`` reads no resource rows (closing a run, releasing a lease):
+        the pages waiting in the group's batch are then not flushed before it, so such units
+        between page writes do not split the group's rows into several small writes.
+        """
+        unit = _Unit(work, asyncio.get_running_loop().create_future(), beside_pages=beside_pages)
+        return self._queue(unit)
+
+    def submit_batched(
+        self, work: Callable[[AsyncSession, PageBatch], Awaitable[T]]
+    ) -> asyncio.Future[T]:
+        """Queue a page write: ``work`` is called with the session and the group's batch."""
+        return self._queue(_Unit(work, asyncio.get_running_loop().create_future(), batched=True))
+
+    def _queue(self, unit: _Unit) -> asyncio.Future[Any]:
+        self._waiting.append(unit)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain(), name="syncsvc-group-writer")
+        return unit.done
+
+    async def run(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, beside_pages: bool = False
+    ) -> T:
+        """Submit ``work`` and wait for it to be committed (``beside_pages``: see ``submit``)."""
+        return await self.submit(work, beside_pages=beside_pages)
+
+    async def drained(self) -> None:
+        """Wait until the units submitted so far are written (or have failed)."""
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait({task})  # not cancelled with its waiter: others' units are in it
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting[:GROUP_LIMIT], self._waiting[GROUP_LIMIT:]
+            try:
+                results = await self._commit(group)
+            except Exception as exc:
+                if len(group) == 1:
+                    _fail(group[0], exc)
+                    continue
+                for unit in group:
+                    await _settle(unit, self._commit)
+                continue
+            for unit, result in zip(group, results, strict=True):
+                if not unit.done.done():
+                    unit.done.set_result(result)
+
+    async def _commit(self, group: list[_Unit]) -> list[Any]:
+        results: list[Any] = []
+        started = time.perf_counter()
+        self._writing = len(group)
+        try:
+            async with self._sessionmaker.begin() as session:
+                batch = PageBatch()
+                for unit in group:
+                    if unit.batched:
+                        results.append(await unit.work(session, batch))
+                        continue
+                    if not unit.beside_pages:
+                        await batch.flush(session)
+                    results.append(await unit.work(session))
+                await batch.flush(session)
+        finally:
+            self._writing = 0
+            self.stats.observe(time.perf_counter() - started)
+        self.groups += 1
+        self.units += len(group)
+        return results
+
+
+def _fail(unit: _Unit, exc: Exception) -> None:
+    if not unit.done.done():
+        unit.done.set_exception(exc)
+
+
+async def _settle(unit: _Unit, commit: Callable[[list[_Unit]], Awaitable[list[Any]]]) -> None:
+    """Run one unit alone, handing its result or its exception to its submitter."""
+    try:
+        (result,) = await commit([unit])
+    except Exception as exc:
+        _fail(unit, exc)
+        return
+    if not unit.done.done():
+        unit.done.set_result(result)
+
+
+def write_lanes(sessionmaker: async_sessionmaker[AsyncSession], asked: int | None = None) -> int:
+    """How many writers a process has on ``sessionmaker``'s database (``asked``: the setting).
+
+    SQLite gets one whatever is asked: it runs one writing transaction at a time, so a second
+    writer would only wait on its lock, or fail when its transaction had read before the other
+    committed.
+    """
+    bind = sessionmaker.kw.get("bind")
+    if bind is None or bind.dialect.name == "sqlite":
+        return 1
+    return POSTGRES_LANES if asked is None else max(1, asked)
+
+
+class GroupWriters:
+    """A process's group writers on one database, one per lane (see :func:`write_lanes`).
+
+    The same connection always gets the same writer (:meth:`of`), so its units are written in
+    the order they were submitted. ``lanes`` is the setting; the count is fixed when the writers
+    are made, since a count that changed later would move connections between writers. Whoever
+    makes them closes them (:func:`group_writers`), after the pulls that use them have ended.
+    """
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], *, lanes: int | None = None
+    ) -> None:
+        count = write_lanes(sessionmaker, lanes)
+        self._writers = [GroupWriter(sessionmaker) for _ in range(count)]
+
+    def of(self, connection_id: str) -> GroupWriter:
+        """The writer of ``connection_id``'s units (the same one for all of them)."""
+        # A stable hash (not hash(), which is salted per process) spreads connections evenly.
+        return self._writers[zlib.crc32(connection_id.encode()) % len(self._writers)]
+
+    def __iter__(self) -> Iterator[GroupWriter]:
+        return iter(self._writers)
+
+    def __len__(self) -> int:
+        return len(self._writers)
+
+    async def close(self) -> None:
+        """Wait until every unit submitted so far is written (or has failed)."""
+        for writer in self._writers:
+            await writer.drained()
+
+
+@contextlib.asynccontextmanager
+async def group_writers(
+    sessionmaker: async_sessionmaker[AsyncSession], *, lanes: int | None = None
+) -> AsyncIterator[GroupWriters]:
+    """A process's group writers on ``sessionmaker``'s database, closed on the way out."""
+    writers = GroupWriters(sessionmaker, lanes=lanes)
+    try:
+        yield writers
+    finally:
+        await writers.close()
