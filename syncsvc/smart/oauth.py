@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -216,6 +218,7 @@ async def _token_request(
     token_endpoint: str,
     form: dict[str, str],
     credentials: ClientCredentials,
+    clock: Callable[[], dt.datetime] | None = None,
 ) -> TokenResponse:
     headers = apply_client_auth(credentials, token_endpoint, form)
     headers["Accept"] = "application/json"
@@ -239,7 +242,8 @@ async def _token_request(
         raise Transient(
             f"The token endpoint could not be reached ({describe_network_error(exc)})"
         ) from exc
-    return parse_token_response(doc)
+    # ``expires_in`` counts from the answer, on the caller's clock (the wall clock if none).
+    return parse_token_response(doc, now=None if clock is None else clock().timestamp())
 
 
 async def exchange_code(
@@ -268,12 +272,16 @@ async def refresh_tokens(
     refresh_token: str,
     credentials: ClientCredentials,
     scope: str | None = None,
+    clock: Callable[[], dt.datetime] | None = None,
 ) -> TokenResponse:
-    """Use a refresh token. The caller persists the result before using the new access token."""
+    """Use a refresh token. The caller persists the result before using the new access token.
+
+    The expiry is placed in time by ``clock`` (the caller's; the wall clock when not given).
+    """
     form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
     if scope:
         form["scope"] = scope
-    return await _token_request(http, token_endpoint, form, credentials)
+    return await _token_request(http, token_endpoint, form, credentials, clock)
 
 
 async def revoke_token(

@@ -14,9 +14,7 @@ backs off (honouring ``Retry-After``) and keeps every stored token untouched.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -158,17 +156,6 @@ def next_refresh_at(
 
 def _reauth_message(reason: str) -> str:
     return _REAUTH_MESSAGES.get(reason.replace("-", "_"), _DEFAULT_REAUTH_MESSAGE)
-
-
-def _on_clock(response: TokenResponse, now: dt.datetime) -> TokenResponse:
-    """``response`` with its expiry on the context's clock.
-
-    ``refresh_tokens`` turns ``expires_in`` into an instant by the wall clock, while every other
-    time this module stores comes from ``SyncContext.clock``. In production the two agree to the
-    microsecond; a test that moves the context clock would otherwise store expiries in its past.
-    """
-    skew = now.timestamp() - time.time()
-    return dataclasses.replace(response, expires_at=response.expires_at + skew)
 
 
 @dataclass(frozen=True)
@@ -650,11 +637,12 @@ async def _call_ehr(
             token_endpoint=snapshot.connection.token_endpoint,
             refresh_token=refresh_token,
             credentials=snapshot.credentials,
+            clock=ctx.clock,
         )
     except (ReauthRequired, Transient) as exc:
         return await _failed(ctx, tokens, exc)
     now = ctx.now()
-    return await _stored(ctx, snapshot, tokens, _on_clock(response, now), now)
+    return await _stored(ctx, snapshot, tokens, response, now)
 
 
 async def refresh_connection(

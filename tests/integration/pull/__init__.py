@@ -61,6 +61,7 @@ class StoredTokens:
             token_endpoint=self.connection.token_endpoint,
             refresh_token=tokens.refresh_token,
             credentials=client_credentials(self.ctx.vault, self.tenant),
+            clock=self.ctx.clock,
         )
         async with self.ctx.sessionmaker.begin() as session:
             saved = await save_tokens(
