@@ -71,6 +71,10 @@ TypeRunStatus = Literal[
     "ok", "denied", "error", "transient_error", "failing", "skipped", "incomplete"
 ]
 TYPE_RUN_STATUSES: Final[tuple[TypeRunStatus, ...]] = get_args(TypeRunStatus)
+#: How a type fared when it makes its run ``partial`` (and an event for tenant health).
+FAILED_TYPE_RUN_STATUSES: Final[frozenset[TypeRunStatus]] = frozenset(
+    {"denied", "error", "transient_error", "failing"}
+)
 
 # --- runs and refreshes --------------------------------------------------------------------
 
@@ -82,12 +86,40 @@ RUN_OUTCOMES: Final[tuple[RunOutcome, ...]] = get_args(RunOutcome)
 PullOutcome = Literal["ok", "partial", "transient", "misbound", "reauth", "error", "inactive"]
 PULL_OUTCOMES: Final[tuple[PullOutcome, ...]] = get_args(PullOutcome)
 #: Outcomes of a run that got through every type it could.
-SUCCESSFUL_RUN_OUTCOMES: Final = frozenset({"ok", "partial"})
+SUCCESSFUL_RUN_OUTCOMES: Final[frozenset[PullOutcome]] = frozenset({"ok", "partial"})
+#: Outcomes of a run that a failure ended before every type was pulled.
+STOPPED_RUN_OUTCOMES: Final[frozenset[PullOutcome]] = frozenset(
+    {"transient", "misbound", "reauth", "error"}
+)
 
 RefreshOutcome = Literal[
     "refreshed", "not_due", "needs_reauth", "misbound", "transient", "lost_lease"
 ]
 REFRESH_OUTCOMES: Final[tuple[RefreshOutcome, ...]] = get_args(RefreshOutcome)
+
+# --- failures ------------------------------------------------------------------------------
+
+#: How syncsvc reads a FHIR server's non-2xx answer
+#: (:func:`syncsvc.smart.vendor_errors.classify_fhir_failure`). A kind that is also a
+#: :data:`HealthClass` counts under that class in tenant health.
+FhirFailureKind = Literal[
+    "tenant_mismatch",
+    "insufficient_scope",
+    "invalid_token",
+    "bad_request",
+    "not_found",
+    "gone",
+    "throttled",
+    "upstream_5xx",
+    "forbidden",
+    "unexpected",
+]
+FHIR_FAILURE_KINDS: Final[tuple[FhirFailureKind, ...]] = get_args(FhirFailureKind)
+#: The EHR turning down one query for a reason of its own (a 400 missing parameter, a plain
+#: 403, a 404, a 410, another 4xx): it ends only the type asked for, and counts as ``refused``.
+REFUSAL_KINDS: Final[frozenset[FhirFailureKind]] = frozenset(
+    {"bad_request", "forbidden", "not_found", "gone", "unexpected"}
+)
 
 # --- tenant health -------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from syncsvc.db.models import Connection
     from syncsvc.lifecycle.disconnect import DisconnectResult
     from syncsvc.settings import Settings
-    from syncsvc.sync.pull import TypeResult
+    from syncsvc.sync.run_records import TypeResult
     from syncsvc.sync.runner import WorkReport
 
 STATUSES = CONNECTION_STATUSES

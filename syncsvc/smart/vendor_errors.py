@@ -13,12 +13,12 @@ import email.utils
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 import orjson
 
 from syncsvc.logging import redact_text
+from syncsvc.vocabulary import FhirFailureKind
 
 TENANT_MISMATCH_URN = "urn:cerner:error:oauth2:resource-access:tenant-mismatch"
 INSUFFICIENT_SCOPES_URN = "urn:cerner:error:oauth2:resource-access:insufficient-scopes"
@@ -143,20 +143,6 @@ def parse_www_authenticate(header: str | None) -> dict[str, str]:
     if not header:
         return {}
     return {m["key"].lower(): m["value"] for m in _WWW_AUTH_PARAM.finditer(header)}
-
-
-FhirFailureKind = Literal[
-    "tenant_mismatch",
-    "insufficient_scope",
-    "invalid_token",
-    "bad_request",
-    "not_found",
-    "gone",
-    "throttled",
-    "upstream_5xx",
-    "forbidden",
-    "unexpected",
-]
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ type or failure class, each with an error class from the health vocabulary
 (:data:`syncsvc.vocabulary.HEALTH_CLASSES`). Events are written in the transaction that closes
 the run, so recording them costs no round trip of its own.
 
-Refreshes and pulls report failures in their own words (``FhirFailure`` kinds, the reason codes
-of :mod:`syncsvc.errors`, and for transport trouble only a message); :func:`health_class` maps
-each onto the vocabulary. Nothing here records a token, a body or a patient identifier.
+Refreshes and pulls report failures as reasons: FHIR failure kinds and health classes of
+:mod:`syncsvc.vocabulary`, the reason codes of :mod:`syncsvc.errors`, and for transport trouble
+only a message; :func:`health_class` says which health class each counts under. Nothing here
+records a token, a body or a patient identifier.
 """
 
 from __future__ import annotations
@@ -20,31 +21,15 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db.event_repo import add_event
-from syncsvc.sync.pull import RunSummary
 from syncsvc.sync.refresh import RefreshResult
-from syncsvc.vocabulary import HEALTH_CLASSES, OFFLINE_ACCESS_NOT_GRANTED
-
-#: Failure kinds of the FHIR client and pull engine that name a health class of their own.
-_KIND_TO_CLASS = {
-    "tenant_mismatch": "tenant_mismatch",
-    "misbound": "tenant_mismatch",
-    "insufficient_scope": "insufficient_scope",
-    "throttled": "throttled",
-    "upstream_5xx": "upstream_5xx",
-    "foreign_next_link": "foreign_next_link",
-    "paging_loop": "paging_loop",
-    # A page over the tenant's size or entry cap: an answer syncsvc cannot use.
-    "page_too_large": "malformed",
-    # 400 (a required parameter missing), 403 without insufficient_scope, 404, 410 and other
-    # refusals of one type: the EHR said no to the query itself.
-    "bad_request": "refused",
-    "forbidden": "refused",
-    "not_found": "refused",
-    "gone": "refused",
-    "unexpected": "refused",
-    # A 401 invalid_token that a fresh token did not cure: refused, though the grant stands.
-    "invalid_token": "refused",
-}
+from syncsvc.sync.run_records import RunSummary
+from syncsvc.vocabulary import (
+    FAILED_TYPE_RUN_STATUSES,
+    HEALTH_CLASSES,
+    OFFLINE_ACCESS_NOT_GRANTED,
+    REFUSAL_KINDS,
+    STOPPED_RUN_OUTCOMES,
+)
 
 #: Message fragments of transport-level ``Transient`` errors, which carry no reason code of
 #: their own (``syncsvc.fhir.client`` and ``syncsvc.smart.oauth`` word them): first match wins.
@@ -79,8 +64,14 @@ def health_class(reason: str | None, message: str | None = None) -> str | None:
         return None
     if reason in HEALTH_CLASSES:
         return reason
-    if reason in _KIND_TO_CLASS:
-        return _KIND_TO_CLASS[reason]
+    # A 401 invalid_token that a fresh token did not cure: refused, though the grant stands.
+    if reason in REFUSAL_KINDS or reason == "invalid_token":
+        return "refused"
+    if reason == "page_too_large":
+        # A page over the tenant's size or entry cap: an answer syncsvc cannot use.
+        return "malformed"
+    if reason == "misbound":
+        return "tenant_mismatch"
     text = message or ""
     for fragment, name in _MESSAGE_TO_CLASS:
         if fragment in text:
@@ -157,7 +148,7 @@ class ConnectionRun:
                     detail="Resources outside the patient's compartment were refused.",
                     count=result.counts.rejected,
                 )
-            if result.status in ("denied", "error", "transient_error", "failing"):
+            if result.status in FAILED_TYPE_RUN_STATUSES:
                 failed = True
                 yield EventRecord(
                     "sync",
@@ -167,7 +158,7 @@ class ConnectionRun:
                     # Not the EHR's own text: an OperationOutcome may name the patient.
                     detail=f"The EHR's answer for {name} ended that type ({result.status}).",
                 )
-        if summary.outcome in ("transient", "misbound", "reauth", "error"):
+        if summary.outcome in STOPPED_RUN_OUTCOMES:
             error_class = health_class(summary.error_class, summary.error_message)
             if summary.outcome == "reauth":
                 error_class = "invalid_grant"

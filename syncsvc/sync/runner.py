@@ -38,8 +38,9 @@ from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens
 from syncsvc.sync.limits import TenantGate, TenantLimiter
 from syncsvc.sync.outcomes import ConnectionRun, record_run
-from syncsvc.sync.pull import CachedTokenSource, RunSummary, TypeResult, pull_connection
+from syncsvc.sync.pull import CachedTokenSource, pull_connection
 from syncsvc.sync.refresh import ensure_access_token, refresh_connection
+from syncsvc.sync.run_records import RunSummary, TypeResult
 
 log = get_logger("syncsvc.sync.runner")
 

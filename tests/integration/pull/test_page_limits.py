@@ -12,7 +12,8 @@ from syncsvc.fhir.page_limits import MIB
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.pull import RunSummary, pull_connection
+from syncsvc.sync.pull import pull_connection
+from syncsvc.sync.run_records import RunSummary
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.connected import connect_patient, register_sandbox_tenant
 
