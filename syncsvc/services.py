@@ -26,8 +26,9 @@ from syncsvc.http import create_http_client, create_webhook_client
 from syncsvc.lifecycle.chores import outbox_chores
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext, new_owner_id
+from syncsvc.sync.limits import TenantLimiter
 from syncsvc.sync.pipeline.decode import PageDecoder, page_decoder
-from syncsvc.sync.pipeline.writer import group_writers
+from syncsvc.sync.pipeline.writer import GroupWriters, group_writers
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
 from syncsvc.work_metrics import WorkMetrics
@@ -43,6 +44,7 @@ class Services:
     ``decode_in_workers`` says otherwise. ``require_schema`` makes :meth:`start` fail with
     DatabaseUnavailable unless the database answers at the newest schema (commands check;
     ``serve`` waits for it before building the application and reports it in ``/readyz``).
+    ``limiter`` replaces the scheduler's per-tenant limits (the benchmark lifts them).
     Raises ConfigError at once when no vault key is configured.
     """
 
@@ -54,6 +56,7 @@ class Services:
         decode_in_workers: bool | None = None,
         require_schema: bool = False,
         metrics: WorkMetrics | None = None,
+        limiter: TenantLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.vault = Vault.from_settings(settings)
@@ -64,11 +67,14 @@ class Services:
         self.background = background
         self._decode_in_workers = background if decode_in_workers is None else decode_in_workers
         self._require_schema = require_schema
+        self._limiter = limiter
         self._stack: contextlib.AsyncExitStack | None = None
         self._engine: AsyncEngine | None = None
         self._sessionmaker: async_sessionmaker[AsyncSession] | None = None
         self._http: aiohttp.ClientSession | None = None
         self._webhook_http: aiohttp.ClientSession | None = None
+        self._decoder: PageDecoder | None = None
+        self._writers: GroupWriters | None = None
         self._sync: SyncContext | None = None
         self._scheduler: SyncScheduler | None = None
         self._scheduler_stopped = False
@@ -97,13 +103,13 @@ class Services:
         # Webhooks get a client (and connection pool) of their own: see create_webhook_client.
         self._webhook_http = await stack.enter_async_context(create_webhook_client())
         self._http = await stack.enter_async_context(create_http_client())
-        decoder = (
+        self._decoder = decoder = (
             await stack.enter_async_context(page_decoder(settings.decode_workers))
             if self._decode_in_workers
             else PageDecoder()
         )
         # Closed after the scheduler stops (so after the last pull), before the decoder.
-        writers = await stack.enter_async_context(
+        self._writers = writers = await stack.enter_async_context(
             group_writers(self._sessionmaker, lanes=settings.write_lanes)
         )
         self._sync = SyncContext(
@@ -119,7 +125,9 @@ class Services:
         )
         if self.background:
             self._sync.publish_pipeline()
-            self._scheduler = SyncScheduler(self._sync, chores=outbox_chores())
+            self._scheduler = SyncScheduler(
+                self._sync, chores=outbox_chores(), limiter=self._limiter
+            )
             stack.push_async_callback(self.stop_background)
 
     def start_background(self) -> None:
@@ -144,6 +152,7 @@ class Services:
 
     def _forget(self) -> None:
         self._engine = self._sessionmaker = self._http = self._webhook_http = None
+        self._decoder = self._writers = None
         self._sync = self._scheduler = None
         self._scheduler_stopped = False
 
@@ -178,6 +187,16 @@ class Services:
     def webhook_http(self) -> aiohttp.ClientSession:
         """The webhook client: a connection pool apart from :attr:`http`'s."""
         return _started(self._webhook_http)
+
+    @property
+    def decoder(self) -> PageDecoder:
+        """The page decoder: worker processes, or in place (``decode_in_workers``)."""
+        return _started(self._decoder)
+
+    @property
+    def writers(self) -> GroupWriters:
+        """The group writers every pull of the process writes its pages through."""
+        return _started(self._writers)
 
     @property
     def scheduler(self) -> SyncScheduler | None:

@@ -21,19 +21,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.bench.ingest import BenchError, unlimited
 from syncsvc.bench.measure import children_of, rss_mib
 from syncsvc.db import repo
-from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.db.models import Connection, ResourceCursor, SyncRun
-from syncsvc.http import create_http_client
-from syncsvc.lifecycle.chores import outbox_chores
 from syncsvc.logging import configure_logging
 from syncsvc.process import tune_gc
+from syncsvc.services import Services
 from syncsvc.settings import Settings
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.pipeline.decode import page_decoder
-from syncsvc.sync.pipeline.writer import group_writers
 from syncsvc.sync.runner import run_due
-from syncsvc.sync.scheduler import SyncScheduler
-from syncsvc.vault import Vault
 
 CLAIM_BATCH = 500
 #: How long a worker process gets to settle before its RSS is read.
@@ -129,32 +123,16 @@ def _scale_worker(settings: Settings, pipe: Pipe) -> None:
     configure_logging(log_format="console", log_level="WARNING")
 
     async def work() -> None:
-        engine = create_engine(settings.database_url)
-        try:
-            sessionmaker = create_sessionmaker(engine)
-            async with (
-                create_http_client() as http,
-                page_decoder(settings.decode_workers) as decoder,
-                group_writers(sessionmaker, lanes=settings.write_lanes) as writers,
-            ):
-                ctx = SyncContext(
-                    settings=settings,
-                    sessionmaker=sessionmaker,
-                    vault=Vault.from_settings(settings),
-                    http=http,
-                    decoder=decoder,
-                    group_writers=writers,
-                )
-                scheduler = SyncScheduler(ctx, chores=outbox_chores(), limiter=unlimited())
-                tune_gc()
-                scheduler.start()
-                pipe.send(ctx.owner)
-                closed = asyncio.Event()
-                asyncio.get_running_loop().add_reader(pipe.fileno(), closed.set)
-                await closed.wait()
-                await scheduler.stop()
-        finally:
-            await engine.dispose()
+        # A worker process as ``syncsvc worker`` builds it, with the tenant limits lifted.
+        services = Services(settings, background=True, limiter=unlimited())
+        async with services:
+            tune_gc()
+            services.start_background()
+            pipe.send(services.owner)
+            closed = asyncio.Event()
+            asyncio.get_running_loop().add_reader(pipe.fileno(), closed.set)
+            await closed.wait()
+            await services.stop_background()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(work())

@@ -10,13 +10,10 @@ import random
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import aiohttp
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench import fleet_ops, ingest, world
 from syncsvc.bench.ingest import Fleet
@@ -24,16 +21,13 @@ from syncsvc.bench.measure import Sample, Spread, rss_mib
 from syncsvc.bench.peers import PEERS, peer_available, run_peer
 from syncsvc.bench.report import Report, Row, judge
 from syncsvc.bench.sandbox_process import sandbox_process
-from syncsvc.db.engine import create_engine, create_sessionmaker, normalise_url
+from syncsvc.db.engine import normalise_url
 from syncsvc.db.migrate import upgrade_to_head
-from syncsvc.http import create_http_client
 from syncsvc.process import tune_gc
+from syncsvc.services import Services
 from syncsvc.settings import VAULT_KEY_BYTES, Settings, VaultKey
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens
-from syncsvc.sync.pipeline.decode import PageDecoder, page_decoder
-from syncsvc.sync.pipeline.writer import GroupWriters, group_writers
-from syncsvc.vault import Vault
 
 SCENARIOS = ("ingest", "resync", "peers", "wide", "big", "scheduler", "refresh", "scaleout")
 QUICK_SCENARIOS = ("ingest", "resync", "peers", "wide", "scheduler", "refresh")
@@ -77,15 +71,6 @@ def bench_settings(db_url: str, data_dir: Path, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
-@contextlib.asynccontextmanager
-async def _database(url: str) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = create_engine(url)
-    try:
-        yield create_sessionmaker(engine)
-    finally:
-        await engine.dispose()
-
-
 async def run(options: Options) -> Report:
     """Run the selected scenarios and return the report."""
     with contextlib.ExitStack() as stack:
@@ -112,14 +97,11 @@ async def run(options: Options) -> Report:
             resources=options.resources,
             rounds=options.rounds,
         )
-        async with (
-            _database(db_url) as sessionmaker,
-            create_http_client() as http,
-            page_decoder(settings.decode_workers) as decoder,
-            group_writers(sessionmaker, lanes=settings.write_lanes) as writers,
-        ):
+        # The measured service is built as ``sync --once`` builds it: one Services.
+        async with Services(settings, decode_in_workers=True) as services:
+            decoder = services.decoder
             report.decode_workers = decoder.workers
-            report.write_lanes = len(writers)
+            report.write_lanes = len(services.writers)
             if decoder.workers:
                 held = sum(rss_mib(pid) for pid in decoder.worker_pids)
                 report.notes.append(
@@ -128,11 +110,7 @@ async def run(options: Options) -> Report:
                 )
             bench = Bench(
                 options=options,
-                settings=settings,
-                sessionmaker=sessionmaker,
-                http=http,
-                decoder=decoder,
-                writers=writers,
+                services=services,
                 origin=origin,
                 config=config,
                 work=work,
@@ -159,43 +137,32 @@ class Bench:
         self,
         *,
         options: Options,
-        settings: Settings,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        http: aiohttp.ClientSession,
-        decoder: PageDecoder,
-        writers: GroupWriters,
+        services: Services,
         origin: str,
         config: Any,
         work: Path,
         report: Report,
     ) -> None:
         self.options = options
-        self.settings = settings
-        self.sessionmaker = sessionmaker
-        self.http = http
-        self.decoder = decoder
-        self.writers = writers
+        self.services = services
+        self.settings = services.settings
+        self.sessionmaker = services.sessionmaker
+        self.http = services.http
+        self.vault = services.vault
         self.origin = origin
         self.config = config
         self.work = work
         self.report = report
-        self.vault = Vault.from_settings(settings)
         self.created: list[str] = []
         self.tenant_ids: list[str] = []
         self.rng = random.Random(20261130)  # noqa: S311 - which resources change, not security
         self.say = options.say
 
     def context(self, **overrides: Any) -> SyncContext:
-        """A sync context as ``worker`` builds one, with settings ``overrides``."""
+        """The service's sync context, with settings ``overrides`` (a page budget of its own)."""
+        context = self.services.sync_context()
         settings = self.settings.replace(**overrides) if overrides else self.settings
-        return SyncContext(
-            settings=settings,
-            sessionmaker=self.sessionmaker,
-            vault=self.vault,
-            http=self.http,
-            decoder=self.decoder,
-            group_writers=self.writers,
-        )
+        return dataclasses.replace(context, settings=settings)
 
     async def run(self) -> None:
         """Every selected scenario, in a fixed order."""
