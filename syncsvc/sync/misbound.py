@@ -18,47 +18,23 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import disconnect_repo, repo
+from syncsvc.db import repo
 from syncsvc.db.event_repo import add_event
-from syncsvc.db.models import Connection, Tenant, new_id
+from syncsvc.db.models import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.errors import VaultError
-from syncsvc.lifecycle.revocations import (
-    ACCESS_TOKEN_HINT,
-    ATTEMPT_TIMEOUT_SECONDS,
-    LEASE_SECONDS,
-    REFRESH_TOKEN_HINT,
-    ClaimedRevocation,
-    attempt,
-    token_purpose,
-)
+from syncsvc.lifecycle.revocations import ATTEMPT_TIMEOUT_SECONDS, ClaimedRevocation, attempt
 from syncsvc.logging import get_logger
 from syncsvc.sync.tenant_config import client_credentials, revocation_endpoint
 from syncsvc.vault import Vault
 
 from .context import SyncContext
+from .revocation_queue import GrantToEnd, queue_revocation
 
 log = get_logger("syncsvc.misbound")
 
 TENANT_MISMATCH = "tenant_mismatch"
 PATIENT_MISMATCH = "patient_mismatch"
-
-
-@dataclass(frozen=True)
-class GrantToEnd:
-    """The live token that ends a misbound grant when revoked, with its RFC 7009 type hint."""
-
-    token: str
-    hint: str
-
-    @classmethod
-    def of(cls, refresh_token: str | None, access_token: str | None) -> GrantToEnd | None:
-        """The refresh token if there is one (revoking it ends its access tokens too)."""
-        if refresh_token:
-            return cls(refresh_token, REFRESH_TOKEN_HINT)
-        if access_token:
-            return cls(access_token, ACCESS_TOKEN_HINT)
-        return None
 
 
 @dataclass(frozen=True)
@@ -137,20 +113,15 @@ async def end_misbound(
     claimed: ClaimedRevocation | None = None
     queued = False
     if grant is not None and endpoint is not None:
-        revocation_id = new_id()
-        await disconnect_repo.add_pending_revocation(
+        revocation_id = await queue_revocation(
             session,
-            revocation_id=revocation_id,
+            vault,
             tenant_id=tenant.id,
             connection_id=connection.id,
-            revocation_endpoint=endpoint,
-            token_enc=vault.encrypt(
-                grant.token, purpose=token_purpose(grant.hint), row=revocation_id
-            ),
-            token_type_hint=grant.hint,
+            endpoint=endpoint,
+            grant=grant,
             now=now,
             lease_owner=owner,
-            lease_until=now + dt.timedelta(seconds=LEASE_SECONDS),
         )
         queued = True
         try:

@@ -21,9 +21,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import disconnect_repo, repo
+from syncsvc.db import repo
 from syncsvc.db.event_repo import add_event
-from syncsvc.db.models import Connection, new_id
+from syncsvc.db.models import Connection
 from syncsvc.errors import Conflict, Misbound, ReauthRequired, Transient
 from syncsvc.logging import get_logger
 from syncsvc.netguard import endpoint_problem, is_loopback_host
@@ -33,7 +33,6 @@ from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.oauth import TokenResponse, refresh_tokens
 from syncsvc.sync import webhook_outbox
 from syncsvc.sync.tenant_config import client_credentials, revocation_endpoint
-from syncsvc.vault import Purpose
 from syncsvc.vocabulary import (
     OFFLINE_ACCESS_EXPIRED_MESSAGE,
     OFFLINE_ACCESS_NOT_GRANTED,
@@ -49,11 +48,11 @@ from .misbound import (
     ATTEMPT_TIMEOUT_SECONDS,
     PATIENT_MISMATCH,
     TENANT_MISMATCH,
-    GrantToEnd,
     MisboundEnd,
     end_misbound,
     revoke_now,
 )
+from .revocation_queue import GrantToEnd, queue_revocation
 
 #: Retry policy for failed refreshes: a first retry within 15 s, at most an hour apart.
 REFRESH_BACKOFF = Backoff(base_seconds=15.0, cap_seconds=3600.0)
@@ -498,20 +497,16 @@ async def _orphaned(
     endpoint = revocation_endpoint(tenant, snapshot.connection.token_endpoint)
     if endpoint is None:
         return
-    token, hint, purpose = (
-        (response.refresh_token, "refresh_token", Purpose.REFRESH_TOKEN)
-        if response.refresh_token
-        else (response.access_token, "access_token", Purpose.ACCESS_TOKEN)
-    )
-    revocation_id = new_id()
-    await disconnect_repo.add_pending_revocation(
+    grant = GrantToEnd.of(response.refresh_token, response.access_token)
+    if grant is None:  # pragma: no cover - a token response always carries an access token
+        return
+    await queue_revocation(
         session,
-        revocation_id=revocation_id,
+        ctx.vault,
         tenant_id=tenant.id,
         connection_id=snapshot.connection.id,
-        revocation_endpoint=endpoint,
-        token_enc=ctx.vault.encrypt(token, purpose=purpose, row=revocation_id),
-        token_type_hint=hint,
+        endpoint=endpoint,
+        grant=grant,
         now=now,
     )
 
