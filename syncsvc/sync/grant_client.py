@@ -31,10 +31,11 @@ from syncsvc.work_metrics import TenantMeter
 
 log = get_logger("syncsvc.sync.grant_client")
 
-TokenSource = Callable[[bool], Awaitable[str]]
+AccessTokens = Callable[[bool], Awaitable[str]]
 """``get(force_refresh)`` → an access token of the connection's grant.
 
 Called with ``False`` before each request, and with ``True`` once after a 401 ``invalid_token``.
+A run hands in its :class:`~syncsvc.sync.token_source.TokenSource`.
 """
 #: A monotonic clock in seconds and a sleep, injectable so the retry loop can be tested exactly.
 Clock = Callable[[], float]
@@ -60,7 +61,7 @@ class GrantClient(FhirClient):
         self,
         http: aiohttp.ClientSession,
         base: str,
-        token_source: TokenSource,
+        token_source: AccessTokens,
         *,
         meter: TenantMeter | None = None,
         limits: PageLimits | None = None,

@@ -34,18 +34,18 @@ import asyncio
 import dataclasses
 import datetime as dt
 import functools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 
 from syncsvc.db import repo
 from syncsvc.db.models import Connection, SyncState, Tenant, new_id
-from syncsvc.errors import SyncsvcError, Transient, VaultError
+from syncsvc.errors import SyncsvcError, VaultError
 from syncsvc.fhir.plans import plan_for
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.credentials import StoredTokens, load_tokens
-from syncsvc.sync.grant_client import GrantClient, TokenSource
+from syncsvc.sync.credentials import load_tokens
+from syncsvc.sync.grant_client import AccessTokens, GrantClient
 from syncsvc.sync.misbound import (
     ATTEMPT_TIMEOUT_SECONDS,
     TENANT_MISMATCH,
@@ -72,52 +72,6 @@ from syncsvc.vocabulary import FAILED_TYPE_RUN_STATUSES
 log = structlog.get_logger("syncsvc.sync.pull")
 
 
-class CachedTokenSource:
-    """A :data:`TokenSource` that reads the stored token once and reuses it while it lives.
-
-    ``load(force)`` returns the connection's tokens (``ensure_access_token`` does: a database
-    read and a decryption, refreshing first when due). A pull asks before every page; this
-    answers from memory while the access token has ``margin_seconds`` left and goes back to
-    ``load`` only when it runs short or the EHR refused it (``force``).
-
-    A run's types ask at the same time, so one caller loads while the others wait for what it
-    loaded: ``load`` may refresh the grant, and the same refresh token sent twice at once can
-    cost a strict-rotation grant its life.
-    """
-
-    def __init__(
-        self,
-        load: Callable[[bool], Awaitable[StoredTokens]],
-        clock: Callable[[], dt.datetime],
-        *,
-        margin_seconds: float = 60,
-    ) -> None:
-        self._load = load
-        self._clock = clock
-        self._margin = margin_seconds
-        self._tokens: StoredTokens | None = None
-        self._loading = asyncio.Lock()
-        #: How often ``load`` was called (the rest were answered from memory).
-        self.loads = 0
-
-    async def __call__(self, force: bool) -> str:
-        """An access token of the grant; a fresh one from ``load`` when ``force``."""
-        seen = self._tokens
-        if force or seen is None or not seen.access_valid(self._clock(), self._margin):
-            async with self._loading:
-                tokens = self._tokens
-                if tokens is seen or tokens is None:
-                    self.loads += 1
-                    tokens = self._tokens = await self._load(force)
-                # Otherwise another caller loaded while this one waited: the freshest there is
-                # (a forced caller's refused token is the one that caller replaced).
-        else:
-            tokens = seen
-        if tokens.access_token is None:
-            raise Transient("No access token is available.")
-        return tokens.access_token
-
-
 #: Resource types of one connection pulled at once. A type begins and ends with waits (its
 #: first answer, its last commits), and a patient has a dozen types, most of them a page or two:
 #: one after another, those waits add up (a quarter of a bench round with just two types). The
@@ -128,7 +82,7 @@ TYPES_AT_ONCE = 3
 async def pull_connection(
     ctx: SyncContext,
     connection_id: str,
-    token_source: TokenSource,
+    token_source: AccessTokens,
     *,
     full: bool = False,
     types: Sequence[str] | None = None,
@@ -182,7 +136,7 @@ class PullRun:
         tenant: Tenant,
         states: dict[str, SyncState],
         *,
-        token_source: TokenSource,
+        token_source: AccessTokens,
         summary: RunSummary,
         types: Sequence[str] | None = None,
         on_type: Callable[[TypeResult], None] | None = None,

@@ -15,7 +15,6 @@ backs off (honouring ``Retry-After``) and keeps every stored token untouched.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -24,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.db import repo
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models import Connection
-from syncsvc.errors import Conflict, Misbound, ReauthRequired, Transient
+from syncsvc.errors import Conflict, ReauthRequired, Transient
 from syncsvc.logging import get_logger
 from syncsvc.netguard import endpoint_problem, is_loopback_host
 from syncsvc.settings import Settings
@@ -86,7 +85,7 @@ _REAUTH_MESSAGES: dict[str, str] = {
         "No tokens are stored for this connection. The patient needs to connect again."
     ),
 }
-_DEFAULT_REAUTH_MESSAGE = (
+DEFAULT_REAUTH_MESSAGE = (
     "The EHR refused to renew this connection's access. The patient needs to connect again."
 )
 
@@ -154,7 +153,7 @@ def next_refresh_at(
 
 
 def _reauth_message(reason: str) -> str:
-    return _REAUTH_MESSAGES.get(reason.replace("-", "_"), _DEFAULT_REAUTH_MESSAGE)
+    return _REAUTH_MESSAGES.get(reason.replace("-", "_"), DEFAULT_REAUTH_MESSAGE)
 
 
 @dataclass(frozen=True)
@@ -668,56 +667,3 @@ async def refresh_connection(
     else:
         log.info("refresh", **fields)
     return result
-
-
-async def ensure_access_token(
-    ctx: SyncContext,
-    connection_id: str,
-    *,
-    min_valid_seconds: float = 60,
-    force: bool = False,
-    on_refresh: Callable[[RefreshResult], None] | None = None,
-) -> StoredTokens:
-    """Tokens whose access token lives ``min_valid_seconds`` more, refreshing (forced) if needed.
-
-    For the pull engine between pages: a 570-second Cerner token can expire mid-pull. ``force``
-    refreshes even a token that looks valid (after the EHR answered 401 ``invalid_token``).
-    Raises :class:`~syncsvc.errors.ReauthRequired` or :class:`~syncsvc.errors.Transient` so the
-    caller can stop or back off. A grant that cannot be refreshed yet (no offline access, or
-    refreshed moments ago) returns its access token while it is still valid at all.
-    ``on_refresh`` sees the result of the refresh, when one was attempted (events record it).
-    """
-    if not force:
-        async with ctx.sessionmaker() as session:
-            tokens = await load_tokens(session, ctx.vault, connection_id)
-        if tokens is not None and tokens.access_valid(ctx.now(), min_valid_seconds):
-            return tokens
-    # ``force`` comes after the EHR refused the access token: a grant without a refresh token
-    # then has nothing left, and ends as offline_access_not_granted rather than as a refusal.
-    result = await refresh_connection(ctx, connection_id, force=True, refused=force)
-    if on_refresh is not None:
-        on_refresh(result)
-    if (
-        result.outcome in ("refreshed", "not_due")
-        and result.tokens is not None
-        and result.tokens.access_valid(ctx.now())
-    ):
-        return result.tokens
-    if result.outcome == "misbound":
-        raise Misbound(result.message or "The grant is misbound.", reason=result.reason)
-    if result.outcome == "needs_reauth":
-        raise ReauthRequired(
-            result.message or _DEFAULT_REAUTH_MESSAGE,
-            reason=result.reason,
-            error_uri=result.error_uri,
-        )
-    retry_after = (
-        max((result.retry_at - ctx.now()).total_seconds(), 0.0)
-        if result.retry_at is not None
-        else None
-    )
-    raise Transient(
-        result.message or "No valid access token is available yet.",
-        reason="lost_lease" if result.outcome == "lost_lease" else None,
-        retry_after=retry_after,
-    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -35,12 +36,12 @@ from syncsvc.logging import get_logger
 from syncsvc.sync import webhook_outbox
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.credentials import StoredTokens
 from syncsvc.sync.limits import TenantGate, TenantLimiter
 from syncsvc.sync.outcomes import ConnectionRun, record_run
-from syncsvc.sync.pull import CachedTokenSource, pull_connection
-from syncsvc.sync.refresh import ensure_access_token, refresh_connection
+from syncsvc.sync.pull import pull_connection
+from syncsvc.sync.refresh import refresh_connection
 from syncsvc.sync.run_records import RunSummary, TypeResult
+from syncsvc.sync.token_source import TokenSource
 
 log = get_logger("syncsvc.sync.runner")
 
@@ -310,36 +311,19 @@ async def _work(
     if not _is_due(connection.next_sync_at, now):
         return
 
-    async def load(force: bool) -> StoredTokens:
-        tried = len(run.refreshes)
-        try:
-            return await ensure_access_token(
-                ctx, connection.id, force=force, on_refresh=run.refreshes.append
-            )
-        except Transient as exc:
-            last = run.refreshes[-1] if len(run.refreshes) > tried else None
-            if last is not None and last.outcome == "transient" and last.reason is None:
-                # Our own back-off (or minimum interval) withheld the refresh: no EHR failure.
-                raise Transient(
-                    exc.message, reason="backing_off", retry_after=exc.retry_after
-                ) from exc
-            raise
-
-    # The stored token is read (and decrypted) once and reused while it lives, not per page.
-    cached = CachedTokenSource(load, ctx.now)
-
-    async def token_source(force: bool) -> str:
-        if leases is not None:
-            # Checked before every request: a pull stops at the next page once the lease is
-            # gone, rather than racing the process that took the connection over.
-            leases.check(connection.id)
-        return await cached(force)
-
+    source = TokenSource(
+        ctx,
+        connection.id,
+        # Checked before every request: a pull stops at the next page once the lease is gone,
+        # rather than racing the process that took the connection over.
+        lease_check=None if leases is None else functools.partial(leases.check, connection.id),
+        on_refresh=run.refreshes.append,
+    )
     on_type = pull.on_type
     summary = await pull_connection(
         ctx,
         connection.id,
-        token_source,
+        source,
         full=pull.full,
         on_type=None if on_type is None else lambda result: on_type(connection.id, result),
     )

@@ -1,24 +1,30 @@
-"""The run's token cache: one load at a time, however many types ask at once."""
+"""The token source's memory: one load at a time, however many types ask at once."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from typing import cast
 
+from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens
-from syncsvc.sync.pull import CachedTokenSource
+from syncsvc.sync.token_source import TokenSource
 
 NOW = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
 
-class _Loader:
-    """Hands out token-1, token-2, ... (each living 570 s), once released."""
+class _Loader(TokenSource):
+    """A token source whose loads hand out token-1, token-2, ... (each living 570 s), once released.
+
+    Only the loading is replaced (no database): what is under test is the memory in front of it.
+    """
 
     def __init__(self) -> None:
+        super().__init__(cast("SyncContext", None), "c-1", clock=lambda: NOW)
         self.calls: list[bool] = []
         self.release = asyncio.Event()
 
-    async def __call__(self, force: bool) -> StoredTokens:
+    async def tokens(self, force: bool = False) -> StoredTokens:
         self.calls.append(force)
         await asyncio.wait_for(self.release.wait(), timeout=5)
         number = len(self.calls)
@@ -33,7 +39,7 @@ async def _settled(*calls: asyncio.Future[str]) -> list[str]:
 
 async def test_callers_asking_at_once_share_one_load() -> None:
     loader = _Loader()
-    source = CachedTokenSource(loader, lambda: NOW)
+    source = loader
     callers = [asyncio.ensure_future(source(False)) for _ in range(3)]
     loader.release.set()
 
@@ -44,7 +50,7 @@ async def test_callers_asking_at_once_share_one_load() -> None:
 async def test_a_token_refused_to_several_requests_at_once_is_forced_once() -> None:
     loader = _Loader()
     loader.release.set()
-    source = CachedTokenSource(loader, lambda: NOW)
+    source = loader
     assert await source(False) == "token-1"
     loader.release.clear()
 
@@ -58,7 +64,7 @@ async def test_a_token_refused_to_several_requests_at_once_is_forced_once() -> N
 async def test_a_replacement_refused_in_turn_is_forced_again() -> None:
     loader = _Loader()
     loader.release.set()
-    source = CachedTokenSource(loader, lambda: NOW)
+    source = loader
 
     assert [await source(False), await source(True), await source(True)] == [
         "token-1",

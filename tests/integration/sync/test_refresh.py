@@ -38,9 +38,9 @@ from syncsvc.sync.refresh import (
     OFFLINE_ACCESS_NOT_GRANTED,
     REFRESH_BACKOFF,
     RefreshResult,
-    ensure_access_token,
     refresh_connection,
 )
+from syncsvc.sync.token_source import TokenSource
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.connected import connect_patient, register_sandbox_tenant
@@ -370,7 +370,7 @@ async def test_strict_rotation_commits_the_new_token_before_handing_it_out(
 
     # Asking for more life than the token has forces a refresh.
     handed_out = await asyncio.wait_for(
-        ensure_access_token(ctx, cid, min_valid_seconds=7200), STEP_TIMEOUT
+        TokenSource(ctx, cid, margin_seconds=7200).tokens(), STEP_TIMEOUT
     )
 
     # Committed by the time it was handed out: another session reads exactly these tokens.
@@ -489,7 +489,7 @@ async def test_a_revoked_grant_needs_reauth_with_the_ehr_error_uri(
     mark = log_size(sandbox)
     assert (await refresh(ctx, cid, force=True)).outcome == "needs_reauth"
     with pytest.raises(ReauthRequired) as raised:
-        await ensure_access_token(ctx, cid, min_valid_seconds=3600)
+        await TokenSource(ctx, cid, margin_seconds=3600).tokens()
     assert raised.value.error_uri == result.error_uri
     assert token_requests(sandbox, mark) == 0
 
@@ -507,7 +507,7 @@ async def test_without_offline_access_the_ehr_is_never_asked(
     early = await refresh(ctx, cid, force=True)
     assert early.outcome == "not_due"
     assert (await row(ctx, cid)).next_refresh_at == tokens.access_expires_at
-    assert await ensure_access_token(ctx, cid) == tokens
+    assert await TokenSource(ctx, cid).tokens() == tokens
 
     assert tokens.access_expires_at is not None
     clock.advance(seconds(tokens.access_expires_at - clock.now()) + 1)
@@ -521,7 +521,7 @@ async def test_without_offline_access_the_ehr_is_never_asked(
     assert connection.status_reason == OFFLINE_ACCESS_NOT_GRANTED
     assert connection.next_refresh_at is None
     with pytest.raises(ReauthRequired):
-        await ensure_access_token(ctx, cid)
+        await TokenSource(ctx, cid).tokens()
     assert token_requests(sandbox, mark) == 1
 
 
@@ -654,7 +654,7 @@ async def test_without_the_lease_the_ehr_is_not_called(
     assert token_requests(sandbox, mark) == 0
     assert await stored(ctx, cid) == before
     with pytest.raises(Transient) as raised:
-        await ensure_access_token(ctx, cid, min_valid_seconds=3600)
+        await TokenSource(ctx, cid, margin_seconds=3600).tokens()
     assert raised.value.reason == "lost_lease"
 
 
@@ -713,20 +713,20 @@ async def test_invalid_grant_after_a_concurrent_rotation_is_not_the_patients_pro
 # --- the pull engine's view --------------------------------------------------------------------
 
 
-async def test_ensure_access_token_refreshes_a_570_s_token_mid_pull(
+async def test_token_source_refreshes_a_570_s_token_mid_pull(
     ctx: SyncContext, sandbox: RunningSandbox, http: aiohttp.ClientSession, clock: Clock
 ) -> None:
     cid = await connect(ctx, sandbox, CERNER_TENANT)
     before = await stored(ctx, cid)
     mark = log_size(sandbox)
 
-    fresh = await ensure_access_token(ctx, cid, min_valid_seconds=60)
+    fresh = await TokenSource(ctx, cid, margin_seconds=60).tokens()
     assert fresh == before
     assert token_requests(sandbox, mark) == 0
 
     clock.advance(500)
     await lease(ctx, cid)
-    renewed = await ensure_access_token(ctx, cid, min_valid_seconds=120)
+    renewed = await TokenSource(ctx, cid, margin_seconds=120).tokens()
 
     assert renewed.access_token != before.access_token
     assert renewed == await stored(ctx, cid)
@@ -737,13 +737,13 @@ async def test_ensure_access_token_refreshes_a_570_s_token_mid_pull(
     # After a 401 the pull forces a refresh of a token that still looks valid.
     clock.advance(61)
     await lease(ctx, cid)
-    forced = await ensure_access_token(ctx, cid, force=True)
+    forced = await TokenSource(ctx, cid).tokens(force=True)
     assert forced.access_token != renewed.access_token
     assert forced == await stored(ctx, cid)
     assert token_requests(sandbox, mark) == 2
 
 
-async def test_ensure_access_token_raises_transient_with_retry_after(
+async def test_token_source_raises_transient_with_retry_after(
     ctx: SyncContext, sandbox: RunningSandbox, clock: Clock, gateway: Gateway
 ) -> None:
     cid = await connect(ctx, sandbox, CERNER_TENANT)
@@ -751,7 +751,7 @@ async def test_ensure_access_token_raises_transient_with_retry_after(
     gateway.answers = [(503, {**HTML, "Retry-After": "45"}, b"<h1>Unavailable</h1>")]
 
     with pytest.raises(Transient) as raised:
-        await ensure_access_token(ctx, cid, min_valid_seconds=3600)
+        await TokenSource(ctx, cid, margin_seconds=3600).tokens()
 
     assert raised.value.retry_after is not None
     assert raised.value.retry_after >= 44
