@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db.event_repo import add_event
-from syncsvc.sync.refresh import RefreshResult
+from syncsvc.sync.refresh_outcomes import RefreshResult
 from syncsvc.sync.run_records import RunSummary
 from syncsvc.vocabulary import (
     FAILED_TYPE_RUN_STATUSES,

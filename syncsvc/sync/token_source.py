@@ -30,7 +30,8 @@ from syncsvc.errors import Misbound, ReauthRequired, Transient
 
 from .context import SyncContext
 from .credentials import StoredTokens, load_tokens
-from .refresh import DEFAULT_REAUTH_MESSAGE, RefreshResult, refresh_connection
+from .refresh import refresh_connection
+from .refresh_outcomes import DEFAULT_REAUTH_MESSAGE, RefreshResult
 
 #: How long a handed-out access token must still live, by default.
 DEFAULT_MARGIN_SECONDS = 60.0

@@ -10,7 +10,7 @@ from syncsvc.settings import Settings
 from syncsvc.smart.oauth import TokenResponse
 from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.grant_states import rescoped
-from syncsvc.sync.refresh import RefreshSchedule, next_refresh_at
+from syncsvc.sync.refresh_schedule import RefreshSchedule, next_refresh_at
 
 NOW = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 POLICY = Backoff(base_seconds=10.0, cap_seconds=300.0, floor_seconds=1.0)

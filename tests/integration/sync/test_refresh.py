@@ -34,14 +34,11 @@ from syncsvc.settings import Settings
 from syncsvc.smart.oauth import TokenResponse
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens, save_tokens
-from syncsvc.sync.refresh import (
-    OFFLINE_ACCESS_NOT_GRANTED,
-    REFRESH_BACKOFF,
-    RefreshResult,
-    refresh_connection,
-)
+from syncsvc.sync.refresh import refresh_connection
+from syncsvc.sync.refresh_outcomes import REFRESH_BACKOFF, RefreshResult
 from syncsvc.sync.token_source import TokenSource
 from syncsvc.vault import Vault
+from syncsvc.vocabulary import OFFLINE_ACCESS_NOT_GRANTED
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 from tests.integration.connected import connect_patient, register_sandbox_tenant
 from tests.integration.sandbox.authflow import refresh as sandbox_refresh
