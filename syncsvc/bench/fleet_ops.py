@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.bench.ingest import BenchError, unlimited
 from syncsvc.bench.measure import children_of, rss_mib
 from syncsvc.db import repo
-from syncsvc.db.models import Connection, ResourceCursor, SyncRun
+from syncsvc.db.models.connections import Connection
+from syncsvc.db.models.records import ResourceCursor, SyncRun
 from syncsvc.logging import configure_logging
 from syncsvc.process import tune_gc
 from syncsvc.services import Services

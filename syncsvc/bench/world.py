@@ -22,7 +22,8 @@ from sqlalchemy import delete, insert, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection, Tenant, new_id
+from syncsvc.db.columns import new_id
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.sandbox.config import (
     COMPARTMENT_TYPES,

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-    from syncsvc.db.models import Connection
+    from syncsvc.db.models.connections import Connection
     from syncsvc.lifecycle.disconnect import DisconnectResult
     from syncsvc.settings import Settings
     from syncsvc.sync.run_records import TypeResult
@@ -118,7 +118,7 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
     from sqlalchemy import select
 
     from syncsvc.db import disconnect_repo, repo
-    from syncsvc.db.models import SyncState
+    from syncsvc.db.models.records import SyncState
     from syncsvc.smart.scopes import explain_trimmed, grant_report
     from syncsvc.sync.grant_states import explain_connection
     from syncsvc.sync.type_words import type_sentence

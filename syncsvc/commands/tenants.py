@@ -23,7 +23,7 @@ from syncsvc.commands.common import (
 )
 
 if TYPE_CHECKING:
-    from syncsvc.db.models import Tenant
+    from syncsvc.db.models.connections import Tenant
     from syncsvc.directory.tenants import TenantSpec
     from syncsvc.settings import Settings
 

@@ -17,7 +17,7 @@ import aiohttp
 
 from syncsvc.connect.grant import Exchange, LaunchOutcome
 from syncsvc.connect.grant_store import store_connection
-from syncsvc.db.models import LaunchAttempt, Tenant
+from syncsvc.db.models.connections import LaunchAttempt, Tenant
 from syncsvc.directory.tenants import fresh_configuration, redirect_uri_of
 from syncsvc.errors import LaunchError, ReauthRequired, SyncsvcError, Transient
 from syncsvc.fhir.client import FhirClient

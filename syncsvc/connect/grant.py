@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from syncsvc.db.models import Connection, LaunchAttempt, Tenant
+from syncsvc.db.models.connections import Connection, LaunchAttempt, Tenant
 from syncsvc.smart import oauth
 from syncsvc.smart.discovery import SmartConfiguration
 from syncsvc.smart.scopes import GrantReport

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.connect.grant import Exchange
 from syncsvc.db import repo
-from syncsvc.db.models import Connection
+from syncsvc.db.models.connections import Connection
 from syncsvc.errors import LaunchError
 from syncsvc.sync import webhook_outbox
 from syncsvc.sync.context import SyncContext

@@ -21,7 +21,8 @@ from syncsvc.connect.exchange import finish_exchange, uri_on_ehr_host
 from syncsvc.connect.grant import LaunchOutcome
 from syncsvc.connect.launch_failures import record_launch_failure
 from syncsvc.db import launch_failure_repo, repo
-from syncsvc.db.models import Tenant, new_id
+from syncsvc.db.columns import new_id
+from syncsvc.db.models.connections import Tenant
 from syncsvc.directory.tenants import fresh_configuration, redirect_uri_of
 from syncsvc.errors import LaunchError, SyncsvcError
 from syncsvc.logging import get_logger

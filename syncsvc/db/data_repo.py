@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import Connection, Credential, Resource, ResourceCursor, SyncState, Tenant
+from .models.connections import Connection, Credential, Tenant
+from .models.records import Resource, ResourceCursor, SyncState
 
 
 @dataclass(frozen=True, slots=True)

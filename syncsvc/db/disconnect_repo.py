@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import rowcount
 from .leases import claim_rows, lease_free
-from .models import PendingRevocation, Resource, ResourceHistory, SyncRun, SyncState
+from .models.activity import PendingRevocation
+from .models.records import Resource, ResourceHistory, SyncRun, SyncState
 
 
 async def erase_synced_data(session: AsyncSession, connection_id: str) -> int:

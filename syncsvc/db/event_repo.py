@@ -6,7 +6,7 @@ import datetime as dt
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import Event
+from .models.activity import Event
 
 DETAIL_LENGTH = 500
 

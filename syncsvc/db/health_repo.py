@@ -14,7 +14,9 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from .models import Connection, Credential, Event, SyncRun, SyncState
+from .models.activity import Event
+from .models.connections import Connection, Credential
+from .models.records import SyncRun, SyncState
 
 
 @dataclass(frozen=True, slots=True)

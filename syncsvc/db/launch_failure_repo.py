@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import LaunchAttempt, LaunchFailure
+from .models.connections import LaunchAttempt, LaunchFailure
 
 #: ``launch_failures.ehr_description`` is for people and may quote anything: keep it short.
 DESCRIPTION_LENGTH = 500

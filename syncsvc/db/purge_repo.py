@@ -9,7 +9,8 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import rowcount
-from .models import ConnectLink, LaunchAttempt, WebhookDelivery
+from .models.activity import WebhookDelivery
+from .models.connections import ConnectLink, LaunchAttempt
 
 
 async def _delete_batch(session: AsyncSession, model: Any, key: Any, where: Any, limit: int) -> int:

@@ -19,7 +19,8 @@ from sqlalchemy.orm import InstrumentedAttribute
 from syncsvc.vault import Purpose, Vault, key_id_of
 
 from .base import Base, rowcount
-from .models import Credential, LaunchAttempt, PendingRevocation, Tenant
+from .models.activity import PendingRevocation
+from .models.connections import Credential, LaunchAttempt, Tenant
 
 Progress = Callable[[str, int], None]
 #: The RFC 7009 type hint of a pending access-token revocation (a name, not a secret).

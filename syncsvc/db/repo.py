@@ -20,8 +20,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.errors import Conflict, LaunchError, NotFound
 
 from .base import rowcount
+from .columns import new_id
 from .leases import claim_rows, lease_free
-from .models import Connection, ConnectLink, Credential, LaunchAttempt, Tenant, new_id
+from .models.connections import Connection, ConnectLink, Credential, LaunchAttempt, Tenant
 
 
 def _dialect(session: AsyncSession) -> str:

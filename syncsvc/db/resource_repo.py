@@ -32,7 +32,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.errors import Transient
 
 from .base import rowcount
-from .models import Connection, Resource, ResourceHistory, SyncRun, SyncState
+from .models.connections import Connection
+from .models.records import Resource, ResourceHistory, SyncRun, SyncState
 
 #: Ids per ``IN (...)`` list: PostgreSQL allows 32,767 bind parameters per statement and SQLite
 #: 32,766.

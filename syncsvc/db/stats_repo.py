@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import Resource
+from .models.records import Resource
 
 
 async def count_resources(session: AsyncSession, connection_id: str) -> dict[str, int]:

@@ -17,7 +17,8 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
-from syncsvc.db.models import AUTH_METHOD_NAMES, VENDORS, Tenant, new_id
+from syncsvc.db.columns import new_id
+from syncsvc.db.models.connections import AUTH_METHOD_NAMES, VENDORS, Tenant
 from syncsvc.errors import ConfigError, DiscoveryError
 from syncsvc.fhir.plans import plan_for
 from syncsvc.netguard import endpoint_problem, is_loopback_host

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-#: The id datatype's maximum length (FHIR R4 2.24.0.2); also the width of id columns.
-MAX_ID_LENGTH = 64
+# The id datatype's maximum length (FHIR R4 2.24.0.2) is also the width of the id columns, so it is
+# defined with them: the database layer imports no protocol code.
+from syncsvc.db.columns import MAX_ID_LENGTH
 
 #: FHIR's id datatype (R4 2.24.0.2): also keeps path syntax out of URLs built from EHR data.
 FHIR_ID = re.compile(rf"^[A-Za-z0-9\-.]{{1,{MAX_ID_LENGTH}}}$")

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.db import health_repo, launch_failure_repo, repo
 from syncsvc.db.health_repo import ConnectionFacts, ErrorCount, TypeFailures, TypeStateCount
 from syncsvc.db.launch_failure_repo import FailureCount
-from syncsvc.db.models import Tenant
+from syncsvc.db.models.connections import Tenant
 from syncsvc.directory.diagnosis import Evidence, Finding, diagnose, findings_json, granted_types
 from syncsvc.smart.scopes import grant_report
 from syncsvc.vocabulary import (

@@ -22,8 +22,9 @@ from typing import Any, Literal, get_args
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import disconnect_repo, repo
+from syncsvc.db.columns import new_id
 from syncsvc.db.event_repo import add_event
-from syncsvc.db.models import Connection, Tenant, new_id
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.errors import NotFound, VaultError
 from syncsvc.lifecycle.revocations import (

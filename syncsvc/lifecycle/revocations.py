@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.event_repo import add_event
-from syncsvc.db.models import PendingRevocation
+from syncsvc.db.models.activity import PendingRevocation
 from syncsvc.errors import SyncsvcError, VaultError
 from syncsvc.logging import get_logger
 from syncsvc.smart.client_auth import ClientCredentials

@@ -32,7 +32,7 @@ from sqlalchemy import and_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db.leases import claim_rows, lease_free
-from syncsvc.db.models import WebhookDelivery
+from syncsvc.db.models.activity import WebhookDelivery
 from syncsvc.http import create_webhook_client, describe_network_error
 from syncsvc.logging import get_logger
 from syncsvc.sync.backoff import Backoff

@@ -17,7 +17,8 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import disconnect_repo, repo, resource_repo
-from syncsvc.db.models import Connection, SyncState, Tenant
+from syncsvc.db.models.connections import Connection, Tenant
+from syncsvc.db.models.records import SyncState
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES, covered_types, parse_scope
 from syncsvc.sync.explain import Explanation, GrantFacts, TypeFacts, explain

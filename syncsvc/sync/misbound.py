@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo
 from syncsvc.db.event_repo import add_event
-from syncsvc.db.models import Connection, Tenant
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.errors import VaultError
 from syncsvc.lifecycle.revocations import ATTEMPT_TIMEOUT_SECONDS, ClaimedRevocation, attempt

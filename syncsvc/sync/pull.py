@@ -40,7 +40,9 @@ from typing import Any
 import structlog
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection, SyncState, Tenant, new_id
+from syncsvc.db.columns import new_id
+from syncsvc.db.models.connections import Connection, Tenant
+from syncsvc.db.models.records import SyncState
 from syncsvc.errors import SyncsvcError, VaultError
 from syncsvc.fhir.plans import plan_for
 from syncsvc.sync.context import SyncContext

@@ -17,7 +17,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from syncsvc.db.models import Connection, SyncState, Tenant
+from syncsvc.db.models.connections import Connection, Tenant
+from syncsvc.db.models.records import SyncState
 from syncsvc.fhir.plans import TypePlan, VendorPlan, supports_last_updated
 from syncsvc.smart.scopes import covered_types
 from syncsvc.sync.tenant_config import resource_types_of, smart_configuration

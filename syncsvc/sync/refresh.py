@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection
+from syncsvc.db.models.connections import Connection
 from syncsvc.errors import Conflict, ReauthRequired, Transient
 from syncsvc.logging import get_logger
 from syncsvc.netguard import endpoint_problem, is_loopback_host

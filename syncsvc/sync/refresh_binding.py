@@ -12,7 +12,7 @@ import datetime as dt
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection
+from syncsvc.db.models.connections import Connection
 from syncsvc.smart.binding import foreign_patient, foreign_tenant
 from syncsvc.smart.oauth import TokenResponse
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection
+from syncsvc.db.models.connections import Connection
 from syncsvc.errors import Conflict, ReauthRequired, Transient
 from syncsvc.vocabulary import (
     OFFLINE_ACCESS_EXPIRED_MESSAGE,

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo
 from syncsvc.db.event_repo import add_event
-from syncsvc.db.models import Connection
+from syncsvc.db.models.connections import Connection
 from syncsvc.logging import get_logger
 from syncsvc.smart.oauth import TokenResponse
 from syncsvc.sync import webhook_outbox

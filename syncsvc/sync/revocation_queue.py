@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import disconnect_repo
-from syncsvc.db.models import new_id
+from syncsvc.db.columns import new_id
 from syncsvc.vault import Purpose, Vault
 
 # S105: RFC 7009 token type hints, not secrets.

@@ -18,7 +18,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo, resource_repo
-from syncsvc.db.models import Connection, SyncState, Tenant
+from syncsvc.db.models.connections import Connection, Tenant
+from syncsvc.db.models.records import SyncState
 from syncsvc.errors import NotFound
 from syncsvc.sync.grant_states import readable_types
 from syncsvc.sync.pipeline.sink import TypePages

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection, Tenant
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.errors import Transient
 from syncsvc.logging import get_logger
 from syncsvc.sync import webhook_outbox

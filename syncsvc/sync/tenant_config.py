@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from syncsvc.db.models import Tenant
+from syncsvc.db.models.connections import Tenant
 from syncsvc.netguard import endpoint_problem, is_loopback_host
 from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.discovery import SmartConfiguration

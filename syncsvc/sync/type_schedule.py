@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from syncsvc.db.models import SyncState
+from syncsvc.db.models.records import SyncState
 from syncsvc.sync.backoff import Backoff, RandomSource, system_random
 
 #: Statuses of a type waiting for its own retry.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from syncsvc.db.models import SyncState
+from syncsvc.db.models.records import SyncState
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS
 
 

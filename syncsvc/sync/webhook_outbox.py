@@ -15,7 +15,9 @@ from typing import Any
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db.models import Connection, Tenant, WebhookDelivery, new_id
+from syncsvc.db.columns import new_id
+from syncsvc.db.models.activity import WebhookDelivery
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.settings import Settings
 from syncsvc.sync.grant_states import explain_connection
 from syncsvc.vocabulary import WEBHOOK_EVENTS

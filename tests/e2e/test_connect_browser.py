@@ -6,7 +6,7 @@ import pytest
 from playwright.async_api import Page
 from sqlalchemy import select
 
-from syncsvc.db.models import Connection
+from syncsvc.db.models.connections import Connection
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import CERNER_TENANT

@@ -13,7 +13,7 @@ import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection, Tenant
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.smart.oauth import parse_token_response

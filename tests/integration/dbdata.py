@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection, Tenant
+from syncsvc.db.models.connections import Connection, Tenant
 
 
 def utcnow() -> dt.datetime:

@@ -9,7 +9,7 @@ from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection
+from syncsvc.db.models.connections import Connection
 
 from .dbdata import add_connection, add_tenant, utcnow
 

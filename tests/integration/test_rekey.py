@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db.models import PendingRevocation, new_id
+from syncsvc.db.columns import new_id
+from syncsvc.db.models.activity import PendingRevocation
 from syncsvc.db.rekey import count_by_key_id, reencrypt_all
 from syncsvc.vault import Purpose, Vault, generate_key
 from tests.integration.dbdata import add_tenant, utcnow

@@ -11,7 +11,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
-from syncsvc.db.models import Credential, new_id
+from syncsvc.db.columns import new_id
+from syncsvc.db.models.connections import Credential
 from syncsvc.errors import Conflict, LaunchError, NotFound
 
 from .dbdata import add_connection, add_tenant, utcnow

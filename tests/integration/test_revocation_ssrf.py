@@ -20,7 +20,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import disconnect_repo, repo
-from syncsvc.db.models import Connection, Event, PendingRevocation, Tenant, new_id
+from syncsvc.db.columns import new_id
+from syncsvc.db.models.activity import Event, PendingRevocation
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.lifecycle.disconnect import disconnect_connection
 from syncsvc.lifecycle.revocations import retry_pending, token_purpose
 from syncsvc.sandbox.server import RunningSandbox

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from syncsvc.db.health_repo import ConnectionFacts, ErrorCount
-from syncsvc.db.models import Tenant
+from syncsvc.db.models.connections import Tenant
 from syncsvc.health.chart import HEIGHT, outcome_chart
 from syncsvc.health.report import (
     ErrorWindow,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from syncsvc.db.models import SyncState
+from syncsvc.db.models.records import SyncState
 from syncsvc.sync.type_schedule import (
     FAILING_AFTER,
     FAILING_AFTER_RUNS,

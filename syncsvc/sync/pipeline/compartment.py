@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from syncsvc.fhir.ids import MAX_ID_LENGTH
+from syncsvc.db.columns import MAX_ID_LENGTH
 from syncsvc.fhir.urls import is_under_base
 
 #: Where each type names its patient, in the order to look (FHIR R4 patient compartment).

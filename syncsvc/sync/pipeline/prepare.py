@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from syncsvc.fhir.ids import MAX_ID_LENGTH
+from syncsvc.db.columns import MAX_ID_LENGTH
 from syncsvc.sync.pipeline.compartment import belongs_to_patient, canonical, resource_identity
 
 ENTERED_IN_ERROR = "entered-in-error"

@@ -19,7 +19,7 @@ from syncsvc.connect.grant import LaunchOutcome
 from syncsvc.connect.launch import complete_launch, start_launch
 from syncsvc.connect.links import peek_connect_link, use_connect_link
 from syncsvc.db import repo
-from syncsvc.db.models import Tenant
+from syncsvc.db.models.connections import Tenant
 from syncsvc.errors import LaunchError
 from syncsvc.sync.grant_states import explain_connection
 from syncsvc.vocabulary import is_registration_error

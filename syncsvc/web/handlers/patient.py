@@ -21,7 +21,7 @@ from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo, resource_repo
-from syncsvc.db.models import Connection, Tenant
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.errors import NotFound
 from syncsvc.lifecycle.disconnect import DisconnectResult, disconnect_connection

@@ -8,7 +8,8 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection, Credential, Resource
+from syncsvc.db.models.connections import Connection, Credential
+from syncsvc.db.models.records import Resource
 from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings

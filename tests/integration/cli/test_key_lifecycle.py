@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db.models import Credential, LaunchAttempt
+from syncsvc.db.models.connections import Credential, LaunchAttempt
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings, read_key_file

@@ -18,7 +18,7 @@ import aiohttp
 import orjson
 from sqlalchemy import select
 
-from syncsvc.db.models import WebhookDelivery
+from syncsvc.db.models.activity import WebhookDelivery
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.settings import Secret
 from syncsvc.sync.context import SyncContext, utcnow

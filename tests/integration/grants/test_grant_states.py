@@ -12,7 +12,7 @@ from __future__ import annotations
 import aiohttp
 from sqlalchemy import select
 
-from syncsvc.db.models import Event
+from syncsvc.db.models.activity import Event
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.sync.explain import KEPT_UP_TO_DATE
 from syncsvc.web.keys import SERVICES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from sqlalchemy import update
 
-from syncsvc.db.models import Connection
+from syncsvc.db.models.connections import Connection
 from syncsvc.web.keys import SERVICES
 from tests.integration.host_api.conftest import NANCY, connect
 from tests.integration.web.flows import sync_now

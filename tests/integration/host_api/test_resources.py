@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 from sqlalchemy import select, update
 
-from syncsvc.db.models import Resource, SyncState
+from syncsvc.db.models.records import Resource, SyncState
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT

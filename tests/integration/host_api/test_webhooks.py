@@ -14,7 +14,7 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db.models import WebhookDelivery
+from syncsvc.db.models.activity import WebhookDelivery
 from syncsvc.lifecycle import webhooks
 from syncsvc.settings import Secret, Settings
 from syncsvc.sync import webhook_outbox

@@ -24,7 +24,8 @@ import aiohttp
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db.models import Connection, Credential, Resource, SyncRun
+from syncsvc.db.models.connections import Connection, Credential
+from syncsvc.db.models.records import Resource, SyncRun
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sandbox.state import Grant

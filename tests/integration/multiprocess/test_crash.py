@@ -25,7 +25,8 @@ import pytest
 from aiohttp import web
 from sqlalchemy import exists, select, update
 
-from syncsvc.db.models import Connection, SyncRun
+from syncsvc.db.models.connections import Connection
+from syncsvc.db.models.records import SyncRun
 from syncsvc.sandbox.config import FaultSpec, SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings

@@ -16,14 +16,8 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select, update
 
-from syncsvc.db.models import (
-    Connection,
-    Resource,
-    ResourceCursor,
-    ResourceHistory,
-    SyncRun,
-    SyncState,
-)
+from syncsvc.db.models.connections import Connection
+from syncsvc.db.models.records import Resource, ResourceCursor, ResourceHistory, SyncRun, SyncState
 from syncsvc.sandbox.config import FaultSpec, SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings

@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db.models import Event, Resource, SyncRun
+from syncsvc.db.models.activity import Event
+from syncsvc.db.models.records import Resource, SyncRun
 
 ROOT = Path(__file__).resolve().parents[3]
 ALERT_RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"

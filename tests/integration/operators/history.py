@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import update
 
 from syncsvc.db import event_repo, repo, resource_repo
-from syncsvc.db.models import Connection, Tenant, new_id
+from syncsvc.db.columns import new_id
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.web.flows import Flow, sync_now

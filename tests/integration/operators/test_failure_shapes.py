@@ -18,13 +18,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
 
-from syncsvc.db.models import (
-    Connection,
-    Credential,
-    LaunchAttempt,
-    PendingRevocation,
-    WebhookDelivery,
-)
+from syncsvc.db.models.activity import PendingRevocation, WebhookDelivery
+from syncsvc.db.models.connections import Connection, Credential, LaunchAttempt
 from syncsvc.sandbox.auth_support import INVALID_LAUNCH_CODE
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient

@@ -10,7 +10,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
-from syncsvc.db.models import LaunchFailure
+from syncsvc.db.models.connections import LaunchFailure
 from syncsvc.health.rules import LAUNCH_FAILURES_DEGRADED, LAUNCH_FAILURES_FAILING
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient

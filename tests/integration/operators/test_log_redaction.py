@@ -16,7 +16,8 @@ import orjson
 from sqlalchemy import select
 from yarl import URL
 
-from syncsvc.db.models import Connection, Resource
+from syncsvc.db.models.connections import Connection
+from syncsvc.db.models.records import Resource
 from syncsvc.web.keys import SERVICES
 from tests.integration.connected import SANDBOX_SECRET
 from tests.integration.web.flows import Flow, stored_tokens, sync_now

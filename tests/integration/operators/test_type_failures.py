@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from syncsvc.db import resource_repo
-from syncsvc.db.models import Resource, SyncRun
+from syncsvc.db.models.records import Resource, SyncRun
 from syncsvc.sandbox.config import FaultSpec, SandboxConfig
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.sync.context import utcnow

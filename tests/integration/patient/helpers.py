@@ -9,7 +9,9 @@ from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
 
-from syncsvc.db.models import Connection, Credential, Event, PendingRevocation, Resource
+from syncsvc.db.models.activity import Event, PendingRevocation
+from syncsvc.db.models.connections import Connection, Credential
+from syncsvc.db.models.records import Resource
 from syncsvc.sandbox.patient import Form, PageResult, ScriptedPatient, parse_forms
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sandbox.state import Grant

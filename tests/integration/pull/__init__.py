@@ -17,7 +17,8 @@ import aiohttp
 import orjson
 from sqlalchemy import select
 
-from syncsvc.db.models import Connection, Resource, Tenant
+from syncsvc.db.models.connections import Connection, Tenant
+from syncsvc.db.models.records import Resource
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.smart.oauth import refresh_tokens
 from syncsvc.sync.context import SyncContext

@@ -18,7 +18,9 @@ import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db.models import Connection, Event, SyncRun, Tenant
+from syncsvc.db.models.activity import Event
+from syncsvc.db.models.connections import Connection, Tenant
+from syncsvc.db.models.records import SyncRun
 from syncsvc.http import create_http_client
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from sqlalchemy import update
 
-from syncsvc.db.models import Credential
+from syncsvc.db.models.connections import Credential
 from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sandbox.token_endpoint import revoke_grant

@@ -9,7 +9,8 @@ import aiohttp
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db.models import ConnectLink, LaunchAttempt, WebhookDelivery
+from syncsvc.db.models.activity import WebhookDelivery
+from syncsvc.db.models.connections import ConnectLink, LaunchAttempt
 from syncsvc.lifecycle.chores import outbox_chores
 from syncsvc.lifecycle.purge import LAUNCH_GRACE, purge_expired
 from syncsvc.settings import Settings

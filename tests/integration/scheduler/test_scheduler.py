@@ -8,7 +8,8 @@ import datetime as dt
 import aiohttp
 from sqlalchemy import update
 
-from syncsvc.db.models import Connection, SyncRun
+from syncsvc.db.models.connections import Connection
+from syncsvc.db.models.records import SyncRun
 from syncsvc.lifecycle.chores import outbox_chores
 from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.server import RunningSandbox

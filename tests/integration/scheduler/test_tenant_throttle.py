@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from syncsvc.db.models import SyncRun
+from syncsvc.db.models.records import SyncRun
 from syncsvc.sandbox.config import FaultSpec, SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import resource_repo
-from syncsvc.db.models import Resource
+from syncsvc.db.models.records import Resource
 from syncsvc.errors import Transient
 from syncsvc.sync.pipeline.batch import PageBatch, PendingRow
 from syncsvc.sync.pipeline.prepare import PreparedPage, prepare_page

@@ -23,7 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection, PendingRevocation
+from syncsvc.db.models.activity import PendingRevocation
+from syncsvc.db.models.connections import Connection
 from syncsvc.errors import ReauthRequired, Transient
 from syncsvc.lifecycle.disconnect import disconnect_connection
 from syncsvc.lifecycle.revocations import retry_pending, token_purpose

@@ -16,7 +16,7 @@ import aiohttp
 from sqlalchemy import select
 
 from syncsvc.db import repo
-from syncsvc.db.models import Connection, Tenant
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox

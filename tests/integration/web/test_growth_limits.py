@@ -6,7 +6,7 @@ import aiohttp
 import pytest
 from sqlalchemy import func, select
 
-from syncsvc.db.models import ConnectLink, LaunchAttempt
+from syncsvc.db.models.connections import ConnectLink, LaunchAttempt
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.settings import Secret, Settings
 from syncsvc.web.keys import SERVICES

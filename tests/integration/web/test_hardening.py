@@ -7,7 +7,7 @@ import aiohttp
 import pytest
 from sqlalchemy import select
 
-from syncsvc.db.models import ConnectLink, LaunchAttempt
+from syncsvc.db.models.connections import ConnectLink, LaunchAttempt
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import EPIC_TENANT, GENERIC_TENANT

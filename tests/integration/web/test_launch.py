@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp
 from sqlalchemy import select
 
-from syncsvc.db.models import Credential, LaunchAttempt
+from syncsvc.db.models.connections import Credential, LaunchAttempt
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.sync.credentials import load_tokens
 from syncsvc.web.keys import SERVICES

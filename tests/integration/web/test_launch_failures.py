@@ -8,7 +8,8 @@ import aiohttp
 from sqlalchemy import select, update
 
 from syncsvc.connect.links import issue_connect_link
-from syncsvc.db.models import Credential, LaunchAttempt, PendingRevocation, Tenant
+from syncsvc.db.models.activity import PendingRevocation
+from syncsvc.db.models.connections import Credential, LaunchAttempt, Tenant
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.sync.credentials import load_tokens

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pytest
 from sqlalchemy import select
 
-from syncsvc.db.models import LaunchAttempt
+from syncsvc.db.models.connections import LaunchAttempt
 from syncsvc.sandbox.config import SandboxConfig, TenantConfig, vendor_policy
 from syncsvc.sandbox.patient import PageResult, ScriptedPatient
 from syncsvc.sandbox.server import RunningSandbox
