@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import disconnect_repo, repo, resource_repo
+from syncsvc.db import disconnect_repo, repo, run_repo
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
 from syncsvc.db.stats_repo import count_resources
@@ -101,7 +101,7 @@ async def reconcile_type_states(
     attempted before, else ``not_granted``. In the caller's transaction.
     """
     readable = set(readable_types(connection.granted_scopes, tenant))
-    states = await resource_repo.sync_states(session, connection.id)
+    states = await run_repo.sync_states(session, connection.id)
     stored = await count_resources(session, connection.id)
     considered = dict.fromkeys(
         [
@@ -125,7 +125,7 @@ async def reconcile_type_states(
         target = "withdrawn" if had_something else "not_granted"
         if state is not None and state.status == target:
             continue
-        await resource_repo.save_sync_state(
+        await run_repo.save_sync_state(
             session,
             connection.id,
             resource_type,
@@ -191,7 +191,7 @@ async def load_grant_facts(
         tenant,
         has_refresh_token=credentials is not None and credentials.refresh_token_enc is not None,
         access_expires_at=credentials.access_expires_at if credentials is not None else None,
-        states=await resource_repo.sync_states(session, connection.id),
+        states=await run_repo.sync_states(session, connection.id),
         counts=await count_resources(session, connection.id),
         revocation_pending=bool(pending),
     )

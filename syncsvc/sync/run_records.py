@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import repo, resource_repo
+from syncsvc.db import repo, run_repo
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
 from syncsvc.errors import NotFound
@@ -140,8 +140,8 @@ async def start_run(
             session, connection_id, status="no_access", now=now, reason=NO_READABLE_TYPE
         )
         return None
-    states = await resource_repo.sync_states(session, connection_id)
-    await resource_repo.start_run(
+    states = await run_repo.sync_states(session, connection_id)
+    await run_repo.start_run(
         session, run_id=run_id, connection_id=connection_id, owner=owner, full=full, now=now
     )
     return connection, tenant, states
@@ -159,7 +159,7 @@ async def save_type_failure(
 ) -> None:
     """Store a failed type's state: its error, its retry ``schedule`` and what it stored."""
     status = result.status
-    await resource_repo.save_sync_state(
+    await run_repo.save_sync_state(
         session,
         connection_id,
         result.resource_type,
@@ -210,7 +210,7 @@ async def save_type_success(
     }
     if planned.mode == "full":
         fields["last_full_at"] = attempt_at
-    await resource_repo.save_sync_state(
+    await run_repo.save_sync_state(
         session, pages.connection_id, planned.resource_type, now=now, **fields
     )
     return vanished
@@ -219,7 +219,7 @@ async def save_type_success(
 async def finish_run(session: AsyncSession, summary: RunSummary) -> None:
     """Close the run record and stamp the connection's last sync."""
     assert summary.run_id is not None  # noqa: S101 - only started runs are finished
-    await resource_repo.finish_run(
+    await run_repo.finish_run(
         session,
         summary.run_id,
         finished_at=summary.finished_at,
@@ -232,7 +232,7 @@ async def finish_run(session: AsyncSession, summary: RunSummary) -> None:
         retries=sum(summary.retries.values()),
         **summary.counts.columns(),
     )
-    await resource_repo.stamp_connection_sync(
+    await run_repo.stamp_connection_sync(
         session, summary.connection_id, now=summary.finished_at, success=summary.succeeded
     )
 

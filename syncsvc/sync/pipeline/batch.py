@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import resource_repo
-from syncsvc.db.resource_repo import ResourceRow, StoredVersion
+from syncsvc.db import resource_writes
+from syncsvc.db.resource_writes import ResourceRow, StoredVersion
 
 Key = tuple[str, str, str]
 
@@ -95,7 +95,7 @@ class PageBatch:
         # One reservation for every connection in the batch: the cursor rows stay locked until
         # the transaction ends, so each connection's seqs become visible in order.
         counts = Counter(connection_id for connection_id, _, _ in self._rows)
-        next_seq = await resource_repo.reserve_seqs_many(session, counts)
+        next_seq = await resource_writes.reserve_seqs_many(session, counts)
         absent: list[ResourceRow] = []
         present: list[ResourceRow] = []
         size = 0
@@ -118,7 +118,7 @@ class PageBatch:
             (absent if pending.absent else present).append(row)
             size += len(pending.body)
             if size >= self._statement_bytes:
-                await resource_repo.write_rows(session, absent, present)
+                await resource_writes.write_rows(session, absent, present)
                 absent, present, size = [], [], 0
-        await resource_repo.write_rows(session, absent, present)
+        await resource_writes.write_rows(session, absent, present)
         self._rows.clear()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import resource_repo
+from syncsvc.db import resource_repo, resource_writes
 from syncsvc.sync.pipeline.batch import PageBatch, PendingRow
 from syncsvc.sync.pipeline.prepare import ENTERED_IN_ERROR, Prepared, PreparedPage
 
@@ -88,7 +88,7 @@ async def store_page(
         ids = [rid for rid in ids if rid in stored_ids]
         stored_ids.update(item.resource_id for item in page.items)
     stored = (
-        await resource_repo.stored_versions(session, connection_id, resource_type, ids)
+        await resource_writes.stored_versions(session, connection_id, resource_type, ids)
         if ids
         else {}
     )
@@ -123,7 +123,7 @@ async def store_page(
         if batch is not None and batch.holds_any(connection_id, resource_type, replaced):
             # History gets the version being replaced; it must be in the table to be copied.
             await batch.flush(session)
-        await resource_repo.copy_to_history(
+        await resource_writes.copy_to_history(
             session, connection_id, resource_type, replaced, now=now
         )
     own = PageBatch() if batch is None else batch
@@ -161,6 +161,6 @@ async def flag_vanished(
     """After a complete full pull: flag stored resources the EHR no longer returned."""
     live = await resource_repo.live_resource_ids(session, connection_id, resource_type)
     gone = sorted(live - seen)
-    return await resource_repo.flag_deleted(
+    return await resource_writes.flag_deleted(
         session, connection_id, resource_type, gone, reason=VANISHED, now=now
     )

@@ -20,7 +20,7 @@ import aiohttp_jinja2
 from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import repo, resource_repo
+from syncsvc.db import repo, run_repo
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.errors import NotFound
@@ -134,7 +134,7 @@ async def _connection_view(
         "type_problems": [],
     }
     if connection.status == "active":
-        states = await resource_repo.sync_states(session, connection.id)
+        states = await run_repo.sync_states(session, connection.id)
         order = [line.type for line in explanation.types]
         ranked = sorted(states, key=lambda t: (order.index(t) if t in order else len(order), t))
         view["type_problems"] = [

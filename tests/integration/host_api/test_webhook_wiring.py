@@ -8,7 +8,7 @@ import aiohttp
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db import repo, resource_repo
+from syncsvc.db import repo, run_repo
 from syncsvc.lifecycle import webhooks
 from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.server import RunningSandbox
@@ -92,7 +92,7 @@ async def test_sync_completed_names_a_type_that_failed_and_when_it_is_tried_agai
     condition = data["types"].pop("Condition")
     assert (condition["status"], condition["error_class"]) == ("transient_error", "upstream_5xx")
     async with sessionmaker() as session:
-        states = await resource_repo.sync_states(session, connection.id)
+        states = await run_repo.sync_states(session, connection.id)
     assert dt.datetime.fromisoformat(condition["next_attempt_at"]) == (
         states["Condition"].next_attempt_at
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from syncsvc.db import event_repo, repo, resource_repo
+from syncsvc.db import event_repo, repo, run_repo
 from syncsvc.db.columns import new_id
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.web.keys import SERVICES
@@ -55,7 +55,7 @@ async def add_run(
     """A finished sync run of ``connection_id`` that started at ``started_at``."""
     async with service.app[SERVICES].sessionmaker.begin() as session:
         run_id = new_id()
-        await resource_repo.start_run(
+        await run_repo.start_run(
             session,
             run_id=run_id,
             connection_id=connection_id,
@@ -63,7 +63,7 @@ async def add_run(
             full=False,
             now=started_at,
         )
-        await resource_repo.finish_run(
+        await run_repo.finish_run(
             session, run_id, finished_at=started_at, outcome=outcome, error_class="throttled"
         )
 

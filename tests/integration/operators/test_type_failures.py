@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from syncsvc.db import resource_repo
+from syncsvc.db import run_repo
 from syncsvc.db.models.records import Resource, SyncRun
 from syncsvc.sandbox.config import FaultSpec, SandboxConfig
 from syncsvc.sandbox.patient import ScriptedPatient
@@ -104,7 +104,7 @@ async def test_one_type_failing_for_good_leaves_the_rest_complete_and_failing_sh
         # Each later run is due when Condition's own retry is; the others are not pulled again.
         for _ in range(FAILING_AFTER_RUNS - 1):
             async with flow.service.app[SERVICES].sessionmaker() as session:
-                states = await resource_repo.sync_states(session, connection.id)
+                states = await run_repo.sync_states(session, connection.id)
             due = states["Condition"].next_attempt_at
             assert due is not None
             assert states["Condition"].status == "transient_error"
@@ -119,7 +119,7 @@ async def test_one_type_failing_for_good_leaves_the_rest_complete_and_failing_sh
             assert all("/Condition?" in url for url in asked), asked
 
         async with flow.service.app[SERVICES].sessionmaker() as session:
-            states = await resource_repo.sync_states(session, connection.id)
+            states = await run_repo.sync_states(session, connection.id)
         condition = states["Condition"]
         assert condition.status == "failing"
         assert condition.failure_count == FAILING_AFTER_RUNS
@@ -189,7 +189,7 @@ async def test_a_type_failing_for_most_patients_is_said_to_fail_at_the_tenant(
     # Persistent failures: make both connections' Condition failing as the runs would.
     async with flow.service.app[SERVICES].sessionmaker.begin() as session:
         for connection in connections:
-            await resource_repo.save_sync_state(
+            await run_repo.save_sync_state(
                 session,
                 connection.id,
                 "Condition",

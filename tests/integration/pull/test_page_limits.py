@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from syncsvc.db import repo, resource_repo
+from syncsvc.db import repo, run_repo
 from syncsvc.fhir.page_limits import MIB
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
@@ -76,8 +76,8 @@ async def _assert_type_failed_alone(
     assert len(ids_of(rows, "Condition")) == 25
     assert len(ids_of(rows, "Goal")) == 4
     async with ctx.sessionmaker() as session:
-        states = await resource_repo.sync_states(session, connection_id)
-        run = await resource_repo.get_run(session, summary.run_id or "")
+        states = await run_repo.sync_states(session, connection_id)
+        run = await run_repo.get_run(session, summary.run_id or "")
         connection = await repo.get_connection(session, connection_id)
     # The stored type state and the run record (what pages, API and health read) agree.
     assert (states["Observation"].status, states["Observation"].error_class) == (

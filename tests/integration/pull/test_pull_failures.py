@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import generate_latest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import repo, resource_repo
+from syncsvc.db import repo, resource_repo, run_repo
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import SyncContext
@@ -98,7 +98,7 @@ async def test_a_next_link_to_another_origin_stops_the_type_and_the_token_stays_
     fhir = [e for e in log if e["tenant_id"] == GENERIC_TENANT and "/admin/" not in e["url"]]
     assert len([e for e in fhir if e["token_id"]]) == summary.requests
     async with ctx.sessionmaker() as session:
-        states = await resource_repo.sync_states(session, tokens.connection.id)
+        states = await run_repo.sync_states(session, tokens.connection.id)
     assert states["Observation"].status == "error"
     assert states["Observation"].watermark is None  # the type did not complete
 
@@ -140,7 +140,7 @@ async def test_another_patients_entry_is_rejected_counted_and_never_stored(
     assert ("Condition", rejected_id) not in rows
     assert ids_of(rows, "Condition") == await admin.ids(GENERIC_TENANT, NANCY, "Condition")
     async with ctx.sessionmaker() as session:
-        run = await resource_repo.get_run(session, summary.run_id or "")
+        run = await run_repo.get_run(session, summary.run_id or "")
     assert run is not None
     assert run.rejected_count == 1
     assert run.type_results["Condition"]["rejected_ids"] == condition.rejected
@@ -205,7 +205,7 @@ async def test_a_passing_failure_is_retried_in_place_and_the_run_completes(
     assert len(await stored(ctx, tokens.connection.id)) == 1 + 25 + 250 + 4
     async with ctx.sessionmaker() as session:
         assert summary.run_id is not None
-        run = await resource_repo.get_run(session, summary.run_id)
+        run = await run_repo.get_run(session, summary.run_id)
     assert run is not None
     assert run.retries == sum(summary.retries.values())
     # Every retry went out as a request of its own: three pages and the failed tries.
@@ -250,7 +250,7 @@ async def test_a_type_that_keeps_failing_ends_alone_and_the_rest_of_the_record_i
     rows = await stored(ctx, tokens.connection.id)
     assert (len(ids_of(rows, "Condition")), len(ids_of(rows, "Goal"))) == (25, 4)
     async with ctx.sessionmaker() as session:
-        states = await resource_repo.sync_states(session, tokens.connection.id)
+        states = await run_repo.sync_states(session, tokens.connection.id)
         connection = await repo.get_connection(session, tokens.connection.id)
     assert states["Observation"].status == "transient_error"
     assert states["Observation"].watermark is None  # the type did not complete
@@ -268,7 +268,7 @@ async def test_a_type_that_keeps_failing_ends_alone_and_the_rest_of_the_record_i
     assert retried.outcome == "ok"
     assert retried.types["Observation"].counts.new == 250
     async with ctx.sessionmaker() as session:
-        states = await resource_repo.sync_states(session, tokens.connection.id)
+        states = await run_repo.sync_states(session, tokens.connection.id)
     assert states["Observation"].status == "ok"
     assert (states["Observation"].failure_count, states["Observation"].next_attempt_at) == (0, None)
     assert len(await stored(ctx, tokens.connection.id)) == 1 + 25 + 250 + 4

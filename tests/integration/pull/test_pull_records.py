@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from syncsvc.db import repo, resource_repo
+from syncsvc.db import repo, resource_repo, run_repo
 from syncsvc.sandbox.config import SandboxConfig
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.sync.context import SyncContext
@@ -72,9 +72,9 @@ async def test_a_first_pull_stores_every_granted_type_in_full(
         assert all("category=" in url or "pageContext=" in url for url in searches)
 
     async with ctx.sessionmaker() as session:
-        run = await resource_repo.get_run(session, summary.run_id or "")
+        run = await run_repo.get_run(session, summary.run_id or "")
         connection = await repo.get_connection(session, connection_id)
-        states = await resource_repo.sync_states(session, connection_id)
+        states = await run_repo.sync_states(session, connection_id)
     assert run is not None
     assert run.outcome == "ok"
     assert run.finished_at is not None

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from syncsvc.db import resource_repo
+from syncsvc.db import run_repo
 from syncsvc.fhir.client import FhirRequestError
 from syncsvc.http import create_http_client
 from syncsvc.sandbox.config import SandboxConfig
@@ -75,9 +75,9 @@ async def test_a_type_already_failing_gets_one_try_and_no_wait_in_place(
     assert second.retries == {}
     assert len(_observation_requests(await admin.requests(since=seen))) == 1
     async with ctx.sessionmaker() as session:
-        states = await resource_repo.sync_states(session, tokens.connection.id)
+        states = await run_repo.sync_states(session, tokens.connection.id)
         assert second.run_id is not None
-        run = await resource_repo.get_run(session, second.run_id)
+        run = await run_repo.get_run(session, second.run_id)
     assert states["Observation"].failure_count == 2
     assert run is not None
     assert run.retries == 0
@@ -174,7 +174,7 @@ async def test_a_request_that_times_out_is_retried_in_place(
     assert set(summary.retries) == {"timeout"}
     async with ctx.sessionmaker() as session:
         assert summary.run_id is not None
-        run = await resource_repo.get_run(session, summary.run_id)
+        run = await run_repo.get_run(session, summary.run_id)
     assert run is not None
     assert run.retries == sum(summary.retries.values())
     # Each retry was a request of its own: one per type, plus the tries that timed out.

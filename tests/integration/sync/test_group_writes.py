@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db import resource_repo
+from syncsvc.db import resource_repo, resource_writes
 from syncsvc.db.models.records import Resource
 from syncsvc.errors import Transient
 from syncsvc.sync.pipeline.batch import PageBatch, PendingRow
@@ -268,9 +268,9 @@ async def test_reserving_seqs_for_several_connections_at_once_continues_each_cur
 ) -> None:
     first, second = await _connections(sessionmaker, 2)
     async with sessionmaker.begin() as session:
-        assert await resource_repo.reserve_seqs(session, first, 5) == 1
-        firsts = await resource_repo.reserve_seqs_many(session, {first: 3, second: 2})
-        again = await resource_repo.reserve_seqs_many(session, {second: 1, first: 1})
+        assert await resource_writes.reserve_seqs(session, first, 5) == 1
+        firsts = await resource_writes.reserve_seqs_many(session, {first: 3, second: 2})
+        again = await resource_writes.reserve_seqs_many(session, {second: 1, first: 1})
 
     assert firsts == {first: 6, second: 1}
     assert again == {first: 9, second: 3}
@@ -310,7 +310,7 @@ async def test_a_rolled_back_page_leaves_no_row_and_no_seq(
 
     assert await _rows(sessionmaker, connection_id) == []
     async with sessionmaker() as session:
-        assert await resource_repo.reserve_seqs(session, connection_id, 1) == 1
+        assert await resource_writes.reserve_seqs(session, connection_id, 1) == 1
 
 
 async def test_a_group_retried_after_another_unit_failed_counts_its_pages_again(

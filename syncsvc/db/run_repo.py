@@ -1,0 +1,122 @@
+"""Sync bookkeeping: each resource type's sync state, the runs, a connection's last sync stamps.
+
+Each function takes an ``AsyncSession``; none commits.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .base import rowcount
+from .models.connections import Connection
+from .models.records import SyncRun, SyncState
+
+# --- sync states -----------------------------------------------------------------------------
+
+
+async def sync_states(session: AsyncSession, connection_id: str) -> dict[str, SyncState]:
+    """The sync state of each resource type of a connection."""
+    rows = await session.scalars(select(SyncState).where(SyncState.connection_id == connection_id))
+    return {row.resource_type: row for row in rows}
+
+
+async def save_sync_state(
+    session: AsyncSession,
+    connection_id: str,
+    resource_type: str,
+    *,
+    now: dt.datetime,
+    **fields: Any,
+) -> None:
+    """Create or update the sync state of one type with ``fields``."""
+    values = {"updated_at": now, **fields}
+    result = await session.execute(
+        update(SyncState)
+        .where(
+            and_(SyncState.connection_id == connection_id, SyncState.resource_type == resource_type)
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if rowcount(result) == 0:
+        defaults: dict[str, Any] = {
+            "new_count": 0,
+            "changed_count": 0,
+            "unchanged_count": 0,
+            "deleted_count": 0,
+            "rejected_count": 0,
+        }
+        await session.execute(
+            insert(SyncState).values(
+                connection_id=connection_id,
+                resource_type=resource_type,
+                **(defaults | values),
+            )
+        )
+
+
+# --- runs ------------------------------------------------------------------------------------
+
+
+async def start_run(
+    session: AsyncSession,
+    *,
+    run_id: str,
+    connection_id: str,
+    owner: str | None,
+    full: bool,
+    now: dt.datetime,
+) -> None:
+    """Record that a run started (it reads ``running`` until :func:`finish_run`)."""
+    await session.execute(
+        insert(SyncRun).values(
+            id=run_id,
+            connection_id=connection_id,
+            owner=owner,
+            full=full,
+            started_at=now,
+            outcome="running",
+            new_count=0,
+            changed_count=0,
+            unchanged_count=0,
+            deleted_count=0,
+            rejected_count=0,
+            type_results={},
+            bytes_received=0,
+            requests=0,
+        )
+    )
+
+
+async def finish_run(session: AsyncSession, run_id: str, **fields: Any) -> None:
+    """Record how a run ended."""
+    await session.execute(
+        update(SyncRun)
+        .where(SyncRun.id == run_id)
+        .values(**fields)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def get_run(session: AsyncSession, run_id: str) -> SyncRun | None:
+    """One run record."""
+    return await session.get(SyncRun, run_id)
+
+
+async def stamp_connection_sync(
+    session: AsyncSession, connection_id: str, *, now: dt.datetime, success: bool
+) -> None:
+    """Set ``last_sync_at`` (and ``last_success_at`` when the run succeeded)."""
+    values: dict[str, Any] = {"last_sync_at": now}
+    if success:
+        values["last_success_at"] = now
+    await session.execute(
+        update(Connection)
+        .where(Connection.id == connection_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
