@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench.ingest import BenchError, unlimited
 from syncsvc.bench.measure import children_of, rss_mib
-from syncsvc.db import repo
+from syncsvc.db import connection_claims
 from syncsvc.db.models.connections import Connection
 from syncsvc.db.models.records import ResourceCursor, SyncRun
 from syncsvc.logging import configure_logging
@@ -49,7 +49,9 @@ async def claim_times(
         now = dt.datetime.now(dt.UTC)
         started = time.perf_counter()
         async with sessionmaker.begin() as session:
-            batch = await repo.claim_due_connections(session, owner, now, 60, CLAIM_BATCH)
+            batch = await connection_claims.claim_due_connections(
+                session, owner, now, 60, CLAIM_BATCH
+            )
         times.append((time.perf_counter() - started) * 1000)
         claimed = len(batch)
         async with sessionmaker.begin() as session:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from syncsvc.connect.exchange import finish_exchange, uri_on_ehr_host
 from syncsvc.connect.grant import LaunchOutcome
 from syncsvc.connect.launch_failures import record_launch_failure
-from syncsvc.db import launch_failure_repo, repo
+from syncsvc.db import launch_failure_repo, launch_repo, repo
 from syncsvc.db.columns import new_id
 from syncsvc.db.models.connections import Tenant
 from syncsvc.directory.tenants import fresh_configuration, redirect_uri_of
@@ -86,7 +86,7 @@ async def start_launch(
     pkce = oauth.new_pkce()
     attempt_id = new_id()
     async with ctx.sessionmaker.begin() as session:
-        await repo.create_launch_attempt(
+        await launch_repo.create_launch_attempt(
             session,
             attempt_id=attempt_id,
             state_hash=sha256_hex(state),
@@ -187,7 +187,7 @@ async def complete_launch(
         )
     try:
         async with ctx.sessionmaker.begin() as session:
-            attempt = await repo.consume_launch_attempt(
+            attempt = await launch_repo.consume_launch_attempt(
                 session,
                 state_hash=sha256_hex(state),
                 browser_binding_hash=sha256_hex(browser_binding),
@@ -289,13 +289,13 @@ async def _record_ehr_error(
         return None
     try:
         async with ctx.sessionmaker.begin() as session:
-            attempt = await repo.consume_launch_attempt(
+            attempt = await launch_repo.consume_launch_attempt(
                 session,
                 state_hash=sha256_hex(state),
                 browser_binding_hash=sha256_hex(browser_binding),
                 now=now,
             )
-            await repo.set_launch_outcome(session, attempt.id, "ehr_error")
+            await launch_repo.set_launch_outcome(session, attempt.id, "ehr_error")
             tenant = await repo.get_tenant(session, attempt.tenant_id)
     except LaunchError:
         # The EHR's own error is what the patient must see; a stale state adds nothing (and a
@@ -306,4 +306,4 @@ async def _record_ehr_error(
 
 async def _set_outcome(ctx: SyncContext, attempt_id: str, outcome: str) -> None:
     async with ctx.sessionmaker.begin() as session:
-        await repo.set_launch_outcome(session, attempt_id, outcome[:64])
+        await launch_repo.set_launch_outcome(session, attempt_id, outcome[:64])

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.connect.signing import ConnectLinkClaims, Signer
-from syncsvc.db import repo
+from syncsvc.db import launch_repo, repo
 from syncsvc.errors import BadRequest
 from syncsvc.settings import Settings
 
@@ -80,7 +80,7 @@ async def issue_connect_link(
             raise BadRequest(f"There is no tenant named '{tenant_name}'.", reason="unknown_tenant")
         tenant_id = tenant.id
     token, link_id = signer.connect_link(user_id, tenant_name)
-    link = await repo.create_connect_link(
+    link = await launch_repo.create_connect_link(
         session, link_id=link_id, user_id=user_id, tenant_id=tenant_id, now=now, ttl_seconds=ttl
     )
     return IssuedLink(
@@ -102,8 +102,8 @@ async def peek_connect_link(
 ) -> ConnectLinkClaims:
     """The claims of a link that is still usable, without using it; else LaunchError."""
     claims = _claims(signer, token)
-    link = await repo.get_connect_link(session, claims.link_id)
-    repo.check_connect_link(link, now)
+    link = await launch_repo.get_connect_link(session, claims.link_id)
+    launch_repo.check_connect_link(link, now)
     return claims
 
 
@@ -112,5 +112,5 @@ async def use_connect_link(
 ) -> ConnectLinkClaims:
     """Consume a link, exactly once; LaunchError if it is forged, unknown, used or expired."""
     claims = _claims(signer, token)
-    await repo.consume_connect_link(session, claims.link_id, now=now)
+    await launch_repo.consume_connect_link(session, claims.link_id, now=now)
     return claims

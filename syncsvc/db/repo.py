@@ -1,9 +1,9 @@
-"""Query functions: each takes an ``AsyncSession`` and never commits.
+"""Tenants, connections and their credentials: queries that take an ``AsyncSession``, never commit.
 
-The caller owns the transaction (``async with sessionmaker.begin() as session``). Functions that
-must be safe under concurrency are written as one guarded UPDATE whose row count says who won:
-single use of launch attempts and connect links, compare-and-swap on credentials, and the lease
-that makes refresh and sync single-flight across processes.
+The caller owns the transaction (``async with sessionmaker.begin() as session``). Writes that must
+be safe under concurrency are one guarded UPDATE whose row count says who won, such as the
+compare-and-swap on credentials. Launch attempts and connect links are in ``launch_repo``; due
+connections and their leases in ``connection_claims``.
 """
 
 from __future__ import annotations
@@ -13,16 +13,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.errors import Conflict, LaunchError, NotFound
+from syncsvc.errors import Conflict, NotFound
 
 from .base import rowcount
 from .columns import new_id
-from .leases import claim_rows, lease_free
-from .models.connections import Connection, ConnectLink, Credential, LaunchAttempt, Tenant
+from .models.connections import Connection, Credential, Tenant
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -272,272 +271,6 @@ async def upsert_credentials(
     if rowcount(result) != 1:
         raise Conflict("The credentials changed since they were read.")
     return expected_version + 1
-
-
-# --- launch attempts -------------------------------------------------------------------------
-
-
-async def create_launch_attempt(
-    session: AsyncSession,
-    *,
-    attempt_id: str,
-    state_hash: str,
-    code_verifier_enc: str,
-    nonce: str,
-    tenant_id: str,
-    user_id: str,
-    browser_binding_hash: str,
-    requested_scopes: Sequence[str],
-    now: dt.datetime,
-    ttl_seconds: int,
-) -> LaunchAttempt:
-    """Record an authorize redirect about to be sent (``attempt_id`` from ``new_id()``)."""
-    attempt = LaunchAttempt(
-        id=attempt_id,
-        state_hash=state_hash,
-        code_verifier_enc=code_verifier_enc,
-        nonce=nonce,
-        tenant_id=tenant_id,
-        user_id=user_id,
-        browser_binding_hash=browser_binding_hash,
-        requested_scopes=list(requested_scopes),
-        created_at=now,
-        expires_at=now + dt.timedelta(seconds=ttl_seconds),
-    )
-    session.add(attempt)
-    await session.flush()
-    return attempt
-
-
-async def consume_launch_attempt(
-    session: AsyncSession, *, state_hash: str, browser_binding_hash: str, now: dt.datetime
-) -> LaunchAttempt:
-    """Mark the attempt with this state used, exactly once, from the browser that started it.
-
-    One guarded UPDATE decides: of two concurrent callbacks with the same state, exactly one
-    changes a row. Failures raise LaunchError with reason ``state_unknown``, ``state_replayed``,
-    ``state_expired`` or ``state_browser_mismatch``.
-    """
-    result = await session.execute(
-        update(LaunchAttempt)
-        .where(
-            LaunchAttempt.state_hash == state_hash,
-            LaunchAttempt.browser_binding_hash == browser_binding_hash,
-            LaunchAttempt.used_at.is_(None),
-            LaunchAttempt.expires_at > now,
-        )
-        .values(used_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    attempt = await session.scalar(
-        select(LaunchAttempt)
-        .where(LaunchAttempt.state_hash == state_hash)
-        .execution_options(populate_existing=True)
-    )
-    if rowcount(result) == 1 and attempt is not None:
-        return attempt
-    if attempt is None:
-        raise LaunchError(
-            "This sign-in was not started here or is no longer known. Please start again.",
-            reason="state_unknown",
-        )
-    if attempt.used_at is not None:
-        raise LaunchError(
-            "This sign-in has already been completed. Please start again if needed.",
-            reason="state_replayed",
-        )
-    if attempt.expires_at <= now:
-        raise LaunchError(
-            "This sign-in took too long and expired. Please start again.", reason="state_expired"
-        )
-    raise LaunchError(
-        "This sign-in was started in a different browser. Please start again here.",
-        reason="state_browser_mismatch",
-    )
-
-
-async def set_launch_outcome(session: AsyncSession, attempt_id: str, outcome: str) -> None:
-    """Record how a consumed launch attempt ended (``connected``, ``ehr_error``, ...)."""
-    await session.execute(
-        update(LaunchAttempt).where(LaunchAttempt.id == attempt_id).values(outcome=outcome)
-    )
-
-
-async def delete_expired_launch_attempts(session: AsyncSession, *, before: dt.datetime) -> int:
-    """Remove attempts that expired before ``before``; returns how many."""
-    result = await session.execute(delete(LaunchAttempt).where(LaunchAttempt.expires_at < before))
-    return rowcount(result)
-
-
-# --- connect links ---------------------------------------------------------------------------
-
-
-async def create_connect_link(
-    session: AsyncSession,
-    *,
-    link_id: str,
-    user_id: str,
-    tenant_id: str | None,
-    now: dt.datetime,
-    ttl_seconds: int,
-) -> ConnectLink:
-    """Record an issued connect link so it can be used once."""
-    link = ConnectLink(
-        id=link_id,
-        user_id=user_id,
-        tenant_id=tenant_id,
-        created_at=now,
-        expires_at=now + dt.timedelta(seconds=ttl_seconds),
-    )
-    session.add(link)
-    await session.flush()
-    return link
-
-
-async def get_connect_link(session: AsyncSession, link_id: str) -> ConnectLink | None:
-    """The connect link with this id."""
-    return await session.get(ConnectLink, link_id)
-
-
-async def consume_connect_link(
-    session: AsyncSession, link_id: str, *, now: dt.datetime
-) -> ConnectLink:
-    """Mark a connect link used, exactly once; else LaunchError (unknown, used, expired)."""
-    result = await session.execute(
-        update(ConnectLink)
-        .where(
-            ConnectLink.id == link_id,
-            ConnectLink.used_at.is_(None),
-            ConnectLink.expires_at > now,
-        )
-        .values(used_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    link = await session.scalar(
-        select(ConnectLink)
-        .where(ConnectLink.id == link_id)
-        .execution_options(populate_existing=True)
-    )
-    if rowcount(result) == 1 and link is not None:
-        return link
-    check_connect_link(link, now)
-    # Neither unknown nor used, so the guarded UPDATE found it expired.
-    raise _link_expired()
-
-
-def check_connect_link(link: ConnectLink | None, now: dt.datetime) -> None:
-    """Raise LaunchError (unknown, used, expired) unless ``link`` can be used at ``now``."""
-    if link is None:
-        raise LaunchError("This link is not valid.", reason="link_unknown")
-    if link.used_at is not None:
-        raise LaunchError(
-            "This link has already been used. Ask the application that sent it for a new one.",
-            reason="link_used",
-        )
-    if link.expires_at <= now:
-        raise _link_expired()
-
-
-def _link_expired() -> LaunchError:
-    return LaunchError(
-        "This link has expired. Ask the application that sent it for a new one.",
-        reason="link_expired",
-    )
-
-
-# --- leases ----------------------------------------------------------------------------------
-
-
-def _due(now: dt.datetime) -> Any:
-    return and_(
-        Connection.status == "active",
-        Connection.next_due_at <= now,
-        or_(Connection.backoff_until.is_(None), Connection.backoff_until <= now),
-        lease_free(Connection.lease_until, now),
-    )
-
-
-async def claim_due_connections(
-    session: AsyncSession,
-    owner: str,
-    now: dt.datetime,
-    lease_seconds: int,
-    limit: int,
-    *,
-    tenant_id: str | None = None,
-    connection_ids: Sequence[str] | None = None,
-) -> list[Connection]:
-    """Lease up to ``limit`` due connections to ``owner`` until ``now + lease_seconds``.
-
-    A connection is due when it is active, its refresh or sync time has come, it is not backing
-    off and nobody holds an unexpired lease (an expired lease is a crashed worker's, taken over).
-    The claim is :func:`syncsvc.db.leases.claim_rows`: safe under concurrent claimers on
-    PostgreSQL and SQLite. Commit promptly: the lease is the claim, not the lock.
-    """
-    filters: list[ColumnElement[bool]] = []
-    if tenant_id is not None:
-        filters.append(Connection.tenant_id == tenant_id)
-    if connection_ids is not None:
-        filters.append(Connection.id.in_(list(connection_ids)))
-    return await claim_rows(
-        session,
-        Connection,
-        Connection.id,
-        claimable=_due(now),
-        filters=filters,
-        order_by=(Connection.next_due_at, Connection.id),
-        owner=owner,
-        now=now,
-        lease_seconds=lease_seconds,
-        limit=limit,
-    )
-
-
-async def due_backlog(session: AsyncSession, now: dt.datetime) -> tuple[int, dt.datetime | None]:
-    """How many connections a claim could take now, and since when the longest-waiting is due.
-
-    The same predicate as :func:`claim_due_connections`, so the backlog metric and the claims
-    cannot disagree about what is due.
-    """
-    row = (
-        await session.execute(
-            select(func.count(), func.min(Connection.next_due_at)).where(_due(now))
-        )
-    ).one()
-    return int(row[0]), row[1]
-
-
-async def renew_lease(
-    session: AsyncSession,
-    connection_id: str,
-    owner: str,
-    *,
-    now: dt.datetime,
-    lease_seconds: int,
-) -> bool:
-    """Extend ``owner``'s lease; False if the lease was lost (expired and taken over)."""
-    result = await session.execute(
-        update(Connection)
-        .where(
-            Connection.id == connection_id,
-            Connection.lease_owner == owner,
-            Connection.lease_until > now,
-        )
-        .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
-    return rowcount(result) == 1
-
-
-async def release_lease(session: AsyncSession, connection_id: str, owner: str) -> bool:
-    """Give back ``owner``'s lease on a connection; False if ``owner`` no longer held it."""
-    result = await session.execute(
-        update(Connection)
-        .where(Connection.id == connection_id, Connection.lease_owner == owner)
-        .values(lease_owner=None, lease_until=None)
-        .execution_options(synchronize_session=False)
-    )
-    return rowcount(result) == 1
 
 
 async def delete_credentials(session: AsyncSession, connection_id: str) -> bool:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db import health_repo, migrate, repo
+from syncsvc.db import connection_claims, health_repo, migrate
 from syncsvc.logging import get_logger
 from syncsvc.work_metrics import Snapshot
 
@@ -93,7 +93,7 @@ async def snapshot(
     try:
         async with asyncio.timeout(READY_TIMEOUT_SECONDS):
             async with sessionmaker() as session:
-                due, oldest = await repo.due_backlog(session, now)
+                due, oldest = await connection_claims.due_backlog(session, now)
     except (OSError, TimeoutError, SQLAlchemyError) as exc:
         log.warning("metrics: due backlog unreadable", error_class=type(exc).__name__)
         return Snapshot(ready=ready)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import repo
+from syncsvc.db import connection_claims, repo
 from syncsvc.db.models.connections import Connection
 from syncsvc.errors import Conflict, ReauthRequired, Transient
 from syncsvc.logging import get_logger
@@ -103,7 +103,7 @@ class _Refresh:
         """Transaction 1: renew the lease and read what a refresh needs; None if it is lost."""
         ctx = self._ctx
         async with ctx.sessionmaker.begin() as session:
-            renewed = await repo.renew_lease(
+            renewed = await connection_claims.renew_lease(
                 session, self._id, ctx.owner, now=now, lease_seconds=ctx.settings.lease_seconds
             )
             if not renewed:

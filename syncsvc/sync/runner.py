@@ -29,7 +29,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import repo
+from syncsvc.db import connection_claims, repo
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.errors import Transient
 from syncsvc.logging import get_logger
@@ -113,7 +113,7 @@ class _Leases:
         """
         for connection_id in sorted(self.pending - self.lost):
             async with self._ctx.sessionmaker.begin() as session:
-                kept = await repo.renew_lease(
+                kept = await connection_claims.renew_lease(
                     session,
                     connection_id,
                     self._ctx.owner,
@@ -252,7 +252,7 @@ def _status_data(connection: Connection) -> dict[str, Any]:
 async def _still_ours(ctx: SyncContext, session: AsyncSession, connection_id: str) -> bool:
     # A process that stalled past its lease must not overwrite the schedule of the process
     # that took the connection over; renewing is the check, and keeps the lease to release.
-    return await repo.renew_lease(
+    return await connection_claims.renew_lease(
         session,
         connection_id,
         ctx.owner,
@@ -363,7 +363,7 @@ async def _work_leased(
         leases.pending.discard(connection.id)
 
         async def release(session: AsyncSession) -> bool:
-            return await repo.release_lease(session, connection.id, ctx.owner)
+            return await connection_claims.release_lease(session, connection.id, ctx.owner)
 
         await ctx.pages.run(connection.id, release, beside_pages=True)
 
@@ -378,7 +378,7 @@ async def claim(
     """Lease up to ``limit`` due connections to this process (one short transaction)."""
     started = time.perf_counter()
     async with ctx.sessionmaker.begin() as session:
-        claimed = await repo.claim_due_connections(
+        claimed = await connection_claims.claim_due_connections(
             session,
             ctx.owner,
             ctx.now(),

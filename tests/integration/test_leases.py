@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db import repo
+from syncsvc.db import connection_claims
 from syncsvc.db.models.connections import Connection
 
 from .dbdata import add_connection, add_tenant, utcnow
@@ -38,7 +38,9 @@ async def _connections(
 
 async def _claim(sessionmaker: Sessionmaker, owner: str, now: dt.datetime, limit: int) -> list[str]:
     async with sessionmaker.begin() as session:
-        claimed = await repo.claim_due_connections(session, owner, now, LEASE_SECONDS, limit)
+        claimed = await connection_claims.claim_due_connections(
+            session, owner, now, LEASE_SECONDS, limit
+        )
     return [connection.id for connection in claimed]
 
 
@@ -65,7 +67,9 @@ async def test_a_claim_returns_whole_rows_in_due_order(sessionmaker: Sessionmake
             )
 
     async with sessionmaker.begin() as session:
-        claimed = await repo.claim_due_connections(session, "me", now, LEASE_SECONDS, 20)
+        claimed = await connection_claims.claim_due_connections(
+            session, "me", now, LEASE_SECONDS, 20
+        )
 
     # An expired lease is taken over; a live one, a future due time, a back-off and an
     # inactive status each keep a connection out.
@@ -102,10 +106,12 @@ async def test_claimers_in_open_transactions_pass_each_other(sessionmaker: Sessi
     order = _due_order(dict(zip(ids, ages, strict=True)))
 
     async with sessionmaker.begin() as first:
-        held = await repo.claim_due_connections(first, "first", now, LEASE_SECONDS, 4)
+        held = await connection_claims.claim_due_connections(first, "first", now, LEASE_SECONDS, 4)
         # The first claim is not committed: its rows are locked, and skipped, not waited for.
         async with sessionmaker.begin() as second:
-            passed = await repo.claim_due_connections(second, "second", now, LEASE_SECONDS, 4)
+            passed = await connection_claims.claim_due_connections(
+                second, "second", now, LEASE_SECONDS, 4
+            )
 
     assert [c.id for c in held] == order[:4]
     assert [c.id for c in passed] == order[4:]
@@ -119,9 +125,11 @@ async def test_taking_and_handing_back_a_lease_writes_no_index(
     ids = await _connections(sessionmaker, now, [10, 20, 30])
 
     async with sessionmaker.begin() as session:
-        claimed = await repo.claim_due_connections(session, "me", now, LEASE_SECONDS, 10)
+        claimed = await connection_claims.claim_due_connections(
+            session, "me", now, LEASE_SECONDS, 10
+        )
         for connection in claimed:
-            assert await repo.release_lease(session, connection.id, "me")
+            assert await connection_claims.release_lease(session, connection.id, "me")
         updates = (
             await session.execute(
                 text(

@@ -10,9 +10,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db import repo
+from syncsvc.db import launch_repo, repo
 from syncsvc.db.columns import new_id
-from syncsvc.db.models.connections import Credential
+from syncsvc.db.models.connections import Credential, LaunchAttempt
 from syncsvc.errors import Conflict, LaunchError, NotFound
 
 from .dbdata import add_connection, add_tenant, utcnow
@@ -171,7 +171,7 @@ async def _new_attempt(
 ) -> str:
     async with sessionmaker.begin() as session:
         tenant = await add_tenant(session)
-        attempt = await repo.create_launch_attempt(
+        attempt = await launch_repo.create_launch_attempt(
             session,
             attempt_id=new_id(),
             state_hash=state_hash,
@@ -189,10 +189,10 @@ async def _new_attempt(
 
 async def _consume(sessionmaker: Sessionmaker, state_hash: str, binding: str = "b" * 64) -> str:
     async with sessionmaker.begin() as session:
-        attempt = await repo.consume_launch_attempt(
+        attempt = await launch_repo.consume_launch_attempt(
             session, state_hash=state_hash, browser_binding_hash=binding, now=utcnow()
         )
-        await repo.set_launch_outcome(session, attempt.id, "connected")
+        await launch_repo.set_launch_outcome(session, attempt.id, "connected")
         return attempt.id
 
 
@@ -212,12 +212,12 @@ async def test_launch_attempt_is_single_use(sessionmaker: Sessionmaker) -> None:
     await _new_attempt(sessionmaker, "3" * 64, ttl=-1)
     assert await _launch_reason(sessionmaker, "3" * 64, "b" * 64) == "state_expired"
     async with sessionmaker() as session:
-        stored = await session.get(repo.LaunchAttempt, attempt_id)
+        stored = await session.get(LaunchAttempt, attempt_id)
         assert stored is not None
         assert stored.used_at is not None
         assert stored.outcome == "connected"
     async with sessionmaker.begin() as session:
-        removed = await repo.delete_expired_launch_attempts(session, before=utcnow())
+        removed = await launch_repo.delete_expired_launch_attempts(session, before=utcnow())
         assert removed == 1
 
 
@@ -239,7 +239,7 @@ async def test_concurrent_callbacks_with_one_state_exactly_one_wins(
 async def test_connect_link_is_single_use(sessionmaker: Sessionmaker) -> None:
     async with sessionmaker.begin() as session:
         tenant = await add_tenant(session)
-        await repo.create_connect_link(
+        await launch_repo.create_connect_link(
             session,
             link_id="lnk-1",
             user_id="u-1",
@@ -247,14 +247,14 @@ async def test_connect_link_is_single_use(sessionmaker: Sessionmaker) -> None:
             now=utcnow(),
             ttl_seconds=3600,
         )
-        await repo.create_connect_link(
+        await launch_repo.create_connect_link(
             session, link_id="lnk-2", user_id="u-1", tenant_id=None, now=utcnow(), ttl_seconds=-1
         )
 
     async def consume(link_id: str) -> str:
         try:
             async with sessionmaker.begin() as session:
-                link = await repo.consume_connect_link(session, link_id, now=utcnow())
+                link = await launch_repo.consume_connect_link(session, link_id, now=utcnow())
                 return link.user_id
         except LaunchError as exc:
             return exc.reason
@@ -264,6 +264,6 @@ async def test_connect_link_is_single_use(sessionmaker: Sessionmaker) -> None:
     assert await consume("lnk-2") == "link_expired"
     assert await consume("lnk-3") == "link_unknown"
     async with sessionmaker() as session:
-        link = await repo.get_connect_link(session, "lnk-1")
+        link = await launch_repo.get_connect_link(session, "lnk-1")
         assert link is not None
         assert link.used_at is not None

@@ -20,7 +20,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db import repo
+from syncsvc.db import connection_claims, repo
 from syncsvc.directory.tenants import TenantSpec, fresh_configuration, register_tenant
 from syncsvc.errors import ConfigError, DiscoveryError
 from syncsvc.http import create_http_client, create_webhook_client
@@ -282,7 +282,7 @@ async def test_a_stored_token_endpoint_on_loopback_never_gets_the_refresh_token(
     async with create_http_client(resolver=dns, total_seconds=10) as guarded:
         ctx = SyncContext(settings, sessionmaker, vault, guarded)
         async with sessionmaker.begin() as session:
-            claimed = await repo.claim_due_connections(
+            claimed = await connection_claims.claim_due_connections(
                 session, ctx.owner, ctx.now(), settings.lease_seconds, 10
             )
         assert [c.id for c in claimed] == [connection.id]

@@ -22,7 +22,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
-from syncsvc.db import repo
+from syncsvc.db import connection_claims, repo
 from syncsvc.db.models.activity import PendingRevocation
 from syncsvc.db.models.connections import Connection
 from syncsvc.errors import ReauthRequired, Transient
@@ -204,7 +204,7 @@ async def connect(
 async def lease(ctx: SyncContext, connection_id: str) -> None:
     """Hold the connection's lease: renew ours, or claim it the way the scheduler does."""
     async with ctx.sessionmaker.begin() as session:
-        renewed = await repo.renew_lease(
+        renewed = await connection_claims.renew_lease(
             session,
             connection_id,
             ctx.owner,
@@ -213,7 +213,7 @@ async def lease(ctx: SyncContext, connection_id: str) -> None:
         )
         if renewed:
             return
-        claimed = await repo.claim_due_connections(
+        claimed = await connection_claims.claim_due_connections(
             session,
             ctx.owner,
             ctx.now(),
@@ -641,7 +641,9 @@ async def test_without_the_lease_the_ehr_is_not_called(
 
     never_leased = await refresh(ctx, cid, force=True)
     async with ctx.sessionmaker.begin() as session:
-        taken = await repo.claim_due_connections(session, "another-worker", ctx.now(), 120, 10)
+        taken = await connection_claims.claim_due_connections(
+            session, "another-worker", ctx.now(), 120, 10
+        )
     assert [c.id for c in taken] == [cid]
     leased_elsewhere = await refresh(ctx, cid, force=True)
     clock.advance(121)
