@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .report import OutcomeBucket
+from syncsvc.health.figures import OutcomeBucket
 
 #: Stack order, bottom first: (group, CSS class, outcomes in the group).
 GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (

@@ -10,13 +10,8 @@ import pytest
 from syncsvc.db.health_repo import ConnectionFacts, ErrorCount
 from syncsvc.db.models.connections import Tenant
 from syncsvc.health.chart import HEIGHT, outcome_chart
-from syncsvc.health.report import (
-    ErrorWindow,
-    build_health,
-    outcome_buckets,
-    percentile,
-    scope_grants,
-)
+from syncsvc.health.figures import ErrorWindow, outcome_buckets, percentile, scope_grants
+from syncsvc.health.report import build_health
 from syncsvc.health.rules import (
     LAUNCH_FAILURES_DEGRADED,
     LAUNCH_FAILURES_FAILING,
