@@ -2,7 +2,8 @@
 
 Written by hand, next to the handlers it describes; a test checks that every ``/api/v1`` route
 the application registers appears here with its method. Webhooks are described in the
-document's ``webhooks`` section (OpenAPI 3.1).
+document's ``webhooks`` section (OpenAPI 3.1). This module holds the paths and webhooks; the
+component schemas they refer to are in ``openapi_schemas``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from syncsvc.connect.links import MAX_LINK_TTL_SECONDS, MAX_USER_ID_LENGTH
+from syncsvc.connect.links import MAX_USER_ID_LENGTH
 from syncsvc.lifecycle.webhooks import MAX_ATTEMPTS, SIGNATURE_HEADER
-from syncsvc.vocabulary import CONNECTION_STATUSES, TYPE_STATES, WEBHOOK_EVENTS
+from syncsvc.vocabulary import WEBHOOK_EVENTS
 from syncsvc.web.cursors import MAX_CURSOR_LENGTH
 from syncsvc.web.handlers.data_api import (
     CONNECTION_EXTENSION,
@@ -24,21 +25,20 @@ from syncsvc.web.handlers.data_api import (
     MAX_LIMIT,
 )
 from syncsvc.web.keys import SETTINGS
+from syncsvc.web.openapi_schemas import (
+    Schema,
+    component_schemas,
+    ref,
+)
 
 OPENAPI_VERSION = "3.1.0"
 API_VERSION = "1"
-
-Schema = dict[str, Any]
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
 
 
 def _problem(description: str) -> Schema:
     return {
         "description": description,
-        "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        "content": {"application/problem+json": {"schema": ref("Problem")}},
     }
 
 
@@ -52,9 +52,6 @@ _NOT_FOUND = _problem(
     "gets the same answer."
 )
 _BAD_REQUEST = _problem("A malformed parameter or body; `reason` says which.")
-
-_NULLABLE_TIME: Schema = {"type": ["string", "null"], "format": "date-time"}
-_NULLABLE_STRING: Schema = {"type": ["string", "null"]}
 
 _CONNECTION_ID: Schema = {
     "name": "connection_id",
@@ -173,7 +170,7 @@ def _feed_operation(summary: str, operation_id: str, scope_parameters: list[Sche
                     },
                 },
                 "content": {
-                    "application/fhir+json": {"schema": _ref("Bundle")},
+                    "application/fhir+json": {"schema": ref("Bundle")},
                     "application/x-ndjson": {
                         "schema": {"type": "string", "description": "One JSON resource per line."}
                     },
@@ -199,10 +196,10 @@ def _paths() -> dict[str, Any]:
                 ),
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": _ref("ConnectLinkRequest")}},
+                    "content": {"application/json": {"schema": ref("ConnectLinkRequest")}},
                 },
                 "responses": {
-                    "201": _json("The link.", _ref("ConnectLink")),
+                    "201": _json("The link.", ref("ConnectLink")),
                     "400": _BAD_REQUEST,
                     "401": _UNAUTHORIZED,
                     "429": {
@@ -222,7 +219,7 @@ def _paths() -> dict[str, Any]:
                 "tags": ["connections"],
                 "parameters": [_USER_ID],
                 "responses": {
-                    "200": _json("The user's connections, oldest first.", _ref("ConnectionList")),
+                    "200": _json("The user's connections, oldest first.", ref("ConnectionList")),
                     "400": _BAD_REQUEST,
                     "401": _UNAUTHORIZED,
                 },
@@ -242,7 +239,7 @@ def _paths() -> dict[str, Any]:
                 "tags": ["connections"],
                 "parameters": [_CONNECTION_ID, _OWNER_GUARD],
                 "responses": {
-                    "200": _json("The connection.", _ref("Connection")),
+                    "200": _json("The connection.", ref("Connection")),
                     "401": _UNAUTHORIZED,
                     "404": _NOT_FOUND,
                 },
@@ -285,7 +282,7 @@ def _paths() -> dict[str, Any]:
                 ),
                 "parameters": [_CONNECTION_ID, _OWNER_GUARD],
                 "responses": {
-                    "202": _json("Queued.", _ref("SyncAccepted")),
+                    "202": _json("Queued.", ref("SyncAccepted")),
                     "401": _UNAUTHORIZED,
                     "404": _NOT_FOUND,
                     "409": _problem(
@@ -301,251 +298,6 @@ def _paths() -> dict[str, Any]:
                 "listConnectionResources",
                 [_CONNECTION_ID, _OWNER_GUARD],
             )
-        },
-    }
-
-
-def _schemas() -> dict[str, Any]:
-    status_values = list(CONNECTION_STATUSES)
-    return {
-        "Problem": {
-            "type": "object",
-            "description": "RFC 9457 problem details.",
-            "required": ["type", "title", "status", "detail", "reason"],
-            "properties": {
-                "type": {"type": "string", "format": "uri"},
-                "title": {"type": "string"},
-                "status": {"type": "integer"},
-                "detail": {"type": "string"},
-                "reason": {"type": "string", "description": "A stable machine-readable code."},
-                "retry_after": {
-                    "type": "integer",
-                    "description": "Seconds to wait (429 only; also in `Retry-After`).",
-                },
-            },
-        },
-        "ConnectLinkRequest": {
-            "type": "object",
-            "required": ["user_id"],
-            "properties": {
-                "user_id": {"type": "string", "minLength": 1, "maxLength": MAX_USER_ID_LENGTH},
-                "tenant": {
-                    "type": ["string", "null"],
-                    "description": "A tenant name: skip the provider choice.",
-                },
-                "ttl_seconds": {
-                    "type": ["integer", "null"],
-                    "minimum": 1,
-                    "maximum": MAX_LINK_TTL_SECONDS,
-                },
-            },
-        },
-        "ConnectLink": {
-            "type": "object",
-            "required": ["url", "link_id", "user_id", "expires_at"],
-            "properties": {
-                "url": {"type": "string", "format": "uri"},
-                "link_id": {"type": "string"},
-                "user_id": {"type": "string"},
-                "tenant": _NULLABLE_STRING,
-                "expires_at": {"type": "string", "format": "date-time"},
-            },
-        },
-        "TrimmedScope": {
-            "type": "object",
-            "required": ["scope", "explanation"],
-            "properties": {
-                "scope": {"type": "string"},
-                "explanation": {"type": "string", "description": "What it means, in plain words."},
-            },
-        },
-        "TypeStatus": {
-            "type": "object",
-            "required": ["type", "granted", "resources"],
-            "properties": {
-                "type": {"type": "string"},
-                "granted": {"type": "boolean"},
-                "status": {"type": ["string", "null"], "enum": [*TYPE_STATES, None]},
-                "resources": {"type": "integer", "minimum": 0},
-                "last_success_at": _NULLABLE_TIME,
-                "error_class": _NULLABLE_STRING,
-                "next_attempt_at": {
-                    **_NULLABLE_TIME,
-                    "description": "When a type in transient_error or failing is tried again.",
-                },
-                "explanation": {
-                    **_NULLABLE_STRING,
-                    "description": "Why the type is not up to date, in plain words (or null).",
-                },
-                "sentence": {
-                    "type": "string",
-                    "description": "The type's state in plain words, as the patient sees it.",
-                },
-            },
-        },
-        "Explanation": {
-            "type": "object",
-            "required": ["title", "heading", "summary", "sentences", "kept_up_to_date"],
-            "description": (
-                "The connection's state in the same plain words the patient's pages, the CLI "
-                "and the webhooks use."
-            ),
-            "properties": {
-                "title": {"type": "string"},
-                "heading": {"type": "string"},
-                "summary": {"type": "string"},
-                "sentences": {"type": "array", "items": {"type": "string"}},
-                "kept_up_to_date": {
-                    "type": "boolean",
-                    "description": "True only with a refresh token and a readable type.",
-                },
-            },
-        },
-        "Connection": {
-            "type": "object",
-            "required": ["id", "user_id", "tenant", "patient_id", "status", "scopes"],
-            "properties": {
-                "id": {"type": "string"},
-                "user_id": {"type": "string"},
-                "tenant": {
-                    "type": "object",
-                    "properties": {"name": {"type": "string"}, "display_name": {"type": "string"}},
-                },
-                "patient_id": {"type": "string", "description": "The EHR's patient id."},
-                "status": {"type": "string", "enum": status_values},
-                "status_reason": _NULLABLE_STRING,
-                "status_message": _NULLABLE_STRING,
-                "explanation": _ref("Explanation"),
-                "error_uri": {
-                    "type": ["string", "null"],
-                    "description": "A page from the EHR about the error (e.g. an approval link).",
-                },
-                "scopes": {
-                    "type": "object",
-                    "properties": {
-                        "requested": {"type": "array", "items": {"type": "string"}},
-                        "granted": {"type": "array", "items": {"type": "string"}},
-                        "trimmed": {"type": "array", "items": _ref("TrimmedScope")},
-                        "offline_access": {"type": "boolean"},
-                    },
-                },
-                "synced_types": {
-                    "type": "array",
-                    "items": {"type": "string"},
-                    "description": "Resource types the granted scopes let syncsvc read.",
-                },
-                "types": {"type": "array", "items": _ref("TypeStatus")},
-                "resource_counts": {
-                    "type": "object",
-                    "additionalProperties": {"type": "integer"},
-                    "description": "Live (not deleted) resources per type.",
-                },
-                "connected_at": _NULLABLE_TIME,
-                "last_sync_at": _NULLABLE_TIME,
-                "last_success_at": _NULLABLE_TIME,
-                "next_sync_at": _NULLABLE_TIME,
-            },
-        },
-        "ConnectionList": {
-            "type": "object",
-            "required": ["user_id", "connections"],
-            "properties": {
-                "user_id": {"type": "string"},
-                "connections": {"type": "array", "items": _ref("Connection")},
-            },
-        },
-        "SyncAccepted": {
-            "type": "object",
-            "required": ["id", "status", "next_sync_at"],
-            "properties": {
-                "id": {"type": "string"},
-                "status": {"type": "string", "const": "active"},
-                "next_sync_at": {"type": "string", "format": "date-time"},
-            },
-        },
-        "Bundle": {
-            "type": "object",
-            "description": "A FHIR R4 searchset Bundle (see the feed's description).",
-            "required": ["resourceType", "type", "entry"],
-            "properties": {
-                "resourceType": {"const": "Bundle"},
-                "type": {"const": "searchset"},
-                "timestamp": {"type": "string", "format": "date-time"},
-                "link": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {"relation": {"type": "string"}, "url": {"type": "string"}},
-                    },
-                },
-                "entry": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["fullUrl", "resource"],
-                        "properties": {
-                            "fullUrl": {"type": "string"},
-                            "resource": {"type": "object"},
-                            "search": {"type": "object"},
-                            "extension": {"type": "array"},
-                        },
-                    },
-                },
-            },
-        },
-        "WebhookEvent": {
-            "type": "object",
-            "required": ["id", "type", "created_at", "data"],
-            "properties": {
-                "id": {"type": "string", "description": "Also `Syncsvc-Delivery`: deduplicate."},
-                "type": {
-                    "type": "string",
-                    "enum": list(WEBHOOK_EVENTS),
-                },
-                "created_at": {"type": "string", "format": "date-time"},
-                "data": {
-                    "type": "object",
-                    "required": ["connection_id", "user_id", "status"],
-                    "properties": {
-                        "connection_id": {"type": "string"},
-                        "user_id": {"type": "string"},
-                        "tenant_id": {"type": "string"},
-                        "patient_id": {"type": "string"},
-                        "status": {"type": "string", "enum": status_values},
-                        "status_reason": _NULLABLE_STRING,
-                        "run_id": {"type": "string"},
-                        "outcome": {"type": "string"},
-                        "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
-                        "types": {
-                            "type": "object",
-                            "description": "sync.completed: each pulled type's status "
-                            "(ok, denied, error, transient_error, failing, skipped), its error "
-                            "class and, for a type retried on its own schedule, the next attempt.",
-                            "additionalProperties": {
-                                "type": "object",
-                                "properties": {
-                                    "status": {"type": "string"},
-                                    "error_class": _NULLABLE_STRING,
-                                    "next_attempt_at": _NULLABLE_TIME,
-                                },
-                            },
-                        },
-                        "message": _NULLABLE_STRING,
-                        "error_uri": _NULLABLE_STRING,
-                        "explanation": _ref("Explanation"),
-                        "withdrawn": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "description": "connection.scopes_changed: types no longer granted.",
-                        },
-                        "added": {
-                            "type": "array",
-                            "items": {"type": "string"},
-                            "description": "connection.scopes_changed: types newly granted.",
-                        },
-                    },
-                },
-            },
         },
     }
 
@@ -595,7 +347,7 @@ def _webhook(summary: str) -> Schema:
             ],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _ref("WebhookEvent")}},
+                "content": {"application/json": {"schema": ref("WebhookEvent")}},
             },
             "responses": {"2XX": {"description": "Acknowledged."}},
         }
@@ -628,7 +380,7 @@ def build_document(server_url: str) -> dict[str, Any]:
                     "description": "A host-application API key (`SYNCSVC_API_KEYS`).",
                 }
             },
-            "schemas": _schemas(),
+            "schemas": component_schemas(),
         },
     }
 
