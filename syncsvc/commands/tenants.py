@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from syncsvc.commands.common import (
-    EXIT_FAILED,
     EXIT_USAGE,
     Commands,
     add_command,
@@ -21,41 +20,19 @@ from syncsvc.commands.common import (
     load_settings,
     print_json,
 )
+from syncsvc.commands.tenant_import import add_import
+from syncsvc.commands.tenant_options import (
+    AUTH_METHODS,
+    VENDORS,
+    client_secret_of,
+    public_url_of,
+    tenant_name,
+)
 
 if TYPE_CHECKING:
     from syncsvc.db.models.connections import Tenant
     from syncsvc.directory.tenants import TenantSpec
     from syncsvc.settings import Settings
-
-AUTH_METHODS = ("public", "client_secret_basic", "client_secret_post", "private_key_jwt")
-VENDORS = ("cerner", "epic", "generic")
-
-
-def tenant_name(value: str) -> str:
-    """argparse type of ``--name``: a valid tenant name, else a usage error saying why."""
-    from syncsvc.directory.tenants import check_tenant_name
-    from syncsvc.errors import ConfigError
-
-    try:
-        return check_tenant_name(value)
-    except ConfigError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
-
-
-def public_url_of(settings: Settings) -> str | None:
-    """The public URL new tenants' redirect URIs start with; None (the path alone, resolved by
-    the process that launches) while SYNCSVC_PUBLIC_URL is not set."""
-    return settings.public_url if settings.public_url_configured else None
-
-
-def client_secret_of(args: argparse.Namespace) -> str | None:
-    """The client secret from ``--client-secret`` or ``--client-secret-file`` (first line)."""
-    if getattr(args, "client_secret_file", None) is not None:
-        # A file keeps the secret out of the process list and the shell's history.
-        lines = args.client_secret_file.read_text(encoding="utf-8").splitlines()
-        return lines[0].strip() if lines and lines[0].strip() else None
-    secret: str | None = args.client_secret
-    return secret
 
 
 def tenant_summary(tenant: Tenant, connections: int | None = None) -> dict[str, Any]:
@@ -312,78 +289,6 @@ def _remove_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-def _import(args: argparse.Namespace) -> int:
-    from syncsvc.directory.endpoint_import import read_endpoint_file
-    from syncsvc.directory.tenants import TenantSpec
-    from syncsvc.errors import SyncsvcError
-    from syncsvc.smart.mixup import redirect_uri_from_template
-
-    settings = load_settings("tenants import")
-    if settings is None:
-        return EXIT_USAGE
-    try:
-        if args.redirect_uri is not None:
-            # Fail before reading anything: the template is the same for every tenant.
-            redirect_uri_from_template(args.redirect_uri, "example")
-        report = read_endpoint_file(args.file, allow_loopback=args.allow_loopback)
-        args.client_secret = client_secret_of(args)
-    except SyncsvcError as exc:
-        return fail("tenants import", exc.message, EXIT_USAGE)
-    except OSError as exc:
-        return fail("tenants import", f"cannot read {exc.filename}: {exc.strerror}", EXIT_USAGE)
-    total = len(report.endpoints)
-
-    async def run() -> int:
-        from syncsvc.directory.tenants import register_tenant
-        from syncsvc.http import create_http_client
-        from syncsvc.vault import Vault
-
-        vault = Vault.from_settings(settings)
-        done = 0
-        async with database(settings) as sessionmaker, create_http_client() as http:
-            print(f"{args.file}: {report.format} bundle, {total} endpoints", file=sys.stderr)
-            for endpoint in report.endpoints:
-                spec = TenantSpec(
-                    name=endpoint.name,
-                    display_name=endpoint.display_name,
-                    fhir_base=endpoint.fhir_base,
-                    client_id=args.client_id,
-                    vendor=endpoint.vendor,
-                    auth_method=args.auth_method,
-                    client_secret=args.client_secret,
-                    redirect_uri=None
-                    if args.redirect_uri is None
-                    else redirect_uri_from_template(args.redirect_uri, endpoint.name),
-                )
-                await register_tenant(
-                    sessionmaker,
-                    vault,
-                    http,
-                    spec,
-                    now=dt.datetime.now(dt.UTC),
-                    run_discovery=args.discover,
-                    public_url=public_url_of(settings),
-                )
-                done += 1
-                if done % 50 == 0 or done == total:
-                    print(
-                        f"  {done}/{total} tenants created or updated", file=sys.stderr, flush=True
-                    )
-        return done
-
-    try:
-        done = asyncio.run(run())
-    except SyncsvcError as exc:
-        return failed("tenants import", exc)
-    for reason in report.skipped:
-        print(f"  skipped: {reason}", file=sys.stderr)
-    if args.json:
-        print_json({"format": report.format, "imported": done, "skipped": list(report.skipped)})
-    else:
-        print(f"imported {done} tenants, skipped {len(report.skipped)}")
-    return 0 if done or not total else EXIT_FAILED
-
-
 def add_to(commands: Commands) -> None:
     """Register ``tenants``."""
     tenants = commands.add_parser(
@@ -503,37 +408,4 @@ def add_to(commands: Commands) -> None:
     )
     remove.set_defaults(handler=_remove_cmd)
 
-    imports = add_command(
-        actions,
-        "import",
-        summary="create or update tenants from a User-access Brands or Oracle Health bundle",
-        description=(
-            "Idempotent: re-importing updates the same tenants (names derive from the bundle). "
-            "Discovery runs at each tenant's first launch unless --discover is given."
-        ),
-        examples=("syncsvc tenants import brands.json --client-id CLIENT",),
-    )
-    imports.add_argument("file", type=Path, help="the bundle (JSON)")
-    imports.add_argument("--client-id", required=True, help="syncsvc's client id at these EHRs")
-    imports.add_argument(
-        "--auth-method", choices=AUTH_METHODS[:3], default="public", help="client authentication"
-    )
-    import_secret = imports.add_mutually_exclusive_group()
-    import_secret.add_argument("--client-secret", help="the client secret (prefer the file)")
-    import_secret.add_argument(
-        "--client-secret-file", type=Path, help="file holding the client secret"
-    )
-    imports.add_argument(
-        "--redirect-uri",
-        metavar="TEMPLATE",
-        help="a template with {name}, e.g. https://sync.example/callback/{name}, giving each "
-        "tenant its own callback; default: each tenant's stored one, else its own /callback/NAME",
-    )
-    imports.add_argument(
-        "--allow-loopback",
-        action="store_true",
-        help="also import endpoints on this machine (127.0.0.1, localhost): development only",
-    )
-    imports.add_argument("--discover", action="store_true", help="run discovery for each now")
-    imports.add_argument("--json", action="store_true", help="print the result as JSON")
-    imports.set_defaults(handler=_import)
+    add_import(actions)
