@@ -26,7 +26,7 @@ from syncsvc.commands import (
     sync,
     tenants,
 )
-from syncsvc.commands.common import Handler, Parser
+from syncsvc.commands.common import CommandExit, Handler, Parser
 from syncsvc.commands.failures import explain
 
 COMMAND_GROUPS = (
@@ -114,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except CommandExit as exc:
+        return exc.code
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:

@@ -12,7 +12,7 @@ from syncsvc.commands.common import (
     Commands,
     add_command,
     fail,
-    failed,
+    failing_as,
     print_json,
 )
 
@@ -29,7 +29,6 @@ def _sizes(value: str) -> tuple[int, ...]:
 
 def _bench(args: argparse.Namespace) -> int:
     from syncsvc.bench.suite import QUICK_SCENARIOS, SCENARIOS, Options, run
-    from syncsvc.errors import SyncsvcError
     from syncsvc.logging import configure_logging
 
     scenarios = tuple(args.scenario) if args.scenario else SCENARIOS
@@ -60,10 +59,8 @@ def _bench(args: argparse.Namespace) -> int:
         options.rounds = min(options.rounds, 3)
         options.scheduler_sizes = tuple(min(size, 10_000) for size in options.scheduler_sizes)
     configure_logging(log_format="console", log_level="WARNING")
-    try:
+    with failing_as("bench"):
         report = asyncio.run(run(options))
-    except SyncsvcError as exc:
-        return failed("bench", exc)
     if args.json:
         print_json(report.to_json())
     else:

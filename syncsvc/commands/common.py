@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 if TYPE_CHECKING:
@@ -87,6 +87,31 @@ def failed(command: str, exc: Exception) -> int:
 
     code = EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
     return fail(command, str(exc), code)
+
+
+class CommandExit(Exception):
+    """Ends a command whose failure was already told to the operator; ``code`` is the exit code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+@contextmanager
+def failing_as(command: str, *kinds: type[Exception]) -> Iterator[None]:
+    """Inside, a deliberate failure ends the command as :func:`failed` tells it.
+
+    ``kinds`` are the failures meant (default: any SyncsvcError, such as an unreachable
+    database); one is told in one line and ends the command (exit 2 for configuration, else 1)
+    through :class:`CommandExit`, which the CLI turns into the exit code.
+    """
+    from syncsvc.errors import SyncsvcError
+
+    meant: tuple[type[Exception], ...] = kinds or (SyncsvcError,)
+    try:
+        yield
+    except meant as exc:
+        raise CommandExit(failed(command, exc)) from None
 
 
 def load_settings(command: str, *, configure_logs: bool = False) -> Settings | None:

@@ -9,14 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from syncsvc.commands.common import (
-    EXIT_FAILED,
-    EXIT_USAGE,
-    Commands,
-    add_command,
-    fail,
-    print_json,
-)
+from syncsvc.commands.common import EXIT_FAILED, EXIT_USAGE, Commands, add_command, fail, print_json
 
 if TYPE_CHECKING:
     from syncsvc.settings import Settings

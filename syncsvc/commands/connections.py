@@ -19,7 +19,7 @@ from syncsvc.commands.common import (
     add_command,
     database,
     fail,
-    failed,
+    failing_as,
     load_settings,
     print_json,
 )
@@ -96,10 +96,8 @@ def _list_cmd(args: argparse.Namespace) -> int:
     settings = load_settings("connections list")
     if settings is None:
         return EXIT_USAGE
-    try:
+    with failing_as("connections list", CommandFailed):
         rows = asyncio.run(_list(settings, args))
-    except CommandFailed as exc:
-        return fail("connections list", str(exc))
     if args.json:
         print_json(rows)
         return 0
@@ -239,10 +237,8 @@ def _show_cmd(args: argparse.Namespace) -> int:
     settings = load_settings("connections show")
     if settings is None:
         return EXIT_USAGE
-    try:
+    with failing_as("connections show", CommandFailed):
         detail = asyncio.run(_show(settings, args.id))
-    except CommandFailed as exc:
-        return fail("connections show", str(exc))
     if args.json:
         print_json(detail)
     else:
@@ -317,12 +313,10 @@ def _sync_cmd(args: argparse.Namespace) -> int:
     settings = load_settings("connections sync", configure_logs=True)
     if settings is None:
         return EXIT_USAGE
-    try:
+    with failing_as("connections sync", CommandFailed, SyncsvcError):
         if args.full and not args.now:
             return fail("connections sync", "--full needs --now", EXIT_USAGE)
         report = asyncio.run(_sync(settings, args.id, now=args.now, full=args.full))
-    except (CommandFailed, SyncsvcError) as exc:
-        return failed("connections sync", exc)
     if report is None:
         print(f"connection {args.id} is due now; a running worker or `serve` syncs it next tick")
         return 0
@@ -361,10 +355,8 @@ def _disconnect_cmd(args: argparse.Namespace) -> int:
     settings = load_settings("connections disconnect", configure_logs=True)
     if settings is None:
         return EXIT_USAGE
-    try:
+    with failing_as("connections disconnect", CommandFailed, SyncsvcError):
         result = asyncio.run(_disconnect(settings, args.id, erase=not args.keep_data))
-    except (CommandFailed, SyncsvcError) as exc:
-        return failed("connections disconnect", exc)
     if args.json:
         print_json(result.to_json())
         return 0

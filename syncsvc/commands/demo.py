@@ -8,7 +8,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from syncsvc.commands.common import EXIT_FAILED, Commands, add_command, failed, print_json
+from syncsvc.commands.common import EXIT_FAILED, Commands, add_command, failing_as, print_json
 
 
 def _say(message: str) -> None:
@@ -17,27 +17,23 @@ def _say(message: str) -> None:
 
 def _demo(args: argparse.Namespace) -> int:
     from syncsvc.commands.demo_run import run_demo
-    from syncsvc.errors import SyncsvcError
     from syncsvc.logging import configure_logging
 
     configure_logging(log_format="console", log_level="WARNING")
     port, sandbox_port = (0, 0) if args.once and args.port is None else (args.port or 8000, 8765)
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            summary = asyncio.run(
-                run_demo(
-                    data_dir=args.data_dir,
-                    once=args.once,
-                    port=port,
-                    sandbox_port=args.sandbox_port or sandbox_port,
-                    say=_say,
-                )
+    with failing_as("demo"), contextlib.suppress(KeyboardInterrupt):
+        summary = asyncio.run(
+            run_demo(
+                data_dir=args.data_dir,
+                once=args.once,
+                port=port,
+                sandbox_port=args.sandbox_port or sandbox_port,
+                say=_say,
             )
-            if args.once:
-                print_json(summary.to_json())
-                return 0 if summary.to_json()["ok"] else EXIT_FAILED
-    except SyncsvcError as exc:
-        return failed("demo", exc)
+        )
+        if args.once:
+            print_json(summary.to_json())
+            return 0 if summary.to_json()["ok"] else EXIT_FAILED
     return 0
 
 

@@ -15,7 +15,7 @@ from syncsvc.commands.common import (
     add_command,
     database,
     fail,
-    failed,
+    failing_as,
     load_settings,
 )
 
@@ -80,7 +80,6 @@ def _init(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from syncsvc.db.rekey import Sample, count_by_key_id, samples_by_key_id
-    from syncsvc.errors import SyncsvcError
     from syncsvc.vault import KeyProof, Vault, prove_key
 
     settings = load_settings("keys status")
@@ -91,11 +90,9 @@ def _status(args: argparse.Namespace) -> int:
         async with database(settings) as sessionmaker, sessionmaker() as session:
             return await count_by_key_id(session), await samples_by_key_id(session)
 
-    try:
+    with failing_as("keys status"):
         vault = Vault(settings.vault_keys)
         counts, samples = asyncio.run(survey())
-    except SyncsvcError as exc:
-        return failed("keys status", exc)
     configured = [key.kid for key in settings.vault_keys]
     source = str(settings.vault_key_file) if settings.vault_key_file else "SYNCSVC_VAULT_KEYS"
     print(f"key source: {source}")
@@ -129,7 +126,6 @@ def _status(args: argparse.Namespace) -> int:
 
 def _retire(args: argparse.Namespace) -> int:
     from syncsvc.db.rekey import count_by_key_id
-    from syncsvc.errors import SyncsvcError
     from syncsvc.vault import format_key_ring, remove_key
 
     settings = load_settings("keys retire")
@@ -150,10 +146,8 @@ def _retire(args: argparse.Namespace) -> int:
         async with database(settings) as sessionmaker, sessionmaker() as session:
             return (await count_by_key_id(session)).get(kid, 0)
 
-    try:
+    with failing_as("keys retire"):
         remaining = asyncio.run(count())
-    except SyncsvcError as exc:
-        return failed("keys retire", exc)
     if remaining:
         return fail(
             "keys retire",
@@ -169,17 +163,14 @@ def _retire(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 0
-    try:
+    with failing_as("keys retire"):
         remove_key(settings.vault_key_file, kid)
-    except SyncsvcError as exc:
-        return failed("keys retire", exc)
     print(f"retired key {kid}: removed from {settings.vault_key_file}", file=sys.stderr)
     return 0
 
 
 def _rotate(args: argparse.Namespace) -> int:
     from syncsvc.db.rekey import reencrypt_all
-    from syncsvc.errors import SyncsvcError
     from syncsvc.vault import Vault, add_primary_key, format_key_ring, generate_key
 
     settings = load_settings("keys rotate")
@@ -210,11 +201,9 @@ def _rotate(args: argparse.Namespace) -> int:
                 sessionmaker, vault, batch_size=args.batch_size, progress=progress
             )
 
-    try:
+    with failing_as("keys rotate"):
         vault = Vault.from_settings(settings)
         totals = asyncio.run(rotate(vault))
-    except SyncsvcError as exc:
-        return failed("keys rotate", exc)
     summary = ", ".join(f"{table} {count}" for table, count in totals.items())
     print(f"re-encrypted under {vault.primary_kid}: {summary}", file=sys.stderr)
     return 0

@@ -12,7 +12,7 @@ from syncsvc.commands.common import (
     add_command,
     database,
     fail,
-    failed,
+    failing_as,
     load_settings,
     print_json,
 )
@@ -21,7 +21,6 @@ from syncsvc.commands.common import (
 def _connect_link(args: argparse.Namespace) -> int:
     from syncsvc.connect.links import IssuedLink, issue_connect_link
     from syncsvc.connect.signing import Signer
-    from syncsvc.errors import SyncsvcError
 
     settings = load_settings("connect-link")
     if settings is None:
@@ -46,10 +45,8 @@ def _connect_link(args: argparse.Namespace) -> int:
                 ttl_seconds=args.ttl,
             )
 
-    try:
+    with failing_as("connect-link"):
         link = asyncio.run(issue())
-    except SyncsvcError as exc:
-        return failed("connect-link", exc)
     if args.json:
         print_json({"url": link.url, "link_id": link.link_id, "expires_at": link.expires_at})
     else:

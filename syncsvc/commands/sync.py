@@ -15,7 +15,7 @@ from syncsvc.commands.common import (
     Commands,
     add_command,
     fail,
-    failed,
+    failing_as,
     load_settings,
     print_json,
 )
@@ -56,7 +56,6 @@ async def _once(settings: Settings, args: argparse.Namespace) -> WorkReport:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from syncsvc.errors import SyncsvcError
 
     if not args.once:
         return fail(
@@ -67,10 +66,8 @@ def _sync(args: argparse.Namespace) -> int:
     settings = load_settings("sync", configure_logs=True)
     if settings is None:
         return EXIT_USAGE
-    try:
+    with failing_as("sync"):
         report = asyncio.run(_once(settings, args))
-    except SyncsvcError as exc:
-        return failed("sync", exc)
     print_json(report.to_json())
     return 1 if report.failures else 0
 
@@ -104,7 +101,6 @@ async def _work_forever(services: Services, args: argparse.Namespace) -> None:
 
 def _worker(args: argparse.Namespace) -> int:
     from syncsvc.commands.serve import wait_for_database
-    from syncsvc.errors import SyncsvcError
     from syncsvc.services import Services
 
     settings = load_settings("worker", configure_logs=True)
@@ -114,10 +110,8 @@ def _worker(args: argparse.Namespace) -> int:
     services = Services(settings, background=True, require_schema=True)
     wait_for_database(settings, args.wait_for_db)
     try:
-        with contextlib.suppress(KeyboardInterrupt):
+        with failing_as("worker"), contextlib.suppress(KeyboardInterrupt):
             asyncio.run(_work_forever(services, args))
-    except SyncsvcError as exc:
-        return failed("worker", exc)
     except OSError as exc:
         if args.metrics_port is not None and exc.errno in LISTEN_ERRNOS:
             from syncsvc.commands.serve import listen_failure

@@ -16,7 +16,7 @@ from syncsvc.commands.common import (
     add_command,
     database,
     fail,
-    failed,
+    failing_as,
     load_settings,
     print_json,
 )
@@ -83,10 +83,8 @@ def import_tenants(args: argparse.Namespace) -> int:
                     )
         return done
 
-    try:
+    with failing_as("tenants import"):
         done = asyncio.run(run())
-    except SyncsvcError as exc:
-        return failed("tenants import", exc)
     for reason in report.skipped:
         print(f"  skipped: {reason}", file=sys.stderr)
     if args.json:

@@ -16,7 +16,7 @@ from syncsvc.commands.common import (
     add_command,
     database,
     fail,
-    failed,
+    failing_as,
     load_settings,
     print_json,
 )
@@ -119,7 +119,6 @@ async def _register(settings: Settings, spec: TenantSpec) -> Tenant:
 
 def _add(args: argparse.Namespace) -> int:
     from syncsvc.directory.tenants import TenantSpec
-    from syncsvc.errors import SyncsvcError
     from syncsvc.sync.tenant_config import DEFAULT_RESOURCE_TYPES
 
     settings = load_settings("tenants add")
@@ -140,7 +139,7 @@ def _add(args: argparse.Namespace) -> int:
         if args.client_secret
         else "public"
     )
-    try:
+    with failing_as("tenants add"):
         spec = TenantSpec(
             name=args.name,
             display_name=args.display_name,
@@ -156,8 +155,6 @@ def _add(args: argparse.Namespace) -> int:
             plan_overrides=plans,
         )
         tenant = asyncio.run(_register(settings, spec))
-    except SyncsvcError as exc:
-        return failed("tenants add", exc)
     summary = tenant_summary(tenant)
     warnings = _warn_about_discovery(tenant)
     for warning in warnings:
