@@ -22,24 +22,16 @@ from typing import Any, Literal, get_args
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import disconnect_repo, repo
-from syncsvc.db.columns import new_id
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.errors import NotFound, VaultError
-from syncsvc.lifecycle.revocations import (
-    ACCESS_TOKEN_HINT,
-    LEASE_SECONDS,
-    REFRESH_TOKEN_HINT,
-    ClaimedRevocation,
-    attempt,
-    token_purpose,
-)
 from syncsvc.logging import get_logger
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens
+from syncsvc.sync.revocation_attempt import ClaimedRevocation, attempt, queue_for_inline_attempt
+from syncsvc.sync.revocation_queue import GrantToEnd
 from syncsvc.sync.tenant_config import (
-    client_credentials,
     revocation_endpoint,
     revocation_endpoint_refused,
 )
@@ -95,16 +87,13 @@ class DisconnectResult:
         }
 
 
-def _token_to_revoke(tokens: StoredTokens | None, now: dt.datetime) -> tuple[str, str] | None:
-    """The token whose revocation ends the grant, with its RFC 7009 type hint."""
+def _token_to_revoke(tokens: StoredTokens | None, now: dt.datetime) -> GrantToEnd | None:
+    """The token whose revocation ends the grant: the refresh token (RFC 7009 section 2.1:
+    revoking it should also end its access tokens), else a still valid access token."""
     if tokens is None:
         return None
-    if tokens.refresh_token:
-        # RFC 7009 section 2.1: revoking a refresh token should also end its access tokens.
-        return tokens.refresh_token, REFRESH_TOKEN_HINT
-    if tokens.access_token and tokens.access_valid(now):
-        return tokens.access_token, ACCESS_TOKEN_HINT
-    return None
+    live_access = tokens.access_token if tokens.access_valid(now) else None
+    return GrantToEnd.of(tokens.refresh_token, live_access)
 
 
 def _stop(connection: Connection, by: DisconnectedBy, now: dt.datetime) -> bool:
@@ -182,38 +171,17 @@ async def disconnect_connection(
             await _refusal(session, tenant, connection, now) if to_revoke is not None else None
         )
         if to_revoke is not None and endpoint is not None:
-            token, hint = to_revoke
-            revocation_id = new_id()
-            await disconnect_repo.add_pending_revocation(
+            # Leased to this call: a background retry must not race the inline attempt.
+            claimed = await queue_for_inline_attempt(
                 session,
-                revocation_id=revocation_id,
-                tenant_id=tenant.id,
+                ctx.vault,
+                tenant=tenant,
                 connection_id=connection_id,
-                revocation_endpoint=endpoint,
-                token_enc=ctx.vault.encrypt(token, purpose=token_purpose(hint), row=revocation_id),
-                token_type_hint=hint,
+                endpoint=endpoint,
+                grant=to_revoke,
+                owner=ctx.owner,
                 now=now,
-                # Leased to this call: a background retry must not race the inline attempt.
-                lease_owner=ctx.owner,
-                lease_until=now + dt.timedelta(seconds=LEASE_SECONDS),
             )
-            try:
-                credentials = client_credentials(ctx.vault, tenant)
-            except VaultError:
-                # The tenant's client secret is unreadable: no attempt now; the queued row is
-                # retried (and given up on, if the secret stays unreadable) in the background.
-                log.warning("disconnect without client credentials", tenant=tenant.name)
-            else:
-                claimed = ClaimedRevocation(
-                    id=revocation_id,
-                    tenant_id=tenant.id,
-                    connection_id=connection_id,
-                    revocation_endpoint=endpoint,
-                    token_type_hint=hint,
-                    attempts=0,
-                    token=token,
-                    credentials=credentials,
-                )
         still_pending = bool(await disconnect_repo.pending_revocations_of(session, connection_id))
         await add_event(
             session,

@@ -14,60 +14,34 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from syncsvc.db import disconnect_repo, repo
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models.activity import PendingRevocation
-from syncsvc.errors import SyncsvcError, VaultError
+from syncsvc.errors import VaultError
 from syncsvc.logging import get_logger
-from syncsvc.smart.client_auth import ClientCredentials
-from syncsvc.smart.oauth import revoke_token
-from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
+from syncsvc.sync.revocation_attempt import (
+    ATTEMPT_TIMEOUT_SECONDS,
+    MAX_ATTEMPTS,
+    REVOCATION_BACKOFF,
+    AttemptOutcome,
+    ClaimedRevocation,
+    attempt,
+)
+from syncsvc.sync.revocation_queue import (
+    LEASE_SECONDS,
+    token_purpose,
+)
 from syncsvc.sync.tenant_config import client_credentials, revocation_endpoint_refusal
-from syncsvc.vault import Purpose, Vault
+from syncsvc.vault import Vault
 
 log = get_logger("syncsvc.lifecycle.revocations")
 
-AttemptOutcome = Literal["revoked", "retrying", "given_up"]
 
-#: Failed revocations are retried on this schedule: within minutes first, then up to 6 h apart.
-REVOCATION_BACKOFF = Backoff(base_seconds=60.0, cap_seconds=6 * 3600.0)
-#: After this many failed attempts (spread over up to a day by the backoff) the token is dropped.
-MAX_ATTEMPTS = 12
-#: How long one attempt may hold a row; far above any revocation request's duration.
-LEASE_SECONDS = 120
-#: A background attempt's time limit (the disconnect itself waits less: see ``disconnect``).
-ATTEMPT_TIMEOUT_SECONDS = 15.0
 DEFAULT_LIMIT = 50
-#: ``pending_revocations.last_error`` is for people: keep it short.
-ERROR_LENGTH = 500
-# S105: RFC 7009 token type hints, not secrets.
-REFRESH_TOKEN_HINT = "refresh_token"  # noqa: S105
-ACCESS_TOKEN_HINT = "access_token"  # noqa: S105
-
-
-def token_purpose(token_type_hint: str) -> Purpose:
-    """The vault purpose a pending token is sealed under, from its RFC 7009 type hint."""
-    if token_type_hint == ACCESS_TOKEN_HINT:
-        return Purpose.ACCESS_TOKEN
-    return Purpose.REFRESH_TOKEN
-
-
-@dataclass(frozen=True)
-class ClaimedRevocation:
-    """A leased pending revocation with what the attempt needs, decrypted."""
-
-    id: str
-    tenant_id: str
-    connection_id: str | None
-    revocation_endpoint: str
-    token_type_hint: str
-    attempts: int
-    token: str = field(repr=False)
-    credentials: ClientCredentials = field(repr=False)
 
 
 @dataclass
@@ -126,92 +100,6 @@ async def _give_up(
 
 def _open(vault: Vault, row: PendingRevocation) -> str:
     return vault.decrypt(row.token_enc, purpose=token_purpose(row.token_type_hint), row=row.id)
-
-
-async def attempt(
-    ctx: SyncContext, claimed: ClaimedRevocation, *, timeout_seconds: float
-) -> AttemptOutcome:
-    """Call the EHR once for a leased revocation, then record the outcome (its own transaction).
-
-    ``revoked``: confirmed, row and token deleted. ``retrying``: rescheduled with backoff.
-    ``given_up``: the last allowed attempt failed; row and token deleted, failure recorded.
-    """
-    error_class = "revocation_failed"
-    try:
-        async with asyncio.timeout(timeout_seconds):
-            await revoke_token(
-                ctx.http,
-                revocation_endpoint=claimed.revocation_endpoint,
-                token=claimed.token,
-                token_type_hint=claimed.token_type_hint,
-                credentials=claimed.credentials,
-            )
-    except TimeoutError:
-        error, error_class = "The revocation endpoint did not answer in time.", "timeout"
-    except SyncsvcError as exc:
-        # Transient (5xx, 429, network) and client-authentication problems alike: retry later.
-        error = exc.message
-    else:
-        return await _confirmed(ctx, claimed)
-    return await _failed(ctx, claimed, error=error, error_class=error_class)
-
-
-async def _confirmed(ctx: SyncContext, claimed: ClaimedRevocation) -> AttemptOutcome:
-    async with ctx.sessionmaker.begin() as session:
-        await disconnect_repo.delete_pending_revocation(session, claimed.id, ctx.owner)
-        await add_event(
-            session,
-            tenant_id=claimed.tenant_id,
-            connection_id=claimed.connection_id,
-            kind="revocation",
-            outcome="ok",
-            detail=f"{claimed.token_type_hint} revoked after {claimed.attempts + 1} attempt(s)",
-            at=ctx.now(),
-        )
-    log.info("token revoked", connection_id=claimed.connection_id, attempts=claimed.attempts + 1)
-    return "revoked"
-
-
-async def _failed(
-    ctx: SyncContext, claimed: ClaimedRevocation, *, error: str, error_class: str
-) -> AttemptOutcome:
-    now = ctx.now()
-    attempts = claimed.attempts + 1
-    async with ctx.sessionmaker.begin() as session:
-        if attempts >= MAX_ATTEMPTS:
-            deleted = await disconnect_repo.delete_pending_revocation(
-                session, claimed.id, ctx.owner
-            )
-            outcome: AttemptOutcome = "given_up" if deleted else "retrying"
-            detail = f"gave up after {attempts} attempts: {error}"
-        else:
-            await disconnect_repo.reschedule_pending_revocation(
-                session,
-                claimed.id,
-                ctx.owner,
-                attempts=attempts,
-                next_attempt_at=REVOCATION_BACKOFF.retry_at(now, attempts),
-                last_error=error[:ERROR_LENGTH],
-            )
-            outcome, detail = "retrying", f"attempt {attempts} failed: {error}"
-        await add_event(
-            session,
-            tenant_id=claimed.tenant_id,
-            connection_id=claimed.connection_id,
-            kind="revocation",
-            outcome="failed" if outcome == "given_up" else "transient",
-            error_class=error_class,
-            detail=detail,
-            at=now,
-        )
-    log.warning(
-        "revocation failed",
-        connection_id=claimed.connection_id,
-        attempts=attempts,
-        outcome=outcome,
-        error_class=error_class,
-    )
-    return outcome
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,18 @@ from syncsvc.db import repo
 from syncsvc.db.event_repo import add_event
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.stats_repo import count_resources
-from syncsvc.errors import VaultError
-from syncsvc.lifecycle.revocations import ATTEMPT_TIMEOUT_SECONDS, ClaimedRevocation, attempt
 from syncsvc.logging import get_logger
-from syncsvc.sync.tenant_config import client_credentials, revocation_endpoint
+from syncsvc.sync.revocation_attempt import (
+    ATTEMPT_TIMEOUT_SECONDS,
+    ClaimedRevocation,
+    attempt,
+    queue_for_inline_attempt,
+)
+from syncsvc.sync.tenant_config import revocation_endpoint
 from syncsvc.vault import Vault
 
 from .context import SyncContext
-from .revocation_queue import GrantToEnd, queue_revocation
+from .revocation_queue import GrantToEnd
 
 log = get_logger("syncsvc.misbound")
 
@@ -113,32 +117,17 @@ async def end_misbound(
     claimed: ClaimedRevocation | None = None
     queued = False
     if grant is not None and endpoint is not None:
-        revocation_id = await queue_revocation(
+        claimed = await queue_for_inline_attempt(
             session,
             vault,
-            tenant_id=tenant.id,
+            tenant=tenant,
             connection_id=connection.id,
             endpoint=endpoint,
             grant=grant,
+            owner=owner,
             now=now,
-            lease_owner=owner,
         )
         queued = True
-        try:
-            credentials = client_credentials(vault, tenant)
-        except VaultError:
-            log.warning("misbound revocation without client credentials", tenant=tenant.name)
-        else:
-            claimed = ClaimedRevocation(
-                id=revocation_id,
-                tenant_id=tenant.id,
-                connection_id=connection.id,
-                revocation_endpoint=endpoint,
-                token_type_hint=grant.hint,
-                attempts=0,
-                token=grant.token,
-                credentials=credentials,
-            )
     kept = sum((await count_resources(session, connection.id)).values())
     first = what_happened(provider, reason=reason, foreign=foreign, stage=stage)
     message = _message(first, provider, queued=queued, kept=kept, stage=stage)
