@@ -2,12 +2,16 @@
 
 A grant that can read nothing is stored ``no_access`` and never scheduled; a grant issued for
 another tenant is stored ``misbound``, its tokens never kept and its revocation queued and tried
-once while the patient waits. Two callbacks racing for the same patient end in one row.
+once while the patient waits. When that misbound launch replaces an earlier grant of the same
+patient, the earlier grant ends too: its tokens are deleted and revoked at the EHR the same way,
+never just forgotten while still live there. Two callbacks racing for the same patient end in
+one row.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -15,13 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.connect.grant import Exchange
 from syncsvc.db import repo
-from syncsvc.db.models.connections import Connection
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.errors import LaunchError
 from syncsvc.sync import webhook_outbox
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens, save_tokens
 from syncsvc.sync.grant_states import readable_types, reconcile_type_states
 from syncsvc.sync.misbound import TENANT_MISMATCH, GrantToEnd, end_misbound, revoke_now
+from syncsvc.sync.revocation_attempt import ClaimedRevocation, attempt, queue_for_inline_attempt
+from syncsvc.sync.tenant_config import revocation_endpoint
 from syncsvc.vault import Vault
 from syncsvc.vocabulary import NO_READABLE_TYPE
 
@@ -72,7 +78,7 @@ async def store_connection(
     for _ in range(2):
         try:
             async with ctx.sessionmaker.begin() as session:
-                connection = await _upsert_connection(
+                connection, replaced = await _upsert_connection(
                     session,
                     ctx.vault,
                     exchange,
@@ -81,6 +87,16 @@ async def store_connection(
                     now=now,
                 )
                 ended = None
+                earlier: ClaimedRevocation | None = None
+                if replaced is not None:
+                    earlier = await _end_replaced(
+                        session,
+                        ctx,
+                        tenant=tenant,
+                        connection=connection,
+                        replaced=replaced,
+                        now=now,
+                    )
                 if mismatch is not None:
                     ended = await end_misbound(
                         session,
@@ -114,6 +130,8 @@ async def store_connection(
         if ended is not None:
             # The patient is waiting: one short attempt now, the tick retries a failure.
             await revoke_now(ctx, ended, timeout_seconds=INLINE_REVOKE_TIMEOUT_SECONDS)
+        if earlier is not None:
+            await attempt(ctx, earlier, timeout_seconds=INLINE_REVOKE_TIMEOUT_SECONDS)
         return connection
     raise LaunchError("The connection could not be saved. Please start again.", reason="conflict")
 
@@ -126,11 +144,16 @@ async def _upsert_connection(
     *,
     store_tokens: bool,
     now: dt.datetime,
-) -> Connection:
+) -> tuple[Connection, _Replaced | None]:
+    """The connection, and the earlier grant it held when the new one is not stored (misbound)."""
     attempt, tokens = exchange.attempt, exchange.tokens
     patient_id = tokens.patient or ""
     connection = await repo.find_connection(
         session, tenant_id=exchange.tenant.id, user_id=attempt.user_id, patient_id=patient_id
+    )
+    # Where the grant held until now was issued, before the new binding overwrites it.
+    earlier_token_endpoint = str(
+        columns["token_endpoint"] if connection is None else connection.token_endpoint
     )
     if connection is None:
         connection = await repo.create_connection(
@@ -154,8 +177,47 @@ async def _upsert_connection(
         await save_tokens(
             session, vault, connection.id, tokens, previous=previous, now=now, replace=True
         )
-    elif previous is not None:
-        await repo.delete_credentials(session, connection.id)
-    if store_tokens:
         await reconcile_type_states(session, connection, exchange.tenant, now=now)
-    return connection
+        return connection, None
+    if previous is None:
+        return connection, None
+    await repo.delete_credentials(session, connection.id)
+    live_access = previous.access_token if previous.access_valid(now) else None
+    grant = GrantToEnd.of(previous.refresh_token, live_access)
+    if grant is None:
+        return connection, None
+    return connection, _Replaced(grant, earlier_token_endpoint)
+
+
+@dataclass(frozen=True)
+class _Replaced:
+    """An earlier grant of the connection that a misbound launch ends, and where it was issued."""
+
+    grant: GrantToEnd
+    token_endpoint: str
+
+
+async def _end_replaced(
+    session: AsyncSession,
+    ctx: SyncContext,
+    *,
+    tenant: Tenant,
+    connection: Connection,
+    replaced: _Replaced,
+    now: dt.datetime,
+) -> ClaimedRevocation | None:
+    """Queue the earlier grant's revocation, leased for one inline attempt; None when the tenant
+    offers no revocation endpoint (the tokens are deleted all the same)."""
+    endpoint = revocation_endpoint(tenant, replaced.token_endpoint)
+    if endpoint is None:
+        return None
+    return await queue_for_inline_attempt(
+        session,
+        ctx.vault,
+        tenant=tenant,
+        connection_id=connection.id,
+        endpoint=endpoint,
+        grant=replaced.grant,
+        owner=ctx.owner,
+        now=now,
+    )

@@ -154,6 +154,31 @@ async def test_misbound_at_launch(
     assert "1 misbound connection(s), 1 launch(es)" in finding["message"]
 
 
+async def test_a_misbound_relaunch_ends_the_earlier_grant_at_the_ehr_too(
+    flow: Flow, operator: aiohttp.ClientSession, sandbox_config: SandboxConfig
+) -> None:
+    """Nancy reconnects and this time the EHR issues the grant for another tenant: both grants
+    end at the EHR, the earlier one included, and no token of either is left stored."""
+    await flow.register(CERNER_TENANT, name="cerner")
+    async with ScriptedPatient(username="nancysmart") as patient:
+        first = await patient.connect(await flow.link(tenant="cerner"))
+    assert first.status == 200
+    [earlier] = flow.sandbox.state.grants.values()
+    assert not earlier.revoked
+    _tenant(sandbox_config, CERNER_TENANT).policy.issue_tokens_for_tenant = OTHER_TENANT
+    async with ScriptedPatient(username="nancysmart") as patient:
+        page = await patient.connect(await flow.link(tenant="cerner"))
+        [connection] = await flow.connections()
+        seen = await surfaces(flow, operator, patient, connection.id)
+
+    assert page.status == 409
+    seen.agree_on("misbound", "tenant_mismatch", "issued this sign-in for a different organisation")
+    grants = list(flow.sandbox.state.grants.values())
+    assert len(grants) == 2
+    assert all(grant.revoked for grant in grants)
+    assert (await _stored(flow)) == ([], [])
+
+
 async def test_misbound_at_run_time_with_opaque_tokens(
     flow: Flow, operator: aiohttp.ClientSession, sandbox_config: SandboxConfig
 ) -> None:
