@@ -14,7 +14,6 @@ from syncsvc.commands.common import (
     EXIT_USAGE,
     Commands,
     add_command,
-    database,
     fail,
     failing_as,
     load_settings,
@@ -47,12 +46,10 @@ def import_tenants(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         from syncsvc.directory.tenants import register_tenant
-        from syncsvc.http import create_http_client
-        from syncsvc.vault import Vault
+        from syncsvc.services import Services
 
-        vault = Vault.from_settings(settings)
         done = 0
-        async with database(settings) as sessionmaker, create_http_client() as http:
+        async with Services(settings, require_schema=True) as services:
             print(f"{args.file}: {report.format} bundle, {total} endpoints", file=sys.stderr)
             for endpoint in report.endpoints:
                 spec = TenantSpec(
@@ -68,9 +65,9 @@ def import_tenants(args: argparse.Namespace) -> int:
                     else redirect_uri_from_template(args.redirect_uri, endpoint.name),
                 )
                 await register_tenant(
-                    sessionmaker,
-                    vault,
-                    http,
+                    services.sessionmaker,
+                    services.vault,
+                    services.http,
                     spec,
                     now=dt.datetime.now(dt.UTC),
                     run_discovery=args.discover,

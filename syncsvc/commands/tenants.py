@@ -101,15 +101,13 @@ def _print_tenant(summary: dict[str, Any]) -> None:
 
 async def _register(settings: Settings, spec: TenantSpec) -> Tenant:
     from syncsvc.directory.tenants import register_tenant
-    from syncsvc.http import create_http_client
-    from syncsvc.vault import Vault
+    from syncsvc.services import Services
 
-    vault = Vault.from_settings(settings)
-    async with database(settings) as sessionmaker, create_http_client() as http:
+    async with Services(settings, require_schema=True) as services:
         return await register_tenant(
-            sessionmaker,
-            vault,
-            http,
+            services.sessionmaker,
+            services.vault,
+            services.http,
             spec,
             now=dt.datetime.now(dt.UTC),
             run_discovery=True,
