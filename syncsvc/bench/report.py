@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncsvc.bench.fleet_day import FleetFigures
 from syncsvc.bench.measure import Sample, Spread
 
 
@@ -80,6 +81,8 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     targets: list[Target] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: The fleet scenario's simulated day, when it ran.
+    fleet: FleetFigures | None = None
 
     def row(self, scenario: str, name: str) -> Row | None:
         """The row of ``scenario`` named ``name``, if measured."""
@@ -108,7 +111,7 @@ class Report:
             "rows": [row.to_json() for row in self.rows],
             "targets": [target.to_json() for target in self.targets],
             "notes": self.notes,
-        }
+        } | ({"fleet": self.fleet.to_json()} if self.fleet is not None else {})
 
     def table(self) -> str:
         """A plain-text table for a terminal."""
@@ -139,6 +142,8 @@ class Report:
             for target in self.targets:
                 mark = {True: "met   ", False: "MISSED", None: "n/a   "}[target.met]
                 lines.append(f"  {mark} {target.name}: {target.detail}")
+        if self.fleet is not None:
+            lines.extend(self.fleet.lines())
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 

@@ -125,6 +125,7 @@ async def register(
     *,
     name: str,
     discover: bool = True,
+    resource_types: Sequence[str] = RESOURCE_TYPES,
 ) -> Tenant:
     """Register a sandbox tenant with syncsvc (real discovery over loopback)."""
     spec = TenantSpec(
@@ -132,7 +133,7 @@ async def register(
         fhir_base=fhir_base,
         client_id=CLIENT_ID,
         redirect_uri=REDIRECT_URI,
-        resource_types=RESOURCE_TYPES,
+        resource_types=tuple(resource_types),
     )
     return await register_tenant(
         sessionmaker, vault, http, spec, now=dt.datetime.now(dt.UTC), run_discovery=discover

@@ -27,14 +27,25 @@ def _sizes(value: str) -> tuple[int, ...]:
     return sizes
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return number
+
+
 def _bench(args: argparse.Namespace) -> int:
-    from syncsvc.bench.suite import QUICK_SCENARIOS, SCENARIOS, Options, run
+    from syncsvc.bench.fleet_day import FleetOptions
+    from syncsvc.bench.suite import OPT_IN_SCENARIOS, QUICK_SCENARIOS, SCENARIOS, Options, run
     from syncsvc.logging import configure_logging
 
     scenarios = tuple(args.scenario) if args.scenario else SCENARIOS
     if args.quick and not args.scenario:
         scenarios = QUICK_SCENARIOS
-    unknown = set(scenarios) - set(SCENARIOS)
+    unknown = set(scenarios) - set(SCENARIOS) - set(OPT_IN_SCENARIOS)
     if unknown:
         return fail("bench", f"unknown scenario(s): {', '.join(sorted(unknown))}", EXIT_USAGE)
     options = Options(
@@ -50,6 +61,13 @@ def _bench(args: argparse.Namespace) -> int:
         decode_workers=args.decode_workers,
         write_lanes=args.write_lanes,
         scenarios=scenarios,
+        fleet=FleetOptions(
+            size=args.fleet_size,
+            syncs_per_day=args.syncs_per_day,
+            latency_ms=args.latency_ms,
+            step_seconds=args.step_seconds,
+            concurrency=args.fleet_concurrency,
+        ),
         say=(lambda line: print(line, file=sys.stderr, flush=True))
         if not args.json
         else (lambda _: None),
@@ -122,7 +140,27 @@ def add_to(commands: Commands) -> None:
         action="append",
         metavar="NAME",
         help="run only this scenario (repeatable): ingest, resync, peers, wide, big, "
-        "scheduler, refresh, scaleout",
+        "scheduler, refresh, scaleout; and fleet, which runs only when named",
+    )
+    fleet = bench.add_argument_group("fleet scenario (a simulated day of incremental syncs)")
+    fleet.add_argument("--fleet-size", type=_positive, default=10_000, help="connections (10000)")
+    fleet.add_argument(
+        "--syncs-per-day", type=_positive, default=6, help="incremental syncs each (6)"
+    )
+    fleet.add_argument(
+        "--latency-ms", type=int, default=300, help="added to every FHIR and token request (300)"
+    )
+    fleet.add_argument(
+        "--step-seconds",
+        type=_positive,
+        default=60,
+        help="simulated seconds the clocks move on at least between two stops (60)",
+    )
+    fleet.add_argument(
+        "--fleet-concurrency",
+        type=_positive,
+        default=100,
+        help="connections worked at once while measured, the sync_concurrency setting (100)",
     )
     bench.add_argument(
         "--strict", action="store_true", help="exit 1 when a target is missed on this machine"

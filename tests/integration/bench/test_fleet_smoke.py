@@ -1,0 +1,69 @@
+"""``syncsvc bench --scenario fleet`` with a tiny fleet: the simulated day runs end to end and
+every figure it prints is there and consistent. Never timed: the figures are for people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from syncsvc.bench.fleet_day import CERNER, EPIC, FleetOptions, split
+from syncsvc.bench.suite import SCENARIOS, Options, run
+from syncsvc.cli import build_parser
+
+
+async def test_a_tiny_fleet_goes_through_a_simulated_day(
+    db_url: str, db_backend: str, tmp_path: Path
+) -> None:
+    fleet = FleetOptions(size=4, syncs_per_day=3, latency_ms=2, step_seconds=1_800)
+    options = Options(
+        db_url=db_url, patients=1, resources=1, scenarios=("fleet",), fleet=fleet, work_dir=tmp_path
+    )
+
+    report = await run(options)
+
+    figures = report.fleet
+    assert figures is not None
+    assert figures.database == ("sqlite" if db_backend == "sqlite" else "postgresql")
+    # Every connection got its syncs, all of them clean, and the tokens were kept alive.
+    assert figures.syncs == 4 * 3
+    assert set(figures.sync_outcomes) == {"ok"}
+    assert figures.refreshes["refreshed"] >= 4
+    # The sandbox's request log and syncsvc's own records count the same requests.
+    assert figures.requests_sandbox > 0
+    assert figures.requests_sandbox == figures.requests_syncsvc
+    assert figures.cpu.total > 0
+    assert figures.cpu_per_connection_day > 0
+    assert figures.connections_per_core > 0
+    assert figures.rows_written > 0
+    assert figures.peak_in_flight >= 1
+    assert figures.peak_rss_service_mib > 0
+    assert len(figures.lags) == figures.syncs
+    assert all(lag >= 0 for lag in figures.lags + figures.service_lags)
+    assert figures.machine["cores"]
+    assert figures.machine["cpu_model"]
+    payload = report.to_json()["fleet"]
+    assert payload["requests_per_connection_day"] == round(figures.requests_sandbox / 4, 3)
+    table = report.table()
+    for phrase in (
+        "CPU s per connection-day",
+        "requests per connection-day",
+        "rows written per connection-day",
+        "bytes written per connection-day",
+        "peak requests in flight",
+        "sync lag against schedule",
+        "connections per core",
+        "load average",
+    ):
+        assert phrase in table
+    # Only the fleet ran: no other scenario's row.
+    assert report.rows == []
+
+
+def test_the_fleet_runs_only_when_named() -> None:
+    assert "fleet" not in SCENARIOS
+    assert split(5) == {CERNER: 3, EPIC: 2}
+    args = build_parser().parse_args(
+        ["bench", "--scenario", "fleet", "--fleet-size", "1_000", "--latency-ms", "1000"]
+    )
+
+    assert (args.scenario, args.fleet_size, args.latency_ms) == (["fleet"], 1_000, 1000)
+    assert (args.syncs_per_day, args.step_seconds) == (6, 60)
