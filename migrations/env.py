@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from syncsvc.db import models  # noqa: F401  (registers every table on Base.metadata)
 from syncsvc.db.base import Base
 from syncsvc.db.engine import create_engine
-from syncsvc.db.migrate import database_url_for, sqlite_foreign_keys_off
+from syncsvc.db.migrate import database_url_for, include_name, sqlite_foreign_keys_off
 
 config = context.config
 target_metadata = Base.metadata
@@ -29,6 +29,7 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -42,6 +43,7 @@ def do_run_migrations(connection: Connection) -> None:
         # SQLite cannot ALTER most things: batch mode recreates the table instead.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

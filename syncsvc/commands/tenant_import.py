@@ -43,8 +43,11 @@ def import_tenants(args: argparse.Namespace) -> int:
     except OSError as exc:
         return fail("tenants import", f"cannot read {exc.filename}: {exc.strerror}", EXIT_USAGE)
     total = len(report.endpoints)
+    # Both Oracle Health shapes publish one directory; a brands bundle is its own unless named.
+    directory = args.directory or ("oracle-health" if report.format != "brands" else "brands")
 
     async def run() -> int:
+        from syncsvc.directory.picker import delist_missing, listing_of
         from syncsvc.directory.tenants import register_tenant
         from syncsvc.services import Services
 
@@ -72,12 +75,23 @@ def import_tenants(args: argparse.Namespace) -> int:
                     now=dt.datetime.now(dt.UTC),
                     run_discovery=args.discover,
                     public_url=public_url_of(settings),
+                    listing=listing_of(endpoint, directory),
                 )
                 done += 1
                 if done % 50 == 0 or done == total:
                     print(
                         f"  {done}/{total} tenants created or updated", file=sys.stderr, flush=True
                     )
+            if done:
+                # An empty or unreadable list delists nothing: it says nothing about what left.
+                delisted = await delist_missing(
+                    services.sessionmaker,
+                    directory,
+                    [e.name for e in report.endpoints],
+                    now=dt.datetime.now(dt.UTC),
+                )
+                if delisted:
+                    print(f"  {delisted} tenants no longer listed: delisted", file=sys.stderr)
         return done
 
     with failing_as("tenants import"):
@@ -123,6 +137,12 @@ def add_import(actions: Commands) -> None:
         "--allow-loopback",
         action="store_true",
         help="also import endpoints on this machine (127.0.0.1, localhost): development only",
+    )
+    imports.add_argument(
+        "--directory",
+        metavar="NAME",
+        help="which directory this file is (default: 'oracle-health' or 'brands'); tenants it "
+        "listed before and no longer lists are delisted (kept, not offered to patients)",
     )
     imports.add_argument("--discover", action="store_true", help="run discovery for each now")
     imports.add_argument("--json", action="store_true", help="print the result as JSON")

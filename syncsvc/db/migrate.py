@@ -126,6 +126,16 @@ async def current_revision(url: str) -> str | None:
     return await _on_connection(url, action)
 
 
+#: Search index objects made by hand in the migration, one kind per database (see
+#: :mod:`syncsvc.db.models.directory`): autogenerate must not offer to drop them.
+HAND_MADE = ("tenant_search_fts", "ix_tenant_search_document_fts")
+
+
+def include_name(name: str | None, type_: str, _parents: Any) -> bool:
+    """Alembic's ``include_name`` hook: compare everything but the hand-made search index."""
+    return not (type_ in ("table", "index") and name is not None and name.startswith(HAND_MADE))
+
+
 def head_revision() -> str | None:
     """The newest revision in ``migrations/versions``."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -139,6 +149,7 @@ async def schema_diff(url: str) -> list[Any]:
             connection,
             opts={
                 "compare_type": True,
+                "include_name": include_name,
                 "render_as_batch": connection.dialect.name == "sqlite",
             },
         )

@@ -112,6 +112,16 @@ def detect_format(index: Index) -> Format:
     return "brands"
 
 
+@dataclass(frozen=True)
+class Address:
+    """Where an Organization is, as its first usable ``Organization.address`` says."""
+
+    street: str | None
+    city: str | None
+    state: str | None
+    postal_code: str | None
+
+
 @dataclass
 class Brand:
     """An Organization as a patient would see it."""
@@ -120,6 +130,47 @@ class Brand:
     organization: dict[str, Any]
     name: str | None
     aliases: tuple[str, ...]
+    address: Address | None = None
+
+
+def address_of(org: dict[str, Any]) -> Address | None:
+    """The first address with a city, state or postal code (lines joined by commas)."""
+    addresses = org.get("address")
+    for raw in addresses if isinstance(addresses, list) else []:
+        item = object_of(raw)
+        lines = item.get("line")
+        street = (
+            ", ".join(line.strip() for line in lines if isinstance(line, str) and line.strip())
+            if isinstance(lines, list)
+            else None
+        )
+        found = Address(
+            street=(street or None) and street[:200],
+            city=_short(item.get("city"), 100),
+            state=_short(item.get("state"), 50),
+            postal_code=_short(item.get("postalCode"), 20),
+        )
+        if found.city or found.state or found.postal_code:
+            return found
+    return None
+
+
+def portal_name_of(org: dict[str, Any]) -> str | None:
+    """The first portal name the Organization's brand extensions give."""
+    for ext in extensions_of(org):
+        url = text_of(ext.get("url")) or ""
+        if url.endswith("/organization-portal"):
+            for part in extensions_of(ext):
+                if part.get("url") == "portalName" and (name := _short(part.get("valueString"))):
+                    return name
+        elif url.endswith("/patient-access-name") and (name := _short(ext.get("valueString"))):
+            return name
+    return None
+
+
+def _short(value: Any, limit: int = 200) -> str | None:
+    found = text_of(value)
+    return found.strip()[:limit] or None if found else None
 
 
 def connection_codes(value: Any) -> list[str]:
@@ -153,7 +204,9 @@ def brand_of(org: Entry) -> Brand:
         else ()
     )
     name = text_of(org.resource.get("name"))
-    return Brand(org.key, org.resource, name.strip() if name else None, names)
+    return Brand(
+        org.key, org.resource, name.strip() if name else None, names, address_of(org.resource)
+    )
 
 
 def endpoint_references(org: dict[str, Any]) -> list[Any]:

@@ -35,6 +35,7 @@ from syncsvc.directory.bundle_index import (
     CERNER_DOMAINS,
     EPIC_DOMAINS,
     FHIR_REST,
+    Address,
     Brand,
     Entry,
     Format,
@@ -49,6 +50,7 @@ from syncsvc.directory.bundle_index import (
     object_of,
     on_domain,
     portal_for,
+    portal_name_of,
     text_of,
     unique_entries,
 )
@@ -75,6 +77,10 @@ class ImportedEndpoint:
     source_id: str | None
     portal_url: str | None
     aliases: tuple[str, ...]
+    address: Address | None = None
+    #: The brand this organisation belongs to (its ``partOf``), when the directory says.
+    brand_name: str | None = None
+    portal_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,9 @@ class _Pending:
     vendor: Vendor
     source_id: str | None
     portal_url: str | None
+    address: Address | None = None
+    brand_name: str | None = None
+    portal_name: str | None = None
     aliases: list[str] = field(default_factory=list)
 
     def add_aliases(self, names: tuple[str, ...]) -> None:
@@ -288,7 +297,9 @@ class _Importer:
                     f"{existing.endpoint_key}, imported as '{existing.display_name}'."
                 )
             existing.add_aliases(names)
+            existing.address = existing.address or brand.address
             return
+        parent = self.index.resolve(brand.organization.get("partOf"), "Organization")
         pending = _Pending(
             endpoint_key=endpoint.key,
             display_name=brand.name
@@ -298,6 +309,10 @@ class _Importer:
             vendor=self._vendor(base),
             source_id=text_of(endpoint.resource.get("id")),
             portal_url=self._portal_url(brand, endpoint),
+            address=brand.address,
+            brand_name=text_of(parent.resource.get("name")) if parent is not None else None,
+            portal_name=portal_name_of(brand.organization)
+            or (portal_name_of(parent.resource) if parent is not None else None),
         )
         pending.add_aliases(names)
         self.by_base[base] = pending
@@ -354,6 +369,9 @@ class _Importer:
                     source_id=pending.source_id,
                     portal_url=pending.portal_url,
                     aliases=tuple(pending.aliases),
+                    address=pending.address,
+                    brand_name=pending.brand_name,
+                    portal_name=pending.portal_name,
                 )
             )
         return ImportReport(tuple(imported), tuple(self.skipped), self.format)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db import repo
+from syncsvc.db import repo, search_repo
 from syncsvc.db.columns import new_id
 from syncsvc.db.models.connections import AUTH_METHOD_NAMES, VENDORS, Tenant
 from syncsvc.errors import ConfigError, DiscoveryError
@@ -88,6 +88,35 @@ class TenantSpec:
             validate_plan_overrides(self.plan_overrides, self.vendor)
 
 
+@dataclass(frozen=True)
+class Listing:
+    """What a published directory says about a tenant, for the patient's provider search."""
+
+    #: Which directory listed it; a re-import of that directory delists the tenants it drops.
+    directory: str
+    street: str | None = None
+    city: str | None = None
+    state: str | None = None
+    postal_code: str | None = None
+    aliases: tuple[str, ...] = ()
+    brand_name: str | None = None
+    portal_name: str | None = None
+
+    def columns(self) -> dict[str, object]:
+        """The tenant columns this listing sets (listing it again ends a delisting)."""
+        return {
+            "directory": self.directory,
+            "street": self.street,
+            "city": self.city,
+            "state": self.state,
+            "postal_code": self.postal_code,
+            "aliases": list(self.aliases),
+            "brand_name": self.brand_name,
+            "portal_name": self.portal_name,
+            "delisted_at": None,
+        }
+
+
 def validate_plan_overrides(overrides: object, vendor: str) -> None:
     """ConfigError unless ``overrides`` is ``{type: {plan field: value}}`` that builds a plan."""
     if not isinstance(overrides, dict) or not all(
@@ -133,6 +162,7 @@ async def register_tenant(
     now: dt.datetime,
     run_discovery: bool = True,
     public_url: str | None = None,
+    listing: Listing | None = None,
 ) -> Tenant:
     """Discover ``spec.fhir_base`` and create or update the tenant named ``spec.name``.
 
@@ -140,7 +170,8 @@ async def register_tenant(
     ``run_discovery=False`` (bulk imports) stores the tenant undiscovered, keeping any earlier
     discovery result; the first launch discovers it then. A spec without a redirect URI keeps
     the stored one (an EHR registration holding it keeps working) or, for a new tenant, gets
-    ``{public_url}/callback/{name}``.
+    ``{public_url}/callback/{name}``. A ``listing`` (from ``tenants import``) replaces what the
+    patient's provider search knows of the tenant; without one the stored listing is kept.
     """
     base = normalise_base(spec.fhir_base)
     # Tokens travel to the base: in clear text only on this machine (the sandbox), and never
@@ -171,11 +202,16 @@ async def register_tenant(
         }
         if config is not None:
             columns.update(_discovery_columns(config, now))
+        if listing is not None:
+            columns.update(listing.columns())
         if existing is None:
-            return await repo.create_tenant(
+            tenant = await repo.create_tenant(
                 session, id=tenant_id, name=spec.name, now=now, **columns
             )
-        return await repo.update_tenant(session, tenant_id, now=now, **columns)
+        else:
+            tenant = await repo.update_tenant(session, tenant_id, now=now, **columns)
+        await search_repo.index_tenant(session, tenant)
+        return tenant
 
 
 def _redirect_uri(spec: TenantSpec, existing: Tenant | None, public_url: str | None) -> str:

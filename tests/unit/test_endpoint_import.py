@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from syncsvc.directory.bundle_index import Address
 from syncsvc.directory.endpoint_import import (
     MAX_FILE_BYTES,
     ImportedEndpoint,
@@ -425,3 +426,42 @@ def test_a_file_at_the_limit_is_still_read(tmp_path: Path) -> None:
     path.write_bytes(body + b" " * (MAX_FILE_BYTES - len(body)))
 
     assert len(read_endpoint_file(path).endpoints) == 3
+
+
+# --- what the provider picker keeps -------------------------------------------------------
+
+
+def test_both_oracle_shapes_keep_the_organization_address() -> None:
+    current = by_base(read_endpoint_file(DATA / "oracle_current.json"))[PRAIRIE]
+    legacy = by_base(read_endpoint_file(DATA / "oracle_legacy.json"))[PRAIRIE]
+
+    assert current.address == Address("100 Main St", "Salina", "KS", "67401")
+    assert legacy.address == Address("1 Hospital Dr", "Salina", "Kansas", None)
+
+
+def test_brands_keep_portal_name_address_and_the_brand_an_organization_is_part_of() -> None:
+    lakeside = by_base(read_endpoint_file(DATA / "brands.json"))[LAKESIDE_R4]
+    assert lakeside.portal_name == "Lakeside MyChart"
+    assert lakeside.address is not None
+    assert (lakeside.address.city, lakeside.address.state) == ("Madison", "WI")
+
+    child = organization(
+        "kids",
+        "Lakeside Children's",
+        "kids",
+        partOf={"reference": "Organization/parent"},
+        address=[{"line": ["1 Elm St", "Floor 2"], "city": "Madison", "postalCode": "53703"}],
+    )
+    parent = organization("parent", "Lakeside Health", "parent")
+    report = parse_endpoint_bundle(
+        bundle(
+            parent,
+            child,
+            endpoint("parent", "https://fhir.lakeside.example.org/r4"),
+            endpoint("kids", "https://fhir.lakeside.example.org/kids/r4"),
+        )
+    )
+    kids = by_base(report)["https://fhir.lakeside.example.org/kids/r4"]
+    assert kids.brand_name == "Lakeside Health"
+    assert kids.address == Address("1 Elm St, Floor 2", "Madison", None, "53703")
+    assert by_base(report)["https://fhir.lakeside.example.org/r4"].brand_name is None

@@ -72,6 +72,20 @@ class Tenant(Base):
     #: Per-type query plan changes over the vendor profile (``{type: {field: value}}``), e.g.
     #: a smaller ``_count`` or other required categories at this deployment.
     plan_overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: What a patient recognises the tenant by, as its published directory gives it (see
+    #: :mod:`syncsvc.db.models.directory` for the search over these).
+    street: Mapped[str | None] = mapped_column(String(200))
+    city: Mapped[str | None] = mapped_column(String(100))
+    state: Mapped[str | None] = mapped_column(String(50))
+    postal_code: Mapped[str | None] = mapped_column(String(20))
+    aliases: Mapped[list[str]] = mapped_column(JSON, default=list)
+    brand_name: Mapped[str | None] = mapped_column(String(200))
+    portal_name: Mapped[str | None] = mapped_column(String(200))
+    #: The directory a ``tenants import`` took the tenant from (None: registered by hand).
+    directory: Mapped[str | None] = mapped_column(String(64))
+    #: When a re-import of its directory no longer listed it; kept (connections may use it),
+    #: left out of the provider search.
+    delisted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
