@@ -21,6 +21,8 @@ from syncsvc.settings import Settings
 MAX_USER_ID_LENGTH = 255
 #: A link may be made shorter-lived than the default, never longer than a week.
 MAX_LINK_TTL_SECONDS = 7 * 86_400
+#: A search hint (a provider's name or ZIP code) is at most this long.
+MAX_HINT_LENGTH = 100
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,13 @@ async def issue_connect_link(
     tenant_name: str | None,
     now: dt.datetime,
     ttl_seconds: int | None = None,
+    hint: str | None = None,
 ) -> IssuedLink:
-    """Create a connect link for ``user_id`` (to ``tenant_name``, or to a provider they pick)."""
+    """Create a connect link for ``user_id`` (to ``tenant_name``, or to a provider they pick).
+
+    ``hint``: what the provider search starts with (a name or ZIP code); it rides in the URL as
+    the search query, unsigned, since it only prefills the search.
+    """
     user_id = validate_user_id(user_id)
     ttl = settings.connect_link_ttl_seconds if ttl_seconds is None else ttl_seconds
     if not 0 < ttl <= MAX_LINK_TTL_SECONDS:
@@ -79,17 +86,29 @@ async def issue_connect_link(
         if tenant is None:
             raise BadRequest(f"There is no tenant named '{tenant_name}'.", reason="unknown_tenant")
         tenant_id = tenant.id
+    if hint is not None and (
+        not isinstance(hint, str) or len(hint) > MAX_HINT_LENGTH or has_control_characters(hint)
+    ):
+        raise BadRequest(
+            f"hint must be a string of at most {MAX_HINT_LENGTH} characters.",
+            reason="invalid_hint",
+        )
     token, link_id = signer.connect_link(user_id, tenant_name)
     link = await launch_repo.create_connect_link(
         session, link_id=link_id, user_id=user_id, tenant_id=tenant_id, now=now, ttl_seconds=ttl
     )
     return IssuedLink(
-        url=f"{settings.public_url}/connect?{urlencode({'link': token})}",
+        url=f"{settings.public_url}/connect?{urlencode({'link': token, **hint_query(hint)})}",
         link_id=link_id,
         user_id=user_id,
         tenant=tenant_name,
         expires_at=link.expires_at,
     )
+
+
+def hint_query(hint: str | None) -> dict[str, str]:
+    """The query parameters that prefill the provider search with ``hint``."""
+    return {"q": hint.strip()} if hint and hint.strip() else {}
 
 
 def _claims(signer: Signer, token: str) -> ConnectLinkClaims:

@@ -64,6 +64,7 @@ async def create_connect_link(request: web.Request) -> web.Response:
             tenant_name=tenant,
             now=dt.datetime.now(dt.UTC),
             ttl_seconds=ttl,
+            hint=body.get("hint"),  # validated inside
         )
     return json_response(
         {

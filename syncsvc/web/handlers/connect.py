@@ -10,6 +10,7 @@ that says what happened and what to do, never a stack trace.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp_jinja2
@@ -20,6 +21,7 @@ from syncsvc.connect.launch import complete_launch, start_launch
 from syncsvc.connect.links import peek_connect_link, use_connect_link
 from syncsvc.db import repo
 from syncsvc.db.models.connections import Tenant
+from syncsvc.directory.picker import MAX_QUERY_LENGTH, find_providers
 from syncsvc.errors import LaunchError
 from syncsvc.sync.grant_states import explain_connection
 from syncsvc.vocabulary import is_registration_error
@@ -38,6 +40,9 @@ from syncsvc.web.cookies import (
 from syncsvc.web.keys import RATE_LIMITS, SERVICES, SIGNER
 
 MAX_FORM_BYTES = 16 * 1024
+#: Paging stops here: a patient who has not found their provider after this many pages should
+#: type more, and a deep OFFSET costs the database.
+MAX_PAGE = 50
 #: Headings by the kind of failure, so the page's first line already says what happened.
 _HEADINGS = {
     "access_denied": "You chose not to share your record",
@@ -76,18 +81,72 @@ def _error_page(
     return aiohttp_jinja2.render_template("launch_error.html", request, context, status=status)
 
 
-async def _tenants_for(request: web.Request, tenant_name: str | None) -> list[Tenant]:
+@dataclass(frozen=True)
+class ConnectedProvider:
+    """A provider the patient has connected before, with its state's short title."""
+
+    tenant: Tenant
+    title: str
+    tone: str
+
+
+async def _connected_providers(request: web.Request, user_id: str) -> list[ConnectedProvider]:
+    """The patient's providers, newest connection first, one line per provider."""
+    found: dict[str, ConnectedProvider] = {}
     async with request.app[SERVICES].sessionmaker() as session:
-        if tenant_name is None:
-            return await repo.list_tenants(session)
-        tenant = await repo.get_tenant_by_name(session, tenant_name)
-    return [tenant] if tenant is not None else []
+        connections = await repo.list_connections(session, user_id=user_id)
+        for connection in reversed(connections):
+            if connection.tenant_id in found:
+                continue
+            tenant = await repo.get_tenant(session, connection.tenant_id)
+            if tenant is None:
+                continue
+            explanation = await explain_connection(session, connection, tenant)
+            found[tenant.id] = ConnectedProvider(tenant, explanation.title, explanation.tone)
+    return list(found.values())
+
+
+def _page_number(request: web.Request) -> int:
+    try:
+        page = int(request.query.get("page", "1"))
+    except ValueError:
+        return 1
+    return min(max(page, 1), MAX_PAGE)
+
+
+async def _picker_context(
+    request: web.Request, user_id: str | None, tenant_name: str | None
+) -> dict[str, Any]:
+    """What the provider choice shows: the link's one tenant, or a search and its results.
+
+    No page lists every tenant: without a query only the search form (and the patient's own
+    providers) is shown, so the page stays small whatever the directory's size.
+    """
+    connected = await _connected_providers(request, user_id) if user_id else []
+    if tenant_name is not None:
+        async with request.app[SERVICES].sessionmaker() as session:
+            tenant = await repo.get_tenant_by_name(session, tenant_name)
+        return {"tenants": [tenant] if tenant else [], "search": False, "connected": connected}
+    query = request.query.get("q", "").strip()[:MAX_QUERY_LENGTH]
+    page = _page_number(request)
+    results = await find_providers(request.app[SERVICES].sessionmaker, query, page=page)
+    status_of = {item.tenant.id: item for item in connected}
+    return {
+        "search": True,
+        "query": query,
+        "page": page,
+        "has_more": results.has_more and page < MAX_PAGE,
+        "tenants": list(results.tenants),
+        "status_of": status_of,
+        "connected": connected,
+    }
 
 
 async def connect_page(request: web.Request) -> web.Response:
     """The provider choice for a connect link (or for the patient's session)."""
     token = request.query.get("link")
     tenant_name: str | None = None
+    user_id: str | None = None
     if token:
         try:
             async with request.app[SERVICES].sessionmaker() as session:
@@ -95,7 +154,7 @@ async def connect_page(request: web.Request) -> web.Response:
         except LaunchError as exc:
             gone = exc.reason in ("link_used", "link_expired")
             return _error_page(request, exc, status=410 if gone else 400)
-        tenant_name = claims.tenant
+        tenant_name, user_id = claims.tenant, claims.user_id
     else:
         patient = patient_session(request)
         if patient is None:
@@ -107,9 +166,9 @@ async def connect_page(request: web.Request) -> web.Response:
                 ),
             )
         # The session keeps its link's restriction: only that tenant is offered again.
-        tenant_name = patient.tenant
-    tenants = await _tenants_for(request, tenant_name)
-    context = {"tenants": tenants, "link": token or "", "start_url": "/connect/start"}
+        tenant_name, user_id = patient.tenant, patient.user_id
+    context = await _picker_context(request, user_id, tenant_name)
+    context |= {"link": token or "", "start_url": "/connect/start"}
     return render_with_form_token("connect.html", request, context)
 
 
