@@ -2,9 +2,10 @@
 
 Terms and queries are folded alike (accents dropped, lower case, words of letters and digits), so
 "Abbév" finds "Abbeville". Every word typed must match the start of a word of the tenant's name,
-aliases or place; results come by relevance (name over aliases over place), then by name.
-SQLite ranks with FTS5's bm25, PostgreSQL with ``ts_rank`` over its full-text index (see the
-provider search migration). Delisted tenants are not found.
+aliases or place; results come by relevance, name over aliases over place: SQLite ranks with
+FTS5's bm25 (weighted by column), PostgreSQL finds with its full-text index and orders by where
+the first word matched, then the shorter name (see the provider search migration). Delisted
+tenants are not found: their terms are emptied.
 """
 
 from __future__ import annotations
@@ -36,17 +37,44 @@ def _terms(values: Iterable[str | None]) -> str:
     return " ".join(word for value in values if value for word in fold(value))
 
 
-async def index_tenant(session: AsyncSession, tenant: Tenant) -> None:
-    """Write ``tenant``'s search terms from its columns (insert or replace)."""
-    names = _terms((tenant.display_name, tenant.brand_name))
-    aliases = _terms((*(tenant.aliases or ()), tenant.portal_name))
-    place = _terms((tenant.street, tenant.city, tenant.state, tenant.postal_code))
-    columns = {
+def search_columns(
+    *,
+    display_name: str,
+    brand_name: str | None = None,
+    aliases: Iterable[str] = (),
+    portal_name: str | None = None,
+    street: str | None = None,
+    city: str | None = None,
+    state: str | None = None,
+    postal_code: str | None = None,
+) -> dict[str, str]:
+    """The ``tenant_search`` columns of a tenant described so."""
+    names = _terms((display_name, brand_name))
+    alias_terms = _terms((*aliases, portal_name))
+    place = _terms((street, city, state, postal_code))
+    return {
         "name_terms": names,
-        "alias_terms": aliases,
+        "alias_terms": alias_terms,
         "place_terms": place,
-        "document": " ".join(t for t in (names, aliases, place) if t),
+        "document": " ".join(t for t in (names, alias_terms, place) if t),
     }
+
+
+async def index_tenant(session: AsyncSession, tenant: Tenant) -> None:
+    """Write ``tenant``'s search terms from its columns (insert or replace); a delisted
+    tenant's are empty, so the index never finds it."""
+    columns = search_columns(
+        display_name=tenant.display_name,
+        brand_name=tenant.brand_name,
+        aliases=tenant.aliases or (),
+        portal_name=tenant.portal_name,
+        street=tenant.street,
+        city=tenant.city,
+        state=tenant.state,
+        postal_code=tenant.postal_code,
+    )
+    if tenant.delisted_at is not None:
+        columns = dict.fromkeys(columns, "")
     row = await session.scalar(select(TenantSearch).where(TenantSearch.tenant_id == tenant.id))
     if row is None:
         session.add(TenantSearch(tenant_id=tenant.id, **columns))
@@ -64,15 +92,20 @@ async def delist_others(
     Never deletes: connections may still use them.
     """
     names = set(listed)
-    found = await session.scalars(
-        select(Tenant.name).where(Tenant.directory == directory, Tenant.delisted_at.is_(None))
+    found = await session.execute(
+        select(Tenant.id, Tenant.name).where(
+            Tenant.directory == directory, Tenant.delisted_at.is_(None)
+        )
     )
-    gone = [name for name in found if name not in names]
+    gone = [tenant_id for tenant_id, name in found if name not in names]
+    unsearchable = dict.fromkeys(("name_terms", "alias_terms", "place_terms", "document"), "")
     for start in range(0, len(gone), 500):
+        batch = gone[start : start + 500]
         await session.execute(
-            update(Tenant)
-            .where(Tenant.name.in_(gone[start : start + 500]))
-            .values(delisted_at=now, updated_at=now)
+            update(Tenant).where(Tenant.id.in_(batch)).values(delisted_at=now, updated_at=now)
+        )
+        await session.execute(
+            update(TenantSearch).where(TenantSearch.tenant_id.in_(batch)).values(**unsearchable)
         )
     return len(gone)
 
@@ -105,29 +138,30 @@ async def search_tenants(
         return SearchPage((), has_more=False)
     params: dict[str, object] = {"limit": per_page + 1, "offset": (page - 1) * per_page}
     if session.get_bind().dialect.name == "sqlite":
+        # Ranked and cut to the page inside the FTS table, joined only for the page's rows:
+        # a city or a short prefix matches thousands.
         statement = text(
-            "SELECT s.tenant_id FROM tenant_search_fts f "
-            "JOIN tenant_search s ON s.id = f.rowid "
-            "JOIN tenants t ON t.id = s.tenant_id "
-            "WHERE tenant_search_fts MATCH :match AND t.delisted_at IS NULL "
-            "ORDER BY bm25(tenant_search_fts, 10.0, 4.0, 1.0), t.display_name, t.id "
-            "LIMIT :limit OFFSET :offset"
+            "SELECT s.tenant_id FROM ("
+            "SELECT rowid AS id, bm25(tenant_search_fts, 10.0, 4.0, 1.0) AS score "
+            "FROM tenant_search_fts WHERE tenant_search_fts MATCH :match "
+            "ORDER BY score, rowid LIMIT :limit OFFSET :offset"
+            ") AS f JOIN tenant_search s ON s.id = f.id ORDER BY f.score, f.id"
         )
         # Words are letters and digits only, so quoting them cannot change the query's syntax.
         params["match"] = " ".join(f'"{word}"*' for word in words)
     else:
+        # Ranked by where the words matched (name, then alias, then place), then by the
+        # shorter name: plain string tests on the rows the index found, cheap at thousands.
         statement = text(
-            "SELECT s.tenant_id FROM tenant_search s JOIN tenants t ON t.id = s.tenant_id, "
-            "to_tsquery('simple'::regconfig, :match) AS q "
-            "WHERE to_tsvector('simple'::regconfig, s.document) @@ q "
-            "AND t.delisted_at IS NULL "
-            "ORDER BY ts_rank("
-            "setweight(to_tsvector('simple'::regconfig, s.name_terms), 'A') || "
-            "setweight(to_tsvector('simple'::regconfig, s.alias_terms), 'B') || "
-            "setweight(to_tsvector('simple'::regconfig, s.place_terms), 'D'), q) DESC, "
-            "t.display_name, t.id "
+            "SELECT s.tenant_id FROM tenant_search s "
+            "WHERE to_tsvector('simple'::regconfig, s.document) "
+            "@@ to_tsquery('simple'::regconfig, :match) "
+            "ORDER BY CASE WHEN (' ' || s.name_terms) LIKE :word THEN 0 "
+            "WHEN (' ' || s.alias_terms) LIKE :word THEN 1 ELSE 2 END, "
+            "length(s.name_terms), s.name_terms, s.id "
             "LIMIT :limit OFFSET :offset"
         )
+        params["word"] = f"% {words[0]}%"
         params["match"] = " & ".join(f"{word}:*" for word in words)
     ids: list[str] = list((await session.execute(statement, params)).scalars())
     has_more = len(ids) > per_page
