@@ -193,6 +193,10 @@ def judge(report: Report) -> list[Target]:
         targets.append(
             Target("worker RSS at 100k within 20 MB of 1k", growth <= 20, f"{growth:+.1f} MiB")
         )
+    searched = report.row("search", "100,000 tenants")
+    if searched is not None:
+        p95 = searched.extra["p95_ms"]
+        targets.append(Target("provider search p95 < 50 ms at 100,000", p95 < 50, f"{p95:.1f} ms"))
     big = next((r for r in report.rows if r.scenario == "big"), None)
     if big is not None and big.peak_rss_growth_mib is not None:
         growth = big.peak_rss_growth_mib.median

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syncsvc.bench import fleet_day, fleet_ops, ingest, world
+from syncsvc.bench import fleet_day, fleet_ops, ingest, search, world
 from syncsvc.bench.ingest import Fleet
 from syncsvc.bench.measure import Sample, Spread, rss_mib
 from syncsvc.bench.peers import PEERS, peer_available, run_peer
@@ -29,8 +29,10 @@ from syncsvc.settings import VAULT_KEY_BYTES, Settings, VaultKey
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens
 
-SCENARIOS = ("ingest", "resync", "peers", "wide", "big", "scheduler", "refresh", "scaleout")
-QUICK_SCENARIOS = ("ingest", "resync", "peers", "wide", "scheduler", "refresh")
+SCENARIOS = (
+    "ingest", "resync", "peers", "wide", "big", "scheduler", "refresh", "scaleout", "search",
+)  # fmt: skip
+QUICK_SCENARIOS = ("ingest", "resync", "peers", "wide", "scheduler", "refresh", "search")
 #: Run only when asked for by name: the whole suite's printout stays as it was.
 OPT_IN_SCENARIOS = ("fleet",)
 
@@ -47,6 +49,8 @@ class Options:
     latency_ms: int = 50
     big_resources: int = 50_000
     scheduler_sizes: tuple[int, ...] = (100_000,)
+    #: Listed tenants the provider search is timed over.
+    search_sizes: tuple[int, ...] = (10_000, 100_000)
     refresh_connections: int = 200
     workers: tuple[int, ...] = (1, 2, 3)
     #: Page-decoding processes (None: the service's automatic choice).
@@ -206,6 +210,8 @@ class Bench:
             await self.scale_out()
         if "scheduler" in chosen:
             await self.scheduler()
+        if "search" in chosen:
+            await self.provider_search()
         self.report.targets.extend(judge(self.report))
 
     async def fleet_day(self) -> None:
@@ -477,6 +483,23 @@ class Bench:
             self.report.rows.append(
                 Row("scheduler", f"worker RSS, {size:,} conns", "MiB", Spread.of([value]))
             )
+
+    async def provider_search(self) -> None:
+        """The patient's provider search over 10,000 and 100,000 listed tenants (p95)."""
+        loaded: list[str] = []
+        try:
+            for size in sorted(set(self.options.search_sizes)):
+                started = time.perf_counter()
+                loaded += await search.load(self.sessionmaker, len(loaded), size - len(loaded))
+                await world.vacuum_analyze(self.sessionmaker)
+                self.say(f"search: {size:,} tenants in {time.perf_counter() - started:.1f} s")
+                times = await search.query_times(self.sessionmaker, max(self.options.rounds, 5))
+                row = search.row_for(size, times)
+                self.say(f"search over {size:,}: p95 {row.extra['p95_ms']:.1f} ms")
+                self.report.rows.append(row)
+        finally:
+            if self.options.db_url is not None:  # a file of its own just goes
+                await search.drop(self.sessionmaker, loaded)
 
     async def clean_up(self) -> None:
         """Remove what the run created from a database it was given (its own file just goes)."""

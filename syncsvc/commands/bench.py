@@ -56,6 +56,7 @@ def _bench(args: argparse.Namespace) -> int:
         wide_patients=args.wide_patients,
         big_resources=args.big_resources,
         scheduler_sizes=args.scheduler_size,
+        search_sizes=args.search_size,
         refresh_connections=args.refresh_connections,
         workers=args.workers,
         decode_workers=args.decode_workers,
@@ -116,6 +117,13 @@ def add_to(commands: Commands) -> None:
         help="connections in the database for the claim timing (100000; add 1000000 to opt in)",
     )
     bench.add_argument(
+        "--search-size",
+        type=_sizes,
+        default=(10_000, 100_000),
+        metavar="N[,N]",
+        help="listed tenants the provider search is timed over (10000,100000)",
+    )
+    bench.add_argument(
         "--refresh-connections", type=int, default=200, help="connections due for refresh (200)"
     )
     bench.add_argument(
@@ -140,7 +148,7 @@ def add_to(commands: Commands) -> None:
         action="append",
         metavar="NAME",
         help="run only this scenario (repeatable): ingest, resync, peers, wide, big, "
-        "scheduler, refresh, scaleout; and fleet, which runs only when named",
+        "scheduler, refresh, scaleout, search; and fleet, which runs only when named",
     )
     fleet = bench.add_argument_group("fleet scenario (a simulated day of incremental syncs)")
     fleet.add_argument("--fleet-size", type=_positive, default=10_000, help="connections (10000)")

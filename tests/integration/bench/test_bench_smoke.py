@@ -25,7 +25,7 @@ def _spread_shape(value: dict[str, object]) -> None:
 async def test_the_bench_runs_every_scenario_at_tiny_sizes(
     db_url: str, db_backend: str, tmp_path: Path
 ) -> None:
-    scenarios = ("ingest", "resync", "peers", "wide", "big", "refresh", "scheduler")
+    scenarios = ("ingest", "resync", "peers", "wide", "big", "refresh", "scheduler", "search")
     if db_backend == "postgres":
         scenarios += ("scaleout",)
     options = Options(
@@ -37,6 +37,7 @@ async def test_the_bench_runs_every_scenario_at_tiny_sizes(
         latency_ms=5,
         big_resources=120,
         scheduler_sizes=(1_500,),
+        search_sizes=(50, 200),
         refresh_connections=3,
         workers=(1,),
         scenarios=scenarios,
@@ -59,7 +60,11 @@ async def test_the_bench_runs_every_scenario_at_tiny_sizes(
         ("refresh", "strict rotation (3 due)"),
         ("scheduler", "claim 500 of 1,500"),
         ("scheduler", "worker RSS, 1,000 conns"),
+        ("search", "50 tenants"),
+        ("search", "200 tenants"),
     } <= names
+    (searched,) = [r for r in payload["rows"] if r["name"] == "200 tenants"]
+    assert searched["p95_ms"] >= searched["value"]["min"]
     for peer in PEERS:
         if peer_available(peer):
             (row,) = [r for r in payload["rows"] if r["name"] == peer]

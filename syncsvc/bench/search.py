@@ -1,0 +1,202 @@
+"""The provider search at directory scale: p95 of a patient's query over N listed tenants.
+
+Tenants are bulk-loaded with generated names and places (no discovery, no client), their search
+rows written as ``tenants import`` writes them, and a mix of what patients type (name prefixes,
+two-word names, cities, ZIP codes, a miss) is timed through the picker's own service function.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import delete, insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from syncsvc.bench.measure import Spread
+from syncsvc.bench.report import Row
+from syncsvc.db.columns import new_id
+from syncsvc.db.models.connections import Tenant
+from syncsvc.db.models.directory import TenantSearch
+from syncsvc.db.search_repo import search_columns
+from syncsvc.directory.picker import find_providers
+
+BATCH = 2_000
+PLACES = (
+    "Lakeview",
+    "Prairie",
+    "Riverbend",
+    "Cedar",
+    "Maple",
+    "Pine",
+    "Oak",
+    "Stone",
+    "Willow",
+    "Fair",
+    "Harbor",
+    "Summit",
+    "Redwood",
+    "Blue",
+    "Granite",
+    "Silver",
+    "Meadow",
+    "High",
+    "West",
+    "East",
+    "North",
+    "South",
+    "Clear",
+    "Brook",
+    "Hill",
+    "Valley",
+    "Sunset",
+    "Golden",
+    "Iron",
+    "Elm",
+    "Crescent",
+    "Shady",
+    "Mission",
+    "Bay",
+    "Fox",
+    "King",
+    "Queen",
+    "Ash",
+)
+KINDS = (
+    "General Hospital",
+    "Regional Medical Center",
+    "Community Hospital",
+    "Family Clinic",
+    "Health System",
+    "Memorial Hospital",
+    "Children's Hospital",
+    "Orthopedic Center",
+    "Heart Institute",
+    "Cancer Center",
+    "Medical Group",
+    "Urgent Care",
+    "Primary Care",
+)
+CITIES = (
+    ("Salina", "KS"),
+    ("Omaha", "NE"),
+    ("Tulsa", "OK"),
+    ("Amarillo", "TX"),
+    ("Monroe", "LA"),
+    ("Tupelo", "MS"),
+    ("Conway", "AR"),
+    ("Joplin", "MO"),
+    ("Fargo", "ND"),
+    ("Billings", "MT"),
+    ("Boise", "ID"),
+    ("Spokane", "WA"),
+    ("Eugene", "OR"),
+    ("Abbeville", "LA"),
+)
+#: What patients type: prefixes, fuller names, places, ZIP codes, and one that finds nothing.
+QUERIES = (
+    "abbev",
+    "lakev",
+    "lakeview gen",
+    "cedar reg",
+    "maple child",
+    "salina",
+    "omaha ne",
+    "7051",
+    "70510",
+    "summit ortho",
+    "harbor",
+    "pine bluff",
+    "heart",
+    "zzyzx",
+)
+
+
+def _rows(first: int, count: int, now: dt.datetime) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(first, first + count):
+        place, kind = PLACES[i % len(PLACES)], KINDS[(i // len(PLACES)) % len(KINDS)]
+        city, state = CITIES[i % len(CITIES)]
+        rows.append(
+            {
+                "id": new_id(),
+                "name": f"bench-search-{i}",
+                "display_name": f"{place} {kind} {i // (len(PLACES) * len(KINDS)) + 1}",
+                "vendor": "cerner",
+                "fhir_base": f"https://fhir.bench.example/r4/search-{i}",
+                "endpoints": {},
+                "capabilities": [],
+                "client_id": "bench",
+                "auth_method": "public",
+                "redirect_uri": "/callback/bench",
+                "configured_scopes": [],
+                "aliases": [],
+                "street": f"{i} Main St",
+                "city": city,
+                "state": state,
+                "postal_code": f"{(70000 + i * 13) % 100_000:05d}",
+                "directory": "bench-search",
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+    return rows
+
+
+async def load(sessionmaker: async_sessionmaker[AsyncSession], first: int, count: int) -> list[str]:
+    """Insert ``count`` listed tenants with their search rows; their ids."""
+    now = dt.datetime.now(dt.UTC)
+    ids: list[str] = []
+    for start in range(first, first + count, BATCH):
+        rows = _rows(start, min(BATCH, first + count - start), now)
+        terms = [
+            {
+                "tenant_id": row["id"],
+                **search_columns(
+                    display_name=row["display_name"],
+                    street=row["street"],
+                    city=row["city"],
+                    state=row["state"],
+                    postal_code=row["postal_code"],
+                ),
+            }
+            for row in rows
+        ]
+        async with sessionmaker.begin() as session:
+            await session.execute(insert(Tenant), rows)
+            await session.execute(insert(TenantSearch), terms)
+        ids.extend(row["id"] for row in rows)
+    return ids
+
+
+async def query_times(sessionmaker: async_sessionmaker[AsyncSession], rounds: int) -> list[float]:
+    """Milliseconds of each query of :data:`QUERIES`, ``rounds`` times over (first page)."""
+    times = []
+    for _ in range(rounds):
+        for query in QUERIES:
+            started = time.perf_counter()
+            await find_providers(sessionmaker, query)
+            times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def p95(values: Sequence[float]) -> float:
+    """The 95th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[max(0, -(-len(ordered) * 95 // 100) - 1)]
+
+
+def row_for(size: int, times: list[float]) -> Row:
+    """The report row of one directory size: the spread of query times, p95 beside it."""
+    row = Row("search", f"{size:,} tenants", "ms", Spread.of(times))
+    row.extra["p95_ms"] = round(p95(times), 2)
+    return row
+
+
+async def drop(sessionmaker: async_sessionmaker[AsyncSession], ids: Sequence[str]) -> None:
+    """Delete the loaded tenants (their search rows go with them)."""
+    for start in range(0, len(ids), BATCH):
+        async with sessionmaker.begin() as session:
+            await session.execute(delete(Tenant).where(Tenant.id.in_(ids[start : start + BATCH])))
