@@ -17,7 +17,7 @@ from syncsvc.vault import Vault
 PKJWT_CLIENT = "syncsvc-pkjwt"
 PKJWT_KEY_ID = "syncsvc-test-key"
 #: Tenant names the tests register; the sandbox's clients hold each one's own redirect URI.
-TEST_TENANT_NAMES = ("cerner", "epic", "generic")
+TEST_TENANT_NAMES = ("cerner", "epic", "generic", "abbeville-general-hospital")
 
 
 @dataclass(frozen=True)
