@@ -36,8 +36,9 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench import world
+from syncsvc.bench.catch_up import CatchUpFigures, catch_up
 from syncsvc.bench.ingest import JSON, BenchError, unlimited
-from syncsvc.bench.measure import cpu_seconds, peak_rss_mib, reset_peak_rss
+from syncsvc.bench.measure import PeakInFlight, cpu_seconds, peak_rss_mib, reset_peak_rss
 from syncsvc.db.models.connections import Connection
 from syncsvc.db.models.records import SyncRun
 from syncsvc.sandbox.config import COMPARTMENT_TYPES, PatientSpec, TenantConfig, vendor_policy
@@ -57,8 +58,6 @@ NEW_PER_SYNC = 3
 RELEASE_SLACK_SECONDS = 5
 #: Refresh outcomes that sent nothing to the token endpoint.
 NO_REQUEST = ("not_due", "lost_lease")
-#: Seconds between samples of the requests in flight.
-SAMPLE_SECONDS = 0.02
 #: Tables whose rows and size are compared before and after the day.
 TABLES = (
     "connections",
@@ -113,6 +112,9 @@ class FleetOptions:
     #: Connections one process works at once while measured (the setting ``sync_concurrency``).
     concurrency: int = 100
     seed: int = 20261205
+    #: Run the simulated day; and then the catch-up after an outage.
+    day: bool = True
+    catch_up: bool = False
 
 
 @dataclass
@@ -162,6 +164,7 @@ class FleetFigures:
     service_lags: list[float] = field(default_factory=list)
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    catch_up: CatchUpFigures | None = None
 
     def per_day(self, value: float) -> float:
         """``value`` per connection-day."""
@@ -193,8 +196,17 @@ class FleetFigures:
 
     def to_json(self) -> dict[str, Any]:
         """The figures as JSON."""
-        return {
+        shared = {
             "options": dataclasses.asdict(self.options),
+            "database": self.database,
+            "machine": self.machine,
+            "started": self.started,
+        }
+        if self.catch_up is not None:
+            shared["catch_up"] = self.catch_up.to_json()
+        if not self.options.day:
+            return shared
+        return shared | {
             "database": self.database,
             "machine": self.machine,
             "started": self.started,
@@ -253,13 +265,20 @@ class FleetFigures:
             f"{t} {self.rows_after.get(t, 0) - self.rows_before.get(t, 0):+,}" for t in TABLES
         )
         target = 0.086
+        machine_line = (
+            f"  machine: {self.machine['cores']} cores, {self.machine['cpu_model']}; "
+            f"{self.database}; started {self.started}; load average before "
+            f"{_load(self.load_before)}, after {_load(self.load_after)}"
+        )
+        after = self.catch_up.lines() if self.catch_up is not None else []
+        if not o.day:
+            head = f"fleet: {o.size:,} connections, {o.latency_ms} ms per request (no day run)"
+            return [head, machine_line, *after]
         return [
             f"fleet: {o.size:,} connections ({split(o.size)[CERNER]:,} Cerner-shaped, 570 s "
             f"tokens, no rotation; {split(o.size)[EPIC]:,} Epic-shaped, 3,600 s tokens, rolling "
             f"refresh), {o.syncs_per_day} incremental syncs each, {o.latency_ms} ms per request",
-            f"  machine: {self.machine['cores']} cores, {self.machine['cpu_model']}; "
-            f"{self.database}; started {self.started}; load average before "
-            f"{_load(self.load_before)}, after {_load(self.load_after)}",
+            machine_line,
             f"  simulated: one day ({DAY_SECONDS:,} s) of syncsvc's and the sandbox's clocks in "
             f"{self.stops:,} stops (>= {o.step_seconds} s apart), worked in "
             f"{self.wall_seconds:,.0f} s wall; sync_concurrency {self.concurrency_used}, tenant "
@@ -285,6 +304,7 @@ class FleetFigures:
             f"  extrapolated: {self.connections_per_core:,.0f} connections per core at "
             f"{o.syncs_per_day} syncs a day (target >= 1,000,000: <= {target} CPU s per "
             f"connection-day): {'met' if self.cpu_per_connection_day <= target else 'MISSED'}",
+            *after,
         ]
 
 
@@ -354,7 +374,9 @@ class SimulatedDay:
         tenant_names: dict[str, str],
         options: FleetOptions,
         figures: FleetFigures,
+        say: Callable[[str], None] = lambda _: None,
     ) -> None:
+        self.say = say
         self.offset = 0.0
         self.base = ctx
         self.ctx = dataclasses.replace(ctx, clock=self.now)
@@ -395,11 +417,17 @@ class SimulatedDay:
         spread = max(interval - (self.options.syncs_per_day + 1) * self.options.step_seconds, 0)
         count = len(self.ids)
         async with self.sessionmaker.begin() as session:
-            rows = (
-                await session.execute(
-                    select(Connection.id, Connection.tenant_id).where(Connection.id.in_(self.ids))
-                )
-            ).all()
+            rows = list(
+                (
+                    await session.execute(
+                        select(Connection.id, Connection.tenant_id).where(
+                            Connection.id.in_(self.ids)
+                        )
+                    )
+                ).all()
+            )
+            # Tenants interleaved over the day, as patients connect: not one tenant, then the other.
+            self.rng.shuffle(rows)
             for index, (cid, tenant_id) in enumerate(rows):
                 lifetime = 570 if self.tenant_names[tenant_id] == CERNER else 3_600
                 margin = self.ctx.settings.refresh_margin_seconds
@@ -478,14 +506,10 @@ class SimulatedDay:
     async def run_stop(self, meter: Meter, report: WorkReport) -> None:
         """Work everything due now, counting its CPU and the requests in flight."""
         server = await self.server_cpu()
-        sampler = asyncio.create_task(self.sample_in_flight())
-        try:
+        async with PeakInFlight(self.ctx.http) as in_flight:
             with meter.measuring():
                 report.add(await run_due(self.ctx, limiter=unlimited(), max_batches=1_000_000))
-        finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+        self.figures.peak_in_flight = max(self.figures.peak_in_flight, in_flight.peak)
         meter.add_server(server, await self.server_cpu())
 
     async def server_cpu(self) -> dict[int, float]:
@@ -493,15 +517,6 @@ class SimulatedDay:
         if not self.postgres:
             return {}
         return {pid: cpu_seconds(pid) for pid in await self.server_pids()}
-
-    async def sample_in_flight(self) -> None:
-        """Keep the peak of requests open on the outbound client's pool."""
-        connector: Any = self.ctx.http.connector
-        while True:
-            # The pool's acquired connections: one request each (HTTP/1.1 without pipelining).
-            acquired = len(getattr(connector, "_acquired", ()))
-            self.figures.peak_in_flight = max(self.figures.peak_in_flight, acquired)
-            await asyncio.sleep(SAMPLE_SECONDS)
 
     async def server_pids(self) -> list[int]:
         """PostgreSQL backends serving this process's connections (matched by client port)."""
@@ -565,6 +580,7 @@ class SimulatedDay:
         wall = time.perf_counter()
         step = dt.timedelta(seconds=options.step_seconds)
         moment = start
+        said = 0
         while True:
             upcoming = await self.next_due()
             if upcoming is None or upcoming >= end:
@@ -581,6 +597,12 @@ class SimulatedDay:
             await self.lags(due, since)
             self.figures.requests_sandbox += await self.count_requests()
             self.figures.stops += 1
+            hours = int((moment - start).total_seconds() // 3600)
+            if hours > said:
+                said = hours
+                self.say(
+                    f"fleet: simulated hour {hours} of 24 after {time.perf_counter() - wall:.0f} s"
+                )
         self.figures.wall_seconds = time.perf_counter() - wall
         self.figures.requests_syncsvc = await self.own_requests(start, report)
         self.figures.cpu = meter.cpu
@@ -588,8 +610,6 @@ class SimulatedDay:
         self.figures.peak_rss_decoders_mib = sum(
             peak_rss_mib(pid) for pid in self.ctx.decoder.worker_pids
         )
-        # Both clocks back to the wall clock for whatever runs next.
-        await self.advance(-self.offset)
         return report
 
 
@@ -633,18 +653,17 @@ class FleetWorld:
     say: Callable[[str], None]
 
 
-async def measure(
-    world_: FleetWorld, options: FleetOptions, created: list[str], tenant_ids: list[str]
-) -> FleetFigures:
-    """Connect the fleet, sync it once, then run the simulated day and return its figures."""
-    ctx = dataclasses.replace(
-        world_.ctx,
-        settings=world_.ctx.settings.replace(
-            sync_concurrency=options.concurrency,
-            claim_batch_size=max(options.concurrency, 100),
-            sync_interval_seconds=DAY_SECONDS // options.syncs_per_day,
-        ),
-    )
+async def connect_fleet(
+    world_: FleetWorld,
+    ctx: SyncContext,
+    options: FleetOptions,
+    created: list[str],
+    tenant_ids: list[str],
+) -> tuple[dict[str, str], list[str]]:
+    """Register the fleet's tenants, connect its patients and sync each once (no latency).
+
+    Returns the sandbox tenant of each registered tenant id, and the connection ids.
+    """
     sessionmaker = ctx.sessionmaker
     names: dict[str, str] = {}
     ids: list[str] = []
@@ -685,6 +704,23 @@ async def measure(
             f"{await failed_types(sessionmaker, ids)}"
         )
     world_.say(f"fleet: first sync of {len(ids):,} in {time.perf_counter() - started:.0f} s")
+    return names, ids
+
+
+async def measure(
+    world_: FleetWorld, options: FleetOptions, created: list[str], tenant_ids: list[str]
+) -> FleetFigures:
+    """Connect the fleet, sync it once, then run the simulated day and return its figures."""
+    ctx = dataclasses.replace(
+        world_.ctx,
+        settings=world_.ctx.settings.replace(
+            sync_concurrency=options.concurrency,
+            claim_batch_size=max(options.concurrency, 100),
+            sync_interval_seconds=DAY_SECONDS // options.syncs_per_day,
+        ),
+    )
+    sessionmaker = ctx.sessionmaker
+    names, ids = await connect_fleet(world_, ctx, options, created, tenant_ids)
     for sandbox_tenant in names.values():
         await set_latency(world_.http, world_.origin, sandbox_tenant, options.latency_ms)
     await world.make_due(sessionmaker, ids, sync=False)
@@ -714,10 +750,18 @@ async def measure(
         tenant_names=names,
         options=options,
         figures=figures,
+        say=world_.say,
     )
     try:
-        report = await day.run()
+        report = await day.run() if options.day else WorkReport()
+        if options.catch_up:
+            if not options.day:
+                # The fleet in its steady state, as a day would leave it, before the outage.
+                await day.schedule(day.now())
+            figures.catch_up = await catch_up(day)
     finally:
+        # Both clocks back to the wall clock for whatever runs next.
+        await day.advance(-day.offset)
         for sandbox_tenant in names.values():
             await set_latency(world_.http, world_.origin, sandbox_tenant, 0)
     figures.syncs = sum(report.sync.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import resource
@@ -153,3 +154,29 @@ class Spread:
             "max": round(self.high, 3),
             "values": [round(v, 3) for v in self.values],
         }
+
+
+class PeakInFlight:
+    """The most requests an ``aiohttp`` session had open at once, sampled while entered."""
+
+    def __init__(self, http: Any, every: float = 0.02) -> None:
+        self.connector: Any = http.connector
+        self.every = every
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            # The pool's acquired connections: one request each (HTTP/1.1, no pipelining).
+            self.peak = max(self.peak, len(getattr(self.connector, "_acquired", ())))
+            await asyncio.sleep(self.every)
+
+    async def __aenter__(self) -> PeakInFlight:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -34,7 +34,7 @@ SCENARIOS = (
 )  # fmt: skip
 QUICK_SCENARIOS = ("ingest", "resync", "peers", "wide", "scheduler", "refresh", "search")
 #: Run only when asked for by name: the whole suite's printout stays as it was.
-OPT_IN_SCENARIOS = ("fleet",)
+OPT_IN_SCENARIOS = ("fleet", "catchup")
 
 
 @dataclass
@@ -90,7 +90,7 @@ async def run(options: Options) -> Report:
         config = world.sandbox_config(
             patients=patients, resources=options.resources, big_resources=big
         )
-        if "fleet" in options.scenarios:
+        if {"fleet", "catchup"} & set(options.scenarios):
             config.tenants.extend(fleet_day.tenants(options.fleet.size))
             # The log is read and emptied at every stop of the day; one stop must fit in it.
             config.request_log_size = max(config.request_log_size, 20 * options.fleet.size)
@@ -195,7 +195,7 @@ class Bench:
         chosen = self.options.scenarios
         if self.options.tune_gc:
             tune_gc()
-        if "fleet" in chosen:
+        if {"fleet", "catchup"} & set(chosen):
             # First: the simulated day moves the clocks; nothing else may be due meanwhile.
             await self.fleet_day()
         if {"ingest", "resync", "peers"} & set(chosen):
@@ -229,9 +229,11 @@ class Bench:
             db_file=db_file,
             say=self.say,
         )
-        self.report.fleet = await fleet_day.measure(
-            place, self.options.fleet, self.created, self.tenant_ids
+        chosen = self.options.scenarios
+        options = dataclasses.replace(
+            self.options.fleet, day="fleet" in chosen, catch_up="catchup" in chosen
         )
+        self.report.fleet = await fleet_day.measure(place, options, self.created, self.tenant_ids)
 
     async def fleet(self, patients: list[str], label: str) -> Fleet:
         """Connect ``patients`` afresh (nothing stored yet); not due until a round says so."""

@@ -148,7 +148,8 @@ def add_to(commands: Commands) -> None:
         action="append",
         metavar="NAME",
         help="run only this scenario (repeatable): ingest, resync, peers, wide, big, "
-        "scheduler, refresh, scaleout, search; and fleet, which runs only when named",
+        "scheduler, refresh, scaleout, search; and fleet (a simulated day) and catchup (the "
+        "fleet due at once after an outage, under the tenant limits), which run only when named",
     )
     fleet = bench.add_argument_group("fleet scenario (a simulated day of incremental syncs)")
     fleet.add_argument("--fleet-size", type=_positive, default=10_000, help="connections (10000)")

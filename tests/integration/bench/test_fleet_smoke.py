@@ -15,7 +15,12 @@ async def test_a_tiny_fleet_goes_through_a_simulated_day(
 ) -> None:
     fleet = FleetOptions(size=4, syncs_per_day=3, latency_ms=2, step_seconds=1_800)
     options = Options(
-        db_url=db_url, patients=1, resources=1, scenarios=("fleet",), fleet=fleet, work_dir=tmp_path
+        db_url=db_url,
+        patients=1,
+        resources=1,
+        scenarios=("fleet", "catchup"),
+        fleet=fleet,
+        work_dir=tmp_path,
     )
 
     report = await run(options)
@@ -56,10 +61,21 @@ async def test_a_tiny_fleet_goes_through_a_simulated_day(
         assert phrase in table
     # Only the fleet ran: no other scenario's row.
     assert report.rows == []
+    # After the outage every connection synced once more, within each tenant's limits, and
+    # the limiter's request count is the sandbox's.
+    catch_up = figures.catch_up
+    assert catch_up is not None
+    assert catch_up.syncs == {"ok": 4}
+    assert {t.name for t in catch_up.tenants} == {CERNER, EPIC}
+    for tenant in catch_up.tenants:
+        assert 1 <= tenant.peak_connections <= tenant.max_connections
+    assert sum(t.requests for t in catch_up.tenants) == catch_up.requests_sandbox > 0
+    assert "catch-up after a 6 h outage" in table
 
 
 def test_the_fleet_runs_only_when_named() -> None:
     assert "fleet" not in SCENARIOS
+    assert "catchup" not in SCENARIOS
     assert split(5) == {CERNER: 3, EPIC: 2}
     args = build_parser().parse_args(
         ["bench", "--scenario", "fleet", "--fleet-size", "1_000", "--latency-ms", "1000"]
