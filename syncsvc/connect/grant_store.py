@@ -182,8 +182,7 @@ async def _upsert_connection(
     if previous is None:
         return connection, None
     await repo.delete_credentials(session, connection.id)
-    live_access = previous.access_token if previous.access_valid(now) else None
-    grant = GrantToEnd.of(previous.refresh_token, live_access)
+    grant = GrantToEnd.of_stored(previous, now)
     if grant is None:
         return connection, None
     return connection, _Replaced(grant, earlier_token_endpoint)

@@ -28,7 +28,7 @@ from syncsvc.db.stats_repo import count_resources
 from syncsvc.errors import NotFound, VaultError
 from syncsvc.logging import get_logger
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.credentials import StoredTokens, load_tokens
+from syncsvc.sync.credentials import load_tokens
 from syncsvc.sync.revocation_attempt import ClaimedRevocation, attempt, queue_for_inline_attempt
 from syncsvc.sync.revocation_queue import GrantToEnd
 from syncsvc.sync.tenant_config import (
@@ -85,15 +85,6 @@ class DisconnectResult:
             "resources_erased": self.resources_erased,
             "resources_kept": self.resources_kept,
         }
-
-
-def _token_to_revoke(tokens: StoredTokens | None, now: dt.datetime) -> GrantToEnd | None:
-    """The token whose revocation ends the grant: the refresh token (RFC 7009 section 2.1:
-    revoking it should also end its access tokens), else a still valid access token."""
-    if tokens is None:
-        return None
-    live_access = tokens.access_token if tokens.access_valid(now) else None
-    return GrantToEnd.of(tokens.refresh_token, live_access)
 
 
 def _stop(connection: Connection, by: DisconnectedBy, now: dt.datetime) -> bool:
@@ -166,7 +157,7 @@ async def disconnect_connection(
         erased = await disconnect_repo.erase_synced_data(session, connection_id) if erase else 0
         kept = 0 if erase else sum((await count_resources(session, connection_id)).values())
         endpoint = revocation_endpoint(tenant, connection.token_endpoint)
-        to_revoke = _token_to_revoke(tokens, now)
+        to_revoke = GrantToEnd.of_stored(tokens, now)
         refused = (
             await _refusal(session, tenant, connection, now) if to_revoke is not None else None
         )

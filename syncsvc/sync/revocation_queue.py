@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import disconnect_repo
 from syncsvc.db.columns import new_id
+from syncsvc.sync.credentials import StoredTokens
 from syncsvc.vault import Purpose, Vault
 
 # S105: RFC 7009 token type hints, not secrets.
@@ -47,6 +48,14 @@ class GrantToEnd:
         if access_token:
             return cls(access_token, ACCESS_TOKEN_HINT)
         return None
+
+    @classmethod
+    def of_stored(cls, tokens: StoredTokens | None, now: dt.datetime) -> GrantToEnd | None:
+        """What ends a stored grant: its refresh token, else an access token still valid."""
+        if tokens is None:
+            return None
+        live_access = tokens.access_token if tokens.access_valid(now) else None
+        return cls.of(tokens.refresh_token, live_access)
 
 
 async def queue_revocation(
