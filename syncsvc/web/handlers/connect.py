@@ -126,7 +126,9 @@ async def _picker_context(
     if tenant_name is not None:
         async with request.app[SERVICES].sessionmaker() as session:
             tenant = await repo.get_tenant_by_name(session, tenant_name)
-        return {"tenants": [tenant] if tenant else [], "search": False, "connected": connected}
+        # A link for one provider offers that provider only, never the patient's others.
+        own = [item for item in connected if item.tenant.name == tenant_name]
+        return {"tenants": [tenant] if tenant else [], "search": False, "connected": own}
     query = request.query.get("q", "").strip()[:MAX_QUERY_LENGTH]
     page = _page_number(request)
     results = await find_providers(request.app[SERVICES].sessionmaker, query, page=page)
@@ -178,6 +180,9 @@ async def _user_for_start(request: web.Request, token: object, tenant_name: str)
     if isinstance(token, str) and token:
         async with request.app[SERVICES].sessionmaker.begin() as session:
             claims = await use_connect_link(session, request.app[SIGNER], token, now=_now())
+            # Checked before the use commits: a form naming another provider leaves the link
+            # unused, so the patient can still connect the provider it names.
+            _check_restriction(claims.tenant, tenant_name)
         found = PatientSession(claims.user_id, claims.tenant)
     else:
         patient = patient_session(request)
@@ -188,9 +193,14 @@ async def _user_for_start(request: web.Request, token: object, tenant_name: str)
                 reason="session_missing",
             )
         found = patient
-    if found.tenant is not None and found.tenant != tenant_name:
-        raise LaunchError("This link is for another provider.", reason="link_tenant_mismatch")
+    _check_restriction(found.tenant, tenant_name)
     return found
+
+
+def _check_restriction(restricted_to: str | None, tenant_name: str) -> None:
+    """LaunchError unless a link or session restricted to one provider names that provider."""
+    if restricted_to is not None and restricted_to != tenant_name:
+        raise LaunchError("This link is for another provider.", reason="link_tenant_mismatch")
 
 
 async def start(request: web.Request) -> web.StreamResponse:

@@ -46,6 +46,28 @@ async def test_a_tenant_restricted_links_session_cannot_launch_elsewhere(flow: F
     assert len(attempts) == 2  # the declined one and the generic retry; none for epic
 
 
+async def test_a_form_naming_another_provider_does_not_use_up_the_link(flow: Flow) -> None:
+    await flow.register(GENERIC_TENANT, name="generic")
+    await flow.register(EPIC_TENANT, name="epic")
+    link = await flow.link("user-l", tenant="generic")
+    async with ScriptedPatient(username="nancysmart") as patient:
+        page = await patient.open(link)
+        form = next(f for f in parse_forms(page.body) if "tenant" in f.fields)
+        elsewhere = await patient.submit(
+            page.url, form, stop_before=flow.sandbox.origin, tenant="epic"
+        )
+        async with flow.service.app[SERVICES].sessionmaker() as session:
+            [unused] = list(await session.scalars(select(ConnectLink)))
+        named = await patient.submit(
+            page.url, form, stop_before=flow.sandbox.origin, tenant="generic"
+        )
+    assert elsewhere.status == 400
+    assert "link_tenant_mismatch" in elsewhere.body
+    assert unused.used_at is None
+    assert named.status == 303
+    assert named.url.startswith(flow.sandbox.urls(GENERIC_TENANT).authorize)
+
+
 @pytest.mark.parametrize(
     ("error", "error_uri"),
     [
