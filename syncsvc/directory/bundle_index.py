@@ -10,6 +10,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 FHIR_REST = "hl7-fhir-rest"
+#: A name a directory gives (organisation, brand, portal, alias) is cut to this (its column).
+NAME_LENGTH = 200
+#: Aliases kept per provider: a hostile directory must not grow one search row without bound.
+MAX_ALIASES = 20
 #: Oracle Health serves patient access from these domains (production, code and sandbox).
 CERNER_DOMAINS = ("cerner.com", "sandboxcerner.com", "sandboxcernerpowerchart.com")
 #: Epic customers often serve FHIR under their own names; only these hosts are evidently Epic.
@@ -146,9 +150,9 @@ def address_of(org: dict[str, Any]) -> Address | None:
         )
         found = Address(
             street=(street or None) and street[:200],
-            city=_short(item.get("city"), 100),
-            state=_short(item.get("state"), 50),
-            postal_code=_short(item.get("postalCode"), 20),
+            city=short_text(item.get("city"), 100),
+            state=short_text(item.get("state"), 50),
+            postal_code=short_text(item.get("postalCode"), 20),
         )
         if found.city or found.state or found.postal_code:
             return found
@@ -161,14 +165,17 @@ def portal_name_of(org: dict[str, Any]) -> str | None:
         url = text_of(ext.get("url")) or ""
         if url.endswith("/organization-portal"):
             for part in extensions_of(ext):
-                if part.get("url") == "portalName" and (name := _short(part.get("valueString"))):
+                if part.get("url") == "portalName" and (
+                    name := short_text(part.get("valueString"))
+                ):
                     return name
-        elif url.endswith("/patient-access-name") and (name := _short(ext.get("valueString"))):
+        elif url.endswith("/patient-access-name") and (name := short_text(ext.get("valueString"))):
             return name
     return None
 
 
-def _short(value: Any, limit: int = 200) -> str | None:
+def short_text(value: Any, limit: int = NAME_LENGTH) -> str | None:
+    """A string the directory gives, stripped and cut to what its column holds; None if empty."""
     found = text_of(value)
     return found.strip()[:limit] or None if found else None
 
@@ -198,15 +205,10 @@ def fhir_versions(endpoint: dict[str, Any]) -> list[str]:
 
 def brand_of(org: Entry) -> Brand:
     aliases = org.resource.get("alias")
-    names = (
-        tuple(a.strip() for a in aliases if isinstance(a, str) and a.strip())
-        if (isinstance(aliases, list))
-        else ()
-    )
-    name = text_of(org.resource.get("name"))
-    return Brand(
-        org.key, org.resource, name.strip() if name else None, names, address_of(org.resource)
-    )
+    found = (short_text(a) for a in aliases[:MAX_ALIASES]) if isinstance(aliases, list) else ()
+    names = tuple(a for a in found if a)
+    name = short_text(org.resource.get("name"))
+    return Brand(org.key, org.resource, name, names, address_of(org.resource))
 
 
 def endpoint_references(org: dict[str, Any]) -> list[Any]:

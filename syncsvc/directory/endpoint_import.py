@@ -35,6 +35,8 @@ from syncsvc.directory.bundle_index import (
     CERNER_DOMAINS,
     EPIC_DOMAINS,
     FHIR_REST,
+    MAX_ALIASES,
+    NAME_LENGTH,
     Address,
     Brand,
     Entry,
@@ -51,6 +53,7 @@ from syncsvc.directory.bundle_index import (
     on_domain,
     portal_for,
     portal_name_of,
+    short_text,
     text_of,
     unique_entries,
 )
@@ -167,6 +170,8 @@ class _Pending:
 
     def add_aliases(self, names: tuple[str, ...]) -> None:
         for name in names:
+            if len(self.aliases) >= MAX_ALIASES:
+                return
             if name != self.display_name and name not in self.aliases:
                 self.aliases.append(name)
 
@@ -303,14 +308,14 @@ class _Importer:
         pending = _Pending(
             endpoint_key=endpoint.key,
             display_name=brand.name
-            or text_of(endpoint.resource.get("name"))
-            or (host_of(base) or base),
+            or short_text(endpoint.resource.get("name"))
+            or (host_of(base) or base)[:NAME_LENGTH],
             fhir_base=base,
             vendor=self._vendor(base),
             source_id=text_of(endpoint.resource.get("id")),
             portal_url=self._portal_url(brand, endpoint),
             address=brand.address,
-            brand_name=text_of(parent.resource.get("name")) if parent is not None else None,
+            brand_name=short_text(parent.resource.get("name")) if parent is not None else None,
             portal_name=portal_name_of(brand.organization)
             or (portal_name_of(parent.resource) if parent is not None else None),
         )

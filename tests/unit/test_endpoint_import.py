@@ -274,6 +274,28 @@ def test_both_oracle_shapes_name_the_same_tenant_alike() -> None:
     assert by_base(current)[PRAIRIE].name == by_base(legacy)[PRAIRIE].name
 
 
+def test_names_and_aliases_a_directory_gives_are_capped() -> None:
+    long = "Lakeside " + "x" * 5000
+    parent = organization("parent", "Parent " + "y" * 5000)
+    brand = organization(
+        "brand",
+        long,
+        "ep",
+        alias=[f"Alias {n} " + "z" * 500 for n in range(100)],
+        partOf={"reference": "Organization/parent"},
+    )
+    report = parse_endpoint_bundle(
+        bundle(parent, brand, endpoint("ep", "https://fhir.lakeside.example/r4"))
+    )
+
+    [imported] = report.endpoints
+    assert imported.display_name == long[:200]
+    assert imported.brand_name is not None
+    assert len(imported.brand_name) == 200
+    assert len(imported.aliases) == 20
+    assert all(len(alias) <= 200 for alias in imported.aliases)
+
+
 def test_cerner_host_in_a_brands_bundle_is_vendor_cerner() -> None:
     document = bundle(
         organization(
