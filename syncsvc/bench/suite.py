@@ -495,9 +495,12 @@ class Bench:
                 loaded += await search.load(self.sessionmaker, len(loaded), size - len(loaded))
                 await world.vacuum_analyze(self.sessionmaker)
                 self.say(f"search: {size:,} tenants in {time.perf_counter() - started:.1f} s")
-                times = await search.query_times(self.sessionmaker, max(self.options.rounds, 5))
-                row = search.row_for(size, times)
-                self.say(f"search over {size:,}: p95 {row.extra['p95_ms']:.1f} ms")
+                timings = await search.query_times(self.sessionmaker, max(self.options.rounds, 5))
+                row = search.row_for(size, timings)
+                missed = ", ".join(timings.misses) or "none"
+                self.say(
+                    f"search over {size:,}: p95 {row.extra['p95_ms']:.1f} ms; no match: {missed}"
+                )
                 self.report.rows.append(row)
         finally:
             if self.options.db_url is not None:  # a file of its own just goes

@@ -43,8 +43,6 @@ async def test_a_tiny_fleet_goes_through_a_simulated_day(
     assert figures.peak_rss_service_mib > 0
     assert len(figures.lags) == figures.syncs
     assert all(lag >= 0 for lag in figures.lags + figures.service_lags)
-    assert figures.machine["cores"]
-    assert figures.machine["cpu_model"]
     payload = report.to_json()["fleet"]
     assert payload["requests_per_connection_day"] == round(figures.requests_sandbox / 4, 3)
     table = report.table()
