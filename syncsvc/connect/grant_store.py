@@ -146,10 +146,10 @@ async def _upsert_connection(
     now: dt.datetime,
 ) -> tuple[Connection, _Replaced | None]:
     """The connection, and the earlier grant it held when the new one is not stored (misbound)."""
-    attempt, tokens = exchange.attempt, exchange.tokens
+    launch, tokens = exchange.attempt, exchange.tokens
     patient_id = tokens.patient or ""
     connection = await repo.find_connection(
-        session, tenant_id=exchange.tenant.id, user_id=attempt.user_id, patient_id=patient_id
+        session, tenant_id=exchange.tenant.id, user_id=launch.user_id, patient_id=patient_id
     )
     # Where the grant held until now was issued, before the new binding overwrites it.
     earlier_token_endpoint = str(
@@ -159,7 +159,7 @@ async def _upsert_connection(
         connection = await repo.create_connection(
             session,
             tenant_id=exchange.tenant.id,
-            user_id=attempt.user_id,
+            user_id=launch.user_id,
             patient_id=patient_id,
             now=now,
             **columns,
