@@ -37,8 +37,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench import world
 from syncsvc.bench.catch_up import CatchUpFigures, catch_up
-from syncsvc.bench.ingest import JSON, BenchError, unlimited
-from syncsvc.bench.measure import PeakInFlight, cpu_seconds, peak_rss_mib, reset_peak_rss
+from syncsvc.bench.ingest import JSON, BenchError, set_latency, unlimited
+from syncsvc.bench.measure import (
+    PeakInFlight,
+    cpu_seconds,
+    peak_rss_mib,
+    reset_peak_rss,
+    thread_cpu_seconds,
+)
 from syncsvc.db.models.connections import Connection
 from syncsvc.db.models.records import SyncRun
 from syncsvc.sandbox.config import COMPARTMENT_TYPES, PatientSpec, TenantConfig, vendor_policy
@@ -140,7 +146,6 @@ class FleetFigures:
     database: str
     machine: dict[str, Any]
     started: str
-    concurrency_used: int
     cpu: Cpu = field(default_factory=Cpu)
     wall_seconds: float = 0.0
     stops: int = 0
@@ -210,7 +215,7 @@ class FleetFigures:
             "database": self.database,
             "machine": self.machine,
             "started": self.started,
-            "sync_concurrency": self.concurrency_used,
+            "sync_concurrency": self.options.concurrency,
             "wall_seconds": round(self.wall_seconds, 1),
             "stops": self.stops,
             "syncs": self.syncs,
@@ -281,7 +286,7 @@ class FleetFigures:
             machine_line,
             f"  simulated: one day ({DAY_SECONDS:,} s) of syncsvc's and the sandbox's clocks in "
             f"{self.stops:,} stops (>= {o.step_seconds} s apart), worked in "
-            f"{self.wall_seconds:,.0f} s wall; sync_concurrency {self.concurrency_used}, tenant "
+            f"{self.wall_seconds:,.0f} s wall; sync_concurrency {o.concurrency}, tenant "
             "limits lifted",
             f"  work: {self.syncs:,} syncs ({self.per_day(self.syncs):.2f} per connection-day) "
             f"{dict(self.sync_outcomes)}, refreshes "
@@ -323,16 +328,6 @@ def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "cpu_model": model}
 
 
-def _thread_cpu(tid: int) -> float:
-    """CPU seconds of one thread of this process (Linux)."""
-    try:
-        stat = Path(f"/proc/self/task/{tid}/stat").read_text(encoding="ascii")
-    except OSError:
-        return 0.0
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Meter:
     """Adds up CPU by place over the stops it is entered for."""
 
@@ -344,12 +339,12 @@ class Meter:
     def measuring(self) -> Iterator[None]:
         """Count the CPU spent inside the block (the database server's is added apart)."""
         main = os.getpid()
-        process, loop = time.process_time(), _thread_cpu(main)
+        process, loop = time.process_time(), thread_cpu_seconds(main)
         decoders = sum(cpu_seconds(pid) for pid in self.decoder_pids)
         try:
             yield
         finally:
-            loop_spent = _thread_cpu(main) - loop
+            loop_spent = thread_cpu_seconds(main) - loop
             self.cpu.loop += loop_spent
             self.cpu.threads += max(time.process_time() - process - loop_spent, 0.0)
             self.cpu.decoders += sum(cpu_seconds(pid) for pid in self.decoder_pids) - decoders
@@ -378,7 +373,6 @@ class SimulatedDay:
     ) -> None:
         self.say = say
         self.offset = 0.0
-        self.base = ctx
         self.ctx = dataclasses.replace(ctx, clock=self.now)
         self.sessionmaker: async_sessionmaker[AsyncSession] = ctx.sessionmaker
         self.http = http
@@ -417,15 +411,17 @@ class SimulatedDay:
         spread = max(interval - (self.options.syncs_per_day + 1) * self.options.step_seconds, 0)
         count = len(self.ids)
         async with self.sessionmaker.begin() as session:
-            rows = list(
-                (
-                    await session.execute(
-                        select(Connection.id, Connection.tenant_id).where(
-                            Connection.id.in_(self.ids)
+            rows: list[Any] = []
+            for chunk in world.chunks(self.ids):
+                rows.extend(
+                    (
+                        await session.execute(
+                            select(Connection.id, Connection.tenant_id).where(
+                                Connection.id.in_(chunk)
+                            )
                         )
-                    )
-                ).all()
-            )
+                    ).all()
+                )
             # Tenants interleaved over the day, as patients connect: not one tenant, then the other.
             self.rng.shuffle(rows)
             for index, (cid, tenant_id) in enumerate(rows):
@@ -540,16 +536,16 @@ class SimulatedDay:
         if not scheduled:
             return
         async with self.sessionmaker() as session:
-            rows = await session.execute(
-                select(SyncRun.connection_id, SyncRun.started_at).where(
-                    SyncRun.started_at >= since,
-                    SyncRun.connection_id.in_(list(scheduled)),
+            for chunk in world.chunks(list(scheduled)):
+                rows = await session.execute(
+                    select(SyncRun.connection_id, SyncRun.started_at).where(
+                        SyncRun.started_at >= since, SyncRun.connection_id.in_(chunk)
+                    )
                 )
-            )
-            for row in rows.all():
-                lag = row.started_at - scheduled[row.connection_id]
-                self.figures.lags.append(lag.total_seconds())
-                self.figures.service_lags.append((row.started_at - since).total_seconds())
+                for row in rows.all():
+                    lag = row.started_at - scheduled[row.connection_id]
+                    self.figures.lags.append(lag.total_seconds())
+                    self.figures.service_lags.append((row.started_at - since).total_seconds())
 
     async def own_requests(self, start: dt.datetime, report: WorkReport) -> int:
         """Requests syncsvc says it made: its runs' FHIR requests and one per token request."""
@@ -722,14 +718,15 @@ async def measure(
     sessionmaker = ctx.sessionmaker
     names, ids = await connect_fleet(world_, ctx, options, created, tenant_ids)
     for sandbox_tenant in names.values():
-        await set_latency(world_.http, world_.origin, sandbox_tenant, options.latency_ms)
+        await set_latency(
+            world_.http, world_.origin, sandbox_tenant, options.latency_ms, token=True
+        )
     await world.make_due(sessionmaker, ids, sync=False)
     figures = FleetFigures(
         options=options,
         database=world_.database,
         machine=machine(),
         started=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
-        concurrency_used=options.concurrency,
         load_before=os.getloadavg(),
     )
     figures.rows_before = await table_rows(sessionmaker)
@@ -763,7 +760,7 @@ async def measure(
         # Both clocks back to the wall clock for whatever runs next.
         await day.advance(-day.offset)
         for sandbox_tenant in names.values():
-            await set_latency(world_.http, world_.origin, sandbox_tenant, 0)
+            await set_latency(world_.http, world_.origin, sandbox_tenant, 0, token=True)
     figures.syncs = sum(report.sync.values())
     figures.sync_outcomes = report.sync
     figures.refreshes = report.refresh
@@ -779,25 +776,6 @@ async def measure(
         )
     await world.drop_connections(sessionmaker, ids)
     return figures
-
-
-async def set_latency(
-    http: aiohttp.ClientSession, origin: str, tenant_id: str, latency_ms: int
-) -> None:
-    """Add ``latency_ms`` before every FHIR and token answer of a tenant (0 removes it)."""
-    faults = (
-        [
-            {"kind": "latency", "latency_ms": latency_ms},
-            {"kind": "latency", "latency_ms": latency_ms, "target": "token"},
-        ]
-        if latency_ms
-        else []
-    )
-    url = f"{origin}/admin/tenants/{tenant_id}/faults"
-    async with http.put(url, data=orjson.dumps(faults), headers=JSON) as response:
-        await response.read()
-        if response.status >= 300:
-            raise BenchError(f"the sandbox refused the latency fault ({response.status})")
 
 
 def _file_size(path: Path | None) -> int:
@@ -829,13 +807,17 @@ async def failed_types(
     """One error message per failed resource type among the connections' runs."""
     found: dict[str, str] = {}
     async with sessionmaker() as session:
-        rows: Sequence[dict[str, Any]] = (
-            await session.scalars(
-                select(SyncRun.type_results).where(
-                    SyncRun.connection_id.in_(list(connection_ids)), SyncRun.outcome != "ok"
-                )
+        rows: list[dict[str, Any]] = []
+        for chunk in world.chunks(connection_ids):
+            rows.extend(
+                (
+                    await session.scalars(
+                        select(SyncRun.type_results).where(
+                            SyncRun.connection_id.in_(chunk), SyncRun.outcome != "ok"
+                        )
+                    )
+                ).all()
             )
-        ).all()
         for results in rows:
             for name, result in (results or {}).items():
                 if result.get("status") not in ("ok", None):

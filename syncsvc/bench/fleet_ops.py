@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench.ingest import BenchError, unlimited
 from syncsvc.bench.measure import children_of, rss_mib
+from syncsvc.bench.world import chunks
 from syncsvc.db import connection_claims
 from syncsvc.db.models.connections import Connection
 from syncsvc.db.models.records import ResourceCursor, SyncRun
@@ -180,19 +181,27 @@ async def wait_for_runs(
     ids = list(connection_ids)
     started = time.perf_counter()
     while time.perf_counter() - started < SCALEOUT_TIMEOUT_SECONDS:
+        done = leased = 0
         async with sessionmaker() as session:
-            done = await session.scalar(
-                select(func.count(func.distinct(SyncRun.connection_id))).where(
-                    SyncRun.connection_id.in_(ids),
-                    SyncRun.started_at >= since,
-                    SyncRun.outcome != "running",
+            for chunk in chunks(ids):
+                done += (
+                    await session.scalar(
+                        select(func.count(func.distinct(SyncRun.connection_id))).where(
+                            SyncRun.connection_id.in_(chunk),
+                            SyncRun.started_at >= since,
+                            SyncRun.outcome != "running",
+                        )
+                    )
+                    or 0
                 )
-            )
-            leased = await session.scalar(
-                select(func.count()).where(
-                    Connection.id.in_(ids), Connection.lease_owner.is_not(None)
+                leased += (
+                    await session.scalar(
+                        select(func.count()).where(
+                            Connection.id.in_(chunk), Connection.lease_owner.is_not(None)
+                        )
+                    )
+                    or 0
                 )
-            )
         if done == len(ids) and leased == 0:
             return time.perf_counter() - started
         await asyncio.sleep(POLL_SECONDS)
@@ -207,21 +216,24 @@ async def double_work(
 ) -> dict[str, Any]:
     """Evidence that no connection was worked twice: runs, owners and seqs per connection."""
     ids = list(connection_ids)
+    runs: list[Any] = []
+    seqs: list[Any] = []
     async with sessionmaker() as session:
-        runs = (
-            await session.execute(
-                select(SyncRun.connection_id, SyncRun.owner).where(
-                    SyncRun.connection_id.in_(ids), SyncRun.started_at >= since
+        for chunk in chunks(ids):
+            runs += (
+                await session.execute(
+                    select(SyncRun.connection_id, SyncRun.owner).where(
+                        SyncRun.connection_id.in_(chunk), SyncRun.started_at >= since
+                    )
                 )
-            )
-        ).all()
-        seqs = (
-            await session.execute(
-                select(ResourceCursor.connection_id, ResourceCursor.last_seq).where(
-                    ResourceCursor.connection_id.in_(ids)
+            ).all()
+            seqs += (
+                await session.execute(
+                    select(ResourceCursor.connection_id, ResourceCursor.last_seq).where(
+                        ResourceCursor.connection_id.in_(chunk)
+                    )
                 )
-            )
-        ).all()
+            ).all()
     per: dict[str, int] = {}
     owners: dict[str, int] = {}
     for connection_id, owner in runs:

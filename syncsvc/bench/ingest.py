@@ -6,6 +6,7 @@ import asyncio
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -93,10 +94,20 @@ async def change_some(
 
 
 async def set_latency(
-    http: aiohttp.ClientSession, origin: str, tenant_id: str, latency_ms: int
+    http: aiohttp.ClientSession,
+    origin: str,
+    tenant_id: str,
+    latency_ms: int,
+    *,
+    token: bool = False,
 ) -> None:
-    """Add ``latency_ms`` before every FHIR answer of a tenant (0 removes it)."""
-    faults = [{"kind": "latency", "latency_ms": latency_ms}] if latency_ms else []
+    """Add ``latency_ms`` before every FHIR answer of a tenant, and its token answers too when
+    ``token`` (0 removes it)."""
+    faults: list[dict[str, Any]] = []
+    if latency_ms:
+        faults.append({"kind": "latency", "latency_ms": latency_ms})
+        if token:
+            faults.append({"kind": "latency", "latency_ms": latency_ms, "target": "token"})
     url = f"{origin}/admin/tenants/{tenant_id}/faults"
     async with http.put(url, data=orjson.dumps(faults), headers=JSON) as response:
         await response.read()

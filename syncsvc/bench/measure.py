@@ -76,12 +76,21 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds (user and system) process ``pid`` has used; 0 when it cannot be read."""
-    fields = _stat_fields(_proc(pid))
+def _cpu_of(entry: Path) -> float:
+    fields = _stat_fields(entry)
     if fields is None:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user and system) process ``pid`` has used; 0 when it cannot be read."""
+    return _cpu_of(_proc(pid))
+
+
+def thread_cpu_seconds(tid: int) -> float:
+    """CPU seconds one thread of this process has used (Linux); 0 when it cannot be read."""
+    return _cpu_of(_PROC / "self" / "task" / str(tid))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -57,6 +57,15 @@ REFRESH_PATIENT = "bench-refresh-patient"
 #: Concurrent authorize + exchange flows while connecting many patients.
 CONNECT_CONCURRENCY = 16
 BULK_BATCH = 10_000
+#: Ids in one ``IN (...)`` list. Each id is one bound parameter, and PostgreSQL's protocol takes
+#: at most 32,767 a statement (SQLite 32,766 by default): a fleet's ids go in slices of this.
+IN_CHUNK = 1_000
+
+
+def chunks(values: Sequence[str], size: int = IN_CHUNK) -> Iterator[list[str]]:
+    """``values`` in consecutive lists of at most ``size``."""
+    for start in range(0, len(values), size):
+        yield list(values[start : start + size])
 
 
 def patient_id(index: int) -> str:
@@ -253,17 +262,18 @@ async def make_due(
     now = dt.datetime.now(dt.UTC)
     later = now + dt.timedelta(days=1)
     async with sessionmaker.begin() as session:
-        await session.execute(
-            update(Connection)
-            .where(Connection.id.in_(list(connection_ids)))
-            .values(
-                next_sync_at=now if sync else later,
-                next_refresh_at=now if refresh else later,
-                backoff_until=None,
-                failure_count=0,
+        for chunk in chunks(connection_ids):
+            await session.execute(
+                update(Connection)
+                .where(Connection.id.in_(chunk))
+                .values(
+                    next_sync_at=now if sync else later,
+                    next_refresh_at=now if refresh else later,
+                    backoff_until=None,
+                    failure_count=0,
+                )
+                .execution_options(synchronize_session=False)
             )
-            .execution_options(synchronize_session=False)
-        )
 
 
 #: What a benchmark round writes and its drop deletes (VACUUM takes no bound table name).
@@ -289,8 +299,7 @@ async def drop_connections(
     it off (as test servers often are) would make each round pay for the rows of the ones before.
     """
     async with sessionmaker.begin() as session:
-        for start in range(0, len(connection_ids), 1000):
-            chunk = list(connection_ids[start : start + 1000])
+        for chunk in chunks(connection_ids):
             await session.execute(delete(Connection).where(Connection.id.in_(chunk)))
         postgres = session.get_bind().dialect.name == "postgresql"
     if postgres:
@@ -319,10 +328,10 @@ async def set_due(
     now = dt.datetime.now(dt.UTC)
     moment = now - dt.timedelta(hours=1) if due else now + dt.timedelta(days=1)
     async with sessionmaker.begin() as session:
-        for start in range(0, len(connection_ids), 1000):
+        for chunk in chunks(connection_ids):
             await session.execute(
                 update(Connection)
-                .where(Connection.id.in_(list(connection_ids[start : start + 1000])))
+                .where(Connection.id.in_(chunk))
                 .values(next_sync_at=moment, lease_owner=None, lease_until=None)
                 .execution_options(synchronize_session=False)
             )

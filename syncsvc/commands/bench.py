@@ -27,13 +27,24 @@ def _sizes(value: str) -> tuple[int, ...]:
     return sizes
 
 
-def _positive(value: str) -> int:
+def _whole(value: str) -> int:
     try:
-        number = int(value.replace("_", ""))
+        return int(value.replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError("a whole number") from None
+
+
+def _positive(value: str) -> int:
+    number = _whole(value)
     if number <= 0:
         raise argparse.ArgumentTypeError("must be positive")
+    return number
+
+
+def _not_negative(value: str) -> int:
+    number = _whole(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
     return number
 
 
@@ -157,7 +168,10 @@ def add_to(commands: Commands) -> None:
         "--syncs-per-day", type=_positive, default=6, help="incremental syncs each (6)"
     )
     fleet.add_argument(
-        "--latency-ms", type=int, default=300, help="added to every FHIR and token request (300)"
+        "--latency-ms",
+        type=_not_negative,
+        default=300,
+        help="added to every FHIR and token request (300)",
     )
     fleet.add_argument(
         "--step-seconds",
