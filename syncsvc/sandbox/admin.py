@@ -9,6 +9,8 @@ does not mistake admin calls for calls to a tenant's endpoints.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import ipaddress
 import re
@@ -22,6 +24,7 @@ from aiohttp import web
 
 from .config import COMPARTMENT_TYPES, FaultSpec, TenantConfig, TenantPolicy
 from .data import Bucket, DataStore, Entry, iso_ms
+from .documents import BinaryEntry
 from .fhir import data_store
 from .state import Grant, SandboxState
 
@@ -152,6 +155,7 @@ def setup_routes(app: web.Application, state: SandboxState) -> None:
         ("PATCH", resources + "/{id}", api.patch_resource),
         ("DELETE", resources + "/{id}", api.delete_resource),
         ("POST", resources + "/{id}/entered-in-error", api.enter_in_error),
+        ("PUT", tenant + "/binaries/{id}", api.put_binary),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, _guarded(handler))
@@ -264,6 +268,32 @@ class AdminApi:
         if marked is None:
             raise AdminError(404, "unknown_resource", f"No {bucket.resource_type} with that id")
         return web.Response(body=marked.body, content_type="application/fhir+json")
+
+    async def put_binary(self, request: web.Request) -> web.Response:
+        """Store a Binary: ``{"patient", "contentType", "data" (base64), "servedAs"?}``.
+
+        ``servedAs`` makes the raw answer carry another Content-Type than the one declared.
+        """
+        tenant = self._tenant(request)
+        bid = request.match_info["id"]
+        body = await _object_body(request)
+        patient, content_type = body.get("patient"), body.get("contentType")
+        served_as, data = body.get("servedAs"), body.get("data")
+        if not _FHIR_ID.fullmatch(bid) or self.store.patient(tenant, str(patient)) is None:
+            raise AdminError(400, "invalid_binary", "A FHIR id and a configured patient are needed")
+        if not isinstance(content_type, str) or not isinstance(data, str):
+            raise AdminError(400, "invalid_binary", "contentType and data must be strings")
+        if served_as is not None and not isinstance(served_as, str):
+            raise AdminError(400, "invalid_binary", "servedAs must be a string")
+        try:
+            content = base64.b64decode(data, validate=True)
+        except binascii.Error:
+            raise AdminError(400, "invalid_binary", "data must be base64") from None
+        entry = BinaryEntry(
+            str(patient), content_type, content, round(self.state.now() * 1000), served_as=served_as
+        )
+        self.store.put_binary(tenant, bid, entry)
+        return web.Response(status=204)
 
     # Policy and faults
 

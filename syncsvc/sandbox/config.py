@@ -130,6 +130,10 @@ class TenantPolicy:
     last_updated_types: list[str] = field(default_factory=lambda: list(SERVED_TYPES))
     #: Types that must be searched with a ``category`` (value: the accepted categories).
     required_categories: dict[str, list[str]] = field(default_factory=dict)
+    # Documents
+    #: Generated notes and report texts are padded to about this many characters (0: as
+    #: written), so a benchmark can size the documents it fetches.
+    document_bytes: int = 0
 
 
 @dataclass

@@ -15,18 +15,22 @@ import hashlib
 import html
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
 
 from .config import PatientSpec, SandboxConfig, TenantConfig
+from .documents import BinaryEntry, Rendering, binary_url, pad, renderings
 
 #: Generated histories end about here (fixed, so the data does not depend on the wall clock).
 ANCHOR = datetime(2025, 12, 31, 9, 0, tzinfo=UTC)
 HISTORY = timedelta(days=10 * 365)
 DEFAULT_SIZE_RANGE = (5, 20)
+
+#: Types whose resources link to Binaries (their attachments).
+DOCUMENT_TYPES = ("DocumentReference", "DiagnosticReport")
 
 #: Types whose patient reference is ``patient`` in FHIR R4; every other compartment type uses
 #: ``subject``.
@@ -287,14 +291,6 @@ def _matches(tokens: frozenset[str], categories: CategoryFilter) -> bool:
     return all(not tokens.isdisjoint(wanted) for wanted in categories)
 
 
-@dataclass(frozen=True)
-class BinaryEntry:
-    """A Binary resource (a DocumentReference's content) and the patient it belongs to."""
-
-    patient_id: str
-    body: bytes
-
-
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -352,8 +348,20 @@ class _Gen:
     when: datetime
     rid: str
     index: int
-    #: The note text a DocumentReference generator wrote (its Binary's content).
-    note: bytes = b""
+    #: The Binaries a generator linked to (id, rendering): its attachments' content.
+    binaries: list[tuple[str, Rendering]] = field(default_factory=list)
+
+    def attach(self, number: int, rendering: Rendering, title: str) -> dict[str, Any]:
+        """An attachment pointing at a new Binary of this resource holding ``rendering``."""
+        bid = binary_id(self.rid) if number == 0 else f"{self.rid}-content{number}"
+        self.binaries.append((bid, rendering))
+        return {
+            "contentType": rendering.content_type,
+            "url": binary_url(self.tenant.vendor, self.base, bid),
+            "size": len(rendering.content),
+            "title": title,
+            "creation": _iso_s(self.when),
+        }
 
     @property
     def patient_ref(self) -> dict[str, str]:
@@ -570,6 +578,31 @@ def _diagnostic_report(g: _Gen) -> dict[str, Any]:
         "subject": g.patient_ref,
         "effectiveDateTime": _iso_s(g.when),
         "issued": _iso_s(g.when + timedelta(hours=4)),
+        **_presented_form(g, display, category),
+    }
+
+
+def _presented_form(g: _Gen, display: str, category: str) -> dict[str, Any]:
+    """A radiology report's readable form: linked Binaries, or inline text at the generic tenant."""
+    if category != "RAD":
+        return {}
+    text = pad(
+        f"{display}, {g.when.date().isoformat()}.\nImpression: no acute cardiopulmonary process.\n",
+        g.tenant.policy.document_bytes,
+    )
+    if g.tenant.vendor in ("cerner", "epic"):
+        forms = renderings(g.tenant.vendor, display, text)
+        return {"presentedForm": [g.attach(i, form, display) for i, form in enumerate(forms)]}
+    content = text.encode()
+    return {
+        "presentedForm": [
+            {
+                "contentType": "text/plain",
+                "data": base64.b64encode(content).decode("ascii"),
+                "size": len(content),
+                "title": display,
+            }
+        ]
     }
 
 
@@ -588,8 +621,8 @@ def _note_text(g: _Gen, display: str) -> str:
 
 def _document_reference(g: _Gen) -> dict[str, Any]:
     code, display = g.pick(_NOTES)
-    text = _note_text(g, display).encode()
-    g.note = text
+    text = pad(_note_text(g, display), g.tenant.policy.document_bytes)
+    forms = renderings(g.tenant.vendor, display, text)
     return {
         "status": "current",
         "docStatus": "final",
@@ -604,15 +637,7 @@ def _document_reference(g: _Gen) -> dict[str, Any]:
         "subject": g.patient_ref,
         "date": _iso_s(g.when),
         "content": [
-            {
-                "attachment": {
-                    "contentType": "text/plain",
-                    "url": f"{g.base}/Binary/{binary_id(g.rid)}",
-                    "size": len(text),
-                    "title": display,
-                    "creation": _iso_s(g.when),
-                }
-            }
+            {"attachment": g.attach(index, form, display)} for index, form in enumerate(forms)
         ],
     }
 
@@ -805,7 +830,7 @@ class DataStore:
         rng = random.Random(f"{self.config.seed}:{tenant.id}:{spec.id}:{resource_type}")  # noqa: S311 - synthetic data
         start = _history_start(spec)
         step = (ANCHOR - start) / max(count, 1)
-        base = self._base_for(tenant) if resource_type == "DocumentReference" else ""
+        base = self._base_for(tenant) if resource_type in DOCUMENT_TYPES else ""
         entries: list[Entry] = []
         shared: dict[frozenset[str], frozenset[str]] = {}
         for index in range(count):
@@ -820,28 +845,32 @@ class DataStore:
             # Few distinct category sets exist; sharing them saves ~300 bytes per resource.
             entry.categories = shared.setdefault(entry.categories, entry.categories)
             entries.append(entry)
-            if resource_type == "DocumentReference":
-                self._add_binary(tenant, spec.id, rid, ms, g.note)
+            for bid, rendering in g.binaries:
+                self._add_binary(
+                    tenant, spec.id, bid, owner=f"{resource_type}/{rid}", ms=ms, rendering=rendering
+                )
         entries.sort(key=_entry_key)
         bucket.entries = entries
         bucket.by_id = {e.id: e for e in entries}
         bucket.generation += 1
 
     def _add_binary(
-        self, tenant: TenantConfig, patient_id: str, doc_id: str, ms: int, text: bytes
+        self,
+        tenant: TenantConfig,
+        patient_id: str,
+        bid: str,
+        *,
+        owner: str,
+        ms: int,
+        rendering: Rendering,
     ) -> None:
-        bid = binary_id(doc_id)
-        resource = {
-            "resourceType": "Binary",
-            "id": bid,
-            "meta": {"versionId": "1", "lastUpdated": iso_ms(ms)},
-            "contentType": "text/plain",
-            "securityContext": {"reference": f"DocumentReference/{doc_id}"},
-            "data": base64.b64encode(text).decode("ascii"),
-        }
         self._binaries.setdefault(tenant.id, {})[bid] = BinaryEntry(
-            patient_id, compact_json(resource)
+            patient_id, rendering.content_type, rendering.content, ms, owner=owner
         )
+
+    def put_binary(self, tenant: TenantConfig, bid: str, entry: BinaryEntry) -> None:
+        """Store or replace a Binary (the admin API's; tests shape hostile content with it)."""
+        self._binaries.setdefault(tenant.id, {})[bid] = entry
 
     def owner(self, tenant: TenantConfig, resource_type: str, rid: str) -> str | None:
         """The patient owning a resource id (generating the type for every patient if needed)."""
@@ -853,11 +882,12 @@ class DataStore:
         return owners.get(rid)
 
     def binary(self, tenant: TenantConfig, bid: str) -> BinaryEntry | None:
-        """A Binary of ``tenant`` (generating every patient's DocumentReferences if needed)."""
+        """A Binary of ``tenant`` (generating every patient's documents and reports if needed)."""
         found = self._binaries.get(tenant.id, {}).get(bid)
         if found is None:
             for spec in tenant.patients:
-                self.bucket(tenant, spec.id, "DocumentReference")
+                for resource_type in DOCUMENT_TYPES:
+                    self.bucket(tenant, spec.id, resource_type)
             found = self._binaries.get(tenant.id, {}).get(bid)
         return found
 

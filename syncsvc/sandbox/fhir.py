@@ -29,6 +29,7 @@ from .data import (
     patient_reference_field,
     to_ms,
 )
+from .documents import binary_response
 from .enforce import Access, authorize, foreign_patient, unknown_tenant
 from .outcomes import operation_outcome
 from .profiles import ROUTE_TEMPLATES
@@ -339,9 +340,7 @@ class FhirServer:
             return operation_outcome(404, "not-found", f"Binary/{rid} was not found")
         if binary.patient_id != access.patient_id:
             return foreign_patient(tenant)
-        return await faults.send(
-            request, self.state, tenant, "Binary", binary.body, patient_id=access.patient_id
-        )
+        return binary_response(request, tenant.vendor, rid, binary, iso_ms(binary.meta_ms))
 
 
 def parse_query(

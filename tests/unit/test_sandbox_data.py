@@ -163,9 +163,11 @@ def test_document_content_is_a_binary_of_the_announced_size() -> None:
         binary = store.binary(tenant, attachment["url"].rsplit("/", 1)[1])
         assert binary is not None
         assert binary.patient_id == NANCY
-        content = orjson.loads(binary.body)
-        assert content["resourceType"] == "Binary"
-        assert len(base64.b64decode(content["data"])) == attachment["size"]
+        assert binary.content_type == attachment["contentType"]
+        assert len(binary.content) == attachment["size"]
+        wrapped = orjson.loads(binary.resource("x", "2025-01-01T00:00:00Z"))
+        assert wrapped["resourceType"] == "Binary"
+        assert base64.b64decode(wrapped["data"]) == binary.content
 
 
 def test_binary_lookup_generates_documents_on_demand() -> None:
@@ -262,3 +264,38 @@ def test_category_tokens_read_code_and_system_code() -> None:
     assert tokens == {"c", "s|c"}
     assert single == {"x", "|x"}
     assert category_tokens({}) == frozenset()
+
+
+@pytest.mark.parametrize("vendor", ["cerner", "epic", "generic"])
+def test_radiology_reports_carry_their_text_as_a_presented_form(vendor: str) -> None:
+    store = _store()
+    tenant = _tenant(store, vendor)
+    reports = _resources(_bucket(store, "DiagnosticReport", vendor=vendor))
+    radiology = [r for r in reports if r["category"][0]["coding"][0]["code"] == "RAD"]
+    assert radiology
+    assert all("presentedForm" not in r for r in reports if r not in radiology)
+
+    for report in radiology:
+        forms = report["presentedForm"]
+        if vendor == "generic":
+            # Inline: the text itself, no Binary to fetch.
+            [form] = forms
+            assert "url" not in form
+            assert len(base64.b64decode(form["data"])) == form["size"]
+            continue
+        for form in forms:
+            binary = store.binary(tenant, form["url"].rsplit("/", 1)[1])
+            assert binary is not None
+            assert binary.owner == f"DiagnosticReport/{report['id']}"
+            assert (binary.content_type, len(binary.content)) == (form["contentType"], form["size"])
+
+
+def test_documents_are_padded_to_the_configured_size() -> None:
+    config = default_config()
+    for tenant in config.tenants:
+        tenant.policy.document_bytes = 50_000
+    store = _store(config)
+
+    for document in _resources(_bucket(store, "DocumentReference", vendor="cerner")):
+        for content in document["content"]:
+            assert content["attachment"]["size"] >= 50_000

@@ -80,25 +80,53 @@ async def test_an_unknown_id_is_404(
         assert outcome["issue"][0]["code"] == "not-found"
 
 
-async def test_document_content_is_a_binary_under_the_base(
-    sandbox: RunningSandbox, http: aiohttp.ClientSession
+@pytest.mark.parametrize(
+    ("tenant_id", "types"),
+    [
+        (CERNER_TENANT, ["application/pdf", "text/html"]),
+        (EPIC_TENANT, ["text/html", "text/rtf"]),
+        (GENERIC_TENANT, ["text/plain"]),
+    ],
+)
+async def test_document_content_is_served_by_its_content_type(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession, tenant_id: str, types: list[str]
 ) -> None:
-    base = sandbox.urls(CERNER_TENANT).fhir_base
-    token = mint_access_token(sandbox, CERNER_TENANT, NANCY, EVERYTHING)
-    document = await _first(
-        http, sandbox, CERNER_TENANT, token, f"DocumentReference?patient={NANCY}"
-    )
-    attachment = document["content"][0]["attachment"]
-    assert attachment["url"].startswith(f"{base}/Binary/")
+    base = sandbox.urls(tenant_id).fhir_base
+    token = mint_access_token(sandbox, tenant_id, NANCY, EVERYTHING)
+    document = await _first(http, sandbox, tenant_id, token, f"DocumentReference?patient={NANCY}")
+    attachments = [content["attachment"] for content in document["content"]]
+    assert [a["contentType"] for a in attachments] == types
 
-    status, headers, binary = await _get(http, attachment["url"], token)
+    for attachment in attachments:
+        # Epic points at its Binaries relative to the base; the others with absolute URLs.
+        relative = attachment["url"].startswith("Binary/")
+        assert relative == (tenant_id == EPIC_TENANT)
+        url = f"{base}/{attachment['url']}" if relative else attachment["url"]
+        assert url.startswith(f"{base}/Binary/")
+        headers = {**bearer(token), "Accept": attachment["contentType"]}
+        async with http.get(url, headers=headers) as raw:
+            assert raw.status == 200
+            assert raw.headers["Content-Type"] == attachment["contentType"]
+            content = await raw.read()
+        assert len(content) == attachment["size"]
+        if attachment["contentType"] == "application/pdf":
+            assert content.startswith(b"%PDF-")
+            assert content.rstrip().endswith(b"%%EOF")
 
-    assert status == 200
-    assert headers["Content-Type"] == "application/fhir+json"
-    assert binary["resourceType"] == "Binary"
-    assert binary["contentType"] == attachment["contentType"] == "text/plain"
-    assert len(base64.b64decode(binary["data"])) == attachment["size"]
-    assert binary["securityContext"] == {"reference": f"DocumentReference/{document['id']}"}
+        headers["Accept"] = "application/fhir+json"
+        async with http.get(url, headers=headers) as wrapped:
+            assert wrapped.status == 200
+            assert wrapped.headers["Content-Type"] == "application/fhir+json"
+            binary = orjson.loads(await wrapped.read())
+        assert binary["resourceType"] == "Binary"
+        assert binary["contentType"] == attachment["contentType"]
+        assert base64.b64decode(binary["data"]) == content
+        assert binary["securityContext"] == {"reference": f"DocumentReference/{document['id']}"}
+
+        headers["Accept"] = "image/png"
+        async with http.get(url, headers=headers) as other:
+            # Cerner and Epic serve a Binary only as its own type or as FHIR JSON.
+            assert other.status == (200 if tenant_id == GENERIC_TENANT else 406)
 
 
 async def test_binary_needs_its_own_scope(
@@ -109,8 +137,9 @@ async def test_binary_needs_its_own_scope(
         http, sandbox, CERNER_TENANT, token, f"DocumentReference?patient={NANCY}"
     )
 
-    async with http.get(document["content"][0]["attachment"]["url"], headers=bearer(token)) as r:
-        assert r.status == 403
+    url = document["content"][0]["attachment"]["url"]
+    async with http.get(url, headers={**bearer(token), "Accept": "application/pdf"}) as response:
+        assert response.status == 403
 
 
 @pytest.mark.parametrize(("tenant_id", "expected"), [(CERNER_TENANT, 403), (EPIC_TENANT, 404)])
@@ -121,6 +150,8 @@ async def test_another_patients_binary_is_refused(
     nancy = mint_access_token(sandbox, tenant_id, NANCY, EVERYTHING)
     document = await _first(http, sandbox, tenant_id, wilma, f"DocumentReference?patient={WILMA}")
 
-    status, _, _ = await _get(http, document["content"][0]["attachment"]["url"], nancy)
+    url = document["content"][0]["attachment"]["url"]
+    base = sandbox.urls(tenant_id).fhir_base
+    status, _, _ = await _get(http, url if url.startswith("http") else f"{base}/{url}", nancy)
 
     assert status == expected
