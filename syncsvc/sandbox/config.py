@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from .referenced import REFERENCED_TYPES
+
 Vendor = Literal["cerner", "epic", "generic"]
 ClientAuth = Literal["public", "client_secret_basic", "client_secret_post", "private_key_jwt"]
 PkceMode = Literal["required", "accepted", "ignored"]
@@ -32,7 +34,7 @@ COMPARTMENT_TYPES: tuple[str, ...] = (
     "CarePlan",
     "Goal",
 )
-SERVED_TYPES: tuple[str, ...] = ("Patient", *COMPARTMENT_TYPES, "Binary")
+SERVED_TYPES: tuple[str, ...] = ("Patient", *COMPARTMENT_TYPES, *REFERENCED_TYPES, "Binary")
 
 
 @dataclass
@@ -134,6 +136,9 @@ class TenantPolicy:
     #: Generated notes and report texts are padded to about this many characters (0: as
     #: written), so a benchmark can size the documents it fetches.
     document_bytes: int = 0
+    #: Shared types (Practitioner, Location ...) searchable by ``_id`` (a comma-separated list);
+    #: the others are served by read only.
+    id_search_types: list[str] = field(default_factory=lambda: list(REFERENCED_TYPES))
 
 
 @dataclass
@@ -249,6 +254,9 @@ def vendor_policy(vendor: Vendor, **overrides: Any) -> TenantPolicy:
             max_count=100,
             last_updated_types=["Observation", "DocumentReference", "Condition", "Encounter"],
             required_categories={"CarePlan": ["assess-plan"]},
+            # Millennium searches Practitioner, Organization and Location by ``_id``; it has
+            # no PractitionerRole or Medication search.
+            id_search_types=["Practitioner", "Organization", "Location"],
         )
     elif vendor == "epic":
         base = TenantPolicy(
@@ -261,6 +269,8 @@ def vendor_policy(vendor: Vendor, **overrides: Any) -> TenantPolicy:
             default_count=100,
             max_count=1000,
             last_updated_types=[],
+            # Reads only: the shape of a server whose CapabilityStatement lists no ``_id``.
+            id_search_types=[],
             required_categories={
                 "Observation": [
                     "laboratory",

@@ -23,6 +23,15 @@ import orjson
 
 from .config import PatientSpec, SandboxConfig, TenantConfig
 from .documents import BinaryEntry, Rendering, binary_url, pad, renderings
+from .referenced import (
+    MISSING_PRACTITIONER,
+    OUTSIDE_ORGANIZATION,
+    catalog,
+    location_id,
+    medication_id,
+    practitioner_id,
+    role_id,
+)
 
 #: Generated histories end about here (fixed, so the data does not depend on the wall clock).
 ANCHOR = datetime(2025, 12, 31, 9, 0, tzinfo=UTC)
@@ -493,6 +502,18 @@ def _condition(g: _Gen) -> dict[str, Any]:
 
 def _medication_request(g: _Gen) -> dict[str, Any]:
     code, display, dosage = g.pick(_MEDICATIONS)
+    # Every third order names a Medication resource instead of coding the drug inline, as
+    # Epic's do; the requester is a clinician of the tenant (both by index: no random draw).
+    medication: dict[str, Any] = (
+        {
+            "medicationReference": {
+                "reference": f"Medication/{medication_id(code)}",
+                "display": display,
+            }
+        }
+        if g.index % 3 == 1
+        else {"medicationCodeableConcept": _concept(_RXNORM, code, display)}
+    )
     return {
         "status": g.pick(("active", "active", "completed", "stopped")),
         "intent": "order",
@@ -503,9 +524,10 @@ def _medication_request(g: _Gen) -> dict[str, Any]:
                 "Outpatient",
             )
         ],
-        "medicationCodeableConcept": _concept(_RXNORM, code, display),
+        **medication,
         "subject": g.patient_ref,
         "authoredOn": _iso_s(g.when),
+        "requester": {"reference": f"Practitioner/{practitioner_id(g.index)}"},
         "dosageInstruction": [{"text": dosage}],
     }
 
@@ -538,6 +560,15 @@ def _immunization(g: _Gen) -> dict[str, Any]:
         "patient": g.patient_ref,
         "occurrenceDateTime": _iso_s(g.when),
         "primarySource": True,
+        "location": {"reference": f"Location/{location_id(g.index)}"},
+        # The first one was reported to the state registry: a resource on another server.
+        "performer": [
+            {
+                "actor": {
+                    "reference": OUTSIDE_ORGANIZATION if g.index == 0 else "Organization/org-main"
+                }
+            }
+        ],
     }
 
 
@@ -552,7 +583,19 @@ def _encounter(g: _Gen) -> dict[str, Any]:
         },
         "type": [_concept(_SNOMED, code, display)],
         "subject": g.patient_ref,
+        # Every seventh visit names a clinician who has since left the tenant's directory.
+        "participant": [
+            {
+                "individual": {
+                    "reference": f"Practitioner/{MISSING_PRACTITIONER}"
+                    if g.index % 7 == 3
+                    else f"PractitionerRole/{role_id(g.index)}"
+                }
+            }
+        ],
         "period": {"start": _iso_s(g.when), "end": _iso_s(g.when + timedelta(hours=hours))},
+        "location": [{"location": {"reference": f"Location/{location_id(g.index)}"}}],
+        "serviceProvider": {"reference": "Organization/org-main"},
     }
 
 
@@ -563,6 +606,7 @@ def _procedure(g: _Gen) -> dict[str, Any]:
         "code": _concept(_SNOMED, code, display),
         "subject": g.patient_ref,
         "performedDateTime": _iso_s(g.when),
+        "performer": [{"actor": {"reference": f"Practitioner/{practitioner_id(g.index)}"}}],
     }
 
 
@@ -578,6 +622,7 @@ def _diagnostic_report(g: _Gen) -> dict[str, Any]:
         "subject": g.patient_ref,
         "effectiveDateTime": _iso_s(g.when),
         "issued": _iso_s(g.when + timedelta(hours=4)),
+        "performer": [{"reference": "Organization/org-lab"}],
         **_presented_form(g, display, category),
     }
 
@@ -786,6 +831,8 @@ class DataStore:
         self._owners: dict[tuple[str, str], dict[str, str]] = {}
         #: tenant → Binary id → content.
         self._binaries: dict[str, dict[str, BinaryEntry]] = {}
+        #: tenant → (type, id) → the tenant's shared resources (:mod:`.referenced`).
+        self._shared: dict[str, dict[tuple[str, str], Entry]] = {}
         self._added = 0
 
     def patient(self, tenant: TenantConfig, patient_id: str) -> PatientSpec | None:
@@ -871,6 +918,19 @@ class DataStore:
     def put_binary(self, tenant: TenantConfig, bid: str, entry: BinaryEntry) -> None:
         """Store or replace a Binary (the admin API's; tests shape hostile content with it)."""
         self._binaries.setdefault(tenant.id, {})[bid] = entry
+
+    def shared(self, tenant: TenantConfig, resource_type: str, rid: str) -> Entry | None:
+        """A shared resource of ``tenant`` (a Practitioner, a Location ...), if it holds one."""
+        entries = self._shared.get(tenant.id)
+        if entries is None:
+            medications = [(code, display) for code, display, _ in _MEDICATIONS]
+            ms = to_ms(ANCHOR - timedelta(days=400))
+            entries = {
+                key: make_entry(key[0], key[1], 1, ms, body)
+                for key, body in catalog(medications).items()
+            }
+            self._shared[tenant.id] = entries
+        return entries.get((resource_type, rid))
 
     def owner(self, tenant: TenantConfig, resource_type: str, rid: str) -> str | None:
         """The patient owning a resource id (generating the type for every patient if needed)."""

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from .config import COMPARTMENT_TYPES, SERVED_TYPES, TenantConfig, TenantPolicy, Vendor
 from .profiles import ROUTE_TEMPLATES
+from .referenced import REFERENCED_TYPES
 from .scope_policy import KNOWN_SCOPES
 from .state import SandboxState
 
@@ -129,7 +130,7 @@ def capabilities(policy: TenantPolicy) -> list[str]:
 def scopes_supported(policy: TenantPolicy) -> list[str]:
     """Scopes a tenant advertises: launch, identity, refresh and patient resource scopes."""
     scopes = sorted(KNOWN_SCOPES)
-    types = [*SERVED_TYPES[:1], *COMPARTMENT_TYPES, *SERVED_TYPES[-1:]]
+    types = [*SERVED_TYPES[:1], *COMPARTMENT_TYPES, *REFERENCED_TYPES, *SERVED_TYPES[-1:]]
     if policy.wildcards_supported:
         types.insert(0, "*")
     for resource_type in types:
@@ -192,6 +193,8 @@ def _resource(resource_type: str, policy: TenantPolicy) -> dict[str, Any]:
     params = list(SEARCH_PARAMS.get(resource_type, ()))
     if params and resource_type in policy.last_updated_types:
         params.append("_lastUpdated")
+    if resource_type in REFERENCED_TYPES and resource_type in policy.id_search_types:
+        params.append("_id")
     interactions = [{"code": "read"}]
     if params:
         interactions.append({"code": "search-type"})

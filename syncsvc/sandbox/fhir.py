@@ -1,4 +1,5 @@
-"""The sandbox's FHIR R4 resource server: Patient and patient-compartment search and read, Binary.
+"""The sandbox's FHIR R4 resource server: Patient and patient-compartment search and read, Binary,
+and the tenant's shared resources (Practitioner, Location ...) by read and ``_id`` search.
 
 Each vendor profile serves the same handlers under its own FHIR base shape. Searches follow the
 tenant's policy (``_count`` defaults and maxima, where ``_lastUpdated`` is accepted, required
@@ -33,11 +34,14 @@ from .documents import binary_response
 from .enforce import Access, authorize, foreign_patient, unknown_tenant
 from .outcomes import operation_outcome
 from .profiles import ROUTE_TEMPLATES
+from .referenced import REFERENCED_TYPES
 from .scopes import Operation
 from .state import SandboxState
 
 DATA_KEY = web.AppKey("sandbox_data", DataStore)
-SEARCHABLE_TYPES: tuple[str, ...] = ("Patient", *COMPARTMENT_TYPES)
+SEARCHABLE_TYPES: tuple[str, ...] = ("Patient", *COMPARTMENT_TYPES, *REFERENCED_TYPES)
+#: Ids one ``_id`` search of a shared type may list.
+MAX_IDS_PER_SEARCH = 100
 #: Page contexts kept at most; the oldest are dropped first (clients then restart the search).
 PAGE_CONTEXT_LIMIT = 10_000
 #: Stands in for "another patient" when a tenant has only one configured patient.
@@ -146,6 +150,8 @@ class FhirServer:
             return admitted
         tenant, access = admitted
         resource_type = request.match_info["type"]
+        if resource_type in REFERENCED_TYPES:
+            return await self._search_shared(request, tenant, access, resource_type)
         try:
             if "pageContext" in request.query:
                 context = self._recall(request, tenant, resource_type, access)
@@ -157,6 +163,42 @@ class FhirServer:
         except RefusedError as refusal:
             return refusal.response
         body = self._page(request, tenant, context)
+        return await faults.send(
+            request, self.state, tenant, resource_type, body, patient_id=access.patient_id
+        )
+
+    async def _search_shared(
+        self, request: web.Request, tenant: TenantConfig, access: Access, resource_type: str
+    ) -> web.StreamResponse:
+        """``GET {base}/{type}?_id=a,b,c`` of a shared type: the ones the tenant holds, one page."""
+        if resource_type not in tenant.policy.id_search_types:
+            return operation_outcome(
+                400, "not-supported", f"{resource_type} cannot be searched here; read it by id"
+            )
+        unknown = set(request.query) - {"_id", "_count"}
+        raw = request.query.getall("_id", [])
+        if unknown or len(raw) != 1:
+            return operation_outcome(
+                400, "not-supported", f"{resource_type} searches take one _id parameter only"
+            )
+        ids = list(dict.fromkeys(i for i in raw[0].split(",") if i))
+        if not ids or len(ids) > MAX_IDS_PER_SEARCH:
+            return operation_outcome(400, "too-costly", f"_id lists 1 to {MAX_IDS_PER_SEARCH} ids")
+        found = [
+            entry
+            for entry in (self.store.shared(tenant, resource_type, rid) for rid in ids)
+            if entry is not None
+        ]
+        base = self.state.urls(tenant).fhir_base
+        raw_query = request.rel_url.raw_query_string
+        body = self._bundle(
+            base,
+            resource_type=resource_type,
+            page=found,
+            total=len(found),
+            self_url=f"{base}/{resource_type}?{raw_query}",
+            next_url=None,
+        )
         return await faults.send(
             request, self.state, tenant, resource_type, body, patient_id=access.patient_id
         )
@@ -303,6 +345,20 @@ class FhirServer:
         rid = request.match_info["id"]
         if resource_type == "Binary":
             return await self._read_binary(request, tenant, access, rid)
+        if resource_type in REFERENCED_TYPES:
+            # Shared by the tenant's patients: any token granted the type may read them.
+            shared = self.store.shared(tenant, resource_type, rid)
+            if shared is None:
+                return operation_outcome(404, "not-found", f"{resource_type}/{rid} was not found")
+            return await faults.send(
+                request,
+                self.state,
+                tenant,
+                resource_type,
+                shared.body,
+                headers={"ETag": f'W/"{shared.version}"'},
+                patient_id=access.patient_id,
+            )
         if access.patient_id is not None:
             bucket = self.store.bucket(tenant, access.patient_id, resource_type)
             if bucket is not None:

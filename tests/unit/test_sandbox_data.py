@@ -12,6 +12,7 @@ import pytest
 
 from syncsvc.sandbox.config import COMPARTMENT_TYPES, SandboxConfig, TenantConfig, default_config
 from syncsvc.sandbox.data import DEFAULT_SIZE_RANGE, Bucket, DataStore, category_tokens
+from syncsvc.sandbox.referenced import MISSING_PRACTITIONER, OUTSIDE_ORGANIZATION, REFERENCED_TYPES
 
 NANCY = "12724066"
 WILMA = "12742400"
@@ -134,9 +135,47 @@ def test_observations_carry_loinc_codes_ucum_units_and_categories() -> None:
     ],
 )
 def test_terminologies_per_type(resource_type: str, element: str, system: str) -> None:
-    resources = _resources(_bucket(_store(), resource_type))
+    store = _store()
+    resources = _resources(_bucket(store, resource_type))
 
-    assert {c[0] for r in resources for c in _codings(r[element])} == {system}
+    concepts = [r[element] if element in r else _referenced_code(store, r) for r in resources]
+    assert {c[0] for concept in concepts for c in _codings(concept)} == {system}
+
+
+def _referenced_code(store: DataStore, order: dict[str, Any]) -> dict[str, Any]:
+    """The code of the Medication resource a MedicationRequest names instead of coding inline."""
+    kind, _, rid = order["medicationReference"]["reference"].partition("/")
+    entry = store.shared(_tenant(store), kind, rid)
+    assert entry is not None
+    code: dict[str, Any] = orjson.loads(entry.body)["code"]
+    return code
+
+
+def test_records_reference_shared_resources_some_missing_and_one_outside() -> None:
+    store = _store()
+    tenant = _tenant(store)
+    references = [
+        value
+        for resource_type in ("Encounter", "MedicationRequest", "Immunization", "Procedure")
+        for body in (e.body for e in _bucket(store, resource_type).entries)
+        for value in _references(orjson.loads(body))
+    ]
+    shared = [r for r in references if r.split("/")[0] in REFERENCED_TYPES]
+    held = [r for r in shared if store.shared(tenant, *r.split("/", 1)) is not None]
+
+    assert {r.split("/")[0] for r in held} == set(REFERENCED_TYPES)
+    assert len(set(held)) < len(held)  # resources share them
+    assert set(shared) - set(held) == {f"Practitioner/{MISSING_PRACTITIONER}"}
+    assert OUTSIDE_ORGANIZATION in references
+
+
+def _references(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        found = [value["reference"]] if isinstance(value.get("reference"), str) else []
+        return found + [r for item in value.values() for r in _references(item)]
+    if isinstance(value, list):
+        return [r for item in value for r in _references(item)]
+    return []
 
 
 def test_care_plan_categories_follow_the_vendor() -> None:
