@@ -128,7 +128,11 @@ async def current_revision(url: str) -> str | None:
 
 #: Search index objects made by hand in the migration, one kind per database (see
 #: :mod:`syncsvc.db.models.directory`): autogenerate must not offer to drop them.
-HAND_MADE = ("tenant_search_fts", "ix_tenant_search_document_fts")
+HAND_MADE = (
+    "tenant_search_fts",
+    "ix_tenant_search_document_fts",
+    "ix_tenant_search_name_prefix",
+)
 
 
 def include_name(name: str | None, type_: str, _parents: Any) -> bool:

@@ -4,8 +4,10 @@ Terms and queries are folded alike (accents dropped, lower case, words of letter
 "Abbév" finds "Abbeville". Every word typed must match the start of a word of the tenant's name,
 aliases or place; results come by relevance, name over aliases over place: SQLite ranks with
 FTS5's bm25 (weighted by column), PostgreSQL finds with its full-text index and orders by where
-the first word matched, then the shorter name (see the provider search migration). Delisted
-tenants are not found: their terms are emptied.
+the first word matched, then the shorter name (see the provider search migration). A query
+of only one- or two-letter words would match most of a directory as prefixes; it matches the start
+of the name instead, alphabetically, from an ordered index (so its cost is a page, not the
+directory). Delisted tenants are not found: their terms are emptied.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from dataclasses import dataclass
 from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db.models.connections import Tenant
+from syncsvc.db.models.connections import Connection, Credential, Tenant
 from syncsvc.db.models.directory import TenantSearch
 
 #: At most this many words of a query are used (a pasted paragraph is not a search).
 MAX_QUERY_WORDS = 8
+#: A query whose words are all shorter than this is a name prefix (see the module docstring).
+MIN_WORD_LENGTH = 3
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -110,6 +114,36 @@ async def delist_others(
     return len(gone)
 
 
+def is_short(words: list[str]) -> bool:
+    """Whether folded ``words`` make a name-prefix query (every word under three letters)."""
+    return bool(words) and all(len(word) < MIN_WORD_LENGTH for word in words)
+
+
+def _successor(prefix: str) -> str:
+    """The least string after every string starting with ``prefix`` (folded terms are ASCII)."""
+    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+#: Index rows a short query of several words reads at most before filtering by its other words.
+PREFIX_SCAN = 1_000
+_SQLITE_PREFIX = "s.name_terms"
+_POSTGRES_PREFIX = 'substr(s.name_terms, 1, 64) COLLATE "C"'
+#: Names starting with ``:low``, alphabetically: one range of the prefix index, read in its
+#: order (no sort) and cut to the page; a query's further words are word prefixes later in the
+#: name (``:pattern``), looked for in the range's first rows only. The key is the migration's
+#: indexed expression.
+_NAME_PREFIX = {
+    sqlite: text(
+        "SELECT tenant_id FROM ("  # noqa: S608 - constant
+        f"SELECT s.tenant_id, s.name_terms, s.id, {key} AS name_key FROM tenant_search s "
+        f"WHERE {key} >= :low AND {key} < :high ORDER BY {key}, s.id LIMIT :scan"
+        ") AS r WHERE r.name_terms LIKE :pattern ORDER BY r.name_key, r.id "
+        "LIMIT :limit OFFSET :offset"
+    )
+    for sqlite, key in ((True, _SQLITE_PREFIX), (False, _POSTGRES_PREFIX))
+}
+
+
 @dataclass(frozen=True)
 class SearchPage:
     """One page of tenants found, best first, and whether another page follows."""
@@ -137,7 +171,15 @@ async def search_tenants(
     if not words or page < 1:
         return SearchPage((), has_more=False)
     params: dict[str, object] = {"limit": per_page + 1, "offset": (page - 1) * per_page}
-    if session.get_bind().dialect.name == "sqlite":
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    if is_short(words):
+        # One word reads the page's rows of the range; more words at most PREFIX_SCAN of them.
+        statement = _NAME_PREFIX[sqlite]
+        params["low"] = words[0]
+        params["high"] = _successor(words[0])
+        params["pattern"] = "% ".join(words) + "%"
+        params["scan"] = (page * per_page + 1) if len(words) == 1 else PREFIX_SCAN
+    elif sqlite:
         # Ranked and cut to the page inside the FTS table, joined only for the page's rows:
         # a city or a short prefix matches thousands.
         statement = text(
@@ -168,3 +210,34 @@ async def search_tenants(
     ids = ids[:per_page]
     found = {t.id: t for t in await session.scalars(select(Tenant).where(Tenant.id.in_(ids)))}
     return SearchPage(tuple(found[i] for i in ids if i in found), has_more=has_more)
+
+
+@dataclass(frozen=True)
+class OwnProvider:
+    """A tenant the patient has connected, with what the headline of its state needs."""
+
+    tenant: Tenant
+    connection: Connection
+    has_refresh_token: bool
+    access_expires_at: dt.datetime | None
+
+
+async def providers_of(session: AsyncSession, user_id: str) -> list[OwnProvider]:
+    """The tenants ``user_id`` has connected, each with its newest connection: one query."""
+    rows = await session.execute(
+        select(
+            Connection,
+            Tenant,
+            Credential.refresh_token_enc.is_not(None),
+            Credential.access_expires_at,
+        )
+        .join(Tenant, Tenant.id == Connection.tenant_id)
+        .outerjoin(Credential, Credential.connection_id == Connection.id)
+        .where(Connection.user_id == user_id)
+        .order_by(Connection.created_at.desc(), Connection.id.desc())
+    )
+    found: dict[str, OwnProvider] = {}
+    for connection, tenant, has_refresh, expires in rows:
+        if tenant.id not in found:
+            found[tenant.id] = OwnProvider(tenant, connection, bool(has_refresh), expires)
+    return list(found.values())

@@ -236,6 +236,13 @@ def _headline(facts: GrantFacts) -> tuple[str, str, str]:
     return _FIXED.get(status, _FIXED["error"])
 
 
+def headline(facts: GrantFacts) -> tuple[str, str]:
+    """The title and tone :func:`explain` gives: from the status, its reason, the readable types
+    and the refresh token alone, so a list of connections needs no per-type rows."""
+    title, tone, _summary = _headline(facts)
+    return title, tone
+
+
 #: Page headings by title; a title not listed is its own heading.
 _HEADINGS = {
     "Connected": "Your record is connected",

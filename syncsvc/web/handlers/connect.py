@@ -10,7 +10,6 @@ that says what happened and what to do, never a stack trace.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp_jinja2
@@ -20,8 +19,12 @@ from syncsvc.connect.grant import LaunchOutcome
 from syncsvc.connect.launch import complete_launch, start_launch
 from syncsvc.connect.links import peek_connect_link, use_connect_link
 from syncsvc.db import repo
-from syncsvc.db.models.connections import Tenant
-from syncsvc.directory.picker import MAX_QUERY_LENGTH, find_providers
+from syncsvc.directory.picker import (
+    MAX_QUERY_LENGTH,
+    connected_providers,
+    find_providers,
+    is_name_prefix,
+)
 from syncsvc.errors import LaunchError
 from syncsvc.sync.grant_states import explain_connection
 from syncsvc.vocabulary import is_registration_error
@@ -81,31 +84,6 @@ def _error_page(
     return aiohttp_jinja2.render_template("launch_error.html", request, context, status=status)
 
 
-@dataclass(frozen=True)
-class ConnectedProvider:
-    """A provider the patient has connected before, with its state's short title."""
-
-    tenant: Tenant
-    title: str
-    tone: str
-
-
-async def _connected_providers(request: web.Request, user_id: str) -> list[ConnectedProvider]:
-    """The patient's providers, newest connection first, one line per provider."""
-    found: dict[str, ConnectedProvider] = {}
-    async with request.app[SERVICES].sessionmaker() as session:
-        connections = await repo.list_connections(session, user_id=user_id)
-        for connection in reversed(connections):
-            if connection.tenant_id in found:
-                continue
-            tenant = await repo.get_tenant(session, connection.tenant_id)
-            if tenant is None:
-                continue
-            explanation = await explain_connection(session, connection, tenant)
-            found[tenant.id] = ConnectedProvider(tenant, explanation.title, explanation.tone)
-    return list(found.values())
-
-
 def _page_number(request: web.Request) -> int:
     try:
         page = int(request.query.get("page", "1"))
@@ -122,7 +100,9 @@ async def _picker_context(
     No page lists every tenant: without a query only the search form (and the patient's own
     providers) is shown, so the page stays small whatever the directory's size.
     """
-    connected = await _connected_providers(request, user_id) if user_id else []
+    connected = (
+        await connected_providers(request.app[SERVICES].sessionmaker, user_id) if user_id else []
+    )
     if tenant_name is not None:
         async with request.app[SERVICES].sessionmaker() as session:
             tenant = await repo.get_tenant_by_name(session, tenant_name)
@@ -136,6 +116,7 @@ async def _picker_context(
     return {
         "search": True,
         "query": query,
+        "name_prefix": is_name_prefix(query),
         "page": page,
         "has_more": results.has_more and page < MAX_PAGE,
         "tenants": list(results.tenants),

@@ -62,6 +62,7 @@ async def test_the_bench_runs_every_scenario_at_tiny_sizes(
         ("scheduler", "worker RSS, 1,000 conns"),
         ("search", "50 tenants"),
         ("search", "200 tenants"),
+        ("search", "200 tenants, short"),
     } <= names
     (searched,) = [r for r in payload["rows"] if r["name"] == "200 tenants"]
     assert searched["p95_ms"] >= searched["value"]["min"]
@@ -69,6 +70,9 @@ async def test_the_bench_runs_every_scenario_at_tiny_sizes(
     # to miss, and those this small directory has no match for, come back empty.
     assert "zzyzx" in searched["misses"]
     assert {"abbev", "lakeview gen", "70013", "pine bluff"}.isdisjoint(searched["misses"])
+    # One or two letters find the names that start with them.
+    (short,) = [r for r in payload["rows"] if r["name"] == "200 tenants, short"]
+    assert short["misses"] == []
     for peer in PEERS:
         if peer_available(peer):
             (row,) = [r for r in payload["rows"] if r["name"] == peer]
