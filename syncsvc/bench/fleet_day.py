@@ -25,7 +25,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -647,6 +647,10 @@ class FleetWorld:
     database: str
     db_file: Path | None
     say: Callable[[str], None]
+    #: Runs just before the day, and after the day (and the catch-up) on the fleet it left,
+    #: before the clocks go back.
+    before_day: Callable[[SimulatedDay], Awaitable[None]] | None = None
+    after_day: Callable[[SimulatedDay], Awaitable[None]] | None = None
 
 
 async def connect_fleet(
@@ -750,12 +754,16 @@ async def measure(
         say=world_.say,
     )
     try:
+        if world_.before_day is not None:
+            await world_.before_day(day)
         report = await day.run() if options.day else WorkReport()
         if options.catch_up:
             if not options.day:
                 # The fleet in its steady state, as a day would leave it, before the outage.
                 await day.schedule(day.now())
             figures.catch_up = await catch_up(day)
+        if world_.after_day is not None:
+            await world_.after_day(day)
     finally:
         # Both clocks back to the wall clock for whatever runs next.
         await day.advance(-day.offset)

@@ -6,7 +6,7 @@ import os
 import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from syncsvc.bench.fleet_day import FleetFigures
 from syncsvc.bench.measure import Sample, Spread
@@ -52,6 +52,16 @@ class Row:
         return payload
 
 
+class Section(Protocol):
+    """Figures of an opt-in scenario that are not rows: printed after the table, keyed in JSON."""
+
+    def lines(self) -> list[str]:
+        """The figures for a terminal."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The figures as JSON."""
+
+
 @dataclass
 class Target:
     """One of the issue's targets and whether this run met it."""
@@ -83,6 +93,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     #: The fleet scenario's simulated day, when it ran.
     fleet: FleetFigures | None = None
+    #: Other opt-in scenarios' figures by their JSON key, in the order they ran.
+    sections: dict[str, Section] = field(default_factory=dict)
 
     def row(self, scenario: str, name: str) -> Row | None:
         """The row of ``scenario`` named ``name``, if measured."""
@@ -98,20 +110,24 @@ class Report:
 
     def to_json(self) -> dict[str, Any]:
         """The report as JSON."""
-        return {
-            "database": self.database,
-            "machine": self.machine(),
-            "sizes": {
-                "patients": self.patients,
-                "resources": self.resources,
-                "rounds": self.rounds,
-            },
-            "decode_workers": self.decode_workers,
-            "write_lanes": self.write_lanes,
-            "rows": [row.to_json() for row in self.rows],
-            "targets": [target.to_json() for target in self.targets],
-            "notes": self.notes,
-        } | ({"fleet": self.fleet.to_json()} if self.fleet is not None else {})
+        return (
+            {
+                "database": self.database,
+                "machine": self.machine(),
+                "sizes": {
+                    "patients": self.patients,
+                    "resources": self.resources,
+                    "rounds": self.rounds,
+                },
+                "decode_workers": self.decode_workers,
+                "write_lanes": self.write_lanes,
+                "rows": [row.to_json() for row in self.rows],
+                "targets": [target.to_json() for target in self.targets],
+                "notes": self.notes,
+            }
+            | ({"fleet": self.fleet.to_json()} if self.fleet is not None else {})
+            | {key: section.to_json() for key, section in self.sections.items()}
+        )
 
     def table(self) -> str:
         """A plain-text table for a terminal."""
@@ -144,6 +160,8 @@ class Report:
                 lines.append(f"  {mark} {target.name}: {target.detail}")
         if self.fleet is not None:
             lines.extend(self.fleet.lines())
+        for section in self.sections.values():
+            lines.extend(section.lines())
         lines.extend(f"note: {note}" for note in self.notes)
         return "\n".join(lines)
 

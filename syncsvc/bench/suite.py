@@ -15,11 +15,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from syncsvc.bench import fleet_day, fleet_ops, ingest, search, world
+from syncsvc.bench import (
+    claim_scale,
+    fleet_compare,
+    fleet_day,
+    fleet_ops,
+    ingest,
+    search,
+    world,
+)
 from syncsvc.bench.ingest import Fleet
 from syncsvc.bench.measure import Sample, Spread, rss_mib
 from syncsvc.bench.peers import PEERS, peer_available, run_peer
-from syncsvc.bench.report import Report, Row, judge
+from syncsvc.bench.report import Report, Row, Target, judge
 from syncsvc.bench.sandbox_process import sandbox_process
 from syncsvc.db.engine import normalise_url
 from syncsvc.db.migrate import upgrade_to_head
@@ -34,7 +42,7 @@ SCENARIOS = (
 )  # fmt: skip
 QUICK_SCENARIOS = ("ingest", "resync", "peers", "wide", "scheduler", "refresh", "search")
 #: Run only when asked for by name: the whole suite's printout stays as it was.
-OPT_IN_SCENARIOS = ("fleet", "catchup")
+OPT_IN_SCENARIOS = ("fleet", "catchup", "claim")
 
 
 @dataclass
@@ -59,6 +67,13 @@ class Options:
     write_lanes: int | None = None
     scenarios: tuple[str, ...] = QUICK_SCENARIOS
     fleet: fleet_day.FleetOptions = field(default_factory=fleet_day.FleetOptions)
+    claim: claim_scale.ClaimOptions = field(default_factory=claim_scale.ClaimOptions)
+    #: After the fleet's day: the same incremental work by syncsvc and by the peers, worker
+    #: processes on one PostgreSQL and the day's database writes (none unless asked for; the
+    #: command asks for all three).
+    fleet_compare: fleet_compare.CompareOptions = field(
+        default_factory=lambda: fleet_compare.CompareOptions(sample=0, workers=(), writes=False)
+    )
     work_dir: Path | None = None
     #: Raise the collector's thresholds after start-up, as ``worker`` should (see README).
     tune_gc: bool = True
@@ -212,6 +227,8 @@ class Bench:
             await self.scheduler()
         if "search" in chosen:
             await self.provider_search()
+        if "claim" in chosen:
+            await self.claim_at_scale()
         self.report.targets.extend(judge(self.report))
 
     async def fleet_day(self) -> None:
@@ -233,7 +250,21 @@ class Bench:
         options = dataclasses.replace(
             self.options.fleet, day="fleet" in chosen, catch_up="catchup" in chosen
         )
+        compare = None
+        if options.day and self.options.fleet_compare.wanted:
+            compare = fleet_compare.AfterDay(
+                options=self.options.fleet_compare,
+                config=self.config,
+                settings=self.settings,
+                work=self.work,
+                latency_ms=options.latency_ms,
+                say=self.say,
+            )
+            place.before_day = compare.before
+            place.after_day = compare
         self.report.fleet = await fleet_day.measure(place, options, self.created, self.tenant_ids)
+        if compare is not None:
+            self.report.sections["fleet_comparison"] = compare.figures
 
     async def fleet(self, patients: list[str], label: str) -> Fleet:
         """Connect ``patients`` afresh (nothing stored yet); not due until a round says so."""
@@ -510,6 +541,21 @@ class Bench:
         finally:
             if self.options.db_url is not None:  # a file of its own just goes
                 await search.drop(self.sessionmaker, loaded)
+
+    async def claim_at_scale(self) -> None:
+        """The claim among millions of connections (see :mod:`syncsvc.bench.claim_scale`)."""
+        if self.report.database != "postgresql":
+            self.report.notes.append(
+                "the claim at scale runs on PostgreSQL only (--db postgresql://...)"
+            )
+            return
+        figures = await claim_scale.measure(
+            self.settings.database_url, self.options.claim, self.say
+        )
+        self.report.sections["claim"] = figures
+        verdict = figures.target()
+        if verdict is not None:
+            self.report.targets.append(Target("claim at 10,000,000 < 25 ms (p50)", *verdict))
 
     async def clean_up(self) -> None:
         """Remove what the run created from a database it was given (its own file just goes)."""

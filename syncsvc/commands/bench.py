@@ -49,6 +49,8 @@ def _not_negative(value: str) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from syncsvc.bench.claim_scale import ClaimOptions
+    from syncsvc.bench.fleet_compare import CompareOptions
     from syncsvc.bench.fleet_day import FleetOptions
     from syncsvc.bench.suite import OPT_IN_SCENARIOS, QUICK_SCENARIOS, SCENARIOS, Options, run
     from syncsvc.logging import configure_logging
@@ -80,6 +82,8 @@ def _bench(args: argparse.Namespace) -> int:
             step_seconds=args.step_seconds,
             concurrency=args.fleet_concurrency,
         ),
+        claim=ClaimOptions(sizes=args.claim_rows, churn=args.claim_churn),
+        fleet_compare=CompareOptions(sample=args.fleet_peer_sample, workers=args.fleet_workers),
         say=(lambda line: print(line, file=sys.stderr, flush=True))
         if not args.json
         else (lambda _: None),
@@ -88,6 +92,10 @@ def _bench(args: argparse.Namespace) -> int:
         options.resources = min(options.resources, 500)
         options.rounds = min(options.rounds, 3)
         options.scheduler_sizes = tuple(min(size, 10_000) for size in options.scheduler_sizes)
+        options.claim = ClaimOptions(
+            sizes=tuple(sorted({min(size, 100_000) for size in args.claim_rows})),
+            churn=min(args.claim_churn, 100_000),
+        )
     configure_logging(log_format="console", log_level="WARNING")
     with failing_as("bench"):
         report = asyncio.run(run(options))
@@ -159,8 +167,9 @@ def add_to(commands: Commands) -> None:
         action="append",
         metavar="NAME",
         help="run only this scenario (repeatable): ingest, resync, peers, wide, big, "
-        "scheduler, refresh, scaleout, search; and fleet (a simulated day) and catchup (the "
-        "fleet due at once after an outage, under the tenant limits), which run only when named",
+        "scheduler, refresh, scaleout, search; and fleet (a simulated day), catchup (the "
+        "fleet due at once after an outage, under the tenant limits) and claim (PostgreSQL: "
+        "the claim among millions of connections), which run only when named",
     )
     fleet = bench.add_argument_group("fleet scenario (a simulated day of incremental syncs)")
     fleet.add_argument("--fleet-size", type=_positive, default=10_000, help="connections (10000)")
@@ -184,6 +193,41 @@ def add_to(commands: Commands) -> None:
         type=_positive,
         default=100,
         help="connections worked at once while measured, the sync_concurrency setting (100)",
+    )
+    fleet.add_argument(
+        "--fleet-peer-sample",
+        type=_not_negative,
+        default=100,
+        metavar="N",
+        help="after the day: connections brought current once by syncsvc, a fhirclient loop "
+        "and a fhirpy loop, side by side (100; 0: none)",
+    )
+    fleet.add_argument(
+        "--fleet-workers",
+        type=_sizes,
+        default=(1, 2, 4),
+        metavar="N[,N]",
+        help="after the day, on PostgreSQL: worker processes working the whole fleet due (1,2,4)",
+    )
+    claim = bench.add_argument_group(
+        "claim scenario (PostgreSQL: the lease claim among millions of connections, in a "
+        "database of its own created beside --db and dropped after)"
+    )
+    claim.add_argument(
+        "--claim-rows",
+        type=_sizes,
+        default=(1_000_000, 10_000_000),
+        metavar="N[,N]",
+        help="connections the claim is timed among, loaded one size after the other "
+        "(1000000,10000000)",
+    )
+    claim.add_argument(
+        "--claim-churn",
+        type=_not_negative,
+        default=1_000_000,
+        metavar="N",
+        help="connections claimed and written back at the largest size before the bloat is "
+        "read (1000000; 0: none)",
     )
     bench.add_argument(
         "--strict", action="store_true", help="exit 1 when a target is missed on this machine"
