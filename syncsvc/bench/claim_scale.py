@@ -730,7 +730,8 @@ async def _churn(
         churned.autovacuums = after[2] - before[2]
         figures.churn = churned
         figures.after_churn = await sizes(connection, dead_space=True)
-    claim_at = clock + dt.timedelta(seconds=INTERVAL_SECONDS * options.batch / rows)
+    # About two batches due again, as before the churn.
+    claim_at = clock + dt.timedelta(seconds=INTERVAL_SECONDS * 2 * options.batch / rows)
     figures.claims_after_churn = await _timed(url, claim_at, options, "claims after the churn")
     async with autocommit(admin) as connection:
         started = time.perf_counter()
