@@ -234,6 +234,9 @@ class Settings:
     #: Connect links issued per API key: this many at once, refilled per minute.
     link_burst: int = 100
     links_per_minute: int = 600
+    #: The picker's type-ahead searches per connect link or session: at once, per minute.
+    picker_search_burst: int = 30
+    picker_searches_per_minute: int = 120
     launch_ttl_seconds: int = 600
     connect_link_ttl_seconds: int = 86_400
     #: Where webhooks are POSTed (https, or http on loopback); None sends none.
@@ -275,6 +278,8 @@ class Settings:
             "connect_starts_per_hour",
             "link_burst",
             "links_per_minute",
+            "picker_search_burst",
+            "picker_searches_per_minute",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer")
@@ -384,6 +389,8 @@ _INT_FIELDS = {
     "connect_starts_per_hour",
     "link_burst",
     "links_per_minute",
+    "picker_search_burst",
+    "picker_searches_per_minute",
 }
 
 

@@ -227,6 +227,7 @@ def endpoint_references(org: dict[str, Any]) -> list[Any]:
 class Portal:
     url: str | None
     endpoints: tuple[str, ...]
+    name: str | None = None
 
 
 def portals_of(org: dict[str, Any]) -> list[Portal]:
@@ -235,16 +236,19 @@ def portals_of(org: dict[str, Any]) -> list[Portal]:
         url = text_of(ext.get("url")) or ""
         if url.endswith("/organization-portal"):
             link = None
+            name = None
             endpoints = []
             for part in extensions_of(ext):
-                if part.get("url") == "portalUrl":
+                if part.get("url") == "portalName":
+                    name = short_text(part.get("valueString")) or name
+                elif part.get("url") == "portalUrl":
                     # SMART's own example carries portal strings as valueUrl, so accept either.
                     link = text_of(part.get("valueUrl")) or text_of(part.get("valueString")) or link
                 elif part.get("url") == "portalEndpoint":
                     target = text_of(object_of(part.get("valueReference")).get("reference"))
                     if target:
                         endpoints.append(target)
-            portals.append(Portal(web_url(link), tuple(endpoints)))
+            portals.append(Portal(web_url(link), tuple(endpoints), name))
         elif url.endswith(LEGACY_PORTAL_URL_SUFFIXES):
             portals.append(Portal(web_url(text_of(ext.get("valueUrl"))), ()))
     return portals
@@ -261,6 +265,16 @@ def portal_for(org: dict[str, Any], endpoint: Entry, index: Index) -> str | None
             if target is not None and target.key == endpoint.key:
                 return portal.url
     return first
+
+
+def portal_name_for(org: dict[str, Any], endpoint: Entry, index: Index) -> str | None:
+    """The name of the brand's portal that serves ``endpoint``, else its first portal name."""
+    for portal in portals_of(org):
+        for ref in portal.endpoints:
+            target = index.resolve({"reference": ref}, "Endpoint")
+            if portal.name and target is not None and target.key == endpoint.key:
+                return portal.name
+    return portal_name_of(org)
 
 
 def has_brand_details(org: dict[str, Any]) -> bool:

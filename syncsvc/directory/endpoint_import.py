@@ -52,7 +52,7 @@ from syncsvc.directory.bundle_index import (
     object_of,
     on_domain,
     portal_for,
-    portal_name_of,
+    portal_name_for,
     short_text,
     text_of,
     unique_entries,
@@ -316,8 +316,13 @@ class _Importer:
             portal_url=self._portal_url(brand, endpoint),
             address=brand.address,
             brand_name=short_text(parent.resource.get("name")) if parent is not None else None,
-            portal_name=portal_name_of(brand.organization)
-            or (portal_name_of(parent.resource) if parent is not None else None),
+            # A brand with several portals: the one that serves this endpoint names it.
+            portal_name=portal_name_for(brand.organization, endpoint, self.index)
+            or (
+                portal_name_for(parent.resource, endpoint, self.index)
+                if parent is not None
+                else None
+            ),
         )
         pending.add_aliases(names)
         self.by_base[base] = pending

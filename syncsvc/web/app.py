@@ -102,6 +102,9 @@ def create_app(services: Services) -> web.Application:
             settings.connect_starts_per_hour / 3600, settings.connect_start_burst
         ),
         link_creation=KeyedRateLimiter(settings.links_per_minute / 60, settings.link_burst),
+        picker_search=KeyedRateLimiter(
+            settings.picker_searches_per_minute / 60, settings.picker_search_burst
+        ),
     )
     aiohttp_jinja2.setup(
         app,

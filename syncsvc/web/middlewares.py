@@ -18,14 +18,19 @@ from .problem import problem_from_error, problem_response
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 log = structlog.get_logger("syncsvc.web")
 
+#: Every page's policy: no script at all.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"
+)
+#: The connect page's: the same, and its type-ahead (a script file of this origin, never an
+#: inline one, that may fetch from this origin only).
+SCRIPT_PAGE_POLICY = f"{CONTENT_SECURITY_POLICY}; script-src 'self'; connect-src 'self'"
 _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-        "form-action 'self' http: https:; frame-ancestors 'none'; base-uri 'none'"
-    ),
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
 }
 
 

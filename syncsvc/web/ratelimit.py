@@ -1,9 +1,10 @@
-"""Per-key request rates of this process: a token bucket per session or API key.
+"""Per-key request rates of this process: a token bucket per session, link or API key.
 
 Starting a launch writes a launch attempt and sends the browser to an EHR; issuing a link writes
-a row. Neither may be repeated without limit by one patient session or one host application, so
-each has a bucket of ``burst`` requests that refills at ``per_hour`` (or ``per_minute``) a key.
-A refused request learns when its next one would be allowed (``Retry-After``).
+a row; a type-ahead search queries the directory. None may be repeated without limit by one
+patient session, connect link or host application, so each has a bucket of ``burst`` requests
+that refills at ``per_hour`` (or ``per_minute``) a key. A refused request learns when its next
+one would be allowed (``Retry-After``).
 
 Buckets live in one process: N ``serve`` processes behind a balancer together allow N times
 the rate. Idle buckets are forgotten once there are many, so the limiter's own memory is bounded.
@@ -80,3 +81,5 @@ class RateLimits:
     connect_start: KeyedRateLimiter
     #: ``POST /api/v1/connect-links`` per API key.
     link_creation: KeyedRateLimiter
+    #: ``GET /connect/search`` (the picker's type-ahead) per connect link or patient session.
+    picker_search: KeyedRateLimiter

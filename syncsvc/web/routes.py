@@ -5,12 +5,22 @@ from __future__ import annotations
 from aiohttp import web
 
 from syncsvc.web import openapi
-from syncsvc.web.handlers import api, connect, data_api, disconnect_api, jwks, operators, patient
+from syncsvc.web.handlers import (
+    api,
+    connect,
+    data_api,
+    disconnect_api,
+    jwks,
+    operators,
+    patient,
+    picker_api,
+)
 
 
 def setup_routes(app: web.Application) -> None:
     """Register the patient pages, the host-app API and the well-known endpoints."""
     connect.setup_routes(app)
+    picker_api.setup_routes(app)
     patient.setup_routes(app)
     api.setup_routes(app)
     data_api.setup_routes(app)

@@ -19,12 +19,9 @@ from syncsvc.connect.grant import LaunchOutcome
 from syncsvc.connect.launch import complete_launch, start_launch
 from syncsvc.connect.links import peek_connect_link, use_connect_link
 from syncsvc.db import repo
-from syncsvc.directory.picker import (
-    MAX_QUERY_LENGTH,
-    connected_providers,
-    find_providers,
-    is_name_prefix,
-)
+from syncsvc.db.search_repo import SearchPage
+from syncsvc.directory.picker import connected_providers
+from syncsvc.directory.picker_results import group_page, picker_results
 from syncsvc.errors import LaunchError
 from syncsvc.sync.grant_states import explain_connection
 from syncsvc.vocabulary import is_registration_error
@@ -40,12 +37,12 @@ from syncsvc.web.cookies import (
     set_browser_binding,
     start_session,
 )
+from syncsvc.web.handlers.picker_api import PICKER_SCRIPT
 from syncsvc.web.keys import RATE_LIMITS, SERVICES, SIGNER
+from syncsvc.web.middlewares import SCRIPT_PAGE_POLICY
+from syncsvc.web.picker_view import TYPEAHEAD_MIN_LENGTH, search_view, statuses
 
 MAX_FORM_BYTES = 16 * 1024
-#: Paging stops here: a patient who has not found their provider after this many pages should
-#: type more, and a deep OFFSET costs the database.
-MAX_PAGE = 50
 #: Headings by the kind of failure, so the page's first line already says what happened.
 _HEADINGS = {
     "access_denied": "You chose not to share your record",
@@ -84,14 +81,6 @@ def _error_page(
     return aiohttp_jinja2.render_template("launch_error.html", request, context, status=status)
 
 
-def _page_number(request: web.Request) -> int:
-    try:
-        page = int(request.query.get("page", "1"))
-    except ValueError:
-        return 1
-    return min(max(page, 1), MAX_PAGE)
-
-
 async def _picker_context(
     request: web.Request, user_id: str | None, tenant_name: str | None
 ) -> dict[str, Any]:
@@ -100,28 +89,25 @@ async def _picker_context(
     No page lists every tenant: without a query only the search form (and the patient's own
     providers) is shown, so the page stays small whatever the directory's size.
     """
-    connected = (
-        await connected_providers(request.app[SERVICES].sessionmaker, user_id) if user_id else []
-    )
+    sessionmaker = request.app[SERVICES].sessionmaker
+    connected = await connected_providers(sessionmaker, user_id) if user_id else []
     if tenant_name is not None:
-        async with request.app[SERVICES].sessionmaker() as session:
+        async with sessionmaker() as session:
             tenant = await repo.get_tenant_by_name(session, tenant_name)
         # A link for one provider offers that provider only, never the patient's others.
         own = [item for item in connected if item.tenant.name == tenant_name]
-        return {"tenants": [tenant] if tenant else [], "search": False, "connected": own}
-    query = request.query.get("q", "").strip()[:MAX_QUERY_LENGTH]
-    page = _page_number(request)
-    results = await find_providers(request.app[SERVICES].sessionmaker, query, page=page)
-    status_of = {item.tenant.id: item for item in connected}
+        found = SearchPage((tenant,) if tenant else (), has_more=False)
+        return {
+            "search": False,
+            "own": group_page([item.tenant for item in own], statuses(own)),
+            "results": picker_results(found, query="", page=1, name_prefix=False, has_more=False),
+        }
     return {
         "search": True,
-        "query": query,
-        "name_prefix": is_name_prefix(query),
-        "page": page,
-        "has_more": results.has_more and page < MAX_PAGE,
-        "tenants": list(results.tenants),
-        "status_of": status_of,
-        "connected": connected,
+        "own": group_page([item.tenant for item in connected], statuses(connected)),
+        "results": await search_view(request, connected),
+        "min_length": TYPEAHEAD_MIN_LENGTH,
+        "script_url": PICKER_SCRIPT.url,
     }
 
 
@@ -152,7 +138,10 @@ async def connect_page(request: web.Request) -> web.Response:
         tenant_name, user_id = patient.tenant, patient.user_id
     context = await _picker_context(request, user_id, tenant_name)
     context |= {"link": token or "", "start_url": "/connect/start"}
-    return render_with_form_token("connect.html", request, context)
+    response = render_with_form_token("connect.html", request, context)
+    if context["search"]:
+        response.headers["Content-Security-Policy"] = SCRIPT_PAGE_POLICY
+    return response
 
 
 async def _user_for_start(request: web.Request, token: object, tenant_name: str) -> PatientSession:
