@@ -23,9 +23,10 @@ from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.errors import LaunchError
 from syncsvc.sync import webhook_outbox
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.credentials import load_tokens, save_tokens
+from syncsvc.sync.credentials import load_tokens, refresh_expiry, save_tokens
 from syncsvc.sync.grant_states import readable_types, reconcile_type_states
 from syncsvc.sync.misbound import TENANT_MISMATCH, GrantToEnd, end_misbound, revoke_now
+from syncsvc.sync.refresh_schedule import RefreshSchedule, next_refresh_at
 from syncsvc.sync.revocation_attempt import ClaimedRevocation, attempt, queue_for_inline_attempt
 from syncsvc.sync.tenant_config import revocation_endpoint
 from syncsvc.vault import Vault
@@ -60,7 +61,6 @@ async def store_connection(
             "next_refresh_at": None,
         }
     elif mismatch is None:
-        margin = dt.timedelta(seconds=ctx.settings.refresh_margin_seconds)
         expires = dt.datetime.fromtimestamp(tokens.expires_at, dt.UTC)
         status = {
             "status": "active",
@@ -70,7 +70,16 @@ async def store_connection(
             "next_sync_at": now,
             # Without a refresh token the grant is looked at again when its access token
             # expires: it then needs the patient (offline_access_not_granted).
-            "next_refresh_at": max(now, expires - margin) if tokens.refresh_token else expires,
+            "next_refresh_at": next_refresh_at(
+                RefreshSchedule.from_settings(ctx.settings),
+                now=now,
+                access_expires_at=expires,
+                last_refresh_at=None,
+                next_sync_at=now,
+                connected_at=now,
+                has_refresh_token=tokens.refresh_token is not None,
+                refresh_expires_at=refresh_expiry(tokens, now),
+            ),
         }
     else:
         # Made misbound (tokens deleted, revocation queued) by end_misbound below.

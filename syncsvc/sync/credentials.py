@@ -63,7 +63,8 @@ def _open(vault: Vault, ciphertext: str | None, purpose: Purpose, row: str) -> s
     return None if ciphertext is None else vault.decrypt(ciphertext, purpose=purpose, row=row)
 
 
-def _refresh_expiry(response: TokenResponse, now: dt.datetime) -> dt.datetime | None:
+def refresh_expiry(response: TokenResponse, now: dt.datetime) -> dt.datetime | None:
+    """When the refresh token of ``response`` expires, if the EHR said (non-standard fields)."""
     for name in REFRESH_EXPIRY_FIELDS:
         value = response.extra.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
@@ -91,7 +92,7 @@ async def save_tokens(
     """
     if response.refresh_token is not None or replace:
         refresh_token: str | None = response.refresh_token
-        refresh_expires_at = _refresh_expiry(response, now)
+        refresh_expires_at = refresh_expiry(response, now)
     else:
         refresh_token = previous.refresh_token if previous else None
         refresh_expires_at = previous.refresh_expires_at if previous else None

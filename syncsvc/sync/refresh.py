@@ -123,8 +123,10 @@ class _Refresh:
             now=now,
             access_expires_at=tokens.access_expires_at,
             last_refresh_at=snapshot.connection.last_refresh_at,
+            next_sync_at=snapshot.connection.next_sync_at,
             connected_at=snapshot.connection.connected_at,
             has_refresh_token=tokens.refresh_token is not None,
+            refresh_expires_at=tokens.refresh_expires_at,
         )
 
     async def _without_offline_access(
@@ -263,8 +265,10 @@ class _Refresh:
             now=now,
             access_expires_at=stored.access_expires_at,
             last_refresh_at=now,
+            next_sync_at=connection.next_sync_at,
             connected_at=connection.connected_at,
             has_refresh_token=stored.refresh_token is not None,
+            refresh_expires_at=stored.refresh_expires_at,
         )
         connection.updated_at = now
         change = await rescope(
@@ -305,8 +309,10 @@ class _Refresh:
             now=now,
             access_expires_at=current.access_expires_at,
             last_refresh_at=connection.last_refresh_at,
+            next_sync_at=connection.next_sync_at,
             connected_at=connection.connected_at,
             has_refresh_token=current.refresh_token is not None,
+            refresh_expires_at=current.refresh_expires_at,
         )
         connection.updated_at = now
         return theirs(current)
@@ -337,6 +343,33 @@ class _Refresh:
             grant=grant,
             now=now,
         )
+
+
+async def reschedule_refresh(
+    session: AsyncSession, ctx: SyncContext, connection: Connection, *, now: dt.datetime
+) -> None:
+    """Move ``next_refresh_at`` after the connection's next sync moved (caller's transaction).
+
+    The refresh a sync needs falls due with that sync, so it follows ``next_sync_at``. A refresh
+    backing off after a failure keeps its retry time; an inactive connection has none.
+    """
+    if connection.status != "active":
+        return
+    if connection.backoff_until is not None and connection.backoff_until > now:
+        return
+    credentials = await repo.get_credentials(session, connection.id)
+    if credentials is None:
+        return
+    connection.next_refresh_at = next_refresh_at(
+        RefreshSchedule.from_settings(ctx.settings),
+        now=now,
+        access_expires_at=credentials.access_expires_at,
+        last_refresh_at=connection.last_refresh_at,
+        next_sync_at=connection.next_sync_at,
+        connected_at=connection.connected_at,
+        has_refresh_token=credentials.refresh_token_enc is not None,
+        refresh_expires_at=credentials.refresh_expires_at,
+    )
 
 
 async def refresh_connection(
@@ -370,4 +403,4 @@ async def refresh_connection(
     return result
 
 
-__all__ = ["RefreshResult", "refresh_connection"]
+__all__ = ["RefreshResult", "refresh_connection", "reschedule_refresh"]

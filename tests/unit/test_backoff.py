@@ -89,42 +89,69 @@ def test_schedule_comes_from_settings() -> None:
     )
 
 
+SYNC = NOW + dt.timedelta(hours=4)
+
+
 @pytest.mark.parametrize(
-    ("expires_in", "last_refresh", "connected", "has_refresh_token", "expected", "overdue"),
+    ("expires_in", "last_refresh", "connected", "next_sync", "has_refresh_token", "expected"),
     [
-        # A 570-second token is refreshed 120 seconds ahead of its expiry.
+        # A 570-second token is refreshed when the next sync needs it, not ahead of its expiry.
         pytest.param(
-            dt.timedelta(seconds=570), NOW, None, True, NOW + dt.timedelta(seconds=450), False,
-            id="refreshed-ahead-of-expiry",
+            dt.timedelta(seconds=570), NOW, None, SYNC, True, SYNC,
+            id="refreshed-for-the-next-sync",
         ),
-        # A short token is not refreshed more than once a minute ...
+        # A token that outlives the next sync by the margin is not refreshed for it ...
         pytest.param(
-            dt.timedelta(seconds=90), NOW, None, True, NOW + dt.timedelta(seconds=60), False,
+            dt.timedelta(hours=4, seconds=121), NOW, None, SYNC, True,
+            NOW + dt.timedelta(days=30),
+            id="outlives-the-next-sync",
+        ),
+        # ... one that does not is, at the sync.
+        pytest.param(
+            dt.timedelta(hours=4, seconds=120), NOW, None, SYNC, True, SYNC,
+            id="short-at-the-next-sync",
+        ),
+        # A sync overdue now with a short token: due now (the sync's moment, past).
+        pytest.param(
+            dt.timedelta(seconds=30), None, NOW - dt.timedelta(days=1), NOW - dt.timedelta(hours=1),
+            True, NOW - dt.timedelta(hours=1),
+            id="overdue-sync-short-token",
+        ),
+        # No sync scheduled: only the keepalive, whatever the access token's expiry.
+        pytest.param(
+            dt.timedelta(seconds=570), NOW, None, None, True, NOW + dt.timedelta(days=30),
+            id="no-sync-no-refresh-for-access",
+        ),
+        # A sync a few seconds ahead is not refreshed for more than once a minute ...
+        pytest.param(
+            dt.timedelta(seconds=90), NOW, None, NOW + dt.timedelta(seconds=10), True,
+            NOW + dt.timedelta(seconds=60),
             id="at-most-once-a-minute",
         ),
         # ... but the minimum interval applies only after a refresh.
         pytest.param(
-            dt.timedelta(seconds=30), None, NOW, True, NOW - dt.timedelta(seconds=90), True,
+            dt.timedelta(seconds=30), None, NOW, NOW - dt.timedelta(seconds=90), True,
+            NOW - dt.timedelta(seconds=90),
             id="no-minimum-before-the-first-refresh",
         ),
         # A long-lived token is still refreshed every keepalive period ...
         pytest.param(
-            dt.timedelta(days=365), NOW - dt.timedelta(days=3), None, True,
-            NOW - dt.timedelta(days=3) + dt.timedelta(days=30), False,
+            dt.timedelta(days=365), NOW - dt.timedelta(days=3), None, SYNC, True,
+            NOW - dt.timedelta(days=3) + dt.timedelta(days=30),
             id="keepalive-after-a-refresh",
         ),
         # ... counted from the launch before the first refresh.
         pytest.param(
-            dt.timedelta(days=365), None, NOW - dt.timedelta(days=40), True,
-            NOW - dt.timedelta(days=40) + dt.timedelta(days=30), True,
+            dt.timedelta(days=365), None, NOW - dt.timedelta(days=40), SYNC, True,
+            NOW - dt.timedelta(days=40) + dt.timedelta(days=30),
             id="keepalive-from-the-launch",
         ),
         # An unknown expiry is due now.
-        pytest.param(None, None, None, True, NOW, False, id="unknown-expiry"),
+        pytest.param(None, None, None, SYNC, True, NOW, id="unknown-expiry"),
         # Without a refresh token the next look is at expiry.
         pytest.param(
-            dt.timedelta(seconds=570), NOW - dt.timedelta(days=90), None, False,
-            NOW + dt.timedelta(seconds=570), False,
+            dt.timedelta(seconds=570), NOW - dt.timedelta(days=90), None, SYNC, False,
+            NOW + dt.timedelta(seconds=570),
             id="no-refresh-token-looks-at-expiry",
         ),
     ],
@@ -133,20 +160,47 @@ def test_next_refresh_at(
     expires_in: dt.timedelta | None,
     last_refresh: dt.datetime | None,
     connected: dt.datetime | None,
+    next_sync: dt.datetime | None,
     has_refresh_token: bool,
     expected: dt.datetime,
-    overdue: bool,
 ) -> None:
     due = next_refresh_at(
         SCHEDULE,
         now=NOW,
         access_expires_at=None if expires_in is None else NOW + expires_in,
         last_refresh_at=last_refresh,
+        next_sync_at=next_sync,
         connected_at=connected,
         has_refresh_token=has_refresh_token,
     )
     assert due == expected
-    assert (due < NOW) is overdue
+
+
+@pytest.mark.parametrize(
+    ("refresh_life", "expected"),
+    [
+        # A refresh token living 8 days is renewed after 6 of them, whatever the syncs need.
+        pytest.param(dt.timedelta(days=8), NOW + dt.timedelta(days=6), id="three-quarters"),
+        # A short-lived one no later than the margin before it expires.
+        pytest.param(
+            dt.timedelta(seconds=300), NOW + dt.timedelta(seconds=180), id="margin-before-expiry"
+        ),
+        # One outliving the keepalive period: the keepalive comes first.
+        pytest.param(dt.timedelta(days=365), NOW + dt.timedelta(days=30), id="keepalive-first"),
+    ],
+)
+def test_an_expiring_refresh_token_is_kept_alive_without_syncs(
+    refresh_life: dt.timedelta, expected: dt.datetime
+) -> None:
+    due = next_refresh_at(
+        SCHEDULE,
+        now=NOW,
+        access_expires_at=NOW + dt.timedelta(days=400),
+        last_refresh_at=NOW,
+        next_sync_at=None,
+        refresh_expires_at=NOW + refresh_life,
+    )
+    assert due == expected
 
 
 def _response(scope: str | None) -> TokenResponse:

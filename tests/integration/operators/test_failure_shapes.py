@@ -302,9 +302,10 @@ async def _make_refresh_due(flow: Flow, connection_id: str) -> None:
         await session.execute(
             update(Connection)
             .where(Connection.id == connection_id)
-            .values(next_refresh_at=utcnow(), last_refresh_at=None)
+            .values(next_refresh_at=utcnow(), next_sync_at=utcnow(), last_refresh_at=None)
         )
-        # The stored access token looks spent, so the refresh is due by the schedule too.
+        # The stored access token looks spent and a sync is due, which needs a fresh one: the
+        # refresh is due by the schedule too.
         await session.execute(
             update(Credential)
             .where(Credential.connection_id == connection_id)

@@ -35,7 +35,7 @@ from syncsvc.settings import Settings
 from syncsvc.smart.oauth import TokenResponse
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens, save_tokens
-from syncsvc.sync.refresh import refresh_connection
+from syncsvc.sync.refresh import refresh_connection, reschedule_refresh
 from syncsvc.sync.refresh_outcomes import REFRESH_BACKOFF, RefreshResult
 from syncsvc.sync.token_source import TokenSource
 from syncsvc.vault import Vault
@@ -283,7 +283,7 @@ def seconds(delta: dt.timedelta) -> float:
 # --- refreshing --------------------------------------------------------------------------------
 
 
-async def test_cerner_refresh_keeps_the_refresh_token_and_schedules_570_s_tokens_120_s_ahead(
+async def test_cerner_refresh_keeps_the_refresh_token_and_schedules_570_s_tokens_for_syncs_only(
     ctx: SyncContext, sandbox: RunningSandbox, clock: Clock
 ) -> None:
     cid = await connect(ctx, sandbox, CERNER_TENANT, leased=False)
@@ -306,7 +306,9 @@ async def test_cerner_refresh_keeps_the_refresh_token_and_schedules_570_s_tokens
     assert seconds(after.access_expires_at - connection.last_refresh_at) == pytest.approx(
         570, abs=2
     )
-    assert connection.next_refresh_at == after.access_expires_at - dt.timedelta(seconds=120)
+    # The overdue sync this refresh was for has its token: no other refresh is needed before
+    # the keepalive, however soon this 570 s token expires.
+    assert connection.next_refresh_at == connection.last_refresh_at + dt.timedelta(days=30)
     assert connection.failure_count == 0
     assert connection.backoff_until is None
     assert connection.granted_scopes == connected.granted_scopes
@@ -318,6 +320,19 @@ async def test_cerner_refresh_keeps_the_refresh_token_and_schedules_570_s_tokens
     assert again.outcome == "not_due"
     assert again.tokens == after
     assert token_requests(sandbox, mark) == 0
+
+    # Once the next sync is set, the refresh it needs falls due with it, not ahead of expiry.
+    next_sync = clock.now() + dt.timedelta(hours=6)
+    async with ctx.sessionmaker.begin() as session:
+        scheduled = await repo.get_connection(session, cid)
+        assert scheduled is not None
+        scheduled.next_sync_at = next_sync
+        await reschedule_refresh(session, ctx, scheduled, now=clock.now())
+    assert (await row(ctx, cid)).next_refresh_at == next_sync
+    clock.advance(6 * 3600)
+    await lease(ctx, cid)  # claimable: due
+    assert (await refresh(ctx, cid)).outcome == "refreshed"
+    assert token_requests(sandbox, mark) == 1
 
 
 async def test_an_answer_without_refresh_token_keeps_the_stored_one(
