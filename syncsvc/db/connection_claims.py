@@ -39,6 +39,7 @@ async def claim_due_connections(
     *,
     tenant_id: str | None = None,
     connection_ids: Sequence[str] | None = None,
+    exclude_tenants: Sequence[str] = (),
 ) -> list[Connection]:
     """Lease up to ``limit`` due connections to ``owner`` until ``now + lease_seconds``.
 
@@ -46,12 +47,15 @@ async def claim_due_connections(
     off and nobody holds an unexpired lease (an expired lease is a crashed worker's, taken over).
     The claim is :func:`syncsvc.db.leases.claim_rows`: safe under concurrent claimers on
     PostgreSQL and SQLite. Commit promptly: the lease is the claim, not the lock.
+    ``exclude_tenants`` skips tenants the caller already holds enough of.
     """
     filters: list[ColumnElement[bool]] = []
     if tenant_id is not None:
         filters.append(Connection.tenant_id == tenant_id)
     if connection_ids is not None:
         filters.append(Connection.id.in_(list(connection_ids)))
+    if exclude_tenants:
+        filters.append(Connection.tenant_id.not_in(list(exclude_tenants)))
     return await claim_rows(
         session,
         Connection,

@@ -1,11 +1,12 @@
 """Working what is due: claim connections with a lease, refresh and pull each, release.
 
 The database says what is due (``next_refresh_at``, ``next_sync_at``); the lease says who works
-it. One call of :func:`run_due` claims batches until nothing due is left (or ``max_batches``),
-works each batch with bounded concurrency, and hands every lease back, whatever happened. The
+it. One call of :func:`run_due` claims until nothing due is left (or its budget is spent), works
+each claimed connection as soon as a slot allows, and hands every lease back, whatever happened:
+claims refill the room released connections leave, so nothing waits for a batch to end. The
 scheduler's tick, ``syncsvc sync --once`` and the demo all come through here.
 
-While a batch is worked its leases are renewed every third of ``lease_seconds``, so a lease
+While a connection is held its lease is renewed every third of ``lease_seconds``, so a lease
 expires only when its process died or stalled, never because a pull ran long or waited for its
 tenant's turn: only then may another process take the connection over. Each connection is
 worked under its tenant's limits (:mod:`syncsvc.sync.limits`): tenant slots are taken before the
@@ -39,7 +40,7 @@ from syncsvc.sync.context import SyncContext
 from syncsvc.sync.limits import TenantGate, TenantLimiter
 from syncsvc.sync.outcomes import ConnectionRun, record_run
 from syncsvc.sync.pull import pull_connection
-from syncsvc.sync.refresh import refresh_connection
+from syncsvc.sync.refresh import refresh_connection, reschedule_refresh
 from syncsvc.sync.run_records import RunSummary, TypeResult
 from syncsvc.sync.token_source import TokenSource
 
@@ -49,8 +50,12 @@ log = get_logger("syncsvc.sync.runner")
 SYNC_BACKOFF = Backoff(base_seconds=30.0, cap_seconds=6 * 3600.0)
 #: One run_due call stops claiming after this many batches, so a tick always ends.
 DEFAULT_MAX_BATCHES = 50
-#: Leases are renewed this many times per ``lease_seconds`` while their batch is worked.
+#: Leases are renewed this many times per ``lease_seconds`` while their connection is worked.
 RENEWALS_PER_LEASE = 3
+#: A tenant's claimed connections are capped at this many times its connection limit.
+TENANT_BACKLOG = 2
+#: A new claim waits until this share (1/n) of the claim size is free again.
+REFILL_FRACTION = 4
 
 
 @dataclass
@@ -141,10 +146,15 @@ class _Leases:
             raise Transient("The lease on this connection was lost.", reason="lost_lease")
 
 
-def _schedule_after_sync(
-    ctx: SyncContext, connection: Connection, summary: RunSummary, failures: int
+async def _schedule_after_sync(
+    ctx: SyncContext,
+    session: AsyncSession,
+    connection: Connection,
+    summary: RunSummary,
+    failures: int,
 ) -> None:
-    """Set ``next_sync_at`` from the run's outcome (back off on transient failures)."""
+    """Set ``next_sync_at`` from the run's outcome (back off on transient failures), and the
+    refresh that the next sync will need."""
     now = ctx.now()
     next_sync: dt.datetime | None
     if summary.outcome in ("ok", "partial", "error"):
@@ -165,6 +175,7 @@ def _schedule_after_sync(
     connection.next_sync_at = next_sync if connection.status == "active" else None
     connection.failure_count = failures
     connection.updated_at = now
+    await reschedule_refresh(session, ctx, connection, now=now)
 
 
 async def _close_run(
@@ -188,7 +199,9 @@ async def _close_run(
             connection = await repo.get_connection(session, connection_id)
             if connection is not None:
                 # The count as stored now: a refresh during this run may have changed it.
-                _schedule_after_sync(ctx, connection, summary, connection.failure_count)
+                await _schedule_after_sync(
+                    ctx, session, connection, summary, connection.failure_count
+                )
         added = await record_run(session, run, at=ctx.now())
         await _notify_host_app(ctx, session, connection_id, run)
         return added
@@ -302,12 +315,15 @@ async def _work(
     pull: PullOptions,
 ) -> None:
     now = ctx.now()
+    known = None
     if _is_due(connection.next_refresh_at, now):
         result = await refresh_connection(ctx, connection.id)
         run.refreshes.append(result)
         report.refresh[result.outcome] += 1
         if result.outcome in ("needs_reauth", "misbound", "lost_lease"):
             return
+        if result.outcome in ("refreshed", "not_due"):
+            known = result.tokens
     if not _is_due(connection.next_sync_at, now):
         return
 
@@ -318,6 +334,7 @@ async def _work(
         # rather than racing the process that took the connection over.
         lease_check=None if leases is None else functools.partial(leases.check, connection.id),
         on_refresh=run.refreshes.append,
+        known=known,
     )
     on_type = pull.on_type
     summary = await pull_connection(
@@ -374,6 +391,7 @@ async def claim(
     *,
     tenant_id: str | None = None,
     connection_ids: Sequence[str] | None = None,
+    exclude_tenants: Sequence[str] = (),
 ) -> list[Connection]:
     """Lease up to ``limit`` due connections to this process (one short transaction)."""
     started = time.perf_counter()
@@ -386,56 +404,131 @@ async def claim(
             limit,
             tenant_id=tenant_id,
             connection_ids=connection_ids,
+            exclude_tenants=exclude_tenants,
         )
     ctx.metrics.claim(len(claimed), time.perf_counter() - started)
     return claimed
 
 
-async def _tenants(ctx: SyncContext, tenant_ids: set[str]) -> dict[str, Tenant]:
-    """The tenants of a batch: limits default per vendor, metrics are labelled by name."""
-    async with ctx.sessionmaker() as session:
-        tenants = [await repo.get_tenant(session, tenant_id) for tenant_id in sorted(tenant_ids)]
-    return {tenant.id: tenant for tenant in tenants if tenant is not None}
+class _Workload:
+    """The connections one :func:`run_due` call holds: claimed, worked, released one by one.
 
+    There is no batch to wait for: each connection is released when its own work ends, and
+    the room it leaves is claimed again while due work remains, so one slow connection holds
+    one slot, not a batch. Bounds: at most ``hold`` connections claimed at once, of one tenant
+    at most :data:`TENANT_BACKLOG` times its connection limit (claims skip a tenant that has that
+    many; after an outage the earliest due are mostly one tenant's, and the others' budgets must
+    not idle meanwhile), and at most ``sync_concurrency`` worked at once.
+    """
 
-async def _work_batch(
-    ctx: SyncContext,
-    batch: list[Connection],
-    report: WorkReport,
-    *,
-    limiter: TenantLimiter,
-    concurrency: asyncio.Semaphore,
-    stop: asyncio.Event | None,
-    pull: PullOptions,
-) -> None:
-    tenants = await _tenants(ctx, {connection.tenant_id for connection in batch})
-    leases = _Leases(ctx, [connection.id for connection in batch])
-    keeper = asyncio.create_task(leases.keep_alive())
-    try:
-        async with asyncio.TaskGroup() as group:
-            for connection in batch:
-                tenant = tenants.get(connection.tenant_id)
-                gate = limiter.gate(
-                    connection.tenant_id, tenant.vendor if tenant is not None else "generic"
+    def __init__(
+        self,
+        ctx: SyncContext,
+        report: WorkReport,
+        *,
+        limiter: TenantLimiter,
+        stop: asyncio.Event | None,
+        pull: PullOptions,
+    ) -> None:
+        self._ctx = ctx
+        self._report = report
+        self._limiter = limiter
+        self._stop = stop
+        self._pull = pull
+        settings = ctx.settings
+        self.hold = max(settings.sync_concurrency, settings.claim_batch_size)
+        self._concurrency = asyncio.Semaphore(settings.sync_concurrency)
+        self.leases = _Leases(ctx, [])
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._held: Counter[str] = Counter()
+        self._gates: dict[str, TenantGate] = {}
+        self._tenants: dict[str, Tenant | None] = {}
+        self._freed = asyncio.Event()
+
+    @property
+    def room(self) -> int:
+        """How many more connections may be claimed now."""
+        return self.hold - len(self._tasks)
+
+    @property
+    def busy(self) -> bool:
+        """Whether any claimed connection is still being worked."""
+        return bool(self._tasks)
+
+    def full_tenants(self) -> list[str]:
+        """Tenants that already have their backlog claimed (the next claim skips them)."""
+        return sorted(
+            tenant_id
+            for tenant_id, held in self._held.items()
+            if held >= TENANT_BACKLOG * self._gates[tenant_id].limits.max_connections
+        )
+
+    async def wait_for_room(self) -> None:
+        """Wait until some claimed connection has been released."""
+        self._freed.clear()
+        await self._freed.wait()
+
+    async def start(self, batch: Sequence[Connection]) -> None:
+        """Start working each claimed connection in a task of its own."""
+        await self._know_tenants({connection.tenant_id for connection in batch})
+        self.leases.pending.update(connection.id for connection in batch)
+        for connection in batch:
+            tenant = self._tenants.get(connection.tenant_id)
+            gate = self._gates[connection.tenant_id]
+            self._held[connection.tenant_id] += 1
+            task = asyncio.create_task(
+                self._run(
+                    connection,
+                    gate,
+                    # A tenant deleted meanwhile: its id, which is as bounded as its name.
+                    tenant.name if tenant is not None else connection.tenant_id,
                 )
-                group.create_task(
-                    _work_leased(
-                        ctx,
-                        connection,
-                        report,
-                        gate=gate,
-                        concurrency=concurrency,
-                        leases=leases,
-                        stop=stop,
-                        pull=pull,
-                        # A tenant deleted meanwhile: its id, which is as bounded as its name.
-                        tenant=tenant.name if tenant is not None else connection.tenant_id,
-                    )
-                )
-    finally:
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
+            )
+            self._tasks.add(task)
+
+    def cancel(self) -> None:
+        """Cancel every started connection's task (each still releases its lease)."""
+        for task in self._tasks:
+            task.cancel()
+
+    async def drain(self) -> None:
+        """Wait for every started connection to be worked and released."""
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    async def _know_tenants(self, tenant_ids: set[str]) -> None:
+        """Read the tenants not seen yet: limits default per vendor, metrics use the name."""
+        unknown = sorted(tenant_ids - self._tenants.keys())
+        if unknown:
+            async with self._ctx.sessionmaker() as session:
+                for tenant_id in unknown:
+                    self._tenants[tenant_id] = await repo.get_tenant(session, tenant_id)
+        for tenant_id in unknown:
+            tenant = self._tenants[tenant_id]
+            vendor = tenant.vendor if tenant is not None else "generic"
+            self._gates[tenant_id] = self._limiter.gate(tenant_id, vendor)
+
+    async def _run(self, connection: Connection, gate: TenantGate, tenant: str) -> None:
+        try:
+            await _work_leased(
+                self._ctx,
+                connection,
+                self._report,
+                gate=gate,
+                concurrency=self._concurrency,
+                leases=self.leases,
+                stop=self._stop,
+                pull=self._pull,
+                tenant=tenant,
+            )
+        finally:
+            self._held[connection.tenant_id] -= 1
+            if not self._held[connection.tenant_id]:
+                del self._held[connection.tenant_id]
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
+            self._freed.set()
 
 
 async def run_due(
@@ -448,27 +541,50 @@ async def run_due(
     limiter: TenantLimiter | None = None,
     pull: PullOptions = PullOptions(),
 ) -> WorkReport:
-    """Claim and work due connections until none is left, ``max_batches`` or ``stop`` is set.
+    """Claim and work due connections until none is left, the budget is spent or ``stop`` is set.
 
-    ``limiter`` holds the per-tenant limits across calls (the scheduler keeps one per process);
-    without one, this call gets its own with the vendor defaults.
+    The budget is ``max_batches`` times ``claim_batch_size`` connections, so a call always ends.
+    Claims refill the room released connections leave (see :class:`_Workload`); the call returns
+    once everything it claimed has been worked and released. ``limiter`` holds the per-tenant
+    limits across calls (the scheduler keeps one per process); without one, this call gets its
+    own with the vendor defaults.
     """
     report = WorkReport()
-    limiter = limiter or TenantLimiter()
-    concurrency = asyncio.Semaphore(ctx.settings.sync_concurrency)
-    for _ in range(max_batches):
-        if stop is not None and stop.is_set():
-            break
-        batch = await claim(
-            ctx,
-            ctx.settings.claim_batch_size,
-            tenant_id=tenant_id,
-            connection_ids=connection_ids,
-        )
-        if not batch:
-            break
-        report.claimed += len(batch)
-        await _work_batch(
-            ctx, batch, report, limiter=limiter, concurrency=concurrency, stop=stop, pull=pull
-        )
+    work = _Workload(ctx, report, limiter=limiter or TenantLimiter(), stop=stop, pull=pull)
+    budget = max_batches * ctx.settings.claim_batch_size
+    # A claim is made when this much room is free (or nothing runs): not one query per release.
+    refill = max(1, min(work.hold, ctx.settings.claim_batch_size) // REFILL_FRACTION)
+    keeper = asyncio.create_task(work.leases.keep_alive())
+    try:
+        while budget > 0 and not (stop is not None and stop.is_set()):
+            if work.busy and work.room < refill:
+                await work.wait_for_room()
+                continue
+            skipped = work.full_tenants()
+            batch = await claim(
+                ctx,
+                min(work.room, ctx.settings.claim_batch_size, budget),
+                tenant_id=tenant_id,
+                connection_ids=connection_ids,
+                exclude_tenants=skipped,
+            )
+            if batch:
+                budget -= len(batch)
+                report.claimed += len(batch)
+                await work.start(batch)
+            elif skipped and work.busy:
+                # Only a full tenant's connections may be due: claim again when one is released.
+                await work.wait_for_room()
+            else:
+                break
+        await work.drain()
+    except BaseException:
+        # A failed claim or a cancelled call: what was started still ends and releases.
+        work.cancel()
+        await work.drain()
+        raise
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
     return report

@@ -55,6 +55,7 @@ class TokenSource:
         clock: Callable[[], dt.datetime] | None = None,
         lease_check: Callable[[], None] | None = None,
         on_refresh: Callable[[RefreshResult], None] | None = None,
+        known: StoredTokens | None = None,
     ) -> None:
         self._ctx = ctx
         self.connection_id = connection_id
@@ -62,7 +63,9 @@ class TokenSource:
         self._clock = clock if clock is not None else ctx.now
         self._lease_check = lease_check
         self._on_refresh = on_refresh
-        self._tokens: StoredTokens | None = None
+        #: ``known``: tokens the caller has just read or stored (a refresh right before the
+        #: pull); used while they live long enough, saving a load.
+        self._tokens: StoredTokens | None = known
         self._loading = asyncio.Lock()
         #: How often the stored tokens were loaded (the other calls were answered from memory).
         self.loads = 0

@@ -17,7 +17,7 @@ from syncsvc.settings import Settings
 from syncsvc.sync.runner import run_due
 from syncsvc.sync.scheduler import SyncScheduler
 from syncsvc.vault import Vault
-from tests.fixtures.sandbox import GENERIC_TENANT
+from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
 
 from . import (
     Sessionmaker,
@@ -212,3 +212,38 @@ async def test_stop_hands_back_unstarted_work_finishes_the_rest_and_releases_lea
         assert due is not None
         assert due <= now
     assert isinstance(done[0], SyncRun)
+
+
+async def test_a_slow_connection_holds_one_slot_not_a_batch(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    _, (slow,) = await connect_many(sessionmaker, vault, http, sandbox, CERNER_TENANT, 1)
+    _, fast = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 6)
+    # Every FHIR answer of the slow one's EHR takes 2 s: its pull takes several seconds.
+    sandbox.tenant(CERNER_TENANT).faults = [FaultSpec(kind="latency", latency_ms=2000)]
+    async with sessionmaker.begin() as session:
+        # Due first, so the first claim takes it together with a fast one.
+        await session.execute(
+            update(Connection)
+            .where(Connection.id == slow)
+            .values(next_sync_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+        )
+    # Claims of two, two worked at once: a batch would hold the fast ones until the slow ends.
+    narrow = settings.replace(claim_batch_size=2, sync_concurrency=2)
+    async with contexts(narrow, sessionmaker, vault, 1) as (ctx,):
+        report = await run_due(ctx)
+
+    assert report.claimed == 7
+    assert report.sync == {"ok": 7}
+    done = {r.connection_id: r for r in await runs(sessionmaker)}
+    slow_run = done[slow]
+    assert slow_run.finished_at is not None
+    # The other slot went on claiming and working: every fast pull was over before the slow.
+    for connection_id in fast:
+        finished = done[connection_id].finished_at
+        assert finished is not None
+        assert finished < slow_run.finished_at
