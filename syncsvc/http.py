@@ -68,6 +68,7 @@ def create_http_client(
     resolver: AbstractResolver | None = None,
     trace_configs: Sequence[aiohttp.TraceConfig] = (),
     ssl_context: ssl.SSLContext | None = None,
+    max_connections: int = 100,
 ) -> aiohttp.ClientSession:
     """A client session for EHR traffic.
 
@@ -80,7 +81,9 @@ def create_http_client(
     ``trace_configs`` hear about each request after the gate (a request they see starting has
     passed it).
     Webhooks never use this session (see :func:`create_webhook_client`). ``ssl_context``
-    replaces the default trust store (a private CA, tests).
+    replaces the default trust store (a private CA, tests). ``max_connections`` bounds the
+    pool, per host too: the process sizes it to the connections it works at once, so the pool is
+    never what caps them (many tenants share one vendor host, and the tenant limits pace each).
     """
     return aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
@@ -88,8 +91,8 @@ def create_http_client(
             total=total_seconds, connect=connect_seconds, sock_read=read_seconds
         ),
         connector=aiohttp.TCPConnector(
-            limit=100,
-            limit_per_host=20,
+            limit=max_connections,
+            limit_per_host=max_connections,
             resolver=PublicOnlyResolver(resolver),
             # No cache of answers: a name must be judged each time it is resolved again.
             use_dns_cache=False,

@@ -24,7 +24,7 @@ from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.db.probe import require_newest_schema
 from syncsvc.http import create_http_client, create_webhook_client
 from syncsvc.lifecycle.chores import outbox_chores
-from syncsvc.settings import Settings
+from syncsvc.settings import SOCKETS_PER_CONNECTION, Settings
 from syncsvc.sync.context import SyncContext, new_owner_id
 from syncsvc.sync.limits import TenantLimiter
 from syncsvc.sync.pipeline.decode import PageDecoder, page_decoder
@@ -102,7 +102,10 @@ class Services:
         self._sessionmaker = create_sessionmaker(engine)
         # Webhooks get a client (and connection pool) of their own: see create_webhook_client.
         self._webhook_http = await stack.enter_async_context(create_webhook_client())
-        self._http = await stack.enter_async_context(create_http_client())
+        # The one EHR client of the process, its pool sized to the connections worked at once.
+        self._http = await stack.enter_async_context(
+            create_http_client(max_connections=settings.sync_concurrency * SOCKETS_PER_CONNECTION)
+        )
         self._decoder = decoder = (
             await stack.enter_async_context(page_decoder(settings.decode_workers))
             if self._decode_in_workers

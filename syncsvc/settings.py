@@ -21,6 +21,7 @@ import ipaddress
 import json
 import os
 import re
+import resource
 import secrets
 import socket
 import tomllib
@@ -47,6 +48,34 @@ MIN_LINK_KEY_LENGTH = 32
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: More page-decoding processes than this only add memory: the writer is the limit by then.
 MAX_DECODE_WORKERS = 64
+#: Outbound sockets one worked connection may hold at once: its resource types pulled side by
+#: side (``syncsvc.sync.pull.TYPES_AT_ONCE``) and a token refresh.
+SOCKETS_PER_CONNECTION = 4
+#: File descriptors kept for everything but EHR sockets: database pool, listeners, logs, pipes.
+RESERVED_DESCRIPTORS = 256
+#: The most connections one process works at once by default. An incremental sync waits on
+#: the EHR for nearly all its wall time (four requests of 100-1,000 ms against a few ms of CPU),
+#: so a process keeps a core busy only with hundreds in flight; each costs well under 100 KiB
+#: of memory while it waits (docs/scaling.md, "Caps fixed"), and the tenant limits, not this,
+#: keep any one EHR from being flooded.
+MAX_DEFAULT_SYNC_CONCURRENCY = 512
+
+
+def default_sync_concurrency(descriptor_limit: int | None = None) -> int:
+    """Connections worked at once by default: as many as the process's file descriptors allow
+    sockets for (:data:`SOCKETS_PER_CONNECTION` each), up to
+    :data:`MAX_DEFAULT_SYNC_CONCURRENCY`."""
+    if descriptor_limit is None:
+        descriptor_limit = _descriptor_limit()
+    room = (descriptor_limit - RESERVED_DESCRIPTORS) // SOCKETS_PER_CONNECTION
+    return max(8, min(MAX_DEFAULT_SYNC_CONCURRENCY, room))
+
+
+def _descriptor_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
 MAX_WRITE_LANES = 16
 
 #: ``auto``: readable console lines on a terminal, JSON lines otherwise (a service manager,
@@ -214,8 +243,9 @@ class Settings:
     lease_seconds: int = 120
     #: How often each connection's resources are pulled when nothing failed.
     sync_interval_seconds: int = 6 * 3600
-    #: Connections one process works at the same time, and how many one tick claims.
-    sync_concurrency: int = 8
+    #: Connections one process works at the same time (default: see default_sync_concurrency),
+    #: and how many one claim takes.
+    sync_concurrency: int = field(default_factory=default_sync_concurrency)
     claim_batch_size: int = 100
     #: Worker processes that decode pulled pages (0: in the event loop's thread; unset: one per
     #: core beyond the first, at most 4).

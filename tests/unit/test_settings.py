@@ -11,7 +11,15 @@ import pytest
 
 from syncsvc.db.engine import normalise_url
 from syncsvc.errors import ConfigError
-from syncsvc.settings import MASK, Secret, Settings, censor_dsn
+from syncsvc.settings import (
+    MASK,
+    SOCKETS_PER_CONNECTION,
+    Secret,
+    Settings,
+    censor_dsn,
+    default_sync_concurrency,
+)
+from syncsvc.sync.pull import TYPES_AT_ONCE
 
 
 def _key() -> str:
@@ -216,3 +224,13 @@ def test_an_unset_public_url_follows_the_server_and_a_set_one_does_not() -> None
     # The derived flag is not a setting of its own.
     ignored = Settings.from_env({"SYNCSVC_PUBLIC_URL_CONFIGURED": "true"})
     assert ignored.public_url_configured is False
+
+
+def test_the_default_concurrency_is_what_the_descriptors_hold_up_to_a_cap() -> None:
+    # Each worked connection may hold a socket per type pulled at once and one for its token.
+    assert SOCKETS_PER_CONNECTION >= TYPES_AT_ONCE + 1
+    assert default_sync_concurrency(1024) == (1024 - 256) // SOCKETS_PER_CONNECTION
+    assert default_sync_concurrency(1 << 20) == 512
+    assert default_sync_concurrency(260) == 8  # never below the old fixed default
+    assert Settings.for_tests().sync_concurrency == default_sync_concurrency()
+    assert Settings.for_tests(sync_concurrency=3).sync_concurrency == 3
