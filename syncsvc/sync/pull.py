@@ -322,6 +322,7 @@ class PullRun:
             counts=result.counts,
             rejected=result.rejected,
             meter=self._meter,
+            synced_before=planned.state is not None and planned.state.last_success_at is not None,
         )
         try:
             try:

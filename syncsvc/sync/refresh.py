@@ -357,7 +357,9 @@ async def reschedule_refresh(
         return
     if connection.backoff_until is not None and connection.backoff_until > now:
         return
-    credentials = await repo.get_credentials(session, connection.id)
+    # Not flushed first: the caller's changes and this one go in one UPDATE at commit.
+    with session.no_autoflush:
+        credentials = await repo.get_credentials(session, connection.id)
     if credentials is None:
         return
     connection.next_refresh_at = next_refresh_at(

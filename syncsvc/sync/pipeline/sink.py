@@ -60,16 +60,21 @@ class PageSink:
         counts: Counts,
         rejected: list[str],
         meter: Callable[[Counts], None],
+        synced_before: bool = False,
     ) -> TypePages:
         """A sink for one type's pages of one pull of ``patient_id``'s record at ``base``.
 
         ``counts`` and ``rejected`` are added to as pages are committed, and ``meter`` hears
-        each page's counts then (once per page, never per resource).
+        each page's counts then (once per page, never per resource). ``synced_before``: the
+        type's state shows an earlier success, so resources of it may be stored; the lookup
+        that would tell a first pull is skipped (an incremental sync's every type has one).
         """
-        async with self._sessionmaker() as session:
-            first_time = not await resource_repo.has_resources(
-                session, connection_id, resource_type
-            )
+        first_time = False
+        if not synced_before:
+            async with self._sessionmaker() as session:
+                first_time = not await resource_repo.has_resources(
+                    session, connection_id, resource_type
+                )
         return TypePages(
             self._writers.of(connection_id),
             self._decoder,
