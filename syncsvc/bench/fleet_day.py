@@ -36,7 +36,13 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench import world
-from syncsvc.bench.catch_up import CatchUpFigures, catch_up
+from syncsvc.bench.catch_up import (
+    IN_FLIGHT_LATENCIES_MS,
+    CatchUpFigures,
+    InFlightFigures,
+    catch_up,
+    in_flight,
+)
 from syncsvc.bench.ingest import JSON, BenchError, set_latency, unlimited
 from syncsvc.bench.measure import (
     PeakInFlight,
@@ -118,9 +124,12 @@ class FleetOptions:
     #: Connections one process works at once while measured (the setting ``sync_concurrency``).
     concurrency: int = 100
     seed: int = 20261205
-    #: Run the simulated day; and then the catch-up after an outage.
+    #: Run the simulated day; and then the catch-up after an outage, and the in-flight passes.
     day: bool = True
     catch_up: bool = False
+    in_flight: bool = False
+    #: EHR latencies of the in-flight passes.
+    in_flight_latencies_ms: tuple[int, ...] = IN_FLIGHT_LATENCIES_MS
 
 
 @dataclass
@@ -170,6 +179,7 @@ class FleetFigures:
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
     catch_up: CatchUpFigures | None = None
+    in_flight: list[InFlightFigures] = field(default_factory=list)
 
     def per_day(self, value: float) -> float:
         """``value`` per connection-day."""
@@ -201,7 +211,7 @@ class FleetFigures:
 
     def to_json(self) -> dict[str, Any]:
         """The figures as JSON."""
-        shared = {
+        shared: dict[str, Any] = {
             "options": dataclasses.asdict(self.options),
             "database": self.database,
             "machine": self.machine,
@@ -209,6 +219,8 @@ class FleetFigures:
         }
         if self.catch_up is not None:
             shared["catch_up"] = self.catch_up.to_json()
+        if self.in_flight:
+            shared["in_flight"] = [figures.to_json() for figures in self.in_flight]
         if not self.options.day:
             return shared
         return shared | {
@@ -276,6 +288,7 @@ class FleetFigures:
             f"{_load(self.load_before)}, after {_load(self.load_after)}"
         )
         after = self.catch_up.lines() if self.catch_up is not None else []
+        after.extend(figures.line() for figures in self.in_flight)
         if not o.day:
             head = f"fleet: {o.size:,} connections, {o.latency_ms} ms per request (no day run)"
             return [head, machine_line, *after]
@@ -402,6 +415,11 @@ class SimulatedDay:
             await response.read()
             if response.status != 200:
                 raise BenchError(f"the sandbox refused to move its clock ({response.status})")
+
+    async def set_latency(self, latency_ms: int) -> None:
+        """Add ``latency_ms`` to every FHIR and token answer of the fleet's tenants."""
+        for sandbox_tenant in self.tenant_names.values():
+            await set_latency(self.http, self.origin, sandbox_tenant, latency_ms, token=True)
 
     async def schedule(self, start: dt.datetime) -> None:
         """Spread the fleet's first syncs over one interval and first refreshes over a token."""
@@ -600,6 +618,8 @@ class SimulatedDay:
                     f"fleet: simulated hour {hours} of 24 after {time.perf_counter() - wall:.0f} s"
                 )
         self.figures.wall_seconds = time.perf_counter() - wall
+        # The day ends at its end, not at its last stop: what follows starts from there.
+        await self.move_clocks(end)
         self.figures.requests_syncsvc = await self.own_requests(start, report)
         self.figures.cpu = meter.cpu
         self.figures.peak_rss_service_mib = peak_rss_mib()
@@ -762,6 +782,12 @@ async def measure(
                 # The fleet in its steady state, as a day would leave it, before the outage.
                 await day.schedule(day.now())
             figures.catch_up = await catch_up(day)
+        if options.in_flight:
+            if not (options.day or options.catch_up):
+                await day.schedule(day.now())
+            for latency_ms in options.in_flight_latencies_ms:
+                world_.say(f"fleet: the whole fleet due at once at {latency_ms} ms, limits lifted")
+                figures.in_flight.append(await in_flight(day, latency_ms, options.concurrency))
         if world_.after_day is not None:
             await world_.after_day(day)
     finally:

@@ -33,7 +33,7 @@ from syncsvc.db.engine import normalise_url
 from syncsvc.db.migrate import upgrade_to_head
 from syncsvc.process import tune_gc
 from syncsvc.services import Services
-from syncsvc.settings import VAULT_KEY_BYTES, Settings, VaultKey
+from syncsvc.settings import VAULT_KEY_BYTES, Settings, VaultKey, default_sync_concurrency
 from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens
 
@@ -42,7 +42,7 @@ SCENARIOS = (
 )  # fmt: skip
 QUICK_SCENARIOS = ("ingest", "resync", "peers", "wide", "scheduler", "refresh", "search")
 #: Run only when asked for by name: the whole suite's printout stays as it was.
-OPT_IN_SCENARIOS = ("fleet", "catchup", "claim")
+OPT_IN_SCENARIOS = ("fleet", "catchup", "claim", "concurrency")
 
 
 @dataclass
@@ -105,7 +105,7 @@ async def run(options: Options) -> Report:
         config = world.sandbox_config(
             patients=patients, resources=options.resources, big_resources=big
         )
-        if {"fleet", "catchup"} & set(options.scenarios):
+        if {"fleet", "catchup", "concurrency"} & set(options.scenarios):
             config.tenants.extend(fleet_day.tenants(options.fleet.size))
             # The log is read and emptied at every stop of the day; one stop must fit in it.
             config.request_log_size = max(config.request_log_size, 20 * options.fleet.size)
@@ -115,7 +115,13 @@ async def run(options: Options) -> Report:
         origin = stack.enter_context(sandbox_process(config))
         await upgrade_to_head(db_url)
         settings = bench_settings(
-            db_url, work, decode_workers=options.decode_workers, write_lanes=options.write_lanes
+            db_url,
+            work,
+            decode_workers=options.decode_workers,
+            write_lanes=options.write_lanes,
+            # The outbound pool is sized from this when the service is built: as large as the
+            # fleet's concurrency, so the pool never caps what the scenario measures.
+            sync_concurrency=max(options.fleet.concurrency, default_sync_concurrency()),
         )
         report = Report(
             database=normalise_url(db_url).get_backend_name(),
@@ -210,7 +216,7 @@ class Bench:
         chosen = self.options.scenarios
         if self.options.tune_gc:
             tune_gc()
-        if {"fleet", "catchup"} & set(chosen):
+        if {"fleet", "catchup", "concurrency"} & set(chosen):
             # First: the simulated day moves the clocks; nothing else may be due meanwhile.
             await self.fleet_day()
         if {"ingest", "resync", "peers"} & set(chosen):
@@ -248,7 +254,10 @@ class Bench:
         )
         chosen = self.options.scenarios
         options = dataclasses.replace(
-            self.options.fleet, day="fleet" in chosen, catch_up="catchup" in chosen
+            self.options.fleet,
+            day="fleet" in chosen,
+            catch_up="catchup" in chosen,
+            in_flight="concurrency" in chosen,
         )
         compare = None
         if options.day and self.options.fleet_compare.wanted:

@@ -209,6 +209,10 @@ class TenantLimiter:
         self._default = default
         self._gates: dict[str, TenantGate] = {}
 
+    def working(self) -> int:
+        """Connections being worked now, over every tenant (for benchmarks and logs)."""
+        return sum(gate.active for gate in self._gates.values())
+
     def gate(self, tenant_id: str, vendor: str) -> TenantGate:
         """The gate of ``tenant_id`` (a ``vendor`` tenant)."""
         gate = self._gates.get(tenant_id)

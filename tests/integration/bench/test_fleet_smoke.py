@@ -13,12 +13,14 @@ from syncsvc.cli import build_parser
 async def test_a_tiny_fleet_goes_through_a_simulated_day(
     db_url: str, db_backend: str, tmp_path: Path
 ) -> None:
-    fleet = FleetOptions(size=4, syncs_per_day=3, latency_ms=2, step_seconds=1_800)
+    fleet = FleetOptions(
+        size=4, syncs_per_day=3, latency_ms=2, step_seconds=1_800, in_flight_latencies_ms=(2, 5)
+    )
     options = Options(
         db_url=db_url,
         patients=1,
         resources=1,
-        scenarios=("fleet", "catchup"),
+        scenarios=("fleet", "catchup", "concurrency"),
         fleet=fleet,
         work_dir=tmp_path,
     )
@@ -32,6 +34,9 @@ async def test_a_tiny_fleet_goes_through_a_simulated_day(
     assert figures.syncs == 4 * 3
     assert set(figures.sync_outcomes) == {"ok"}
     assert figures.refreshes["refreshed"] >= 4
+    # Only syncs needed a token: no refresh of a 570 s token between them (it would be 48 a
+    # connection over a day at these stops).
+    assert figures.refreshes["refreshed"] <= figures.syncs
     # The sandbox's request log and syncsvc's own records count the same requests.
     assert figures.requests_sandbox > 0
     assert figures.requests_sandbox == figures.requests_syncsvc
@@ -69,6 +74,17 @@ async def test_a_tiny_fleet_goes_through_a_simulated_day(
         assert 1 <= tenant.peak_connections <= tenant.max_connections
     assert sum(t.requests for t in catch_up.tenants) == catch_up.requests_sandbox > 0
     assert "catch-up after a 6 h outage" in table
+    # The in-flight passes: the fleet due at once at each latency, every sync ok, no more in
+    # flight than the fleet, memory read.
+    assert [p.latency_ms for p in figures.in_flight] == [2, 5]
+    for figures_in_flight in figures.in_flight:
+        assert figures_in_flight.syncs == {"ok": 4}
+        assert 1 <= figures_in_flight.peak_connections <= 4
+        assert figures_in_flight.peak_requests >= 1
+        assert figures_in_flight.peak_rss_mib > 0
+        assert figures_in_flight.cpu_seconds > 0
+    assert "in flight at 5 ms" in table
+    assert len(payload["in_flight"]) == 2
 
 
 def test_the_fleet_runs_only_when_named() -> None:
