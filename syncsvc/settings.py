@@ -59,16 +59,20 @@ RESERVED_DESCRIPTORS = 256
 #: of memory while it waits (docs/scaling.md, "Caps fixed"), and the tenant limits, not this,
 #: keep any one EHR from being flooded.
 MAX_DEFAULT_SYNC_CONCURRENCY = 512
+#: On SQLite: one writer at a time for the whole database, so hundreds of connections finishing
+#: together queue for it past its busy timeout; this many keep it busy without that.
+SQLITE_DEFAULT_SYNC_CONCURRENCY = 64
 
 
-def default_sync_concurrency(descriptor_limit: int | None = None) -> int:
+def default_sync_concurrency(descriptor_limit: int | None = None, *, sqlite: bool = False) -> int:
     """Connections worked at once by default: as many as the process's file descriptors allow
     sockets for (:data:`SOCKETS_PER_CONNECTION` each), up to
-    :data:`MAX_DEFAULT_SYNC_CONCURRENCY`."""
+    :data:`MAX_DEFAULT_SYNC_CONCURRENCY` (:data:`SQLITE_DEFAULT_SYNC_CONCURRENCY` on SQLite)."""
     if descriptor_limit is None:
         descriptor_limit = _descriptor_limit()
     room = (descriptor_limit - RESERVED_DESCRIPTORS) // SOCKETS_PER_CONNECTION
-    return max(8, min(MAX_DEFAULT_SYNC_CONCURRENCY, room))
+    cap = SQLITE_DEFAULT_SYNC_CONCURRENCY if sqlite else MAX_DEFAULT_SYNC_CONCURRENCY
+    return max(8, min(cap, room))
 
 
 def _descriptor_limit() -> int:
@@ -243,9 +247,9 @@ class Settings:
     lease_seconds: int = 120
     #: How often each connection's resources are pulled when nothing failed.
     sync_interval_seconds: int = 6 * 3600
-    #: Connections one process works at the same time (default: see default_sync_concurrency),
-    #: and how many one claim takes.
-    sync_concurrency: int = field(default_factory=default_sync_concurrency)
+    #: Connections one process works at the same time (0, the default: derived from the file
+    #: descriptors and the database, see default_sync_concurrency), and how many one claim takes.
+    sync_concurrency: int = 0
     claim_batch_size: int = 100
     #: Worker processes that decode pulled pages (0: in the event loop's thread; unset: one per
     #: core beyond the first, at most 4).
@@ -291,6 +295,9 @@ class Settings:
         object.__setattr__(self, "log_level", level)
         if self.tick_seconds <= 0:
             raise ConfigError("tick_seconds must be positive")
+        if self.sync_concurrency == 0:
+            sqlite = self.database_url.startswith("sqlite")
+            object.__setattr__(self, "sync_concurrency", default_sync_concurrency(sqlite=sqlite))
         for name in (
             "refresh_margin_seconds",
             "min_refresh_interval_seconds",

@@ -232,5 +232,12 @@ def test_the_default_concurrency_is_what_the_descriptors_hold_up_to_a_cap() -> N
     assert default_sync_concurrency(1024) == (1024 - 256) // SOCKETS_PER_CONNECTION
     assert default_sync_concurrency(1 << 20) == 512
     assert default_sync_concurrency(260) == 8  # never below the old fixed default
-    assert Settings.for_tests().sync_concurrency == default_sync_concurrency()
+    # SQLite has one writer: fewer at once there.
+    assert default_sync_concurrency(1 << 20, sqlite=True) == 64
+    sqlite = Settings.for_tests(database_url="sqlite+aiosqlite:///x.db")
+    assert sqlite.sync_concurrency == default_sync_concurrency(sqlite=True)
+    postgres = Settings.for_tests(database_url="postgresql+asyncpg://u@127.0.0.1/x")
+    assert postgres.sync_concurrency == default_sync_concurrency()
     assert Settings.for_tests(sync_concurrency=3).sync_concurrency == 3
+    # Replacing another setting keeps what was derived or set.
+    assert postgres.replace(tick_seconds=1.0).sync_concurrency == postgres.sync_concurrency
