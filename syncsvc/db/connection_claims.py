@@ -106,6 +106,32 @@ async def renew_lease(
     return rowcount(result) == 1
 
 
+async def renew_leases(
+    session: AsyncSession,
+    connection_ids: Sequence[str],
+    owner: str,
+    *,
+    now: dt.datetime,
+    lease_seconds: int,
+) -> set[str]:
+    """Extend ``owner``'s unexpired leases on ``connection_ids`` in one statement; the ids
+    renewed (the others were lost: expired and taken over)."""
+    if not connection_ids:
+        return set()
+    result = await session.execute(
+        update(Connection)
+        .where(
+            Connection.id.in_(list(connection_ids)),
+            Connection.lease_owner == owner,
+            Connection.lease_until > now,
+        )
+        .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
+        .returning(Connection.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(result.scalars())
+
+
 async def release_lease(session: AsyncSession, connection_id: str, owner: str) -> bool:
     """Give back ``owner``'s lease on a connection; False if ``owner`` no longer held it."""
     result = await session.execute(

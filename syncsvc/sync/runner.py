@@ -52,6 +52,8 @@ SYNC_BACKOFF = Backoff(base_seconds=30.0, cap_seconds=6 * 3600.0)
 DEFAULT_MAX_BATCHES = 50
 #: Leases are renewed this many times per ``lease_seconds`` while their connection is worked.
 RENEWALS_PER_LEASE = 3
+#: Leases renewed by one statement.
+RENEWAL_CHUNK = 500
 #: A tenant's claimed connections are capped at this many times its connection limit.
 TENANT_BACKLOG = 2
 #: A new claim waits until this share (1/n) of the claim size is free again.
@@ -113,21 +115,27 @@ class _Leases:
     async def renew(self) -> None:
         """Renew every pending lease; note the ones that were lost.
 
-        One short transaction per lease: a transaction locking many connection rows in turn
-        could deadlock with another process's work on one of them.
+        A statement per :data:`RENEWAL_CHUNK` leases, each in its own short transaction: one per
+        lease queued a thousand held connections' renewals behind their own work for the
+        database's pool, until leases expired under a busy process. The rows one renewal locks
+        are this process's own leases; a group write holding one of them at the same moment can
+        only make one of the two wait, or on PostgreSQL fail as a deadlock and be retried.
         """
-        for connection_id in sorted(self.pending - self.lost):
+        pending = sorted(self.pending - self.lost)
+        for start in range(0, len(pending), RENEWAL_CHUNK):
+            chunk = pending[start : start + RENEWAL_CHUNK]
             async with self._ctx.sessionmaker.begin() as session:
-                kept = await connection_claims.renew_lease(
+                kept = await connection_claims.renew_leases(
                     session,
-                    connection_id,
+                    chunk,
                     self._ctx.owner,
                     now=self._ctx.now(),
                     lease_seconds=self._ctx.settings.lease_seconds,
                 )
-            if not kept and connection_id in self.pending:
-                self.lost.add(connection_id)
-                log.warning("lease lost while working", connection_id=connection_id)
+            for connection_id in chunk:
+                if connection_id not in kept and connection_id in self.pending:
+                    self.lost.add(connection_id)
+                    log.warning("lease lost while working", connection_id=connection_id)
 
     async def keep_alive(self) -> None:
         """Renew pending leases every third of ``lease_seconds`` until cancelled."""
