@@ -205,6 +205,9 @@ class InFlightFigures:
     #: CPU seconds of the service process (event loop and its threads) during the pass.
     cpu_seconds: float = 0.0
     syncs: Counter[str] = field(default_factory=Counter)
+    #: Connections whose work failed outright (a database pool timeout under a saturated CPU,
+    #: say): a figure here, not an abort, since where a process gives out is what is measured.
+    failures: int = 0
 
     @property
     def cores_used(self) -> float:
@@ -232,6 +235,7 @@ class InFlightFigures:
             "cpu_seconds": round(self.cpu_seconds, 3),
             "cores_used": round(self.cores_used, 3),
             "syncs": dict(self.syncs),
+            "failures": self.failures,
         }
 
     def line(self) -> str:
@@ -251,6 +255,7 @@ class InFlightFigures:
             f"peak ({self.rss_per_connection_kib:.0f} KiB per connection in flight){held}; CPU "
             f"{self.cpu_seconds:.2f} s ({1000 * self.cpu_seconds / max(syncs, 1):.1f} ms per "
             f"sync, {self.cores_used:.2f} of a core)"
+            + (f"; {self.failures:,} connection(s) FAILED" if self.failures else "")
         )
 
 
@@ -290,7 +295,6 @@ async def in_flight(day: Fleet, latency_ms: int, concurrency: int) -> InFlightFi
     figures.peak_rss_mib = peak_rss_mib()
     figures.connections = report.claimed
     figures.syncs = report.sync
+    figures.failures = report.failures
     await day.set_latency(0)
-    if report.failures or set(report.sync) - {"ok"}:
-        raise BenchError(f"the in-flight pass did not succeed: {report.to_json()}")
     return figures

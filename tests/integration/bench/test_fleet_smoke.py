@@ -79,6 +79,7 @@ async def test_a_tiny_fleet_goes_through_a_simulated_day(
     assert [p.latency_ms for p in figures.in_flight] == [2, 5]
     for figures_in_flight in figures.in_flight:
         assert figures_in_flight.syncs == {"ok": 4}
+        assert figures_in_flight.failures == 0
         assert 1 <= figures_in_flight.peak_connections <= 4
         assert figures_in_flight.peak_requests >= 1
         assert figures_in_flight.peak_rss_mib > 0
