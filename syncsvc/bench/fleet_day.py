@@ -782,14 +782,14 @@ async def measure(
                 # The fleet in its steady state, as a day would leave it, before the outage.
                 await day.schedule(day.now())
             figures.catch_up = await catch_up(day)
+        if world_.after_day is not None:
+            await world_.after_day(day)
         if options.in_flight:
             if not (options.day or options.catch_up):
                 await day.schedule(day.now())
             for latency_ms in options.in_flight_latencies_ms:
                 world_.say(f"fleet: the whole fleet due at once at {latency_ms} ms, limits lifted")
                 figures.in_flight.append(await in_flight(day, latency_ms, options.concurrency))
-        if world_.after_day is not None:
-            await world_.after_day(day)
     finally:
         # Both clocks back to the wall clock for whatever runs next.
         await day.advance(-day.offset)

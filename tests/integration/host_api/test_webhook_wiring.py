@@ -52,7 +52,8 @@ async def test_sync_completed_and_needs_reauth_are_delivered_signed(
     # The EHR revokes the grant; the next refresh learns it and the host app is told.
     for grant in sandbox.state.grants.values():
         grant.revoked = True
-    later = ctx.now() + dt.timedelta(hours=1)  # the access token is due for refresh by then
+    # A sync is due then and the access token has expired: the refresh before it is due.
+    later = ctx.now() + dt.timedelta(hours=1)
     ctx = SyncContext(
         settings=hooked, sessionmaker=sessionmaker, vault=vault, http=http, clock=lambda: later
     )
@@ -60,6 +61,7 @@ async def test_sync_completed_and_needs_reauth_are_delivered_signed(
         stored = await repo.get_connection(session, connection.id)
         assert stored is not None
         stored.next_refresh_at = later
+        stored.next_sync_at = later
     second = await run_due(ctx)
     assert second.refresh == {"needs_reauth": 1}
     await webhooks.deliver_due(ctx)
