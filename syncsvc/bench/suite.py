@@ -439,9 +439,10 @@ class Bench:
             self.created.extend(ids)
             rates: list[float] = []
             for number in range(1, self.options.rounds + 1):
-                # syncsvc's clock runs ahead so every access token is near its expiry: each
-                # grant is due once per round (the EHR's clock is not moved; tokens stay valid).
-                ahead = dt.timedelta(seconds=number * (world.TOKEN_SECONDS - 100))
+                # syncsvc's clock runs ahead past each grant's keepalive (no sync is due, so only
+                # keeping the grant alive asks for a refresh): each grant is due once per round
+                # (the EHR's clock is not moved; tokens stay valid).
+                ahead = number * dt.timedelta(days=base.settings.keepalive_days + 1)
                 ctx = dataclasses.replace(base, clock=_clock_ahead(ahead))
                 await world.make_due(self.sessionmaker, ids, sync=False, refresh=True)
                 rates.append(await fleet_ops.refresh_round(ctx, ids))
