@@ -58,12 +58,26 @@ TENANT_MISMATCH: Final = "tenant_mismatch"
 #: ``not_granted``: requested, never granted: nothing of the type is synced.
 #: ``withdrawn``: granted before and narrowed away at a refresh or a reconnect: what was synced
 #: is kept, marked "not updated since", never "synced ok".
+#: ``unsupported``: the tenant's server does not offer the type, or cannot search it per patient
+#: (its CapabilityStatement leaves it out, or the vendor's plan says so): never asked for, never
+#: pulled, and not a failure.
 TypeState = Literal[
-    "ok", "denied", "error", "transient_error", "failing", "not_granted", "withdrawn"
+    "ok",
+    "denied",
+    "error",
+    "transient_error",
+    "failing",
+    "not_granted",
+    "withdrawn",
+    "unsupported",
 ]
 TYPE_STATES: Final[tuple[TypeState, ...]] = get_args(TypeState)
 #: States of a type the grant does not cover (it is not pulled).
 UNGRANTED_TYPE_STATES: Final = frozenset({"not_granted", "withdrawn"})
+#: The state of a type the tenant's server cannot serve (it is not pulled, whatever the grant).
+UNSUPPORTED: Final = "unsupported"
+#: States of a type that is not pulled.
+UNPULLED_TYPE_STATES: Final = UNGRANTED_TYPE_STATES | {UNSUPPORTED}
 
 #: How one type fared in one run (``skipped``: denied for this very grant before, not asked
 #: again; ``incomplete``: a run-ending failure stopped it).

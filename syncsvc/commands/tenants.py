@@ -117,7 +117,6 @@ async def _register(settings: Settings, spec: TenantSpec) -> Tenant:
 
 def _add(args: argparse.Namespace) -> int:
     from syncsvc.directory.tenants import TenantSpec
-    from syncsvc.sync.tenant_config import DEFAULT_RESOURCE_TYPES
 
     settings = load_settings("tenants add")
     if settings is None:
@@ -149,7 +148,7 @@ def _add(args: argparse.Namespace) -> int:
             private_key_pem=private_key,
             key_id=args.key_id,
             redirect_uri=args.redirect_uri,
-            resource_types=tuple(args.scopes) if args.scopes else DEFAULT_RESOURCE_TYPES,
+            resource_types=tuple(args.scopes) if args.scopes else None,
             plan_overrides=plans,
         )
         tenant = asyncio.run(_register(settings, spec))
@@ -341,7 +340,11 @@ def add_to(commands: Commands) -> None:
         ),
     )
     add.add_argument(
-        "--scopes", nargs="+", metavar="TYPE", help="resource types to request (default: a set)"
+        "--scopes",
+        nargs="+",
+        metavar="TYPE",
+        help="resource types to request (default: the tenant's stored list, or for a new tenant "
+        "every US Core patient type; types its server does not offer show as unsupported)",
     )
     add.add_argument(
         "--plans",

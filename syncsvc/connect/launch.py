@@ -31,7 +31,7 @@ from syncsvc.smart.mixup import callback_tenant_of, check_callback_route
 from syncsvc.smart.scopes import plan_scopes
 from syncsvc.smart.vendor_errors import OAuthError, known_reason, safe_error_uri
 from syncsvc.sync.context import SyncContext
-from syncsvc.sync.tenant_config import resource_types_of
+from syncsvc.sync.type_support import pullable_types
 from syncsvc.vault import Purpose
 
 log = get_logger("syncsvc.connect.launch")
@@ -80,7 +80,8 @@ async def start_launch(
             "syncsvc requires. The service operator has been told.",
             reason="pkce_unsupported",
         )
-    scopes = plan_scopes(resource_types_of(tenant), config)
+    # Never ask for a type the server cannot serve: the patient would approve it in vain.
+    scopes = plan_scopes(pullable_types(tenant), config)
     state = secrets.token_urlsafe(32)
     nonce = secrets.token_urlsafe(24)
     pkce = oauth.new_pkce()

@@ -29,7 +29,8 @@ from syncsvc.smart.discovery import (
     normalise_base,
 )
 from syncsvc.smart.mixup import callback_tenant_of, tenant_callback_uri
-from syncsvc.sync.tenant_config import DEFAULT_RESOURCE_TYPES, smart_configuration
+from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES
+from syncsvc.sync.tenant_config import smart_configuration
 from syncsvc.vault import Purpose, Vault
 
 #: Re-discover a tenant's endpoints when the stored document is older than this.
@@ -67,7 +68,10 @@ class TenantSpec:
     client_secret: str | None = field(default=None, repr=False)
     private_key_pem: str | None = field(default=None, repr=False)
     key_id: str | None = None
-    resource_types: tuple[str, ...] = DEFAULT_RESOURCE_TYPES
+    #: ``None``: keep the types stored for the tenant, or give a new tenant today's default. A
+    #: tenant registered again (``tenants import`` re-reading its directory, say) never has its
+    #: list widened to a newer release's default behind the operator's back.
+    resource_types: tuple[str, ...] | None = None
     #: Changes to the vendor's query plans at this tenant (see ``syncsvc.fhir.plans.plan_for``).
     plan_overrides: dict[str, dict[str, object]] | None = None
 
@@ -197,7 +201,7 @@ async def register_tenant(
             "private_key_enc": _seal(vault, spec.private_key_pem, Purpose.PRIVATE_KEY, tenant_id),
             "key_id": spec.key_id,
             "redirect_uri": redirect_uri,
-            "configured_scopes": list(dict.fromkeys(spec.resource_types)),
+            "configured_scopes": _resource_types(spec, existing),
             "plan_overrides": spec.plan_overrides,
         }
         if config is not None:
@@ -212,6 +216,14 @@ async def register_tenant(
             tenant = await repo.update_tenant(session, tenant_id, now=now, **columns)
         await search_repo.index_tenant(session, tenant)
         return tenant
+
+
+def _resource_types(spec: TenantSpec, existing: Tenant | None) -> list[str]:
+    if spec.resource_types is not None:
+        return list(dict.fromkeys(spec.resource_types))
+    if existing is not None and existing.configured_scopes:
+        return list(existing.configured_scopes)
+    return list(DEFAULT_RESOURCE_TYPES)
 
 
 def _redirect_uri(spec: TenantSpec, existing: Tenant | None, public_url: str | None) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 
 from syncsvc.smart.discovery import SmartConfiguration
 
-#: The parameter that names the patient, per FHIR R4's patient compartment definitions.
+#: The parameter that names the patient, per FHIR R4's patient compartment definitions (and the
+#: parameter US Core 6.1 searches each type by).
 PATIENT_PARAM: dict[str, str] = {
     "Observation": "patient",
     "Condition": "patient",
@@ -29,6 +30,18 @@ PATIENT_PARAM: dict[str, str] = {
     "DocumentReference": "patient",
     "CarePlan": "patient",
     "Goal": "patient",
+    "CareTeam": "patient",
+    # R4's ``patient`` on Coverage is the beneficiary (``beneficiary`` is the same search).
+    "Coverage": "patient",
+    "Device": "patient",
+    "MedicationDispense": "patient",
+    "MedicationAdministration": "patient",
+    "Provenance": "patient",
+    "QuestionnaireResponse": "patient",
+    "RelatedPerson": "patient",
+    "ServiceRequest": "patient",
+    "Specimen": "patient",
+    "ImagingStudy": "patient",
 }
 
 
@@ -43,6 +56,9 @@ class TypePlan:
     variants: tuple[Mapping[str, str], ...] = (dict[str, str](),)
     #: Whether ``_lastUpdated`` may narrow an incremental pull (``None``: ask discovery).
     last_updated: bool | None = None
+    #: Why the vendor cannot search this type per patient (``None``: it can). Such a type is
+    #: ``unsupported`` at the tenant, never asked for and never counted as a failure.
+    unsupported: str | None = None
 
     def searches(self, patient_id: str) -> list[dict[str, str]]:
         """The query parameter sets for a full pull of this type."""
@@ -79,6 +95,10 @@ def _categories(*values: str) -> tuple[Mapping[str, str], ...]:
     return tuple({"category": value} for value in values)
 
 
+#: Epic and Oracle Health (Cerner) serve Provenance by id, or alongside another search with
+#: ``_revinclude=Provenance:target``; neither searches it per patient.
+_PROVENANCE_BY_TARGET = "searched only by id or target, not per patient"
+
 VENDOR_PLANS: dict[str, VendorPlan] = {
     "cerner": VendorPlan(
         vendor="cerner",
@@ -88,6 +108,7 @@ VENDOR_PLANS: dict[str, VendorPlan] = {
             "Observation": TypePlan("Observation", count=200),
             "DocumentReference": TypePlan("DocumentReference", count=100),
             "CarePlan": TypePlan("CarePlan", variants=_categories("assess-plan")),
+            "Provenance": TypePlan("Provenance", unsupported=_PROVENANCE_BY_TARGET),
         },
     ),
     "epic": VendorPlan(
@@ -104,6 +125,14 @@ VENDOR_PLANS: dict[str, VendorPlan] = {
             "CarePlan": TypePlan(
                 "CarePlan", variants=_categories("longitudinal", "encounter"), last_updated=False
             ),
+            # Epic serves problems, encounter diagnoses and health concerns as separate
+            # Condition searches told apart by category; the union is the patient's conditions.
+            "Condition": TypePlan(
+                "Condition",
+                variants=_categories("problem-list-item", "encounter-diagnosis", "health-concern"),
+                last_updated=False,
+            ),
+            "Provenance": TypePlan("Provenance", unsupported=_PROVENANCE_BY_TARGET),
         },
     ),
     "generic": VendorPlan(vendor="generic", default_count=100),

@@ -33,6 +33,17 @@ COMPARTMENT_TYPES: tuple[str, ...] = (
     "DocumentReference",
     "CarePlan",
     "Goal",
+    "CareTeam",
+    "Coverage",
+    "Device",
+    "MedicationDispense",
+    "Provenance",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "ServiceRequest",
+    "Specimen",
+    "ImagingStudy",
+    "MedicationAdministration",
 )
 SERVED_TYPES: tuple[str, ...] = ("Patient", *COMPARTMENT_TYPES, *REFERENCED_TYPES, "Binary")
 
@@ -139,6 +150,12 @@ class TenantPolicy:
     #: Shared types (Practitioner, Location ...) searchable by ``_id`` (a comma-separated list);
     #: the others are served by read only.
     id_search_types: list[str] = field(default_factory=lambda: list(REFERENCED_TYPES))
+    #: Types this deployment does not offer at all: left out of its CapabilityStatement and
+    #: ``scopes_supported``, and answered 404 like any unknown type.
+    unserved_types: list[str] = field(default_factory=list)
+    #: Types it serves by id but cannot search per patient (the CapabilityStatement lists no
+    #: patient parameter for them): a patient search answers 400 the way the vendor does.
+    unsearchable_types: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -257,6 +274,9 @@ def vendor_policy(vendor: Vendor, **overrides: Any) -> TenantPolicy:
             # Millennium searches Practitioner, Organization and Location by ``_id``; it has
             # no PractitionerRole or Medication search.
             id_search_types=["Practitioner", "Organization", "Location"],
+            # Millennium's R4 API has no ImagingStudy, and serves Provenance by _id or target.
+            unserved_types=["ImagingStudy"],
+            unsearchable_types=["Provenance"],
         )
     elif vendor == "epic":
         base = TenantPolicy(
@@ -282,6 +302,8 @@ def vendor_policy(vendor: Vendor, **overrides: Any) -> TenantPolicy:
                 ],
                 "CarePlan": ["longitudinal", "encounter", "38717003", "736271009"],
             },
+            # Epic reads Provenance by id (or with _revinclude); it has no Provenance search.
+            unsearchable_types=["Provenance"],
         )
     else:
         # The generic shape follows the current specs, RFC 9207's iss parameter included.

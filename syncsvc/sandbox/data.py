@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from . import record_types
 from .config import PatientSpec, SandboxConfig, TenantConfig
 from .documents import BinaryEntry, Rendering, binary_url, pad, renderings
 from .referenced import (
@@ -41,9 +42,13 @@ DEFAULT_SIZE_RANGE = (5, 20)
 #: Types whose resources link to Binaries (their attachments).
 DOCUMENT_TYPES = ("DocumentReference", "DiagnosticReport")
 
-#: Types whose patient reference is ``patient`` in FHIR R4; every other compartment type uses
-#: ``subject``.
-PATIENT_FIELD: dict[str, str] = {"AllergyIntolerance": "patient", "Immunization": "patient"}
+#: Types whose patient reference is not ``subject`` in FHIR R4 (Provenance's ``target`` is a
+#: list); every other compartment type uses ``subject``.
+PATIENT_FIELD: dict[str, str] = {
+    "AllergyIntolerance": "patient",
+    "Immunization": "patient",
+    **record_types.PATIENT_FIELDS,
+}
 
 _OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 _LOINC = "http://loinc.org"
@@ -753,6 +758,7 @@ _GENERATORS: dict[str, Callable[[_Gen], dict[str, Any]]] = {
     "DocumentReference": _document_reference,
     "CarePlan": _careplan,
     "Goal": _goal,
+    **record_types.GENERATORS,
 }
 
 
@@ -863,7 +869,7 @@ class DataStore:
         if resource_type in spec.sizes:
             return max(0, spec.sizes[resource_type])
         rng = random.Random(f"{self.config.seed}:{tenant.id}:{spec.id}:{resource_type}:size")  # noqa: S311 - synthetic data
-        return rng.randint(*DEFAULT_SIZE_RANGE)
+        return rng.randint(*record_types.SIZE_RANGES.get(resource_type, DEFAULT_SIZE_RANGE))
 
     def _fill_patient(self, bucket: Bucket, tenant: TenantConfig, spec: PatientSpec) -> None:
         rng = random.Random(f"{self.config.seed}:{tenant.id}:{spec.id}:Patient")  # noqa: S311 - synthetic data
@@ -1014,7 +1020,8 @@ class DataStore:
         if field_name is not None:
             # A resource stored under a patient always names that patient: the compartment is
             # what the resource server enforces.
-            body[field_name] = {"reference": f"Patient/{bucket.patient_id}"}
+            reference = {"reference": f"Patient/{bucket.patient_id}"}
+            body[field_name] = [reference] if field_name == "target" else reference
         return make_entry(bucket.resource_type, rid, version, round(now * 1000), body)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import COMPARTMENT_TYPES, SERVED_TYPES, TenantConfig, TenantPolicy, Vendor
+from .config import SERVED_TYPES, TenantConfig, TenantPolicy, Vendor
 from .profiles import ROUTE_TEMPLATES
 from .referenced import REFERENCED_TYPES
 from .scope_policy import KNOWN_SCOPES
@@ -35,8 +35,21 @@ SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
     "DocumentReference": ("patient", "subject", "category", "type", "date"),
     "CarePlan": ("patient", "subject", "category"),
     "Goal": ("patient", "subject"),
+    "CareTeam": ("patient", "subject", "category", "status"),
+    "Coverage": ("patient", "beneficiary"),
+    "Device": ("patient", "type"),
+    "MedicationDispense": ("patient", "subject", "status", "type"),
+    "MedicationAdministration": ("patient", "subject", "status"),
+    "Provenance": ("patient", "target"),
+    "QuestionnaireResponse": ("patient", "subject", "status", "authored"),
+    "RelatedPerson": ("patient",),
+    "ServiceRequest": ("patient", "subject", "category", "code", "authored"),
+    "Specimen": ("patient", "subject", "type"),
+    "ImagingStudy": ("patient", "subject", "started"),
     "Binary": (),
 }
+#: Parameters that name the patient; a type the tenant cannot search per patient lists none.
+PATIENT_PARAMS = frozenset({"patient", "subject", "beneficiary"})
 
 CAPABILITIES_ALWAYS: tuple[str, ...] = (
     "launch-standalone",
@@ -130,7 +143,7 @@ def capabilities(policy: TenantPolicy) -> list[str]:
 def scopes_supported(policy: TenantPolicy) -> list[str]:
     """Scopes a tenant advertises: launch, identity, refresh and patient resource scopes."""
     scopes = sorted(KNOWN_SCOPES)
-    types = [*SERVED_TYPES[:1], *COMPARTMENT_TYPES, *REFERENCED_TYPES, *SERVED_TYPES[-1:]]
+    types = served_types(policy)
     if policy.wildcards_supported:
         types.insert(0, "*")
     for resource_type in types:
@@ -183,14 +196,21 @@ def capability_statement(state: SandboxState, tenant: TenantConfig) -> dict[str,
                         }
                     ],
                 },
-                "resource": [_resource(t, tenant.policy) for t in SERVED_TYPES],
+                "resource": [_resource(t, tenant.policy) for t in served_types(tenant.policy)],
             }
         ],
     }
 
 
+def served_types(policy: TenantPolicy) -> list[str]:
+    """The types a tenant with ``policy`` offers (Patient first, Binary last)."""
+    return [t for t in SERVED_TYPES if t not in policy.unserved_types]
+
+
 def _resource(resource_type: str, policy: TenantPolicy) -> dict[str, Any]:
     params = list(SEARCH_PARAMS.get(resource_type, ()))
+    if resource_type in policy.unsearchable_types:
+        params = [p for p in params if p not in PATIENT_PARAMS]
     if params and resource_type in policy.last_updated_types:
         params.append("_lastUpdated")
     if resource_type in REFERENCED_TYPES and resource_type in policy.id_search_types:
@@ -206,9 +226,9 @@ def _resource(resource_type: str, policy: TenantPolicy) -> dict[str, Any]:
 
 
 def _param_type(name: str) -> str:
-    if name in ("patient", "subject"):
+    if name in ("patient", "subject", "beneficiary", "target"):
         return "reference"
-    if name in ("date", "birthdate", "_lastUpdated"):
+    if name in ("date", "birthdate", "_lastUpdated", "authored", "started"):
         return "date"
     if name in ("name", "family", "given"):
         return "string"

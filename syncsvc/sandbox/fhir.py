@@ -125,7 +125,7 @@ class FhirServer:
         tenant = self._tenant(request)
         if tenant is None:
             return unknown_tenant()
-        if resource_type not in served:
+        if resource_type not in served or resource_type in tenant.policy.unserved_types:
             return operation_outcome(
                 404, "not-supported", f"The {operation} of {resource_type} is not supported"
             )
@@ -153,6 +153,8 @@ class FhirServer:
         if resource_type in REFERENCED_TYPES:
             return await self._search_shared(request, tenant, access, resource_type)
         try:
+            if resource_type in tenant.policy.unsearchable_types:
+                raise RefusedError(_unsearchable(tenant, resource_type))
             if "pageContext" in request.query:
                 context = self._recall(request, tenant, resource_type, access)
             else:
@@ -331,7 +333,10 @@ class FhirServer:
             if bucket is not None and bucket.entries:
                 return bucket.entries[0]
         field_name = patient_reference_field(resource_type)
-        body = {field_name: {"reference": f"Patient/{PHANTOM_PATIENT}"}} if field_name else {}
+        reference = {"reference": f"Patient/{PHANTOM_PATIENT}"}
+        body: dict[str, object] = {}
+        if field_name is not None:
+            body[field_name] = [reference] if field_name == "target" else reference
         rid = PHANTOM_PATIENT if resource_type == "Patient" else f"{PHANTOM_PATIENT}-1"
         return make_entry(resource_type, rid, 1, round(self.state.now() * 1000), body)
 
@@ -414,8 +419,21 @@ def parse_query(
     return Query(patient_id, categories, lower, upper, count)
 
 
+def _unsearchable(tenant: TenantConfig, resource_type: str) -> web.Response:
+    """How the vendor answers a per-patient search of a type it serves only by id."""
+    if tenant.vendor == "cerner":
+        # Millennium wants one of its own parameters and says which.
+        return operation_outcome(
+            400, "required", f"{resource_type} searches require either _id or target"
+        )
+    return operation_outcome(
+        400, "not-supported", f"Search is not supported for {resource_type}; read it by id"
+    )
+
+
 def _patient_param(params: MultiMapping[str]) -> str:
-    value = params.get("patient") or params.get("subject")
+    # Coverage names its patient as ``beneficiary`` too (R4's ``patient`` is the same search).
+    value = params.get("patient") or params.get("subject") or params.get("beneficiary")
     if not value:
         raise _bad_request("required", "The patient or subject search parameter is required")
     parts = value.split("/")

@@ -32,8 +32,46 @@ RESOURCE_DESCRIPTIONS: dict[str, str] = {
     "DocumentReference": "clinical documents",
     "CarePlan": "care plans",
     "Goal": "health goals",
+    "CareTeam": "care teams",
+    "Coverage": "insurance coverage",
+    "Device": "implants and medical devices",
+    "MedicationDispense": "medications dispensed",
+    "MedicationAdministration": "medications given to you",
+    "Provenance": "where your records came from",
+    "QuestionnaireResponse": "questionnaire answers",
+    "RelatedPerson": "family members and contacts",
+    "ServiceRequest": "orders and referrals",
+    "Specimen": "lab specimens",
+    "ImagingStudy": "imaging studies",
 }
-DEFAULT_RESOURCE_TYPES: tuple[str, ...] = tuple(RESOURCE_DESCRIPTIONS)
+#: What a new tenant asks for when the operator names nothing: every patient-compartment type
+#: of US Core 6.1 (Patient first), then ImagingStudy and MedicationAdministration. Types the
+#: tenant's server does not offer are ``unsupported`` there (see ``syncsvc.sync.type_support``).
+DEFAULT_RESOURCE_TYPES: tuple[str, ...] = (
+    "Patient",
+    "AllergyIntolerance",
+    "Condition",
+    "Observation",
+    "MedicationRequest",
+    "Immunization",
+    "Procedure",
+    "Encounter",
+    "DiagnosticReport",
+    "DocumentReference",
+    "CarePlan",
+    "Goal",
+    "CareTeam",
+    "Coverage",
+    "Device",
+    "MedicationDispense",
+    "Provenance",
+    "QuestionnaireResponse",
+    "RelatedPerson",
+    "ServiceRequest",
+    "Specimen",
+    "ImagingStudy",
+    "MedicationAdministration",
+)
 _CANONICAL_TYPES = {name.lower(): name for name in RESOURCE_DESCRIPTIONS}
 
 _RESOURCE_SCOPE = re.compile(

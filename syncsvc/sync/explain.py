@@ -24,6 +24,7 @@ from syncsvc.vocabulary import (
     OFFLINE_ACCESS_NOT_GRANTED,
     RECONNECTABLE_STATUSES,
     SCOPES_WITHDRAWN,
+    UNSUPPORTED,
 )
 
 #: The sentence of a healthy grant; nothing else may claim it.
@@ -99,7 +100,13 @@ class Explanation:
             "summary": self.summary,
             "sentences": list(self.sentences),
             "kept_up_to_date": self.kept_up_to_date,
+            "unsupported_types": [line.type for line in self.unsupported],
         }
+
+    @property
+    def unsupported(self) -> tuple[TypeLine, ...]:
+        """The types the provider's system does not offer (not a failure: never pulled)."""
+        return tuple(line for line in self.types if line.state == UNSUPPORTED)
 
     @property
     def withdrawn(self) -> tuple[TypeLine, ...]:
@@ -125,6 +132,13 @@ def _type_sentence(name: str, facts: TypeFacts, count: int, *, readable: bool) -
             f"{label}: your provider stopped sharing this; the {count} record(s) kept here have "
             f"not been updated since {since}."
         )
+    if state == UNSUPPORTED:
+        if count:
+            return (
+                f"{label}: your provider's system no longer offers this; the {count} record(s) "
+                "kept here are not updated."
+            )
+        return f"{label}: your provider's system does not offer this, so it is not synced."
     if not readable or state == "not_granted":
         return f"{label}: not granted by your provider, so not synced."
     retried = state_sentence(

@@ -23,14 +23,19 @@ from syncsvc.db.stats_repo import count_resources
 from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES, covered_types, parse_scope
 from syncsvc.sync.explain import Explanation, GrantFacts, TypeFacts, explain
 from syncsvc.sync.tenant_config import resource_types_of
+from syncsvc.sync.type_support import pullable_types, record_unsupported, unsupported_types
 from syncsvc.vocabulary import UNGRANTED_TYPE_STATES
 
 OFFLINE_ACCESS = "offline_access"
 
 
 def readable_types(granted: Iterable[str], tenant: Tenant) -> list[str]:
-    """The tenant's configured types that ``granted`` lets syncsvc read, in the tenant's order."""
-    return covered_types(granted, resource_types_of(tenant))
+    """The tenant's configured types that ``granted`` lets syncsvc read, in the tenant's order.
+
+    A type the tenant's server cannot serve (``unsupported``) is never readable, whatever the
+    grant says.
+    """
+    return covered_types(granted, pullable_types(tenant))
 
 
 def requested_types(requested: Iterable[str]) -> list[str]:
@@ -98,10 +103,15 @@ async def reconcile_type_states(
 
     A type the grant covers loses a ``not_granted``/``withdrawn`` row, so the next pull takes
     it in full. A type it does not cover becomes ``withdrawn`` when anything of it was synced or
-    attempted before, else ``not_granted``. In the caller's transaction.
+    attempted before, else ``not_granted``. A type the server cannot serve is ``unsupported``
+    whatever the grant (:func:`~syncsvc.sync.type_support.record_unsupported`). In the caller's
+    transaction.
     """
     readable = set(readable_types(connection.granted_scopes, tenant))
     states = await run_repo.sync_states(session, connection.id)
+    if await record_unsupported(session, connection.id, tenant, states, now=now):
+        states = await run_repo.sync_states(session, connection.id)
+    unsupported = unsupported_types(tenant)
     stored = await count_resources(session, connection.id)
     considered = dict.fromkeys(
         [
@@ -112,6 +122,8 @@ async def reconcile_type_states(
         ]
     )
     for resource_type in considered:
+        if resource_type in unsupported:
+            continue
         state = states.get(resource_type)
         if resource_type in readable:
             if state is not None and state.status in UNGRANTED_TYPE_STATES:
@@ -156,7 +168,7 @@ def grant_facts(
     revocation_pending: bool = False,
 ) -> GrantFacts:
     """The facts :func:`syncsvc.sync.explain.explain` words, from rows the caller has read."""
-    candidates = resource_types_of(tenant) if tenant is not None else DEFAULT_RESOURCE_TYPES
+    candidates = pullable_types(tenant) if tenant is not None else DEFAULT_RESOURCE_TYPES
     return GrantFacts(
         status=connection.status,
         reason=connection.status_reason,

@@ -21,8 +21,9 @@ from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
 from syncsvc.fhir.plans import TypePlan, VendorPlan, supports_last_updated
 from syncsvc.smart.scopes import covered_types
-from syncsvc.sync.tenant_config import resource_types_of, smart_configuration
+from syncsvc.sync.tenant_config import smart_configuration
 from syncsvc.sync.type_schedule import RETRYING, waiting_until
+from syncsvc.sync.type_support import pullable_types
 
 #: An incremental pull asks for ``_lastUpdated`` after the watermark minus this, so a resource
 #: committed at the EHR with a timestamp just before an earlier pull's newest one is not missed.
@@ -96,8 +97,8 @@ def plan_run(
     interval: dt.timedelta,
 ) -> RunPlan:
     """The plans of the types due in this run, and when each of the others is due."""
-    # Only what the *granted* scopes cover, in the operator's order for this tenant.
-    wanted = covered_types(connection.granted_scopes, resource_types_of(tenant))
+    # Only what the *granted* scopes cover and the server can serve, in the operator's order.
+    wanted = covered_types(connection.granted_scopes, pullable_types(tenant, vendor_plan))
     # A forced run, or one narrowed to named types, pulls them whatever their schedule.
     scheduled = not full and types is None
     if types is not None:

@@ -26,6 +26,7 @@ from syncsvc.sync.pipeline.sink import TypePages
 from syncsvc.sync.pipeline.store import Counts
 from syncsvc.sync.pull_plan import Mode, PlannedType
 from syncsvc.sync.type_schedule import RETRYING
+from syncsvc.sync.type_support import record_unsupported
 from syncsvc.vocabulary import (
     NO_READABLE_TYPE,
     SUCCESSFUL_RUN_OUTCOMES,
@@ -141,6 +142,9 @@ async def start_run(
         )
         return None
     states = await run_repo.sync_states(session, connection_id)
+    # The server's offer may have changed since the last run (a fresh discovery document).
+    if await record_unsupported(session, connection_id, tenant, states, now=now):
+        states = await run_repo.sync_states(session, connection_id)
     await run_repo.start_run(
         session, run_id=run_id, connection_id=connection_id, owner=owner, full=full, now=now
     )

@@ -15,27 +15,12 @@ from syncsvc.netguard import endpoint_problem, is_loopback_host
 from syncsvc.smart.client_auth import ClientCredentials
 from syncsvc.smart.discovery import SmartConfiguration
 from syncsvc.smart.oauth import bound_revocation_endpoint
+from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES
 from syncsvc.vault import Purpose, Vault
-
-#: What syncsvc asks for when the operator names nothing: the patient's everyday record.
-DEFAULT_RESOURCE_TYPES: tuple[str, ...] = (
-    "Patient",
-    "AllergyIntolerance",
-    "Condition",
-    "Observation",
-    "MedicationRequest",
-    "Immunization",
-    "Procedure",
-    "Encounter",
-    "DiagnosticReport",
-    "DocumentReference",
-    "CarePlan",
-    "Goal",
-)
 
 
 def resource_types_of(tenant: Tenant) -> Sequence[str]:
-    """The resource types the operator configured for a tenant."""
+    """The resource types the operator configured for a tenant (stored when it was added)."""
     return tuple(tenant.configured_scopes) or DEFAULT_RESOURCE_TYPES
 
 

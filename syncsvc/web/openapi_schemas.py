@@ -118,6 +118,14 @@ def component_schemas() -> dict[str, Any]:
                     "type": "boolean",
                     "description": "True only with a refresh token and a readable type.",
                 },
+                "unsupported_types": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": (
+                        "Resource types the provider's system does not offer (or cannot search "
+                        "per patient): never asked for or pulled, and not a failure."
+                    ),
+                },
             },
         },
         "Connection": {
@@ -238,7 +246,9 @@ def component_schemas() -> dict[str, Any]:
                         "types": {
                             "type": "object",
                             "description": "sync.completed: each pulled type's status "
-                            "(ok, denied, error, transient_error, failing, skipped), its error "
+                            "(ok, denied, error, transient_error, failing, skipped; a type the "
+                            "provider does not offer is not pulled: see "
+                            "explanation.unsupported_types), its error "
                             "class and, for a type retried on its own schedule, the next attempt.",
                             "additionalProperties": {
                                 "type": "object",

@@ -9,6 +9,7 @@ import datetime as dt
 import re
 from typing import Any
 
+import orjson
 import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
@@ -18,6 +19,7 @@ from syncsvc import vocabulary
 from syncsvc.db import migrate
 from syncsvc.db.base import Base
 from syncsvc.db.engine import create_engine
+from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES
 
 
 def _revisions() -> list[str]:
@@ -216,3 +218,40 @@ async def test_the_search_index_is_made_at_head(empty_db_url: str) -> None:
         assert "tenant_search_fts" in schema
     else:
         assert "ix_tenant_search_document_fts" in schema["tenant_search"][1]
+
+
+async def test_tenants_keep_the_types_they_pulled_when_the_default_grows(
+    empty_db_url: str,
+) -> None:
+    """The US Core revision pins a tenant that followed the default to the twelve it had."""
+    before = "9a4c2e7b1d63"
+    await migrate.upgrade(empty_db_url, before)
+    now = dt.datetime.now(dt.UTC)
+    engine = create_engine(empty_db_url)
+    try:
+        async with engine.begin() as connection:
+            for tid, types in (("followed", "[]"), ("chose", '["Patient", "Observation"]')):
+                await connection.execute(
+                    text(
+                        "INSERT INTO tenants (id, name, display_name, vendor, fhir_base, "
+                        "endpoints, capabilities, client_id, auth_method, redirect_uri, "
+                        "configured_scopes, aliases, created_at, updated_at) VALUES (:id, :id, "
+                        "'T', 'generic', :base, '{}', '[]', 'c', 'public', 'https://s/cb', "
+                        ":types, '[]', :now, :now)"
+                    ),
+                    {"id": tid, "base": f"https://x/{tid}", "types": types, "now": now},
+                )
+        await migrate.upgrade_to_head(empty_db_url)
+        async with engine.connect() as connection:
+            rows = (
+                await connection.execute(text("SELECT id, configured_scopes FROM tenants"))
+            ).all()
+        stored = {
+            tid: orjson.loads(types) if isinstance(types, str) else types for tid, types in rows
+        }
+        assert stored["chose"] == ["Patient", "Observation"]
+        assert len(stored["followed"]) == 12
+        assert set(stored["followed"]) < set(DEFAULT_RESOURCE_TYPES)
+        assert not {"Coverage", "Provenance", "CareTeam"} & set(stored["followed"])
+    finally:
+        await engine.dispose()

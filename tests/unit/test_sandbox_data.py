@@ -11,7 +11,14 @@ import orjson
 import pytest
 
 from syncsvc.sandbox.config import COMPARTMENT_TYPES, SandboxConfig, TenantConfig, default_config
-from syncsvc.sandbox.data import DEFAULT_SIZE_RANGE, Bucket, DataStore, category_tokens
+from syncsvc.sandbox.data import (
+    DEFAULT_SIZE_RANGE,
+    PATIENT_FIELD,
+    Bucket,
+    DataStore,
+    category_tokens,
+)
+from syncsvc.sandbox.record_types import SIZE_RANGES
 from syncsvc.sandbox.referenced import MISSING_PRACTITIONER, OUTSIDE_ORGANIZATION, REFERENCED_TYPES
 
 NANCY = "12724066"
@@ -62,7 +69,9 @@ def test_sizes_come_from_the_patient_spec_or_a_small_default() -> None:
     defaults = [len(_bucket(store, t).entries) for t in COMPARTMENT_TYPES]
 
     assert len(wilma.entries) == 400
-    assert all(DEFAULT_SIZE_RANGE[0] <= n <= DEFAULT_SIZE_RANGE[1] for n in defaults)
+    ranges = [SIZE_RANGES.get(t, DEFAULT_SIZE_RANGE) for t in COMPARTMENT_TYPES]
+    assert all(low <= n <= high for n, (low, high) in zip(defaults, ranges, strict=True))
+    assert all(n >= 1 for n in defaults)
     assert len(_bucket(store, "Patient").entries) == 1
 
 
@@ -70,13 +79,14 @@ def test_an_unknown_patient_or_type_has_no_bucket() -> None:
     store = _store()
 
     assert store.bucket(_tenant(store), "nobody", "Observation") is None
-    assert store.bucket(_tenant(store), NANCY, "Coverage") is None
+    assert store.bucket(_tenant(store), NANCY, "Basic") is None
 
 
 @pytest.mark.parametrize("resource_type", COMPARTMENT_TYPES)
 def test_every_resource_has_id_meta_and_the_patient_reference(resource_type: str) -> None:
     bucket = _bucket(_store(), resource_type)
-    field = "patient" if resource_type in ("AllergyIntolerance", "Immunization") else "subject"
+    field = PATIENT_FIELD.get(resource_type, "subject")
+    reference = {"reference": f"Patient/{NANCY}"}
 
     resources = _resources(bucket)
 
@@ -87,7 +97,7 @@ def test_every_resource_has_id_meta_and_the_patient_reference(resource_type: str
         assert resource["meta"]["versionId"] == "1"
         updated = datetime.fromisoformat(resource["meta"]["lastUpdated"])
         assert updated.tzinfo is not None
-        assert resource[field] == {"reference": f"Patient/{NANCY}"}
+        assert resource[field] == ([reference] if field == "target" else reference)
     keys = [(e.ms, e.id) for e in bucket.entries]
     assert keys == sorted(keys)
     assert len({e.id for e in bucket.entries}) == len(keys)

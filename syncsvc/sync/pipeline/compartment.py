@@ -30,8 +30,24 @@ _PATIENT_FIELDS: dict[str, tuple[str, ...]] = {
     "DocumentReference": ("subject",),
     "CarePlan": ("subject",),
     "Goal": ("subject",),
+    "CareTeam": ("subject",),
+    # The beneficiary only: a policy holder or subscriber may be someone else (a parent).
+    "Coverage": ("beneficiary",),
+    "Device": ("patient",),
+    "MedicationDispense": ("subject",),
+    "MedicationAdministration": ("subject",),
+    # A list of targets; the compartment's is the one that is a Patient.
+    "Provenance": ("target",),
+    "QuestionnaireResponse": ("subject",),
+    "RelatedPerson": ("patient",),
+    "ServiceRequest": ("subject",),
+    "Specimen": ("subject",),
+    "ImagingStudy": ("subject",),
 }
 _DEFAULT_FIELDS = ("subject", "patient")
+#: References of a list-valued patient element looked at (Provenance targets one resource or a
+#: few; a list of thousands is read no further and, naming no patient early, is refused).
+_MAX_LISTED = 100
 
 
 #: Stands for a patient reference on another server: never equal to a patient id.
@@ -76,7 +92,10 @@ def belongs_to_patient(resource: dict[str, Any], patient_id: str, base: str | No
         if isinstance(value, dict) and value.get("reference") == relative:
             found = True
             continue
-        named = _reference_ids(value, base)
+        if isinstance(value, list):
+            named = [pid for item in value[:_MAX_LISTED] for pid in _reference_ids(item, base)]
+        else:
+            named = _reference_ids(value, base)
         # Every patient reference must be this patient: one foreign reference is enough to refuse.
         if any(pid != patient_id for pid in named):
             return False

@@ -28,6 +28,7 @@ from syncsvc.lifecycle.disconnect import DisconnectResult, disconnect_connection
 from syncsvc.sync.explain import explain
 from syncsvc.sync.grant_states import load_grant_facts
 from syncsvc.sync.type_words import type_sentence
+from syncsvc.vocabulary import UNSUPPORTED
 from syncsvc.web.cookies import SESSION_COOKIE, render_with_form_token, session_user
 from syncsvc.web.keys import SERVICES, SETTINGS
 
@@ -125,8 +126,11 @@ async def _connection_view(
         "last_sync": _when(connection.last_success_at),
         "types": synced,
         "not_granted": [
-            line for line in explanation.types if not line.granted and line.state != "withdrawn"
+            line
+            for line in explanation.types
+            if not line.granted and line.state not in ("withdrawn", UNSUPPORTED)
         ],
+        "unsupported": explanation.unsupported,
         "total": sum(facts.counts.values()),
         "can_reconnect": explanation.can_reconnect,
         "can_disconnect": connection.status != "revoked" or bool(facts.counts),

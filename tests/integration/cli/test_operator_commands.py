@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.db import repo
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.settings import Settings
+from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES
 from syncsvc.sync.tenant_config import client_credentials
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import CERNER_TENANT, GENERIC_TENANT
@@ -169,3 +170,25 @@ async def test_tenants_add_reads_the_client_secret_from_a_file(
         tenant = await repo.get_tenant_by_name(session, "cerner")
     assert tenant is not None
     assert client_credentials(Vault(settings.vault_keys), tenant).secret == "sandbox-secret"
+
+
+async def test_tenants_add_asks_for_us_core_and_a_stored_list_is_never_widened(
+    settings: Settings, sandbox: RunningSandbox, sessionmaker: Sessionmaker
+) -> None:
+    base = sandbox.urls(GENERIC_TENANT).fhir_base
+    add = ("tenants", "add", "--name", "generic", "--base", base, "--client-id", "syncsvc-public")
+
+    first = await syncsvc(settings, *add, "--json")
+    assert first.code == 0, first.stderr
+    assert first.json()["resource_types"] == list(DEFAULT_RESOURCE_TYPES)
+    chosen = await syncsvc(settings, *add, "--scopes", "Patient", "Observation", "--json")
+    assert chosen.json()["resource_types"] == ["Patient", "Observation"]
+    # Registered again without --scopes (as a re-import does): the operator's list stays.
+    again = await syncsvc(settings, *add, "--json")
+
+    assert again.code == 0, again.stderr
+    assert again.json()["resource_types"] == ["Patient", "Observation"]
+    async with sessionmaker() as session:
+        tenant = await repo.get_tenant_by_name(session, "generic")
+    assert tenant is not None
+    assert tenant.configured_scopes == ["Patient", "Observation"]

@@ -50,7 +50,11 @@ async def test_a_first_pull_stores_every_granted_type_in_full(
 
     assert summary.outcome == "ok", summary
     rows = await stored(ctx, connection_id)
-    assert set(summary.types) == set(DEFAULT_RESOURCE_TYPES)
+    # Every US Core type the tenant offers, and nothing it does not (Cerner-shaped: no
+    # ImagingStudy; Cerner- and Epic-shaped: no Provenance search per patient).
+    policy = sandbox.tenant(sandbox_tenant).policy
+    unsupported = {*policy.unserved_types, *policy.unsearchable_types}
+    assert set(summary.types) == set(DEFAULT_RESOURCE_TYPES) - unsupported
     for resource_type, result in summary.types.items():
         assert result.status == "ok"
         assert result.mode == "full"
@@ -85,7 +89,14 @@ async def test_a_first_pull_stores_every_granted_type_in_full(
     assert connection is not None
     assert connection.last_sync_at == connection.last_success_at == summary.finished_at
     assert connection.next_sync_at is not None  # left for the scheduler
-    assert all(state.status == "ok" and state.last_full_at for state in states.values())
+    assert {t for t, state in states.items() if state.status == "unsupported"} == unsupported
+    assert all(
+        state.status == "ok" and state.last_full_at
+        for name, state in states.items()
+        if name not in unsupported
+    )
+    # A type the tenant does not offer is never asked for.
+    assert not [e for e in log for t in unsupported if f"/{t}?" in e["url"]]
 
 
 async def test_incremental_pull_stores_only_changes_and_reconciliation_flags_deletions(

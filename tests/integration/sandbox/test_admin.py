@@ -158,7 +158,7 @@ async def test_entered_in_error_is_a_new_version_per_type(admin: Admin) -> None:
     [
         ("tenants/nope/patients/12724066/Observation", {}, 404),
         ("tenants/{tenant}/patients/nobody/Observation", {}, 404),
-        ("tenants/{tenant}/patients/12724066/Coverage", {}, 404),
+        ("tenants/{tenant}/patients/12724066/Basic", {}, 404),
         ("tenants/{tenant}/patients/12724066/Patient", {}, 400),
         ("tenants/{tenant}/patients/12724066/Observation", {"resourceType": "Condition"}, 400),
         ("tenants/{tenant}/patients/12724066/Observation", {"id": "bad id!"}, 400),

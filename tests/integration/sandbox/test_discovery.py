@@ -9,6 +9,7 @@ import pytest
 
 from syncsvc.sandbox.config import SERVED_TYPES
 from syncsvc.sandbox.server import RunningSandbox
+from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
@@ -156,8 +157,10 @@ async def test_capability_statement(sandbox: RunningSandbox, http: aiohttp.Clien
         "introspect": urls.introspect,
     }
     resources = {r["type"]: [p["name"] for p in r["searchParam"]] for r in rest["resource"]}
-    assert set(resources) == set(SERVED_TYPES)
+    # Millennium's R4 API has no ImagingStudy, and no Provenance search per patient.
+    assert set(resources) == set(SERVED_TYPES) - {"ImagingStudy"}
     assert "patient" in resources["Observation"]
+    assert resources["Provenance"] == ["target"]
     # Cerner documents _lastUpdated on a few types only.
     assert "_lastUpdated" in resources["Observation"]
     assert "_lastUpdated" not in resources["Immunization"]
@@ -171,6 +174,19 @@ async def test_epic_capability_statement_has_no_last_updated(
     names = {p["name"] for r in statement["rest"][0]["resource"] for p in r["searchParam"]}
     assert "_lastUpdated" not in names
     assert "patient" in names
+
+
+async def test_the_generic_capability_statement_offers_every_us_core_type(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    _, statement = await _get(http, f"{sandbox.urls(GENERIC_TENANT).fhir_base}/metadata")
+
+    resources = {
+        r["type"]: [p["name"] for p in r["searchParam"]] for r in statement["rest"][0]["resource"]
+    }
+    assert set(resources) == set(SERVED_TYPES)
+    assert set(DEFAULT_RESOURCE_TYPES) <= set(resources)
+    assert all("patient" in resources[t] for t in DEFAULT_RESOURCE_TYPES if t != "Patient")
 
 
 async def test_discovery_of_unknown_tenant_or_wrong_vendor_shape_is_404(

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from syncsvc.sandbox.config import COMPARTMENT_TYPES, SandboxConfig
+from syncsvc.sandbox.data import PATIENT_FIELD
 from syncsvc.sandbox.server import RunningSandbox
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
 
@@ -52,7 +53,10 @@ async def test_every_compartment_type_is_searchable_under_each_vendor_base(
     categories = {"Observation": "vital-signs", "CarePlan": "assess-plan"}
     if tenant_id == EPIC_TENANT:
         categories["CarePlan"] = "38717003"
+    policy = sandbox.tenant(tenant_id).policy
     for resource_type in COMPARTMENT_TYPES:
+        if resource_type in (*policy.unserved_types, *policy.unsearchable_types):
+            continue  # answered as the vendor does: see the tests below
         query = f"{resource_type}?patient={NANCY}"
         if resource_type in categories:
             query += f"&category={categories[resource_type]}"
@@ -70,10 +74,9 @@ async def test_every_compartment_type_is_searchable_under_each_vendor_base(
             assert entry["search"] == {"mode": "match"}
             assert resource["meta"]["versionId"]
             assert resource["meta"]["lastUpdated"].endswith("Z")
-            field = (
-                "patient" if resource_type in ("AllergyIntolerance", "Immunization") else "subject"
-            )
-            assert resource[field] == {"reference": f"Patient/{NANCY}"}
+            field = PATIENT_FIELD.get(resource_type, "subject")
+            reference = {"reference": f"Patient/{NANCY}"}
+            assert resource[field] == ([reference] if field == "target" else reference)
 
 
 async def test_search_answers_fhir_json_sorted_by_last_updated(
@@ -357,12 +360,43 @@ async def test_an_unserved_type_is_404_and_binary_is_not_searchable(
     sandbox: RunningSandbox, http: aiohttp.ClientSession
 ) -> None:
     unserved_status, unserved = await _search(
-        http, sandbox, GENERIC_TENANT, f"Coverage?patient={NANCY}"
+        http, sandbox, GENERIC_TENANT, f"Basic?patient={NANCY}"
     )
     binary_status, binary = await _search(http, sandbox, GENERIC_TENANT, f"Binary?patient={NANCY}")
 
     assert (unserved_status, _issue_code(unserved)) == (404, "not-supported")
     assert (binary_status, _issue_code(binary)) == (404, "not-supported")
+
+
+async def test_a_type_the_vendor_does_not_offer_is_404_there_and_served_elsewhere(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    cerner_status, cerner = await _search(
+        http, sandbox, CERNER_TENANT, f"ImagingStudy?patient={NANCY}"
+    )
+    epic_status, epic = await _search(http, sandbox, EPIC_TENANT, f"ImagingStudy?patient={NANCY}")
+
+    assert (cerner_status, _issue_code(cerner)) == (404, "not-supported")
+    assert epic_status == 200
+    assert _ids(epic)
+
+
+@pytest.mark.parametrize(
+    ("tenant_id", "code"), [(CERNER_TENANT, "required"), (EPIC_TENANT, "not-supported")]
+)
+async def test_provenance_is_not_searched_per_patient_where_the_vendor_cannot(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession, tenant_id: str, code: str
+) -> None:
+    status, outcome = await _search(http, sandbox, tenant_id, f"Provenance?patient={NANCY}")
+    generic_status, generic = await _search(
+        http, sandbox, GENERIC_TENANT, f"Provenance?patient={NANCY}"
+    )
+
+    assert (status, _issue_code(outcome)) == (400, code)
+    assert generic_status == 200
+    assert all(
+        {"reference": f"Patient/{NANCY}"} in e["resource"]["target"] for e in generic["entry"]
+    )
 
 
 @pytest.mark.parametrize("tenant_id", [CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT])
