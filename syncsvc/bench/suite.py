@@ -22,6 +22,7 @@ from syncsvc.bench import (
     fleet_ops,
     ingest,
     search,
+    whole_record,
     world,
 )
 from syncsvc.bench.ingest import Fleet
@@ -42,7 +43,7 @@ SCENARIOS = (
 )  # fmt: skip
 QUICK_SCENARIOS = ("ingest", "resync", "peers", "wide", "scheduler", "refresh", "search")
 #: Run only when asked for by name: the whole suite's printout stays as it was.
-OPT_IN_SCENARIOS = ("fleet", "catchup", "claim", "concurrency")
+OPT_IN_SCENARIOS = ("fleet", "catchup", "claim", "concurrency", "everything")
 
 
 @dataclass
@@ -235,6 +236,8 @@ class Bench:
             await self.provider_search()
         if "claim" in chosen:
             await self.claim_at_scale()
+        if "everything" in chosen:
+            await self.whole_record()
         self.report.targets.extend(judge(self.report))
 
     async def fleet_day(self) -> None:
@@ -354,6 +357,26 @@ class Bench:
             if name in ratios:
                 row.extra["syncsvc_ratio"] = Spread.of(ratios[name]).to_json()
             self.report.rows.append(row)
+
+    async def whole_record(self) -> None:
+        """First syncs of every US Core type: one search per type against Patient/$everything.
+
+        The same patients, fresh connections each time, at no added latency and at the ``wide``
+        latency per request; the plan is switched by the tenant's ``"*"`` override.
+        """
+        place = whole_record.Place(
+            origin=self.origin,
+            config=self.config,
+            http=self.http,
+            sessionmaker=self.sessionmaker,
+            vault=self.vault,
+            context=self.context,
+            say=self.say,
+            created=self.created,
+            tenant_ids=self.tenant_ids,
+        )
+        rows = await whole_record.measure(place, self.options.rounds, self.options.latency_ms)
+        self.report.rows.extend(rows)
 
     async def first_syncs(self, patients: list[str], latency_ms: int, label: str) -> Sample:
         """One first sync of ``patients`` at ``latency_ms`` per page (fresh connections)."""

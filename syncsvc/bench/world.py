@@ -53,6 +53,12 @@ PAGE_SIZE = 100
 #: by a little less, so every grant is due once per round and not again within it.
 TOKEN_SECONDS = 3600
 BIG_PATIENT = "bench-big"
+#: The tenant of the whole-record figures: every US Core type, Patient/$everything offered.
+WHOLE_TENANT = "bench-whole"
+#: Patients of the whole-record figures, and the Observations each has (the other types get
+#: the sandbox's default handful each).
+WHOLE_PATIENTS = 8
+WHOLE_OBSERVATIONS = 300
 REFRESH_PATIENT = "bench-refresh-patient"
 #: Concurrent authorize + exchange flows while connecting many patients.
 CONNECT_CONCURRENCY = 16
@@ -108,9 +114,24 @@ def sandbox_config(*, patients: int, resources: int, big_resources: int) -> Sand
         policy = vendor_policy("generic", refresh_mode=mode, access_token_lifetime=TOKEN_SECONDS)
         return TenantConfig(id=tenant_id, name=tenant_id, policy=policy, patients=refresh_patient)
 
+    whole = TenantConfig(
+        id=WHOLE_TENANT,
+        name="Benchmark tenant (whole record)",
+        policy=vendor_policy("generic", max_count=1000),
+        patients=[
+            PatientSpec(
+                id=patient_id(i),
+                given="Whole",
+                family=f"P{i}",
+                sizes={"Observation": WHOLE_OBSERVATIONS},
+            )
+            for i in range(WHOLE_PATIENTS)
+        ],
+    )
     return SandboxConfig(
         tenants=[
             ingest,
+            whole,
             refresh_tenant(STEADY_REFRESH_TENANT, "none"),
             refresh_tenant(ROTATING_REFRESH_TENANT, "strict_rotation"),
         ],

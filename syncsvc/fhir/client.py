@@ -231,14 +231,21 @@ class FhirClient:
         return doc
 
     async def search(
-        self, resource_type: str, params: Mapping[str, str], decode: Decoder[P]
+        self,
+        resource_type: str,
+        params: Mapping[str, str],
+        decode: Decoder[P],
+        *,
+        path: str | None = None,
     ) -> AsyncIterator[P]:
         """Pages of a search, following ``next`` links only while they stay under the base.
 
         ``decode`` turns each page's URL and body into the caller's page (it may hand the work to
-        another process); its links decide where paging goes next.
+        another process); its links decide where paging goes next. ``path`` (under the base)
+        replaces the type's search URL for an operation that answers a searchset, such as
+        ``Patient/{id}/$everything``; ``resource_type`` then only labels its requests.
         """
-        url: str | None = f"{self.base}/{resource_type}"
+        url: str | None = f"{self.base}/{path or resource_type}"
         query: Mapping[str, str] | None = params
         seen: set[str] = set()
         for _ in range(MAX_PAGES_PER_SEARCH):

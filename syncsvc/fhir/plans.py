@@ -78,6 +78,10 @@ class VendorPlan:
     #: This tenant's caps on one page (None: the process's settings), from the ``"*"`` override.
     max_page_bytes: int | None = None
     max_page_entries: int | None = None
+    #: Pull a first (full) sync through ``Patient/$everything`` where the server advertises it,
+    #: per-type searches as the fallback (off unless the tenant's ``"*"`` override says so:
+    #: see README, "The whole record", for the measured difference).
+    everything: bool = False
 
     def for_type(self, resource_type: str) -> TypePlan:
         """The plan of ``resource_type`` (a generic one if the vendor says nothing special)."""
@@ -141,13 +145,14 @@ VENDOR_PLANS: dict[str, VendorPlan] = {
 
 #: The key of plan overrides that apply to the tenant as a whole rather than to one type.
 TENANT_WIDE = "*"
-_TENANT_WIDE_FIELDS = ("max_page_bytes", "max_page_entries")
+_TENANT_WIDE_FIELDS = ("max_page_bytes", "max_page_entries", "everything")
 
 
 def plan_for(vendor: str, overrides: Mapping[str, Any] | None = None) -> VendorPlan:
     """The vendor's plan with per-tenant ``overrides`` (``{type: {field: value}}``) applied.
 
-    ``"*"`` holds the tenant-wide fields (the page caps ``max_page_bytes``, ``max_page_entries``).
+    ``"*"`` holds the tenant-wide fields (the page caps ``max_page_bytes``, ``max_page_entries``,
+    and ``everything``).
     Raises ValueError or TypeError for overrides that do not make a plan.
     """
     base = VENDOR_PLANS.get(vendor, VENDOR_PLANS["generic"])
@@ -159,7 +164,10 @@ def plan_for(vendor: str, overrides: Mapping[str, Any] | None = None) -> VendorP
     if unknown:
         raise ValueError(f"unknown tenant-wide plan fields: {', '.join(sorted(unknown))}")
     for name, value in tenant_wide.items():
-        if type(value) is not int or value < 1:
+        if name == "everything":
+            if type(value) is not bool:
+                raise ValueError("everything must be true or false")
+        elif type(value) is not int or value < 1:
             raise ValueError(f"{name} must be a positive integer")
     base = dataclasses.replace(base, **tenant_wide)
     for resource_type, changes in overrides.items():

@@ -156,6 +156,8 @@ class TenantPolicy:
     #: Types it serves by id but cannot search per patient (the CapabilityStatement lists no
     #: patient parameter for them): a patient search answers 400 the way the vendor does.
     unsearchable_types: list[str] = field(default_factory=list)
+    #: Whether ``Patient/{id}/$everything`` is offered (and advertised) here.
+    everything: bool = False
 
 
 @dataclass
@@ -307,7 +309,7 @@ def vendor_policy(vendor: Vendor, **overrides: Any) -> TenantPolicy:
         )
     else:
         # The generic shape follows the current specs, RFC 9207's iss parameter included.
-        base = TenantPolicy(advertise_response_iss=True, send_response_iss=True)
+        base = TenantPolicy(advertise_response_iss=True, send_response_iss=True, everything=True)
     return dataclasses.replace(base, **overrides)
 
 

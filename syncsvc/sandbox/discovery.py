@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from .config import SERVED_TYPES, TenantConfig, TenantPolicy, Vendor
+from .everything import OPERATION_DEFINITION, OPERATION_NAME
 from .profiles import ROUTE_TEMPLATES
 from .referenced import REFERENCED_TYPES
 from .scope_policy import KNOWN_SCOPES
@@ -218,11 +219,14 @@ def _resource(resource_type: str, policy: TenantPolicy) -> dict[str, Any]:
     interactions = [{"code": "read"}]
     if params:
         interactions.append({"code": "search-type"})
-    return {
+    resource: dict[str, Any] = {
         "type": resource_type,
         "interaction": interactions,
         "searchParam": [{"name": name, "type": _param_type(name)} for name in params],
     }
+    if resource_type == "Patient" and policy.everything:
+        resource["operation"] = [{"name": OPERATION_NAME, "definition": OPERATION_DEFINITION}]
+    return resource
 
 
 def _param_type(name: str) -> str:

@@ -32,6 +32,7 @@ from .data import (
 )
 from .documents import binary_response
 from .enforce import Access, authorize, foreign_patient, unknown_tenant
+from .everything import Everything
 from .outcomes import operation_outcome
 from .profiles import ROUTE_TEMPLATES
 from .referenced import REFERENCED_TYPES
@@ -69,6 +70,8 @@ def setup_routes(app: web.Application, state: SandboxState) -> None:
         base = templates["fhir_base"]
         # Types start with a capital letter, so ``metadata`` and ``.well-known`` never match here.
         app.router.add_get(f"{base}/{_TYPE}", server.search)
+        everything = Everything(state, store, server.tenant_of)
+        app.router.add_get(f"{base}/Patient/{_ID}/$everything", everything.handle)
         app.router.add_get(f"{base}/{_TYPE}/{_ID}", server.read)
 
 
@@ -113,6 +116,10 @@ class FhirServer:
         self.state = state
         self.store = store
         self.vendor = vendor
+
+    def tenant_of(self, request: web.Request) -> TenantConfig | None:
+        """The tenant a request names, if it is one of this vendor profile's."""
+        return self._tenant(request)
 
     def _tenant(self, request: web.Request) -> TenantConfig | None:
         tenant = self.state.tenant(request.match_info["tenant"])

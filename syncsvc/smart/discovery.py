@@ -50,6 +50,8 @@ class SmartConfiguration:
     resource_search_params: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: RFC 9207: the server names itself (``iss``) in every authorization response.
     authorization_response_iss_parameter_supported: bool = False
+    #: The CapabilityStatement lists the ``Patient/[id]/$everything`` operation.
+    patient_everything: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready form for storage."""
@@ -224,6 +226,31 @@ def resource_search_params(statement: Any) -> dict[str, tuple[str, ...]]:
     return found
 
 
+#: The canonical definition of Patient/$everything (FHIR R4); servers also name it by name.
+PATIENT_EVERYTHING = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
+
+
+def advertises_patient_everything(statement: Any) -> bool:
+    """Whether a CapabilityStatement lists ``$everything`` on Patient."""
+    if not isinstance(statement, dict):
+        return False
+    for rest in statement.get("rest") or []:
+        if not isinstance(rest, dict):
+            continue
+        for resource in rest.get("resource") or []:
+            if not isinstance(resource, dict) or resource.get("type") != "Patient":
+                continue
+            for operation in resource.get("operation") or []:
+                if not isinstance(operation, dict):
+                    continue
+                name, definition = operation.get("name"), operation.get("definition")
+                if name == "everything" or (
+                    isinstance(definition, str) and definition.startswith(PATIENT_EVERYTHING)
+                ):
+                    return True
+    return False
+
+
 def parse_capability_statement(base: str, statement: Any) -> SmartConfiguration:
     """Endpoints from a CapabilityStatement's ``oauth-uris`` extension (the pre-2.0 way)."""
     if not isinstance(statement, dict) or statement.get("resourceType") != "CapabilityStatement":
@@ -246,6 +273,7 @@ def parse_capability_statement(base: str, statement: Any) -> SmartConfiguration:
             uris.get("introspect"), "introspection endpoint", loopback_tenant=local
         ),
         resource_search_params=resource_search_params(statement),
+        patient_everything=advertises_patient_everything(statement),
     )
 
 
@@ -258,9 +286,16 @@ async def discover(http: aiohttp.ClientSession, fhir_base: str) -> SmartConfigur
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise DiscoveryError(f"Could not reach {base}: {describe_network_error(exc)}") from exc
     search_params = resource_search_params(statement) if meta_status == 200 else {}
+    everything = meta_status == 200 and advertises_patient_everything(statement)
     if status == 200 and doc is not None:
         config = parse_smart_configuration(base, doc)
-        return SmartConfiguration(**{**config.__dict__, "resource_search_params": search_params})
+        return SmartConfiguration(
+            **{
+                **config.__dict__,
+                "resource_search_params": search_params,
+                "patient_everything": everything,
+            }
+        )
     if meta_status == 200 and statement is not None:
         return parse_capability_statement(base, statement)
     raise DiscoveryError(

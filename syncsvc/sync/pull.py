@@ -45,6 +45,7 @@ from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
 from syncsvc.errors import SyncsvcError, VaultError
 from syncsvc.fhir.plans import plan_for
+from syncsvc.sync import everything
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens
 from syncsvc.sync.grant_client import AccessTokens, GrantClient
@@ -68,6 +69,7 @@ from syncsvc.sync.run_records import (
     save_type_success,
     start_run,
 )
+from syncsvc.sync.tenant_config import smart_configuration
 from syncsvc.sync.type_schedule import RETRYING, after_failure
 from syncsvc.vocabulary import FAILED_TYPE_RUN_STATUSES
 
@@ -149,6 +151,7 @@ class PullRun:
         self.summary = summary
         self._on_type = on_type
         vendor_plan = plan_for(tenant.vendor, tenant.plan_overrides)
+        self.vendor_plan = vendor_plan
         self.client = GrantClient(
             ctx.http,
             connection.fhir_base,
@@ -215,11 +218,13 @@ class PullRun:
         refuses, as belonging to another tenant say, is sent once rather than once per type.
         """
         planned = self.plan.types
+        if everything.usable(self.vendor_plan, smart_configuration(self.tenant), planned):
+            planned = await self._pull_everything(planned)
         outcomes = await asyncio.gather(
             *(self._pull_in_turn(index, one) for index, one in enumerate(planned)),
             return_exceptions=True,
         )
-        order = {one.resource_type: index for index, one in enumerate(planned)}
+        order = {one.resource_type: index for index, one in enumerate(self.plan.types)}
         types = self.summary.types
         self.summary.types = dict(sorted(types.items(), key=lambda item: order[item[0]]))
         for outcome in outcomes:
@@ -234,6 +239,79 @@ class PullRun:
         if self._stops:
             # The widest-reaching wins: a misbound token must not be reported as a mere 503.
             raise widest(self._stops)
+
+    async def _pull_everything(self, planned: list[PlannedType]) -> list[PlannedType]:
+        """Pull through ``Patient/$everything``; the types still to search on their own.
+
+        A type it returned nothing of is searched as well (a server may leave a type out of
+        the operation); if the operation fails, every type is searched (what it stored is kept,
+        and counted as unchanged by the searches).
+        """
+        connection, client = self.connection, self.client
+        results = {
+            one.resource_type: TypeResult(one.resource_type, "ok", "full") for one in planned
+        }
+        sinks: dict[str, TypePages] = {}
+        for name, result in results.items():
+            sinks[name] = await self.ctx.pages.open(
+                connection.id,
+                name,
+                patient_id=connection.patient_id,
+                base=connection.fhir_base,
+                max_entries=client.limits.max_entries,
+                counts=result.counts,
+                rejected=result.rejected,
+                meter=self._meter,
+            )
+        attempt_at = self.ctx.now()
+        count = {"_count": str(self.vendor_plan.default_count or 100)}
+        try:
+            try:
+                async for page in client.search(
+                    "Patient",
+                    count,
+                    everything.decoder(client.limits.max_entries),
+                    path=f"Patient/{connection.patient_id}/$everything",
+                ):
+                    for name, resources in page.by_type.items():
+                        if name in sinks:
+                            await sinks[name].put_resources(resources)
+            finally:
+                for sink in sinks.values():
+                    await sink.drain()
+        except SyncsvcError as exc:
+            failure = failure_of(exc)
+            if isinstance(failure, StopRun):
+                failure.resource_type = "Patient"
+                raise failure from exc
+            log.warning(
+                "everything_fell_back",
+                connection_id=connection.id,
+                error_class=failure.error_class,
+            )
+            return planned
+        remaining = []
+        for one in planned:
+            pages, result = sinks[one.resource_type], results[one.resource_type]
+            if not pages.seen:
+                remaining.append(one)
+                continue
+            save = functools.partial(
+                save_type_success,
+                planned=one,
+                pages=pages,
+                counts=result.counts,
+                attempt_at=attempt_at,
+                now=self.ctx.now(),
+            )
+            vanished = await self.ctx.pages.run(connection.id, save)
+            result.counts.deleted += vanished
+            self._meter(Counts(deleted=vanished))
+            self.summary.types[one.resource_type] = result
+            self.summary.counts.add(result.counts)
+            if self._on_type is not None:
+                self._on_type(result)
+        return remaining
 
     async def _pull_in_turn(self, index: int, planned: PlannedType) -> None:
         """Pull one type once the first has been answered (the first goes at once)."""

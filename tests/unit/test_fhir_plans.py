@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from syncsvc.fhir.plans import plan_for, supports_last_updated
 from syncsvc.smart.discovery import SmartConfiguration
+from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES
 
 
 def test_epic_observation_is_searched_once_per_required_category() -> None:
@@ -47,3 +50,35 @@ def test_last_updated_support_comes_from_the_plan_or_the_capability_statement() 
     assert supports_last_updated(generic.for_type("Goal"), config) is False
     assert supports_last_updated(generic.for_type("Observation"), None) is False
     assert supports_last_updated(plan_for("epic").for_type("Observation"), config) is False
+
+
+def test_every_us_core_type_is_searched_by_its_compartment_parameter() -> None:
+    for vendor in ("generic", "cerner", "epic"):
+        plan = plan_for(vendor)
+        for resource_type in DEFAULT_RESOURCE_TYPES:
+            if resource_type != "Patient":
+                assert plan.for_type(resource_type).patient_param == "patient"
+
+
+def test_vendors_say_which_types_they_cannot_search_per_patient() -> None:
+    assert plan_for("cerner").for_type("Provenance").unsupported is not None
+    assert plan_for("epic").for_type("Provenance").unsupported is not None
+    assert plan_for("generic").for_type("Provenance").unsupported is None
+    conditions = plan_for("epic").for_type("Condition").searches("p1")
+    assert [s["category"] for s in conditions] == [
+        "problem-list-item",
+        "encounter-diagnosis",
+        "health-concern",
+    ]
+    # A tenant may say its server does search Provenance per patient.
+    assert (
+        plan_for("epic", {"Provenance": {"unsupported": None}}).for_type("Provenance").unsupported
+        is None
+    )
+
+
+def test_everything_is_a_tenant_wide_switch_off_by_default() -> None:
+    assert plan_for("generic").everything is False
+    assert plan_for("generic", {"*": {"everything": True}}).everything is True
+    with pytest.raises(ValueError, match="true or false"):
+        plan_for("generic", {"*": {"everything": 1}})

@@ -18,6 +18,19 @@ from syncsvc.sync.pipeline.compartment import belongs_to_patient, canonical, res
             "subject": {"reference": "https://ehr.example/r4/t/Patient/p1/_history/3"},
         },
         {"resourceType": "Immunization", "id": "i", "patient": {"reference": "Patient/p1"}},
+        {
+            "resourceType": "Provenance",
+            "id": "v",
+            "target": [{"reference": "Observation/o"}, {"reference": "Patient/p1"}],
+        },
+        # A parent may hold the policy: only the beneficiary names the compartment.
+        {
+            "resourceType": "Coverage",
+            "id": "c",
+            "beneficiary": {"reference": "Patient/p1"},
+            "policyHolder": {"reference": "Patient/p9"},
+        },
+        {"resourceType": "Device", "id": "d", "patient": {"reference": "Patient/p1"}},
     ],
 )
 def test_own_resources_belong(resource: dict[str, object]) -> None:
@@ -34,6 +47,13 @@ def test_own_resources_belong(resource: dict[str, object]) -> None:
         {"resourceType": "AllergyIntolerance", "id": "a", "patient": {"display": "p1"}},
         {"resourceType": "Condition", "id": "c", "subject": "Patient/p1"},  # not a Reference
         {"id": "x", "subject": {"reference": "Patient/p1"}},  # no resourceType
+        {"resourceType": "Provenance", "id": "v", "target": [{"reference": "Observation/o"}]},
+        {
+            "resourceType": "Provenance",
+            "id": "v",
+            "target": [{"reference": "Patient/p1"}, {"reference": "Patient/p2"}],
+        },
+        {"resourceType": "Coverage", "id": "c", "beneficiary": {"reference": "Patient/p2"}},
     ],
 )
 def test_foreign_or_unanchored_resources_are_refused(resource: dict[str, object]) -> None:
