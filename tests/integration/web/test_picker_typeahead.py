@@ -18,7 +18,9 @@ from yarl import URL
 
 from syncsvc.sandbox.patient import parse_forms
 from syncsvc.settings import Settings
+from syncsvc.web.cookies import SESSION_COOKIE
 from syncsvc.web.handlers.picker_api import PICKER_SCRIPT
+from syncsvc.web.keys import SIGNER
 from tests.fixtures.brands import multi_portal_brands_directory
 from tests.fixtures.directory import ABBEVILLE, brands_directory, oracle_directory, organisations
 from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
@@ -55,9 +57,14 @@ async def _page(flow: Flow, link: str, query: str, page: int = 1) -> tuple[str, 
     return body, [f.fields["tenant"] for f in parse_forms(body) if "tenant" in f.fields]
 
 
-async def _search(flow: Flow, **query: str) -> tuple[int, dict[str, Any], Any]:
+async def _search(
+    flow: Flow, session: str | None = None, **query: str
+) -> tuple[int, dict[str, Any], Any]:
     url = URL(f"{flow.service.origin}/connect/search").with_query(query)
-    async with flow.http.get(url, headers={"Accept": "application/json"}) as response:
+    headers = {"Accept": "application/json"}
+    if session is not None:
+        headers["Cookie"] = f"{SESSION_COOKIE}={session}"
+    async with flow.http.get(url, headers=headers) as response:
         text = await response.text()
         assert not LEAK.search(text), LEAK.search(text)
         return response.status, orjson.loads(text), response.headers
@@ -120,6 +127,19 @@ async def test_the_json_search_answers_what_the_page_lists_to_its_link_only(
     one = await flow.link("user-ta", tenant="generic")
     status, problem, _ = await _search(flow, link=URL(one).query["link"], q="abbev")
     assert (status, problem["reason"]) == (403, "link_for_one_provider")
+
+    # The patient session a used link starts authorises the search as the link did.
+    signer = flow.service.app[SIGNER]
+    session = signer.sign("patient-session", {"uid": "user-ta", "tnt": None})
+    status, found, _ = await _search(flow, session=session, q="generic smart")
+    assert status == 200
+    assert _offered(found) == ["generic"]
+    assert found["groups"][0]["providers"][0]["status"] == {"title": "Connected", "tone": "ok"}
+    one_provider = signer.sign("patient-session", {"uid": "user-ta", "tnt": "generic"})
+    status, problem, _ = await _search(flow, session=one_provider, q="abbev")
+    assert (status, problem["reason"]) == (403, "link_for_one_provider")
+    status, problem, _ = await _search(flow, session=session[:-4] + "AAAA", q="abbev")
+    assert (status, problem["reason"]) == (401, "session_missing")
 
     # Each link has its own rate (12 at once here, 11 used above): searching on is refused.
     answers = [await _search(flow, link=token, q="abbev") for _ in range(4)]
