@@ -1,8 +1,10 @@
 """The provider search at directory scale: p95 of a patient's query over N listed tenants.
 
-Tenants are bulk-loaded with generated names and places (no discovery, no client), their search
-rows written as ``tenants import`` writes them, and a mix of what patients type (name prefixes,
-two-word names, cities, ZIP codes, a miss) is timed through the picker's own service function.
+Tenants are bulk-loaded from the generated directory of Oracle Health's shape
+(:mod:`syncsvc.bench.directories`, the one the tests import; no discovery, no client), their
+search rows written as ``tenants import`` writes them, and a mix of what patients type (name
+prefixes, two-word names, cities, ZIP codes, a miss) is timed through the picker's own service
+function.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from sqlalchemy import delete, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from syncsvc.bench.directories import organisation_at
 from syncsvc.bench.measure import Spread
 from syncsvc.bench.report import Row
 from syncsvc.db.columns import new_id
@@ -26,79 +29,8 @@ from syncsvc.directory.picker import find_providers
 from syncsvc.health.figures import percentile
 
 BATCH = 2_000
-PLACES = (
-    "Lakeview",
-    "Prairie",
-    "Riverbend",
-    "Cedar",
-    "Maple",
-    "Pine",
-    "Oak",
-    "Stone",
-    "Willow",
-    "Fair",
-    "Harbor",
-    "Summit",
-    "Redwood",
-    "Blue",
-    "Granite",
-    "Silver",
-    "Meadow",
-    "High",
-    "West",
-    "East",
-    "North",
-    "South",
-    "Clear",
-    "Brook",
-    "Hill",
-    "Valley",
-    "Sunset",
-    "Golden",
-    "Iron",
-    "Elm",
-    "Crescent",
-    "Shady",
-    "Mission",
-    "Bay",
-    "Fox",
-    "King",
-    "Queen",
-    "Ash",
-)
-KINDS = (
-    "General Hospital",
-    "Regional Medical Center",
-    "Community Hospital",
-    "Family Clinic",
-    "Health System",
-    "Memorial Hospital",
-    "Children's Hospital",
-    "Orthopedic Center",
-    "Heart Institute",
-    "Cancer Center",
-    "Medical Group",
-    "Urgent Care",
-    "Primary Care",
-)
-CITIES = (
-    ("Salina", "KS"),
-    ("Omaha", "NE"),
-    ("Tulsa", "OK"),
-    ("Amarillo", "TX"),
-    ("Monroe", "LA"),
-    ("Tupelo", "MS"),
-    ("Conway", "AR"),
-    ("Joplin", "MO"),
-    ("Fargo", "ND"),
-    ("Billings", "MT"),
-    ("Boise", "ID"),
-    ("Spokane", "WA"),
-    ("Eugene", "OR"),
-    ("Abbeville", "LA"),
-    ("Pine Bluff", "AR"),
-)
-#: What patients type: prefixes, fuller names, places, ZIP codes, and one that finds nothing.
+#: What patients type: prefixes, fuller names, places, ZIP codes, and one that finds nothing
+#: (each but the last finds organisations of :mod:`syncsvc.bench.directories`).
 QUERIES = (
     "abbev",
     "lakev",
@@ -108,7 +40,7 @@ QUERIES = (
     "salina",
     "omaha ne",
     "7051",
-    "70013",
+    "20035",
     "summit ortho",
     "harbor",
     "pine bluff",
@@ -123,15 +55,14 @@ SHORT_QUERIES = ("l", "s", "m", "c", "h", "la", "ma", "pi", "su", "ce")
 def _rows(first: int, count: int, now: dt.datetime) -> list[dict[str, Any]]:
     rows = []
     for i in range(first, first + count):
-        place, kind = PLACES[i % len(PLACES)], KINDS[(i // len(PLACES)) % len(KINDS)]
-        city, state = CITIES[i % len(CITIES)]
+        org = organisation_at(i)
         rows.append(
             {
                 "id": new_id(),
                 "name": f"bench-search-{i}",
-                "display_name": f"{place} {kind} {i // (len(PLACES) * len(KINDS)) + 1}",
+                "display_name": org.name,
                 "vendor": "cerner",
-                "fhir_base": f"https://fhir.bench.example/r4/search-{i}",
+                "fhir_base": org.fhir_base,
                 "endpoints": {},
                 "capabilities": [],
                 "client_id": "bench",
@@ -139,10 +70,10 @@ def _rows(first: int, count: int, now: dt.datetime) -> list[dict[str, Any]]:
                 "redirect_uri": "/callback/bench",
                 "configured_scopes": [],
                 "aliases": [],
-                "street": f"{i} Main St",
-                "city": city,
-                "state": state,
-                "postal_code": f"{(70000 + i * 13) % 100_000:05d}",
+                "street": org.street,
+                "city": org.city,
+                "state": org.state,
+                "postal_code": org.postal_code,
                 "directory": "bench-search",
                 "created_at": now,
                 "updated_at": now,

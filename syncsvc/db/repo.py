@@ -55,6 +55,12 @@ async def get_tenant_by_base(session: AsyncSession, fhir_base: str) -> Tenant | 
     return await session.scalar(select(Tenant).where(Tenant.fhir_base == fhir_base))
 
 
+async def tenant_names_by_base(session: AsyncSession) -> dict[str, str]:
+    """Every tenant's name by its FHIR base (an import matches its endpoints to them)."""
+    rows = await session.execute(select(Tenant.fhir_base, Tenant.name))
+    return dict(rows.tuples().all())
+
+
 async def list_tenants(session: AsyncSession) -> list[Tenant]:
     """Every tenant, by name."""
     return list(await session.scalars(select(Tenant).order_by(Tenant.name)))

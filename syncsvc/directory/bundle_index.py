@@ -12,6 +12,10 @@ from urllib.parse import urlsplit
 FHIR_REST = "hl7-fhir-rest"
 #: A name a directory gives (organisation, brand, portal, alias) is cut to this (its column).
 NAME_LENGTH = 200
+#: What a skip sentence quotes from the bundle (an id, a reference, an address) is cut to this.
+QUOTE_LENGTH = 120
+#: Logo URLs tried per brand (SMART lets a brand list several sizes and formats).
+MAX_LOGOS = 3
 #: Aliases kept per provider: a hostile directory must not grow one search row without bound.
 MAX_ALIASES = 20
 #: Oracle Health serves patient access from these domains (production, code and sandbox).
@@ -43,8 +47,8 @@ class Entry:
 
     @property
     def label(self) -> str:
-        """How a skip sentence names this resource."""
-        return self.key
+        """How a skip sentence names this resource (a hostile id or fullUrl is cut short)."""
+        return quoted(self.key)
 
 
 class Index:
@@ -172,6 +176,36 @@ def portal_name_of(org: dict[str, Any]) -> str | None:
         elif url.endswith("/patient-access-name") and (name := short_text(ext.get("valueString"))):
             return name
     return None
+
+
+def quoted(text: str, limit: int = QUOTE_LENGTH) -> str:
+    """``text`` as a sentence quotes it: cut to ``limit`` characters, the cut marked."""
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def logo_urls_of(org: dict[str, Any]) -> tuple[str, ...]:
+    """The logos an Organization's brand extensions give, in order, at most :data:`MAX_LOGOS`.
+
+    SMART 2.2: ``organization-brand``'s ``brandLogo`` (``valueUrl``, repeated for other sizes
+    or formats), then ``organization-portal``'s ``portalLogo``; ballot-era bundles used a
+    single ``brand-logo`` extension. Each is an https or ``data:`` URL, checked when fetched.
+    """
+    found: list[str] = []
+    for ext in extensions_of(org):
+        url = text_of(ext.get("url")) or ""
+        if url.endswith("/brand-logo"):
+            parts = [ext]
+        elif url.endswith(("/organization-brand", "/organization-portal")):
+            parts = [p for p in extensions_of(ext) if p.get("url") in ("brandLogo", "portalLogo")]
+        else:
+            continue
+        for part in parts:
+            link = text_of(part.get("valueUrl")) or text_of(part.get("valueString"))
+            if link and link.strip() not in found:
+                found.append(link.strip())
+            if len(found) >= MAX_LOGOS:
+                return tuple(found)
+    return tuple(found)
 
 
 def short_text(value: Any, limit: int = NAME_LENGTH) -> str | None:

@@ -24,13 +24,15 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import orjson
 
+from syncsvc.db.columns import URL_LENGTH
 from syncsvc.directory.bundle_index import (
     CERNER_DOMAINS,
     EPIC_DOMAINS,
@@ -49,10 +51,12 @@ from syncsvc.directory.bundle_index import (
     endpoint_references,
     fhir_versions,
     host_of,
+    logo_urls_of,
     object_of,
     on_domain,
     portal_for,
     portal_name_for,
+    quoted,
     short_text,
     text_of,
     unique_entries,
@@ -63,6 +67,12 @@ from syncsvc.smart.discovery import normalise_base
 
 #: Larger files are refused before parsing: the whole document is held in memory.
 MAX_FILE_BYTES = 50 * 1024 * 1024
+#: JSON values (counted by their separators before parsing) a file may hold: parsed, each is a
+#: Python object, so 50 MB of ``{},`` would take gigabytes. A published directory of 50 MB holds
+#: about a million (Oracle Health's 1,359 organisations: 38,000 in 1.1 MB).
+MAX_JSON_VALUES = 3_000_000
+#: Entries a bundle may hold: each may become a tenant.
+MAX_ENTRIES = 200_000
 #: Tenant names are at most this long (``TenantSpec`` enforces the same bound).
 MAX_NAME_LENGTH = 63
 
@@ -84,6 +94,8 @@ class ImportedEndpoint:
     #: The brand this organisation belongs to (its ``partOf``), when the directory says.
     brand_name: str | None = None
     portal_name: str | None = None
+    #: Where the brand's logo may be fetched (its own, else its parent brand's), best first.
+    logo_urls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,13 @@ def read_endpoint_file(path: Path, *, allow_loopback: bool = False) -> ImportRep
         raise ConfigError(f"Cannot read endpoint file {path}: {exc.strerror or exc}") from exc
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(_too_large(path))
+    # Every value but a container's last is followed by a comma; containers open with { or [.
+    values = data.count(b",") + data.count(b"{") + data.count(b"[")
+    if values > MAX_JSON_VALUES:
+        raise ConfigError(
+            f"Endpoint file {path} holds more than {MAX_JSON_VALUES:,} JSON values; "
+            "refusing to parse it."
+        )
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -135,6 +154,11 @@ def parse_endpoint_bundle(document: Any, *, allow_loopback: bool = False) -> Imp
     entries = document.get("entry", [])
     if not isinstance(entries, list):
         raise ConfigError("The Bundle's 'entry' is not a list.")
+    if len(entries) > MAX_ENTRIES:
+        raise ConfigError(
+            f"The Bundle holds {len(entries):,} entries, more than the {MAX_ENTRIES:,} an "
+            "import takes; refusing it."
+        )
     index = Index(entries)
     if not index.endpoints:
         raise ConfigError(
@@ -166,6 +190,7 @@ class _Pending:
     address: Address | None = None
     brand_name: str | None = None
     portal_name: str | None = None
+    logo_urls: tuple[str, ...] = ()
     aliases: list[str] = field(default_factory=list)
 
     def add_aliases(self, names: tuple[str, ...]) -> None:
@@ -209,7 +234,7 @@ class _Importer:
             if not resource:
                 self.skipped.append(f"Skipped entry {position}: it holds no resource.")
             else:
-                kind = text_of(resource.get("resourceType")) or "resource without a type"
+                kind = quoted(text_of(resource.get("resourceType")) or "resource without a type")
                 self.skipped.append(
                     f"Skipped entry {position}: a {kind} is neither an Organization "
                     "nor an Endpoint."
@@ -246,7 +271,7 @@ class _Importer:
             if endpoint is None:
                 target = text_of(object_of(ref).get("reference")) or "an endpoint"
                 self.skipped.append(
-                    f"Skipped {target} of brand '{shown}': it is not in the bundle."
+                    f"Skipped {quoted(target)} of brand '{shown}': it is not in the bundle."
                 )
                 continue
             self._take(endpoint, brand)
@@ -323,6 +348,8 @@ class _Importer:
                 if parent is not None
                 else None
             ),
+            logo_urls=logo_urls_of(brand.organization)
+            or (logo_urls_of(parent.resource) if parent is not None else ()),
         )
         pending.add_aliases(names)
         self.by_base[base] = pending
@@ -354,7 +381,7 @@ class _Importer:
             if not bases:
                 self.skipped.append(
                     f"Skipped brand '{shown}': it lists no endpoint and its parent brand "
-                    f"'{text_of(parent.resource.get('name')) or parent.label}' provided none."
+                    f"'{short_text(parent.resource.get('name')) or parent.label}' provided none."
                 )
                 continue
             names = (child.name, *child.aliases) if child.name else child.aliases
@@ -365,14 +392,11 @@ class _Importer:
                 self.skipped.append(
                     f"Skipped {endpoint.label}: no brand or organization in the bundle names it."
                 )
-        taken: set[str] = set()
         imported = []
         for pending in self.by_base.values():
-            name = _operator_name(pending.display_name, pending.fhir_base, taken)
-            taken.add(name)
             imported.append(
                 ImportedEndpoint(
-                    name=name,
+                    name="",
                     display_name=pending.display_name,
                     fhir_base=pending.fhir_base,
                     vendor=pending.vendor,
@@ -382,9 +406,10 @@ class _Importer:
                     address=pending.address,
                     brand_name=pending.brand_name,
                     portal_name=pending.portal_name,
+                    logo_urls=pending.logo_urls,
                 )
             )
-        return ImportReport(tuple(imported), tuple(self.skipped), self.format)
+        return named(ImportReport(tuple(imported), tuple(self.skipped), self.format), {})
 
 
 # --- resource helpers -----------------------------------------------------------------------
@@ -396,21 +421,24 @@ def _check_endpoint(
     """``(fhir_base, None)`` for a usable R4 REST endpoint, else ``(None, reason)``."""
     status = endpoint.get("status")
     if status is not None and status != "active":
-        return None, f"its status is '{status}', not 'active'"
+        return None, f"its status is '{quoted(str(status))}', not 'active'"
     codes = connection_codes(endpoint.get("connectionType"))
     if codes and FHIR_REST not in codes:
-        return None, f"its connection type is '{codes[0]}', not FHIR REST ({FHIR_REST})"
+        return None, f"its connection type is '{quoted(codes[0])}', not FHIR REST ({FHIR_REST})"
     versions = fhir_versions(endpoint)
     # The fhir-version extension is how brands bundles mark DSTU2 endpoints (1.0.2) beside R4.
     if versions and not any(v.startswith("4.0.") for v in versions):
-        return None, f"it serves FHIR {versions[0]}, not R4 (4.0.x)"
-    address = text_of(endpoint.get("address"))
-    if not address:
+        return None, f"it serves FHIR {quoted(versions[0])}, not R4 (4.0.x)"
+    found = text_of(endpoint.get("address"))
+    if not found:
         return None, "it has no address"
+    address = quoted(found)
+    if len(found) > URL_LENGTH:
+        return None, f"its address {address} is longer than {URL_LENGTH:,} characters"
     try:
-        base = normalise_base(address)
+        base = normalise_base(found)
     except DiscoveryError as exc:
-        return None, f"its address is not a usable FHIR base ({exc.message})"
+        return None, f"its address is not a usable FHIR base ({quoted(exc.message)})"
     parts = urlsplit(base)
     loopback = is_loopback_host(parts.hostname) or (parts.hostname or "").endswith(".localhost")
     if loopback and not allow_loopback:
@@ -422,6 +450,25 @@ def _check_endpoint(
 
 
 # --- names --------------------------------------------------------------------------------
+
+
+def named(report: ImportReport, known: Mapping[str, str]) -> ImportReport:
+    """``report`` with every endpoint named, keeping the names of tenants already registered.
+
+    ``known`` maps the FHIR base of each registered tenant to its name. A base registered
+    before keeps its tenant's name even when the directory renamed the organisation (the name is
+    in its callback URI and its links; the display name follows the directory), and a new
+    endpoint never takes a name another base holds, so an import never repoints a tenant.
+    """
+    taken = set(known.values())
+    endpoints = []
+    for endpoint in report.endpoints:
+        name = known.get(endpoint.fhir_base) or _operator_name(
+            endpoint.display_name, endpoint.fhir_base, taken
+        )
+        taken.add(name)
+        endpoints.append(replace(endpoint, name=name))
+    return replace(report, endpoints=tuple(endpoints))
 
 
 def _operator_name(display_name: str, fhir_base: str, taken: set[str]) -> str:

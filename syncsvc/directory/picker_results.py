@@ -18,6 +18,7 @@ from typing import Any
 
 from syncsvc.db.models.connections import Tenant
 from syncsvc.db.search_repo import SearchPage
+from syncsvc.directory.logos import logo_path
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ class ProviderCard:
     status: Status | None = None
     #: A logo syncsvc serves itself (never an EHR's URL), when the directory gave one.
     logo_url: str | None = None
+    #: The logo's text alternative: the brand's name.
+    logo_alt: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The card as the type-ahead reads it."""
@@ -57,6 +60,7 @@ class ProviderCard:
             if self.status is None
             else {"title": self.status.title, "tone": self.status.tone},
             "logo_url": self.logo_url,
+            "logo_alt": self.logo_alt,
         }
 
 
@@ -125,6 +129,16 @@ def _labels(tenants: Sequence[Tenant], brand: str) -> list[str]:
     return [label(i) for i in range(len(tenants))]
 
 
+def _logo(tenant: Tenant) -> dict[str, Any]:
+    """The card's logo, served by syncsvc, named by the brand it stands for."""
+    if tenant.logo_sha256 is None:
+        return {}
+    return {
+        "logo_url": logo_path(tenant.logo_sha256),
+        "logo_alt": tenant.brand_name or tenant.display_name,
+    }
+
+
 def group_page(
     tenants: Sequence[Tenant], status_of: Mapping[str, Status] | None = None
 ) -> tuple[ProviderGroup, ...]:
@@ -155,6 +169,7 @@ def group_page(
                 label=tenant.display_name,
                 detail=_detail(tenant, said=(tenant.display_name,)),
                 status=status_of.get(tenant.id),
+                **_logo(tenant),
             )
             groups.append(ProviderGroup(None, (card,)))
             continue
@@ -165,6 +180,7 @@ def group_page(
                 label=label,
                 detail=_detail(tenant, said=(brand, label, tenant.display_name)),
                 status=status_of.get(tenant.id),
+                **_logo(tenant),
             )
             for tenant, label in zip(found, _labels(found, brand), strict=True)
         )

@@ -11,6 +11,7 @@ from syncsvc.web.handlers import (
     data_api,
     disconnect_api,
     jwks,
+    logos,
     operators,
     patient,
     picker_api,
@@ -21,6 +22,7 @@ def setup_routes(app: web.Application) -> None:
     """Register the patient pages, the host-app API and the well-known endpoints."""
     connect.setup_routes(app)
     picker_api.setup_routes(app)
+    logos.setup_routes(app)
     patient.setup_routes(app)
     api.setup_routes(app)
     data_api.setup_routes(app)

@@ -27,7 +27,7 @@ async def test_a_patient_finds_and_connects_their_provider_without_javascript(
     bundle.write_bytes(orjson.dumps(oracle_directory(orgs)))
     done = await syncsvc(
         flow.service.settings, "tenants", "import", str(bundle), "--client-id", "syncsvc-public",
-        "--allow-loopback",
+        "--allow-loopback", "--directory", "oracle-health",
     )  # fmt: skip
     assert done.code == 0, done.stderr
     page = browser_page_without_script

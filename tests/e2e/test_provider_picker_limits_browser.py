@@ -34,7 +34,7 @@ async def test_past_its_rate_the_type_ahead_says_so_and_the_form_still_works(
     bundle.write_bytes(orjson.dumps(oracle_directory(orgs)))
     done = await syncsvc(
         flow.service.settings, "tenants", "import", str(bundle), "--client-id", "syncsvc-public",
-        "--allow-loopback",
+        "--allow-loopback", "--directory", "oracle-health",
     )  # fmt: skip
     assert done.code == 0, done.stderr
     page = browser_page

@@ -16,10 +16,14 @@ from cryptography.x509.oid import NameOID
 
 @dataclass(frozen=True)
 class LoopbackTls:
-    """A server context for ``names`` and a client context that trusts it (and nothing else)."""
+    """A server context for ``names`` and a client context that trusts it (and nothing else).
+
+    ``cert_pem`` is the certificate, for a child process to trust (``SSL_CERT_FILE``).
+    """
 
     server: ssl.SSLContext
     client: ssl.SSLContext
+    cert_pem: bytes = b""
 
 
 def self_signed(*names: str) -> LoopbackTls:
@@ -52,4 +56,4 @@ def self_signed(*names: str) -> LoopbackTls:
         key_file.write_bytes(key_pem)
         server.load_cert_chain(cert_file, key_file)
     client = ssl.create_default_context(cadata=cert_pem.decode())
-    return LoopbackTls(server=server, client=client)
+    return LoopbackTls(server=server, client=client, cert_pem=cert_pem)

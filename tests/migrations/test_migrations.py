@@ -16,9 +16,9 @@ from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
 from syncsvc import vocabulary
-from syncsvc.db import migrate
+from syncsvc.db import migrate, search_repo
 from syncsvc.db.base import Base
-from syncsvc.db.engine import create_engine
+from syncsvc.db.engine import create_engine, create_sessionmaker
 from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES
 
 
@@ -253,5 +253,40 @@ async def test_tenants_keep_the_types_they_pulled_when_the_default_grows(
         assert len(stored["followed"]) == 12
         assert set(stored["followed"]) < set(DEFAULT_RESOURCE_TYPES)
         assert not {"Coverage", "Provenance", "CareTeam"} & set(stored["followed"])
+    finally:
+        await engine.dispose()
+
+
+async def test_tenants_registered_before_the_search_are_found_by_folded_names(
+    empty_db_url: str,
+) -> None:
+    """The search revision's backfill lower-cased names only; a later revision folds them as the
+    search does, so "hopital" finds a "Hôpital" registered before the search existed."""
+    await migrate.upgrade(empty_db_url, "5b0e7f2a9c41")
+    now = dt.datetime.now(dt.UTC)
+    engine = create_engine(empty_db_url)
+    try:
+        async with engine.begin() as connection:
+            for tenant_id, name in (("t1", "HÔPITAL Sainte-Anne"), ("t2", "Clínica São José")):
+                await connection.execute(
+                    text(
+                        "INSERT INTO tenants (id, name, display_name, vendor, fhir_base, "
+                        "endpoints, capabilities, client_id, auth_method, redirect_uri, "
+                        "configured_scopes, created_at, updated_at) VALUES (:id, :id, :name, "
+                        "'generic', :base, '{}', '[]', 'c', 'public', 'https://s/cb', '[]', "
+                        ":now, :now)"
+                    ),
+                    {"id": tenant_id, "name": name, "base": f"https://{tenant_id}/r4", "now": now},
+                )
+        await migrate.upgrade_to_head(empty_db_url)
+        async with create_sessionmaker(engine)() as session:
+            for typed, found in (
+                ("hopital", ["t1"]),
+                ("Hôpital sainte-anne", ["t1"]),
+                ("clinica sao", ["t2"]),
+                ("SÃO JOSÉ", ["t2"]),
+            ):
+                page = await search_repo.search_tenants(session, typed)
+                assert [t.id for t in page.tenants] == found, typed
     finally:
         await engine.dispose()

@@ -12,9 +12,12 @@ import pytest
 
 from syncsvc.directory.bundle_index import Address
 from syncsvc.directory.endpoint_import import (
+    MAX_ENTRIES,
     MAX_FILE_BYTES,
+    MAX_JSON_VALUES,
     ImportedEndpoint,
     ImportReport,
+    named,
     parse_endpoint_bundle,
     read_endpoint_file,
 )
@@ -379,6 +382,35 @@ def test_a_colliding_name_does_not_depend_on_what_comes_before_it() -> None:
         assert plain[base].name == grown[base].name
 
 
+def test_a_registered_base_keeps_its_tenants_name_when_the_directory_renames_it() -> None:
+    renamed = bundle(
+        organization("a", "Valley Health Network", "a"),
+        endpoint("a", "https://fhir.valley-a.example.org/r4"),
+        organization("b", "Hillside Clinic", "b"),
+        endpoint("b", "https://fhir.valley-b.example.org/r4"),
+    )
+    known = {
+        "https://fhir.valley-a.example.org/r4": "valley-clinic",
+        # Another base already holds the name the new organisation would get.
+        "https://fhir.elsewhere.example.org/r4": "hillside-clinic",
+    }
+
+    found = by_base(named(parse_endpoint_bundle(renamed), known))
+
+    first = found["https://fhir.valley-a.example.org/r4"]
+    assert (first.name, first.display_name) == ("valley-clinic", "Valley Health Network")
+    second = found["https://fhir.valley-b.example.org/r4"].name
+    assert re.fullmatch(r"hillside-clinic-[0-9a-f]{8}", second)
+    # Named so again on the next import, once the new tenant is registered.
+    again = by_base(
+        named(
+            parse_endpoint_bundle(renamed),
+            {**known, "https://fhir.valley-b.example.org/r4": second},
+        )
+    )
+    assert again["https://fhir.valley-b.example.org/r4"].name == second
+
+
 # --- broken input -------------------------------------------------------------------------
 
 
@@ -410,6 +442,39 @@ def test_malformed_entries_are_skipped_not_fatal() -> None:
     assert [e.name for e in report.endpoints] == ["fine-clinic"]
     assert len(report.skipped) == 4
     assert "status is '7'" in report.skipped[-1]
+
+
+def test_a_bundle_of_more_entries_than_an_import_takes_is_refused() -> None:
+    document = {"resourceType": "Bundle", "entry": [{}] * (MAX_ENTRIES + 1)}
+
+    with pytest.raises(ConfigError, match=f"more than the {MAX_ENTRIES:,}"):
+        parse_endpoint_bundle(document)
+
+
+def test_a_file_of_tiny_values_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    # About 9 MB, well under the size limit, that would parse into millions of objects.
+    path = tmp_path / "tiny.json"
+    path.write_bytes(b'{"resourceType":"Bundle","entry":[' + b"{}," * MAX_JSON_VALUES + b"{}]}")
+
+    with pytest.raises(ConfigError, match="refusing to parse it"):
+        read_endpoint_file(path)
+
+
+def test_what_a_skip_sentence_quotes_from_a_hostile_bundle_is_cut_short() -> None:
+    long_id = "e" * 5000
+    document = bundle(
+        organization("o", "Fine Clinic", "fine", "long", long_id),
+        endpoint("fine", "https://fhir.fine.example/r4"),
+        endpoint("long", "https://fhir.long.example/" + "a" * 5000),
+        endpoint(long_id, "https://fhir.other.example/r4", status="off" * 2000),
+    )
+
+    report = parse_endpoint_bundle(document)
+
+    assert [e.name for e in report.endpoints] == ["fine-clinic"]
+    assert len(report.skipped) == 2
+    assert "longer than 2,048 characters" in report.skipped[0]
+    assert all(len(sentence) < 400 for sentence in report.skipped)
 
 
 def test_invalid_json_names_the_file() -> None:
@@ -487,3 +552,34 @@ def test_brands_keep_portal_name_address_and_the_brand_an_organization_is_part_o
     assert kids.brand_name == "Lakeside Health"
     assert kids.address == Address("1 Elm St, Floor 2", "Madison", None, "53703")
     assert by_base(report)["https://fhir.lakeside.example.org/r4"].brand_name is None
+
+
+def test_brand_logos_are_read_from_brand_and_portal_extensions_and_capped() -> None:
+    def ext(url: str, *parts: tuple[str, str]) -> dict[str, Any]:
+        return {
+            "url": f"http://hl7.org/fhir/StructureDefinition/{url}",
+            "extension": [{"url": name, "valueUrl": value} for name, value in parts],
+        }
+
+    logos = [("brandLogo", f"https://cdn.example.org/{n}.png") for n in range(5)]
+    parent = organization(
+        "parent", "Parent Health", extension=[ext("organization-portal", ("portalLogo", "data:x"))]
+    )
+    brand = organization(
+        "brand", "Brand Clinic", "b", extension=[ext("organization-brand", *logos)]
+    )
+    child = organization("child", "Child Clinic", "c", partOf={"reference": "Organization/parent"})
+    report = parse_endpoint_bundle(
+        bundle(
+            parent,
+            brand,
+            child,
+            endpoint("b", "https://fhir.brand.example/r4"),
+            endpoint("c", "https://fhir.child.example/r4"),
+        )
+    )
+
+    found = by_base(report)
+    assert found["https://fhir.brand.example/r4"].logo_urls == tuple(v for _, v in logos[:3])
+    # An organisation without a logo shows its parent brand's.
+    assert found["https://fhir.child.example/r4"].logo_urls == ("data:x",)

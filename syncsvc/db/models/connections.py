@@ -86,6 +86,11 @@ class Tenant(Base):
     #: When a re-import of its directory no longer listed it; kept (connections may use it),
     #: left out of the provider search.
     delisted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    #: The brand's logo (``logos.sha256``, no foreign key: a logo row is shared and pruned by
+    #: the import) fetched and checked at import, and the https URL it came from (``data:`` and a
+    #: digest if the directory embedded it); a re-import that cannot fetch the same URL keeps it.
+    logo_sha256: Mapped[str | None] = mapped_column(String(64))
+    logo_url: Mapped[str | None] = mapped_column(String(URL_LENGTH))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 

@@ -1,4 +1,4 @@
-"""The provider search: one row of normalised search terms per tenant.
+"""The provider search (one row of normalised search terms per tenant) and brand logos.
 
 The terms are lower-case ASCII (accents folded in Python, so both databases match alike). The
 index over them is database-specific and lives in the migration only: an FTS5 table
@@ -9,10 +9,12 @@ autogenerate from comparing them).
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String, Text
+import datetime as dt
+
+from sqlalchemy import BigInteger, ForeignKey, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from syncsvc.db.base import Base
+from syncsvc.db.base import Base, UTCDateTime
 from syncsvc.db.columns import ID_LENGTH
 
 
@@ -36,3 +38,20 @@ class TenantSearch(Base):
     place_terms: Mapped[str] = mapped_column(Text, default="")
     #: All of the above, which PostgreSQL's full-text index covers.
     document: Mapped[str] = mapped_column(Text, default="")
+
+
+class Logo(Base):
+    """A brand logo fetched and checked at import, stored once however many tenants show it.
+
+    Served by syncsvc from its digest (``GET /logos/{sha256}``), never hot-linked: the patient's
+    browser talks to syncsvc only. A logo no tenant shows any more is deleted by the import.
+    """
+
+    __tablename__ = "logos"
+
+    #: Hex SHA-256 of ``content``: the same image from many URLs is stored once.
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    #: One of the allowed image types (PNG, JPEG, WebP, GIF), checked against the bytes.
+    content_type: Mapped[str] = mapped_column(String(32))
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())

@@ -70,7 +70,7 @@
     if (card.logo_url) {
       var logo = document.createElement("img");
       logo.src = card.logo_url;
-      logo.alt = "";
+      logo.alt = card.logo_alt || "";
       logo.width = 24;
       logo.height = 24;
       item.appendChild(logo);

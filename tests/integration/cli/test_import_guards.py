@@ -73,7 +73,7 @@ async def test_a_bundle_naming_this_machine_is_not_imported_without_allow_loopba
 
     refused = await syncsvc(
         settings, "tenants", "import", str(bundle), "--client-id", "syncsvc-public",
-        "--discover", "--json",
+        "--discover", "--directory", "here", "--json",
     )  # fmt: skip
     summary = refused.json()
     assert isinstance(summary, dict)
@@ -86,10 +86,15 @@ async def test_a_bundle_naming_this_machine_is_not_imported_without_allow_loopba
     # The control: with the flag (development), the same bundle imports and discovers.
     allowed = await syncsvc(
         settings, "tenants", "import", str(bundle), "--client-id", "syncsvc-public",
-        "--discover", "--allow-loopback", "--json",
+        "--discover", "--allow-loopback", "--directory", "here", "--json",
     )  # fmt: skip
     assert allowed.code == 0, allowed.stderr
-    assert allowed.json() == {"format": "brands", "imported": 1, "skipped": []}
+    assert allowed.json() == {
+        "format": "brands",
+        "imported": 1,
+        "skipped": [],
+        "logos": {"shown": 0, "fetched": 0, "stored": 0, "deleted": 0, "failed": []},
+    }
     assert any("smart-configuration" in e.url for e in list(sandbox.state.request_log)[seen:])
     assert await _tenant_count(sessionmaker) == 1
 

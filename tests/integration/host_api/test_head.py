@@ -75,7 +75,12 @@ async def test_head_sends_headers_only_on_every_get_route(
 ) -> None:
     connection_id = await connect(api, "user-1", "nancysmart", generic)
     await sync_now(service)
-    values = {"user_id": "user-1", "connection_id": connection_id, "tenant": generic}
+    values = {
+        "user_id": "user-1",
+        "connection_id": connection_id,
+        "tenant": generic,
+        "sha256": "0" * 64,
+    }
     # Every GET route the application has, placeholders filled with real ids.
     paths = sorted(
         {

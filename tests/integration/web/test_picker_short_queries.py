@@ -41,7 +41,7 @@ async def test_one_or_two_letters_find_names_that_start_with_them(
     bundle.write_bytes(orjson.dumps(oracle_directory(orgs)))
     done = await syncsvc(
         flow.service.settings, "tenants", "import", str(bundle), "--client-id", "syncsvc-public",
-        "--allow-loopback",
+        "--allow-loopback", "--directory", "oracle-health",
     )  # fmt: skip
     assert done.code == 0, done.stderr
     async with flow.service.app[SERVICES].sessionmaker() as session:

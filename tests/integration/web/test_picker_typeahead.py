@@ -109,6 +109,7 @@ async def test_the_json_search_answers_what_the_page_lists_to_its_link_only(
                     "detail": "Abbeville, LA",
                     "status": None,
                     "logo_url": None,
+                    "logo_alt": "",
                 }
             ],
         }
