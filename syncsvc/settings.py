@@ -257,6 +257,13 @@ class Settings:
     #: Writers committing pulled pages on PostgreSQL, each in its own transaction (unset: 2);
     #: a connection's writes always take the same one. SQLite always has one.
     write_lanes: int | None = None
+    #: Referenced resources (Practitioner, Organization ...): a stored one is read again once it
+    #: is this old (a week: a clinician's or a clinic's details change rarely, and a record
+    #: references hundreds of them); at most so many are read per run (the rest the next run);
+    #: at most so many distinct references are recorded per connection.
+    reference_max_age_seconds: int = 7 * 24 * 3600
+    reference_reads_per_run: int = 500
+    reference_max_per_connection: int = 20_000
     #: Caps on one EHR page (a tenant may have its own, in its plan overrides under ``"*"``).
     max_page_bytes: int = 16 * 1024 * 1024
     max_page_entries: int = 10_000
@@ -308,6 +315,9 @@ class Settings:
             "sync_interval_seconds",
             "sync_concurrency",
             "claim_batch_size",
+            "reference_max_age_seconds",
+            "reference_reads_per_run",
+            "reference_max_per_connection",
             "max_page_bytes",
             "max_page_entries",
             "page_budget_bytes",
@@ -417,6 +427,9 @@ _INT_FIELDS = {
     "sync_interval_seconds",
     "sync_concurrency",
     "claim_batch_size",
+    "reference_max_age_seconds",
+    "reference_reads_per_run",
+    "reference_max_per_connection",
     "decode_workers",
     "write_lanes",
     "max_page_bytes",

@@ -90,6 +90,23 @@ FAILED_TYPE_RUN_STATUSES: Final[frozenset[TypeRunStatus]] = frozenset(
     {"denied", "error", "transient_error", "failing"}
 )
 
+# --- referenced resources ------------------------------------------------------------------
+
+#: Where one reference of a connection's record to a shared resource (Practitioner,
+#: PractitionerRole, Organization, Location, Medication) stands:
+#: ``pending``: found, not read yet (a run reads at most so many).
+#: ``stored``: read under the connection's FHIR base and stored.
+#: ``missing``: the EHR answered 404 or 410 (or its ``_id`` search did not return it).
+#: ``denied``: the EHR refused the read (403) under the current grant.
+#: ``failed``: the read failed (5xx, timeout, malformed answer); tried again next run.
+#: ``not_granted``: the grant does not let syncsvc read the type.
+#: ``outside_base``: the reference points outside the connection's FHIR base (another server,
+#: another tenant, a contained resource, a urn, an identifier only); never followed.
+ReferenceState = Literal[
+    "pending", "stored", "missing", "denied", "failed", "not_granted", "outside_base"
+]
+REFERENCE_STATES: Final[tuple[ReferenceState, ...]] = get_args(ReferenceState)
+
 # --- runs and refreshes --------------------------------------------------------------------
 
 #: A sync run as stored (``running`` until it ends; ``partial``: some types denied or in error).

@@ -25,6 +25,7 @@ from syncsvc.db.columns import new_id
 from syncsvc.db.models.connections import Tenant
 from syncsvc.directory.tenants import fresh_configuration, redirect_uri_of
 from syncsvc.errors import LaunchError, SyncsvcError
+from syncsvc.fhir.references import REFERENCED_TYPES
 from syncsvc.logging import get_logger
 from syncsvc.smart import oauth
 from syncsvc.smart.mixup import callback_tenant_of, check_callback_route
@@ -81,7 +82,7 @@ async def start_launch(
             reason="pkce_unsupported",
         )
     # Never ask for a type the server cannot serve: the patient would approve it in vain.
-    scopes = plan_scopes(pullable_types(tenant), config)
+    scopes = plan_scopes(pullable_types(tenant), config, referenced=REFERENCED_TYPES)
     state = secrets.token_urlsafe(32)
     nonce = secrets.token_urlsafe(24)
     pkce = oauth.new_pkce()

@@ -2,7 +2,8 @@
 
 A disconnect keeps the connection row (status ``revoked``) so the host application can still see
 that, and when, it ended. Erasing removes every copy of the patient's record held for it: the
-current resources, their replaced versions, the per-type sync states and the run history. The
+current resources (the shared ones its record references included), their replaced versions,
+the record's references, the per-type sync states and the run history. The
 ``resource_cursors`` row stays: it holds no patient data, and keeping it means ``seq`` never runs
 backwards if the patient reconnects, so a host application's old cursor cannot skip new rows.
 
@@ -20,15 +21,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .base import rowcount
 from .leases import claim_rows, lease_free
 from .models.activity import PendingRevocation
-from .models.records import Resource, ResourceHistory, SyncRun, SyncState
+from .models.records import (
+    ReferenceScan,
+    Resource,
+    ResourceHistory,
+    ResourceReference,
+    SyncRun,
+    SyncState,
+)
 
 
 async def erase_synced_data(session: AsyncSession, connection_id: str) -> int:
-    """Delete a connection's resources, history, sync states and runs; returns resources deleted."""
+    """Delete a connection's resources (the referenced ones too), history, references, sync
+    states and runs; returns resources deleted."""
     erased = rowcount(
         await session.execute(delete(Resource).where(Resource.connection_id == connection_id))
     )
-    for model in (ResourceHistory, SyncState, SyncRun):
+    for model in (ResourceHistory, ResourceReference, ReferenceScan, SyncState, SyncRun):
         await session.execute(delete(model).where(model.connection_id == connection_id))
     return erased
 

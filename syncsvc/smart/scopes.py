@@ -153,15 +153,36 @@ def _advertised_types(config: SmartConfiguration) -> set[str] | None:
     return types
 
 
-def plan_scopes(resource_types: Iterable[str], config: SmartConfiguration) -> list[str]:
+def _lists_scope_for(config: SmartConfiguration, resource_type: str) -> bool:
+    """Whether the server's ``scopes_supported`` names a patient scope for the type (or all)."""
+    for scope in config.scopes_supported or ():
+        parsed = parse_scope(scope)
+        if (
+            parsed is not None
+            and parsed.context == "patient"
+            and parsed.resource_type in ("*", resource_type)
+        ):
+            return True
+    return False
+
+
+def plan_scopes(
+    resource_types: Iterable[str],
+    config: SmartConfiguration,
+    *,
+    referenced: Iterable[str] = (),
+) -> list[str]:
     """The scopes to request: the base scopes plus one explicit read scope per wanted type.
 
-    Types the server advertises no scope for are left out rather than requested in vain.
+    Types the server advertises no scope for are left out rather than requested in vain. The
+    ``referenced`` types (Practitioner, Location ... a record names) are asked for only where
+    ``scopes_supported`` lists them: they are extras, never worth a refused launch.
     """
     syntax = preferred_syntax(config)
     advertised = _advertised_types(config)
     scopes = list(BASE_SCOPES)
-    for resource_type in dict.fromkeys(resource_types):
+    extras = [t for t in referenced if _lists_scope_for(config, t)]
+    for resource_type in dict.fromkeys([*resource_types, *extras]):
         if advertised is not None and resource_type not in advertised:
             continue
         suffix = "read" if syntax == "v1" else "rs"

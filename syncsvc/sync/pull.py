@@ -9,6 +9,9 @@ the type completed, so a crash or a transient failure makes the next run redo th
 idempotently (unchanged resources are compared, not rewritten). Every run leaves a
 ``sync_runs`` row and per-type ``sync_states`` (:mod:`syncsvc.sync.run_records`).
 
+Once the types are pulled, the shared resources the record references (Practitioner,
+Organization, Location ...) are read under the same base (:mod:`syncsvc.sync.references`).
+
 Requests are retried in place first (:mod:`syncsvc.sync.grant_client`: 502/503/504, 429, 408,
 timeouts, resets). What still fails is sorted by how far it reaches
 (:mod:`syncsvc.sync.pull_failures`):
@@ -45,6 +48,7 @@ from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
 from syncsvc.errors import SyncsvcError, VaultError
 from syncsvc.fhir.plans import plan_for
+from syncsvc.fhir.references import REFERENCED_TYPES
 from syncsvc.sync import everything
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens
@@ -60,6 +64,7 @@ from syncsvc.sync.pipeline.sink import TypePages
 from syncsvc.sync.pipeline.store import Counts
 from syncsvc.sync.pull_failures import StopRun, TypeFailed, failure_of, widest
 from syncsvc.sync.pull_plan import PlannedType, grant_fingerprint, plan_run
+from syncsvc.sync.references import ReferenceResolver, log_references
 from syncsvc.sync.run_records import (
     RunSummary,
     TypeResult,
@@ -174,6 +179,7 @@ class PullRun:
             now=summary.started_at,
             interval=self.interval,
         )
+        self._types = types
         self._room = asyncio.Semaphore(TYPES_AT_ONCE)
         #: Run-ending failures, and failures not of the EHR's doing, of the types pulled so far.
         self._stops: list[StopRun] = []
@@ -184,6 +190,7 @@ class PullRun:
         summary, client = self.summary, self.client
         try:
             await self._pull_types()
+            await self._resolve_references()
         except StopRun as stop:
             summary.outcome = stop.outcome
             summary.stopped_type = stop.resource_type
@@ -312,6 +319,25 @@ class PullRun:
             if self._on_type is not None:
                 self._on_type(result)
         return remaining
+
+    async def _resolve_references(self) -> None:
+        """Read the shared resources the record references (:mod:`syncsvc.sync.references`).
+
+        A run narrowed to named types resolves them only when a shared type is named.
+        """
+        if self._types is not None and not set(self._types) & set(REFERENCED_TYPES):
+            return
+        resolver = ReferenceResolver(
+            self.ctx,
+            self.connection,
+            self.client,
+            smart_configuration(self.tenant),
+            meter=self._meter,
+        )
+        result = await resolver.resolve()
+        self.summary.references = result
+        self.summary.counts.add(result.counts)
+        log_references(self.connection.id, result)
 
     async def _pull_in_turn(self, index: int, planned: PlannedType) -> None:
         """Pull one type once the first has been answered (the first goes at once)."""

@@ -25,6 +25,7 @@ from syncsvc.sync.grant_states import readable_types
 from syncsvc.sync.pipeline.sink import TypePages
 from syncsvc.sync.pipeline.store import Counts
 from syncsvc.sync.pull_plan import Mode, PlannedType
+from syncsvc.sync.references import ReferenceResult
 from syncsvc.sync.type_schedule import RETRYING
 from syncsvc.sync.type_support import record_unsupported
 from syncsvc.vocabulary import (
@@ -95,6 +96,8 @@ class RunSummary:
     #: When the connection is next due: the soonest of its types' own schedules (a type that
     #: failed is retried on its back-off, the others after the sync interval).
     next_due_at: dt.datetime | None = None
+    #: What the run did with the record's references to shared resources, once resolved.
+    references: ReferenceResult | None = None
 
     @property
     def succeeded(self) -> bool:

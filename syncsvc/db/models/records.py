@@ -30,7 +30,7 @@ from syncsvc.db.columns import (
     in_check,
     new_id,
 )
-from syncsvc.vocabulary import RUN_OUTCOMES, TYPE_STATES
+from syncsvc.vocabulary import REFERENCE_STATES, RUN_OUTCOMES, TYPE_STATES
 
 DeletedReason = Literal["vanished", "entered-in-error"]
 DELETED_REASONS: tuple[str, ...] = get_args(DeletedReason)
@@ -188,3 +188,51 @@ class SyncRun(Base):
     requests: Mapped[int] = mapped_column(Integer, default=0)
     #: Requests retried in place during the run (502/503/504, 429, 408, timeouts, resets).
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+#: A reference's key: ``Type/id`` under the base, ``kind:digest`` outside it.
+REFERENCE_KEY_LENGTH = RESOURCE_TYPE_LENGTH + 1 + RESOURCE_ID_LENGTH
+
+
+class ResourceReference(Base):
+    """One reference of a connection's record to a shared resource, and where it stands.
+
+    One row per distinct reference per connection: the read resource itself is stored once in
+    ``resources`` under its type and id, however many resources name it. A reference outside the
+    connection's FHIR base keeps only its kind, the type it names (if it says) and a digest.
+    """
+
+    __tablename__ = "resource_references"
+    __table_args__ = (
+        PrimaryKeyConstraint("connection_id", "ref_key"),
+        CheckConstraint(in_check("state", REFERENCE_STATES), name="state"),
+    )
+
+    connection_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("connections.id", ondelete="CASCADE")
+    )
+    ref_key: Mapped[str] = mapped_column(String(REFERENCE_KEY_LENGTH))
+    resource_type: Mapped[str | None] = mapped_column(String(RESOURCE_TYPE_LENGTH))
+    resource_id: Mapped[str | None] = mapped_column(String(RESOURCE_ID_LENGTH))
+    state: Mapped[str] = mapped_column(String(16))
+    #: For ``outside_base``, its kind (``other_server``, ``contained``, ``urn`` ...).
+    kind: Mapped[str | None] = mapped_column(String(16))
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    #: When it was last read (or tried); a stored one is read again once this is old enough.
+    checked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ReferenceScan(Base):
+    """How far a connection's stored resources have been scanned for references."""
+
+    __tablename__ = "reference_scans"
+
+    connection_id: Mapped[str] = mapped_column(
+        String(ID_LENGTH), ForeignKey("connections.id", ondelete="CASCADE"), primary_key=True
+    )
+    #: Resources up to this ``seq`` have had their references recorded.
+    scanned_seq: Mapped[int] = mapped_column(BigInteger(), default=0)
+    #: When references were last resolved.
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    #: Distinct references not recorded because the connection's cap was reached.
+    over_cap: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

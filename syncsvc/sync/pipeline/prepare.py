@@ -7,7 +7,7 @@ Nothing here touches the database or the network, so a page can be prepared in a
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -114,6 +114,42 @@ def prepare_page(
             newest = last_updated
     page.items = list(by_id.values())
     page.max_last_updated = newest
+    return page
+
+
+def prepare_shared(
+    resources: Iterable[dict[str, Any]], resource_type: str, wanted: Collection[str]
+) -> PreparedPage:
+    """Canonicalise shared resources read for a record (a Practitioner, a Location ...).
+
+    They name no patient, so the compartment guard does not apply; instead only a resource of
+    the type and one of the ``wanted`` ids asked for is kept, and anything else an EHR adds to
+    the answer is refused and counted.
+    """
+    page = PreparedPage(resource_type)
+    by_id: dict[str, Prepared] = {}
+    for resource in resources:
+        identity = resource_identity(resource)
+        if identity is None or identity[0] != resource_type or identity[1] not in wanted:
+            page.rejected.append(_describe(resource))
+            continue
+        meta = resource.get("meta")
+        meta = meta if isinstance(meta, dict) else {}
+        version = meta.get("versionId")
+        try:
+            stored = canonical(resource)
+        except orjson.JSONEncodeError:
+            page.rejected.append(_describe(resource))
+            continue
+        by_id[identity[1]] = Prepared(
+            identity[1],
+            version if isinstance(version, str) and len(version) <= MAX_ID_LENGTH else None,
+            _parse_instant(meta.get("lastUpdated")),
+            stored.body,
+            stored.content_hash,
+            is_entered_in_error(resource),
+        )
+    page.items = list(by_id.values())
     return page
 
 
