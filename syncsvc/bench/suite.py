@@ -21,6 +21,7 @@ from syncsvc.bench import (
     fleet_day,
     fleet_ops,
     ingest,
+    references,
     search,
     whole_record,
     world,
@@ -39,9 +40,12 @@ from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens
 
 SCENARIOS = (
-    "ingest", "resync", "peers", "wide", "big", "scheduler", "refresh", "scaleout", "search",
+    "ingest", "resync", "peers", "record", "wide", "big", "scheduler", "refresh", "scaleout",
+    "search",
 )  # fmt: skip
-QUICK_SCENARIOS = ("ingest", "resync", "peers", "wide", "scheduler", "refresh", "search")
+QUICK_SCENARIOS = (
+    "ingest", "resync", "peers", "record", "wide", "scheduler", "refresh", "search",
+)  # fmt: skip
 #: Run only when asked for by name: the whole suite's printout stays as it was.
 OPT_IN_SCENARIOS = ("fleet", "catchup", "claim", "concurrency", "everything")
 
@@ -106,6 +110,10 @@ async def run(options: Options) -> Report:
         config = world.sandbox_config(
             patients=patients, resources=options.resources, big_resources=big
         )
+        if "record" in options.scenarios:
+            config.tenants.append(
+                references.tenant([world.patient_id(i) for i in range(options.patients)])
+            )
         if {"fleet", "catchup", "concurrency"} & set(options.scenarios):
             config.tenants.extend(fleet_day.tenants(options.fleet.size))
             # The log is read and emptied at every stop of the day; one stop must fit in it.
@@ -222,6 +230,8 @@ class Bench:
             await self.fleet_day()
         if {"ingest", "resync", "peers"} & set(chosen):
             await self.ingest_rounds()
+        if "record" in chosen:
+            await self.record_with_references()
         if "wide" in chosen:
             await self.latency_rounds()
         if "big" in chosen:
@@ -377,6 +387,24 @@ class Bench:
         )
         rows = await whole_record.measure(place, self.options.rounds, self.options.latency_ms)
         self.report.rows.extend(rows)
+
+    async def record_with_references(self) -> None:
+        """First syncs of whole records, their referenced resources included."""
+        options = self.options
+        patients = [world.patient_id(i) for i in range(options.patients)]
+        place = references.Place(
+            ctx=self.context(sync_concurrency=max(options.patients, 1)),
+            sessionmaker=self.sessionmaker,
+            vault=self.vault,
+            http=self.http,
+            origin=self.origin,
+            config=self.config,
+            created=self.created,
+            tenant_ids=self.tenant_ids,
+        )
+        rows = await references.measure(place, patients, options.rounds)
+        self.report.rows.extend(rows)
+        self.say(f"whole record: first sync {rows[0].value.median:,.0f}/s")
 
     async def first_syncs(self, patients: list[str], latency_ms: int, label: str) -> Sample:
         """One first sync of ``patients`` at ``latency_ms`` per page (fresh connections)."""

@@ -194,6 +194,8 @@ class Connector:
     http: aiohttp.ClientSession
     tenant: Tenant
     authorize_url: str
+    #: Shared types (Practitioner ...) asked for besides the tenant's, where it lists them.
+    referenced: Sequence[str] = ()
 
     async def connect(
         self,
@@ -207,7 +209,7 @@ class Connector:
         config = smart_configuration(self.tenant)
         if config is None:
             raise RuntimeError("the tenant was not discovered")
-        scopes = plan_scopes(self.tenant.configured_scopes, config)
+        scopes = plan_scopes(self.tenant.configured_scopes, config, referenced=self.referenced)
         pkce = new_pkce()
         params = {
             "response_type": "code",

@@ -118,7 +118,8 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
     from syncsvc.db import disconnect_repo, repo
     from syncsvc.db.models.records import SyncState
     from syncsvc.smart.scopes import explain_trimmed, grant_report
-    from syncsvc.sync.grant_states import explain_connection
+    from syncsvc.sync.explain import explain
+    from syncsvc.sync.grant_states import load_grant_facts
     from syncsvc.sync.type_words import type_sentence
 
     async with database(settings) as sessionmaker, sessionmaker() as session:
@@ -138,7 +139,8 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
             .order_by(SyncState.resource_type)
         )
         pending = await disconnect_repo.pending_revocations_of(session, connection_id)
-        explanation = await explain_connection(session, connection, tenant)
+        facts = await load_grant_facts(session, connection, tenant)
+        explanation = explain(facts)
         detail |= {
             "explanation": explanation.to_json(),
             "types": [
@@ -152,6 +154,9 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
                 }
                 for line in explanation.types
             ],
+            "references": None
+            if facts.references is None
+            else facts.references.to_json() | {"sentence": explanation.references},
             "status_message": connection.status_message,
             "error_uri": connection.error_uri,
             "requested_scopes": list(connection.requested_scopes),
@@ -219,6 +224,8 @@ def _print_detail(detail: dict[str, Any]) -> None:
     print(f"  granted         {' '.join(detail['granted_scopes']) or '(nothing)'}")
     for line in detail["types"]:
         print(f"  {line['type']:<15} {line['state'] or '-':<11} {line['sentence']}")
+    if detail["references"] and detail["references"]["sentence"]:
+        print(f"  references      {detail['references']['sentence']}")
     for resource_type, state in detail["sync_states"].items():
         if state["status"] in ("transient_error", "failing"):
             print(

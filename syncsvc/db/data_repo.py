@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models.connections import Connection, Credential, Tenant
 from .models.records import Resource, ResourceCursor, SyncState
+from .reference_repo import ReferenceCounts, reference_counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class ConnectionFacts:
     states: dict[str, SyncState]
     tenant: Tenant | None = None
     access_expires_at: dt.datetime | None = None
+    #: The record's references to shared resources.
+    references: ReferenceCounts | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,7 @@ async def _facts(session: AsyncSession, connections: Sequence[Connection]) -> li
                 states=states[connection.id],
                 tenant=tenant,
                 access_expires_at=access_expiry.get(connection.id),
+                references=await reference_counts(session, connection.id),
             )
         )
     return facts

@@ -111,9 +111,10 @@ def classify(reference: str, base: str) -> Target | Outside | None:
             return Target(named, resource_id)
         return Outside("other_server", named, _digest(value))
     if len(parts) != 2 or resource_type not in _REFERENCED:
-        if len(parts) >= 2 and parts[-2] in _REFERENCED:
-            return Outside("malformed", parts[-2], _digest(value))
-        return None
+        # A relative reference that starts or ends like a shared type's but is not
+        # ``Type/id`` is recorded, never read.
+        named = next((p for p in (parts[0], resource_type) if p in _REFERENCED), None)
+        return Outside("malformed", named, _digest(value)) if named is not None else None
     if not is_fhir_id(resource_id):
         return Outside("malformed", resource_type, _digest(value))
     return Target(resource_type, resource_id)

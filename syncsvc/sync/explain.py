@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from syncsvc.fhir.references import REFERENCED_TYPES
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed, grant_report
+from syncsvc.sync.reference_words import ReferenceFacts, reference_sentence
 from syncsvc.sync.type_words import state_sentence
 from syncsvc.vocabulary import (
     NO_READABLE_TYPE,
@@ -59,6 +61,8 @@ class GrantFacts:
     #: Live resources kept per type.
     counts: Mapping[str, int] = field(default_factory=dict)
     revocation_pending: bool = False
+    #: The record's references to shared resources (None: not read by the caller).
+    references: ReferenceFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,9 @@ class Explanation:
     kept_up_to_date: bool
     can_reconnect: bool
     types: tuple[TypeLine, ...]
+    #: What became of the shared resources the record names (:mod:`.reference_words`); the
+    #: API and the CLI give it beside their counts, under ``references``.
+    references: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The API and webhook form."""
@@ -161,7 +168,12 @@ def _type_sentence(name: str, facts: TypeFacts, count: int, *, readable: bool) -
 
 def _types(facts: GrantFacts) -> tuple[TypeLine, ...]:
     readable = list(facts.readable_types)
-    names = dict.fromkeys([*readable, *facts.types, *facts.counts])
+    # The shared resources a record names are stored under their own types but said in one
+    # sentence of their own (``Explanation.references``), not as types the grant left out.
+    shared = set(REFERENCED_TYPES) - set(readable)
+    names = dict.fromkeys(
+        name for name in [*readable, *facts.types, *facts.counts] if name not in shared
+    )
     order = list(RESOURCE_DESCRIPTIONS)
     ranked = sorted(names, key=lambda t: (order.index(t) if t in order else len(order), t))
     lines = []
@@ -297,9 +309,10 @@ def explain(facts: GrantFacts) -> Explanation:
             sentences.extend(
                 sentence
                 for scope, sentence in zip(report.trimmed, explain_trimmed(report), strict=True)
-                # Offline access is the summary's own subject; withdrawn types are said above.
+                # Offline access is the summary's own subject; withdrawn types are said above,
+                # and the shared types in the references sentence.
                 if scope.lower() != "offline_access"
-                and not any(f"({t})" in sentence for t in withdrawn_types)
+                and not any(f"({t})" in sentence for t in withdrawn_types | set(REFERENCED_TYPES))
             )
     kept = facts.status == "active" and facts.has_refresh_token and bool(list(facts.readable_types))
     can_reconnect = facts.status in RECONNECTABLE_STATUSES or (
@@ -317,4 +330,5 @@ def explain(facts: GrantFacts) -> Explanation:
         kept_up_to_date=kept,
         can_reconnect=can_reconnect,
         types=types,
+        references=reference_sentence(facts.references, facts.status),
     )

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import disconnect_repo, repo, run_repo
+from syncsvc.db import disconnect_repo, reference_repo, repo, run_repo
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
+from syncsvc.db.reference_repo import ReferenceCounts
 from syncsvc.db.stats_repo import count_resources
+from syncsvc.fhir.references import REFERENCED_TYPES
 from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES, covered_types, parse_scope
 from syncsvc.sync.explain import Explanation, GrantFacts, TypeFacts, explain
+from syncsvc.sync.reference_words import ReferenceFacts
 from syncsvc.sync.tenant_config import resource_types_of
 from syncsvc.sync.type_support import pullable_types, record_unsupported, unsupported_types
 from syncsvc.vocabulary import UNGRANTED_TYPE_STATES
@@ -166,9 +169,19 @@ def grant_facts(
     states: Mapping[str, SyncState],
     counts: Mapping[str, int],
     revocation_pending: bool = False,
+    references: ReferenceCounts | None = None,
 ) -> GrantFacts:
     """The facts :func:`syncsvc.sync.explain.explain` words, from rows the caller has read."""
     candidates = pullable_types(tenant) if tenant is not None else DEFAULT_RESOURCE_TYPES
+    shared = None
+    if references is not None:
+        shared = ReferenceFacts(
+            granted_types=tuple(covered_types(connection.granted_scopes, REFERENCED_TYPES)),
+            states=dict(references.states),
+            outside_kinds=dict(references.outside_kinds),
+            over_cap=references.over_cap,
+            resolved_at=references.resolved_at,
+        )
     return GrantFacts(
         status=connection.status,
         reason=connection.status_reason,
@@ -189,6 +202,7 @@ def grant_facts(
         },
         counts=dict(counts),
         revocation_pending=revocation_pending,
+        references=shared,
     )
 
 
@@ -206,6 +220,7 @@ async def load_grant_facts(
         states=await run_repo.sync_states(session, connection.id),
         counts=await count_resources(session, connection.id),
         revocation_pending=bool(pending),
+        references=await reference_repo.reference_counts(session, connection.id),
     )
 
 

@@ -128,6 +128,35 @@ def component_schemas() -> dict[str, Any]:
                 },
             },
         },
+        "References": {
+            "type": "object",
+            "description": (
+                "The record's distinct references to Practitioner, PractitionerRole, "
+                "Organization, Location and Medication resources, by how they stand. Stored ones "
+                "are in the feed under their own type; ones outside the connection's FHIR base "
+                "are counted by kind and never fetched."
+            ),
+            "properties": {
+                "granted_types": {"type": "array", "items": {"type": "string"}},
+                "stored": {"type": "integer"},
+                "missing": {"type": "integer", "description": "404/410 at the EHR."},
+                "outside_base": {"type": "integer"},
+                "outside_kinds": {
+                    "type": "object",
+                    "additionalProperties": {"type": "integer"},
+                    "description": "other_server, contained, urn, identifier, malformed.",
+                },
+                "not_granted": {"type": "integer"},
+                "denied": {"type": "integer"},
+                "waiting": {"type": "integer", "description": "To be read at a later sync."},
+                "over_cap": {"type": "integer"},
+                "resolved_at": NULLABLE_TIME,
+                "sentence": {
+                    "type": ["string", "null"],
+                    "description": "The same sentence the patient's page and the CLI show.",
+                },
+            },
+        },
         "Connection": {
             "type": "object",
             "required": ["id", "user_id", "tenant", "patient_id", "status", "scopes"],
@@ -167,6 +196,7 @@ def component_schemas() -> dict[str, Any]:
                     "additionalProperties": {"type": "integer"},
                     "description": "Live (not deleted) resources per type.",
                 },
+                "references": {"oneOf": [ref("References"), {"type": "null"}]},
                 "connected_at": NULLABLE_TIME,
                 "last_sync_at": NULLABLE_TIME,
                 "last_success_at": NULLABLE_TIME,

@@ -84,16 +84,16 @@ def connection_view(facts: ConnectionFacts) -> dict[str, Any]:
         {"scope": scope, "explanation": sentence}
         for scope, sentence in zip(report.trimmed, explain_trimmed(report), strict=True)
     ]
-    explanation = explain(
-        grant_facts(
-            connection,
-            facts.tenant,
-            has_refresh_token=facts.has_refresh_token,
-            access_expires_at=facts.access_expires_at,
-            states=facts.states,
-            counts=facts.resource_counts,
-        )
+    grant = grant_facts(
+        connection,
+        facts.tenant,
+        has_refresh_token=facts.has_refresh_token,
+        access_expires_at=facts.access_expires_at,
+        states=facts.states,
+        counts=facts.resource_counts,
+        references=facts.references,
     )
+    explanation = explain(grant)
     types = []
     for line in explanation.types:
         state = facts.states.get(line.type)
@@ -129,6 +129,9 @@ def connection_view(facts: ConnectionFacts) -> dict[str, Any]:
         "synced_types": [line.type for line in explanation.types if line.granted],
         "types": types,
         "resource_counts": dict(facts.resource_counts),
+        "references": None
+        if grant.references is None
+        else grant.references.to_json() | {"sentence": explanation.references},
         "connected_at": connection.connected_at,
         "last_sync_at": connection.last_sync_at,
         "last_success_at": connection.last_success_at,

@@ -111,6 +111,16 @@ class Surfaces:
         for sentence in words["sentences"]:
             assert sentence in page, sentence
             assert sentence in text(self.cli_text), sentence
+        # What became of the shared resources the record names: one sentence, everywhere.
+        untimed = [
+            {k: v for k, v in (shown or {}).items() if k != "resolved_at"}
+            for shown in (self.cli["references"], self.api["references"])
+        ]
+        assert untimed[0] == untimed[1]
+        references = (self.api["references"] or {}).get("sentence")
+        if references:
+            assert references in page
+            assert references in text(self.cli_text)
         api_types = {t["type"]: (t["status"], t["sentence"]) for t in self.api["types"]}
         cli_types = {t["type"]: (t["state"], t["sentence"]) for t in self.cli["types"]}
         assert api_types == cli_types

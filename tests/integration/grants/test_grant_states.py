@@ -60,6 +60,23 @@ async def test_full_grant(flow: Flow, operator: aiohttp.ClientSession) -> None:
     assert seen.metric("syncsvc_tenant_health", tenant=TENANT, status="ok") == 1
     assert seen.metric("syncsvc_connections_without_offline_access", tenant=TENANT) == 0
     assert not _reconnect_offered(seen.status_page)
+    # The launch asked for the shared types the tenant lists: who treated the patient, where,
+    # with what, is read and said (the one retired clinician, the one registry elsewhere).
+    references = seen.api["references"]
+    assert references["stored"] > 0
+    assert (references["missing"], references["outside_base"]) == (1, 1)
+    assert references["outside_kinds"] == {"other_server": 1}
+    sentence = references["sentence"]
+    assert sentence.startswith(f"{references['stored']:,} of the clinicians, organisations")
+    assert "1 was not found at your provider" in sentence
+    assert "1 points outside your provider's FHIR server and was not fetched" in sentence
+    async with flow.api.get(
+        f"/api/v1/connections/{connection.id}/resources", params={"type": "Practitioner"}
+    ) as response:
+        assert response.status == 200
+        feed = await response.json()
+    served = {entry["resource"]["resourceType"] for entry in feed["entry"]}
+    assert served == {"Practitioner"}
 
 
 async def test_trimmed_types(flow: Flow, operator: aiohttp.ClientSession) -> None:

@@ -152,9 +152,7 @@ async def test_every_reference_is_read_under_the_base_and_stored_exactly_once(
     }[sandbox_tenant]
     assert searched == expected_search
     reads = [url for url in shared_requests if "_id=" not in url]
-    assert len(reads) == len(
-        {k for k in held | missing if k[0] not in expected_search}
-    ), reads
+    assert len(reads) == len({k for k in held | missing if k[0] not in expected_search}), reads
     assert all("registry.example.org" not in url for url in shared_requests)
 
     # A second run reads nothing again (none is stale) and stores nothing twice.
@@ -273,7 +271,7 @@ async def test_a_hostile_reference_never_gets_the_token(
     other_tenant = sandbox.urls(EPIC_TENANT if sandbox_tenant != EPIC_TENANT else CERNER_TENANT)
     hostile = [
         f"{origin}/fhir/Practitioner/evil",  # another server on loopback
-        f"{origin}{base[len(sandbox.origin):]}/Practitioner/pr-4821",  # the base's path elsewhere
+        f"{origin}{base[len(sandbox.origin) :]}/Practitioner/pr-4821",  # the base's path elsewhere
         f"{other_tenant.fhir_base}/Practitioner/pr-4821",  # another tenant of the same host
         f"{base}/../other/Practitioner/pr-1177",  # a dot segment out of the base
         f"{base}/Practitioner/../../other/Practitioner/pr-3090",
