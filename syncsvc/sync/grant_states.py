@@ -116,13 +116,19 @@ async def reconcile_type_states(
         states = await run_repo.sync_states(session, connection.id)
     unsupported = unsupported_types(tenant)
     stored = await count_resources(session, connection.id)
+    configured = resource_types_of(tenant)
+    # The shared types a record references are read beside the types, not as types of their
+    # own (:mod:`syncsvc.sync.references`): they get no type state, unless configured as types.
+    shared = set(REFERENCED_TYPES) - set(configured)
     considered = dict.fromkeys(
-        [
-            *resource_types_of(tenant),
+        name
+        for name in [
+            *configured,
             *requested_types(connection.requested_scopes),
             *states,
             *stored,
         ]
+        if name not in shared
     )
     for resource_type in considered:
         if resource_type in unsupported:

@@ -25,7 +25,9 @@ def _spread_shape(value: dict[str, object]) -> None:
 async def test_the_bench_runs_every_scenario_at_tiny_sizes(
     db_url: str, db_backend: str, tmp_path: Path
 ) -> None:
-    scenarios = ("ingest", "resync", "peers", "wide", "big", "refresh", "scheduler", "search")
+    scenarios = (
+        "ingest", "resync", "peers", "record", "wide", "big", "refresh", "scheduler", "search",
+    )  # fmt: skip
     if db_backend == "postgres":
         scenarios += ("scaleout",)
     options = Options(
@@ -54,6 +56,7 @@ async def test_the_bench_runs_every_scenario_at_tiny_sizes(
         ("ingest", "first sync"),
         ("ingest", "re-sync unchanged"),
         ("ingest", "re-sync 1% changed"),
+        ("record", "first sync, whole record"),
         ("latency", "3 patients, 5 ms"),
         ("big", "1 patient x 120"),
         ("refresh", "non-rotating (3 due)"),
@@ -64,6 +67,10 @@ async def test_the_bench_runs_every_scenario_at_tiny_sizes(
         ("search", "200 tenants"),
         ("search", "200 tenants, short"),
     } <= names
+    (record,) = [r for r in payload["rows"] if r["scenario"] == "record"]
+    # Each whole record names shared resources, and the round stored them (it checks none waits).
+    assert record["referenced_per_patient"] > 0
+    assert record["resources_per_patient"] > record["referenced_per_patient"]
     (searched,) = [r for r in payload["rows"] if r["name"] == "200 tenants"]
     assert searched["p95_ms"] >= searched["value"]["min"]
     # The timed queries find providers (a search finding nothing is fast); only the one meant

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from syncsvc.db.models.activity import Event
 from syncsvc.sandbox.patient import ScriptedPatient, parse_forms
 from syncsvc.sync.explain import KEPT_UP_TO_DATE
+from syncsvc.sync.reference_words import WHAT
 from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.grants.surfaces import Clock, read_surfaces, sync, text
@@ -60,16 +61,12 @@ async def test_full_grant(flow: Flow, operator: aiohttp.ClientSession) -> None:
     assert seen.metric("syncsvc_tenant_health", tenant=TENANT, status="ok") == 1
     assert seen.metric("syncsvc_connections_without_offline_access", tenant=TENANT) == 0
     assert not _reconnect_offered(seen.status_page)
-    # The launch asked for the shared types the tenant lists: who treated the patient, where,
-    # with what, is read and said (the one retired clinician, the one registry elsewhere).
+    # The launch asked for the shared types the tenant lists: the clinicians who signed the
+    # Observations are read and said (assert_agree: in the same words on every surface).
     references = seen.api["references"]
     assert references["stored"] > 0
-    assert (references["missing"], references["outside_base"]) == (1, 1)
-    assert references["outside_kinds"] == {"other_server": 1}
-    sentence = references["sentence"]
-    assert sentence.startswith(f"{references['stored']:,} of the clinicians, organisations")
-    assert "1 was not found at your provider" in sentence
-    assert "1 points outside your provider's FHIR server and was not fetched" in sentence
+    assert (references["missing"], references["outside_base"], references["waiting"]) == (0, 0, 0)
+    assert references["sentence"] == f"{references['stored']} of the {WHAT} are stored."
     async with flow.api.get(
         f"/api/v1/connections/{connection.id}/resources", params={"type": "Practitioner"}
     ) as response:
