@@ -406,10 +406,9 @@ class Bench:
         self.report.rows.extend(rows)
         extra = rows[0].extra
         self.report.notes.append(
-            f"whole record: {extra['resources_per_patient']:,} resources per patient of "
-            f"{len(whole_record.RECORD_SIZES) + 1} types, "
-            f"{extra['referenced_per_patient']} of them shared resources the record references "
-            "(read by _id search after the types)"
+            f"whole record with references: {extra['resources_per_patient']:,} resources per "
+            f"patient, {extra['referenced_per_patient']} of them shared resources the record "
+            "references (read by _id search after the types)"
         )
         self.say(f"whole record: first sync {rows[0].value.median:,.0f}/s")
 
