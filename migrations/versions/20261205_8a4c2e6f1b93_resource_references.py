@@ -1,7 +1,7 @@
 """Referenced resources: each connection's references to shared resources, and its scan position.
 
 Revision ID: 8a4c2e6f1b93
-Revises: a4c9e2f71b08
+Revises: e84c4a46064d
 Create Date: 2026-12-05 21:40:00 UTC
 
 Types are spelled out rather than imported from ``syncsvc.db``, so this revision keeps meaning
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "8a4c2e6f1b93"
-down_revision: str | Sequence[str] | None = "a4c9e2f71b08"
+down_revision: str | Sequence[str] | None = "e84c4a46064d"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
