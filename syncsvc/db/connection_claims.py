@@ -114,22 +114,34 @@ async def renew_leases(
     now: dt.datetime,
     lease_seconds: int,
 ) -> set[str]:
-    """Extend ``owner``'s unexpired leases on ``connection_ids`` in one statement; the ids
-    renewed (the others were lost: expired and taken over)."""
+    """Extend ``owner``'s unexpired leases on ``connection_ids``; the ids *lost* (expired and
+    taken over, or gone).
+
+    A row another transaction holds locked right now (this process's own write closing that
+    connection's run, say) is skipped, not waited for: its lease is renewed by that write or the
+    next round, and waiting could close a cycle of row locks with a transaction that updates
+    several connections (PostgreSQL would then abort one as a deadlock).
+    """
     if not connection_ids:
         return set()
-    result = await session.execute(
-        update(Connection)
-        .where(
-            Connection.id.in_(list(connection_ids)),
-            Connection.lease_owner == owner,
-            Connection.lease_until > now,
-        )
-        .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
-        .returning(Connection.id)
-        .execution_options(synchronize_session=False)
+    ids = list(connection_ids)
+    held = and_(
+        Connection.id.in_(ids), Connection.lease_owner == owner, Connection.lease_until > now
     )
-    return set(result.scalars())
+    lockable = select(Connection.id).where(held)
+    if session.get_bind().dialect.name == "postgresql":
+        lockable = lockable.with_for_update(skip_locked=True)
+    locked = list(await session.scalars(lockable))
+    if locked:
+        await session.execute(
+            update(Connection)
+            .where(Connection.id.in_(locked))
+            .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
+            .execution_options(synchronize_session=False)
+        )
+    # Read without locking: a row skipped above is still ours unless this says otherwise.
+    still_held = set(await session.scalars(select(Connection.id).where(held)))
+    return set(ids) - still_held - set(locked)
 
 
 async def release_lease(session: AsyncSession, connection_id: str, owner: str) -> bool:

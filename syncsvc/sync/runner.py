@@ -115,25 +115,24 @@ class _Leases:
     async def renew(self) -> None:
         """Renew every pending lease; note the ones that were lost.
 
-        A statement per :data:`RENEWAL_CHUNK` leases, each in its own short transaction: one per
-        lease queued a thousand held connections' renewals behind their own work for the
-        database's pool, until leases expired under a busy process. The rows one renewal locks
-        are this process's own leases; a group write holding one of them at the same moment can
-        only make one of the two wait, or on PostgreSQL fail as a deadlock and be retried.
+        :data:`RENEWAL_CHUNK` leases a transaction: one per lease queued a thousand held
+        connections' renewals behind their own work for the database's pool, until leases
+        expired under a busy process. Rows locked by another transaction at that moment are
+        skipped, never waited for (see :func:`~syncsvc.db.connection_claims.renew_leases`).
         """
         pending = sorted(self.pending - self.lost)
         for start in range(0, len(pending), RENEWAL_CHUNK):
             chunk = pending[start : start + RENEWAL_CHUNK]
             async with self._ctx.sessionmaker.begin() as session:
-                kept = await connection_claims.renew_leases(
+                lost = await connection_claims.renew_leases(
                     session,
                     chunk,
                     self._ctx.owner,
                     now=self._ctx.now(),
                     lease_seconds=self._ctx.settings.lease_seconds,
                 )
-            for connection_id in chunk:
-                if connection_id not in kept and connection_id in self.pending:
+            for connection_id in sorted(lost):
+                if connection_id in self.pending:
                     self.lost.add(connection_id)
                     log.warning("lease lost while working", connection_id=connection_id)
 
