@@ -242,8 +242,7 @@ async def test_a_slow_connection_holds_one_slot_not_a_batch(
     done = {r.connection_id: r for r in await runs(sessionmaker)}
     slow_run = done[slow]
     assert slow_run.finished_at is not None
-    # The other slot went on claiming and working: every fast pull was over before the slow.
-    for connection_id in fast:
-        finished = done[connection_id].finished_at
-        assert finished is not None
-        assert finished < slow_run.finished_at
+    # The other slot went on claiming and working while the slow pull ran: a batch of two
+    # would have let exactly one fast pull (its batch partner) start before the slow one ended.
+    started_meanwhile = [c for c in fast if done[c].started_at < slow_run.finished_at]
+    assert len(started_meanwhile) >= 2
