@@ -190,7 +190,8 @@ async def test_narrowed_at_refresh(flow: Flow, operator: aiohttp.ClientSession) 
         assert conditions > 0
         # A registration change reaches the tenant: the next refresh no longer grants Condition.
         flow.sandbox.tenant(GENERIC_TENANT).policy.missing_scopes = [CONDITION]
-        clock.advance(3600)
+        # The next sync is what needs a fresh access token, so that is when the refresh comes.
+        clock.advance(flow.service.settings.sync_interval_seconds)
         report = await sync(flow, clock.now)
         assert report.refresh == {"refreshed": 1}
         seen = await read_surfaces(flow, patient, operator, connection.id)
@@ -240,7 +241,7 @@ async def test_widened_at_refresh(flow: Flow, operator: aiohttp.ClientSession) -
         before = await read_surfaces(flow, patient, operator, connection.id)
         # The registration change reaches the tenant: the next refresh grants Condition too.
         policy.missing_scopes = []
-        clock.advance(3600)
+        clock.advance(flow.service.settings.sync_interval_seconds)
         report = await sync(flow, clock.now)
         assert report.refresh == {"refreshed": 1}
         assert report.sync == {"ok": 1}
