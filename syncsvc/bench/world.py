@@ -38,7 +38,10 @@ from syncsvc.sandbox.profiles import TenantUrls, tenant_urls
 from syncsvc.smart.oauth import exchange_code, new_pkce
 from syncsvc.smart.scopes import plan_scopes
 from syncsvc.sync.credentials import save_tokens
-from syncsvc.sync.tenant_config import client_credentials, smart_configuration
+from syncsvc.sync.tenant_config import (
+    client_credentials,
+    smart_configuration,
+)
 from syncsvc.vault import Vault
 
 CLIENT_ID = "syncsvc-bench"
@@ -209,7 +212,12 @@ class Connector:
         config = smart_configuration(self.tenant)
         if config is None:
             raise RuntimeError("the tenant was not discovered")
-        scopes = plan_scopes(self.tenant.configured_scopes, config, referenced=self.referenced)
+        scopes = plan_scopes(
+            self.tenant.configured_scopes,
+            config,
+            self.tenant.scope_syntax,
+            referenced=self.referenced,
+        )
         pkce = new_pkce()
         params = {
             "response_type": "code",

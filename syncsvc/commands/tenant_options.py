@@ -1,5 +1,5 @@
-"""The options ``tenants add`` and ``tenants import`` share: client authentication, vendor, the
-client secret and the public URL new tenants' redirect URIs start with."""
+"""The options ``tenants add``, ``set`` and ``import`` share: client authentication, vendor, scope
+syntax, the client secret and the public URL new tenants' redirect URIs start with."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ if TYPE_CHECKING:
 
 AUTH_METHODS = ("public", "client_secret_basic", "client_secret_post", "private_key_jwt")
 VENDORS = ("cerner", "epic", "generic")
+#: How a tenant's launches spell SMART scopes (see ``syncsvc.smart.scopes.preferred_syntax``).
+SCOPE_SYNTAX_CHOICES = ("auto", "v1", "v2")
 
 
 def tenant_name(value: str) -> str:

@@ -23,6 +23,7 @@ from syncsvc.commands.common import (
 from syncsvc.commands.tenant_import import add_import
 from syncsvc.commands.tenant_options import (
     AUTH_METHODS,
+    SCOPE_SYNTAX_CHOICES,
     VENDORS,
     client_secret_of,
     public_url_of,
@@ -56,6 +57,8 @@ def tenant_summary(tenant: Tenant, connections: int | None = None) -> dict[str, 
         "redirect_uri_shared": callback_tenant_of(tenant.redirect_uri) != tenant.name,
         "resource_types": list(tenant.configured_scopes),
         "plan_overrides": tenant.plan_overrides,
+        "scope_syntax": tenant.scope_syntax,
+        "scope_syntax_asked": _syntax_asked(tenant),
         "discovery": {
             "source": endpoints.get("source"),
             "authorization_endpoint": endpoints.get("authorization_endpoint"),
@@ -72,6 +75,15 @@ def tenant_summary(tenant: Tenant, connections: int | None = None) -> dict[str, 
     return summary
 
 
+def _syntax_asked(tenant: Tenant) -> str | None:
+    """The scope syntax a launch asks in now (None until discovery ran)."""
+    from syncsvc.smart.scopes import preferred_syntax
+    from syncsvc.sync.tenant_config import smart_configuration
+
+    config = smart_configuration(tenant)
+    return None if config is None else preferred_syntax(config, tenant.scope_syntax)
+
+
 def _print_tenant(summary: dict[str, Any]) -> None:
     discovery = summary["discovery"]
     print(f"{summary['name']}: {summary['display_name']} ({summary['vendor']})")
@@ -82,6 +94,9 @@ def _print_tenant(summary: dict[str, Any]) -> None:
     follows = " (after the public URL: SYNCSVC_PUBLIC_URL or serve's own)"
     print(f"  redirect URI    {redirect}{follows if redirect.startswith('/') else ''}{shared}")
     print(f"  resource types  {', '.join(summary['resource_types'])}")
+    asked = summary["scope_syntax_asked"]
+    now = f" (asks in {asked})" if asked is not None and summary["scope_syntax"] == "auto" else ""
+    print(f"  scope syntax    {summary['scope_syntax']}{now}")
     if discovery["source"]:
         print(
             f"  discovered from {discovery['source']} at {discovery['fetched_at']:%Y-%m-%d %H:%M}Z"
@@ -150,6 +165,7 @@ def _add(args: argparse.Namespace) -> int:
             redirect_uri=args.redirect_uri,
             resource_types=tuple(args.scopes) if args.scopes else None,
             plan_overrides=plans,
+            scope_syntax=args.scope_syntax,
         )
         tenant = asyncio.run(_register(settings, spec))
     summary = tenant_summary(tenant)
@@ -253,6 +269,32 @@ def _show(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _set(settings: Settings, name: str, changes: dict[str, Any]) -> Tenant | None:
+    from syncsvc.db import repo
+
+    async with database(settings) as sessionmaker, sessionmaker.begin() as session:
+        tenant = await repo.get_tenant_by_name(session, name)
+        if tenant is None:
+            return None
+        return await repo.update_tenant(session, tenant.id, now=dt.datetime.now(dt.UTC), **changes)
+
+
+def _set_cmd(args: argparse.Namespace) -> int:
+    settings = load_settings("tenants set")
+    if settings is None:
+        return EXIT_USAGE
+    tenant = asyncio.run(_set(settings, args.name, {"scope_syntax": args.scope_syntax}))
+    if tenant is None:
+        return fail("tenants set", f"no tenant named '{args.name}'")
+    summary = tenant_summary(tenant)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"updated tenant '{tenant.name}':")
+        _print_tenant(summary)
+    return 0
+
+
 async def _remove(settings: Settings, name: str, *, force: bool) -> str | None:
     from syncsvc.db import repo
 
@@ -287,7 +329,7 @@ def add_to(commands: Commands) -> None:
     """Register ``tenants``."""
     tenants = commands.add_parser(
         "tenants",
-        help="EHR tenants: add, list, show, check, remove, import",
+        help="EHR tenants: add, set, list, show, check, remove, import",
         description=(
             "A tenant is one EHR FHIR base with syncsvc's client registration there. Its name "
             "(lower-case letters, digits and hyphens) appears in links, commands and metrics."
@@ -352,8 +394,35 @@ def add_to(commands: Commands) -> None:
         metavar="FILE",
         help='JSON query plan overrides, e.g. {"Observation": {"count": 50}}',
     )
+    add.add_argument(
+        "--scope-syntax",
+        choices=SCOPE_SYNTAX_CHOICES,
+        help="SMART scopes to ask in: auto (v2 where the server advertises permission-v2, "
+        "else v1), v1 or v2 (default: the stored choice, else auto)",
+    )
     add.add_argument("--json", action="store_true", help="print the result as JSON")
     add.set_defaults(handler=_add)
+
+    setting = add_command(
+        actions,
+        "set",
+        summary="change one of a tenant's options (no discovery, no other change)",
+        description=(
+            "Change options of a registered tenant. New launches use them; connections "
+            "already made keep the grant they have until they reconnect."
+        ),
+        examples=("syncsvc tenants set clinic --scope-syntax v1",),
+    )
+    setting.add_argument("name", help="the tenant name")
+    setting.add_argument(
+        "--scope-syntax",
+        required=True,
+        choices=SCOPE_SYNTAX_CHOICES,
+        help="SMART scopes to ask in: auto (v2 where the server advertises permission-v2, "
+        "else v1), v1 or v2",
+    )
+    setting.add_argument("--json", action="store_true", help="print the result as JSON")
+    setting.set_defaults(handler=_set_cmd)
 
     listing = add_command(
         actions,

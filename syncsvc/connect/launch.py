@@ -82,7 +82,9 @@ async def start_launch(
             reason="pkce_unsupported",
         )
     # Never ask for a type the server cannot serve: the patient would approve it in vain.
-    scopes = plan_scopes(pullable_types(tenant), config, referenced=REFERENCED_TYPES)
+    scopes = plan_scopes(
+        pullable_types(tenant), config, tenant.scope_syntax, referenced=REFERENCED_TYPES
+    )
     state = secrets.token_urlsafe(32)
     nonce = secrets.token_urlsafe(24)
     pkce = oauth.new_pkce()

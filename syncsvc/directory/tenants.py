@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import repo, search_repo
 from syncsvc.db.columns import new_id
-from syncsvc.db.models.connections import AUTH_METHOD_NAMES, VENDORS, Tenant
+from syncsvc.db.models.connections import AUTH_METHOD_NAMES, SCOPE_SYNTAXES, VENDORS, Tenant
 from syncsvc.errors import ConfigError, DiscoveryError
 from syncsvc.fhir.plans import plan_for
 from syncsvc.netguard import endpoint_problem, is_loopback_host
@@ -74,9 +74,14 @@ class TenantSpec:
     resource_types: tuple[str, ...] | None = None
     #: Changes to the vendor's query plans at this tenant (see ``syncsvc.fhir.plans.plan_for``).
     plan_overrides: dict[str, dict[str, object]] | None = None
+    #: The SMART scope syntax to ask in (``auto``, ``v1``, ``v2``); None keeps the stored one
+    #: (``auto`` for a new tenant).
+    scope_syntax: str | None = None
 
     def __post_init__(self) -> None:
         check_tenant_name(self.name)
+        if self.scope_syntax is not None and self.scope_syntax not in SCOPE_SYNTAXES:
+            raise ConfigError(f"scope syntax must be one of {', '.join(SCOPE_SYNTAXES)}")
         if self.vendor not in VENDORS:
             raise ConfigError(f"vendor must be one of {', '.join(VENDORS)}")
         if self.auth_method not in AUTH_METHOD_NAMES:
@@ -204,6 +209,8 @@ async def register_tenant(
             "configured_scopes": _resource_types(spec, existing),
             "plan_overrides": spec.plan_overrides,
         }
+        if spec.scope_syntax is not None:
+            columns["scope_syntax"] = spec.scope_syntax
         if config is not None:
             columns.update(_discovery_columns(config, now))
         if listing is not None:

@@ -8,12 +8,12 @@ decision downstream is taken from the *granted* scopes through :func:`grant_repo
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
+from . import scope_grammar
 from .discovery import SmartConfiguration
+from .scope_grammar import Grant, ResourceScope, Syntax, TypeGrant
 
 #: Scopes every connection asks for besides the resource scopes.
 BASE_SCOPES: tuple[str, ...] = ("launch/patient", "openid", "fhirUser", "offline_access")
@@ -74,48 +74,20 @@ DEFAULT_RESOURCE_TYPES: tuple[str, ...] = (
 )
 _CANONICAL_TYPES = {name.lower(): name for name in RESOURCE_DESCRIPTIONS}
 
-_RESOURCE_SCOPE = re.compile(
-    r"^(?P<context>patient|user|system)/(?P<type>\*|[a-z][a-z0-9]*)\.(?P<perm>read|write|\*|[cruds]+)"
-    r"(?:\?(?P<query>.*))?$",
-    re.IGNORECASE,
-)
-
-Syntax = Literal["v1", "v2"]
-
-
-@dataclass(frozen=True)
-class ResourceScope:
-    """A parsed resource scope (``patient/Observation.read``, ``patient/*.rs`` ...)."""
-
-    context: str
-    resource_type: str  # canonical spelling where known, ``*`` for a wildcard
-    permissions: str
-    syntax: Syntax
-    query: str | None = None
-
-    def permits_reading(self) -> bool:
-        """Whether this scope lets syncsvc read and search its type."""
-        if self.syntax == "v1":
-            return self.permissions in ("read", "*")
-        return "r" in self.permissions or "s" in self.permissions
-
 
 def parse_scope(scope: str) -> ResourceScope | None:
-    """The resource scope ``scope`` denotes (case-insensitively), or ``None``."""
-    match = _RESOURCE_SCOPE.match(scope.strip())
-    if match is None:
-        return None
-    perm = match["perm"].lower()
-    syntax: Syntax = "v1" if perm in ("read", "write", "*") else "v2"
-    raw_type = match["type"]
-    resource_type = "*" if raw_type == "*" else _CANONICAL_TYPES.get(raw_type.lower(), raw_type)
-    return ResourceScope(
-        context=match["context"].lower(),
-        resource_type=resource_type,
-        permissions=perm,
-        syntax=syntax,
-        query=match["query"],
-    )
+    """The resource scope ``scope`` denotes (type names case-insensitively), or ``None``."""
+    return scope_grammar.parse(scope, _CANONICAL_TYPES)
+
+
+def read_grant(scopes: Iterable[str]) -> Grant:
+    """A grant's scopes read into resource scopes (see :mod:`syncsvc.smart.scope_grammar`)."""
+    return scope_grammar.read_grant(scopes, _CANONICAL_TYPES)
+
+
+def type_grants(granted: Iterable[str], candidates: Sequence[str]) -> dict[str, TypeGrant]:
+    """Which of ``candidates`` the granted scopes let syncsvc sync, each whole or in parts."""
+    return scope_grammar.type_grants(granted, candidates, _CANONICAL_TYPES)
 
 
 def split_scope_string(scope: str | None) -> list[str]:
@@ -126,11 +98,21 @@ def split_scope_string(scope: str | None) -> list[str]:
     return list(seen)
 
 
-def preferred_syntax(config: SmartConfiguration) -> Syntax:
-    """v1 where the server accepts it (widest support), v2 where it only speaks v2."""
+def preferred_syntax(config: SmartConfiguration, choice: str = "auto") -> Syntax:
+    """The scope syntax to ask in: the operator's ``choice``, or for ``auto`` the server's.
+
+    ``auto`` asks in v2 where the server advertises ``permission-v2`` (SMART App Launch 2.x: v2
+    scopes can be granted in parts, and v1 is kept only for backward compatibility), and in v1
+    where it advertises only ``permission-v1``. A server that advertises neither is judged by
+    its ``scopes_supported``: v2 only if every resource scope listed is v2.
+    """
+    if choice in ("v1", "v2"):
+        return "v2" if choice == "v2" else "v1"
     caps = set(config.capabilities)
-    if "permission-v2" in caps and "permission-v1" not in caps:
+    if "permission-v2" in caps:
         return "v2"
+    if "permission-v1" in caps:
+        return "v1"
     if config.scopes_supported:
         parsed = [parse_scope(s) for s in config.scopes_supported]
         syntaxes = {p.syntax for p in parsed if p is not None}
@@ -169,16 +151,18 @@ def _lists_scope_for(config: SmartConfiguration, resource_type: str) -> bool:
 def plan_scopes(
     resource_types: Iterable[str],
     config: SmartConfiguration,
+    syntax_choice: str = "auto",
     *,
     referenced: Iterable[str] = (),
 ) -> list[str]:
     """The scopes to request: the base scopes plus one explicit read scope per wanted type.
 
-    Types the server advertises no scope for are left out rather than requested in vain. The
-    ``referenced`` types (Practitioner, Location ... a record names) are asked for only where
-    ``scopes_supported`` lists them: they are extras, never worth a refused launch.
+    Types the server advertises no scope for are left out rather than requested in vain;
+    ``syntax_choice`` is the tenant's (see :func:`preferred_syntax`). The ``referenced`` types
+    (Practitioner, Location ... a record names) are asked for only where ``scopes_supported``
+    lists them: they are extras, never worth a refused launch.
     """
-    syntax = preferred_syntax(config)
+    syntax = preferred_syntax(config, syntax_choice)
     advertised = _advertised_types(config)
     scopes = list(BASE_SCOPES)
     extras = [t for t in referenced if _lists_scope_for(config, t)]
@@ -191,19 +175,11 @@ def plan_scopes(
 
 
 def covered_types(granted: Iterable[str], candidates: Iterable[str]) -> list[str]:
-    """Which of ``candidates`` the granted scopes let syncsvc read, in candidate order."""
-    readable: set[str] = set()
-    wildcard = False
-    for raw in granted:
-        scope = parse_scope(raw)
-        if scope is None or scope.context not in ("patient", "user"):
-            continue
-        if not scope.permits_reading():
-            continue
-        if scope.resource_type == "*":
-            wildcard = True
-        readable.add(scope.resource_type)
-    return [t for t in candidates if wildcard or t in readable]
+    """Which of ``candidates`` the granted scopes let syncsvc sync (wholly or in part), in order.
+
+    Syncing a type searches it (``s``); the Patient is read by id (``r``).
+    """
+    return list(type_grants(granted, list(candidates)))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ from syncsvc.db import run_repo
 from syncsvc.db.models.connections import Tenant
 from syncsvc.db.models.records import SyncState
 from syncsvc.fhir.plans import VendorPlan, plan_for
+from syncsvc.smart.discovery import SmartConfiguration
+from syncsvc.smart.scopes import plan_scopes
 from syncsvc.sync.tenant_config import resource_types_of, smart_configuration
 from syncsvc.vocabulary import UNSUPPORTED
 
@@ -107,3 +109,9 @@ async def record_unsupported(
             )
             changed = True
     return changed
+
+
+def scopes_to_request(tenant: Tenant, config: SmartConfiguration) -> list[str]:
+    """The scopes a launch at ``tenant`` asks for: its pullable types, in the syntax the
+    tenant's option says (see :func:`syncsvc.smart.scopes.preferred_syntax`)."""
+    return plan_scopes(pullable_types(tenant), config, tenant.scope_syntax)

@@ -17,9 +17,12 @@ from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.directory.tenants import TenantSpec, register_tenant
 from syncsvc.sandbox.server import RunningSandbox
 from syncsvc.smart.oauth import parse_token_response
-from syncsvc.smart.scopes import plan_scopes
 from syncsvc.sync.credentials import save_tokens
-from syncsvc.sync.tenant_config import DEFAULT_RESOURCE_TYPES, smart_configuration
+from syncsvc.sync.tenant_config import (
+    DEFAULT_RESOURCE_TYPES,
+    smart_configuration,
+)
+from syncsvc.sync.type_support import scopes_to_request
 from syncsvc.vault import Vault
 from tests.fixtures.sandbox import TEST_REDIRECT_URI
 from tests.integration.sandbox.authflow import obtain_tokens
@@ -74,7 +77,7 @@ async def connect_patient(
     """An active connection with stored tokens, due for refresh and sync now."""
     config = smart_configuration(tenant)
     assert config is not None
-    requested = scopes or plan_scopes(tenant.configured_scopes, config)
+    requested = scopes or scopes_to_request(tenant, config)
     confidential = tenant.auth_method != "public"
     body = await obtain_tokens(
         http,

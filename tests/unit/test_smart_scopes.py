@@ -43,9 +43,30 @@ def test_plan_uses_v2_syntax_when_the_server_only_speaks_v2() -> None:
     assert scopes[-1] == "patient/Observation.rs"
 
 
-def test_plan_prefers_v1_when_both_are_supported() -> None:
+def test_plan_prefers_v2_when_both_are_supported() -> None:
     caps = ("permission-v1", "permission-v2")
-    assert plan_scopes(["Goal"], config(capabilities=caps))[-1] == "patient/Goal.read"
+    assert plan_scopes(["Goal"], config(capabilities=caps))[-1] == "patient/Goal.rs"
+
+
+@pytest.mark.parametrize(
+    ("caps", "choice", "expected"),
+    [
+        (("permission-v1",), "auto", "patient/Goal.read"),
+        (("permission-v2",), "auto", "patient/Goal.rs"),
+        (("permission-v1", "permission-v2"), "v1", "patient/Goal.read"),
+        (("permission-v1",), "v2", "patient/Goal.rs"),
+        ((), "auto", "patient/Goal.read"),
+    ],
+)
+def test_the_tenant_option_overrides_what_the_server_advertises(
+    caps: tuple[str, ...], choice: str, expected: str
+) -> None:
+    assert plan_scopes(["Goal"], config(capabilities=caps), choice)[-1] == expected
+
+
+def test_a_server_listing_only_v2_scopes_gets_v2() -> None:
+    supported = ("openid", "patient/Goal.rs")
+    assert plan_scopes(["Goal"], config(scopes_supported=supported))[-1] == "patient/Goal.rs"
 
 
 def test_plan_skips_types_the_server_advertises_no_scope_for() -> None:
@@ -84,6 +105,9 @@ def test_covered_types_reads_v1_v2_wildcards_and_ignores_write_only() -> None:
     assert covered_types(["patient/Condition.s"], candidates) == ["Condition"]
     assert covered_types(["patient/*.rs"], candidates) == candidates
     assert covered_types(["system/Observation.read"], candidates) == []
+    # Syncing searches a type: read alone (``r``) is not enough, search alone is.
+    assert covered_types(["patient/Goal.r"], candidates) == []
+    assert covered_types(["patient/Patient.r"], ["Patient"]) == ["Patient"]
 
 
 def test_trimmed_scopes_are_reported_with_plain_explanations() -> None:

@@ -25,7 +25,9 @@ from syncsvc.vocabulary import CONNECTION_STATUSES
 
 Vendor = Literal["cerner", "epic", "generic"]
 AuthMethodName = Literal["public", "client_secret_basic", "client_secret_post", "private_key_jwt"]
+ScopeSyntaxName = Literal["auto", "v1", "v2"]
 VENDORS: tuple[str, ...] = get_args(Vendor)
+SCOPE_SYNTAXES: tuple[str, ...] = get_args(ScopeSyntaxName)
 AUTH_METHOD_NAMES: tuple[str, ...] = get_args(AuthMethodName)
 
 
@@ -44,6 +46,7 @@ class Tenant(Base):
     __table_args__ = (
         CheckConstraint(in_check("vendor", VENDORS), name="vendor"),
         CheckConstraint(in_check("auth_method", AUTH_METHOD_NAMES), name="auth_method"),
+        CheckConstraint(in_check("scope_syntax", SCOPE_SYNTAXES), name="scope_syntax"),
     )
 
     id: Mapped[str] = mapped_column(String(ID_LENGTH), primary_key=True, default=new_id)
@@ -72,6 +75,9 @@ class Tenant(Base):
     #: Per-type query plan changes over the vendor profile (``{type: {field: value}}``), e.g.
     #: a smaller ``_count`` or other required categories at this deployment.
     plan_overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: The SMART scope syntax asked in: ``auto`` (v2 where the server advertises
+    #: ``permission-v2``, else v1), or the operator's ``v1`` / ``v2``.
+    scope_syntax: Mapped[str] = mapped_column(String(4), default="auto", server_default="auto")
     #: What a patient recognises the tenant by, as its published directory gives it (see
     #: :mod:`syncsvc.db.models.directory` for the search over these).
     street: Mapped[str | None] = mapped_column(String(200))

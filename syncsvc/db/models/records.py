@@ -142,6 +142,9 @@ class SyncState(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     #: SHA-256 of the granted scopes when the type was denied: a new grant retries it.
     grant_fingerprint: Mapped[str | None] = mapped_column(String(HASH_LENGTH))
+    #: The parts of the type (scope query qualifiers, ``category=<system>|<code>``) the last
+    #: completed pull searched; None for the whole type. The watermark holds for these only.
+    granted_parts: Mapped[list[str] | None] = mapped_column(JSON)
     #: When a type in ``transient_error`` or ``failing`` is tried again (its own schedule).
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     #: Transient failures in a row, and when the first of them happened (None once it worked).

@@ -87,7 +87,7 @@ async def test_list_show_and_filters(
     assert first["patient"] == "12724066"
     assert first["status"] == "active"
     assert first["reason"] is None
-    assert "patient/Observation.read" in first["granted_scopes"]
+    assert "patient/Observation.rs" in first["granted_scopes"]
     assert first["last_success_at"] is not None
     assert first["resource_counts"]["Patient"] == 1
     assert rows[1]["resource_counts"] == {}

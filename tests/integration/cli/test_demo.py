@@ -21,7 +21,7 @@ async def test_demo_once_connects_syncs_and_prints_one_json_line(tmp_path: Path)
     assert summary["connections_made"] == 1
     [connection] = summary["connections"]
     assert connection["status"] == "active"
-    assert "patient/Observation.read" in connection["granted_scopes"]
+    assert "patient/Observation.rs" in connection["granted_scopes"]
     assert connection["trimmed_scopes"] == []
     assert summary["resources_stored"] == sum(connection["resources"].values())
     assert summary["resources_stored"] > 100

@@ -22,7 +22,7 @@ from tests.integration.grants.surfaces import Clock, read_surfaces, sync, text
 from tests.integration.web.flows import Flow
 
 TENANT = "generic"
-CONDITION = "patient/Condition.read"
+CONDITION = "patient/Condition.rs"
 
 
 def _rules(health: dict[str, object]) -> set[str]:

@@ -274,7 +274,7 @@ async def test_an_expired_grant_without_offline_access_is_not_a_refusal(
     flow: Flow, operator: aiohttp.ClientSession, sandbox_config: SandboxConfig
 ) -> None:
     policy = _tenant(sandbox_config, GENERIC_TENANT).policy
-    policy.trim_to = ["openid", "fhirUser", "launch/patient", "patient/Patient.read"]
+    policy.trim_to = ["openid", "fhirUser", "launch/patient", "patient/Patient.rs"]
     await flow.register(GENERIC_TENANT, name="generic")
     link = await flow.link(tenant="generic")
     async with ScriptedPatient(username="nancysmart") as patient:

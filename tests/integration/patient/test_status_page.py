@@ -34,7 +34,7 @@ async def test_status_page_shows_provider_last_sync_counts_and_grant(flow: Flow)
 
 async def test_status_page_explains_trimmed_scopes(flow: Flow) -> None:
     # A registration change that has not reached the EHR: Condition is silently not granted.
-    flow.sandbox.tenant(GENERIC_TENANT).policy.missing_scopes = ["patient/Condition.read"]
+    flow.sandbox.tenant(GENERIC_TENANT).policy.missing_scopes = ["patient/Condition.rs"]
     async with ScriptedPatient(username="nancysmart") as patient:
         await flow.register(GENERIC_TENANT, name="generic")
         connected = await patient.connect(await flow.link("user-7", tenant="generic"))

@@ -56,7 +56,8 @@ async def test_confidential_client_secret_basic_against_cerner(flow: Flow) -> No
     assert connection.client_id == "syncsvc-confidential"
     # Cerner does not support patient/*.read: syncsvc asked for each type explicitly.
     assert not [s for s in connection.requested_scopes if "*" in s]
-    assert {"patient/Patient.read", "patient/Observation.read"} <= set(connection.requested_scopes)
+    # The sandbox advertises permission-v2, so the scopes are v2 (`.rs`).
+    assert {"patient/Patient.rs", "patient/Observation.rs"} <= set(connection.requested_scopes)
     assert "offline_access" in connection.requested_scopes
     token_calls = [
         entry

@@ -149,7 +149,7 @@ async def test_id_token_from_another_issuer_is_rejected(
 async def test_trimmed_scopes_are_explained_and_only_granted_recorded(
     flow: Flow, sandbox_config: SandboxConfig
 ) -> None:
-    _tenant(sandbox_config, GENERIC_TENANT).policy.missing_scopes = ["patient/Condition.read"]
+    _tenant(sandbox_config, GENERIC_TENANT).policy.missing_scopes = ["patient/Condition.rs"]
     await flow.register(GENERIC_TENANT, name="generic")
     link = await flow.link(tenant="generic")
     async with ScriptedPatient(username="nancysmart") as patient:
@@ -157,9 +157,9 @@ async def test_trimmed_scopes_are_explained_and_only_granted_recorded(
     assert page.status == 200
     assert "(Condition) was not granted, so they will not sync" in page.body
     connection = await flow.only_connection()
-    assert "patient/Condition.read" in connection.requested_scopes
-    assert "patient/Condition.read" not in connection.granted_scopes
-    assert "patient/Observation.read" in connection.granted_scopes
+    assert "patient/Condition.rs" in connection.requested_scopes
+    assert "patient/Condition.rs" not in connection.granted_scopes
+    assert "patient/Observation.rs" in connection.granted_scopes
 
 
 async def test_production_style_trim_to_identity_scopes_is_no_access(
@@ -283,7 +283,7 @@ async def test_reconnecting_without_offline_access_drops_the_old_refresh_token(
     assert before.refresh_token
     # The patient consents again, this time without offline access.
     policy = _tenant(sandbox_config, GENERIC_TENANT).policy
-    policy.trim_to = ["openid", "fhirUser", "launch/patient", "patient/Patient.read"]
+    policy.trim_to = ["openid", "fhirUser", "launch/patient", "patient/Patient.rs"]
     assert (await flow.connect("nancysmart", tenant="generic")).status == 200
     again = await flow.only_connection()
     assert again.id == first.id
