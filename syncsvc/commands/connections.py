@@ -151,6 +151,8 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
                     "resources": line.resources,
                     "last_success_at": line.last_success_at,
                     "sentence": line.sentence,
+                    "parts": None if line.parts is None else list(line.parts),
+                    "shared": line.shared,
                 }
                 for line in explanation.types
             ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,6 +32,30 @@ async def live_resource_ids(
         )
     )
     return set(rows)
+
+
+#: Ids per ``IN`` list when bodies are read by id (well under every database's parameter cap).
+_ID_BATCH = 500
+
+
+async def live_bodies(
+    session: AsyncSession, connection_id: str, resource_type: str, resource_ids: Sequence[str]
+) -> dict[str, bytes]:
+    """The stored bodies of the given live resources of one type, by id."""
+    found: dict[str, bytes] = {}
+    for start in range(0, len(resource_ids), _ID_BATCH):
+        batch = list(resource_ids[start : start + _ID_BATCH])
+        rows = await session.execute(
+            select(Resource.resource_id, Resource.body).where(
+                Resource.connection_id == connection_id,
+                Resource.resource_type == resource_type,
+                Resource.resource_id.in_(batch),
+                Resource.deleted_at.is_(None),
+            )
+        )
+        for resource_id, body in rows.tuples():
+            found[resource_id] = body
+    return found
 
 
 async def changes_since(

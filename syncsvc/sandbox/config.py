@@ -106,6 +106,10 @@ class TenantPolicy:
     hide_offline_access_in_scope: bool = False
     #: A registration change that has not reached this tenant: these scopes are silently dropped.
     missing_scopes: list[str] = field(default_factory=list)
+    #: Granular consent (SMART v2): a type listed here is granted only for these categories
+    #: (``system|code``), as one ``patient/Type.rs?category=...`` scope each, however it was asked
+    #: (v1, v2, qualified or not). Wildcard scopes are not narrowed.
+    granted_categories: dict[str, list[str]] = field(default_factory=dict)
     #: A registration change that reaches the tenant after the launch: each refresh grants what
     #: the patient approved and the policy allows now, so a grant can widen again (without
     #: this, a scope narrowed away at a refresh stays away).

@@ -31,12 +31,12 @@ from .data import (
     to_ms,
 )
 from .documents import binary_response
-from .enforce import Access, authorize, foreign_patient, unknown_tenant
+from .enforce import Access, authorize, foreign_patient, insufficient_scope, unknown_tenant
 from .everything import Everything
 from .outcomes import operation_outcome
 from .profiles import ROUTE_TEMPLATES
 from .referenced import REFERENCED_TYPES
-from .scopes import Operation
+from .scopes import Operation, resource_within, search_within
 from .state import SandboxState
 
 DATA_KEY = web.AppKey("sandbox_data", DataStore)
@@ -169,6 +169,9 @@ class FhirServer:
                 if query.patient_id != access.patient_id:
                     raise RefusedError(foreign_patient(tenant))
                 context = PageContext(tenant.id, resource_type, query, 0)
+            if not search_within(access.scopes, resource_type, context.query.categories):
+                # A search that could find resources of categories the token was not granted.
+                raise RefusedError(insufficient_scope(tenant, f"patient/{resource_type}.rs"))
         except RefusedError as refusal:
             return refusal.response
         body = self._page(request, tenant, context)
@@ -375,6 +378,10 @@ class FhirServer:
             bucket = self.store.bucket(tenant, access.patient_id, resource_type)
             if bucket is not None:
                 entry = bucket.by_id.get(rid)
+                if entry is not None and not resource_within(
+                    access.scopes, resource_type, entry.categories
+                ):
+                    return insufficient_scope(tenant, f"patient/{resource_type}.rs")
                 if entry is not None:
                     headers = {"ETag": f'W/"{entry.version}"'}
                     return await faults.send(

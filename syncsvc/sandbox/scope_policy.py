@@ -37,7 +37,7 @@ def grant_scopes(
     requested: list[str], client: ClientRegistration, policy: TenantPolicy
 ) -> list[str]:
     """The scopes granted for ``requested``, in request order."""
-    return [
+    allowed = [
         scope
         for scope in dict.fromkeys(requested)
         if _known(scope)
@@ -47,6 +47,26 @@ def grant_scopes(
             scope == OFFLINE_ACCESS and policy.drop_offline_for_public and client.auth == "public"
         )
     ]
+    granted = (narrowed for scope in allowed for narrowed in _granular(scope, policy))
+    return list(dict.fromkeys(granted))
+
+
+_V2_LETTERS = {"read": "rs", "write": "cud", "*": "cruds"}
+
+
+def _granular(scope: str, policy: TenantPolicy) -> list[str]:
+    """``scope`` narrowed to the categories the policy grants of its type (itself if none)."""
+    parsed = parse(scope)
+    if parsed is None or parsed.is_wildcard:
+        return [scope]
+    allowed = policy.granted_categories.get(parsed.resource_type)
+    if allowed is None:
+        return [scope]
+    asked = parsed.categories
+    kept = [c for c in allowed if asked is None or c in asked or c.rpartition("|")[2] in asked]
+    letters = _V2_LETTERS.get(parsed.permissions, parsed.permissions)
+    head = f"{parsed.context}/{parsed.resource_type}.{letters}"
+    return [f"{head}?category={category}" for category in kept]
 
 
 def issues_refresh_token(granted: list[str]) -> bool:
@@ -71,8 +91,9 @@ def _known(scope: str) -> bool:
     parsed = parse(scope)
     if parsed is None:
         return scope in KNOWN_SCOPES
-    # A patient-facing server has no system-level access to give.
-    return parsed.context in ("patient", "user")
+    # A patient-facing server has no system-level access to give, and of query qualifiers it
+    # understands ``category`` only.
+    return parsed.context in ("patient", "user") and not parsed.opaque
 
 
 def _registered(scope: str, client: ClientRegistration) -> bool:

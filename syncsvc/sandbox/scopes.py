@@ -1,7 +1,11 @@
 """How the sandbox reads SMART scopes: v1 (``patient/Observation.read``) and v2 (``.rs``) syntax.
 
-The resource server uses :func:`covers` to decide whether a token may search or read a type. This is
-the sandbox's own, deliberately independent reading of the spec; syncsvc has its own planner.
+The resource server uses :func:`covers` to decide whether a token may search or read a type at all,
+and :func:`search_within` / :func:`resource_within` whether a search or a resource stays inside
+the categories a qualified v2 scope (``patient/Observation.rs?category=<system>|<code>``) grants.
+Of the query qualifiers only ``category`` is understood; a scope qualified by anything else grants
+nothing here. This is the sandbox's own, deliberately independent reading of the spec; syncsvc
+has its own planner.
 """
 
 from __future__ import annotations
@@ -9,13 +13,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote
 
 Operation = Literal["read", "search"]
 
 _RESOURCE_SCOPE = re.compile(
     r"^(?P<context>patient|user|system)/(?P<type>\*|[A-Z][A-Za-z]+)\.(?P<perm>read|write|\*|[cruds]+)"
-    r"(?:\?.*)?$"
+    r"(?:\?(?P<query>.+))?$"
 )
+CATEGORY = "category"
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,10 @@ class ResourceScope:
     permissions: str
     version: Literal[1, 2]
     raw: str
+    #: The categories a ``?category=`` qualifier grants (None: the whole type).
+    categories: frozenset[str] | None = None
+    #: Qualified by a parameter the sandbox does not understand: grants nothing.
+    opaque: bool = False
 
     @property
     def is_wildcard(self) -> bool:
@@ -43,7 +53,22 @@ def parse(scope: str) -> ResourceScope | None:
     version: Literal[1, 2] = 1 if perm in ("read", "write", "*") else 2
     if version == 2 and not _is_ordered_subset(perm):
         return None
-    return ResourceScope(match["context"], match["type"], perm, version, scope)
+    query = match["query"]
+    if query is None:
+        return ResourceScope(match["context"], match["type"], perm, version, scope)
+    if version == 1:
+        return None
+    categories: set[str] = set()
+    opaque = False
+    for item in query.split("&"):
+        name, _, value = item.partition("=")
+        if name == CATEGORY and value:
+            categories.update(t for t in unquote(value).split(",") if t)
+        else:
+            opaque = True
+    return ResourceScope(
+        match["context"], match["type"], perm, version, scope, frozenset(categories), opaque
+    )
 
 
 def _is_ordered_subset(perm: str) -> bool:
@@ -65,12 +90,56 @@ def allows(scope: ResourceScope, operation: Operation) -> bool:
     return ("r" if operation == "read" else "s") in scope.permissions
 
 
-def covers(scopes: list[str], resource_type: str, operation: Operation = "search") -> bool:
-    """Whether any of ``scopes`` lets a patient-context token ``operation`` on ``resource_type``."""
+def _applicable(scopes: list[str], resource_type: str, operation: Operation) -> list[ResourceScope]:
+    found = []
     for raw in scopes:
         scope = parse(raw)
-        if scope is None or scope.context not in ("patient", "user"):
+        if scope is None or scope.context not in ("patient", "user") or scope.opaque:
             continue
         if scope.resource_type in ("*", resource_type) and allows(scope, operation):
-            return True
-    return False
+            found.append(scope)
+    return found
+
+
+def covers(scopes: list[str], resource_type: str, operation: Operation = "search") -> bool:
+    """Whether any of ``scopes`` lets a patient-context token ``operation`` on ``resource_type``
+    (some categories of it at least)."""
+    return bool(_applicable(scopes, resource_type, operation))
+
+
+def granted_categories(
+    scopes: list[str], resource_type: str, operation: Operation
+) -> frozenset[str] | None:
+    """The categories of ``resource_type`` the scopes grant, None for the whole type."""
+    found: set[str] = set()
+    for scope in _applicable(scopes, resource_type, operation):
+        if scope.categories is None:
+            return None
+        found |= scope.categories
+    return frozenset(found)
+
+
+def _token_granted(token: str, granted: frozenset[str]) -> bool:
+    # A bare code searched would also find that code of other systems: only a granted bare code
+    # admits it. A ``system|code`` is admitted by itself or by its bare code.
+    return token in granted or ("|" in token and token.rpartition("|")[2] in granted)
+
+
+def search_within(
+    scopes: list[str], resource_type: str, category_filter: tuple[frozenset[str], ...]
+) -> bool:
+    """Whether a search with ``category_filter`` (each set one ``category`` parameter, its
+    tokens or'ed) can only find resources the scopes grant."""
+    granted = granted_categories(scopes, resource_type, "search")
+    if granted is None:
+        return True
+    return any(
+        values and all(_token_granted(token, granted) for token in values)
+        for values in category_filter
+    )
+
+
+def resource_within(scopes: list[str], resource_type: str, tokens: frozenset[str]) -> bool:
+    """Whether a resource with these category tokens (``code`` and ``system|code``) is granted."""
+    granted = granted_categories(scopes, resource_type, "read")
+    return granted is None or bool(granted & tokens)

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncsvc.fhir.references import REFERENCED_TYPES
+from syncsvc.smart.scope_grammar import Part, TypeGrant, part_text
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed, grant_report
 from syncsvc.sync.reference_words import ReferenceFacts, reference_sentence
-from syncsvc.sync.type_words import state_sentence
+from syncsvc.sync.type_words import shared_words, state_sentence
 from syncsvc.vocabulary import (
     NO_READABLE_TYPE,
     OFFLINE_ACCESS_EXPIRED_MESSAGE,
@@ -42,6 +43,8 @@ class TypeFacts:
     #: For ``transient_error`` / ``failing``: when it is tried again, and since when it fails.
     next_attempt_at: dt.datetime | None = None
     failing_since: dt.datetime | None = None
+    #: The parts of the type its last completed pull searched (None: the whole type).
+    covered_parts: tuple[Part, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,8 @@ class GrantFacts:
     revocation_pending: bool = False
     #: The record's references to shared resources (None: not read by the caller).
     references: ReferenceFacts | None = None
+    #: The readable types granted only in parts (query-qualified scopes), with their parts.
+    parts: Mapping[str, tuple[Part, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,16 @@ class TypeLine:
     resources: int
     last_success_at: dt.datetime | None
     sentence: str
+    #: The parts of the type granted, as scope qualifiers (None: all of it, or not granted).
+    parts: tuple[str, ...] | None = None
+    #: The same in words ("laboratory results only"); None when the whole type was shared.
+    shared: str | None = None
+
+    @property
+    def what_shared(self) -> str:
+        """The type as "what you shared" lists it, with the parts when only some were."""
+        named = f"{self.description} ({self.type})"
+        return f"{named}: {self.shared}" if self.shared else named
 
 
 @dataclass(frozen=True)
@@ -130,8 +145,28 @@ def _describe(resource_type: str) -> str:
     return RESOURCE_DESCRIPTIONS.get(resource_type, resource_type)
 
 
-def _type_sentence(name: str, facts: TypeFacts, count: int, *, readable: bool) -> str:
-    label = f"{_describe(name).capitalize()} ({name})"
+def _not_yet(facts: TypeFacts, name: str, parts: tuple[Part, ...] | None) -> str:
+    """The granted parts the last completed pull did not search, in words (or nothing)."""
+    if facts.covered_parts is None or facts.state != "ok":
+        return ""
+    missing = TypeGrant(name, parts).missing_from(TypeGrant(name, facts.covered_parts))
+    if missing == ():
+        return ""
+    words = shared_words(missing)
+    what = "the rest" if words is None else words.removesuffix(" only")
+    return f" Newly shared {what}: not synced yet."
+
+
+def _type_sentence(
+    name: str,
+    facts: TypeFacts,
+    count: int,
+    *,
+    readable: bool,
+    parts: tuple[Part, ...] | None = None,
+) -> str:
+    shared = shared_words(parts) if readable else None
+    label = f"{_describe(name).capitalize()} ({name})" + (f", {shared}" if shared else "")
     state = facts.state
     if state == "withdrawn":
         since = when(facts.last_success_at) if facts.last_success_at else "they were first synced"
@@ -158,7 +193,8 @@ def _type_sentence(name: str, facts: TypeFacts, count: int, *, readable: bool) -
     if retried is not None:
         return f"{label}: {count} kept. {retried}"
     if state == "ok":
-        return f"{label}: {count}, last updated {when(facts.last_success_at)}."
+        not_yet = _not_yet(facts, name, parts)
+        return f"{label}: {count}, last updated {when(facts.last_success_at)}.{not_yet}"
     if state in ("denied", "error"):
         return f"{label}: {count}; your provider refused it at the last sync."
     if state is None:
@@ -180,15 +216,19 @@ def _types(facts: GrantFacts) -> tuple[TypeLine, ...]:
     for name in ranked:
         type_facts = facts.types.get(name, TypeFacts())
         count = facts.counts.get(name, 0)
+        granted = name in readable
+        parts = facts.parts.get(name) if granted else None
         lines.append(
             TypeLine(
                 type=name,
                 description=_describe(name),
                 state=type_facts.state,
-                granted=name in readable,
+                granted=granted,
                 resources=count,
                 last_success_at=type_facts.last_success_at,
-                sentence=_type_sentence(name, type_facts, count, readable=name in readable),
+                sentence=_type_sentence(name, type_facts, count, readable=granted, parts=parts),
+                parts=None if parts is None else tuple(part_text(p) for p in parts),
+                shared=shared_words(parts),
             )
         )
     return tuple(lines)
@@ -295,6 +335,12 @@ def explain(facts: GrantFacts) -> Explanation:
     elif facts.status in ("misbound", "error") and facts.status_message:
         sentences.append(facts.status_message)
     if facts.status in ("active", "needs_reauth", "error", "no_access"):
+        sentences.extend(
+            f"Your provider shared only part of your {line.description} ({line.type}): "
+            f"{line.shared}; the rest is not synced."
+            for line in types
+            if line.shared is not None
+        )
         withdrawn = [line.sentence for line in types if line.state == "withdrawn"]
         sentences.extend(withdrawn)
         if withdrawn and facts.status == "active":

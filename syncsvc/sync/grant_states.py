@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,7 +22,14 @@ from syncsvc.db.models.records import SyncState
 from syncsvc.db.reference_repo import ReferenceCounts
 from syncsvc.db.stats_repo import count_resources
 from syncsvc.fhir.references import REFERENCED_TYPES
-from syncsvc.smart.scopes import DEFAULT_RESOURCE_TYPES, covered_types, parse_scope
+from syncsvc.smart.scope_grammar import Part, TypeGrant, part_of_text, part_text
+from syncsvc.smart.scopes import (
+    DEFAULT_RESOURCE_TYPES,
+    covered_types,
+    parse_scope,
+    read_grant,
+    type_grants,
+)
 from syncsvc.sync.explain import Explanation, GrantFacts, TypeFacts, explain
 from syncsvc.sync.reference_words import ReferenceFacts
 from syncsvc.sync.tenant_config import resource_types_of
@@ -62,40 +69,78 @@ def rescoped(
     ``scope`` it returns while still issuing refresh tokens. Callers pass only a response that
     carried a non-empty ``scope``; one without says nothing about the grant.
     """
-    named = {scope.lower() for scope in returned}
-    asked = {scope.lower() for scope in requested}
+    named = {_same(scope) for scope in returned}
     kept = [
         scope
         for scope in recorded
-        if scope.lower() in named or (holds_refresh_token and scope.lower() == OFFLINE_ACCESS)
+        if _same(scope) in named or (holds_refresh_token and scope.lower() == OFFLINE_ACCESS)
     ]
-    seen = {scope.lower() for scope in kept}
-    added = [s for s in returned if s.lower() in asked and s.lower() not in seen]
+    seen = {_same(scope) for scope in kept}
+    added = [s for s in returned if _approved(s, requested) and _same(s) not in seen]
     result = kept + list(dict.fromkeys(added))
-    if {s.lower() for s in result} == {s.lower() for s in recorded}:
+    if {_same(s) for s in result} == {_same(s) for s in recorded}:
         return None
     return result
 
 
+def _same(scope: str) -> object:
+    """What makes two spellings of a scope the same (a resource scope's parts, case kept)."""
+    parsed = read_grant([scope]).scopes
+    return parsed[0].key() if parsed else scope.lower()
+
+
+def _approved(scope: str, requested: Sequence[str]) -> bool:
+    """Whether ``scope`` is within what was requested at launch (the patient approved no more):
+    a scope of some parts of a type is within a request for the whole type."""
+    if scope.lower() in {r.lower() for r in requested}:
+        return True
+    mine = read_grant([scope]).scopes
+    asked = read_grant(requested).scopes
+    return bool(mine) and any(mine[0].within(other) for other in asked)
+
+
 @dataclass(frozen=True)
 class GrantChange:
-    """Types a grant change took away and gave, in the tenant's order."""
+    """Types a grant change took away and gave, in the tenant's order; and of the types kept,
+    the parts it took away (``narrowed``) and gave (``widened``), as scope qualifiers (``*``:
+    the rest of the type beyond the parts now granted, or the whole type once granted whole)."""
 
     withdrawn: tuple[str, ...]
     added: tuple[str, ...]
+    narrowed: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    widened: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
-        """Whether any readable type came or went."""
-        return bool(self.withdrawn or self.added)
+        """Whether any readable type, or part of one, came or went."""
+        return bool(self.withdrawn or self.added or self.narrowed or self.widened)
+
+
+def _part_difference(mine: TypeGrant, other: TypeGrant) -> tuple[str, ...]:
+    """The parts of ``mine`` that ``other`` lacks, as qualifiers (``*``: the whole type)."""
+    missing = mine.missing_from(other)
+    if missing is None:
+        return ("*",)
+    return tuple(part_text(p) for p in missing)
 
 
 def grant_change(tenant: Tenant, before: Iterable[str], after: Iterable[str]) -> GrantChange:
-    """Which readable types moving the grant from ``before`` to ``after`` withdrew and added."""
-    old, new = readable_types(before, tenant), readable_types(after, tenant)
+    """Which readable types (and parts of types) moving the grant from ``before`` to ``after``
+    withdrew and added."""
+    types = resource_types_of(tenant)
+    old, new = type_grants(before, types), type_grants(after, types)
+    narrowed: dict[str, tuple[str, ...]] = {}
+    widened: dict[str, tuple[str, ...]] = {}
+    for name in (t for t in old if t in new):
+        if lost := _part_difference(old[name], new[name]):
+            narrowed[name] = lost
+        if gained := _part_difference(new[name], old[name]):
+            widened[name] = gained
     return GrantChange(
         withdrawn=tuple(t for t in old if t not in new),
         added=tuple(t for t in new if t not in old),
+        narrowed=narrowed,
+        widened=widened,
     )
 
 
@@ -188,6 +233,7 @@ def grant_facts(
             over_cap=references.over_cap,
             resolved_at=references.resolved_at,
         )
+    grants = type_grants(connection.granted_scopes, candidates)
     return GrantFacts(
         status=connection.status,
         reason=connection.status_reason,
@@ -196,13 +242,15 @@ def grant_facts(
         granted_scopes=tuple(connection.granted_scopes),
         has_refresh_token=has_refresh_token,
         access_expires_at=access_expires_at,
-        readable_types=tuple(covered_types(connection.granted_scopes, candidates)),
+        readable_types=tuple(grants),
+        parts={name: g.parts for name, g in grants.items() if g.parts is not None},
         types={
             name: TypeFacts(
                 state=state.status,
                 last_success_at=state.last_success_at,
                 next_attempt_at=state.next_attempt_at,
                 failing_since=state.failing_since,
+                covered_parts=_covered(state),
             )
             for name, state in states.items()
         },
@@ -210,6 +258,12 @@ def grant_facts(
         revocation_pending=revocation_pending,
         references=shared,
     )
+
+
+def _covered(state: SyncState) -> tuple[Part, ...] | None:
+    if state.granted_parts is None:
+        return None
+    return tuple(p for p in (part_of_text(t) for t in state.granted_parts) if p is not None)
 
 
 async def load_grant_facts(

@@ -19,8 +19,10 @@ from typing import Literal
 
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
+from syncsvc.fhir.grant_parts import within_grant
 from syncsvc.fhir.plans import TypePlan, VendorPlan, supports_last_updated
-from syncsvc.smart.scopes import covered_types
+from syncsvc.smart.scope_grammar import Part, TypeGrant, part_of_text, part_text
+from syncsvc.smart.scopes import type_grants
 from syncsvc.sync.tenant_config import smart_configuration
 from syncsvc.sync.type_schedule import RETRYING, waiting_until
 from syncsvc.sync.type_support import pullable_types
@@ -55,6 +57,15 @@ class PlannedType:
     mode: Mode
     since: dt.datetime | None
     state: SyncState | None
+    #: The granted parts the searches stay within (None: the whole type).
+    parts: tuple[Part, ...] | None = None
+    #: Granted parts the vendor's plan cannot search within (left out, and said so).
+    unsearchable: tuple[Part, ...] = ()
+
+    @property
+    def part_texts(self) -> list[str] | None:
+        """The searched parts as stored in ``sync_states.granted_parts`` (None: whole)."""
+        return None if self.parts is None else [part_text(p) for p in self.parts]
 
     def searches(self, patient_id: str) -> Iterator[dict[str, str]]:
         """The parameters of each search the type needs (after ``since`` when incremental)."""
@@ -85,6 +96,16 @@ def _retry_run(connection: Connection, states: Mapping[str, SyncState]) -> bool:
     )
 
 
+def covered_before(state: SyncState | None) -> TypeGrant | None:
+    """What the type's watermark holds for: the parts its last completed pull searched."""
+    if state is None or state.watermark is None:
+        return None
+    if state.granted_parts is None:
+        return TypeGrant(state.resource_type)
+    parts = tuple(p for p in (part_of_text(t) for t in state.granted_parts) if p is not None)
+    return TypeGrant(state.resource_type, parts)
+
+
 def plan_run(
     connection: Connection,
     tenant: Tenant,
@@ -97,8 +118,10 @@ def plan_run(
     interval: dt.timedelta,
 ) -> RunPlan:
     """The plans of the types due in this run, and when each of the others is due."""
-    # Only what the *granted* scopes cover and the server can serve, in the operator's order.
-    wanted = covered_types(connection.granted_scopes, pullable_types(tenant, vendor_plan))
+    # Only what the *granted* scopes cover and the server can serve, in the operator's order,
+    # and of each type only the parts granted.
+    grants = type_grants(connection.granted_scopes, pullable_types(tenant, vendor_plan))
+    wanted = list(grants)
     # A forced run, or one narrowed to named types, pulls them whatever their schedule.
     scheduled = not full and types is None
     if types is not None:
@@ -107,7 +130,11 @@ def plan_run(
     config = smart_configuration(tenant)
     plan = RunPlan()
     for resource_type in wanted:
-        type_plan = vendor_plan.for_type(resource_type)
+        granted = within_grant(vendor_plan.for_type(resource_type), grants[resource_type])
+        type_plan = granted.plan
+        parts = granted.searched
+        if parts == ():
+            continue  # every granted part is one this vendor cannot search: nothing to ask
         state = states.get(resource_type)
         if scheduled:
             wait = waiting_until(state, now)
@@ -124,8 +151,12 @@ def plan_run(
                 plan.waiting[resource_type] = wait
                 continue
         incremental_ok = resource_type != "Patient" and supports_last_updated(type_plan, config)
+        covered = covered_before(state)
         due_full = (
             full
+            # A part the watermark does not hold for (newly granted) is pulled in full.
+            or covered is None
+            or not covered.covers(TypeGrant(resource_type, parts))
             or not incremental_ok
             or state is None
             or state.watermark is None
@@ -133,10 +164,13 @@ def plan_run(
             or now - state.last_full_at >= FULL_RECONCILIATION_INTERVAL
         )
         if due_full:
-            plan.types.append(PlannedType(resource_type, type_plan, "full", None, state))
+            mode: Mode = "full"
+            since: dt.datetime | None = None
         else:
             assert state is not None  # noqa: S101 - due_full covers a missing state
             assert state.watermark is not None  # noqa: S101 - ditto for a missing watermark
-            since = state.watermark - WATERMARK_OVERLAP
-            plan.types.append(PlannedType(resource_type, type_plan, "incremental", since, state))
+            mode, since = "incremental", state.watermark - WATERMARK_OVERLAP
+        plan.types.append(
+            PlannedType(resource_type, type_plan, mode, since, state, parts, granted.unsearchable)
+        )
     return plan

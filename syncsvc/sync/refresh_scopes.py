@@ -27,6 +27,10 @@ from .grant_states import GrantChange, grant_change, readable_types, reconcile_t
 log = get_logger("syncsvc.sync.refresh")
 
 
+def _parts(parts: tuple[str, ...]) -> str:
+    return "the whole type" if parts == ("*",) else ", ".join(parts)
+
+
 async def rescope(
     ctx: SyncContext,
     session: AsyncSession,
@@ -68,7 +72,7 @@ async def rescope(
         connection.error_uri = None
         connection.next_sync_at = None
         connection.next_refresh_at = None
-    elif change.added:
+    elif change.added or change.widened:
         connection.next_sync_at = now
     for resource_type in change.withdrawn:
         await add_event(
@@ -93,13 +97,42 @@ async def rescope(
             resource_type=resource_type,
             detail=f"A refresh widened the grant: {resource_type} is now granted.",
         )
+    for resource_type, parts in change.narrowed.items():
+        await add_event(
+            session,
+            tenant_id=connection.tenant_id,
+            connection_id=connection.id,
+            kind="scopes",
+            outcome="narrowed",
+            at=now,
+            error_class="scope_withdrawn",
+            resource_type=resource_type,
+            detail=f"A refresh narrowed the grant of {resource_type}: "
+            f"{_parts(parts)} no longer granted.",
+        )
+    for resource_type, parts in change.widened.items():
+        await add_event(
+            session,
+            tenant_id=connection.tenant_id,
+            connection_id=connection.id,
+            kind="scopes",
+            outcome="widened",
+            at=now,
+            resource_type=resource_type,
+            detail=f"A refresh widened the grant of {resource_type}: {_parts(parts)} now granted.",
+        )
     await session.flush()
     await webhook_outbox.enqueue(
         session,
         ctx.settings,
         "connection.scopes_changed",
         connection=connection,
-        data={"withdrawn": list(change.withdrawn), "added": list(change.added)},
+        data={
+            "withdrawn": list(change.withdrawn),
+            "added": list(change.added),
+            "narrowed": {t: list(p) for t, p in change.narrowed.items()},
+            "widened": {t: list(p) for t, p in change.widened.items()},
+        },
         now=now,
     )
     log.info(
@@ -107,6 +140,8 @@ async def rescope(
         connection_id=connection.id,
         withdrawn=list(change.withdrawn),
         added=list(change.added),
+        narrowed=sorted(change.narrowed),
+        widened=sorted(change.widened),
         status=connection.status,
     )
     return change

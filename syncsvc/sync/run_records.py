@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from syncsvc.db import repo, run_repo
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
 from syncsvc.errors import NotFound
+from syncsvc.fhir.grant_parts import in_parts
 from syncsvc.sync.grant_states import readable_types
 from syncsvc.sync.pipeline.sink import TypePages
 from syncsvc.sync.pipeline.store import Counts
@@ -197,7 +199,11 @@ async def save_type_success(
     vanished = 0
     # A type stored for the first time has only what this run stored: nothing can vanish.
     if planned.mode == "full" and not pages.first_time:
-        vanished = await pages.flag_vanished(session, now=now)
+        # Under a grant of some parts only, what was stored of the other parts (granted before)
+        # was not searched: it is kept, not taken for vanished.
+        parts = planned.parts
+        within = None if parts is None else functools.partial(in_parts, parts=parts)
+        vanished = await pages.flag_vanished(session, now=now, within=within)
     counts = dataclasses.replace(counts, deleted=counts.deleted + vanished)
     state = planned.state
     previous = state.watermark if state is not None else None
@@ -213,6 +219,7 @@ async def save_type_success(
         "failing_since": None,
         "last_attempt_at": attempt_at,
         "last_success_at": now,
+        "granted_parts": planned.part_texts,
         **counts.columns(),
     }
     if planned.mode == "full":

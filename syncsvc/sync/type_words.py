@@ -9,9 +9,39 @@ none; a denied type is explained with the grant).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from syncsvc.db.models.records import SyncState
+from syncsvc.smart.scope_grammar import Part
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS
+
+#: Category codes in words (US Core's and FHIR's category code systems); others print as codes.
+CATEGORY_WORDS: dict[str, str] = {
+    "laboratory": "laboratory results",
+    "vital-signs": "vital signs",
+    "social-history": "social history",
+    "survey": "surveys",
+    "imaging": "imaging results",
+    "exam": "exam findings",
+    "procedure": "procedure results",
+    "therapy": "therapy records",
+    "activity": "activity records",
+    "sdoh": "social needs",
+    "functional-status": "functional status",
+    "disability-status": "disability status",
+    "cognitive-status": "cognitive status",
+    "problem-list-item": "problem list",
+    "encounter-diagnosis": "visit diagnoses",
+    "health-concern": "health concerns",
+    "clinical-note": "clinical notes",
+    "LAB": "laboratory reports",
+    "RAD": "radiology reports",
+    "assess-plan": "assessments and plans",
+    "community": "community prescriptions",
+    "inpatient": "hospital prescriptions",
+    "outpatient": "outpatient prescriptions",
+    "discharge": "discharge prescriptions",
+}
 
 
 def moment(value: dt.datetime) -> str:
@@ -57,6 +87,32 @@ def state_sentence(
         f"Your provider's system did not return your {what} ({resource_type}) at the "
         f"last try. We will ask again {again}."
     )
+
+
+def _part_words(part: Part) -> str:
+    words = []
+    for name, value in part:
+        codes = [token.rpartition("|")[2] for token in value.split(",") if token]
+        if name == "category":
+            words.append(" or ".join(CATEGORY_WORDS.get(code, code) for code in codes))
+        else:
+            words.append(f"{name} {' or '.join(codes)}")
+    return ", ".join(words)
+
+
+def shared_words(parts: Sequence[Part] | None) -> str | None:
+    """How much of a type a grant shared, in words ("laboratory results only"); None: all of it.
+
+    Every surface (status page, ``connections show``, the host API, webhooks) says which parts
+    of a type were shared through this function.
+    """
+    if parts is None:
+        return None
+    if not parts:
+        return "nothing"
+    named = list(dict.fromkeys(_part_words(part) for part in parts))
+    listed = named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+    return f"{listed} only"
 
 
 def tenant_type_sentence(resource_type: str, connections: int, of: int) -> str:

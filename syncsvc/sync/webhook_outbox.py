@@ -36,6 +36,8 @@ ALLOWED_DATA_KEYS = frozenset(
         "full",
         "withdrawn",
         "added",
+        "narrowed",
+        "widened",
         "sentences",
     }
 )

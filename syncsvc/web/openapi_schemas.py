@@ -100,6 +100,17 @@ def component_schemas() -> dict[str, Any]:
                     "type": "string",
                     "description": "The type's state in plain words, as the patient sees it.",
                 },
+                "parts": {
+                    "type": ["array", "null"],
+                    "items": {"type": "string"},
+                    "description": "The parts of the type the grant shared, as SMART v2 scope "
+                    "qualifiers (category=<system>|<code>); null when all of it was shared "
+                    "(or none). Sync and completeness cover these parts only.",
+                },
+                "shared": {
+                    **NULLABLE_STRING,
+                    "description": 'The same in plain words ("laboratory results only").',
+                },
             },
         },
         "Explanation": {
@@ -301,6 +312,19 @@ def component_schemas() -> dict[str, Any]:
                             "type": "array",
                             "items": {"type": "string"},
                             "description": "connection.scopes_changed: types newly granted.",
+                        },
+                        "narrowed": {
+                            "type": "object",
+                            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                            "description": "connection.scopes_changed: per type still granted, "
+                            "the parts no longer granted (scope qualifiers; * for the rest of "
+                            "a type granted whole before).",
+                        },
+                        "widened": {
+                            "type": "object",
+                            "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                            "description": "connection.scopes_changed: per type granted before, "
+                            "the parts newly granted (* for the whole type).",
                         },
                     },
                 },

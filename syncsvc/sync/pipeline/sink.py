@@ -209,10 +209,17 @@ class TypePages:
         if failure is not None:
             raise failure
 
-    async def flag_vanished(self, session: AsyncSession, *, now: dt.datetime) -> int:
-        """After a complete full pull: flag stored resources of the type no page had."""
+    async def flag_vanished(
+        self,
+        session: AsyncSession,
+        *,
+        now: dt.datetime,
+        within: Callable[[bytes], bool] | None = None,
+    ) -> int:
+        """After a complete full pull: flag stored resources of the type no page had (of
+        those ``within`` admits, when given: see :func:`~.store.flag_vanished`)."""
         return await flag_vanished(
-            session, self.connection_id, self.resource_type, self.seen, now=now
+            session, self.connection_id, self.resource_type, self.seen, now=now, within=within
         )
 
     async def _settle_oldest(self) -> None:

@@ -12,6 +12,7 @@ previous version copied to history first.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -157,10 +158,18 @@ async def flag_vanished(
     seen: set[str],
     *,
     now: dt.datetime,
+    within: Callable[[bytes], bool] | None = None,
 ) -> int:
-    """After a complete full pull: flag stored resources the EHR no longer returned."""
+    """After a complete full pull: flag stored resources the EHR no longer returned.
+
+    ``within`` (a pull of some parts of the type only) says which stored bodies the pull's
+    searches could have found; the others are not the pull's to judge and stay.
+    """
     live = await resource_repo.live_resource_ids(session, connection_id, resource_type)
     gone = sorted(live - seen)
+    if within is not None and gone:
+        bodies = await resource_repo.live_bodies(session, connection_id, resource_type, gone)
+        gone = [rid for rid in gone if rid in bodies and within(bodies[rid])]
     return await resource_writes.flag_deleted(
         session, connection_id, resource_type, gone, reason=VANISHED, now=now
     )

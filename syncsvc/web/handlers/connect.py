@@ -257,9 +257,7 @@ async def _connected_page(request: web.Request, outcome: LaunchOutcome) -> web.R
         "tenant": outcome.tenant,
         "patient_name": outcome.patient_name,
         "explanation": explanation,
-        "synced_types": [
-            f"{line.description} ({line.type})" for line in explanation.types if line.granted
-        ],
+        "synced_types": [line.what_shared for line in explanation.types if line.granted],
         "status_url": "/status",
     }
     status = 200 if outcome.connection.status == "active" else 409

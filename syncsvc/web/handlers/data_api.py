@@ -108,6 +108,8 @@ def connection_view(facts: ConnectionFacts) -> dict[str, Any]:
                 "next_attempt_at": state.next_attempt_at if state else None,
                 "explanation": type_sentence(state),
                 "sentence": line.sentence,
+                "parts": None if line.parts is None else list(line.parts),
+                "shared": line.shared,
             }
         )
     return {
