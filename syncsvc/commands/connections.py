@@ -163,6 +163,7 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
             "error_uri": connection.error_uri,
             "requested_scopes": list(connection.requested_scopes),
             "trimmed": explain_trimmed(report),
+            "ignored_scopes": list(report.malformed),
             "offline": report.offline,
             "connected_at": connection.connected_at,
             "last_refresh_at": connection.last_refresh_at,
@@ -224,6 +225,8 @@ def _print_detail(detail: dict[str, Any]) -> None:
         kind = "refresh and access" if tokens["refresh_token"] else "access only"
         print(f"  tokens          {kind}, access expires {_when(tokens['access_expires_at'])}")
     print(f"  granted         {' '.join(detail['granted_scopes']) or '(nothing)'}")
+    if detail.get("ignored_scopes"):
+        print(f"  ignored         {' '.join(detail['ignored_scopes'])} (malformed: grant nothing)")
     for line in detail["types"]:
         print(f"  {line['type']:<15} {line['state'] or '-':<11} {line['sentence']}")
     if detail["references"] and detail["references"]["sentence"]:

@@ -114,7 +114,16 @@ async def finish_exchange(
         granted=len(granted),
         trimmed=len(report.trimmed),
         offline=report.offline,
+        malformed=len(report.malformed),
     )
+    if report.malformed:
+        # Recorded with the grant and shown by ``connections show``; they grant nothing.
+        log.warning(
+            "granted_scopes_malformed",
+            tenant=tenant.name,
+            connection_id=connection.id,
+            scopes=[scope[:200] for scope in report.malformed[:5]],
+        )
     return LaunchOutcome(connection, tenant, report, patient_name)
 
 

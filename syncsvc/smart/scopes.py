@@ -193,6 +193,8 @@ class GrantReport:
     #: Whether background sync is possible: ``offline_access`` granted, or a refresh token issued
     #: anyway (Epic omits ``offline_access`` from ``scope`` while issuing one).
     offline: bool
+    #: Granted scopes shaped like resource scopes that break the grammar: ignored, grant nothing.
+    malformed: tuple[str, ...] = ()
 
 
 def grant_report(
@@ -226,6 +228,7 @@ def grant_report(
         trimmed=tuple(trimmed),
         synced_types=tuple(synced),
         offline=offline,
+        malformed=read_grant(granted_list).malformed,
     )
 
 

@@ -194,6 +194,12 @@ def component_schemas() -> dict[str, Any]:
                         "granted": {"type": "array", "items": {"type": "string"}},
                         "trimmed": {"type": "array", "items": ref("TrimmedScope")},
                         "offline_access": {"type": "boolean"},
+                        "ignored": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "Granted scopes that break the SMART scope grammar: "
+                            "they grant nothing.",
+                        },
                     },
                 },
                 "synced_types": {

@@ -148,3 +148,12 @@ def test_wildcard_grant_covers_requested_types() -> None:
     report = grant_report(requested, ["patient/*.read"], has_refresh_token=True)
     assert report.trimmed == ()
     assert report.synced_types == ("Observation", "Goal")
+
+
+def test_malformed_granted_scopes_are_recorded_and_grant_nothing() -> None:
+    requested = ["patient/Observation.rs", "patient/Goal.rs"]
+    granted = ["patient/Observation.rs?", "patient/Goal.rs", "patient/Observation.sr"]
+    report = grant_report(requested, granted, has_refresh_token=True)
+    assert report.malformed == ("patient/Observation.rs?", "patient/Observation.sr")
+    assert report.synced_types == ("Goal",)
+    assert report.trimmed == ("patient/Observation.rs",)

@@ -127,6 +127,7 @@ def connection_view(facts: ConnectionFacts) -> dict[str, Any]:
             "granted": list(report.granted),
             "trimmed": trimmed,
             "offline_access": report.offline,
+            "ignored": list(report.malformed),
         },
         "synced_types": [line.type for line in explanation.types if line.granted],
         "types": types,
