@@ -8,6 +8,8 @@ Create Date: 2026-12-05 21:40:00 UTC
 server advertises ``permission-v2``, else v1). ``sync_states.granted_parts`` lists the parts of a
 type (query qualifiers such as ``category=<system>|laboratory``) that the type's last completed
 pull searched, NULL for the whole type: a grant that adds a part makes the next pull a full one.
+``sync_states.withdrawn_parts`` lists the parts a refresh stopped sharing while the type stayed
+granted (``*``: all but the parts still granted): what was synced of them is kept, not updated.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ def upgrade() -> None:
         batch_op.create_check_constraint("scope_syntax", SCOPE_SYNTAXES)
     with op.batch_alter_table("sync_states") as batch_op:
         batch_op.add_column(sa.Column("granted_parts", sa.JSON()))
+        batch_op.add_column(sa.Column("withdrawn_parts", sa.JSON()))
 
 
 def downgrade() -> None:
     """Revert :func:`upgrade`."""
     with op.batch_alter_table("sync_states") as batch_op:
+        batch_op.drop_column("withdrawn_parts")
         batch_op.drop_column("granted_parts")
     with op.batch_alter_table("tenants", recreate=_recreate()) as batch_op:
         batch_op.drop_constraint(op.f("ck_tenants_scope_syntax"), type_="check")

@@ -224,6 +224,9 @@ class PatientSpec:
     #: Portal login name and password for the login page.
     username: str = ""
     password: str = "portal"  # noqa: S105 - sandbox-only demo credential, documented as such
+    #: This persona's consent at the EHR: the categories of each listed type it shares (as the
+    #: tenant policy's ``granted_categories``, which it overrides type by type).
+    granted_categories: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass

@@ -9,7 +9,7 @@ scope without a word.
 
 from __future__ import annotations
 
-from .config import ClientRegistration, TenantPolicy
+from .config import ClientRegistration, PatientSpec, TenantPolicy
 from .scopes import ResourceScope, parse
 
 OFFLINE_ACCESS = "offline_access"
@@ -34,9 +34,12 @@ def split(scope: str | None) -> list[str]:
 
 
 def grant_scopes(
-    requested: list[str], client: ClientRegistration, policy: TenantPolicy
+    requested: list[str],
+    client: ClientRegistration,
+    policy: TenantPolicy,
+    patient: PatientSpec | None = None,
 ) -> list[str]:
-    """The scopes granted for ``requested``, in request order."""
+    """The scopes granted for ``requested``, in request order (``patient``: whose consent)."""
     allowed = [
         scope
         for scope in dict.fromkeys(requested)
@@ -47,19 +50,20 @@ def grant_scopes(
             scope == OFFLINE_ACCESS and policy.drop_offline_for_public and client.auth == "public"
         )
     ]
-    granted = (narrowed for scope in allowed for narrowed in _granular(scope, policy))
+    categories = policy.granted_categories | (patient.granted_categories if patient else {})
+    granted = (narrowed for scope in allowed for narrowed in _granular(scope, categories))
     return list(dict.fromkeys(granted))
 
 
 _V2_LETTERS = {"read": "rs", "write": "cud", "*": "cruds"}
 
 
-def _granular(scope: str, policy: TenantPolicy) -> list[str]:
-    """``scope`` narrowed to the categories the policy grants of its type (itself if none)."""
+def _granular(scope: str, categories: dict[str, list[str]]) -> list[str]:
+    """``scope`` narrowed to the ``categories`` granted of its type (itself if none are set)."""
     parsed = parse(scope)
     if parsed is None or parsed.is_wildcard:
         return [scope]
-    allowed = policy.granted_categories.get(parsed.resource_type)
+    allowed = categories.get(parsed.resource_type)
     if allowed is None:
         return [scope]
     asked = parsed.categories

@@ -31,7 +31,7 @@ from .auth_support import (
     resolve_tenant,
 )
 from .client_auth import ClientAuthError
-from .config import ClientRegistration, FaultSpec, TenantConfig, Vendor
+from .config import ClientRegistration, FaultSpec, PatientSpec, TenantConfig, Vendor
 from .faults import RESET_LOG_STATUS, reset_connection
 from .profiles import ROUTE_TEMPLATES
 from .scope_policy import grant_scopes, issues_refresh_token, returned_scope, split
@@ -234,12 +234,16 @@ def exchange_code(
     if form.get("redirect_uri") != code.redirect_uri:
         raise invalid_grant("redirect_uri does not match the authorization request")
     _check_pkce(code, form.get("code_verifier"))
-    granted = grant_scopes(code.scopes, client, tenant.policy)
+    granted = grant_scopes(code.scopes, client, tenant.policy, _persona(tenant, code.patient_id))
     if not granted:
         raise TokenError("invalid_scope", "No requested scope can be granted", urn=EMPTY_SCOPES)
     grant = _new_grant(ctx, tenant, code, granted)
     ctx.code_grants[code.code] = grant.grant_id
     return _token_body(ctx, tenant, grant, granted, nonce=code.nonce, with_id_token=True)
+
+
+def _persona(tenant: TenantConfig, patient_id: str | None) -> PatientSpec | None:
+    return next((p for p in tenant.patients if p.id == patient_id), None)
 
 
 def pkce_challenge(verifier: str) -> str:
@@ -309,7 +313,7 @@ def refresh(
         raise invalid_grant("The refresh token has expired")
     _check_throttle(grant, policy.refresh_min_interval, now)
     base = grant.approved if policy.widen_on_refresh and grant.approved else grant.scopes
-    current = grant_scopes(base, client, policy)
+    current = grant_scopes(base, client, policy, _persona(tenant, grant.patient_id))
     if not current:
         raise TokenError(
             "invalid_scope", "No scope of this grant is granted any more", urn=EMPTY_SCOPES

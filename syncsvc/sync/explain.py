@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syncsvc.fhir.references import REFERENCED_TYPES
-from syncsvc.smart.scope_grammar import Part, TypeGrant, part_text
+from syncsvc.smart.scope_grammar import Part, TypeGrant, part_of_text, part_text
 from syncsvc.smart.scopes import RESOURCE_DESCRIPTIONS, explain_trimmed, grant_report
 from syncsvc.sync.reference_words import ReferenceFacts, reference_sentence
 from syncsvc.sync.type_words import shared_words, state_sentence
@@ -45,6 +45,8 @@ class TypeFacts:
     failing_since: dt.datetime | None = None
     #: The parts of the type its last completed pull searched (None: the whole type).
     covered_parts: tuple[Part, ...] | None = None
+    #: Parts a refresh stopped sharing while the type stayed granted (``*``: the rest of it).
+    withdrawn_parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,19 @@ def when(moment: dt.datetime | None) -> str:
 
 def _describe(resource_type: str) -> str:
     return RESOURCE_DESCRIPTIONS.get(resource_type, resource_type)
+
+
+def _stopped_sharing(line: TypeLine, facts: TypeFacts) -> str | None:
+    """The sentence about parts of a still-granted type a refresh stopped sharing, or None."""
+    if not line.granted or not facts.withdrawn_parts:
+        return None
+    label = f"{line.description.capitalize()} ({line.type})"
+    kept = "what was synced of them is kept here but no longer updated"
+    if "*" in facts.withdrawn_parts:
+        return f"{label}: your provider now shares {line.shared or 'only part of this'}; {kept}."
+    parts = tuple(p for p in (part_of_text(t) for t in facts.withdrawn_parts) if p is not None)
+    words = (shared_words(parts) or "").removesuffix(" only")
+    return f"{label}: your provider stopped sharing {words}; {kept}."
 
 
 def _not_yet(facts: TypeFacts, name: str, parts: tuple[Part, ...] | None) -> str:
@@ -342,6 +357,11 @@ def explain(facts: GrantFacts) -> Explanation:
             if line.shared is not None
         )
         withdrawn = [line.sentence for line in types if line.state == "withdrawn"]
+        withdrawn.extend(
+            stopped
+            for line in types
+            if (stopped := _stopped_sharing(line, facts.types.get(line.type, TypeFacts())))
+        )
         sentences.extend(withdrawn)
         if withdrawn and facts.status == "active":
             sentences.append("Reconnect to share the types that stopped updating again.")
@@ -363,7 +383,11 @@ def explain(facts: GrantFacts) -> Explanation:
     kept = facts.status == "active" and facts.has_refresh_token and bool(list(facts.readable_types))
     can_reconnect = facts.status in RECONNECTABLE_STATUSES or (
         facts.status == "active"
-        and (not facts.has_refresh_token or any(line.state == "withdrawn" for line in types))
+        and (
+            not facts.has_refresh_token
+            or any(line.state == "withdrawn" for line in types)
+            or any(t.withdrawn_parts for t in facts.types.values())
+        )
     )
     return Explanation(
         status=facts.status,

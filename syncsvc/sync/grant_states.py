@@ -120,7 +120,7 @@ def _part_difference(mine: TypeGrant, other: TypeGrant) -> tuple[str, ...]:
     """The parts of ``mine`` that ``other`` lacks, as qualifiers (``*``: the whole type)."""
     missing = mine.missing_from(other)
     if missing is None:
-        return ("*",)
+        return (REST_OF_TYPE,)
     return tuple(part_text(p) for p in missing)
 
 
@@ -155,7 +155,8 @@ async def reconcile_type_states(
     whatever the grant (:func:`~syncsvc.sync.type_support.record_unsupported`). In the caller's
     transaction.
     """
-    readable = set(readable_types(connection.granted_scopes, tenant))
+    grants = type_grants(connection.granted_scopes, resource_types_of(tenant))
+    readable = set(grants)
     states = await run_repo.sync_states(session, connection.id)
     if await record_unsupported(session, connection.id, tenant, states, now=now):
         states = await run_repo.sync_states(session, connection.id)
@@ -182,6 +183,16 @@ async def reconcile_type_states(
         if resource_type in readable:
             if state is not None and state.status in UNGRANTED_TYPE_STATES:
                 await _forget(session, connection.id, resource_type)
+            elif state is not None and state.withdrawn_parts:
+                still = _still_withdrawn(state.withdrawn_parts, grants[resource_type])
+                if still != state.withdrawn_parts:
+                    await run_repo.save_sync_state(
+                        session,
+                        connection.id,
+                        resource_type,
+                        now=now,
+                        withdrawn_parts=still or None,
+                    )
             continue
         if state is not None and state.status == "withdrawn":
             continue
@@ -200,6 +211,49 @@ async def reconcile_type_states(
             error_class=None,
             error_message=None,
             grant_fingerprint=None,
+        )
+
+
+#: In ``withdrawn_parts``: all of a type but the parts still granted (it was granted whole).
+REST_OF_TYPE = "*"
+
+
+def _still_withdrawn(withdrawn: Sequence[str], grant: TypeGrant) -> list[str]:
+    """The withdrawn parts ``grant`` does not give again."""
+    kept = []
+    for text in withdrawn:
+        if text == REST_OF_TYPE:
+            if grant.parts is not None:
+                kept.append(text)
+            continue
+        part = part_of_text(text)
+        if part is not None and not grant.covers(TypeGrant(grant.resource_type, (part,))):
+            kept.append(text)
+    return kept
+
+
+async def record_withdrawn_parts(
+    session: AsyncSession,
+    connection_id: str,
+    narrowed: Mapping[str, Sequence[str]],
+    *,
+    now: dt.datetime,
+) -> None:
+    """Note the parts a refresh stopped sharing of types it kept (in the caller's tx).
+
+    Only types something was attempted of have a row to note them on; a type never pulled has
+    nothing kept to speak of.
+    """
+    if not narrowed:
+        return
+    states = await run_repo.sync_states(session, connection_id)
+    for resource_type, parts in narrowed.items():
+        state = states.get(resource_type)
+        if state is None:
+            continue
+        merged = list(dict.fromkeys([*(state.withdrawn_parts or []), *parts]))
+        await run_repo.save_sync_state(
+            session, connection_id, resource_type, now=now, withdrawn_parts=merged
         )
 
 
@@ -251,6 +305,7 @@ def grant_facts(
                 next_attempt_at=state.next_attempt_at,
                 failing_since=state.failing_since,
                 covered_parts=_covered(state),
+                withdrawn_parts=tuple(state.withdrawn_parts or ()),
             )
             for name, state in states.items()
         },

@@ -22,7 +22,14 @@ from syncsvc.sync import webhook_outbox
 from syncsvc.vocabulary import SCOPES_WITHDRAWN
 
 from .context import SyncContext
-from .grant_states import GrantChange, grant_change, readable_types, reconcile_type_states, rescoped
+from .grant_states import (
+    GrantChange,
+    grant_change,
+    readable_types,
+    reconcile_type_states,
+    record_withdrawn_parts,
+    rescoped,
+)
 
 log = get_logger("syncsvc.sync.refresh")
 
@@ -65,6 +72,7 @@ async def rescope(
     if not change.changed:
         return None
     await reconcile_type_states(session, connection, tenant, now=now)
+    await record_withdrawn_parts(session, connection.id, change.narrowed, now=now)
     if not readable_types(granted, tenant):
         connection.status = "no_access"
         connection.status_reason = SCOPES_WITHDRAWN

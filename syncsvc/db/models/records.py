@@ -145,6 +145,9 @@ class SyncState(Base):
     #: The parts of the type (scope query qualifiers, ``category=<system>|<code>``) the last
     #: completed pull searched; None for the whole type. The watermark holds for these only.
     granted_parts: Mapped[list[str] | None] = mapped_column(JSON)
+    #: Parts a refresh stopped sharing while the type stayed granted (``*``: all of the type
+    #: but the parts still granted); what was synced of them is kept and no longer updated.
+    withdrawn_parts: Mapped[list[str] | None] = mapped_column(JSON)
     #: When a type in ``transient_error`` or ``failing`` is tried again (its own schedule).
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     #: Transient failures in a row, and when the first of them happened (None once it worked).

@@ -189,6 +189,12 @@ async def test_a_category_withdrawn_at_refresh_narrows_the_type_and_keeps_its_da
     assert observation["status"] == "ok"
     assert observation["shared"] == "laboratory results only"
     assert PARTLY in seen.explanation["sentences"]
+    stopped = (
+        "Lab results and vital signs (Observation): your provider stopped sharing vital signs; "
+        "what was synced of them is kept here but no longer updated."
+    )
+    assert stopped in seen.explanation["sentences"]
+    assert stopped in text(seen.status_page)
     [changed] = [h for h in seen.webhooks if h["type"] == "connection.scopes_changed"]
     assert changed["data"]["withdrawn"] == []
     assert changed["data"]["added"] == []
@@ -237,6 +243,7 @@ async def test_a_category_added_at_refresh_is_pulled_in_full(
     [changed] = [h for h in seen.webhooks if h["type"] == "connection.scopes_changed"]
     assert changed["data"]["widened"] == {"Observation": [f"category={VITALS}"]}
     assert changed["data"]["narrowed"] == {}
+    assert not any("stopped sharing" in s for s in seen.explanation["sentences"])
 
 
 async def test_the_scope_syntax_follows_the_server_and_the_tenant_option(flow: Flow) -> None:

@@ -147,3 +147,18 @@ async def test_a_refresh_narrows_to_the_policys_categories_now(
     ]
     token = refreshed["access_token"]
     assert (await _get(http, _observations(sandbox, GENERIC_TENANT, VITALS), token))[0] == 403
+
+
+async def test_a_personas_consent_overrides_the_tenants_type_by_type(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    tenant = sandbox.tenant(GENERIC_TENANT)
+    tenant.policy.granted_categories = {"Observation": [LAB], "Condition": ["x|y"]}
+    wilma = next(p for p in tenant.patients if p.id == "12742400")
+    wilma.granted_categories = {"Observation": [VITALS]}
+    asked = "launch/patient patient/Observation.rs"
+    nancy = await obtain_tokens(http, sandbox, GENERIC_TENANT, scope=asked)
+    tenant.policy.auto_approve_patient = wilma.id
+    hers = await obtain_tokens(http, sandbox, GENERIC_TENANT, scope=asked, patient_id=wilma.id)
+    assert nancy["scope"].split()[1:] == [f"patient/Observation.rs?category={LAB}"]
+    assert hers["scope"].split()[1:] == [f"patient/Observation.rs?category={VITALS}"]
