@@ -384,6 +384,13 @@ class PullRun:
                 error_class=state.error_class,
                 error_message=state.error_message,
             )
+        if planned.unsearchable:
+            log.warning(
+                "granted_parts_unsearchable",
+                connection_id=self.connection.id,
+                resource_type=planned.resource_type,
+                parts=planned.unsearchable_texts,
+            )
         result = TypeResult(planned.resource_type, "ok", planned.mode)
         attempt_at = self.ctx.now()
         try:

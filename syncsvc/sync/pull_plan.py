@@ -63,6 +63,11 @@ class PlannedType:
     unsearchable: tuple[Part, ...] = ()
 
     @property
+    def unsearchable_texts(self) -> list[str]:
+        """The granted parts left out, as scope qualifiers."""
+        return [part_text(p) for p in self.unsearchable]
+
+    @property
     def part_texts(self) -> list[str] | None:
         """The searched parts as stored in ``sync_states.granted_parts`` (None: whole)."""
         return None if self.parts is None else [part_text(p) for p in self.parts]

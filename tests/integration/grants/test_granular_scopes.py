@@ -178,11 +178,22 @@ async def test_a_category_withdrawn_at_refresh_narrows_the_type_and_keeps_its_da
             flow.service.settings, "connections", "sync", connection.id, "--now", "--full"
         )
         assert full.code == 0, full.stderr
+        narrowed_searches = _observation_searches(flow, logged)
+        kept = await _stored_categories(flow, connection.id)
         seen = await read_surfaces(flow, patient, operator, connection.id)
+        # Shared again: the part is no longer said to be withdrawn, and is pulled in full.
+        policy.granted_categories = {"Observation": [LAB, VITALS]}
+        policy.widen_on_refresh = True
+        clock.advance(3600)
+        logged = len(flow.sandbox.state.request_log)
+        report = await sync(flow, clock.now)
+        assert report.refresh == {"refreshed": 1}
+        again = await read_surfaces(flow, patient, operator, connection.id)
 
-    assert all(q.get("category") == [LAB] for q in _observation_searches(flow, logged))
+    assert narrowed_searches
+    assert all(q.get("category") == [LAB] for q in narrowed_searches)
+    assert kept == before  # the vital signs were not searched, and not taken for vanished
     assert _refused(flow) == []
-    assert await _stored_categories(flow, connection.id) == before
     seen.assert_agree()
     assert seen.api["status"] == "active"
     observation = next(t for t in seen.api["types"] if t["type"] == "Observation")
@@ -195,18 +206,31 @@ async def test_a_category_withdrawn_at_refresh_narrows_the_type_and_keeps_its_da
     )
     assert stopped in seen.explanation["sentences"]
     assert stopped in text(seen.status_page)
-    [changed] = [h for h in seen.webhooks if h["type"] == "connection.scopes_changed"]
+    [changed, *_] = [h for h in seen.webhooks if h["type"] == "connection.scopes_changed"]
     assert changed["data"]["withdrawn"] == []
     assert changed["data"]["added"] == []
     assert changed["data"]["narrowed"] == {"Observation": [f"category={VITALS}"]}
     assert changed["data"]["widened"] == {}
     async with flow.service.app[SERVICES].sessionmaker() as session:
-        [event] = await session.scalars(
-            select(Event).where(Event.kind == "scopes", Event.connection_id == connection.id)
+        events = list(
+            await session.scalars(
+                select(Event)
+                .where(Event.kind == "scopes", Event.connection_id == connection.id)
+                .order_by(Event.at)
+            )
         )
-    assert event.outcome == "narrowed"
-    assert event.resource_type == "Observation"
-    assert event.error_class == "scope_withdrawn"
+    assert [(e.outcome, e.resource_type, e.error_class) for e in events] == [
+        ("narrowed", "Observation", "scope_withdrawn"),
+        ("widened", "Observation", None),
+    ]
+
+    again.assert_agree()
+    assert not any("stopped sharing" in s for s in again.explanation["sentences"])
+    searches = _observation_searches(flow, logged)
+    assert sorted(q["category"][0] for q in searches) == [LAB, VITALS]
+    assert all("_lastUpdated" not in q for q in searches)
+    # Everything synced before the narrowing is still there, nothing taken for vanished.
+    assert set(before) <= set(await _stored_categories(flow, connection.id))
 
 
 async def test_a_category_added_at_refresh_is_pulled_in_full(
