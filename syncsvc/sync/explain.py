@@ -152,12 +152,13 @@ def _stopped_sharing(line: TypeLine, facts: TypeFacts) -> str | None:
     if not line.granted or not facts.withdrawn_parts:
         return None
     label = f"{line.description.capitalize()} ({line.type})"
-    kept = "what was synced of them is kept here but no longer updated"
+    kept = "is kept here but no longer updated"
     if "*" in facts.withdrawn_parts:
-        return f"{label}: your provider now shares {line.shared or 'only part of this'}; {kept}."
+        shared = line.shared or "only part of this"
+        return f"{label}: your provider now shares {shared}; what was synced of the rest {kept}."
     parts = tuple(p for p in (part_of_text(t) for t in facts.withdrawn_parts) if p is not None)
     words = (shared_words(parts) or "").removesuffix(" only")
-    return f"{label}: your provider stopped sharing {words}; {kept}."
+    return f"{label}: your provider stopped sharing {words}; what was synced of them {kept}."
 
 
 def _not_yet(facts: TypeFacts, name: str, parts: tuple[Part, ...] | None) -> str:

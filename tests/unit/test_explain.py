@@ -134,3 +134,48 @@ def test_every_type_state_has_a_sentence(state: str) -> None:
         assert "last updated" in line.sentence
     else:
         assert "last updated" not in line.sentence
+
+
+OBS = "http://terminology.hl7.org/CodeSystem/observation-category"
+LAB = (("category", f"{OBS}|laboratory"),)
+VITALS = (("category", f"{OBS}|vital-signs"),)
+
+
+def test_a_type_shared_in_parts_is_complete_for_the_parts_its_pull_searched() -> None:
+    facts = _facts(
+        "active",
+        refresh=True,
+        readable=True,
+        parts={"Observation": (LAB, VITALS)},
+        counts={"Observation": 7},
+        types={
+            "Observation": TypeFacts(state="ok", last_success_at=NOW, covered_parts=(LAB,)),
+        },
+    )
+    explanation = explain(facts)
+    [line] = [t for t in explanation.types if t.type == "Observation"]
+    assert line.shared == "laboratory results and vital signs only"
+    assert line.parts == (f"category={OBS}|laboratory", f"category={OBS}|vital-signs")
+    assert line.sentence == (
+        "Lab results and vital signs (Observation), laboratory results and vital signs only: 7, "
+        "last updated 04 Dec 2026, 12:00 UTC. Newly shared vital signs: not synced yet."
+    )
+    assert line.what_shared == (
+        "lab results and vital signs (Observation): laboratory results and vital signs only"
+    )
+
+
+def test_the_rest_of_a_type_granted_whole_before_is_said_to_be_no_longer_updated() -> None:
+    facts = _facts(
+        "active",
+        refresh=True,
+        readable=True,
+        parts={"Observation": (LAB,)},
+        types={"Observation": TypeFacts(state="ok", last_success_at=NOW, withdrawn_parts=("*",))},
+    )
+    explanation = explain(facts)
+    assert (
+        "Lab results and vital signs (Observation): your provider now shares laboratory results "
+        "only; what was synced of the rest is kept here but no longer updated."
+    ) in explanation.sentences
+    assert explanation.can_reconnect
