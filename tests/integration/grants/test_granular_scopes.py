@@ -30,6 +30,8 @@ from tests.integration.web.flows import Flow
 OBS = "http://terminology.hl7.org/CodeSystem/observation-category"
 LAB = f"{OBS}|laboratory"
 VITALS = f"{OBS}|vital-signs"
+#: Past the sync interval (six hours): the next tick syncs, and refreshes the expired token first.
+SYNC_DUE = 7 * 3600
 PARTLY = (
     "Your provider shared only part of your lab results and vital signs (Observation): "
     "laboratory results only; the rest is not synced."
@@ -169,7 +171,7 @@ async def test_a_category_withdrawn_at_refresh_narrows_the_type_and_keeps_its_da
         assert any(VITALS in tokens for tokens in before.values())
         # The patient withdraws vital signs at the EHR: the next refresh grants labs only.
         policy.granted_categories = {"Observation": [LAB]}
-        clock.advance(3600)
+        clock.advance(SYNC_DUE)
         report = await sync(flow, clock.now)
         assert report.refresh == {"refreshed": 1}
         # A full pull afterwards searches labs only and takes nothing kept for vanished.
@@ -184,10 +186,16 @@ async def test_a_category_withdrawn_at_refresh_narrows_the_type_and_keeps_its_da
         # Shared again: the part is no longer said to be withdrawn, and is pulled in full.
         policy.granted_categories = {"Observation": [LAB, VITALS]}
         policy.widen_on_refresh = True
-        clock.advance(3600)
+        clock.advance(SYNC_DUE)
         logged = len(flow.sandbox.state.request_log)
-        report = await sync(flow, clock.now)
-        assert report.refresh == {"refreshed": 1}
+        # The sync needs a fresh token: the refresh that gets it widens the grant.
+        assert (await sync(flow, clock.now)).sync == {"ok": 1}
+        widened = await flow.only_connection()
+        assert f"patient/Observation.rs?category={VITALS}" in widened.granted_scopes
+        # The next sync pulls the part shared again.
+        clock.advance(SYNC_DUE)
+        logged = len(flow.sandbox.state.request_log)
+        assert (await sync(flow, clock.now)).sync == {"ok": 1}
         again = await read_surfaces(flow, patient, operator, connection.id)
 
     assert narrowed_searches
@@ -246,7 +254,7 @@ async def test_a_category_added_at_refresh_is_pulled_in_full(
         assert (await sync(flow, clock.now)).sync == {"ok": 1}
         labs = await _stored_categories(flow, connection.id)
         policy.granted_categories = {"Observation": [LAB, VITALS]}
-        clock.advance(3600)
+        clock.advance(SYNC_DUE)
         logged = len(flow.sandbox.state.request_log)
         report = await sync(flow, clock.now)
         assert report.refresh == {"refreshed": 1}
