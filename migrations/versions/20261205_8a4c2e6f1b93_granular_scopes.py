@@ -1,7 +1,7 @@
 """Granular scopes: the scope syntax each tenant asks in, and the parts of a type each pull covers.
 
 Revision ID: 8a4c2e6f1b93
-Revises: 9a4c2e7b1d63
+Revises: e84c4a46064d
 Create Date: 2026-12-05 21:40:00 UTC
 
 ``tenants.scope_syntax`` is the operator's choice of SMART scope syntax (``auto``: v2 where the
@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "8a4c2e6f1b93"
-down_revision: str | Sequence[str] | None = "9a4c2e7b1d63"
+down_revision: str | Sequence[str] | None = "e84c4a46064d"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

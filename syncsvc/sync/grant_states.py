@@ -127,7 +127,7 @@ def _part_difference(mine: TypeGrant, other: TypeGrant) -> tuple[str, ...]:
 def grant_change(tenant: Tenant, before: Iterable[str], after: Iterable[str]) -> GrantChange:
     """Which readable types (and parts of types) moving the grant from ``before`` to ``after``
     withdrew and added."""
-    types = resource_types_of(tenant)
+    types = pullable_types(tenant)
     old, new = type_grants(before, types), type_grants(after, types)
     narrowed: dict[str, tuple[str, ...]] = {}
     widened: dict[str, tuple[str, ...]] = {}
@@ -155,7 +155,7 @@ async def reconcile_type_states(
     whatever the grant (:func:`~syncsvc.sync.type_support.record_unsupported`). In the caller's
     transaction.
     """
-    grants = type_grants(connection.granted_scopes, resource_types_of(tenant))
+    grants = type_grants(connection.granted_scopes, pullable_types(tenant))
     readable = set(grants)
     states = await run_repo.sync_states(session, connection.id)
     if await record_unsupported(session, connection.id, tenant, states, now=now):
