@@ -1,7 +1,7 @@
 """Granular scopes: the scope syntax each tenant asks in, and the parts of a type each pull covers.
 
-Revision ID: 8a4c2e6f1b93
-Revises: e84c4a46064d
+Revision ID: 5e7b3d9c4a26
+Revises: 8a4c2e6f1b93
 Create Date: 2026-12-05 21:40:00 UTC
 
 ``tenants.scope_syntax`` is the operator's choice of SMART scope syntax (``auto``: v2 where the
@@ -20,8 +20,8 @@ from typing import Literal
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "8a4c2e6f1b93"
-down_revision: str | Sequence[str] | None = "e84c4a46064d"
+revision: str = "5e7b3d9c4a26"
+down_revision: str | Sequence[str] | None = "8a4c2e6f1b93"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
