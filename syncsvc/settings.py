@@ -269,6 +269,10 @@ class Settings:
     max_page_entries: int = 10_000
     #: Page bytes one process reads and decodes at once, over all its pulls (at least one page).
     page_budget_bytes: int = 64 * 1024 * 1024
+    #: Caps on the attachments of clinical documents: one attachment's content, and all the
+    #: stored contents of one connection together (deduplicated, uncompressed).
+    max_attachment_bytes: int = 16 * 1024 * 1024
+    max_connection_attachment_bytes: int = 1024 * 1024 * 1024
     #: ``POST /connect/start`` per patient session: this many at once, refilled per hour.
     connect_start_burst: int = 10
     connect_starts_per_hour: int = 30
@@ -321,6 +325,8 @@ class Settings:
             "max_page_bytes",
             "max_page_entries",
             "page_budget_bytes",
+            "max_attachment_bytes",
+            "max_connection_attachment_bytes",
             "connect_start_burst",
             "connect_starts_per_hour",
             "link_burst",
@@ -435,6 +441,8 @@ _INT_FIELDS = {
     "max_page_bytes",
     "max_page_entries",
     "page_budget_bytes",
+    "max_attachment_bytes",
+    "max_connection_attachment_bytes",
     "connect_start_burst",
     "connect_starts_per_hour",
     "link_burst",

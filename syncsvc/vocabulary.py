@@ -107,6 +107,36 @@ ReferenceState = Literal[
 ]
 REFERENCE_STATES: Final[tuple[ReferenceState, ...]] = get_args(ReferenceState)
 
+# --- attachments of clinical documents -----------------------------------------------------
+
+#: ``stored``: the content is stored (deduplicated by SHA-256 within the connection).
+#: ``skipped``: not stored by rule: over a cap, a content type outside the allow-list, served as
+#: another type than declared, or the grant does not cover Binary.
+#: ``refused``: its URL lies outside the connection's FHIR base: never requested with the token.
+#: ``failed``: the EHR did not deliver it this time (an error answer, a timeout, a broken body);
+#: tried again at the next sync.
+AttachmentState = Literal["stored", "skipped", "refused", "failed"]
+ATTACHMENT_STATES: Final[tuple[AttachmentState, ...]] = get_args(AttachmentState)
+
+#: Why an attachment is ``skipped``, ``refused`` or ``failed`` (``stored`` has no reason).
+AttachmentReason = Literal[
+    "too_large",
+    "connection_cap",
+    "type_not_allowed",
+    "type_mismatch",
+    "not_granted",
+    "outside_base",
+    "unusable_url",
+    "bad_data",
+    "denied",
+    "not_found",
+    "http_error",
+    "transient",
+]
+ATTACHMENT_REASONS: Final[tuple[AttachmentReason, ...]] = get_args(AttachmentReason)
+#: Resource types whose attachments syncsvc fetches, and the element that holds them.
+ATTACHMENT_ELEMENTS: Final = {"DocumentReference": "content", "DiagnosticReport": "presentedForm"}
+
 # --- runs and refreshes --------------------------------------------------------------------
 
 #: A sync run as stored (``running`` until it ends; ``partial``: some types denied or in error).

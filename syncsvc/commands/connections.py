@@ -115,9 +115,10 @@ def _list_cmd(args: argparse.Namespace) -> int:
 async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
     from sqlalchemy import select
 
-    from syncsvc.db import disconnect_repo, repo
+    from syncsvc.db import attachment_repo, disconnect_repo, repo
     from syncsvc.db.models.records import SyncState
     from syncsvc.smart.scopes import explain_trimmed, grant_report
+    from syncsvc.sync.attachment_words import attachment_view
     from syncsvc.sync.explain import explain
     from syncsvc.sync.grant_states import load_grant_facts
     from syncsvc.sync.type_words import type_sentence
@@ -139,6 +140,7 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
             .order_by(SyncState.resource_type)
         )
         pending = await disconnect_repo.pending_revocations_of(session, connection_id)
+        attachments = (await attachment_repo.summaries(session, [connection_id])).get(connection_id)
         facts = await load_grant_facts(session, connection, tenant)
         explanation = explain(facts)
         detail |= {
@@ -191,6 +193,7 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
                 }
                 for row in states
             },
+            "attachments": attachment_view(attachments),
             "pending_revocations": [
                 {
                     "token_type_hint": row.token_type_hint,
@@ -238,6 +241,7 @@ def _print_detail(detail: dict[str, Any]) -> None:
                 f"{state['failure_count']} attempt(s), next {_when(state['next_attempt_at'])}"
             )
             print(f"  {'':<15} {state['explanation']}")
+    print(f"  attachments     {detail['attachments']['sentence']}")
     for pending in detail["pending_revocations"]:
         print(
             f"  revocation      pending after {pending['attempts']} attempt(s), next "

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .attachment_repo import AttachmentSummary, summaries
 from .models.connections import Connection, Credential, Tenant
 from .models.records import Resource, ResourceCursor, SyncState
 from .reference_repo import ReferenceCounts, reference_counts
@@ -33,6 +34,8 @@ class ConnectionFacts:
     access_expires_at: dt.datetime | None = None
     #: The record's references to shared resources.
     references: ReferenceCounts | None = None
+    #: What became of its documents' attachments (None: none found yet).
+    attachments: AttachmentSummary | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ async def _facts(session: AsyncSession, connections: Sequence[Connection]) -> li
         .order_by(SyncState.connection_id, SyncState.resource_type)
     ):
         states[state.connection_id][state.resource_type] = state
+    attachments = await summaries(session, ids)
     facts = []
     for connection in connections:
         tenant = tenants.get(connection.tenant_id)
@@ -101,6 +105,7 @@ async def _facts(session: AsyncSession, connections: Sequence[Connection]) -> li
                 tenant=tenant,
                 access_expires_at=access_expiry.get(connection.id),
                 references=await reference_counts(session, connection.id),
+                attachments=attachments.get(connection.id),
             )
         )
     return facts

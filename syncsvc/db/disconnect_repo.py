@@ -3,7 +3,8 @@
 A disconnect keeps the connection row (status ``revoked``) so the host application can still see
 that, and when, it ended. Erasing removes every copy of the patient's record held for it: the
 current resources (the shared ones its record references included), their replaced versions,
-the record's references, the per-type sync states and the run history. The
+the record's references, the contents of its documents' attachments, the per-type sync states
+and the run history. The
 ``resource_cursors`` row stays: it holds no patient data, and keeping it means ``seq`` never runs
 backwards if the patient reconnects, so a host application's old cursor cannot skip new rows.
 
@@ -21,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .base import rowcount
 from .leases import claim_rows, lease_free
 from .models.activity import PendingRevocation
+from .models.attachments import Attachment, AttachmentBlob, AttachmentSource
 from .models.records import (
     ReferenceScan,
     Resource,
@@ -37,7 +39,17 @@ async def erase_synced_data(session: AsyncSession, connection_id: str) -> int:
     erased = rowcount(
         await session.execute(delete(Resource).where(Resource.connection_id == connection_id))
     )
-    for model in (ResourceHistory, ResourceReference, ReferenceScan, SyncState, SyncRun):
+    # Attachment rows before the contents they point at (a foreign key).
+    for model in (
+        ResourceHistory,
+        ResourceReference,
+        ReferenceScan,
+        SyncState,
+        SyncRun,
+        Attachment,
+        AttachmentBlob,
+        AttachmentSource,
+    ):
         await session.execute(delete(model).where(model.connection_id == connection_id))
     return erased
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeAlias, TypeVar
 from urllib.parse import urlencode
 
@@ -64,6 +65,14 @@ class PagingLoop(SyncsvcError):
         super().__init__(
             "The EHR's paging links repeated a page; paging stopped.", reason="paging_loop"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A body as received and the ``Content-Type`` it came with (empty if none)."""
+
+    body: bytes
+    content_type: str
 
 
 class SearchPage(Protocol):
@@ -123,8 +132,8 @@ class FhirClient:
         """Switch to a refreshed access token of the same grant."""
         self._token = access_token
 
-    def _headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}", "Accept": FHIR_JSON}
+    def _headers(self, accept: str = FHIR_JSON) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._token}", "Accept": accept}
 
     async def get(
         self, url: str, params: Mapping[str, str] | None = None, *, resource_type: str = ""
@@ -164,6 +173,24 @@ class FhirClient:
         Raises PageTooLarge when the body is over the byte cap, before buffering more than the
         cap (an announced length over it is refused without reading).
         """
+        fetched = await self.fetch_body(url, params, resource_type=resource_type, held=held)
+        return fetched.body
+
+    async def fetch_body(
+        self,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        resource_type: str = "",
+        held: list[Reservation] | None = None,
+        accept: str = FHIR_JSON,
+        cap_for: Callable[[str], int] | None = None,
+    ) -> Fetched:
+        """:meth:`fetch_bytes` with its ``Content-Type``, asking for ``accept``.
+
+        ``cap_for`` picks the byte cap from the answer's Content-Type (else the page cap): a
+        document may be capped apart from pages, and larger when wrapped in base64 JSON.
+        """
         self.requests += 1
         started = time.perf_counter()
         status = "network"
@@ -171,9 +198,12 @@ class FhirClient:
         reservation: Reservation | None = None
         try:
             async with self._http.get(
-                url, params=params, headers=self._headers(), allow_redirects=False
+                url, params=params, headers=self._headers(accept), allow_redirects=False
             ) as response:
                 status = status_label(response.status)
+                content_type = response.headers.get("Content-Type", "")
+                if cap_for is not None:
+                    cap = cap_for(content_type)
                 announced = response.content_length
                 if announced is not None and announced > cap:
                     raise PageTooLarge("bytes", cap)
@@ -217,7 +247,7 @@ class FhirClient:
                 reservation.release()
             else:
                 held.append(reservation)
-        return body
+        return Fetched(body, content_type)
 
     async def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """Read one resource by id (ids come from the EHR: they are checked before use)."""

@@ -162,6 +162,9 @@ class TenantPolicy:
     unsearchable_types: list[str] = field(default_factory=list)
     #: Whether ``Patient/{id}/$everything`` is offered (and advertised) here.
     everything: bool = False
+    #: Answer every Binary read with the FHIR Binary resource, whatever ``Accept`` asks (a
+    #: server that ignores it).
+    binary_as_resource: bool = False
 
 
 @dataclass

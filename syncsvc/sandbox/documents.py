@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .config import TenantConfig
 from .outcomes import operation_outcome
 
 FHIR_JSON_TYPES = ("application/fhir+json", "application/json", "application/json+fhir")
@@ -159,15 +160,16 @@ def _media_types(accept: str) -> list[str]:
 
 def binary_response(
     request: web.Request,
-    vendor: str,
+    tenant: TenantConfig,
     binary_id: str,
     entry: BinaryEntry,
     last_updated: str,
 ) -> web.Response:
     """A Binary read answered by ``Accept``: the FHIR resource, the raw bytes, or 406."""
+    vendor = tenant.vendor
     wanted = _media_types(request.headers.get("Accept", ""))
     declared = entry.content_type.split(";")[0].strip().lower()
-    if any(kind in FHIR_JSON_TYPES for kind in wanted):
+    if tenant.policy.binary_as_resource or any(kind in FHIR_JSON_TYPES for kind in wanted):
         body = entry.resource(binary_id, last_updated)
         return web.Response(body=body, content_type="application/fhir+json")
     if vendor in ("cerner", "epic") and declared not in wanted:

@@ -47,6 +47,8 @@ MAX_IDS_PER_SEARCH = 100
 PAGE_CONTEXT_LIMIT = 10_000
 #: Stands in for "another patient" when a tenant has only one configured patient.
 PHANTOM_PATIENT = "sandbox-foreign-patient"
+#: Faults that break a response's body (a Binary sends its FHIR form when one is set for it).
+BODY_FAULTS = frozenset({"oversized_page", "malformed_json", "truncated", "reset_mid_body"})
 
 _TYPE = "{type:[A-Z][A-Za-z]+}"
 _ID = "{id:[A-Za-z0-9.-]{1,64}}"
@@ -415,7 +417,13 @@ class FhirServer:
             return operation_outcome(404, "not-found", f"Binary/{rid} was not found")
         if binary.patient_id != access.patient_id:
             return foreign_patient(tenant)
-        return binary_response(request, tenant.vendor, rid, binary, iso_ms(binary.meta_ms))
+        if any(f.target == "Binary" and f.kind in BODY_FAULTS for f in tenant.faults):
+            # A broken or oversized body: sent as the FHIR Binary resource, chunked or cut short.
+            body = binary.resource(rid, iso_ms(binary.meta_ms))
+            return await faults.send(
+                request, self.state, tenant, "Binary", body, patient_id=access.patient_id
+            )
+        return binary_response(request, tenant, rid, binary, iso_ms(binary.meta_ms))
 
 
 def parse_query(

@@ -72,6 +72,11 @@ DEFAULT_RESOURCE_TYPES: tuple[str, ...] = (
     "ImagingStudy",
     "MedicationAdministration",
 )
+#: Types read only through what links to them, never searched: their scopes are asked for
+#: beside the types that need them (a document's contents are ``Binary`` at Cerner and Epic).
+READ_BY_LINK: dict[str, tuple[str, str]] = {
+    "Binary": ("the contents of clinical documents", "DocumentReference DiagnosticReport"),
+}
 _CANONICAL_TYPES = {name.lower(): name for name in RESOURCE_DESCRIPTIONS}
 
 
@@ -166,7 +171,11 @@ def plan_scopes(
     advertised = _advertised_types(config)
     scopes = list(BASE_SCOPES)
     extras = [t for t in referenced if _lists_scope_for(config, t)]
-    for resource_type in dict.fromkeys([*resource_types, *extras]):
+    wanted = list(dict.fromkeys([*resource_types, *extras]))
+    for linked, (_, needed_by) in READ_BY_LINK.items():
+        if any(t in needed_by.split() for t in wanted):
+            wanted.append(linked)
+    for resource_type in dict.fromkeys(wanted):
         if advertised is not None and resource_type not in advertised:
             continue
         suffix = "read" if syntax == "v1" else "rs"
@@ -238,7 +247,9 @@ def explain_trimmed(report: GrantReport) -> list[str]:
     for scope in report.trimmed:
         parsed = parse_scope(scope)
         if parsed is not None:
-            what = RESOURCE_DESCRIPTIONS.get(parsed.resource_type, parsed.resource_type)
+            linked = READ_BY_LINK.get(parsed.resource_type)
+            what = linked[0] if linked else RESOURCE_DESCRIPTIONS.get(parsed.resource_type)
+            what = what or parsed.resource_type
             sentences.append(
                 f"Access to {what} ({parsed.resource_type}) was not granted, so they will not sync."
             )

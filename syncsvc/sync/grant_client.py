@@ -18,11 +18,19 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping
+from dataclasses import dataclass
 
 import aiohttp
 
 from syncsvc.errors import SyncsvcError
-from syncsvc.fhir.client import FhirClient, FhirRequestError, ForeignNextLink, RequestTransient
+from syncsvc.fhir.client import (
+    FHIR_JSON,
+    Fetched,
+    FhirClient,
+    FhirRequestError,
+    ForeignNextLink,
+    RequestTransient,
+)
 from syncsvc.fhir.page_limits import PageBudget, PageLimits, Reservation
 from syncsvc.fhir.urls import is_under_base
 from syncsvc.logging import get_logger
@@ -105,12 +113,27 @@ class GrantClient(FhirClient):
         held: list[Reservation] | None = None,
     ) -> bytes:
         """GET with a current token; retried in place while the failure is worth it."""
+        fetched = await self.get_body(url, params, resource_type=resource_type, held=held)
+        return fetched.body
+
+    async def get_body(
+        self,
+        url: str,
+        params: Mapping[str, str] | None = None,
+        *,
+        resource_type: str = "",
+        held: list[Reservation] | None = None,
+        accept: str = FHIR_JSON,
+        cap_for: Callable[[str], int] | None = None,
+    ) -> Fetched:
+        """:meth:`get_bytes` with the answer's Content-Type, asking for ``accept``."""
         if not is_under_base(url, self.base):
             raise ForeignNextLink
+        request = _Request(url, params, resource_type, held, accept, cap_for)
         attempts = 1 if resource_type in self._fail_fast else self._retry.attempts
         for attempt in range(1, attempts + 1):
             try:
-                body = await self._get_once(url, params, resource_type, held)
+                body = await self._get_once(request)
             except (FhirRequestError, RequestTransient) as exc:
                 reason, delay = self._retry_after(exc, attempt, attempts)
                 if reason is None:
@@ -144,17 +167,11 @@ class GrantClient(FhirClient):
             return None, 0.0  # the wait and the next try do not fit in the run's time budget
         return reason, delay
 
-    async def _get_once(
-        self,
-        url: str,
-        params: Mapping[str, str] | None,
-        resource_type: str,
-        held: list[Reservation] | None,
-    ) -> bytes:
+    async def _get_once(self, request: _Request) -> Fetched:
         token = await self._current_token(False)
         self.use_token(token)
         try:
-            return await self.fetch_bytes(url, params, resource_type=resource_type, held=held)
+            return await self._fetch(request)
         except FhirRequestError as exc:
             if exc.failure.kind != "invalid_token":
                 raise
@@ -162,7 +179,17 @@ class GrantClient(FhirClient):
             self.retries["invalid_token"] += 1
             if self.tenant_meter is not None:
                 self.tenant_meter.retry("invalid_token")
-            return await self.fetch_bytes(url, params, resource_type=resource_type, held=held)
+            return await self._fetch(request)
+
+    def _fetch(self, request: _Request) -> Awaitable[Fetched]:
+        return self.fetch_body(
+            request.url,
+            request.params,
+            resource_type=request.resource_type,
+            held=request.held,
+            accept=request.accept,
+            cap_for=request.cap_for,
+        )
 
     async def _current_token(self, force: bool) -> str:
         # Told apart from the EHR's answers: a token that cannot be had stops the whole run,
@@ -180,6 +207,18 @@ class GrantClient(FhirClient):
             fresh = await self._current_token(True)
             self._replaced.add(refused)
             return fresh
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One GET as it is sent again on a retry."""
+
+    url: str
+    params: Mapping[str, str] | None
+    resource_type: str
+    held: list[Reservation] | None
+    accept: str
+    cap_for: Callable[[str], int] | None
 
 
 def _read_timeout(timeout: aiohttp.ClientTimeout) -> float:

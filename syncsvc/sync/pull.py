@@ -50,6 +50,7 @@ from syncsvc.errors import SyncsvcError, VaultError
 from syncsvc.fhir.plans import plan_for
 from syncsvc.fhir.references import REFERENCED_TYPES
 from syncsvc.sync import everything
+from syncsvc.sync.attachments import AttachmentStage
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens
 from syncsvc.sync.grant_client import AccessTokens, GrantClient
@@ -76,7 +77,7 @@ from syncsvc.sync.run_records import (
 )
 from syncsvc.sync.tenant_config import smart_configuration
 from syncsvc.sync.type_schedule import RETRYING, after_failure
-from syncsvc.vocabulary import FAILED_TYPE_RUN_STATUSES
+from syncsvc.vocabulary import ATTACHMENT_ELEMENTS, FAILED_TYPE_RUN_STATUSES
 
 log = structlog.get_logger("syncsvc.sync.pull")
 
@@ -191,6 +192,7 @@ class PullRun:
         try:
             await self._pull_types()
             await self._resolve_references()
+            await self._pull_attachments()
         except StopRun as stop:
             summary.outcome = stop.outcome
             summary.stopped_type = stop.resource_type
@@ -215,6 +217,18 @@ class PullRun:
         # Counted once the run record is committed, so the counter and the records agree.
         self.ctx.metrics.tenant(self.tenant.name).run(summary.outcome)
         return summary
+
+    async def _pull_attachments(self) -> None:
+        """Fetch the attachments of the documents and reports this run pulled, if any.
+
+        Never fails the run: each attachment records its own outcome
+        (:mod:`syncsvc.sync.attachments`).
+        """
+        if not any(p.resource_type in ATTACHMENT_ELEMENTS for p in self.plan.types):
+            return
+        stage = AttachmentStage(self.ctx, self.connection, self.client, now=self.ctx.now())
+        counts = await stage.run()
+        self.summary.attachments = counts.as_dict()
 
     async def _pull_types(self) -> None:
         """Pull the planned types, :data:`TYPES_AT_ONCE` at a time; the summary lists them in order.

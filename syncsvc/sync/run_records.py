@@ -100,6 +100,8 @@ class RunSummary:
     next_due_at: dt.datetime | None = None
     #: What the run did with the record's references to shared resources, once resolved.
     references: ReferenceResult | None = None
+    #: What the run did with documents' attachments (None: it pulled no documents or reports).
+    attachments: dict[str, int] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -264,4 +266,5 @@ def log_run(summary: RunSummary) -> None:
         bytes=summary.bytes_received,
         seconds=round((summary.finished_at - summary.started_at).total_seconds(), 3),
         **summary.counts.as_dict(),
+        attachments=summary.attachments,
     )

@@ -25,6 +25,7 @@ from syncsvc.web.handlers.data_api import (
     MAX_LIMIT,
 )
 from syncsvc.web.keys import SETTINGS
+from syncsvc.web.openapi_attachments import FEED_NOTE, attachment_paths, attachment_schemas
 from syncsvc.web.openapi_schemas import (
     Schema,
     component_schemas,
@@ -142,7 +143,9 @@ and `resource` (the stored JSON exactly as synced). The cursor is also in `meta.
 `{CURSOR_EXTENSION}`.
 
 **NDJSON**: one resource (or tombstone) per line; the connection is not named per line, so read
-per connection when that matters. Responses are streamed."""
+per connection when that matters. Responses are streamed.
+
+{FEED_NOTE}"""
 
 
 def _feed_operation(summary: str, operation_id: str, scope_parameters: list[Schema]) -> Schema:
@@ -299,6 +302,7 @@ def _paths() -> dict[str, Any]:
                 [_CONNECTION_ID, _OWNER_GUARD],
             )
         },
+        **attachment_paths(_CONNECTION_ID, _OWNER_GUARD, _UNAUTHORIZED, _NOT_FOUND),
     }
 
 
@@ -380,7 +384,7 @@ def build_document(server_url: str) -> dict[str, Any]:
                     "description": "A host-application API key (`SYNCSVC_API_KEYS`).",
                 }
             },
-            "schemas": component_schemas(),
+            "schemas": component_schemas() | attachment_schemas(),
         },
     }
 

@@ -214,6 +214,7 @@ def component_schemas() -> dict[str, Any]:
                     "description": "Live (not deleted) resources per type.",
                 },
                 "references": {"oneOf": [ref("References"), {"type": "null"}]},
+                "attachments": ref("AttachmentSummary"),
                 "connected_at": NULLABLE_TIME,
                 "last_sync_at": NULLABLE_TIME,
                 "last_success_at": NULLABLE_TIME,

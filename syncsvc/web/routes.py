@@ -7,6 +7,7 @@ from aiohttp import web
 from syncsvc.web import openapi
 from syncsvc.web.handlers import (
     api,
+    attachments_api,
     connect,
     data_api,
     disconnect_api,
@@ -26,6 +27,7 @@ def setup_routes(app: web.Application) -> None:
     patient.setup_routes(app)
     api.setup_routes(app)
     data_api.setup_routes(app)
+    attachments_api.setup_routes(app)
     openapi.setup_routes(app)
     disconnect_api.setup_routes(app)
     jwks.setup_routes(app)

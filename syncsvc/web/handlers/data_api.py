@@ -12,7 +12,10 @@ by ``Accept``. Live resources are the stored bytes exactly as synced. A deleted 
 both formats carry deletions and a searchset Bundle stays valid (every entry has a resource;
 ``request``/``response`` are only allowed in history and transaction Bundles). Bundle entries
 name their source with ``fullUrl`` (the resource's URL at its EHR) and a
-``CONNECTION_EXTENSION`` entry extension.
+``CONNECTION_EXTENSION`` entry extension; the entry of a DocumentReference or DiagnosticReport
+also carries one attachment extension per attachment (``attachments_api``): its position, its
+state and, when stored, the URL of syncsvc's copy (NDJSON readers list them at
+``/attachments``).
 
 Every response carries the resume cursor in ``X-Next-Cursor`` (and in the Bundle's
 ``meta.extension``) and ``X-Has-More``; when more is available now, also ``Link: rel="next"``
@@ -33,13 +36,16 @@ import orjson
 import structlog
 from aiohttp import web
 
-from syncsvc.db import data_repo
+from syncsvc.db import attachment_repo, data_repo
 from syncsvc.db.data_repo import ChangedRow, ConnectionFacts
+from syncsvc.db.models.attachments import Attachment
 from syncsvc.errors import BadRequest, Conflict, NotFound
 from syncsvc.smart.scopes import explain_trimmed, grant_report
+from syncsvc.sync.attachment_words import attachment_view
 from syncsvc.sync.explain import explain
 from syncsvc.sync.grant_states import grant_facts
 from syncsvc.sync.type_words import type_sentence
+from syncsvc.vocabulary import ATTACHMENT_ELEMENTS
 from syncsvc.web.auth import require_api_key
 from syncsvc.web.cursors import (
     CursorCodec,
@@ -49,6 +55,7 @@ from syncsvc.web.cursors import (
     user_scope,
 )
 from syncsvc.web.handlers.api import json_response
+from syncsvc.web.handlers.attachments_api import attachment_extension
 from syncsvc.web.keys import SERVICES, SETTINGS
 
 DEFAULT_LIMIT = 100
@@ -135,6 +142,10 @@ def connection_view(facts: ConnectionFacts) -> dict[str, Any]:
         "references": None
         if grant.references is None
         else grant.references.to_json() | {"sentence": explanation.references},
+        "attachments": {
+            **attachment_view(facts.attachments),
+            "url": f"/api/v1/connections/{connection.id}/attachments",
+        },
         "connected_at": connection.connected_at,
         "last_sync_at": connection.last_sync_at,
         "last_success_at": connection.last_success_at,
@@ -309,8 +320,8 @@ async def plan_page(
 
 
 async def _rows(
-    request: web.Request, plan: PagePlan, types: tuple[str, ...]
-) -> AsyncIterator[tuple[ChangedRow, str]]:
+    request: web.Request, plan: PagePlan, types: tuple[str, ...], *, with_attachments: bool = False
+) -> AsyncIterator[tuple[ChangedRow, str, list[Attachment]]]:
     sessionmaker = request.app[SERVICES].sessionmaker
     async with sessionmaker() as session:
         bases = await data_repo.fhir_bases(session, [cid for cid, _, _ in plan.ranges])
@@ -322,8 +333,22 @@ async def _rows(
                 batch = await data_repo.rows_between(
                     session, cid, position, upto, types=types or None, limit=STREAM_BATCH
                 )
+                documents = [
+                    (row.resource_type, row.resource_id)
+                    for row in batch
+                    if row.resource_type in ATTACHMENT_ELEMENTS and row.deleted_at is None
+                ]
+                attached = (
+                    await attachment_repo.stored_of(session, cid, documents)
+                    if with_attachments and documents
+                    else {}
+                )
             for row in batch:
-                yield row, bases.get(cid, "")
+                yield (
+                    row,
+                    bases.get(cid, ""),
+                    attached.get((row.resource_type, row.resource_id), []),
+                )
             if len(batch) < STREAM_BATCH:
                 break
             position = batch[-1].seq
@@ -365,7 +390,7 @@ async def _write_page(
     next_url: str,
 ) -> None:
     if query.ndjson:
-        async for row, _ in _rows(request, plan, query.types):
+        async for row, _, _ in _rows(request, plan, query.types):
             await response.write(_resource_bytes(row) + b"\n")
     else:
         links = [{"relation": "self", "url": _page_url(request, request.query.get("since"))}]
@@ -382,11 +407,14 @@ async def _write_page(
         )
         await response.write(head[:-1] + b',"entry":[')
         first = True
-        async for row, base in _rows(request, plan, query.types):
+        public_url = request.app[SETTINGS].public_url
+        async for row, base, attached in _rows(request, plan, query.types, with_attachments=True):
+            extensions = [{"url": CONNECTION_EXTENSION, "valueString": row.connection_id}]
+            extensions += [attachment_extension(link, public_url) for link in attached]
             entry = orjson.dumps(
                 {
                     "fullUrl": f"{base}/{row.resource_type}/{row.resource_id}",
-                    "extension": [{"url": CONNECTION_EXTENSION, "valueString": row.connection_id}],
+                    "extension": extensions,
                     "search": {"mode": "match"},
                 }
             )

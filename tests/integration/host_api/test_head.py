@@ -80,6 +80,9 @@ async def test_head_sends_headers_only_on_every_get_route(
         "connection_id": connection_id,
         "tenant": generic,
         "sha256": "0" * 64,
+        "resource_type": "DocumentReference",
+        "resource_id": "none",
+        "position": "0",
     }
     # Every GET route the application has, placeholders filled with real ids.
     paths = sorted(
