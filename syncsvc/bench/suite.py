@@ -17,6 +17,7 @@ from typing import Any
 
 from syncsvc.bench import (
     claim_scale,
+    documents,
     fleet_compare,
     fleet_day,
     fleet_ops,
@@ -40,11 +41,11 @@ from syncsvc.sync.context import SyncContext, utcnow
 from syncsvc.sync.credentials import load_tokens
 
 SCENARIOS = (
-    "ingest", "resync", "peers", "record", "wide", "big", "scheduler", "refresh", "scaleout",
-    "search",
+    "ingest", "resync", "peers", "record", "wide", "big", "attachments", "scheduler", "refresh",
+    "scaleout", "search",
 )  # fmt: skip
 QUICK_SCENARIOS = (
-    "ingest", "resync", "peers", "record", "wide", "scheduler", "refresh", "search",
+    "ingest", "resync", "peers", "record", "wide", "attachments", "scheduler", "refresh", "search",
 )  # fmt: skip
 #: Run only when asked for by name: the whole suite's printout stays as it was.
 OPT_IN_SCENARIOS = ("fleet", "catchup", "claim", "concurrency", "everything")
@@ -114,6 +115,8 @@ async def run(options: Options) -> Report:
             config.tenants.append(
                 references.tenant([world.patient_id(i) for i in range(options.patients)])
             )
+        if "attachments" in options.scenarios:
+            config.tenants.append(documents.tenant_config())
         if {"fleet", "catchup", "concurrency"} & set(options.scenarios):
             config.tenants.extend(fleet_day.tenants(options.fleet.size))
             # The log is read and emptied at every stop of the day; one stop must fit in it.
@@ -236,6 +239,15 @@ class Bench:
             await self.latency_rounds()
         if "big" in chosen:
             await self.big_patient()
+        if "attachments" in chosen:
+            self.report.rows += await documents.measure(
+                self.context(),
+                origin=self.origin,
+                config=self.config,
+                rounds=self.options.rounds,
+                created=self.created,
+                say=self.say,
+            )
         if "refresh" in chosen:
             await self.refresh_rounds()
         if "scaleout" in chosen:

@@ -167,9 +167,10 @@ def add_to(commands: Commands) -> None:
         action="append",
         metavar="NAME",
         help="run only this scenario (repeatable): ingest, resync, peers, wide, big, "
-        "scheduler, refresh, scaleout, search; and fleet (a simulated day), catchup (the "
-        "fleet due at once after an outage, under the tenant limits), concurrency (the fleet due "
-        "at once at 300 and 1,000 ms, limits lifted: connections in flight, RSS), claim "
+        "attachments, scheduler, refresh, scaleout, search; and fleet (a simulated day), "
+        "catchup (the fleet due at once after an outage, under the tenant limits), concurrency "
+        "(the fleet due at once at 300 and 1,000 ms, limits lifted: connections in flight, RSS), "
+        "claim "
         "(PostgreSQL: the claim among millions of connections) and everything (first syncs of "
         "every US Core type by per-type searches and by Patient/$everything), which run only "
         "when named",

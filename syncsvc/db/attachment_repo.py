@@ -12,6 +12,7 @@ from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, delete, func, or_, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.vocabulary import ATTACHMENT_ELEMENTS
@@ -57,6 +58,8 @@ class Examined:
     #: Every attachment the resource has now (rows to keep or write), by position.
     links: list[Attachment] = field(default_factory=list)
     blobs: list[NewBlob] = field(default_factory=list)
+    #: Whether the resource was examined before (its old rows are replaced, not just added).
+    seen_before: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,24 @@ async def links_of(
     return found
 
 
+async def examined_before(
+    session: AsyncSession, connection_id: str, keys: Sequence[ResourceKey]
+) -> set[ResourceKey]:
+    """Which of ``keys`` had their attachments examined before."""
+    found: set[ResourceKey] = set()
+    for part in _slices(keys):
+        rows = await session.execute(
+            select(AttachmentSource.resource_type, AttachmentSource.resource_id).where(
+                AttachmentSource.connection_id == connection_id,
+                tuple_(AttachmentSource.resource_type, AttachmentSource.resource_id).in_(
+                    list(part)
+                ),
+            )
+        )
+        found.update((str(t), str(i)) for t, i in rows)
+    return found
+
+
 async def stored_bytes(session: AsyncSession, connection_id: str) -> int:
     """The size of every content stored for a connection (uncompressed, each once)."""
     total = await session.scalar(
@@ -193,28 +214,31 @@ async def stored_hashes(
 async def save_examined(
     session: AsyncSession, connection_id: str, examined: Examined, *, now: dt.datetime
 ) -> None:
-    """Write one resource's attachments: its new contents, its rows, and the version examined."""
+    """Write one resource's attachments: its new contents, its rows, and the version examined.
+
+    A content another document stored first (in this transaction or before) is kept as it is:
+    contents are inserted with ``ON CONFLICT DO NOTHING``.
+    """
     key = (examined.resource_type, examined.resource_id)
-    have = await stored_hashes(session, connection_id, {b.sha256 for b in examined.blobs})
-    for blob in examined.blobs:
-        if blob.sha256 in have:
-            continue  # the same content from another document: stored once
-        have.add(blob.sha256)
-        session.add(
-            AttachmentBlob(
-                connection_id=connection_id,
-                sha256=blob.sha256,
-                size=blob.size,
-                codec=blob.codec,
-                data=blob.data,
-                stored_at=now,
-            )
-        )
-    await session.flush()
-    replaced = await _forget(session, connection_id, [key])
-    for link in examined.links:
-        session.add(link)
-    source = await session.get(AttachmentSource, (connection_id, *key))
+    if examined.blobs:
+        rows = [
+            {
+                "connection_id": connection_id,
+                "sha256": blob.sha256,
+                "size": blob.size,
+                "codec": blob.codec,
+                "data": blob.data,
+                "stored_at": now,
+            }
+            for blob in {b.sha256: b for b in examined.blobs}.values()
+        ]
+        insert = postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
+        await session.execute(insert(AttachmentBlob).on_conflict_do_nothing(), rows)
+    replaced = await _forget(session, connection_id, [key]) if examined.seen_before else set()
+    session.add_all(examined.links)
+    source = (
+        await session.get(AttachmentSource, (connection_id, *key)) if examined.seen_before else None
+    )
     if source is None:
         session.add(
             AttachmentSource(
@@ -230,6 +254,10 @@ async def save_examined(
         source.examined_at = now
     await session.flush()
     await _drop_unused(session, connection_id, replaced)
+
+
+def _dialect(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
 
 
 async def forget_gone(session: AsyncSession, connection_id: str) -> int:

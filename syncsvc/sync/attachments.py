@@ -55,7 +55,7 @@ from syncsvc.fhir.attachments import (
     unwrap_binary,
 )
 from syncsvc.fhir.client import FhirRequestError, RequestTransient
-from syncsvc.fhir.page_limits import PageTooLarge, Reservation
+from syncsvc.fhir.page_limits import PageTooLarge
 from syncsvc.smart.scopes import covered_types, parse_scope
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.grant_client import GrantClient, TokenUnavailable
@@ -163,35 +163,35 @@ class AttachmentStage:
         async with self.ctx.sessionmaker() as session:
             rows = await attachment_repo.source_rows(session, self.connection.id, keys)
             links = await attachment_repo.links_of(session, self.connection.id, keys)
+            before = await attachment_repo.examined_before(session, self.connection.id, keys)
         await asyncio.gather(
             *(
-                self._resource(row, links.get((row.resource_type, row.resource_id), {}))
+                self._resource(
+                    row,
+                    links.get((row.resource_type, row.resource_id), {}),
+                    seen_before=(row.resource_type, row.resource_id) in before,
+                )
                 for row in rows
             )
         )
 
-    async def _resource(self, row: SourceRow, links: dict[int, Attachment]) -> None:
+    async def _resource(
+        self, row: SourceRow, links: dict[int, Attachment], *, seen_before: bool
+    ) -> None:
         async with self._room:
-            # The fetched contents' bytes stay reserved in the page budget until written.
-            held: list[Reservation] = []
-            try:
-                examined = await self._examine(row, links, held)
-                save = functools.partial(
-                    attachment_repo.save_examined,
-                    connection_id=self.connection.id,
-                    examined=examined,
-                    now=self.now,
-                )
-                await self.ctx.pages.run(self.connection.id, save)
-                for blob in examined.blobs:
-                    self._fresh.pop(blob.sha256, None)
-            finally:
-                for reservation in held:
-                    reservation.release()
+            examined = await self._examine(row, links)
+            examined.seen_before = seen_before or bool(links)
+            save = functools.partial(
+                attachment_repo.save_examined,
+                connection_id=self.connection.id,
+                examined=examined,
+                now=self.now,
+            )
+            await self.ctx.pages.run(self.connection.id, save)
+        for blob in examined.blobs:
+            self._fresh.pop(blob.sha256, None)
 
-    async def _examine(
-        self, row: SourceRow, links: dict[int, Attachment], held: list[Reservation]
-    ) -> Examined:
+    async def _examine(self, row: SourceRow, links: dict[int, Attachment]) -> Examined:
         examined = Examined(row.resource_type, row.resource_id, row.content_hash)
         try:
             document = orjson.loads(row.body)
@@ -214,7 +214,7 @@ class AttachmentStage:
                 continue
             link = self._link(row, ref, fingerprint)
             try:
-                await self._content(ref, link, examined, held)
+                await self._content(ref, link, examined)
             except _Verdict as verdict:
                 link.status, link.reason, link.detail = (
                     verdict.state,
@@ -250,9 +250,7 @@ class AttachmentStage:
             updated_at=self.now,
         )
 
-    async def _content(
-        self, ref: AttachmentRef, link: Attachment, examined: Examined, held: list[Reservation]
-    ) -> None:
+    async def _content(self, ref: AttachmentRef, link: Attachment, examined: Examined) -> None:
         """Get one attachment's content into ``examined`` and ``link``, or raise its verdict."""
         if ref.data is not None:
             try:
@@ -280,13 +278,11 @@ class AttachmentStage:
             raise _too_large(self.max_bytes)
         if self._total >= self.max_total:
             raise _cap_reached(self.max_total)
-        body, served = await self._fetch(target, ref, held)
+        body, served = await self._fetch(target, ref)
         content, media, header = self._unwrap(ref, body, served)
         await self._keep(content, media, header, link, examined)
 
-    async def _fetch(
-        self, url: str, ref: AttachmentRef, held: list[Reservation]
-    ) -> tuple[bytes, str]:
+    async def _fetch(self, url: str, ref: AttachmentRef) -> tuple[bytes, str]:
         def cap_for(content_type: str) -> int:
             if media_type(content_type) in FHIR_JSON_TYPES:
                 return self.max_bytes * 4 // 3 + _WRAPPER_BYTES
@@ -298,8 +294,10 @@ class AttachmentStage:
         if ref.content_type and ref.media is not None:
             accept = ref.content_type.split(";", 1)[0].strip()
         try:
+            # The body's bytes count against the page budget while it is read (not after:
+            # a document with many large attachments must not wait on its own reservations).
             fetched = await self.client.get_body(
-                url, resource_type="Binary", held=held, accept=accept, cap_for=cap_for
+                url, resource_type="Binary", accept=accept, cap_for=cap_for
             )
         except PageTooLarge:
             raise _too_large(self.max_bytes) from None
