@@ -217,7 +217,8 @@ async def save_examined(
     """Write one resource's attachments: its new contents, its rows, and the version examined.
 
     A content another document stored first (in this transaction or before) is kept as it is:
-    contents are inserted with ``ON CONFLICT DO NOTHING``.
+    contents are inserted with ``ON CONFLICT DO NOTHING``. Contents the resource no longer uses
+    are left for :func:`drop_orphans`.
     """
     key = (examined.resource_type, examined.resource_id)
     if examined.blobs:
@@ -234,7 +235,8 @@ async def save_examined(
         ]
         insert = postgresql.insert if _dialect(session) == "postgresql" else sqlite.insert
         await session.execute(insert(AttachmentBlob).on_conflict_do_nothing(), rows)
-    replaced = await _forget(session, connection_id, [key]) if examined.seen_before else set()
+    if examined.seen_before:
+        await _forget(session, connection_id, [key])
     session.add_all(examined.links)
     source = (
         await session.get(AttachmentSource, (connection_id, *key)) if examined.seen_before else None
@@ -253,7 +255,21 @@ async def save_examined(
         source.resource_hash = examined.content_hash
         source.examined_at = now
     await session.flush()
-    await _drop_unused(session, connection_id, replaced)
+
+
+async def drop_orphans(session: AsyncSession, connection_id: str) -> None:
+    """Delete the connection's contents no attachment points at any more.
+
+    Run once a sync's attachments are all written, never between them: a document examined
+    later in the same sync may point at a content an earlier one stopped using.
+    """
+    used = select(Attachment.sha256).where(
+        Attachment.connection_id == connection_id,
+        Attachment.sha256 == AttachmentBlob.sha256,
+    )
+    await session.execute(
+        delete(AttachmentBlob).where(AttachmentBlob.connection_id == connection_id, ~used.exists())
+    )
 
 
 def _dialect(session: AsyncSession) -> str:

@@ -141,6 +141,8 @@ class AttachmentStage:
         #: same content must carry it too, in case its write comes first).
         self._fresh: dict[str, asyncio.Task[NewBlob]] = {}
         self._room = asyncio.Semaphore(RESOURCES_AT_ONCE)
+        #: Whether rows were replaced: contents may have lost their last user.
+        self._replaced = False
 
     async def run(self) -> AttachmentCounts:
         """Examine what changed and store what is new; the counts of what happened."""
@@ -157,6 +159,10 @@ class AttachmentStage:
                 await self._batch(keys[start : start + BATCH])
         except TokenUnavailable as exc:
             log.warning("attachments_stopped", connection_id=cid, reason=exc.reason)
+        finally:
+            if self._replaced:
+                drop = functools.partial(attachment_repo.drop_orphans, connection_id=cid)
+                await self.ctx.pages.run(cid, drop)
         return self.counts
 
     async def _batch(self, keys: Sequence[tuple[str, str]]) -> None:
@@ -181,6 +187,7 @@ class AttachmentStage:
         async with self._room:
             examined = await self._examine(row, links)
             examined.seen_before = seen_before or bool(links)
+            self._replaced = self._replaced or examined.seen_before
             save = functools.partial(
                 attachment_repo.save_examined,
                 connection_id=self.connection.id,

@@ -26,7 +26,8 @@ async def test_the_bench_runs_every_scenario_at_tiny_sizes(
     db_url: str, db_backend: str, tmp_path: Path
 ) -> None:
     scenarios = (
-        "ingest", "resync", "peers", "record", "wide", "big", "refresh", "scheduler", "search",
+        "ingest", "resync", "peers", "record", "wide", "big", "attachments", "refresh", "scheduler",
+        "search",
     )  # fmt: skip
     if db_backend == "postgres":
         scenarios += ("scaleout",)
@@ -59,6 +60,8 @@ async def test_the_bench_runs_every_scenario_at_tiny_sizes(
         ("record", "first sync, whole record"),
         ("latency", "3 patients, 5 ms"),
         ("big", "1 patient x 120"),
+        ("documents", "first sync, attachments"),
+        ("documents", "first sync, content"),
         ("refresh", "non-rotating (3 due)"),
         ("refresh", "strict rotation (3 due)"),
         ("scheduler", "claim 500 of 1,500"),
