@@ -1,7 +1,7 @@
 """Attachments of clinical documents: compressed contents per connection, and what became of each.
 
 Revision ID: 9a4c2e7b1f08
-Revises: 8a4c2e6f1b93
+Revises: 5e7b3d9c4a26
 Create Date: 2026-12-05 21:30:00 UTC
 
 Types are spelled out rather than imported from ``syncsvc.db``, so this revision keeps meaning
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "9a4c2e7b1f08"
-down_revision: str | Sequence[str] | None = "8a4c2e6f1b93"
+down_revision: str | Sequence[str] | None = "5e7b3d9c4a26"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
