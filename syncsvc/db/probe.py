@@ -179,9 +179,12 @@ async def wait_for_database(
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     raise
-                if exc.message != last:
-                    last = exc.message
-                    on_change(last)
+                # A migration in progress moves the schema one revision at a time: that is one
+                # wait for the newest schema, not a new problem at every revision it passes.
+                problem = exc.reason if exc.reason == "schema_outdated" else exc.message
+                if problem != last:
+                    last = problem
+                    on_change(exc.message)
                 await asyncio.sleep(min(retry_seconds, remaining))
                 continue
             if last is not None:
