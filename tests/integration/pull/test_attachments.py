@@ -364,7 +364,9 @@ async def test_a_grant_without_binary_fetches_nothing_and_says_so(
     ctx: SyncContext, sandbox: RunningSandbox, admin: SandboxAdmin
 ) -> None:
     await admin.call(
-        "PATCH", f"tenants/{CERNER_TENANT}/policy", {"missing_scopes": ["patient/Binary.read"]}
+        "PATCH",
+        f"tenants/{CERNER_TENANT}/policy",
+        {"missing_scopes": ["patient/Binary.read", "patient/Binary.rs"]},
     )
     tokens = await connected(ctx, sandbox, CERNER_TENANT)
     since = len(await admin.requests())
