@@ -191,6 +191,21 @@ def covered_types(granted: Iterable[str], candidates: Iterable[str]) -> list[str
     return list(type_grants(granted, list(candidates)))
 
 
+def readable_by_id(granted: Iterable[str], candidates: Iterable[str]) -> list[str]:
+    """Which of ``candidates`` the granted scopes let syncsvc read by id, in order.
+
+    Shared resources a record names and a document's Binary are read by id (``r``), which a
+    search grant (``s``) does not give. A read scope narrowed by a query cannot promise that an
+    id named elsewhere lies within it, so only a whole type counts.
+    """
+    grant = read_grant(granted)
+    return [
+        resource_type
+        for resource_type in candidates
+        if (found := grant.type_grant(resource_type, "r")) is not None and found.whole
+    ]
+
+
 @dataclass(frozen=True)
 class GrantReport:
     """What was asked, what was granted, and what that means for syncing."""

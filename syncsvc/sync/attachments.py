@@ -56,7 +56,7 @@ from syncsvc.fhir.attachments import (
 )
 from syncsvc.fhir.client import FhirRequestError, RequestTransient
 from syncsvc.fhir.page_limits import PageTooLarge
-from syncsvc.smart.scopes import covered_types, parse_scope
+from syncsvc.smart.scopes import parse_scope, readable_by_id
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.grant_client import GrantClient, TokenUnavailable
 from syncsvc.vocabulary import AttachmentReason, AttachmentState
@@ -115,7 +115,7 @@ def binary_granted(connection: Connection) -> bool:
     A grant that covers Binary, or one that never asked for it (the server advertises no Binary
     scope: its attachments may need none), may fetch; one whose Binary scope was trimmed may not.
     """
-    if covered_types(connection.granted_scopes, ["Binary"]):
+    if readable_by_id(connection.granted_scopes, ["Binary"]):
         return True
     asked = (parse_scope(s) for s in connection.requested_scopes)
     return not any(p is not None and p.resource_type == "Binary" for p in asked)

@@ -28,6 +28,7 @@ from syncsvc.smart.scopes import (
     covered_types,
     parse_scope,
     read_grant,
+    readable_by_id,
     type_grants,
 )
 from syncsvc.sync.explain import Explanation, GrantFacts, TypeFacts, explain
@@ -281,7 +282,7 @@ def grant_facts(
     shared = None
     if references is not None:
         shared = ReferenceFacts(
-            granted_types=tuple(covered_types(connection.granted_scopes, REFERENCED_TYPES)),
+            granted_types=tuple(readable_by_id(connection.granted_scopes, REFERENCED_TYPES)),
             states=dict(references.states),
             outside_kinds=dict(references.outside_kinds),
             over_cap=references.over_cap,

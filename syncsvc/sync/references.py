@@ -45,7 +45,7 @@ from syncsvc.fhir.bundle import parse_bundle
 from syncsvc.fhir.client import FhirRequestError, RequestTransient
 from syncsvc.fhir.references import REFERENCED_TYPES, Outside, Target, references_in
 from syncsvc.smart.discovery import SmartConfiguration
-from syncsvc.smart.scopes import covered_types
+from syncsvc.smart.scopes import covered_types, readable_by_id
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.grant_client import GrantClient, TokenUnavailable
 from syncsvc.sync.pipeline.prepare import PreparedPage, prepare_shared
@@ -119,8 +119,10 @@ class ReferenceResolver:
         self.max_age = dt.timedelta(seconds=settings.reference_max_age_seconds)
         self.budget = settings.reference_reads_per_run
         self.cap = settings.reference_max_per_connection
-        #: The shared types the grant lets syncsvc read.
-        self.granted = covered_types(connection.granted_scopes, REFERENCED_TYPES)
+        #: The shared types the grant lets syncsvc read by id.
+        self.granted = readable_by_id(connection.granted_scopes, REFERENCED_TYPES)
+        #: Of those, the ones it may also search (an ``_id`` search needs ``s`` beside ``r``).
+        self.searchable = frozenset(covered_types(connection.granted_scopes, self.granted))
         self.result = ReferenceResult()
 
     async def resolve(self) -> ReferenceResult:
@@ -228,8 +230,10 @@ class ReferenceResolver:
         outcome = _Outcome()
         try:
             try:
-                if self.config is not None and self.config.supports_search_param(
-                    resource_type, "_id"
+                if (
+                    resource_type in self.searchable
+                    and self.config is not None
+                    and self.config.supports_search_param(resource_type, "_id")
                 ):
                     await self._search(resource_type, items, pages.put, outcome)
                 else:

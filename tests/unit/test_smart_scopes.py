@@ -11,6 +11,7 @@ from syncsvc.smart.scopes import (
     grant_report,
     parse_scope,
     plan_scopes,
+    readable_by_id,
 )
 
 
@@ -108,6 +109,21 @@ def test_covered_types_reads_v1_v2_wildcards_and_ignores_write_only() -> None:
     # Syncing searches a type: read alone (``r``) is not enough, search alone is.
     assert covered_types(["patient/Goal.r"], candidates) == []
     assert covered_types(["patient/Patient.r"], ["Patient"]) == ["Patient"]
+
+
+def test_readable_types_need_a_whole_read_not_a_search() -> None:
+    shared = ["Practitioner", "Organization", "Location", "Binary"]
+    # Shared resources and Binary are read by id: ``r`` is what counts, ``s`` alone does not.
+    assert readable_by_id(["user/Practitioner.r", "patient/Binary.r"], shared) == [
+        "Practitioner",
+        "Binary",
+    ]
+    assert readable_by_id(["patient/Organization.read"], shared) == ["Organization"]
+    assert readable_by_id(["patient/Location.s"], shared) == []
+    assert readable_by_id(["patient/*.rs"], shared) == shared
+    assert readable_by_id(["system/Practitioner.read"], shared) == []
+    # A query-narrowed read cannot promise an id named elsewhere lies within it.
+    assert readable_by_id(["patient/Location.r?address-state=MA"], shared) == []
 
 
 def test_trimmed_scopes_are_reported_with_plain_explanations() -> None:
