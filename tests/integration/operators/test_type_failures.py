@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from syncsvc.db import run_repo
 from syncsvc.db.models.records import Resource, SyncRun
+from syncsvc.fhir.references import REFERENCED_TYPES
 from syncsvc.sandbox.config import FaultSpec, SandboxConfig
 from syncsvc.sandbox.patient import ScriptedPatient
 from syncsvc.sync.context import utcnow
@@ -57,7 +58,12 @@ async def _stored(flow: Flow, connection_id: str) -> dict[str, int]:
     async with flow.service.app[SERVICES].sessionmaker() as session:
         rows = await session.execute(
             select(Resource.resource_type, func.count())
-            .where(Resource.connection_id == connection_id, Resource.deleted_at.is_(None))
+            .where(
+                Resource.connection_id == connection_id,
+                Resource.deleted_at.is_(None),
+                # The shared resources a record names are resolved after the run, not pulled.
+                Resource.resource_type.not_in(REFERENCED_TYPES),
+            )
             .group_by(Resource.resource_type)
         )
     return {resource_type: int(n) for resource_type, n in rows}
