@@ -9,23 +9,50 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import rowcount
-from .leases import claim_rows, lease_free
-from .models.connections import Connection
+from .leases import claim_columns, lease_free
+from .models.connections import ACTIVE_SQL, Connection
 
 # --- leases ----------------------------------------------------------------------------------
 
 
-def _due(now: dt.datetime) -> Any:
+@dataclass(frozen=True, slots=True)
+class DueConnection:
+    """What a claim returns of a connection: enough to know what is due and whose it is.
+
+    The work reads the connection itself in its own transactions; building whole
+    :class:`Connection` objects here was most of a claim's time in the claiming process.
+    """
+
+    id: str
+    tenant_id: str
+    next_refresh_at: dt.datetime | None
+    next_sync_at: dt.datetime | None
+    next_due_at: dt.datetime | None
+
+
+_RETURNED = (
+    Connection.id,
+    Connection.tenant_id,
+    Connection.next_refresh_at,
+    Connection.next_sync_at,
+    Connection.next_due_at,
+)
+
+
+def _due(now: dt.datetime) -> ColumnElement[bool]:
+    # ``next_due_at`` already waits out a back-off, and ``status = 'active'`` is written as the
+    # claim index's own predicate (a literal, never a parameter: a generic plan of a prepared
+    # statement could not use the partial index otherwise). The walk then meets only due rows;
+    # those leased at the moment are the only ones it reads and steps over.
     return and_(
-        Connection.status == "active",
+        text(f"connections.{ACTIVE_SQL}"),
         Connection.next_due_at <= now,
-        or_(Connection.backoff_until.is_(None), Connection.backoff_until <= now),
         lease_free(Connection.lease_until, now),
     )
 
@@ -40,12 +67,12 @@ async def claim_due_connections(
     tenant_id: str | None = None,
     connection_ids: Sequence[str] | None = None,
     exclude_tenants: Sequence[str] = (),
-) -> list[Connection]:
+) -> list[DueConnection]:
     """Lease up to ``limit`` due connections to ``owner`` until ``now + lease_seconds``.
 
     A connection is due when it is active, its refresh or sync time has come, it is not backing
     off and nobody holds an unexpired lease (an expired lease is a crashed worker's, taken over).
-    The claim is :func:`syncsvc.db.leases.claim_rows`: safe under concurrent claimers on
+    The claim is :func:`syncsvc.db.leases.claim_columns`: safe under concurrent claimers on
     PostgreSQL and SQLite. Commit promptly: the lease is the claim, not the lock.
     ``exclude_tenants`` skips tenants the caller already holds enough of.
     """
@@ -56,10 +83,11 @@ async def claim_due_connections(
         filters.append(Connection.id.in_(list(connection_ids)))
     if exclude_tenants:
         filters.append(Connection.tenant_id.not_in(list(exclude_tenants)))
-    return await claim_rows(
+    rows = await claim_columns(
         session,
         Connection,
         Connection.id,
+        _RETURNED,
         claimable=_due(now),
         filters=filters,
         order_by=(Connection.next_due_at, Connection.id),
@@ -68,6 +96,16 @@ async def claim_due_connections(
         lease_seconds=lease_seconds,
         limit=limit,
     )
+    return [
+        DueConnection(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            next_refresh_at=row.next_refresh_at,
+            next_sync_at=row.next_sync_at,
+            next_due_at=row.next_due_at,
+        )
+        for row in rows
+    ]
 
 
 async def due_backlog(session: AsyncSession, now: dt.datetime) -> tuple[int, dt.datetime | None]:

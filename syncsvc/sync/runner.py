@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import connection_claims, repo
+from syncsvc.db.connection_claims import DueConnection
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.errors import Transient
 from syncsvc.logging import get_logger
@@ -291,7 +292,7 @@ class PullOptions:
 
 async def work_connection(
     ctx: SyncContext,
-    connection: Connection,
+    connection: DueConnection,
     report: WorkReport,
     *,
     leases: _Leases | None = None,
@@ -314,7 +315,7 @@ async def work_connection(
 
 async def _work(
     ctx: SyncContext,
-    connection: Connection,
+    connection: DueConnection,
     report: WorkReport,
     run: ConnectionRun,
     *,
@@ -359,7 +360,7 @@ async def _work(
 
 async def _work_leased(
     ctx: SyncContext,
-    connection: Connection,
+    connection: DueConnection,
     report: WorkReport,
     *,
     gate: TenantGate,
@@ -399,7 +400,7 @@ async def claim(
     tenant_id: str | None = None,
     connection_ids: Sequence[str] | None = None,
     exclude_tenants: Sequence[str] = (),
-) -> list[Connection]:
+) -> list[DueConnection]:
     """Lease up to ``limit`` due connections to this process (one short transaction)."""
     started = time.perf_counter()
     async with ctx.sessionmaker.begin() as session:
@@ -475,7 +476,7 @@ class _Workload:
         self._freed.clear()
         await self._freed.wait()
 
-    async def start(self, batch: Sequence[Connection]) -> None:
+    async def start(self, batch: Sequence[DueConnection]) -> None:
         """Start working each claimed connection in a task of its own."""
         await self._know_tenants({connection.tenant_id for connection in batch})
         self.leases.pending.update(connection.id for connection in batch)
@@ -515,7 +516,7 @@ class _Workload:
             vendor = tenant.vendor if tenant is not None else "generic"
             self._gates[tenant_id] = self._limiter.gate(tenant_id, vendor)
 
-    async def _run(self, connection: Connection, gate: TenantGate, tenant: str) -> None:
+    async def _run(self, connection: DueConnection, gate: TenantGate, tenant: str) -> None:
         try:
             await _work_leased(
                 self._ctx,

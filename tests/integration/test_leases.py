@@ -48,7 +48,7 @@ def _due_order(ages: dict[str, int]) -> list[str]:
     return sorted(ages, key=lambda connection_id: (-ages[connection_id], connection_id))
 
 
-async def test_a_claim_returns_whole_rows_in_due_order(sessionmaker: Sessionmaker) -> None:
+async def test_a_claim_returns_what_is_due_in_due_order(sessionmaker: Sessionmaker) -> None:
     now = utcnow()
     ages = [30, 10, 50, 10, 20, 50, 10]
     due = await _connections(sessionmaker, now, ages)
@@ -56,6 +56,10 @@ async def test_a_claim_returns_whole_rows_in_due_order(sessionmaker: Sessionmake
     later = await _connections(sessionmaker, now, [-60])
     backing_off = await _connections(
         sessionmaker, now, [60], backoff_until=now + dt.timedelta(minutes=5)
+    )
+    # A back-off that has ended is due from its end, not from the older due time.
+    backed_off = await _connections(
+        sessionmaker, now, [600], backoff_until=now - dt.timedelta(seconds=25)
     )
     inactive = await _connections(sessionmaker, now, [60], status="needs_reauth")
     async with sessionmaker.begin() as session:
@@ -74,16 +78,17 @@ async def test_a_claim_returns_whole_rows_in_due_order(sessionmaker: Sessionmake
     # An expired lease is taken over; a live one, a future due time, a back-off and an
     # inactive status each keep a connection out.
     assert {live, *later, *backing_off, *inactive}.isdisjoint(c.id for c in claimed)
-    assert [c.id for c in claimed] == _due_order({**dict(zip(due, ages, strict=True)), expired: 40})
-    # Whole rows, loaded while the session was open: callers read them after it closed.
+    ages_due = {**dict(zip(due, ages, strict=True)), expired: 40, backed_off[0]: 25}
+    assert [c.id for c in claimed] == _due_order(ages_due)
+    # What the work needs of each, as stored; the lease is this claimer's.
     async with sessionmaker() as session:
         for connection in claimed:
             stored = await session.get(Connection, connection.id)
             assert stored is not None
-            for column in Connection.__mapper__.column_attrs:
-                assert getattr(connection, column.key) == getattr(stored, column.key)
-            assert connection.lease_owner == "me"
-            assert connection.lease_until == now + dt.timedelta(seconds=LEASE_SECONDS)
+            for name in ("tenant_id", "next_refresh_at", "next_sync_at", "next_due_at"):
+                assert getattr(connection, name) == getattr(stored, name)
+            assert stored.lease_owner == "me"
+            assert stored.lease_until == now + dt.timedelta(seconds=LEASE_SECONDS)
 
 
 async def test_successive_claims_take_the_next_due_batch(sessionmaker: Sessionmaker) -> None:
@@ -143,3 +148,45 @@ async def test_taking_and_handing_back_a_lease_writes_no_index(
     # next version, would make each of these write every index of the table.
     assert sorted(c.id for c in claimed) == sorted(ids)
     assert tuple(updates) == (2 * len(ids), 2 * len(ids))
+
+
+@ONLY_POSTGRES
+async def test_a_claim_reads_only_due_entries_of_its_index(sessionmaker: Sessionmaker) -> None:
+    now = utcnow()
+    due = await _connections(sessionmaker, now, [30, 20, 10])
+    # Past their sync time but backing off, not due yet, or inactive: none is read.
+    await _connections(sessionmaker, now, [60] * 20, backoff_until=now + dt.timedelta(hours=1))
+    await _connections(sessionmaker, now, [-60] * 20)
+    await _connections(sessionmaker, now, [60] * 20, status="needs_reauth")
+
+    async with sessionmaker.begin() as session:
+        # Statistics, as autovacuum keeps them: without any, the planner may find the rows
+        # the selection locked by walking the index again rather than by their addresses.
+        await session.execute(text("ANALYZE connections"))
+    async with sessionmaker.begin() as session:
+        # The plan a prepared statement settles on: no parameter values to plan with.
+        await session.execute(text("SET LOCAL plan_cache_mode = force_generic_plan"))
+        before = await _index_entries_read(session)
+        claimed = await connection_claims.claim_due_connections(
+            session, "me", now, LEASE_SECONDS, 10
+        )
+        after = await _index_entries_read(session)
+
+    assert [c.id for c in claimed] == due
+    read = {name: after[name] - before.get(name, 0) for name in after}
+    assert {name: count for name, count in read.items() if count} == {
+        "ix_connections_due": len(due)
+    }
+
+
+async def _index_entries_read(session: AsyncSession) -> dict[str, int]:
+    """Live rows each index of ``connections`` led this backend to so far (counts not
+    yet sent to the statistics collector, which may include earlier transactions')."""
+    rows = await session.execute(
+        text(
+            "SELECT CAST(indexrelid AS regclass)::text, "
+            "pg_stat_get_xact_tuples_fetched(indexrelid) FROM pg_index "
+            "WHERE indrelid = CAST('connections' AS regclass)"
+        )
+    )
+    return {str(name): int(count) for name, count in rows.all()}

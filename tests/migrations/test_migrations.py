@@ -124,7 +124,7 @@ async def test_check_detects_drift(empty_db_url: str) -> None:
     engine = create_engine(empty_db_url)
     try:
         async with engine.begin() as connection:
-            await connection.exec_driver_sql("DROP INDEX ix_connections_next_sync_at")
+            await connection.exec_driver_sql("DROP INDEX ix_connections_user_id")
     finally:
         await engine.dispose()
     diff = await migrate.schema_diff(empty_db_url)

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,11 +33,21 @@ AUTH_METHOD_NAMES: tuple[str, ...] = get_args(AuthMethodName)
 
 
 #: ``least(next_refresh_at, next_sync_at)`` ignoring NULLs, spelled the same on both databases.
-NEXT_DUE_SQL = (
+_EARLIER_SQL = (
     "CASE WHEN next_refresh_at IS NULL THEN next_sync_at "
     "WHEN next_sync_at IS NULL OR next_refresh_at < next_sync_at THEN next_refresh_at "
     "ELSE next_sync_at END"
 )
+#: When the connection is next claimable: the earlier of its refresh and sync, but not before
+#: its back-off ends (NULL: nothing scheduled).
+NEXT_DUE_SQL = (
+    f"CASE WHEN ({_EARLIER_SQL}) IS NULL THEN NULL "
+    f"WHEN backoff_until > ({_EARLIER_SQL}) THEN backoff_until "
+    f"ELSE ({_EARLIER_SQL}) END"
+)
+#: The claim index holds only the connections a claim may take. Spelled as a literal in the
+#: claim too: a planner uses a partial index only where it can see the query implies this.
+ACTIVE_SQL = "status = 'active'"
 
 
 class Tenant(Base):
@@ -109,8 +120,15 @@ class Connection(Base):
         UniqueConstraint("tenant_id", "user_id", "patient_id"),
         CheckConstraint(in_check("status", CONNECTION_STATUSES), name="status"),
         # The scheduler's claim walks this index in due order and stops after one batch, so
-        # claiming stays cheap however many connections are not due.
-        Index("ix_connections_status_next_due_at_id", "status", "next_due_at", "id"),
+        # claiming stays cheap however many connections are not due (or not active). The only
+        # index on a due time: each one more is one more entry written by every reschedule.
+        Index(
+            "ix_connections_due",
+            "next_due_at",
+            "id",
+            postgresql_where=text(ACTIVE_SQL),
+            sqlite_where=text(ACTIVE_SQL),
+        ),
         # Room on each page for a row's next version: with no index on a lease column, taking
         # and handing back a lease is then a heap-only (HOT) update that writes no index.
         {"postgresql_with": {"fillfactor": 80}},
@@ -139,9 +157,10 @@ class Connection(Base):
     last_refresh_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_sync_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
-    next_refresh_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
-    next_sync_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime(), index=True)
-    #: The earlier of the two, kept by the database itself (a stored generated column).
+    next_refresh_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    next_sync_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    #: The earlier of the two but not before ``backoff_until``, kept by the database itself (a
+    #: stored generated column): the connection is due for a claim once this has passed.
     next_due_at: Mapped[dt.datetime | None] = mapped_column(
         UTCDateTime(), Computed(NEXT_DUE_SQL, persisted=True)
     )

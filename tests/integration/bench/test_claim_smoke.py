@@ -48,7 +48,7 @@ async def test_the_claim_at_scale_runs_small(db_url: str, db_backend: str, tmp_p
         assert size["claims"]["rounds"] == 4
         assert set(size["sizes"]["indexes"]) >= {
             "pk_connections",
-            "ix_connections_status_next_due_at_id",
+            "ix_connections_due",
         }
     churn = figures["churn"]
     assert churn["updates"] >= 1_200
