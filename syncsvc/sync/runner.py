@@ -3,8 +3,9 @@
 The database says what is due (``next_refresh_at``, ``next_sync_at``); the lease says who works
 it. One call of :func:`run_due` claims until nothing due is left (or its budget is spent), works
 each claimed connection as soon as a slot allows, and hands every lease back, whatever happened:
-claims refill the room released connections leave, so nothing waits for a batch to end. The
-scheduler's tick, ``syncsvc sync --once`` and the demo all come through here.
+claims refill the room released connections leave, so nothing waits for a batch to end.
+``syncsvc sync --once`` and the demo come through here; the scheduler keeps one
+:class:`Workload` across its ticks, so its work is not bounded by a tick either.
 
 While a connection is held its lease is renewed every third of ``lease_seconds``, so a lease
 expires only when its process died or stalled, never because a pull ran long or waited for its
@@ -105,7 +106,7 @@ def _is_due(moment: dt.datetime | None, now: dt.datetime) -> bool:
 
 
 class _Leases:
-    """The leases of one claimed batch, renewed until each connection is released."""
+    """The leases of the claimed connections, renewed until each connection is released."""
 
     def __init__(self, ctx: SyncContext, connection_ids: Sequence[str]) -> None:
         self._ctx = ctx
@@ -386,6 +387,7 @@ async def _work_leased(
         log.exception("connection work failed", connection_id=connection.id)
     finally:
         leases.pending.discard(connection.id)
+        leases.lost.discard(connection.id)
 
         async def release(session: AsyncSession) -> bool:
             return await connection_claims.release_lease(session, connection.id, ctx.owner)
@@ -418,35 +420,40 @@ async def claim(
     return claimed
 
 
-class _Workload:
-    """The connections one :func:`run_due` call holds: claimed, worked, released one by one.
+class Workload:
+    """The connections a process holds: claimed, worked, released one by one.
 
     There is no batch to wait for: each connection is released when its own work ends, and
     the room it leaves is claimed again while due work remains, so one slow connection holds
     one slot, not a batch. Bounds: at most ``hold`` connections claimed at once, of one tenant
     at most :data:`TENANT_BACKLOG` times its connection limit (claims skip a tenant that has that
     many; after an outage the earliest due are mostly one tenant's, and the others' budgets must
-    not idle meanwhile), and at most ``sync_concurrency`` worked at once.
+    not idle meanwhile), and at most ``sync_concurrency`` worked at once. A claim is made when
+    a quarter of a claim's room is free (:data:`REFILL_FRACTION`), never one per release.
+
+    :func:`run_due` makes one for a call and drains it; the scheduler keeps one for as long as
+    it runs, so work claimed by one tick goes on through the next, which claims into the room
+    it leaves (see :meth:`fill`).
     """
 
     def __init__(
         self,
         ctx: SyncContext,
-        report: WorkReport,
         *,
         limiter: TenantLimiter,
         stop: asyncio.Event | None,
         pull: PullOptions,
     ) -> None:
         self._ctx = ctx
-        self._report = report
         self._limiter = limiter
         self._stop = stop
         self._pull = pull
         settings = ctx.settings
         self.hold = max(settings.sync_concurrency, settings.claim_batch_size)
+        self._refill = max(1, min(self.hold, settings.claim_batch_size) // REFILL_FRACTION)
         self._concurrency = asyncio.Semaphore(settings.sync_concurrency)
         self.leases = _Leases(ctx, [])
+        self._keeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._held: Counter[str] = Counter()
         self._gates: dict[str, TenantGate] = {}
@@ -471,15 +478,70 @@ class _Workload:
             if held >= TENANT_BACKLOG * self._gates[tenant_id].limits.max_connections
         )
 
-    async def wait_for_room(self) -> None:
-        """Wait until some claimed connection has been released."""
-        self._freed.clear()
-        await self._freed.wait()
+    async def fill(
+        self,
+        report: WorkReport,
+        *,
+        budget: int | None = None,
+        until: float | None = None,
+        tenant_id: str | None = None,
+        connection_ids: Sequence[str] | None = None,
+    ) -> bool:
+        """Claim due connections into the room as it frees, and start working them.
 
-    async def start(self, batch: Sequence[DueConnection]) -> None:
-        """Start working each claimed connection in a task of its own."""
+        Returns False once nothing more is due (what was claimed may still be running), True
+        when it stopped with due work possibly left: ``budget`` connections claimed, the
+        monotonic clock past ``until``, or ``stop`` set. Never waits for claimed work to end,
+        only for room: a caller that returns meanwhile leaves the work running.
+        """
+        while budget is None or budget > 0:
+            if self._stop is not None and self._stop.is_set():
+                return True
+            if self.busy and self.room < self._refill:
+                if not await self._wait_for_room(until):
+                    return True
+                continue
+            skipped = self.full_tenants()
+            limit = min(self.room, self._ctx.settings.claim_batch_size)
+            batch = await claim(
+                self._ctx,
+                limit if budget is None else min(limit, budget),
+                tenant_id=tenant_id,
+                connection_ids=connection_ids,
+                exclude_tenants=skipped,
+            )
+            if batch:
+                if budget is not None:
+                    budget -= len(batch)
+                report.claimed += len(batch)
+                await self.start(batch, report)
+            elif skipped and self.busy:
+                # Only a full tenant's connections may be due: claim again when one is released.
+                if not await self._wait_for_room(until):
+                    return True
+            else:
+                return False
+        return True
+
+    async def _wait_for_room(self, until: float | None) -> bool:
+        """Wait until some claimed connection has been released; False if ``until`` came first."""
+        self._freed.clear()
+        if until is None:
+            await self._freed.wait()
+            return True
+        try:
+            async with asyncio.timeout(max(until - time.monotonic(), 0.0)):
+                await self._freed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def start(self, batch: Sequence[DueConnection], report: WorkReport) -> None:
+        """Start working each claimed connection in a task of its own; ``report`` counts it."""
         await self._know_tenants({connection.tenant_id for connection in batch})
         self.leases.pending.update(connection.id for connection in batch)
+        if self._keeper is None or self._keeper.done():
+            self._keeper = asyncio.create_task(self.leases.keep_alive())
         for connection in batch:
             tenant = self._tenants.get(connection.tenant_id)
             gate = self._gates[connection.tenant_id]
@@ -490,6 +552,7 @@ class _Workload:
                     gate,
                     # A tenant deleted meanwhile: its id, which is as bounded as its name.
                     tenant.name if tenant is not None else connection.tenant_id,
+                    report,
                 )
             )
             self._tasks.add(task)
@@ -500,9 +563,16 @@ class _Workload:
             task.cancel()
 
     async def drain(self) -> None:
-        """Wait for every started connection to be worked and released."""
-        while self._tasks:
-            await asyncio.wait(set(self._tasks))
+        """Wait for every started connection to be worked and released; stop renewing."""
+        try:
+            while self._tasks:
+                await asyncio.wait(set(self._tasks))
+        finally:
+            if not self._tasks and self._keeper is not None:
+                self._keeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._keeper
+                self._keeper = None
 
     async def _know_tenants(self, tenant_ids: set[str]) -> None:
         """Read the tenants not seen yet: limits default per vendor, metrics use the name."""
@@ -516,12 +586,14 @@ class _Workload:
             vendor = tenant.vendor if tenant is not None else "generic"
             self._gates[tenant_id] = self._limiter.gate(tenant_id, vendor)
 
-    async def _run(self, connection: DueConnection, gate: TenantGate, tenant: str) -> None:
+    async def _run(
+        self, connection: DueConnection, gate: TenantGate, tenant: str, report: WorkReport
+    ) -> None:
         try:
             await _work_leased(
                 self._ctx,
                 connection,
-                self._report,
+                report,
                 gate=gate,
                 concurrency=self._concurrency,
                 leases=self.leases,
@@ -552,47 +624,24 @@ async def run_due(
     """Claim and work due connections until none is left, the budget is spent or ``stop`` is set.
 
     The budget is ``max_batches`` times ``claim_batch_size`` connections, so a call always ends.
-    Claims refill the room released connections leave (see :class:`_Workload`); the call returns
+    Claims refill the room released connections leave (see :class:`Workload`); the call returns
     once everything it claimed has been worked and released. ``limiter`` holds the per-tenant
     limits across calls (the scheduler keeps one per process); without one, this call gets its
     own with the vendor defaults.
     """
     report = WorkReport()
-    work = _Workload(ctx, report, limiter=limiter or TenantLimiter(), stop=stop, pull=pull)
-    budget = max_batches * ctx.settings.claim_batch_size
-    # A claim is made when this much room is free (or nothing runs): not one query per release.
-    refill = max(1, min(work.hold, ctx.settings.claim_batch_size) // REFILL_FRACTION)
-    keeper = asyncio.create_task(work.leases.keep_alive())
+    work = Workload(ctx, limiter=limiter or TenantLimiter(), stop=stop, pull=pull)
     try:
-        while budget > 0 and not (stop is not None and stop.is_set()):
-            if work.busy and work.room < refill:
-                await work.wait_for_room()
-                continue
-            skipped = work.full_tenants()
-            batch = await claim(
-                ctx,
-                min(work.room, ctx.settings.claim_batch_size, budget),
-                tenant_id=tenant_id,
-                connection_ids=connection_ids,
-                exclude_tenants=skipped,
-            )
-            if batch:
-                budget -= len(batch)
-                report.claimed += len(batch)
-                await work.start(batch)
-            elif skipped and work.busy:
-                # Only a full tenant's connections may be due: claim again when one is released.
-                await work.wait_for_room()
-            else:
-                break
-        await work.drain()
+        await work.fill(
+            report,
+            budget=max_batches * ctx.settings.claim_batch_size,
+            tenant_id=tenant_id,
+            connection_ids=connection_ids,
+        )
     except BaseException:
         # A failed claim or a cancelled call: what was started still ends and releases.
         work.cancel()
-        await work.drain()
         raise
     finally:
-        keeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await keeper
+        await work.drain()
     return report

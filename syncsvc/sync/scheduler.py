@@ -6,8 +6,13 @@ There is one job per process, never one per connection: the database holds the s
 that touches APScheduler (untyped), behind a small typed class. The per-tenant limits live as
 long as the scheduler, so they hold across ticks.
 
-Stopping: no new tick starts and the running one stops claiming; connections it claimed but
-has not started are handed back at once, those in flight finish, and every lease is released.
+A tick claims into the room the process's held work leaves and ends after most of
+``tick_seconds``; what it claimed goes on working into the next ticks, which claim as room frees
+(:class:`~syncsvc.sync.runner.Workload`). There is no fixed number of claims per tick and no
+tick waits for its slowest connection while more is due.
+
+Stopping: no new tick starts and the running one stops claiming; connections claimed but not
+started are handed back at once, those in flight finish, and every lease is released.
 
 After each round the tick runs its *chores*: outbox work that is not a sync (webhook delivery,
 revocation retries, purges). They are handed in by whoever builds the scheduler, so the sync
@@ -29,15 +34,16 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from syncsvc.logging import get_logger
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.limits import TenantLimiter
-from syncsvc.sync.runner import WorkReport, run_due
+from syncsvc.sync.runner import PullOptions, Workload, WorkReport
 from syncsvc.sync.streak import FailureStreak
 
 log = get_logger("syncsvc.sync.scheduler")
 #: APScheduler's logger, which warns each time a tick is due while the previous one still runs.
 APSCHEDULER_LOGGER = "apscheduler.scheduler"
-#: A tick claims at most this many batches, so it ends and the next tick re-reads the schedule.
-BATCHES_PER_TICK = 4
 DRAIN_TIMEOUT_SECONDS = 30.0
+#: A tick claims for this share of ``tick_seconds`` at most, then ends (its work goes on), so
+#: the next tick starts on time and claims on: a tick is never skipped for outlasting it.
+CLAIM_SHARE_OF_TICK = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,8 @@ class SyncScheduler:
         self._stopping = asyncio.Event()
         self._busy = asyncio.Lock()
         self._scheduler: Any = None
+        #: The connections this process holds, kept from tick to tick (made by the first).
+        self._work: Workload | None = None
         self.last_tick_at: dt.datetime | None = None
         self.last_report: WorkReport | None = None
         self.ticks = 0
@@ -122,12 +130,7 @@ class SyncScheduler:
             self.ticks += 1
             self._ctx.metrics.tick_started()
             try:
-                report = await run_due(
-                    self._ctx,
-                    max_batches=BATCHES_PER_TICK,
-                    stop=self._stopping,
-                    limiter=self.limiter,
-                )
+                report = await self._claim_and_work()
             except Exception as exc:
                 # The database may be briefly unreachable; the next tick tries again. Logged
                 # when the failing starts and when it ends, not every tick.
@@ -142,6 +145,25 @@ class SyncScheduler:
                 log.info(
                     "tick", handed_back=report.handed_back, events=report.events, **report.to_json()
                 )
+
+    async def _claim_and_work(self) -> WorkReport:
+        """Claim what is due into the room the held work leaves, for one tick's time at most.
+
+        Work claimed here goes on after the tick returns while more is due: the next tick
+        claims into the room it leaves, so a fleet due at once is claimed as room frees, never
+        in rounds that wait for a round's slowest connection. The room (``sync_concurrency`` or
+        ``claim_batch_size`` connections, a tenant's share of it) bounds what is held at once.
+        Only when nothing more is due does the tick wait for its work, so its report is whole.
+        """
+        if self._work is None:
+            self._work = Workload(
+                self._ctx, limiter=self.limiter, stop=self._stopping, pull=PullOptions()
+            )
+        report = WorkReport()
+        until = time.monotonic() + self._ctx.settings.tick_seconds * CLAIM_SHARE_OF_TICK
+        if not await self._work.fill(report, until=until):
+            await self._work.drain()
+        return report
 
     async def _work_outboxes(self) -> None:
         """Run the chores that are due (each failure is its own)."""
@@ -166,9 +188,11 @@ class SyncScheduler:
         try:
             async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
                 async with self._busy:
-                    pass
+                    if self._work is not None:
+                        # Claimed but not started: handed back at once; running: they finish.
+                        await self._work.drain()
         except TimeoutError:
-            log.warning("tick still running at shutdown; its leases expire on their own")
+            log.warning("work still running at shutdown; its leases expire on their own")
         if self._scheduler is not None:
             # wait=False: with wait=True APScheduler 3 cancels running coroutine jobs.
             self._scheduler.shutdown(wait=False)

@@ -246,3 +246,70 @@ async def test_a_slow_connection_holds_one_slot_not_a_batch(
     # would have let exactly one fast pull (its batch partner) start before the slow one ended.
     started_meanwhile = [c for c in fast if done[c].started_at < slow_run.finished_at]
     assert len(started_meanwhile) >= 2
+
+
+async def test_a_tick_claims_as_room_frees_until_nothing_is_due(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    _, ids = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 12)
+    # Claims of two, two worked at once: no fixed number of claims ends the tick early.
+    narrow = settings.replace(claim_batch_size=2, sync_concurrency=2, tick_seconds=60)
+    async with contexts(narrow, sessionmaker, vault, 1) as (ctx,):
+        scheduler = SyncScheduler(ctx, chores=outbox_chores())
+        await scheduler.tick()
+        report = scheduler.last_report
+
+    assert report is not None
+    assert report.claimed == len(ids)
+    assert report.sync == {"ok": len(ids)}
+    assert sorted(r.connection_id for r in await runs(sessionmaker)) == sorted(ids)
+
+
+async def test_work_outlives_its_tick_and_the_next_ticks_claim_the_room_it_leaves(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    _, (slow,) = await connect_many(sessionmaker, vault, http, sandbox, CERNER_TENANT, 1)
+    _, fast = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 8)
+    sandbox.tenant(CERNER_TENANT).faults = [FaultSpec(kind="latency", latency_ms=1500)]
+    async with sessionmaker.begin() as session:
+        await session.execute(
+            update(Connection)
+            .where(Connection.id == slow)
+            .values(next_sync_at=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+        )
+    # Claims of two, two worked at once, and ticks that claim for well under the slow pull.
+    narrow = settings.replace(claim_batch_size=2, sync_concurrency=2, tick_seconds=0.5)
+    async with contexts(narrow, sessionmaker, vault, 1) as (ctx,):
+        scheduler = SyncScheduler(ctx, chores=outbox_chores())
+        await scheduler.tick()
+        first_ended = dt.datetime.now(dt.UTC)
+        # The tick ended while the slow pull it claimed runs on, still leased ...
+        assert (await connections(sessionmaker))[slow].lease_owner == ctx.owner
+        claimed = scheduler.last_report.claimed if scheduler.last_report is not None else 0
+        # ... and the ticks after it claim the room the others leave, until nothing is due.
+        while claimed < 1 + len(fast):
+            await scheduler.tick()
+            assert scheduler.last_report is not None
+            claimed += scheduler.last_report.claimed
+        await scheduler.stop()
+
+    assert claimed == 1 + len(fast)
+    done = {r.connection_id: r for r in await runs(sessionmaker)}
+    assert sorted(done) == sorted([slow, *fast])  # each pulled once
+    assert all(r.outcome == "ok" for r in done.values())
+    slow_ended = done[slow].finished_at
+    assert slow_ended is not None
+    # A tick that waited for its work would have ended after the slow pull, and no later
+    # tick could have started the others meanwhile.
+    assert first_ended < slow_ended
+    assert [c for c in fast if first_ended < done[c].started_at < slow_ended]
+    rows = await connections(sessionmaker)
+    assert all(row.lease_owner is None for row in rows.values())
