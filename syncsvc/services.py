@@ -94,7 +94,8 @@ class Services:
 
     async def _open(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.settings
-        engine = create_engine(settings.database_url)
+        # The pool is sized to the connections this process works at once (db_pool_size).
+        engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
         stack.push_async_callback(engine.dispose)
         if self._require_schema:
             await require_newest_schema(engine, settings.database_url)

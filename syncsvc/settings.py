@@ -75,6 +75,26 @@ def default_sync_concurrency(descriptor_limit: int | None = None, *, sqlite: boo
     return max(8, min(cap, room))
 
 
+#: Database connections kept besides one per connection worked at once and one per write lane:
+#: claims, lease renewals, chores (webhooks, revocations, purges) and web requests.
+DB_POOL_RESERVE = 6
+#: The most a process's pool keeps by default. A worked connection holds a database connection
+#: only for its short transactions between EHR requests, so this many serve hundreds in flight;
+#: more would only queue inside PostgreSQL, whose default ``max_connections`` (100) every
+#: process of a deployment shares (many processes: PgBouncer, docs/scaling.md).
+MAX_DEFAULT_DB_POOL_SIZE = 32
+#: Write lanes on PostgreSQL when ``write_lanes`` is unset (``syncsvc.sync.pipeline.writer``).
+DEFAULT_WRITE_LANES = 2
+
+
+def default_db_pool_size(sync_concurrency: int, write_lanes: int | None = None) -> int:
+    """Database connections a process keeps by default: one per connection worked at once and
+    per write lane, :data:`DB_POOL_RESERVE` for the rest, at most
+    :data:`MAX_DEFAULT_DB_POOL_SIZE`."""
+    lanes = DEFAULT_WRITE_LANES if write_lanes is None else max(1, write_lanes)
+    return min(MAX_DEFAULT_DB_POOL_SIZE, sync_concurrency + lanes + DB_POOL_RESERVE)
+
+
 def _descriptor_limit() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
@@ -251,6 +271,9 @@ class Settings:
     #: descriptors and the database, see default_sync_concurrency), and how many one claim takes.
     sync_concurrency: int = 0
     claim_batch_size: int = 100
+    #: Database connections the process's pool keeps (0, the default: derived from
+    #: ``sync_concurrency`` and ``write_lanes``, see default_db_pool_size).
+    db_pool_size: int = 0
     #: Worker processes that decode pulled pages (0: in the event loop's thread; unset: one per
     #: core beyond the first, at most 4).
     decode_workers: int | None = None
@@ -309,6 +332,9 @@ class Settings:
         if self.sync_concurrency == 0:
             sqlite = self.database_url.startswith("sqlite")
             object.__setattr__(self, "sync_concurrency", default_sync_concurrency(sqlite=sqlite))
+        if self.db_pool_size == 0:
+            pool = default_db_pool_size(self.sync_concurrency, self.write_lanes)
+            object.__setattr__(self, "db_pool_size", pool)
         for name in (
             "refresh_margin_seconds",
             "min_refresh_interval_seconds",
@@ -319,6 +345,7 @@ class Settings:
             "sync_interval_seconds",
             "sync_concurrency",
             "claim_batch_size",
+            "db_pool_size",
             "reference_max_age_seconds",
             "reference_reads_per_run",
             "reference_max_per_connection",
@@ -433,6 +460,7 @@ _INT_FIELDS = {
     "sync_interval_seconds",
     "sync_concurrency",
     "claim_batch_size",
+    "db_pool_size",
     "reference_max_age_seconds",
     "reference_reads_per_run",
     "reference_max_per_connection",

@@ -24,6 +24,8 @@ from sqlalchemy.ext.asyncio import (
 from syncsvc.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: Connections a sized pool opens beyond its size for a burst, closed again when returned.
+POOL_OVERFLOW = 8
 _DRIVERS = {
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
@@ -92,10 +94,20 @@ def private_sqlite_file(path: Path) -> None:
             continue
 
 
-def create_engine(url: str | URL, *, echo: bool = False) -> AsyncEngine:
-    """An async engine for ``url``, creating a SQLite file's directory if needed."""
+def create_engine(
+    url: str | URL, *, echo: bool = False, pool_size: int | None = None
+) -> AsyncEngine:
+    """An async engine for ``url``, creating a SQLite file's directory if needed.
+
+    ``pool_size``: connections the pool keeps (the ``db_pool_size`` setting; opened as they are
+    first needed), with :data:`POOL_OVERFLOW` more for a burst; unset, SQLAlchemy's 5 and 10,
+    which suit a command's few statements, not a process working hundreds of connections.
+    """
     parsed = normalise_url(url)
     kwargs: dict[str, Any] = {"echo": echo}
+    if pool_size is not None:
+        kwargs["pool_size"] = pool_size
+        kwargs["max_overflow"] = POOL_OVERFLOW
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if not database or database == ":memory:":

@@ -42,6 +42,11 @@ log = get_logger("syncsvc.lifecycle.revocations")
 
 
 DEFAULT_LIMIT = 50
+#: Revocation requests one call sends at once. Not ``sync_concurrency`` (hundreds by default):
+#: a wave of disconnects is mostly one EHR's, whose revocation endpoint no tenant limit guards,
+#: and nothing waits on a revocation. Enough that a full claim ends well within its lease even
+#: if every attempt runs to its time limit (50 / 10 x 15 s = 75 s against 120 s).
+REVOCATIONS_AT_ONCE = 10
 
 
 @dataclass
@@ -177,7 +182,7 @@ async def retry_pending(ctx: SyncContext, limit: int = DEFAULT_LIMIT) -> Revocat
     claimed, hopeless = await _claim(ctx, limit)
     report.claimed = len(claimed) + len(hopeless)
     report.given_up += await _give_up_hopeless(ctx, hopeless)
-    concurrency = asyncio.Semaphore(ctx.settings.sync_concurrency)
+    concurrency = asyncio.Semaphore(REVOCATIONS_AT_ONCE)
 
     async def one(item: ClaimedRevocation) -> None:
         async with concurrency:
@@ -193,6 +198,7 @@ async def retry_pending(ctx: SyncContext, limit: int = DEFAULT_LIMIT) -> Revocat
 
 __all__ = [
     "MAX_ATTEMPTS",
+    "REVOCATIONS_AT_ONCE",
     "REVOCATION_BACKOFF",
     "ClaimedRevocation",
     "RevocationReport",

@@ -74,6 +74,8 @@ async def test_services_open_their_resources_once_and_close_them(
         assert http is not hooks
         assert services.sync_context() is services.sync_context()
         assert services.scheduler is not None
+        # The database pool is the one sized for this process's concurrency.
+        assert services.engine.pool.size() == settings.db_pool_size  # type: ignore[attr-defined]
         with pytest.raises(RuntimeError, match="started already"):
             await services.start()
     assert http.closed

@@ -12,11 +12,14 @@ import pytest
 from syncsvc.db.engine import normalise_url
 from syncsvc.errors import ConfigError
 from syncsvc.settings import (
+    DB_POOL_RESERVE,
     MASK,
+    MAX_DEFAULT_DB_POOL_SIZE,
     SOCKETS_PER_CONNECTION,
     Secret,
     Settings,
     censor_dsn,
+    default_db_pool_size,
     default_sync_concurrency,
 )
 from syncsvc.sync.pull import TYPES_AT_ONCE
@@ -241,3 +244,18 @@ def test_the_default_concurrency_is_what_the_descriptors_hold_up_to_a_cap() -> N
     assert Settings.for_tests(sync_concurrency=3).sync_concurrency == 3
     # Replacing another setting keeps what was derived or set.
     assert postgres.replace(tick_seconds=1.0).sync_concurrency == postgres.sync_concurrency
+
+
+def test_the_database_pool_follows_the_concurrency_up_to_a_cap() -> None:
+    # One per connection worked at once and per write lane, a reserve for the rest ...
+    assert default_db_pool_size(8) == 8 + 2 + DB_POOL_RESERVE
+    assert default_db_pool_size(8, write_lanes=4) == 8 + 4 + DB_POOL_RESERVE
+    # ... bounded: hundreds in flight share a few dozen (their transactions are short).
+    assert default_db_pool_size(512) == MAX_DEFAULT_DB_POOL_SIZE
+    derived = Settings.for_tests(sync_concurrency=4, write_lanes=1)
+    assert derived.db_pool_size == 4 + 1 + DB_POOL_RESERVE
+    # Set, it is taken as it is, past the cap too.
+    assert Settings.for_tests(db_pool_size=80).db_pool_size == 80
+    assert Settings.from_env({"SYNCSVC_DB_POOL_SIZE": "12"}).db_pool_size == 12
+    with pytest.raises(ConfigError, match="db_pool_size"):
+        Settings.for_tests(db_pool_size=-1)
