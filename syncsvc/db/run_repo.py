@@ -8,10 +8,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .base import rowcount
 from .models.connections import Connection
 from .models.records import SyncRun, SyncState
 
@@ -32,31 +32,29 @@ async def save_sync_state(
     now: dt.datetime,
     **fields: Any,
 ) -> None:
-    """Create or update the sync state of one type with ``fields``."""
+    """Create or update the sync state of one type with ``fields``.
+
+    One upsert: a first sync saves each of its types this way, and an update that found no
+    row followed by an insert cost two statements a type.
+    """
     values = {"updated_at": now, **fields}
-    result = await session.execute(
-        update(SyncState)
-        .where(
-            and_(SyncState.connection_id == connection_id, SyncState.resource_type == resource_type)
-        )
-        .values(**values)
-        .execution_options(synchronize_session=False)
+    defaults: dict[str, Any] = {
+        "new_count": 0,
+        "changed_count": 0,
+        "unchanged_count": 0,
+        "deleted_count": 0,
+        "rejected_count": 0,
+    }
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(SyncState).values(
+        connection_id=connection_id, resource_type=resource_type, **(defaults | values)
     )
-    if rowcount(result) == 0:
-        defaults: dict[str, Any] = {
-            "new_count": 0,
-            "changed_count": 0,
-            "unchanged_count": 0,
-            "deleted_count": 0,
-            "rejected_count": 0,
-        }
-        await session.execute(
-            insert(SyncState).values(
-                connection_id=connection_id,
-                resource_type=resource_type,
-                **(defaults | values),
-            )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[SyncState.connection_id, SyncState.resource_type],
+            set_={name: statement.excluded[name] for name in values},
         )
+    )
 
 
 # --- runs ------------------------------------------------------------------------------------

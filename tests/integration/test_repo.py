@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db import launch_repo, repo
+from syncsvc.db import launch_repo, repo, run_repo
 from syncsvc.db.columns import new_id
 from syncsvc.db.models.connections import Credential, LaunchAttempt
 from syncsvc.errors import Conflict, LaunchError, NotFound
@@ -129,6 +129,49 @@ async def test_credentials_compare_and_swap(sessionmaker: Sessionmaker) -> None:
         assert (stored.version, stored.refresh_token_enc) == (2, "rt-2")
         assert stored.access_expires_at is not None
         assert stored.access_expires_at.tzinfo
+
+
+async def test_saving_a_sync_state_creates_it_then_changes_only_the_fields_given(
+    sessionmaker: Sessionmaker,
+) -> None:
+    first, later = utcnow(), utcnow() + dt.timedelta(minutes=5)
+    async with sessionmaker.begin() as session:
+        connection = await add_connection(session, await add_tenant(session))
+        await run_repo.save_sync_state(
+            session,
+            connection.id,
+            "Observation",
+            now=first,
+            status="ok",
+            granted_parts=["category=http://terminology.hl7.org/CodeSystem/x|laboratory"],
+            new_count=3,
+        )
+    async with sessionmaker.begin() as session:
+        states = await run_repo.sync_states(session, connection.id)
+        created = states["Observation"]
+        assert (created.status, created.new_count, created.changed_count) == ("ok", 3, 0)
+        assert created.granted_parts == [
+            "category=http://terminology.hl7.org/CodeSystem/x|laboratory"
+        ]
+        assert created.withdrawn_parts is None
+        assert created.updated_at == first
+        await run_repo.save_sync_state(
+            session,
+            connection.id,
+            "Observation",
+            now=later,
+            status="denied",
+            granted_parts=None,
+            error_message="no",
+        )
+    async with sessionmaker() as session:
+        states = await run_repo.sync_states(session, connection.id)
+        assert list(states) == ["Observation"]
+        saved = states["Observation"]
+        assert (saved.status, saved.error_message, saved.granted_parts) == ("denied", "no", None)
+        # What the second save did not name is kept.
+        assert (saved.new_count, saved.changed_count) == (3, 0)
+        assert saved.updated_at == later
 
 
 async def test_concurrent_credential_writers_one_wins(sessionmaker: Sessionmaker) -> None:
