@@ -227,6 +227,35 @@ async def get_credentials(session: AsyncSession, connection_id: str) -> Credenti
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TokenLifetimes:
+    """What the refresh schedule needs of a connection's stored tokens (no ciphertext)."""
+
+    access_expires_at: dt.datetime | None
+    refresh_expires_at: dt.datetime | None
+    has_refresh_token: bool
+
+
+async def token_lifetimes(session: AsyncSession, connection_id: str) -> TokenLifetimes | None:
+    """The stored tokens' expiries and whether a refresh token is held, read fresh.
+
+    Three columns, not the :class:`Credential` entity: every sync's closing transaction asks,
+    and loading the entity (ciphertexts, identity map) cost it several times as much.
+    """
+    row = (
+        await session.execute(
+            select(
+                Credential.access_expires_at,
+                Credential.refresh_expires_at,
+                Credential.refresh_token_enc.is_not(None),
+            ).where(Credential.connection_id == connection_id)
+        )
+    ).first()
+    if row is None:
+        return None
+    return TokenLifetimes(row[0], row[1], bool(row[2]))
+
+
 async def upsert_credentials(
     session: AsyncSession,
     connection_id: str,

@@ -359,18 +359,18 @@ async def reschedule_refresh(
         return
     # Not flushed first: the caller's changes and this one go in one UPDATE at commit.
     with session.no_autoflush:
-        credentials = await repo.get_credentials(session, connection.id)
-    if credentials is None:
+        tokens = await repo.token_lifetimes(session, connection.id)
+    if tokens is None:
         return
     connection.next_refresh_at = next_refresh_at(
         RefreshSchedule.from_settings(ctx.settings),
         now=now,
-        access_expires_at=credentials.access_expires_at,
+        access_expires_at=tokens.access_expires_at,
         last_refresh_at=connection.last_refresh_at,
         next_sync_at=connection.next_sync_at,
         connected_at=connection.connected_at,
-        has_refresh_token=credentials.refresh_token_enc is not None,
-        refresh_expires_at=credentials.refresh_expires_at,
+        has_refresh_token=tokens.has_refresh_token,
+        refresh_expires_at=tokens.refresh_expires_at,
     )
 
 

@@ -131,6 +131,29 @@ async def test_credentials_compare_and_swap(sessionmaker: Sessionmaker) -> None:
         assert stored.access_expires_at.tzinfo
 
 
+async def test_token_lifetimes_read_the_stored_expiries(sessionmaker: Sessionmaker) -> None:
+    async with sessionmaker.begin() as session:
+        connection = await add_connection(session, await add_tenant(session))
+        assert await repo.token_lifetimes(session, connection.id) is None
+        await _write(session, connection.id, None, "rt-1")
+    async with sessionmaker.begin() as session:
+        stored = await repo.get_credentials(session, connection.id)
+        assert stored is not None
+        lifetimes = await repo.token_lifetimes(session, connection.id)
+        assert lifetimes == repo.TokenLifetimes(stored.access_expires_at, None, True)
+        assert lifetimes.access_expires_at is not None
+        assert lifetimes.access_expires_at.utcoffset() == dt.timedelta(0)
+        # A grant without a refresh token, whose refresh token would have expired.
+        stored.refresh_token_enc = None
+        stored.refresh_expires_at = utcnow() + dt.timedelta(days=1)
+    async with sessionmaker() as session:
+        lifetimes = await repo.token_lifetimes(session, connection.id)
+        assert lifetimes is not None
+        assert not lifetimes.has_refresh_token
+        assert lifetimes.refresh_expires_at is not None
+        assert lifetimes.refresh_expires_at.utcoffset() == dt.timedelta(0)
+
+
 async def test_saving_a_sync_state_creates_it_then_changes_only_the_fields_given(
     sessionmaker: Sessionmaker,
 ) -> None:
