@@ -32,7 +32,8 @@ from typing import Any
 
 import aiohttp
 import orjson
-from sqlalchemy import func, select, text, update
+from sqlalchemy import event, func, select, text, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench import world
@@ -178,6 +179,9 @@ class FleetFigures:
     service_lags: list[float] = field(default_factory=list)
     load_before: tuple[float, float, float] = (0.0, 0.0, 0.0)
     load_after: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    #: SQL statements and committed transactions the service sent while it worked the stops.
+    statements: int = 0
+    commits: int = 0
     catch_up: CatchUpFigures | None = None
     in_flight: list[InFlightFigures] = field(default_factory=list)
 
@@ -264,6 +268,9 @@ class FleetFigures:
                 },
             },
             "syncs_per_connection_day": round(self.per_day(self.syncs), 3),
+            "statements_per_connection_day": round(self.per_day(self.statements), 2),
+            "commits_per_connection_day": round(self.per_day(self.commits), 2),
+            "statements_per_sync": round(self.statements / self.syncs, 2) if self.syncs else 0,
             "connections_per_core": round(self.connections_per_core),
             "load_average": {"before": self.load_before, "after": self.load_after},
         }
@@ -312,6 +319,10 @@ class FleetFigures:
             f"  rows written per connection-day: {self.per_day(self.rows_written):.2f} ({rows})",
             f"  bytes written per connection-day: "
             f"{self.per_day(self.bytes_after - self.bytes_before):,.0f} ({self.bytes_method})",
+            f"  database round trips per connection-day: {self.per_day(self.statements):.1f} "
+            f"statements, {self.per_day(self.commits):.1f} commits (per sync, its refreshes "
+            f"included: {self.statements / max(self.syncs, 1):.1f} statements, "
+            f"{self.commits / max(self.syncs, 1):.1f} commits)",
             f"  peak requests in flight: {self.peak_in_flight}; peak RSS: service "
             f"{self.peak_rss_service_mib:.0f} MiB, decoders {self.peak_rss_decoders_mib:.0f} MiB",
             f"  sync lag against schedule: p50 {self.lag(0.5):.1f} s, p95 {self.lag(0.95):.1f} s,"
@@ -342,11 +353,20 @@ def machine() -> dict[str, Any]:
 
 
 class Meter:
-    """Adds up CPU by place over the stops it is entered for."""
+    """Adds up CPU by place, and the database round trips, over the stops it is entered for."""
 
-    def __init__(self, decoder_pids: Sequence[int]) -> None:
+    def __init__(self, decoder_pids: Sequence[int], engine: Engine | None = None) -> None:
         self.decoder_pids = list(decoder_pids)
         self.cpu = Cpu()
+        self.engine = engine
+        self.statements = 0
+        self.commits = 0
+
+    def _statement(self, *_: object) -> None:
+        self.statements += 1
+
+    def _commit(self, *_: object) -> None:
+        self.commits += 1
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
@@ -354,9 +374,17 @@ class Meter:
         main = os.getpid()
         process, loop = time.process_time(), thread_cpu_seconds(main)
         decoders = sum(cpu_seconds(pid) for pid in self.decoder_pids)
+        engine = self.engine
+        if engine is not None:
+            # Counted on the engine: every statement and commit of the service's sessions.
+            event.listen(engine, "before_cursor_execute", self._statement)
+            event.listen(engine, "commit", self._commit)
         try:
             yield
         finally:
+            if engine is not None:
+                event.remove(engine, "before_cursor_execute", self._statement)
+                event.remove(engine, "commit", self._commit)
             loop_spent = thread_cpu_seconds(main) - loop
             self.cpu.loop += loop_spent
             self.cpu.threads += max(time.process_time() - process - loop_spent, 0.0)
@@ -587,7 +615,8 @@ class SimulatedDay:
         await self.schedule(start)
         await self.count_requests()
         report = WorkReport()
-        meter = Meter(self.ctx.decoder.worker_pids)
+        bind = self.sessionmaker.kw.get("bind")
+        meter = Meter(self.ctx.decoder.worker_pids, getattr(bind, "sync_engine", None))
         reset_peak_rss()
         for pid in self.ctx.decoder.worker_pids:
             reset_peak_rss(pid)
@@ -622,6 +651,8 @@ class SimulatedDay:
         await self.move_clocks(end)
         self.figures.requests_syncsvc = await self.own_requests(start, report)
         self.figures.cpu = meter.cpu
+        self.figures.statements = meter.statements
+        self.figures.commits = meter.commits
         self.figures.peak_rss_service_mib = peak_rss_mib()
         self.figures.peak_rss_decoders_mib = sum(
             peak_rss_mib(pid) for pid in self.ctx.decoder.worker_pids

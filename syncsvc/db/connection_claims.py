@@ -11,12 +11,13 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, and_, func, select, text, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import rowcount
 from .leases import claim_columns, lease_free
 from .models.connections import ACTIVE_SQL, Connection
+from .prebuilt import table_of
 
 # --- leases ----------------------------------------------------------------------------------
 
@@ -122,6 +123,30 @@ async def due_backlog(session: AsyncSession, now: dt.datetime) -> tuple[int, dt.
     return int(row[0]), row[1]
 
 
+_CONNECTIONS = table_of(Connection)
+#: ``owner`` still holds an unexpired lease on the connection.
+_HELD = and_(
+    _CONNECTIONS.c.id == bindparam("connection_id"),
+    _CONNECTIONS.c.lease_owner == bindparam("owner"),
+    _CONNECTIONS.c.lease_until > bindparam("now", type_=_CONNECTIONS.c.lease_until.type),
+)
+#: Built once: every run renews or releases its connection's lease.
+_RENEW = (
+    update(_CONNECTIONS)
+    .where(_HELD)
+    .values(lease_until=bindparam("until", type_=_CONNECTIONS.c.lease_until.type))
+)
+_RELEASE_HELD = update(_CONNECTIONS).where(_HELD).values(lease_owner=None, lease_until=None)
+_RELEASE = (
+    update(_CONNECTIONS)
+    .where(
+        _CONNECTIONS.c.id == bindparam("connection_id"),
+        _CONNECTIONS.c.lease_owner == bindparam("owner"),
+    )
+    .values(lease_owner=None, lease_until=None)
+)
+
+
 async def renew_lease(
     session: AsyncSession,
     connection_id: str,
@@ -132,14 +157,13 @@ async def renew_lease(
 ) -> bool:
     """Extend ``owner``'s lease; False if the lease was lost (expired and taken over)."""
     result = await session.execute(
-        update(Connection)
-        .where(
-            Connection.id == connection_id,
-            Connection.lease_owner == owner,
-            Connection.lease_until > now,
-        )
-        .values(lease_until=now + dt.timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
+        _RENEW,
+        {
+            "connection_id": connection_id,
+            "owner": owner,
+            "now": now,
+            "until": now + dt.timedelta(seconds=lease_seconds),
+        },
     )
     return rowcount(result) == 1
 
@@ -184,10 +208,19 @@ async def renew_leases(
 
 async def release_lease(session: AsyncSession, connection_id: str, owner: str) -> bool:
     """Give back ``owner``'s lease on a connection; False if ``owner`` no longer held it."""
+    result = await session.execute(_RELEASE, {"connection_id": connection_id, "owner": owner})
+    return rowcount(result) == 1
+
+
+async def release_held_lease(
+    session: AsyncSession, connection_id: str, owner: str, *, now: dt.datetime
+) -> bool:
+    """Give back ``owner``'s unexpired lease; False if it had expired or was taken over.
+
+    The check :func:`renew_lease` makes, with the lease handed back in the same statement: the
+    closing write of a run both proves the connection is still this process's and frees it.
+    """
     result = await session.execute(
-        update(Connection)
-        .where(Connection.id == connection_id, Connection.lease_owner == owner)
-        .values(lease_owner=None, lease_until=None)
-        .execution_options(synchronize_session=False)
+        _RELEASE_HELD, {"connection_id": connection_id, "owner": owner, "now": now}
     )
     return rowcount(result) == 1

@@ -121,6 +121,10 @@ def create_engine(
                 f"SYNCSVC_DATABASE_URL: cannot create the SQLite database {database}: "
                 f"{(exc.strerror or 'failed').lower()}"
             ) from exc
+        # No rollback when a connection goes back to the pool: every session and connection
+        # ends its own transaction before it lets the connection go, and on aiosqlite that
+        # redundant rollback was one more trip to the connection's thread per transaction.
+        kwargs["pool_reset_on_return"] = None
     else:
         # A connection broken by a database restart is replaced, not handed to a request.
         kwargs["pool_pre_ping"] = True

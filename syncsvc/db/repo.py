@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -158,6 +158,37 @@ async def get_connection(session: AsyncSession, connection_id: str) -> Connectio
     return await session.get(Connection, connection_id)
 
 
+#: Built once (every refresh and every pull read a connection with its tenant).
+_WITH_TENANT = (
+    select(Connection, Tenant)
+    .join(Tenant, Tenant.id == Connection.tenant_id)
+    .where(Connection.id == bindparam("connection_id"))
+)
+_WITH_TENANT_AND_TOKENS = (
+    select(Connection, Tenant, Credential)
+    .join(Tenant, Tenant.id == Connection.tenant_id)
+    .outerjoin(Credential, Credential.connection_id == Connection.id)
+    .where(Connection.id == bindparam("connection_id"))
+    .execution_options(populate_existing=True)
+)
+
+
+async def get_connection_with(
+    session: AsyncSession, connection_id: str, *, credentials: bool = False
+) -> tuple[Connection, Tenant, Credential | None] | None:
+    """The connection, its tenant and (with ``credentials``) its encrypted tokens, in one read.
+
+    None when there is no such connection (a connection's tenant cannot be missing: deleting a
+    tenant deletes its connections).
+    """
+    params = {"connection_id": connection_id}
+    if credentials:
+        row = (await session.execute(_WITH_TENANT_AND_TOKENS, params)).first()
+        return None if row is None else (row[0], row[1], row[2])
+    found = (await session.execute(_WITH_TENANT, params)).first()
+    return None if found is None else (found[0], found[1], None)
+
+
 async def find_connection(
     session: AsyncSession, *, tenant_id: str, user_id: str, patient_id: str
 ) -> Connection | None:
@@ -254,6 +285,30 @@ async def token_lifetimes(session: AsyncSession, connection_id: str) -> TokenLif
     if row is None:
         return None
     return TokenLifetimes(row[0], row[1], bool(row[2]))
+
+
+_WITH_LIFETIMES = (
+    select(
+        Connection,
+        Credential.connection_id,
+        Credential.access_expires_at,
+        Credential.refresh_expires_at,
+        Credential.refresh_token_enc.is_not(None),
+    )
+    .outerjoin(Credential, Credential.connection_id == Connection.id)
+    .where(Connection.id == bindparam("connection_id"))
+)
+
+
+async def get_connection_and_lifetimes(
+    session: AsyncSession, connection_id: str
+) -> tuple[Connection, TokenLifetimes | None] | None:
+    """The connection with :func:`token_lifetimes` of its tokens, in one read."""
+    row = (await session.execute(_WITH_LIFETIMES, {"connection_id": connection_id})).first()
+    if row is None:
+        return None
+    lifetimes = None if row[1] is None else TokenLifetimes(row[2], row[3], bool(row[4]))
+    return row[0], lifetimes
 
 
 async def upsert_credentials(

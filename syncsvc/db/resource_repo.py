@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models.records import Resource, ResourceHistory
+from .prebuilt import table_of
 
 
 async def has_resources(session: AsyncSession, connection_id: str, resource_type: str) -> bool:
@@ -20,18 +21,44 @@ async def has_resources(session: AsyncSession, connection_id: str, resource_type
     return found is not None
 
 
+_RESOURCES = table_of(Resource)
+#: Built once: every full pull of a type synced before reads these ids.
+_LIVE_IDS = select(_RESOURCES.c.resource_id).where(
+    _RESOURCES.c.connection_id == bindparam("connection_id"),
+    _RESOURCES.c.resource_type == bindparam("resource_type"),
+    _RESOURCES.c.deleted_at.is_(None),
+)
+
+
 async def live_resource_ids(
     session: AsyncSession, connection_id: str, resource_type: str
 ) -> set[str]:
     """Ids of a connection's resources of one type that are not flagged deleted."""
-    rows = await session.scalars(
-        select(Resource.resource_id).where(
-            Resource.connection_id == connection_id,
-            Resource.resource_type == resource_type,
-            Resource.deleted_at.is_(None),
-        )
+    rows = await session.execute(
+        _LIVE_IDS, {"connection_id": connection_id, "resource_type": resource_type}
     )
-    return set(rows)
+    return {str(row[0]) for row in rows}
+
+
+_LIVE_IDS_OF_TYPES = select(_RESOURCES.c.resource_type, _RESOURCES.c.resource_id).where(
+    _RESOURCES.c.connection_id == bindparam("connection_id"),
+    _RESOURCES.c.resource_type.in_(bindparam("resource_types", expanding=True)),
+    _RESOURCES.c.deleted_at.is_(None),
+)
+
+
+async def live_resource_ids_of_types(
+    session: AsyncSession, connection_id: str, resource_types: Sequence[str]
+) -> dict[str, set[str]]:
+    """:func:`live_resource_ids` of several types in one read (every type asked has a set)."""
+    found: dict[str, set[str]] = {name: set() for name in resource_types}
+    rows = await session.execute(
+        _LIVE_IDS_OF_TYPES,
+        {"connection_id": connection_id, "resource_types": list(resource_types)},
+    )
+    for resource_type, resource_id in rows:
+        found[str(resource_type)].add(str(resource_id))
+    return found
 
 
 #: Ids per ``IN`` list when bodies are read by id (well under every database's parameter cap).

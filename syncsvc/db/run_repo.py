@@ -8,20 +8,28 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models.connections import Connection
 from .models.records import SyncRun, SyncState
+from .prebuilt import UpdateBy, table_of
 
 # --- sync states -----------------------------------------------------------------------------
 
 
+_STATES = select(SyncState).where(SyncState.connection_id == bindparam("connection_id"))
+
+
 async def sync_states(session: AsyncSession, connection_id: str) -> dict[str, SyncState]:
     """The sync state of each resource type of a connection."""
-    rows = await session.scalars(select(SyncState).where(SyncState.connection_id == connection_id))
+    rows = await session.scalars(_STATES, {"connection_id": connection_id})
     return {row.resource_type: row for row in rows}
+
+
+_RUN_UPDATE = UpdateBy(SyncRun, "id")
+_RUN_INSERT = insert(table_of(SyncRun))
 
 
 async def save_sync_state(
@@ -71,33 +79,30 @@ async def start_run(
 ) -> None:
     """Record that a run started (it reads ``running`` until :func:`finish_run`)."""
     await session.execute(
-        insert(SyncRun).values(
-            id=run_id,
-            connection_id=connection_id,
-            owner=owner,
-            full=full,
-            started_at=now,
-            outcome="running",
-            new_count=0,
-            changed_count=0,
-            unchanged_count=0,
-            deleted_count=0,
-            rejected_count=0,
-            type_results={},
-            bytes_received=0,
-            requests=0,
-        )
+        _RUN_INSERT,
+        {
+            "id": run_id,
+            "connection_id": connection_id,
+            "owner": owner,
+            "full": full,
+            "started_at": now,
+            "outcome": "running",
+            "new_count": 0,
+            "changed_count": 0,
+            "unchanged_count": 0,
+            "deleted_count": 0,
+            "rejected_count": 0,
+            "type_results": {},
+            "bytes_received": 0,
+            "requests": 0,
+            "retries": 0,
+        },
     )
 
 
 async def finish_run(session: AsyncSession, run_id: str, **fields: Any) -> None:
     """Record how a run ended."""
-    await session.execute(
-        update(SyncRun)
-        .where(SyncRun.id == run_id)
-        .values(**fields)
-        .execution_options(synchronize_session=False)
-    )
+    await _RUN_UPDATE.execute(session, {"id": run_id}, fields)
 
 
 async def get_run(session: AsyncSession, run_id: str) -> SyncRun | None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import repo
+from syncsvc.db.models.connections import Credential
 from syncsvc.smart.oauth import TokenResponse
 from syncsvc.vault import Purpose, Vault
 
@@ -47,8 +48,12 @@ async def load_tokens(
 ) -> StoredTokens | None:
     """The tokens of ``connection_id`` read fresh from the database, or None if none are stored."""
     row = await repo.get_credentials(session, connection_id)
-    if row is None:
-        return None
+    return None if row is None else tokens_of(vault, row)
+
+
+def tokens_of(vault: Vault, row: Credential) -> StoredTokens:
+    """The decrypted tokens of a credential row read by the caller."""
+    connection_id = row.connection_id
     return StoredTokens(
         connection_id=connection_id,
         version=row.version,

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db.event_repo import add_event
+from syncsvc.db.event_repo import add_events, event_row
 from syncsvc.sync.refresh_outcomes import RefreshResult
 from syncsvc.sync.run_records import RunSummary
 from syncsvc.vocabulary import (
@@ -192,17 +192,21 @@ def _stopped_type(summary: RunSummary) -> str | None:
 async def record_run(session: AsyncSession, run: ConnectionRun, *, at: dt.datetime) -> int:
     """Add ``run``'s events to the caller's transaction; returns how many were added."""
     records = run.events()
-    for record in records:
-        await add_event(
-            session,
-            tenant_id=run.tenant_id,
-            connection_id=run.connection_id,
-            kind=record.kind,
-            outcome=record.outcome,
-            at=at,
-            error_class=record.error_class,
-            resource_type=record.resource_type,
-            detail=record.detail,
-            count=record.count,
-        )
+    await add_events(
+        session,
+        [
+            event_row(
+                tenant_id=run.tenant_id,
+                connection_id=run.connection_id,
+                kind=record.kind,
+                outcome=record.outcome,
+                at=at,
+                error_class=record.error_class,
+                resource_type=record.resource_type,
+                detail=record.detail,
+                count=record.count,
+            )
+            for record in records
+        ],
+    )
     return len(records)

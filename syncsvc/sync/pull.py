@@ -7,7 +7,9 @@ page pipeline (:class:`syncsvc.sync.pipeline.sink.PageSink`) as they arrive; the
 in short transactions (never one held across an HTTP call). A type's watermark moves only when
 the type completed, so a crash or a transient failure makes the next run redo that type
 idempotently (unchanged resources are compared, not rewritten). Every run leaves a
-``sync_runs`` row and per-type ``sync_states`` (:mod:`syncsvc.sync.run_records`).
+``sync_runs`` row and per-type ``sync_states`` (:mod:`syncsvc.sync.run_records`); unless someone
+watches the types one by one, the completed types' states are written together in one
+transaction once every type has ended.
 
 Once the types are pulled, the shared resources the record references (Practitioner,
 Organization, Location ...) are read under the same base (:mod:`syncsvc.sync.references`).
@@ -37,12 +39,13 @@ import asyncio
 import dataclasses
 import datetime as dt
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import repo
+from syncsvc.db import repo, resource_repo
 from syncsvc.db.columns import new_id
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
@@ -71,6 +74,7 @@ from syncsvc.sync.run_records import (
     TypeResult,
     finish_run,
     log_run,
+    reconciles,
     save_type_failure,
     save_type_success,
     start_run,
@@ -97,12 +101,15 @@ async def pull_connection(
     full: bool = False,
     types: Sequence[str] | None = None,
     on_type: Callable[[TypeResult], None] | None = None,
+    stamp: bool = True,
 ) -> RunSummary:
     """Pull a connection's granted resource types and store them; never raises for EHR failures.
 
     ``full`` forces a full pull (and vanished-resource reconciliation) of every type; ``types``
     narrows the run to those types (still only where the grant covers them); ``on_type`` hears
-    about each type as it finishes (progress for a person watching a long pull).
+    about each type as it finishes (progress for a person watching a long pull). ``stamp=False``
+    leaves the connection's ``last_sync_at`` and ``last_success_at`` to the caller's closing
+    write (the runner's, which updates the connection anyway).
     """
     started = ctx.now()
     run_id = new_id()
@@ -128,6 +135,7 @@ async def pull_connection(
         summary=summary,
         types=types,
         on_type=on_type,
+        stamp=stamp,
     )
     return await run.pull()
 
@@ -150,8 +158,10 @@ class PullRun:
         summary: RunSummary,
         types: Sequence[str] | None = None,
         on_type: Callable[[TypeResult], None] | None = None,
+        stamp: bool = True,
     ) -> None:
         self.ctx = ctx
+        self._stamp = stamp
         self.connection = connection
         self.tenant = tenant
         self.summary = summary
@@ -185,6 +195,8 @@ class PullRun:
         #: Run-ending failures, and failures not of the EHR's doing, of the types pulled so far.
         self._stops: list[StopRun] = []
         self._failures: list[Exception] = []
+        #: Completed types whose states are still to be written, with their results.
+        self._completed: list[tuple[Callable[..., Awaitable[int]], TypeResult, bool]] = []
 
     async def pull(self) -> RunSummary:
         """Pull the planned types, close the run record, and say what the run did."""
@@ -211,7 +223,9 @@ class PullRun:
         summary.finished_at = self.ctx.now()
         summary.next_due_at = summary.next_due(self.plan.waiting, self.interval)
         await self.ctx.pages.run(
-            summary.connection_id, functools.partial(finish_run, summary=summary), beside_pages=True
+            summary.connection_id,
+            functools.partial(finish_run, summary=summary, stamp=self._stamp),
+            beside_pages=True,
         )
         log_run(summary)
         # Counted once the run record is committed, so the counter and the records agree.
@@ -245,6 +259,8 @@ class PullRun:
             *(self._pull_in_turn(index, one) for index, one in enumerate(planned)),
             return_exceptions=True,
         )
+        # Whatever ended the run, the types that completed keep what they did.
+        await self._save_completed()
         order = {one.resource_type: index for index, one in enumerate(self.plan.types)}
         types = self.summary.types
         self.summary.types = dict(sorted(types.items(), key=lambda item: order[item[0]]))
@@ -427,10 +443,45 @@ class PullRun:
             attempt_at=attempt_at,
             now=now,
         )
+        if self._on_type is None:
+            # Nobody watches type by type: the types' states are written together once every
+            # type has ended (:meth:`_save_completed`), one transaction rather than one each.
+            self._completed.append((save, result, reconciles(planned, pages)))
+            return result
         vanished = await self.ctx.pages.run(self.connection.id, save)
         result.counts.deleted += vanished
         self._meter(Counts(deleted=vanished))
         return result
+
+    async def _save_completed(self) -> None:
+        """Write the states of the types completed so far, in one transaction of the writer.
+
+        A type's watermark moves only here, once its pages are committed; until then a crash
+        leaves the type to be pulled again, as a failure would (unchanged resources are
+        compared, not rewritten). Resources found vanished are counted in as a type's own.
+        """
+        completed, self._completed = self._completed, []
+        if not completed:
+            return
+
+        checked = [result.resource_type for _, result, check in completed if check]
+
+        async def save_all(session: AsyncSession) -> list[int]:
+            # The unit runs again if its group fails, so it returns what it did, never adds.
+            # The stored ids of every type checked for vanished resources, in one read.
+            live = (
+                await resource_repo.live_resource_ids_of_types(session, self.connection.id, checked)
+                if checked
+                else {}
+            )
+            return [await save(session, live=live) for save, _, _ in completed]
+
+        vanished = await self.ctx.pages.run(self.connection.id, save_all)
+        for count, (_, result, _) in zip(vanished, completed, strict=True):
+            if count:
+                result.counts.deleted += count
+                self.summary.counts.add(Counts(deleted=count))
+                self._meter(Counts(deleted=count))
 
     async def _fetch(self, planned: PlannedType, result: TypeResult) -> TypePages:
         """Fetch every page of one type into the page pipeline; returns the type's pages.

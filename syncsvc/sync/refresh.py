@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -33,7 +34,7 @@ from syncsvc.sync.tenant_config import client_credentials, revocation_endpoint
 from syncsvc.vocabulary import OFFLINE_ACCESS_NOT_GRANTED
 
 from .context import SyncContext
-from .credentials import StoredTokens, load_tokens, save_tokens
+from .credentials import StoredTokens, load_tokens, save_tokens, tokens_of
 from .misbound import ATTEMPT_TIMEOUT_SECONDS, revoke_now
 from .refresh_binding import end_if_misbound
 from .refresh_outcomes import (
@@ -108,13 +109,11 @@ class _Refresh:
             )
             if not renewed:
                 return None
-            connection = await repo.get_connection(session, self._id)
-            if connection is None:
+            found = await repo.get_connection_with(session, self._id, credentials=True)
+            if found is None:
                 return None
-            tenant = await repo.get_tenant(session, connection.tenant_id)
-            if tenant is None:
-                return None
-            tokens = await load_tokens(session, ctx.vault, self._id)
+            connection, tenant, row = found
+            tokens = None if row is None else tokens_of(ctx.vault, row)
             return _Snapshot(connection, client_credentials(ctx.vault, tenant), tokens)
 
     def _due(self, snapshot: _Snapshot, tokens: StoredTokens, now: dt.datetime) -> dt.datetime:
@@ -346,31 +345,39 @@ class _Refresh:
 
 
 async def reschedule_refresh(
-    session: AsyncSession, ctx: SyncContext, connection: Connection, *, now: dt.datetime
+    session: AsyncSession,
+    ctx: SyncContext,
+    connection: Connection,
+    *,
+    now: dt.datetime,
+    expiry: repo.TokenLifetimes | Literal["unread"] | None = "unread",
 ) -> None:
     """Move ``next_refresh_at`` after the connection's next sync moved (caller's transaction).
 
     The refresh a sync needs falls due with that sync, so it follows ``next_sync_at``. A refresh
     backing off after a failure keeps its retry time; an inactive connection has none.
+    ``expiry``: :func:`~syncsvc.db.repo.token_lifetimes` if the caller read them with the
+    connection (None: no tokens stored).
     """
     if connection.status != "active":
         return
     if connection.backoff_until is not None and connection.backoff_until > now:
         return
-    # Not flushed first: the caller's changes and this one go in one UPDATE at commit.
-    with session.no_autoflush:
-        tokens = await repo.token_lifetimes(session, connection.id)
-    if tokens is None:
+    if expiry == "unread":
+        # Not flushed first: the caller's changes and this one go in one UPDATE at commit.
+        with session.no_autoflush:
+            expiry = await repo.token_lifetimes(session, connection.id)
+    if expiry is None:
         return
     connection.next_refresh_at = next_refresh_at(
         RefreshSchedule.from_settings(ctx.settings),
         now=now,
-        access_expires_at=tokens.access_expires_at,
+        access_expires_at=expiry.access_expires_at,
         last_refresh_at=connection.last_refresh_at,
         next_sync_at=connection.next_sync_at,
         connected_at=connection.connected_at,
-        has_refresh_token=tokens.has_refresh_token,
-        refresh_expires_at=tokens.refresh_expires_at,
+        has_refresh_token=expiry.has_refresh_token,
+        refresh_expires_at=expiry.refresh_expires_at,
     )
 
 

@@ -133,12 +133,10 @@ async def start_run(
     None when the connection is not syncing, or (made ``no_access`` here) when its grant lets
     syncsvc read no type of its tenant's any more.
     """
-    connection = await repo.get_connection(session, connection_id)
-    if connection is None:
+    found = await repo.get_connection_with(session, connection_id)
+    if found is None:
         raise NotFound("No such connection.")
-    tenant = await repo.get_tenant(session, connection.tenant_id)
-    if tenant is None:
-        raise NotFound("No such tenant.")
+    connection, tenant, _ = found
     if connection.status not in SYNCING_STATUSES:
         return None
     if not readable_types(connection.granted_scopes, tenant):
@@ -185,6 +183,15 @@ async def save_type_failure(
     )
 
 
+def reconciles(planned: PlannedType, pages: TypePages) -> bool:
+    """Whether a completed type is checked for resources that vanished upstream.
+
+    Only a full pull sees everything of the type; a type stored for the first time has only
+    what this run stored, so nothing of it can have vanished.
+    """
+    return planned.mode == "full" and not pages.first_time
+
+
 async def save_type_success(
     session: AsyncSession,
     planned: PlannedType,
@@ -193,19 +200,22 @@ async def save_type_success(
     *,
     attempt_at: dt.datetime,
     now: dt.datetime,
+    live: Mapping[str, set[str]] | None = None,
 ) -> int:
     """Store a completed type's state and move its watermark; returns the resources vanished.
 
     The unit may run again if its group fails, so it returns what it did, never adds.
+    ``live``: the stored live ids by type, read by the caller for the types
+    :func:`reconciles` says (in this transaction).
     """
     vanished = 0
-    # A type stored for the first time has only what this run stored: nothing can vanish.
-    if planned.mode == "full" and not pages.first_time:
+    if reconciles(planned, pages):
         # Under a grant of some parts only, what was stored of the other parts (granted before)
         # was not searched: it is kept, not taken for vanished.
         parts = planned.parts
         within = None if parts is None else functools.partial(in_parts, parts=parts)
-        vanished = await pages.flag_vanished(session, now=now, within=within)
+        known = None if live is None else live.get(planned.resource_type)
+        vanished = await pages.flag_vanished(session, now=now, within=within, live=known)
     counts = dataclasses.replace(counts, deleted=counts.deleted + vanished)
     state = planned.state
     previous = state.watermark if state is not None else None
@@ -232,8 +242,8 @@ async def save_type_success(
     return vanished
 
 
-async def finish_run(session: AsyncSession, summary: RunSummary) -> None:
-    """Close the run record and stamp the connection's last sync."""
+async def finish_run(session: AsyncSession, summary: RunSummary, *, stamp: bool = True) -> None:
+    """Close the run record and (``stamp``) stamp the connection's last sync."""
     assert summary.run_id is not None  # noqa: S101 - only started runs are finished
     await run_repo.finish_run(
         session,
@@ -248,9 +258,10 @@ async def finish_run(session: AsyncSession, summary: RunSummary) -> None:
         retries=sum(summary.retries.values()),
         **summary.counts.columns(),
     )
-    await run_repo.stamp_connection_sync(
-        session, summary.connection_id, now=summary.finished_at, success=summary.succeeded
-    )
+    if stamp:
+        await run_repo.stamp_connection_sync(
+            session, summary.connection_id, now=summary.finished_at, success=summary.succeeded
+        )
 
 
 def log_run(summary: RunSummary) -> None:

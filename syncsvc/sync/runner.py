@@ -13,8 +13,8 @@ tenant's turn: only then may another process take the connection over. Each conn
 worked under its tenant's limits (:mod:`syncsvc.sync.limits`): tenant slots are taken before the
 process-wide ones, so connections waiting for a busy tenant never block other tenants. When
 ``stop`` is set, connections not yet started are handed back at once and running ones finish.
-Every connection's run ends in one transaction that schedules its next pull and records its
-events (:mod:`syncsvc.sync.outcomes`).
+Every connection's run ends in one transaction that hands its lease back, stamps its last sync,
+schedules its next pull and records its events (:mod:`syncsvc.sync.outcomes`).
 """
 
 from __future__ import annotations
@@ -160,7 +160,9 @@ async def _schedule_after_sync(
     session: AsyncSession,
     connection: Connection,
     summary: RunSummary,
+    *,
     failures: int,
+    expiry: repo.TokenLifetimes | None,
 ) -> None:
     """Set ``next_sync_at`` from the run's outcome (back off on transient failures), and the
     refresh that the next sync will need."""
@@ -184,7 +186,7 @@ async def _schedule_after_sync(
     connection.next_sync_at = next_sync if connection.status == "active" else None
     connection.failure_count = failures
     connection.updated_at = now
-    await reschedule_refresh(session, ctx, connection, now=now)
+    await reschedule_refresh(session, ctx, connection, now=now, expiry=expiry)
 
 
 async def _close_run(
@@ -194,33 +196,63 @@ async def _close_run(
     *,
     report: WorkReport,
     tenant: str,
-) -> None:
+    leases: _Leases | None = None,
+) -> bool:
     """One unit of the connection's group writer: schedule the next pull (if this process still
-    holds the lease), events. Going through the writer, the closes of runs ending together share
-    a transaction rather than each costing one (and its commit)."""
+    holds the lease), events, and the lease handed back. Going through the writer, the closes
+    of runs ending together share a transaction rather than each costing one (and its commit).
+
+    Returns whether the lease was handed back here (otherwise the caller releases it).
+    """
     summary = run.summary
     if summary is None and not run.refreshes:
-        return
+        return False
 
-    async def close(session: AsyncSession) -> int:
+    async def close(session: AsyncSession) -> tuple[int, bool]:
         # The unit runs again if its group fails, so it returns the events it added, never adds.
-        if summary is not None and await _still_ours(ctx, session, connection_id):
-            connection = await repo.get_connection(session, connection_id)
-            if connection is not None:
-                # The count as stored now: a refresh during this run may have changed it.
-                await _schedule_after_sync(
-                    ctx, session, connection, summary, connection.failure_count
-                )
+        released = False
+        if summary is not None:
+            if leases is not None:
+                # Renewals stop here: one that ran after this commit would find the lease gone
+                # and take it for lost.
+                leases.pending.discard(connection_id)
+            # A process that stalled past its lease must not overwrite the schedule of the
+            # process that took the connection over. Handing the lease back is the check (and
+            # on PostgreSQL locks the row first): the run's last write, in the same transaction.
+            released = await connection_claims.release_held_lease(
+                session, connection_id, ctx.owner, now=ctx.now()
+            )
+            found = await repo.get_connection_and_lifetimes(session, connection_id)
+            if found is not None:
+                connection, expiry = found
+                if summary.run_id is not None:
+                    # Stamped here, in the UPDATE that schedules the next pull (the pull
+                    # left it to this write).
+                    connection.last_sync_at = summary.finished_at
+                    if summary.succeeded:
+                        connection.last_success_at = summary.finished_at
+                if released:
+                    # The count as stored now: a refresh during this run may have changed it.
+                    await _schedule_after_sync(
+                        ctx,
+                        session,
+                        connection,
+                        summary,
+                        failures=connection.failure_count,
+                        expiry=expiry,
+                    )
         added = await record_run(session, run, at=ctx.now())
         await _notify_host_app(ctx, session, connection_id, run)
-        return added
+        return added, released
 
-    report.events += await ctx.pages.run(connection_id, close, beside_pages=True)
+    added, released = await ctx.pages.run(connection_id, close, beside_pages=True)
+    report.events += added
     # Counted from the events just committed, so the counter and the events agree.
     meter = ctx.metrics.tenant(tenant)
     for record in run.events():
         if record.kind == "refresh":
             meter.refresh(record.outcome)
+    return released
 
 
 async def _notify_host_app(
@@ -271,18 +303,6 @@ def _status_data(connection: Connection) -> dict[str, Any]:
     }
 
 
-async def _still_ours(ctx: SyncContext, session: AsyncSession, connection_id: str) -> bool:
-    # A process that stalled past its lease must not overwrite the schedule of the process
-    # that took the connection over; renewing is the check, and keeps the lease to release.
-    return await connection_claims.renew_lease(
-        session,
-        connection_id,
-        ctx.owner,
-        now=ctx.now(),
-        lease_seconds=ctx.settings.lease_seconds,
-    )
-
-
 @dataclass(frozen=True)
 class PullOptions:
     """How due pulls run: ``full`` forces full pulls; ``on_type`` hears each finished type."""
@@ -299,19 +319,23 @@ async def work_connection(
     leases: _Leases | None = None,
     pull: PullOptions = PullOptions(),
     tenant: str,
-) -> None:
+) -> bool:
     """Refresh and/or pull one leased connection, as due; never raises for EHR trouble.
 
-    ``tenant`` is the connection's tenant name (the label of its metrics).
+    ``tenant`` is the connection's tenant name (the label of its metrics). Returns whether the
+    lease was handed back with the run's last write (a run that pulled); otherwise the caller
+    releases it.
     """
-    bound = log.bind(connection_id=connection.id)
     run = ConnectionRun(tenant_id=connection.tenant_id, connection_id=connection.id)
     try:
         await _work(ctx, connection, report, run, leases=leases, pull=pull)
     finally:
-        await _close_run(ctx, connection.id, run, report=report, tenant=tenant)
+        released = await _close_run(
+            ctx, connection.id, run, report=report, tenant=tenant, leases=leases
+        )
     if run.summary is not None:
-        bound.debug("connection worked", outcome=run.summary.outcome)
+        log.debug("connection worked", connection_id=connection.id, outcome=run.summary.outcome)
+    return released
 
 
 async def _work(
@@ -352,6 +376,7 @@ async def _work(
         source,
         full=pull.full,
         on_type=None if on_type is None else lambda result: on_type(connection.id, result),
+        stamp=False,
     )
     run.summary = summary
     report.sync[summary.outcome] += 1
@@ -371,6 +396,7 @@ async def _work_leased(
     pull: PullOptions,
     tenant: str,
 ) -> None:
+    released = False
     try:
         # The tenant's slot first: a connection waiting for its tenant holds no process slot.
         async with gate.working(), concurrency:
@@ -379,7 +405,9 @@ async def _work_leased(
                 return
             if connection.id in leases.lost:
                 return
-            await work_connection(ctx, connection, report, leases=leases, pull=pull, tenant=tenant)
+            released = await work_connection(
+                ctx, connection, report, leases=leases, pull=pull, tenant=tenant
+            )
     except Exception:
         # One connection's unexpected failure must not stop the batch; it is logged with
         # its id and retried when its lease expires or is released.
@@ -388,11 +416,12 @@ async def _work_leased(
     finally:
         leases.pending.discard(connection.id)
         leases.lost.discard(connection.id)
+        if not released:
 
-        async def release(session: AsyncSession) -> bool:
-            return await connection_claims.release_lease(session, connection.id, ctx.owner)
+            async def release(session: AsyncSession) -> bool:
+                return await connection_claims.release_lease(session, connection.id, ctx.owner)
 
-        await ctx.pages.run(connection.id, release, beside_pages=True)
+            await ctx.pages.run(connection.id, release, beside_pages=True)
 
 
 async def claim(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.db import connection_claims
@@ -101,6 +101,41 @@ async def test_successive_claims_take_the_next_due_batch(sessionmaker: Sessionma
     assert await _claim(sessionmaker, "second", now, 2) == order[2:4]
     assert await _claim(sessionmaker, "third", now, 2) == order[4:]
     assert await _claim(sessionmaker, "fourth", now, 2) == []
+
+
+async def test_a_closing_run_hands_back_only_a_lease_it_still_holds(
+    sessionmaker: Sessionmaker,
+) -> None:
+    now = utcnow()
+    ids = await _connections(sessionmaker, now, [10, 20, 30])
+    held, expired, taken = sorted(ids)
+    async with sessionmaker.begin() as session:
+        await session.execute(
+            update(Connection)
+            .where(Connection.id.in_(ids))
+            .values(lease_owner="me", lease_until=now + dt.timedelta(seconds=LEASE_SECONDS))
+        )
+        # This process stalled past one lease, and another process took over a second.
+        await session.execute(
+            update(Connection)
+            .where(Connection.id == expired)
+            .values(lease_until=now - dt.timedelta(seconds=1))
+        )
+        await session.execute(
+            update(Connection).where(Connection.id == taken).values(lease_owner="other")
+        )
+
+    async with sessionmaker.begin() as session:
+        released = [
+            await connection_claims.release_held_lease(session, connection_id, "me", now=now)
+            for connection_id in (held, expired, taken)
+        ]
+    async with sessionmaker() as session:
+        rows = await session.execute(select(Connection.id, Connection.lease_owner))
+        owners = {row[0]: row[1] for row in rows}
+
+    assert released == [True, False, False]
+    assert owners == {held: None, expired: "me", taken: "other"}
 
 
 @ONLY_POSTGRES

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.pool.base import ResetStyle
 
 from syncsvc.db import launch_repo, repo, run_repo
 from syncsvc.db.columns import new_id
@@ -195,6 +196,61 @@ async def test_saving_a_sync_state_creates_it_then_changes_only_the_fields_given
         # What the second save did not name is kept.
         assert (saved.new_count, saved.changed_count) == (3, 0)
         assert saved.updated_at == later
+
+
+async def test_a_connection_is_read_with_its_tenant_and_tokens_in_one_go(
+    sessionmaker: Sessionmaker,
+) -> None:
+    async with sessionmaker.begin() as session:
+        tenant = await add_tenant(session)
+        connection = await add_connection(session, tenant)
+    async with sessionmaker() as session:
+        assert await repo.get_connection_with(session, "no-such-id") is None
+        assert await repo.get_connection_and_lifetimes(session, "no-such-id") is None
+        # No tokens stored yet: the connection and tenant all the same, no expiry.
+        found = await repo.get_connection_with(session, connection.id, credentials=True)
+        assert found is not None
+        assert (found[0].id, found[1].id, found[2]) == (connection.id, tenant.id, None)
+        bare = await repo.get_connection_and_lifetimes(session, connection.id)
+        assert bare is not None
+        assert (bare[0].id, bare[1]) == (connection.id, None)
+        assert await repo.token_lifetimes(session, connection.id) is None
+    async with sessionmaker.begin() as session:
+        await _write(session, connection.id, None, "rt-1")
+    async with sessionmaker() as session:
+        plain = await repo.get_connection_with(session, connection.id)
+        assert plain is not None
+        assert (plain[0].id, plain[1].id, plain[2]) == (connection.id, tenant.id, None)
+        found = await repo.get_connection_with(session, connection.id, credentials=True)
+        assert found is not None
+        assert found[2] is not None
+        assert found[2].refresh_token_enc == "rt-1"
+        read = await repo.get_connection_and_lifetimes(session, connection.id)
+        assert read is not None
+        expiry = read[1]
+        assert expiry is not None
+        assert expiry == await repo.token_lifetimes(session, connection.id)
+        assert expiry.has_refresh_token
+        assert expiry.refresh_expires_at is None
+        assert expiry.access_expires_at == found[2].access_expires_at
+
+
+async def test_a_connection_back_in_the_pool_holds_no_transaction(
+    sessionmaker: Sessionmaker,
+) -> None:
+    engine = sessionmaker.kw["bind"]
+    if engine.dialect.name == "sqlite":
+        # Not rolled back again on its way into the pool (the session ended its transaction).
+        assert engine.pool._reset_on_return is ResetStyle.reset_none
+    session = sessionmaker()
+    await add_tenant(session, name="never-committed")
+    await session.close()  # no commit: the session rolls its transaction back itself
+    async with sessionmaker.begin() as session:
+        # The same pooled connection writes and commits on its own after that.
+        await add_tenant(session, name="committed")
+    async with sessionmaker() as session:
+        assert await repo.get_tenant_by_name(session, "never-committed") is None
+        assert await repo.get_tenant_by_name(session, "committed") is not None
 
 
 async def test_concurrent_credential_writers_one_wins(sessionmaker: Sessionmaker) -> None:

@@ -215,11 +215,18 @@ class TypePages:
         *,
         now: dt.datetime,
         within: Callable[[bytes], bool] | None = None,
+        live: set[str] | None = None,
     ) -> int:
         """After a complete full pull: flag stored resources of the type no page had (of
         those ``within`` admits, when given: see :func:`~.store.flag_vanished`)."""
         return await flag_vanished(
-            session, self.connection_id, self.resource_type, self.seen, now=now, within=within
+            session,
+            self.connection_id,
+            self.resource_type,
+            self.seen,
+            now=now,
+            within=within,
+            live=live,
         )
 
     async def _settle_oldest(self) -> None:

@@ -159,13 +159,16 @@ async def flag_vanished(
     *,
     now: dt.datetime,
     within: Callable[[bytes], bool] | None = None,
+    live: set[str] | None = None,
 ) -> int:
     """After a complete full pull: flag stored resources the EHR no longer returned.
 
     ``within`` (a pull of some parts of the type only) says which stored bodies the pull's
-    searches could have found; the others are not the pull's to judge and stay.
+    searches could have found; the others are not the pull's to judge and stay. ``live``: the
+    ids of the type's stored live resources, if the caller read them (in this transaction).
     """
-    live = await resource_repo.live_resource_ids(session, connection_id, resource_type)
+    if live is None:
+        live = await resource_repo.live_resource_ids(session, connection_id, resource_type)
     gone = sorted(live - seen)
     if within is not None and gone:
         bodies = await resource_repo.live_bodies(session, connection_id, resource_type, gone)

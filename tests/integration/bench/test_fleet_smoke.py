@@ -48,8 +48,12 @@ async def test_a_tiny_fleet_goes_through_a_simulated_day(
     assert figures.peak_rss_service_mib > 0
     assert len(figures.lags) == figures.syncs
     assert all(lag >= 0 for lag in figures.lags + figures.service_lags)
+    # Each sync is at least a claim, a run record opened and closed, and a commit or two.
+    assert figures.statements >= 4 * figures.syncs
+    assert 0 < figures.commits < figures.statements
     payload = report.to_json()["fleet"]
     assert payload["requests_per_connection_day"] == round(figures.requests_sandbox / 4, 3)
+    assert payload["statements_per_sync"] == round(figures.statements / figures.syncs, 2)
     table = report.table()
     for phrase in (
         "CPU s per connection-day",
@@ -57,6 +61,7 @@ async def test_a_tiny_fleet_goes_through_a_simulated_day(
         "rows written per connection-day",
         "bytes written per connection-day",
         "peak requests in flight",
+        "database round trips per connection-day",
         "sync lag against schedule",
         "connections per core",
         "load average",

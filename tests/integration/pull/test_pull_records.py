@@ -167,6 +167,8 @@ async def test_incremental_pull_stores_only_changes_and_reconciliation_flags_del
     assert reconciled.outcome == "ok"
     assert reconciled.types["Goal"].counts.deleted == 1
     assert reconciled.counts.new == reconciled.counts.changed == 0
+    # The run's own counts take the vanished Goal in too (types are recorded once all ended).
+    assert reconciled.counts.deleted == 1
     final = await stored(ctx, connection_id)
     vanished = final[("Goal", goals[0])]
     assert vanished.deleted_reason == "vanished"

@@ -171,6 +171,46 @@ async def test_an_expired_lease_of_a_crashed_owner_is_taken_over(
     assert rows[alive].lease_owner == "live-worker"
 
 
+async def test_a_run_whose_lease_was_taken_over_leaves_the_schedule_to_the_new_owner(
+    settings: Settings,
+    sessionmaker: Sessionmaker,
+    vault: Vault,
+    http: aiohttp.ClientSession,
+    sandbox: RunningSandbox,
+) -> None:
+    _, (connection_id,) = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 1)
+    slow_fhir(sandbox, 300)
+    async with contexts(settings, sessionmaker, vault, 1) as (worker,):
+        working = asyncio.create_task(run_due(worker))
+
+        async def leased() -> bool:
+            return (await connections(sessionmaker))[connection_id].lease_owner == worker.owner
+
+        await wait_until(leased)
+        # The worker stalled past its lease meanwhile, and another process took the connection
+        # over and scheduled it.
+        taken_until = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5)
+        their_sync = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
+        async with sessionmaker.begin() as session:
+            await session.execute(
+                update(Connection)
+                .where(Connection.id == connection_id)
+                .values(lease_owner="rival", lease_until=taken_until, next_sync_at=their_sync)
+            )
+        report = await working
+
+    assert report.sync == {"ok": 1}
+    row = (await connections(sessionmaker))[connection_id]
+    # The run's closing write found the lease gone: the rival's lease and schedule stand ...
+    assert row.lease_owner == "rival"
+    assert row.next_sync_at == their_sync
+    # ... and what the run did is still on record.
+    (run,) = await runs(sessionmaker)
+    assert run.outcome == "ok"
+    assert row.last_sync_at == run.finished_at
+    assert row.last_success_at == run.finished_at
+
+
 async def test_stop_hands_back_unstarted_work_finishes_the_rest_and_releases_leases(
     settings: Settings,
     sessionmaker: Sessionmaker,
