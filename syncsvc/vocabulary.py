@@ -61,6 +61,9 @@ TENANT_MISMATCH: Final = "tenant_mismatch"
 #: ``unsupported``: the tenant's server does not offer the type, or cannot search it per patient
 #: (its CapabilityStatement leaves it out, or the vendor's plan says so): never asked for, never
 #: pulled, and not a failure.
+#: ``unsearchable``: granted only in parts (SMART v2 query qualifiers) that the tenant's vendor
+#: cannot search (a category its searches do not take): never pulled while so, and not a
+#: failure; the row names the parts (``unsearchable_parts``).
 TypeState = Literal[
     "ok",
     "denied",
@@ -70,14 +73,17 @@ TypeState = Literal[
     "not_granted",
     "withdrawn",
     "unsupported",
+    "unsearchable",
 ]
 TYPE_STATES: Final[tuple[TypeState, ...]] = get_args(TypeState)
 #: States of a type the grant does not cover (it is not pulled).
 UNGRANTED_TYPE_STATES: Final = frozenset({"not_granted", "withdrawn"})
 #: The state of a type the tenant's server cannot serve (it is not pulled, whatever the grant).
 UNSUPPORTED: Final = "unsupported"
+#: The state of a type granted only in parts its tenant's vendor cannot search (not pulled).
+UNSEARCHABLE: Final = "unsearchable"
 #: States of a type that is not pulled.
-UNPULLED_TYPE_STATES: Final = UNGRANTED_TYPE_STATES | {UNSUPPORTED}
+UNPULLED_TYPE_STATES: Final = UNGRANTED_TYPE_STATES | {UNSUPPORTED, UNSEARCHABLE}
 
 #: How one type fared in one run (``skipped``: denied for this very grant before, not asked
 #: again; ``incomplete``: a run-ending failure stopped it).

@@ -155,6 +155,7 @@ async def _show(settings: Settings, connection_id: str) -> dict[str, Any]:
                     "sentence": line.sentence,
                     "parts": None if line.parts is None else list(line.parts),
                     "shared": line.shared,
+                    "unsearchable": list(line.unsearchable),
                 }
                 for line in explanation.types
             ],

@@ -14,6 +14,8 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from syncsvc.vocabulary import UNSEARCHABLE
+
 from .models.activity import Event
 from .models.connections import Connection, Credential
 from .models.records import SyncRun, SyncState
@@ -160,6 +162,36 @@ async def type_state_counts(
         TypeStateCount(str(tenant_id), str(resource_type), str(state), int(count))
         for tenant_id, resource_type, state, count in rows
     ]
+
+
+@dataclass(frozen=True, slots=True)
+class UnsearchablePart:
+    """How many of a tenant's live connections have one type ``unsearchable`` for one part."""
+
+    tenant_id: str
+    resource_type: str
+    #: The granted part as a scope qualifier (``category=<system>|<code>``).
+    part: str
+    count: int
+
+
+async def unsearchable_part_counts(
+    session: AsyncSession, tenant_ids: Sequence[str] | None = None
+) -> list[UnsearchablePart]:
+    """Per tenant, ``unsearchable`` type and granted part: connections (not revoked) with it."""
+    query = (
+        select(Connection.tenant_id, SyncState.resource_type, SyncState.unsearchable_parts)
+        .join(Connection, Connection.id == SyncState.connection_id)
+        .where(Connection.status != "revoked", SyncState.status == UNSEARCHABLE)
+    )
+    if tenant_ids is not None:
+        query = query.where(Connection.tenant_id.in_(tenant_ids))
+    counts: dict[tuple[str, str, str], int] = {}
+    for tenant_id, resource_type, parts in await session.execute(query):
+        for part in parts or ():
+            key = (str(tenant_id), str(resource_type), str(part))
+            counts[key] = counts.get(key, 0) + 1
+    return [UnsearchablePart(*key, count) for key, count in sorted(counts.items())]
 
 
 async def run_outcomes(

@@ -17,7 +17,13 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import health_repo, launch_failure_repo, repo
-from syncsvc.db.health_repo import ConnectionFacts, ErrorCount, TypeFailures, TypeStateCount
+from syncsvc.db.health_repo import (
+    ConnectionFacts,
+    ErrorCount,
+    TypeFailures,
+    TypeStateCount,
+    UnsearchablePart,
+)
 from syncsvc.db.launch_failure_repo import FailureCount
 from syncsvc.db.models.connections import Tenant
 from syncsvc.directory.diagnosis import Evidence, Finding, diagnose, findings_json, granted_types
@@ -75,6 +81,8 @@ class TenantHealth:
     offline_access_advertised: bool = False
     #: Per type state, per resource type: live connections with that type in that state.
     type_states: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: Per ``unsearchable`` type, per granted part its vendor cannot search: live connections.
+    unsearchable_parts: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -138,6 +146,7 @@ class TenantHealth:
                 "without_offline_access": self.without_offline_access,
                 "offline_access_advertised": self.offline_access_advertised,
                 "type_states": self.type_states,
+                "unsearchable_parts": self.unsearchable_parts,
             },
             "refresh_horizon": {
                 "earliest": self.refresh_earliest,
@@ -174,12 +183,16 @@ def build_health(
     launches: LaunchFigures | None = None,
     granted_elsewhere: dict[str, list[str]] | None = None,
     type_states: Iterable[TypeStateCount] = (),
+    unsearchable: Iterable[UnsearchablePart] = (),
 ) -> TenantHealth:
     """The report of one tenant from its rows."""
     failing_types = {item.resource_type: item.connections for item in type_failures}
     states: dict[str, dict[str, int]] = {state: {} for state in TYPE_STATES}
     for item in type_states:
         states.setdefault(item.state, {})[item.resource_type] = item.count
+    unsearchable_parts: dict[str, dict[str, int]] = {}
+    for part in unsearchable:
+        unsearchable_parts.setdefault(part.resource_type, {})[part.part] = part.count
     without_offline = sum(
         1
         for c in connections
@@ -266,6 +279,7 @@ def build_health(
         without_offline_access=without_offline,
         offline_access_advertised=advertised,
         type_states=states,
+        unsearchable_parts=unsearchable_parts,
         launches=launches,
         findings=tuple(findings),
     )
@@ -347,11 +361,12 @@ async def tenant_health(session: AsyncSession, tenant: Tenant, now: dt.datetime)
         launches=launches.get(tenant.id),
         granted_elsewhere=grants_by_client(siblings, sibling_connections).get(tenant.client_id, {}),
         type_states=await health_repo.type_state_counts(session, ids),
+        unsearchable=await health_repo.unsearchable_part_counts(session, ids),
     )
 
 
 async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[TenantHealth]:
-    """The report of every tenant, by name (no outcome charts), in nine queries."""
+    """The report of every tenant, by name (no outcome charts), in ten queries."""
     tenants = await repo.list_tenants(session)
     connections: defaultdict[str, list[ConnectionFacts]] = defaultdict(list)
     for row in await health_repo.connection_facts(session):
@@ -370,6 +385,9 @@ async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[Ten
     type_states: defaultdict[str, list[TypeStateCount]] = defaultdict(list)
     for count in await health_repo.type_state_counts(session):
         type_states[count.tenant_id].append(count)
+    unsearchable: defaultdict[str, list[UnsearchablePart]] = defaultdict(list)
+    for part in await health_repo.unsearchable_part_counts(session):
+        unsearchable[part.tenant_id].append(part)
     reports = [
         build_health(
             t,
@@ -381,6 +399,7 @@ async def all_tenant_health(session: AsyncSession, now: dt.datetime) -> list[Ten
             launches=launches.get(t.id),
             granted_elsewhere=by_client.get(t.client_id, {}),
             type_states=type_states[t.id],
+            unsearchable=unsearchable[t.id],
         )
         for t in tenants
     ]

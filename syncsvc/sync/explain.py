@@ -27,6 +27,7 @@ from syncsvc.vocabulary import (
     OFFLINE_ACCESS_NOT_GRANTED,
     RECONNECTABLE_STATUSES,
     SCOPES_WITHDRAWN,
+    UNSEARCHABLE,
     UNSUPPORTED,
 )
 
@@ -47,6 +48,8 @@ class TypeFacts:
     covered_parts: tuple[Part, ...] | None = None
     #: Parts a refresh stopped sharing while the type stayed granted (``*``: the rest of it).
     withdrawn_parts: tuple[str, ...] = ()
+    #: Granted parts the tenant's vendor cannot search (all of them when ``unsearchable``).
+    unsearchable_parts: tuple[Part, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class TypeLine:
     parts: tuple[str, ...] | None = None
     #: The same in words ("laboratory results only"); None when the whole type was shared.
     shared: str | None = None
+    #: Granted parts the provider's system cannot search (not synced), as scope qualifiers.
+    unsearchable: tuple[str, ...] = ()
 
     @property
     def what_shared(self) -> str:
@@ -125,12 +130,20 @@ class Explanation:
             "sentences": list(self.sentences),
             "kept_up_to_date": self.kept_up_to_date,
             "unsupported_types": [line.type for line in self.unsupported],
+            "unsearchable_parts": {
+                line.type: list(line.unsearchable) for line in self.types if line.unsearchable
+            },
         }
 
     @property
     def unsupported(self) -> tuple[TypeLine, ...]:
         """The types the provider's system does not offer (not a failure: never pulled)."""
         return tuple(line for line in self.types if line.state == UNSUPPORTED)
+
+    @property
+    def unsearchable_types(self) -> tuple[TypeLine, ...]:
+        """The types shared only in parts the provider's system cannot search (never pulled)."""
+        return tuple(line for line in self.types if line.state == UNSEARCHABLE)
 
     @property
     def withdrawn(self) -> tuple[TypeLine, ...]:
@@ -161,11 +174,41 @@ def _stopped_sharing(line: TypeLine, facts: TypeFacts) -> str | None:
     return f"{label}: your provider stopped sharing {words}; what was synced of them {kept}."
 
 
+def _unsearchable_words(parts: Sequence[Part]) -> str:
+    """Parts the provider's system cannot search, in words ("social history")."""
+    words = shared_words(parts) if parts else None
+    return "the parts shared" if words is None else words.removesuffix(" only")
+
+
+def _cannot_search(line: TypeLine, facts: TypeFacts) -> str | None:
+    """The sentence about granted parts of a type the provider's system cannot search."""
+    if not line.granted or not facts.unsearchable_parts:
+        return None
+    words = _unsearchable_words(facts.unsearchable_parts)
+    what = f"your {line.description} ({line.type})"
+    if line.state == UNSEARCHABLE:
+        return (
+            f"Your provider shared only the {words} in {what}, and your provider's system "
+            f"cannot search for {words}, so none of it is synced. Nothing failed: it is synced "
+            "once that system can search it, or once you share more of it."
+        )
+    those = "that part is" if len(facts.unsearchable_parts) == 1 else "those parts are"
+    return (
+        f"Your provider's system cannot search {what} for {words}, so {those} not synced. "
+        "Nothing failed: this is a limit of that system."
+    )
+
+
 def _not_yet(facts: TypeFacts, name: str, parts: tuple[Part, ...] | None) -> str:
-    """The granted parts the last completed pull did not search, in words (or nothing)."""
+    """The granted parts the last completed pull did not search, in words (or nothing).
+
+    Parts the provider's system cannot search are not "not synced yet": they are said apart.
+    """
     if facts.covered_parts is None or facts.state != "ok":
         return ""
     missing = TypeGrant(name, parts).missing_from(TypeGrant(name, facts.covered_parts))
+    if missing is not None:
+        missing = tuple(p for p in missing if p not in facts.unsearchable_parts)
     if missing == ():
         return ""
     words = shared_words(missing)
@@ -197,6 +240,14 @@ def _type_sentence(
                 "kept here are not updated."
             )
         return f"{label}: your provider's system does not offer this, so it is not synced."
+    if state == UNSEARCHABLE and readable:
+        words = _unsearchable_words(facts.unsearchable_parts)
+        if count:
+            return (
+                f"{label}: your provider's system cannot search for {words}; the {count} "
+                "record(s) kept here are not updated."
+            )
+        return f"{label}: your provider's system cannot search for {words}, so it is not synced."
     if not readable or state == "not_granted":
         return f"{label}: not granted by your provider, so not synced."
     retried = state_sentence(
@@ -245,6 +296,9 @@ def _types(facts: GrantFacts) -> tuple[TypeLine, ...]:
                 sentence=_type_sentence(name, type_facts, count, readable=granted, parts=parts),
                 parts=None if parts is None else tuple(part_text(p) for p in parts),
                 shared=shared_words(parts),
+                unsearchable=tuple(part_text(p) for p in type_facts.unsearchable_parts)
+                if granted
+                else (),
             )
         )
     return tuple(lines)
@@ -355,7 +409,13 @@ def explain(facts: GrantFacts) -> Explanation:
             f"Your provider shared only part of your {line.description} ({line.type}): "
             f"{line.shared}; the rest is not synced."
             for line in types
-            if line.shared is not None
+            # A type none of whose shared parts can be searched is said in one sentence below.
+            if line.shared is not None and line.state != UNSEARCHABLE
+        )
+        sentences.extend(
+            cannot
+            for line in types
+            if (cannot := _cannot_search(line, facts.types.get(line.type, TypeFacts())))
         )
         withdrawn = [line.sentence for line in types if line.state == "withdrawn"]
         withdrawn.extend(

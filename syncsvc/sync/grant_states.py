@@ -34,7 +34,12 @@ from syncsvc.smart.scopes import (
 from syncsvc.sync.explain import Explanation, GrantFacts, TypeFacts, explain
 from syncsvc.sync.reference_words import ReferenceFacts
 from syncsvc.sync.tenant_config import resource_types_of
-from syncsvc.sync.type_support import pullable_types, record_unsupported, unsupported_types
+from syncsvc.sync.type_support import (
+    pullable_types,
+    record_unsearchable,
+    record_unsupported,
+    unsupported_types,
+)
 from syncsvc.vocabulary import UNGRANTED_TYPE_STATES
 
 OFFLINE_ACCESS = "offline_access"
@@ -153,13 +158,18 @@ async def reconcile_type_states(
     A type the grant covers loses a ``not_granted``/``withdrawn`` row, so the next pull takes
     it in full. A type it does not cover becomes ``withdrawn`` when anything of it was synced or
     attempted before, else ``not_granted``. A type the server cannot serve is ``unsupported``
-    whatever the grant (:func:`~syncsvc.sync.type_support.record_unsupported`). In the caller's
-    transaction.
+    whatever the grant (:func:`~syncsvc.sync.type_support.record_unsupported`); one granted only
+    in parts the vendor cannot search is ``unsearchable``
+    (:func:`~syncsvc.sync.type_support.record_unsearchable`). In the caller's transaction.
     """
     grants = type_grants(connection.granted_scopes, pullable_types(tenant))
     readable = set(grants)
     states = await run_repo.sync_states(session, connection.id)
     if await record_unsupported(session, connection.id, tenant, states, now=now):
+        states = await run_repo.sync_states(session, connection.id)
+    if await record_unsearchable(
+        session, connection.id, tenant, connection.granted_scopes, states, now=now
+    ):
         states = await run_repo.sync_states(session, connection.id)
     unsupported = unsupported_types(tenant)
     stored = await count_resources(session, connection.id)
@@ -307,6 +317,7 @@ def grant_facts(
                 failing_since=state.failing_since,
                 covered_parts=_covered(state),
                 withdrawn_parts=tuple(state.withdrawn_parts or ()),
+                unsearchable_parts=_parts_of(state.unsearchable_parts or ()),
             )
             for name, state in states.items()
         },
@@ -319,7 +330,11 @@ def grant_facts(
 def _covered(state: SyncState) -> tuple[Part, ...] | None:
     if state.granted_parts is None:
         return None
-    return tuple(p for p in (part_of_text(t) for t in state.granted_parts) if p is not None)
+    return _parts_of(state.granted_parts)
+
+
+def _parts_of(texts: Iterable[str]) -> tuple[Part, ...]:
+    return tuple(p for p in (part_of_text(t) for t in texts) if p is not None)
 
 
 async def load_grant_facts(

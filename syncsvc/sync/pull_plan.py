@@ -139,7 +139,9 @@ def plan_run(
         type_plan = granted.plan
         parts = granted.searched
         if parts == ():
-            continue  # every granted part is one this vendor cannot search: nothing to ask
+            # Every granted part is one this vendor cannot search: nothing to ask. The type's
+            # state says so (``unsearchable``, recorded as the run began).
+            continue
         state = states.get(resource_type)
         if scheduled:
             wait = waiting_until(state, now)

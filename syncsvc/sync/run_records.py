@@ -29,7 +29,7 @@ from syncsvc.sync.pipeline.store import Counts
 from syncsvc.sync.pull_plan import Mode, PlannedType
 from syncsvc.sync.references import ReferenceResult
 from syncsvc.sync.type_schedule import RETRYING
-from syncsvc.sync.type_support import record_unsupported
+from syncsvc.sync.type_support import record_unsearchable, record_unsupported
 from syncsvc.vocabulary import (
     NO_READABLE_TYPE,
     SUCCESSFUL_RUN_OUTCOMES,
@@ -150,6 +150,11 @@ async def start_run(
     # The server's offer may have changed since the last run (a fresh discovery document).
     if await record_unsupported(session, connection_id, tenant, states, now=now):
         states = await run_repo.sync_states(session, connection_id)
+    # And the vendor's plan may search a part it could not (or no longer one it could).
+    if await record_unsearchable(
+        session, connection_id, tenant, connection.granted_scopes, states, now=now
+    ):
+        states = await run_repo.sync_states(session, connection_id)
     await run_repo.start_run(
         session, run_id=run_id, connection_id=connection_id, owner=owner, full=full, now=now
     )
@@ -232,6 +237,8 @@ async def save_type_success(
         "last_attempt_at": attempt_at,
         "last_success_at": now,
         "granted_parts": planned.part_texts,
+        # The granted parts the vendor cannot search: said on every surface, never "not yet".
+        "unsearchable_parts": planned.unsearchable_texts or None,
         **counts.columns(),
     }
     if planned.mode == "full":

@@ -5,12 +5,17 @@ patient (Epic and Oracle Health serve Provenance only by id or target), or when 
 CapabilityStatement lists resources and leaves the type out. Such a type is never asked for at
 launch, never pulled, and shown as unsupported on every surface, never as a failure. Patient is
 always supported: it is read, not searched, and the launch names it.
+
+A type the server offers may still be granted only in parts (SMART v2 query qualifiers) that the
+vendor cannot search: a category its searches do not take. Such a type is ``unsearchable`` for
+that connection, with the parts named: never pulled while so, not a failure, and pulled in full
+once the vendor's plan or the grant lets any part of it be searched.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,11 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from syncsvc.db import run_repo
 from syncsvc.db.models.connections import Tenant
 from syncsvc.db.models.records import SyncState
+from syncsvc.fhir.grant_parts import within_grant
 from syncsvc.fhir.plans import VendorPlan, plan_for
 from syncsvc.smart.discovery import SmartConfiguration
-from syncsvc.smart.scopes import plan_scopes
+from syncsvc.smart.scope_grammar import Part, part_text
+from syncsvc.smart.scopes import plan_scopes, type_grants
 from syncsvc.sync.tenant_config import resource_types_of, smart_configuration
-from syncsvc.vocabulary import UNSUPPORTED
+from syncsvc.vocabulary import UNSEARCHABLE, UNSUPPORTED
 
 NOT_ADVERTISED = "not listed in the server's CapabilityStatement"
 
@@ -101,6 +108,80 @@ async def record_unsupported(
         changed = True
     for resource_type, state in states.items():
         if state.status == UNSUPPORTED and resource_type not in unsupported:
+            await session.execute(
+                delete(SyncState).where(
+                    SyncState.connection_id == connection_id,
+                    SyncState.resource_type == resource_type,
+                )
+            )
+            changed = True
+    return changed
+
+
+def unsearchable_types(
+    tenant: Tenant, granted_scopes: Iterable[str], vendor_plan: VendorPlan | None = None
+) -> dict[str, tuple[Part, ...]]:
+    """The granted types whose every granted part the vendor cannot search, with those parts.
+
+    The same narrowing the pull plans with (:func:`syncsvc.fhir.grant_parts.within_grant`), so
+    a type is ``unsearchable`` exactly when a run would leave it out.
+    """
+    plan = vendor_plan or plan_for(tenant.vendor, tenant.plan_overrides)
+    found: dict[str, tuple[Part, ...]] = {}
+    for resource_type, grant in type_grants(granted_scopes, pullable_types(tenant, plan)).items():
+        narrowed = within_grant(plan.for_type(resource_type), grant)
+        if narrowed.searched == ():
+            found[resource_type] = narrowed.unsearchable
+    return found
+
+
+async def record_unsearchable(
+    session: AsyncSession,
+    connection_id: str,
+    tenant: Tenant,
+    granted_scopes: Iterable[str],
+    states: dict[str, SyncState],
+    *,
+    now: dt.datetime,
+    vendor_plan: VendorPlan | None = None,
+) -> bool:
+    """Make the ``unsearchable`` rows of a connection agree with its grant and tenant; whether
+    any changed.
+
+    A granted type none of whose parts the vendor can search gets (or keeps) an
+    ``unsearchable`` row naming the parts; a type that was unsearchable and has a searchable
+    part now (the plan or the grant changed), or is no longer granted, loses its row, so the
+    next run pulls it in full (or the grant's own states word it). ``states`` is the caller's
+    view of the rows; it is not updated. In the caller's transaction.
+    """
+    unsearchable = unsearchable_types(tenant, granted_scopes, vendor_plan)
+    changed = False
+    for resource_type, parts in unsearchable.items():
+        texts = [part_text(p) for p in parts]
+        state = states.get(resource_type)
+        if (
+            state is not None
+            and state.status == UNSEARCHABLE
+            and list(state.unsearchable_parts or ()) == texts
+        ):
+            continue
+        await run_repo.save_sync_state(
+            session,
+            connection_id,
+            resource_type,
+            now=now,
+            status=UNSEARCHABLE,
+            error_class=None,
+            error_message=None,
+            grant_fingerprint=None,
+            next_attempt_at=None,
+            failure_count=0,
+            failing_since=None,
+            unsearchable_parts=texts,
+        )
+        changed = True
+    for resource_type, state in states.items():
+        if state.status == UNSEARCHABLE and resource_type not in unsearchable:
             await session.execute(
                 delete(SyncState).where(
                     SyncState.connection_id == connection_id,

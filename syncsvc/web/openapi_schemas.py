@@ -111,6 +111,13 @@ def component_schemas() -> dict[str, Any]:
                     **NULLABLE_STRING,
                     "description": 'The same in plain words ("laboratory results only").',
                 },
+                "unsearchable": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "Parts of the type the grant shared that the provider's "
+                    "system cannot search, as scope qualifiers: not synced, and not a failure "
+                    "(all of the shared parts when the status is unsearchable).",
+                },
             },
         },
         "Explanation": {
@@ -135,6 +142,14 @@ def component_schemas() -> dict[str, Any]:
                     "description": (
                         "Resource types the provider's system does not offer (or cannot search "
                         "per patient): never asked for or pulled, and not a failure."
+                    ),
+                },
+                "unsearchable_parts": {
+                    "type": "object",
+                    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+                    "description": (
+                        "Per resource type, the shared parts (scope qualifiers) the provider's "
+                        "system cannot search: not synced, and not a failure."
                     ),
                 },
             },

@@ -179,3 +179,69 @@ def test_the_rest_of_a_type_granted_whole_before_is_said_to_be_no_longer_updated
         "only; what was synced of the rest is kept here but no longer updated."
     ) in explanation.sentences
     assert explanation.can_reconnect
+
+
+SOCIAL = (("category", f"{OBS}|social-history"),)
+
+
+@pytest.mark.parametrize(
+    ("count", "line_sentence"),
+    [
+        (0, "cannot search for social history, so it is not synced."),
+        (4, "cannot search for social history; the 4 record(s) kept here are not updated."),
+    ],
+)
+def test_a_type_shared_only_in_parts_its_provider_cannot_search_says_so(
+    count: int, line_sentence: str
+) -> None:
+    facts = _facts(
+        "active",
+        refresh=True,
+        readable=True,
+        parts={"Observation": (SOCIAL,)},
+        counts={"Observation": count},
+        types={"Observation": TypeFacts(state="unsearchable", unsearchable_parts=(SOCIAL,))},
+    )
+    explanation = explain(facts)
+    [line] = [t for t in explanation.types if t.type == "Observation"]
+    assert line.sentence == (
+        "Lab results and vital signs (Observation), social history only: your provider's system "
+        + line_sentence
+    )
+    assert line.unsearchable == (f"category={OBS}|social-history",)
+    assert explanation.unsearchable_types == (line,)
+    assert explanation.to_json()["unsearchable_parts"] == {
+        "Observation": [f"category={OBS}|social-history"]
+    }
+    # One sentence names the part and says nothing failed; not "shared only part ... the rest".
+    [cannot] = [s for s in explanation.sentences if "cannot search" in s]
+    assert "social history" in cannot
+    assert "Nothing failed" in cannot
+    assert not any("shared only part" in s for s in explanation.sentences)
+    assert explanation.kept_up_to_date
+
+
+def test_a_part_its_provider_cannot_search_is_never_said_to_be_not_synced_yet() -> None:
+    facts = _facts(
+        "active",
+        refresh=True,
+        readable=True,
+        parts={"Observation": (LAB, SOCIAL)},
+        counts={"Observation": 7},
+        types={
+            "Observation": TypeFacts(
+                state="ok", last_success_at=NOW, covered_parts=(LAB,), unsearchable_parts=(SOCIAL,)
+            ),
+        },
+    )
+    explanation = explain(facts)
+    [line] = [t for t in explanation.types if t.type == "Observation"]
+    assert line.sentence == (
+        "Lab results and vital signs (Observation), laboratory results and social history only: "
+        "7, last updated 04 Dec 2026, 12:00 UTC."
+    )
+    assert (
+        "Your provider's system cannot search your lab results and vital signs (Observation) for "
+        "social history, so that part is not synced. Nothing failed: this is a limit of that "
+        "system."
+    ) in explanation.sentences

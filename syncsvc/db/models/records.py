@@ -148,6 +148,9 @@ class SyncState(Base):
     #: Parts a refresh stopped sharing while the type stayed granted (``*``: all of the type
     #: but the parts still granted); what was synced of them is kept and no longer updated.
     withdrawn_parts: Mapped[list[str] | None] = mapped_column(JSON)
+    #: Granted parts the tenant's vendor cannot search (not pulled, and said so): all of them
+    #: for an ``unsearchable`` type, else those left out of the type's last completed pull.
+    unsearchable_parts: Mapped[list[str] | None] = mapped_column(JSON)
     #: When a type in ``transient_error`` or ``failing`` is tried again (its own schedule).
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     #: Transient failures in a row, and when the first of them happened (None once it worked).

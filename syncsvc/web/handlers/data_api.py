@@ -117,6 +117,7 @@ def connection_view(facts: ConnectionFacts) -> dict[str, Any]:
                 "sentence": line.sentence,
                 "parts": None if line.parts is None else list(line.parts),
                 "shared": line.shared,
+                "unsearchable": list(line.unsearchable),
             }
         )
     return {
