@@ -125,7 +125,15 @@ async def pull_connection(
     if begun is None:
         return RunSummary(connection_id, "inactive", started, started)
     connection, tenant, states = begun
-    summary = RunSummary(connection_id, "ok", started, started, run_id=run_id, full=full)
+    summary = RunSummary(
+        connection_id,
+        "ok",
+        started,
+        started,
+        run_id=run_id,
+        full=full,
+        granted_scopes=tuple(connection.granted_scopes),
+    )
     run = PullRun(
         ctx,
         connection,

@@ -10,6 +10,7 @@ each, the types it gave are pulled next, and the host application hears
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -32,6 +33,20 @@ from .grant_states import (
 )
 
 log = get_logger("syncsvc.sync.refresh")
+
+
+async def widened_since(
+    session: AsyncSession, connection: Connection, before: Sequence[str]
+) -> bool:
+    """Whether the connection's grant reads more than ``before`` (a run's grant) did: a
+    refresh during the run widened it, and what it added was not in the run's plan."""
+    if list(connection.granted_scopes) == list(before):
+        return False
+    tenant = await repo.get_tenant(session, connection.tenant_id)
+    if tenant is None:  # pragma: no cover - the foreign key forbids it
+        return False
+    change = grant_change(tenant, before, connection.granted_scopes)
+    return bool(change.added or change.widened)
 
 
 def _parts(parts: tuple[str, ...]) -> str:

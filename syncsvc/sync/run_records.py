@@ -102,6 +102,9 @@ class RunSummary:
     references: ReferenceResult | None = None
     #: What the run did with documents' attachments (None: it pulled no documents or reports).
     attachments: dict[str, int] | None = None
+    #: The grant the run planned with (None: no run began): a refresh during the run that
+    #: widened it leaves the connection due at once, for what the run did not pull.
+    granted_scopes: tuple[str, ...] | None = None
 
     @property
     def succeeded(self) -> bool:

@@ -43,6 +43,7 @@ from syncsvc.sync.limits import TenantGate, TenantLimiter
 from syncsvc.sync.outcomes import ConnectionRun, record_run
 from syncsvc.sync.pull import pull_connection
 from syncsvc.sync.refresh import refresh_connection, reschedule_refresh
+from syncsvc.sync.refresh_scopes import widened_since
 from syncsvc.sync.run_records import RunSummary, TypeResult
 from syncsvc.sync.token_source import TokenSource
 
@@ -174,6 +175,12 @@ async def _schedule_after_sync(
         next_sync = summary.next_due_at or now + dt.timedelta(
             seconds=ctx.settings.sync_interval_seconds
         )
+        # A refresh during the run that widened the grant made the connection due for what it
+        # added (``rescope``); the run planned without it, so the next claim pulls it.
+        if summary.granted_scopes is not None and await widened_since(
+            session, connection, summary.granted_scopes
+        ):
+            next_sync = min(next_sync, now)
         failures = 0
     elif summary.outcome == "transient":
         failures += 1

@@ -5,7 +5,8 @@ pages, pulls through the real runner, and the sandbox's request log proves no se
 beyond the grant (nor was refused). Every surface (status page, ``connections show``, the host
 API, webhooks) says which parts were shared, in the same words. A refresh that withdraws or adds
 a category is told as a narrowed or widened grant, keeps what was synced, and pulls a new part in
-full. The scope syntax asked in follows the server's capabilities or the tenant's option.
+full (at the next claim when the refresh happened inside a sync). The scope syntax asked in
+follows the server's capabilities or the tenant's option.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import orjson
 from sqlalchemy import select
 
 from syncsvc.db.models.activity import Event
+from syncsvc.db.models.connections import Connection
 from syncsvc.db.models.records import Resource
 from syncsvc.sandbox.data import Entry
 from syncsvc.sandbox.fhir import data_store
 from syncsvc.sandbox.patient import ScriptedPatient
+from syncsvc.sync.context import utcnow
 from syncsvc.web.keys import SERVICES
 from tests.fixtures.sandbox import EPIC_TENANT, GENERIC_TENANT
 from tests.integration.cli.runner import syncsvc
@@ -322,3 +325,59 @@ async def test_the_scope_syntax_follows_the_server_and_the_tenant_option(flow: F
         "patient/Observation.read",
         "patient/Condition.read",
     ]
+
+
+async def _connection(flow: Flow, connection_id: str) -> Connection:
+    async with flow.service.app[SERVICES].sessionmaker() as session:
+        connection = await session.get(Connection, connection_id)
+        assert connection is not None
+        return connection
+
+
+async def test_a_part_added_by_a_refresh_inside_a_sync_is_pulled_at_the_next_claim(
+    flow: Flow, operator: aiohttp.ClientSession
+) -> None:
+    policy = flow.sandbox.tenant(GENERIC_TENANT).policy
+    policy.granted_categories = {"Observation": [LAB]}
+    policy.widen_on_refresh = True
+    async with ScriptedPatient(username="nancysmart") as patient:
+        await _connect(flow, patient, GENERIC_TENANT, "generic")
+        connection = await flow.only_connection()
+        assert (await sync(flow)).sync == {"ok": 1}
+        # The patient shares vital signs too. The EHR's clock passes the access token's expiry
+        # while syncsvc still trusts it, so the refresh happens inside the next sync (after a
+        # refused request), and that refresh widens the grant.
+        policy.granted_categories = {"Observation": [LAB, VITALS]}
+        flow.sandbox.state.clock_offset += 3700
+        async with flow.api.post(f"/api/v1/connections/{connection.id}/sync") as response:
+            assert response.status == 202, await response.text()
+        logged = len(flow.sandbox.state.request_log)
+        report = await sync(flow)
+        assert report.refresh == {}  # not before the pull: inside it
+        assert report.sync == {"ok": 1}
+        inside = _observation_searches(flow, logged)
+        widened = await _connection(flow, connection.id)
+        assert f"patient/Observation.rs?category={VITALS}" in widened.granted_scopes
+        # Due at once for the part the run planned without, not a whole interval later.
+        assert widened.next_sync_at is not None
+        assert widened.next_sync_at <= utcnow()
+        logged = len(flow.sandbox.state.request_log)
+        assert (await sync(flow)).sync == {"ok": 1}
+        next_claim = _observation_searches(flow, logged)
+        seen = await read_surfaces(flow, patient, operator, connection.id)
+
+    assert [e for e in flow.sandbox.state.request_log if e.status == 401]
+    assert inside
+    assert all(q.get("category") == [LAB] for q in inside)
+    # The next claim pulls the new part in full.
+    assert sorted(q["category"][0] for q in next_claim) == [LAB, VITALS]
+    assert all("_lastUpdated" not in q for q in next_claim)
+    seen.assert_agree()
+    observation = next(t for t in seen.api["types"] if t["type"] == "Observation")
+    assert observation["status"] == "ok"
+    assert observation["shared"] == "laboratory results and vital signs only"
+    assert "not synced yet" not in observation["sentence"]
+    # And afterwards the normal interval again.
+    settled = await _connection(flow, connection.id)
+    assert settled.next_sync_at is not None
+    assert settled.next_sync_at > utcnow()
