@@ -42,10 +42,24 @@ async def save_sync_state(
 ) -> None:
     """Create or update the sync state of one type with ``fields``.
 
-    One upsert: a first sync saves each of its types this way, and an update that found no
-    row followed by an insert cost two statements a type.
+    One upsert when ``fields`` name a status: a first sync saves each of its types this way,
+    and an update that found no row followed by an insert cost two statements a type. Without
+    a status it updates the existing row only.
     """
     values = {"updated_at": now, **fields}
+    if "status" not in fields:
+        # A change of some columns of a row that exists (withdrawn parts noted at a refresh):
+        # an insert without a status breaks its NOT NULL before the conflict is seen.
+        await session.execute(
+            update(SyncState)
+            .where(
+                SyncState.connection_id == connection_id,
+                SyncState.resource_type == resource_type,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return
     defaults: dict[str, Any] = {
         "new_count": 0,
         "changed_count": 0,
