@@ -29,19 +29,18 @@ async def add_event(
     count: int = 1,
 ) -> None:
     """Record one event. ``detail`` is plain words only: never a token, body or identifier."""
-    session.add(
-        Event(
-            tenant_id=tenant_id,
-            connection_id=connection_id,
-            kind=kind,
-            outcome=outcome,
-            at=at,
-            error_class=error_class,
-            resource_type=resource_type,
-            detail=detail[:DETAIL_LENGTH] if detail else None,
-            count=count,
-        )
+    row = event_row(
+        tenant_id=tenant_id,
+        kind=kind,
+        outcome=outcome,
+        at=at,
+        connection_id=connection_id,
+        error_class=error_class,
+        resource_type=resource_type,
+        detail=detail,
+        count=count,
     )
+    session.add(Event(**row))
     await session.flush()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -87,35 +88,10 @@ async def record_unsupported(
     the caller's view of the rows; it is not updated. In the caller's transaction.
     """
     unsupported = unsupported_types(tenant, vendor_plan)
-    changed = False
-    for resource_type, reason in unsupported.items():
-        state = states.get(resource_type)
-        if state is not None and state.status == UNSUPPORTED and state.error_message == reason:
-            continue
-        await run_repo.save_sync_state(
-            session,
-            connection_id,
-            resource_type,
-            now=now,
-            status=UNSUPPORTED,
-            error_class=None,
-            error_message=reason,
-            grant_fingerprint=None,
-            next_attempt_at=None,
-            failure_count=0,
-            failing_since=None,
-        )
-        changed = True
-    for resource_type, state in states.items():
-        if state.status == UNSUPPORTED and resource_type not in unsupported:
-            await session.execute(
-                delete(SyncState).where(
-                    SyncState.connection_id == connection_id,
-                    SyncState.resource_type == resource_type,
-                )
-            )
-            changed = True
-    return changed
+    explained = {t: _Explained(error_message=reason) for t, reason in unsupported.items()}
+    return await _keep_explained_rows(
+        session, connection_id, UNSUPPORTED, explained, states, now=now
+    )
 
 
 def unsearchable_types(
@@ -155,14 +131,45 @@ async def record_unsearchable(
     view of the rows; it is not updated. In the caller's transaction.
     """
     unsearchable = unsearchable_types(tenant, granted_scopes, vendor_plan)
+    explained = {
+        t: _Explained(unsearchable_parts=tuple(part_text(p) for p in parts))
+        for t, parts in unsearchable.items()
+    }
+    return await _keep_explained_rows(
+        session, connection_id, UNSEARCHABLE, explained, states, now=now
+    )
+
+
+@dataclass(frozen=True)
+class _Explained:
+    """What the row of a type that is not pulled, and says why, holds: a reason or the parts."""
+
+    error_message: str | None = None
+    unsearchable_parts: tuple[str, ...] = ()
+
+
+async def _keep_explained_rows(
+    session: AsyncSession,
+    connection_id: str,
+    status: str,
+    explained: Mapping[str, _Explained],
+    states: Mapping[str, SyncState],
+    *,
+    now: dt.datetime,
+) -> bool:
+    """Make a connection's rows of ``status`` exactly ``explained``; whether any changed.
+
+    A row that already says the same is left alone (no write at every run); a type no longer
+    explained this way loses its row, so the next run pulls it in full.
+    """
     changed = False
-    for resource_type, parts in unsearchable.items():
-        texts = [part_text(p) for p in parts]
+    for resource_type, row in explained.items():
         state = states.get(resource_type)
         if (
             state is not None
-            and state.status == UNSEARCHABLE
-            and list(state.unsearchable_parts or ()) == texts
+            and state.status == status
+            and state.error_message == row.error_message
+            and tuple(state.unsearchable_parts or ()) == row.unsearchable_parts
         ):
             continue
         await run_repo.save_sync_state(
@@ -170,18 +177,18 @@ async def record_unsearchable(
             connection_id,
             resource_type,
             now=now,
-            status=UNSEARCHABLE,
+            status=status,
             error_class=None,
-            error_message=None,
+            error_message=row.error_message,
             grant_fingerprint=None,
             next_attempt_at=None,
             failure_count=0,
             failing_since=None,
-            unsearchable_parts=texts,
+            unsearchable_parts=list(row.unsearchable_parts) or None,
         )
         changed = True
     for resource_type, state in states.items():
-        if state.status == UNSEARCHABLE and resource_type not in unsearchable:
+        if state.status == status and resource_type not in explained:
             await session.execute(
                 delete(SyncState).where(
                     SyncState.connection_id == connection_id,
