@@ -126,8 +126,11 @@ VENDOR_PLANS: dict[str, VendorPlan] = {
                 ),
                 last_updated=False,
             ),
+            # Epic tells its care plans apart by SNOMED CT category: longitudinal (38717003) and
+            # encounter-level (734163000). The bare code, as Epic's own examples send it; a
+            # granted ``category=<system>|<code>`` still narrows it to the qualified token.
             "CarePlan": TypePlan(
-                "CarePlan", variants=_categories("longitudinal", "encounter"), last_updated=False
+                "CarePlan", variants=_categories("38717003", "734163000"), last_updated=False
             ),
             # Epic serves problems, encounter diagnoses and health concerns as separate
             # Condition searches told apart by category; the union is the patient's conditions.

@@ -14,6 +14,8 @@ from typing import Any, Literal, get_args
 
 from .referenced import REFERENCED_TYPES
 
+_SNOMED = "http://snomed.info/sct"
+
 Vendor = Literal["cerner", "epic", "generic"]
 ClientAuth = Literal["public", "client_secret_basic", "client_secret_post", "private_key_jwt"]
 PkceMode = Literal["required", "accepted", "ignored"]
@@ -145,7 +147,8 @@ class TenantPolicy:
     max_count: int = 200
     #: Types on which ``_lastUpdated`` is accepted; others answer 400.
     last_updated_types: list[str] = field(default_factory=lambda: list(SERVED_TYPES))
-    #: Types that must be searched with a ``category`` (value: the accepted categories).
+    #: Types that must be searched with a ``category`` (value: the accepted categories, each a
+    #: ``code`` taken in any system or a ``system|code`` taken bare or in that system only).
     required_categories: dict[str, list[str]] = field(default_factory=dict)
     # Documents
     #: Generated notes and report texts are padded to about this many characters (0: as
@@ -312,7 +315,14 @@ def vendor_policy(vendor: Vendor, **overrides: Any) -> TenantPolicy:
                     "imaging",
                     "exam",
                 ],
-                "CarePlan": ["longitudinal", "encounter", "38717003", "736271009"],
+                # SNOMED CT: longitudinal, encounter-level, outpatient and dental care plans.
+                # Epic takes the codes only, never words like ``longitudinal``.
+                "CarePlan": [
+                    f"{_SNOMED}|38717003",
+                    f"{_SNOMED}|734163000",
+                    f"{_SNOMED}|736271009",
+                    f"{_SNOMED}|738906000",
+                ],
             },
             # Epic reads Provenance by id (or with _revinclude); it has no Provenance search.
             unsearchable_types=["Provenance"],

@@ -694,18 +694,10 @@ def _document_reference(g: _Gen) -> dict[str, Any]:
 
 def _careplan_categories(g: _Gen) -> list[dict[str, Any]]:
     if g.tenant.vendor == "epic":
-        # Epic tells longitudinal and encounter-level care plans apart by category.
+        # Epic tells longitudinal and encounter-level care plans apart by SNOMED CT category.
         if g.rng.random() < 0.6:
-            return [
-                _concept(_SNOMED, "38717003", "Longitudinal care plan"),
-                _concept(
-                    "urn:oid:1.2.840.114350.1.13.0.1.7.4.698084.10", "longitudinal", "Longitudinal"
-                ),
-            ]
-        return [
-            _concept(_SNOMED, "736271009", "Outpatient care plan"),
-            _concept("urn:oid:1.2.840.114350.1.13.0.1.7.4.698084.10", "encounter", "Encounter"),
-        ]
+            return [_concept(_SNOMED, "38717003", "Longitudinal care plan")]
+        return [_concept(_SNOMED, "734163000", "Encounter-level care plan")]
     return [
         _concept(
             "http://hl7.org/fhir/us/core/CodeSystem/careplan-category",

@@ -533,6 +533,13 @@ def instant_range(value: str) -> tuple[int, int]:
     return start_ms, start_ms + 60_000
 
 
+def _accepted_token(token: str, accepted: str) -> bool:
+    # A bare code is taken for an accepted ``system|code``; a system given must be the one named.
+    system, bar, code = token.rpartition("|")
+    a_system, a_bar, a_code = accepted.rpartition("|")
+    return code == a_code and (not (bar and a_bar) or system == a_system)
+
+
 def _categories(
     params: MultiMapping[str], policy: TenantPolicy, resource_type: str
 ) -> CategoryFilter:
@@ -546,7 +553,7 @@ def _categories(
             )
         for value in values:
             for token in value.split(","):
-                if token.rpartition("|")[2] not in accepted:
+                if not any(_accepted_token(token, a) for a in accepted):
                     raise _bad_request(
                         "value", f"category {token!r} is not supported for {resource_type}"
                     )

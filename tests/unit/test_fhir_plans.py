@@ -23,6 +23,13 @@ def test_cerner_careplan_asks_for_assess_plan_and_observation_uses_the_maximum_p
     assert cerner.for_type("Observation").searches("p1") == [{"patient": "p1", "_count": "200"}]
 
 
+def test_epic_careplan_is_searched_by_its_snomed_categories() -> None:
+    searches = plan_for("epic").for_type("CarePlan").searches("p1")
+    # Longitudinal and encounter-level care plans, by SNOMED CT code as Epic takes them.
+    assert [s["category"] for s in searches] == ["38717003", "734163000"]
+    assert all(s["patient"] == "p1" for s in searches)
+
+
 def test_unknown_vendor_falls_back_to_the_generic_plan() -> None:
     assert plan_for("unknown").for_type("Goal").searches("p") == [{"patient": "p", "_count": "100"}]
 

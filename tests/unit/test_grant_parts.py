@@ -11,6 +11,7 @@ from syncsvc.sync.type_words import shared_words
 OBS = "http://terminology.hl7.org/CodeSystem/observation-category"
 LAB = f"category={OBS}|laboratory"
 VITALS = f"category={OBS}|vital-signs"
+SNOMED = "http://snomed.info/sct"
 
 
 def part(text: str) -> Part:
@@ -40,6 +41,22 @@ def test_epic_variants_are_intersected_with_the_grant() -> None:
     assert len(plan.variants) == 6
     granted = within_grant(plan, TypeGrant("Observation", (part(VITALS),)))
     assert [s["category"] for s in granted.plan.searches("p1")] == [f"{OBS}|vital-signs"]
+
+
+def test_a_granted_care_plan_category_narrows_epics_snomed_variants() -> None:
+    plan = plan_for("epic").for_type("CarePlan")
+    encounter = part(f"category={SNOMED}|734163000")
+    granted = within_grant(plan, TypeGrant("CarePlan", (encounter,)))
+    # The search carries the grant's system-qualified token, and only that category.
+    assert [s["category"] for s in granted.plan.searches("p1")] == [f"{SNOMED}|734163000"]
+    assert granted.searched == (encounter,)
+    bare = within_grant(plan, TypeGrant("CarePlan", (part("category=38717003"),)))
+    assert [s["category"] for s in bare.plan.searches("p1")] == ["38717003"]
+    # A word Epic does not take as a category is not searchable there, and is said so.
+    word = part("category=longitudinal")
+    refused = within_grant(plan, TypeGrant("CarePlan", (word,)))
+    assert refused.plan.variants == ()
+    assert refused.unsearchable == (word,)
 
 
 def test_a_part_no_vendor_variant_admits_is_left_out_and_said() -> None:

@@ -197,9 +197,14 @@ def test_care_plan_categories_follow_the_vendor() -> None:
     epic = [e.categories for e in _bucket(store, "CarePlan", vendor="epic").entries]
 
     assert "assess-plan" in cerner
-    assert "longitudinal" not in cerner
-    assert all(("38717003" in c) == ("longitudinal" in c) for c in epic)
-    assert all(("736271009" in c) == ("encounter" in c) for c in epic)
+    assert not cerner & {"38717003", "734163000"}
+    # Each Epic plan is longitudinal or encounter-level, by SNOMED CT code, and there are both.
+    longitudinal = {"38717003", "http://snomed.info/sct|38717003"}
+    encounter = {"734163000", "http://snomed.info/sct|734163000"}
+    assert all((longitudinal <= c) != (encounter <= c) for c in epic)
+    assert any(longitudinal <= c for c in epic)
+    assert any(encounter <= c for c in epic)
+    assert not set().union(*epic) & {"longitudinal", "encounter", "736271009"}
 
 
 def test_document_content_is_a_binary_of_the_announced_size() -> None:

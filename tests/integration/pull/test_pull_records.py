@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import parse_qs, urlsplit
 
+import orjson
 import pytest
 
 from syncsvc.db import repo, resource_repo, run_repo
@@ -24,6 +26,10 @@ def sandbox_config(sandbox_config: SandboxConfig) -> SandboxConfig:
     for tenant in sandbox_config.tenants:
         tenant.patients[0].sizes = {"Observation": 450, "Condition": 30}
     return sandbox_config
+
+
+def _category(url: str) -> str:
+    return parse_qs(urlsplit(url).query)["category"][0]
 
 
 async def _connected(
@@ -74,6 +80,20 @@ async def test_a_first_pull_stores_every_granted_type_in_full(
     assert any("pageContext=" in url for url in searches)  # paged
     if sandbox_tenant == EPIC_TENANT:
         assert all("category=" in url or "pageContext=" in url for url in searches)
+        # Epic's care plans are searched by SNOMED CT category, longitudinal and
+        # encounter-level, and the plans of both are stored.
+        plans = [
+            e["url"] for e in log if "/CarePlan?" in e["url"] and "pageContext=" not in e["url"]
+        ]
+        assert {_category(url) for url in plans} == {"38717003", "734163000"}
+        kinds = {
+            coding["code"]
+            for (rtype, _), row in rows.items()
+            if rtype == "CarePlan"
+            for concept in orjson.loads(row.body)["category"]
+            for coding in concept["coding"]
+        }
+        assert kinds == {"38717003", "734163000"}
 
     async with ctx.sessionmaker() as session:
         run = await run_repo.get_run(session, summary.run_id or "")

@@ -16,6 +16,7 @@ from tests.fixtures.sandbox import CERNER_TENANT, EPIC_TENANT, GENERIC_TENANT
 from .tokens import bearer, mint_access_token
 
 NANCY = "12724066"
+SNOMED = "http://snomed.info/sct"
 EVERYTHING = " ".join(f"patient/{t}.read" for t in ("Patient", *COMPARTMENT_TYPES, "Binary"))
 
 
@@ -338,13 +339,27 @@ async def test_epic_care_plan_categories_split_the_plans(
 ) -> None:
     query = f"CarePlan?patient={NANCY}&category="
     _, longitudinal = await _search(http, sandbox, EPIC_TENANT, query + "38717003")
-    _, by_word = await _search(http, sandbox, EPIC_TENANT, query + "longitudinal")
-    _, encounter = await _search(http, sandbox, EPIC_TENANT, query + "encounter")
+    _, qualified = await _search(http, sandbox, EPIC_TENANT, query + f"{SNOMED}|38717003")
+    _, encounter = await _search(http, sandbox, EPIC_TENANT, query + "734163000")
 
-    assert _ids(longitudinal) == _ids(by_word)
+    assert _ids(longitudinal) == _ids(qualified)
     assert longitudinal["total"] + encounter["total"] == 12
     assert longitudinal["total"] > 0
     assert encounter["total"] > 0
+
+
+@pytest.mark.parametrize(
+    "category", ["longitudinal", "encounter", "assess-plan", "urn:oid:1.2.3|38717003"]
+)
+async def test_epic_care_plans_take_snomed_codes_only(
+    sandbox: RunningSandbox, http: aiohttp.ClientSession, category: str
+) -> None:
+    status, outcome = await _search(
+        http, sandbox, EPIC_TENANT, f"CarePlan?patient={NANCY}&category={category}"
+    )
+
+    assert status == 400
+    assert _issue_code(outcome) == "value"
 
 
 async def test_generic_tenants_need_no_category(
