@@ -9,12 +9,11 @@ import datetime as dt
 from typing import Any
 
 from sqlalchemy import bindparam, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models.connections import Connection
 from .models.records import SyncRun, SyncState
-from .prebuilt import UpdateBy, table_of
+from .prebuilt import UpdateBy, UpsertBy, table_of
 
 # --- sync states -----------------------------------------------------------------------------
 
@@ -27,6 +26,17 @@ async def sync_states(session: AsyncSession, connection_id: str) -> dict[str, Sy
     rows = await session.scalars(_STATES, {"connection_id": connection_id})
     return {row.resource_type: row for row in rows}
 
+
+_STATE_UPDATE = UpdateBy(SyncState, "connection_id", "resource_type")
+_STATE_UPSERT = UpsertBy(SyncState, "connection_id", "resource_type")
+#: The counts of a state row created by a save that does not name them.
+_NEW_STATE_COUNTS = {
+    "new_count": 0,
+    "changed_count": 0,
+    "unchanged_count": 0,
+    "deleted_count": 0,
+    "rejected_count": 0,
+}
 
 _RUN_UPDATE = UpdateBy(SyncRun, "id")
 _RUN_INSERT = insert(table_of(SyncRun))
@@ -50,32 +60,15 @@ async def save_sync_state(
     if "status" not in fields:
         # A change of some columns of a row that exists (withdrawn parts noted at a refresh):
         # an insert without a status breaks its NOT NULL before the conflict is seen.
-        await session.execute(
-            update(SyncState)
-            .where(
-                SyncState.connection_id == connection_id,
-                SyncState.resource_type == resource_type,
-            )
-            .values(**values)
-            .execution_options(synchronize_session=False)
+        await _STATE_UPDATE.execute(
+            session, {"connection_id": connection_id, "resource_type": resource_type}, values
         )
         return
-    defaults: dict[str, Any] = {
-        "new_count": 0,
-        "changed_count": 0,
-        "unchanged_count": 0,
-        "deleted_count": 0,
-        "rejected_count": 0,
-    }
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(SyncState).values(
-        connection_id=connection_id, resource_type=resource_type, **(defaults | values)
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[SyncState.connection_id, SyncState.resource_type],
-            set_={name: statement.excluded[name] for name in values},
-        )
+    await _STATE_UPSERT.execute(
+        session,
+        {"connection_id": connection_id, "resource_type": resource_type},
+        values,
+        defaults=_NEW_STATE_COUNTS,
     )
 
 
