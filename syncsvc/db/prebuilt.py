@@ -8,7 +8,7 @@ are built once, against the table, with bound parameters, so a call only binds i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Table, Update, and_, bindparam, update
@@ -97,8 +97,21 @@ class UpsertBy:
 
         ``defaults`` are written only when the row is new.
         """
-        first = {name: value for name, value in (defaults or {}).items() if name not in values}
-        statement = self._statement(
-            session.get_bind().dialect.name, tuple(sorted(values)), tuple(sorted(first))
-        )
-        await session.execute(statement, {**first, **values, **{k: keys[k] for k in self._keys}})
+        await self.execute_many(session, [(keys, values)], defaults=defaults)
+
+    async def execute_many(
+        self,
+        session: AsyncSession,
+        rows: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]],
+        *,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        """:meth:`execute` for each ``(keys, values)``: one executemany per set of columns."""
+        dialect = session.get_bind().dialect.name
+        batches: dict[tuple[tuple[str, ...], tuple[str, ...]], list[dict[str, Any]]] = {}
+        for keys, values in rows:
+            first = {name: value for name, value in (defaults or {}).items() if name not in values}
+            params = {**first, **values, **{key: keys[key] for key in self._keys}}
+            batches.setdefault((tuple(sorted(values)), tuple(sorted(first))), []).append(params)
+        for (names, first_names), params_list in batches.items():
+            await session.execute(self._statement(dialect, names, first_names), params_list)

@@ -72,6 +72,32 @@ async def save_sync_state(
     )
 
 
+class StateBatch:
+    """Sync-state saves naming a status, held to be written together by :meth:`write`.
+
+    A run that ends several types writes their states in one statement per set of columns
+    instead of one each.
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[dict[str, str], dict[str, Any]]] = []
+
+    def add(
+        self, connection_id: str, resource_type: str, *, now: dt.datetime, **fields: Any
+    ) -> None:
+        """Hold what :func:`save_sync_state` would write (``fields`` must name a status)."""
+        if "status" not in fields:
+            raise ValueError("a held sync-state save names a status")
+        keys = {"connection_id": connection_id, "resource_type": resource_type}
+        self._rows.append((keys, {"updated_at": now, **fields}))
+
+    async def write(self, session: AsyncSession) -> None:
+        """Write what was held, then hold nothing."""
+        rows, self._rows = self._rows, []
+        if rows:
+            await _STATE_UPSERT.execute_many(session, rows, defaults=_NEW_STATE_COUNTS)
+
+
 # --- runs ------------------------------------------------------------------------------------
 
 

@@ -45,7 +45,7 @@ from typing import Any
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from syncsvc.db import repo, resource_repo
+from syncsvc.db import repo, resource_repo, run_repo
 from syncsvc.db.columns import new_id
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
@@ -482,7 +482,10 @@ class PullRun:
                 if checked
                 else {}
             )
-            return [await save(session, live=live) for save, _, _ in completed]
+            states = run_repo.StateBatch()
+            vanished = [await save(session, live=live, states=states) for save, _, _ in completed]
+            await states.write(session)
+            return vanished
 
         vanished = await self.ctx.pages.run(self.connection.id, save_all)
         for count, (_, result, _) in zip(vanished, completed, strict=True):

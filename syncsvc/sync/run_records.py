@@ -209,12 +209,14 @@ async def save_type_success(
     attempt_at: dt.datetime,
     now: dt.datetime,
     live: Mapping[str, set[str]] | None = None,
+    states: run_repo.StateBatch | None = None,
 ) -> int:
     """Store a completed type's state and move its watermark; returns the resources vanished.
 
     The unit may run again if its group fails, so it returns what it did, never adds.
     ``live``: the stored live ids by type, read by the caller for the types
-    :func:`reconciles` says (in this transaction).
+    :func:`reconciles` says (in this transaction). ``states``: the state is held there for
+    the caller to write with the others of its transaction, instead of written now.
     """
     vanished = 0
     if reconciles(planned, pages):
@@ -246,9 +248,12 @@ async def save_type_success(
     }
     if planned.mode == "full":
         fields["last_full_at"] = attempt_at
-    await run_repo.save_sync_state(
-        session, pages.connection_id, planned.resource_type, now=now, **fields
-    )
+    if states is not None:
+        states.add(pages.connection_id, planned.resource_type, now=now, **fields)
+    else:
+        await run_repo.save_sync_state(
+            session, pages.connection_id, planned.resource_type, now=now, **fields
+        )
     return vanished
 
 

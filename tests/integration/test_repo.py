@@ -198,6 +198,37 @@ async def test_saving_a_sync_state_creates_it_then_changes_only_the_fields_given
         assert saved.updated_at == later
 
 
+async def test_held_sync_states_are_written_together_new_and_existing_alike(
+    sessionmaker: Sessionmaker,
+) -> None:
+    first, later = utcnow(), utcnow() + dt.timedelta(minutes=5)
+    async with sessionmaker.begin() as session:
+        connection = await add_connection(session, await add_tenant(session))
+        await run_repo.save_sync_state(
+            session, connection.id, "Condition", now=first, status="error", new_count=7
+        )
+    held = run_repo.StateBatch()
+    # Two sets of columns (a full pull names last_full_at), a new row and an existing one.
+    held.add(connection.id, "Condition", now=later, status="ok", watermark=later)
+    held.add(connection.id, "Observation", now=later, status="ok", last_full_at=later)
+    held.add(connection.id, "Patient", now=later, status="ok", last_full_at=later, new_count=1)
+    with pytest.raises(ValueError, match="status"):
+        held.add(connection.id, "Goal", now=later, granted_parts=None)
+    async with sessionmaker.begin() as session:
+        await held.write(session)
+        # Written once: a second write holds nothing.
+        await held.write(session)
+    async with sessionmaker() as session:
+        states = await run_repo.sync_states(session, connection.id)
+    assert sorted(states) == ["Condition", "Observation", "Patient"]
+    condition, observation, patient = (states[t] for t in sorted(states))
+    assert (condition.status, condition.watermark, condition.new_count) == ("ok", later, 7)
+    assert condition.last_full_at is None
+    assert (observation.status, observation.last_full_at) == ("ok", later)
+    assert (observation.new_count, observation.deleted_count) == (0, 0)
+    assert (patient.new_count, patient.updated_at) == (1, later)
+
+
 async def test_a_connection_is_read_with_its_tenant_and_tokens_in_one_go(
     sessionmaker: Sessionmaker,
 ) -> None:
