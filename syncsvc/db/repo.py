@@ -22,6 +22,7 @@ from syncsvc.errors import Conflict, NotFound
 from .base import rowcount
 from .columns import new_id
 from .models.connections import Connection, Credential, Tenant
+from .prebuilt import UpdateBy
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -287,9 +288,33 @@ async def token_lifetimes(session: AsyncSession, connection_id: str) -> TokenLif
     return TokenLifetimes(row[0], row[1], bool(row[2]))
 
 
+@dataclass(slots=True)
+class ConnectionSchedule:
+    """The columns a run's closing write reads and moves: its schedule, its grant, its status.
+
+    Plain values read by Core, not the :class:`Connection` entity: every sync closes this way,
+    and loading the entity and flushing its changes cost several times what the two
+    statements do.
+    """
+
+    id: str
+    tenant_id: str
+    status: str
+    granted_scopes: list[str]
+    failure_count: int
+    backoff_until: dt.datetime | None
+    last_refresh_at: dt.datetime | None
+    connected_at: dt.datetime | None
+    next_sync_at: dt.datetime | None
+    next_refresh_at: dt.datetime | None
+
+
+_SCHEDULE_COLUMNS = tuple(
+    Connection.__table__.c[name] for name in ConnectionSchedule.__dataclass_fields__
+)
 _WITH_LIFETIMES = (
     select(
-        Connection,
+        *_SCHEDULE_COLUMNS,
         Credential.connection_id,
         Credential.access_expires_at,
         Credential.refresh_expires_at,
@@ -300,15 +325,26 @@ _WITH_LIFETIMES = (
 )
 
 
-async def get_connection_and_lifetimes(
+async def connection_schedule(
     session: AsyncSession, connection_id: str
-) -> tuple[Connection, TokenLifetimes | None] | None:
-    """The connection with :func:`token_lifetimes` of its tokens, in one read."""
+) -> tuple[ConnectionSchedule, TokenLifetimes | None] | None:
+    """The connection's :class:`ConnectionSchedule` with :func:`token_lifetimes`, in one read."""
     row = (await session.execute(_WITH_LIFETIMES, {"connection_id": connection_id})).first()
     if row is None:
         return None
-    lifetimes = None if row[1] is None else TokenLifetimes(row[2], row[3], bool(row[4]))
-    return row[0], lifetimes
+    width = len(_SCHEDULE_COLUMNS)
+    schedule = ConnectionSchedule(*row[:width])
+    tokens = row[width:]
+    lifetimes = None if tokens[0] is None else TokenLifetimes(tokens[1], tokens[2], bool(tokens[3]))
+    return schedule, lifetimes
+
+
+_CONNECTION_UPDATE = UpdateBy(Connection, "id")
+
+
+async def update_connection(session: AsyncSession, connection_id: str, **values: Any) -> int:
+    """Set ``values`` on the connection (one statement per set of columns); rows changed."""
+    return await _CONNECTION_UPDATE.execute(session, {"id": connection_id}, values)
 
 
 async def upsert_credentials(

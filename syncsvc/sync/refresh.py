@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -344,10 +344,29 @@ class _Refresh:
         )
 
 
+class Schedulable(Protocol):
+    """What :func:`reschedule_refresh` reads of a connection, and the one field it moves."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def backoff_until(self) -> dt.datetime | None: ...
+    @property
+    def last_refresh_at(self) -> dt.datetime | None: ...
+    @property
+    def next_sync_at(self) -> dt.datetime | None: ...
+    @property
+    def connected_at(self) -> dt.datetime | None: ...
+
+    next_refresh_at: dt.datetime | None
+
+
 async def reschedule_refresh(
     session: AsyncSession,
     ctx: SyncContext,
-    connection: Connection,
+    connection: Schedulable,
     *,
     now: dt.datetime,
     expiry: repo.TokenLifetimes | Literal["unread"] | None = "unread",

@@ -36,16 +36,17 @@ log = get_logger("syncsvc.sync.refresh")
 
 
 async def widened_since(
-    session: AsyncSession, connection: Connection, before: Sequence[str]
+    session: AsyncSession, tenant_id: str, granted: Sequence[str], before: Sequence[str]
 ) -> bool:
-    """Whether the connection's grant reads more than ``before`` (a run's grant) did: a
-    refresh during the run widened it, and what it added was not in the run's plan."""
-    if list(connection.granted_scopes) == list(before):
+    """Whether a connection's grant (``granted``, at tenant ``tenant_id``) reads more than
+    ``before`` (a run's grant) did: a refresh during the run widened it, and what it added was
+    not in the run's plan."""
+    if list(granted) == list(before):
         return False
-    tenant = await repo.get_tenant(session, connection.tenant_id)
+    tenant = await repo.get_tenant(session, tenant_id)
     if tenant is None:  # pragma: no cover - the foreign key forbids it
         return False
-    change = grant_change(tenant, before, connection.granted_scopes)
+    change = grant_change(tenant, before, granted)
     return bool(change.added or change.widened)
 
 

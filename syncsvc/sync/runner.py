@@ -159,15 +159,16 @@ class _Leases:
 async def _schedule_after_sync(
     ctx: SyncContext,
     session: AsyncSession,
-    connection: Connection,
+    connection: repo.ConnectionSchedule,
     summary: RunSummary,
     *,
-    failures: int,
     expiry: repo.TokenLifetimes | None,
-) -> None:
-    """Set ``next_sync_at`` from the run's outcome (back off on transient failures), and the
-    refresh that the next sync will need."""
+) -> dict[str, Any]:
+    """The columns that set ``next_sync_at`` from the run's outcome (back off on transient
+    failures), and the refresh that the next sync will need."""
     now = ctx.now()
+    # The count as stored now: a refresh during this run may have changed it.
+    failures = connection.failure_count
     next_sync: dt.datetime | None
     if summary.outcome in ("ok", "partial", "error"):
         # The soonest of the types' own schedules: a type that failed is retried on its own
@@ -178,7 +179,7 @@ async def _schedule_after_sync(
         # A refresh during the run that widened the grant made the connection due for what it
         # added (``rescope``); the run planned without it, so the next claim pulls it.
         if summary.granted_scopes is not None and await widened_since(
-            session, connection, summary.granted_scopes
+            session, connection.tenant_id, connection.granted_scopes, summary.granted_scopes
         ):
             next_sync = min(next_sync, now)
         failures = 0
@@ -191,9 +192,13 @@ async def _schedule_after_sync(
         # misbound, reauth, inactive: the connection's status says why; nothing is retried.
         next_sync = None
     connection.next_sync_at = next_sync if connection.status == "active" else None
-    connection.failure_count = failures
-    connection.updated_at = now
     await reschedule_refresh(session, ctx, connection, now=now, expiry=expiry)
+    return {
+        "next_sync_at": connection.next_sync_at,
+        "next_refresh_at": connection.next_refresh_at,
+        "failure_count": failures,
+        "updated_at": now,
+    }
 
 
 async def _close_run(
@@ -229,25 +234,22 @@ async def _close_run(
             released = await connection_claims.release_held_lease(
                 session, connection_id, ctx.owner, now=ctx.now()
             )
-            found = await repo.get_connection_and_lifetimes(session, connection_id)
+            found = await repo.connection_schedule(session, connection_id)
             if found is not None:
                 connection, expiry = found
+                values: dict[str, Any] = {}
                 if summary.run_id is not None:
                     # Stamped here, in the UPDATE that schedules the next pull (the pull
                     # left it to this write).
-                    connection.last_sync_at = summary.finished_at
+                    values["last_sync_at"] = summary.finished_at
                     if summary.succeeded:
-                        connection.last_success_at = summary.finished_at
+                        values["last_success_at"] = summary.finished_at
                 if released:
-                    # The count as stored now: a refresh during this run may have changed it.
-                    await _schedule_after_sync(
-                        ctx,
-                        session,
-                        connection,
-                        summary,
-                        failures=connection.failure_count,
-                        expiry=expiry,
+                    values |= await _schedule_after_sync(
+                        ctx, session, connection, summary, expiry=expiry
                     )
+                if values:
+                    await repo.update_connection(session, connection_id, **values)
         added = await record_run(session, run, at=ctx.now())
         await _notify_host_app(ctx, session, connection_id, run)
         return added, released

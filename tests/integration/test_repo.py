@@ -237,14 +237,16 @@ async def test_a_connection_is_read_with_its_tenant_and_tokens_in_one_go(
         connection = await add_connection(session, tenant)
     async with sessionmaker() as session:
         assert await repo.get_connection_with(session, "no-such-id") is None
-        assert await repo.get_connection_and_lifetimes(session, "no-such-id") is None
+        assert await repo.connection_schedule(session, "no-such-id") is None
         # No tokens stored yet: the connection and tenant all the same, no expiry.
         found = await repo.get_connection_with(session, connection.id, credentials=True)
         assert found is not None
         assert (found[0].id, found[1].id, found[2]) == (connection.id, tenant.id, None)
-        bare = await repo.get_connection_and_lifetimes(session, connection.id)
+        bare = await repo.connection_schedule(session, connection.id)
         assert bare is not None
-        assert (bare[0].id, bare[1]) == (connection.id, None)
+        assert (bare[0].id, bare[0].tenant_id, bare[1]) == (connection.id, tenant.id, None)
+        assert (bare[0].status, bare[0].failure_count) == ("active", 0)
+        assert bare[0].granted_scopes == connection.granted_scopes
         assert await repo.token_lifetimes(session, connection.id) is None
     async with sessionmaker.begin() as session:
         await _write(session, connection.id, None, "rt-1")
@@ -256,7 +258,7 @@ async def test_a_connection_is_read_with_its_tenant_and_tokens_in_one_go(
         assert found is not None
         assert found[2] is not None
         assert found[2].refresh_token_enc == "rt-1"
-        read = await repo.get_connection_and_lifetimes(session, connection.id)
+        read = await repo.connection_schedule(session, connection.id)
         assert read is not None
         expiry = read[1]
         assert expiry is not None

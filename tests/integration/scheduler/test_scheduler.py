@@ -319,6 +319,9 @@ async def test_work_outlives_its_tick_and_the_next_ticks_claim_the_room_it_leave
     _, (slow,) = await connect_many(sessionmaker, vault, http, sandbox, CERNER_TENANT, 1)
     _, fast = await connect_many(sessionmaker, vault, http, sandbox, GENERIC_TENANT, 8)
     sandbox.tenant(CERNER_TENANT).faults = [FaultSpec(kind="latency", latency_ms=1500)]
+    # The others slow enough that, two at a time, they outlast a tick's claiming on any
+    # machine: a tick that finds nothing more due waits for its work, the slow pull included.
+    sandbox.tenant(GENERIC_TENANT).faults = [FaultSpec(kind="latency", latency_ms=150)]
     async with sessionmaker.begin() as session:
         await session.execute(
             update(Connection)
