@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from syncsvc.db.sqlite_driver import one_trip_dbapi
 from syncsvc.errors import ConfigError
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -125,6 +126,8 @@ def create_engine(
         # ends its own transaction before it lets the connection go, and on aiosqlite that
         # redundant rollback was one more trip to the connection's thread per transaction.
         kwargs["pool_reset_on_return"] = None
+        # The same driver, one trip to its thread per statement (see sqlite_driver).
+        kwargs["module"] = one_trip_dbapi()
     else:
         # A connection broken by a database restart is replaced, not handed to a request.
         kwargs["pool_pre_ping"] = True
