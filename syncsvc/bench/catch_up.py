@@ -27,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from syncsvc.bench.ingest import BenchError, unlimited
-from syncsvc.bench.measure import PeakInFlight, peak_rss_mib, reset_peak_rss, rss_mib
+from syncsvc.bench.measure import LoggedRequests, peak_rss_mib, reset_peak_rss, rss_mib
 from syncsvc.db import repo
 from syncsvc.db.models.connections import Connection
 from syncsvc.sync.context import SyncContext
@@ -48,6 +48,9 @@ class Fleet(Protocol):
 
     async def count_requests(self) -> int:
         """Requests the sandbox logged for the fleet since the last call."""
+
+    async def read_log(self) -> LoggedRequests:
+        """The fleet's requests the sandbox logged since the last call, and the most at once."""
 
     async def set_latency(self, latency_ms: int) -> None:
         """Add ``latency_ms`` to every FHIR and token answer of the fleet's tenants."""
@@ -156,11 +159,11 @@ async def catch_up(day: Fleet) -> CatchUpFigures:
     limiter = TenantLimiter()
     reset_peak_rss()
     started = time.perf_counter()
-    async with PeakInFlight(day.ctx.http) as in_flight:
-        report = await run_due(day.ctx, limiter=limiter, max_batches=1_000_000)
+    report = await run_due(day.ctx, limiter=limiter, max_batches=1_000_000)
     figures.seconds = time.perf_counter() - started
-    figures.requests_sandbox = await day.count_requests()
-    figures.peak_in_flight = in_flight.peak
+    logged = await day.read_log()
+    figures.requests_sandbox = logged.count
+    figures.peak_in_flight = logged.peak_in_flight
     figures.peak_rss_service_mib = peak_rss_mib()
     figures.syncs, figures.refreshes = report.sync, report.refresh
     async with day.sessionmaker() as session:
@@ -283,15 +286,14 @@ async def in_flight(day: Fleet, latency_ms: int, concurrency: int) -> InFlightFi
     sampler = asyncio.create_task(sample())
     started, cpu = time.perf_counter(), time.process_time()
     try:
-        async with PeakInFlight(ctx.http) as requests:
-            report = await run_due(ctx, limiter=limiter, max_batches=1_000_000)
+        report = await run_due(ctx, limiter=limiter, max_batches=1_000_000)
     finally:
         sampler.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sampler
     figures.cpu_seconds = time.process_time() - cpu
     figures.seconds = time.perf_counter() - started
-    figures.peak_requests = requests.peak
+    figures.peak_requests = (await day.read_log()).peak_in_flight
     figures.peak_rss_mib = peak_rss_mib()
     figures.connections = report.claimed
     figures.syncs = report.sync

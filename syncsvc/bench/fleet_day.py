@@ -46,7 +46,7 @@ from syncsvc.bench.catch_up import (
 )
 from syncsvc.bench.ingest import JSON, BenchError, set_latency, unlimited
 from syncsvc.bench.measure import (
-    PeakInFlight,
+    LoggedRequests,
     cpu_seconds,
     peak_rss_mib,
     reset_peak_rss,
@@ -534,24 +534,29 @@ class SimulatedDay:
 
     async def count_requests(self) -> int:
         """Requests to the fleet's tenants in the sandbox's log since the last call (emptied)."""
+        return (await self.read_log()).count
+
+    async def read_log(self) -> LoggedRequests:
+        """The fleet's requests in the sandbox's log since the last read (emptied)."""
         async with self.http.get(f"{self.origin}/admin/requests") as response:
             entries = orjson.loads(await response.read())
         async with self.http.delete(f"{self.origin}/admin/requests") as response:
             await response.read()
         tenants = set(self.tenant_names.values())
-        return sum(
-            1
+        fleet = [
+            e
             for e in entries
             if "/admin/" not in e["url"] and (e["tenant_id"] or e["token_tenant"]) in tenants
-        )
+        ]
+        return LoggedRequests(len(fleet), max((e["in_flight"] for e in fleet), default=0))
 
     async def run_stop(self, meter: Meter, report: WorkReport) -> None:
-        """Work everything due now, counting its CPU and the requests in flight."""
+        """Work everything due now, counting its CPU (the requests in flight are read from the
+        sandbox's log after it: a sampler in this process would have been counted as syncsvc's
+        CPU)."""
         server = await self.server_cpu()
-        async with PeakInFlight(self.ctx.http) as in_flight:
-            with meter.measuring():
-                report.add(await run_due(self.ctx, limiter=unlimited(), max_batches=1_000_000))
-        self.figures.peak_in_flight = max(self.figures.peak_in_flight, in_flight.peak)
+        with meter.measuring():
+            report.add(await run_due(self.ctx, limiter=unlimited(), max_batches=1_000_000))
         meter.add_server(server, await self.server_cpu())
 
     async def server_cpu(self) -> dict[int, float]:
@@ -638,7 +643,9 @@ class SimulatedDay:
             since = self.now()
             await self.run_stop(meter, report)
             await self.lags(due, since)
-            self.figures.requests_sandbox += await self.count_requests()
+            logged = await self.read_log()
+            self.figures.requests_sandbox += logged.count
+            self.figures.peak_in_flight = max(self.figures.peak_in_flight, logged.peak_in_flight)
             self.figures.stops += 1
             hours = int((moment - start).total_seconds() // 3600)
             if hours > said:

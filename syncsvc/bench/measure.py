@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import resource
@@ -165,27 +164,14 @@ class Spread:
         }
 
 
-class PeakInFlight:
-    """The most requests an ``aiohttp`` session had open at once, sampled while entered."""
+@dataclass(frozen=True)
+class LoggedRequests:
+    """A fleet's requests in a stretch of the sandbox's log.
 
-    def __init__(self, http: Any, every: float = 0.02) -> None:
-        self.connector: Any = http.connector
-        self.every = every
-        self.peak = 0
-        self._task: asyncio.Task[None] | None = None
+    The requests in flight are read there, after the work, not sampled in this process while it
+    works: a sampler's wake-ups would count as the measured service's CPU.
+    """
 
-    async def _sample(self) -> None:
-        while True:
-            # The pool's acquired connections: one request each (HTTP/1.1, no pipelining).
-            self.peak = max(self.peak, len(getattr(self.connector, "_acquired", ())))
-            await asyncio.sleep(self.every)
-
-    async def __aenter__(self) -> PeakInFlight:
-        self._task = asyncio.create_task(self._sample())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    count: int
+    #: The most the sandbox was serving at once (each request in flight is being served).
+    peak_in_flight: int

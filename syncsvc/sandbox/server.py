@@ -38,6 +38,8 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
     state = request.app[STATE_KEY]
     claims = _bearer_claims(request, state)
     status = 500
+    state.in_flight += 1
+    arrived_among = state.in_flight
     try:
         response = await handler(request)
         status = response.status
@@ -46,6 +48,7 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
         status = exc.status
         raise
     finally:
+        state.in_flight -= 1
         state.request_log.append(
             RequestLogEntry(
                 at=state.now(),
@@ -56,6 +59,7 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
                 token_host=_claim_str(claims, "host"),
                 status=status,
                 token_id=_claim_str(claims, "jti"),
+                in_flight=arrived_among,
             )
         )
 

@@ -75,6 +75,9 @@ class RequestLogEntry:
     status: int
     #: The presented bearer token's id (``jti``), so a test can trace one token's travels.
     token_id: str | None = None
+    #: Requests the sandbox was serving when this one arrived, this one included: the most
+    #: over a stretch of the log is how many a client had in flight at once.
+    in_flight: int = 1
 
 
 @dataclass
@@ -100,6 +103,8 @@ class SandboxState:
         #: Access-token ids revoked individually (RFC 7009 on an access token).
         self.revoked_access_tokens: set[str] = set()
         self.request_log: deque[RequestLogEntry] = deque(maxlen=config.request_log_size)
+        #: Requests being served now (see ``RequestLogEntry.in_flight``).
+        self.in_flight = 0
         self.fault_counters: dict[int, FaultCounter] = {}
         self.clock_offset: float = 0.0
         self.rng = random.Random(config.seed)  # noqa: S311 - fault sampling, not security

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -417,3 +418,21 @@ async def test_a_web_page_cannot_drive_the_admin_api(
     assert sandbox.state.clock_offset == offset + 5
     async with admin.http.get(f"{sandbox.origin}/admin/clock", headers={"Host": "localhost"}) as r:
         assert r.status == 200
+
+
+async def test_the_request_log_says_how_many_were_served_at_once(admin: Admin) -> None:
+    faults = f"tenants/{CERNER_TENANT}/faults"
+    await admin.call("PUT", faults, [{"kind": "latency", "latency_ms": 300}])
+    await admin.call("DELETE", "requests")
+    try:
+        # Three at once, held by the latency until all three have arrived; then one alone.
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(admin.fhir(f"Goal?patient={NANCY}") for _ in range(3)))
+            await admin.fhir(f"Goal?patient={NANCY}")
+    finally:
+        await admin.call("DELETE", faults)
+
+    _, log = await admin.call("GET", f"requests?tenant={CERNER_TENANT}")
+
+    assert sorted(e["in_flight"] for e in log[:3]) == [1, 2, 3]
+    assert log[3]["in_flight"] == 1
