@@ -8,9 +8,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, exists, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from syncsvc.vocabulary import SYNCING_STATUSES
+
+from .base import rowcount
 from .models.connections import Connection
 from .models.records import SyncRun, SyncState
 from .prebuilt import UpdateBy, UpsertBy, table_of
@@ -39,7 +42,37 @@ _NEW_STATE_COUNTS = {
 }
 
 _RUN_UPDATE = UpdateBy(SyncRun, "id")
-_RUN_INSERT = insert(table_of(SyncRun))
+_RUNS = table_of(SyncRun)
+_CONNECTIONS = table_of(Connection)
+_RUN_VALUES = (
+    "id",
+    "connection_id",
+    "owner",
+    "full",
+    "started_at",
+    "outcome",
+    "new_count",
+    "changed_count",
+    "unchanged_count",
+    "deleted_count",
+    "rejected_count",
+    "type_results",
+    "bytes_received",
+    "requests",
+    "retries",
+)
+#: The run row, inserted only while its connection is syncing: the statement reads the status
+#: itself, so a caller that read the connection a moment before learns of a disconnect
+#: meanwhile without reading it again.
+_RUN_INSERT = insert(_RUNS).from_select(
+    list(_RUN_VALUES),
+    select(*(bindparam(name, type_=_RUNS.c[name].type) for name in _RUN_VALUES)).where(
+        exists().where(
+            _CONNECTIONS.c.id == bindparam("connection_id"),
+            _CONNECTIONS.c.status.in_(sorted(SYNCING_STATUSES)),
+        )
+    ),
+)
 
 
 async def save_sync_state(
@@ -109,9 +142,10 @@ async def start_run(
     owner: str | None,
     full: bool,
     now: dt.datetime,
-) -> None:
-    """Record that a run started (it reads ``running`` until :func:`finish_run`)."""
-    await session.execute(
+) -> bool:
+    """Record that a run started (it reads ``running`` until :func:`finish_run`); False (and
+    nothing recorded) when the connection is not syncing."""
+    result = await session.execute(
         _RUN_INSERT,
         {
             "id": run_id,
@@ -131,6 +165,7 @@ async def start_run(
             "retries": 0,
         },
     )
+    return rowcount(result) == 1
 
 
 async def finish_run(session: AsyncSession, run_id: str, **fields: Any) -> None:

@@ -54,6 +54,7 @@ from syncsvc.fhir.plans import plan_for
 from syncsvc.fhir.references import REFERENCED_TYPES
 from syncsvc.sync import everything
 from syncsvc.sync.attachments import AttachmentStage
+from syncsvc.sync.connection_read import ConnectionRead
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import load_tokens
 from syncsvc.sync.grant_client import AccessTokens, GrantClient
@@ -101,15 +102,20 @@ async def pull_connection(
     full: bool = False,
     types: Sequence[str] | None = None,
     on_type: Callable[[TypeResult], None] | None = None,
-    stamp: bool = True,
+    caller_closes: bool = False,
+    read: ConnectionRead | None = None,
 ) -> RunSummary:
     """Pull a connection's granted resource types and store them; never raises for EHR failures.
 
     ``full`` forces a full pull (and vanished-resource reconciliation) of every type; ``types``
     narrows the run to those types (still only where the grant covers them); ``on_type`` hears
-    about each type as it finishes (progress for a person watching a long pull). ``stamp=False``
-    leaves the connection's ``last_sync_at`` and ``last_success_at`` to the caller's closing
-    write (the runner's, which updates the connection anyway).
+    about each type as it finishes (progress for a person watching a long pull).
+
+    ``caller_closes``: the run record's end, the connection's ``last_sync_at`` and
+    ``last_success_at``, are left to the caller's closing write (the runner's, which updates
+    the connection anyway), which calls :func:`close_run` in its transaction and
+    :func:`announce_run` after it. ``read``: the connection and tenant as the caller has just
+    read or written them (a refresh right before), so the run does not read them again.
     """
     started = ctx.now()
     run_id = new_id()
@@ -120,6 +126,7 @@ async def pull_connection(
         owner=ctx.owner,
         full=full,
         now=started,
+        read=read,
     )
     begun = await ctx.pages.run(connection_id, begin, beside_pages=True)
     if begun is None:
@@ -143,9 +150,23 @@ async def pull_connection(
         summary=summary,
         types=types,
         on_type=on_type,
-        stamp=stamp,
+        caller_closes=caller_closes,
     )
     return await run.pull()
+
+
+async def close_run(session: AsyncSession, summary: RunSummary) -> None:
+    """End the run record of a pull made with ``caller_closes`` (in the caller's transaction)."""
+    if summary.run_id is not None:
+        await finish_run(session, summary, stamp=False)
+
+
+def announce_run(ctx: SyncContext, tenant: str, summary: RunSummary) -> None:
+    """The run's log line and metric, once its record is committed (so the two agree)."""
+    if summary.run_id is None:
+        return
+    log_run(summary)
+    ctx.metrics.tenant(tenant).run(summary.outcome)
 
 
 class PullRun:
@@ -166,10 +187,10 @@ class PullRun:
         summary: RunSummary,
         types: Sequence[str] | None = None,
         on_type: Callable[[TypeResult], None] | None = None,
-        stamp: bool = True,
+        caller_closes: bool = False,
     ) -> None:
         self.ctx = ctx
-        self._stamp = stamp
+        self._caller_closes = caller_closes
         self.connection = connection
         self.tenant = tenant
         self.summary = summary
@@ -230,14 +251,12 @@ class PullRun:
         summary.retries = dict(client.retries)
         summary.finished_at = self.ctx.now()
         summary.next_due_at = summary.next_due(self.plan.waiting, self.interval)
+        if self._caller_closes:
+            return summary
         await self.ctx.pages.run(
-            summary.connection_id,
-            functools.partial(finish_run, summary=summary, stamp=self._stamp),
-            beside_pages=True,
+            summary.connection_id, functools.partial(finish_run, summary=summary), beside_pages=True
         )
-        log_run(summary)
-        # Counted once the run record is committed, so the counter and the records agree.
-        self.ctx.metrics.tenant(self.tenant.name).run(summary.outcome)
+        announce_run(self.ctx, self.tenant.name, summary)
         return summary
 
     async def _pull_attachments(self) -> None:

@@ -1,9 +1,10 @@
 """Token refresh of one leased connection: the single-flight exchange with the EHR.
 
 The caller holds the connection's lease (``claim_due_connections``). A refresh is three steps and
-never holds a transaction across the network: (1) renew the lease and read the connection, its
-tenant and tokens; (2) call the EHR's token endpoint; (3) in a transaction of its own, check the
-answer against the binding (:mod:`~syncsvc.sync.refresh_binding`), store it with compare-and-swap
+never holds a transaction across the network: (1) check the lease (renewing it if it runs short)
+and read the connection, its tenant and tokens; (2) call the EHR's token endpoint; (3) in a
+transaction of its own, check the answer against the binding
+(:mod:`~syncsvc.sync.refresh_binding`), store it with compare-and-swap
 (merged over the old tokens) and update the connection's bookkeeping and grant
 (:mod:`~syncsvc.sync.refresh_scopes`), committed before the new access token is handed to anyone.
 A crash between the EHR rotating a refresh token and step 3 is the one window that can lose a
@@ -16,6 +17,7 @@ Callers that want an access token use :class:`~syncsvc.sync.token_source.TokenSo
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -24,7 +26,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from syncsvc.db import connection_claims, repo
-from syncsvc.db.models.connections import Connection
+from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.errors import Conflict, ReauthRequired, Transient
 from syncsvc.logging import get_logger
 from syncsvc.netguard import endpoint_problem, is_loopback_host
@@ -33,6 +35,7 @@ from syncsvc.smart.oauth import TokenResponse, refresh_tokens
 from syncsvc.sync.tenant_config import client_credentials, revocation_endpoint
 from syncsvc.vocabulary import OFFLINE_ACCESS_NOT_GRANTED
 
+from .connection_read import ConnectionRead
 from .context import SyncContext
 from .credentials import StoredTokens, load_tokens, save_tokens, tokens_of
 from .misbound import ATTEMPT_TIMEOUT_SECONDS, revoke_now
@@ -50,12 +53,19 @@ from .revocation_queue import GrantToEnd, queue_revocation
 
 log = get_logger("syncsvc.sync.refresh")
 
+#: The share of ``lease_seconds`` a refresh needs left on its lease before it calls the EHR; with
+#: less it renews the lease first. The runner's renewals keep two thirds of it left, so this
+#: renewal is for a runner whose renewals fell behind.
+LEASE_LEFT_TO_CALL = 1 / 2
+
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """What transaction 1 read: the connection (detached), client credentials and tokens."""
+    """What transaction 1 read: the connection (detached), its tenant, client credentials and
+    tokens."""
 
     connection: Connection
+    tenant: Tenant
     credentials: ClientCredentials
     tokens: StoredTokens | None
 
@@ -71,9 +81,17 @@ class _Refresh:
         #: The EHR already turned the access token down with a 401, whatever its expiry said.
         self._refused = refused
         self._schedule = RefreshSchedule.from_settings(ctx.settings)
+        #: The connection as the last transaction of this refresh left it, and its tenant.
+        self.left: ConnectionRead | None = None
 
     async def run(self) -> RefreshResult:
         """Step 1, then the EHR only if the refresh is due and allowed."""
+        result = await self._run()
+        if result.outcome in ("refreshed", "not_due") and self.left is not None:
+            return dataclasses.replace(result, read=self.left)
+        return result
+
+    async def _run(self) -> RefreshResult:
         now = self._ctx.now()
         snapshot = await self._read(now)
         if snapshot is None:
@@ -101,20 +119,33 @@ class _Refresh:
         return await self._call_ehr(snapshot, tokens, tokens.refresh_token)
 
     async def _read(self, now: dt.datetime) -> _Snapshot | None:
-        """Transaction 1: renew the lease and read what a refresh needs; None if it is lost."""
+        """Transaction 1: read what a refresh needs, checking (and if it runs short, renewing)
+        the lease; None if the lease is lost.
+
+        The runner claimed the lease moments ago and renews it every third of its length while
+        it works the connection, so the check is usually a read and the transaction writes
+        nothing: the lease is renewed here only when less than :data:`LEASE_LEFT_TO_CALL` of it
+        is left, so the EHR's answer always comes back well inside it.
+        """
         ctx = self._ctx
+        lease_seconds = ctx.settings.lease_seconds
         async with ctx.sessionmaker.begin() as session:
-            renewed = await connection_claims.renew_lease(
-                session, self._id, ctx.owner, now=now, lease_seconds=ctx.settings.lease_seconds
-            )
-            if not renewed:
-                return None
             found = await repo.get_connection_with(session, self._id, credentials=True)
             if found is None:
                 return None
             connection, tenant, row = found
+            until = connection.lease_until
+            if connection.lease_owner != ctx.owner or until is None or until <= now:
+                return None
+            if until - now < dt.timedelta(seconds=lease_seconds * LEASE_LEFT_TO_CALL):
+                renewed = await connection_claims.renew_lease(
+                    session, self._id, ctx.owner, now=now, lease_seconds=lease_seconds
+                )
+                if not renewed:
+                    return None
             tokens = None if row is None else tokens_of(ctx.vault, row)
-            return _Snapshot(connection, client_credentials(ctx.vault, tenant), tokens)
+        self.left = ConnectionRead(connection, tenant)
+        return _Snapshot(connection, tenant, client_credentials(ctx.vault, tenant), tokens)
 
     def _due(self, snapshot: _Snapshot, tokens: StoredTokens, now: dt.datetime) -> dt.datetime:
         return next_refresh_at(
@@ -179,6 +210,7 @@ class _Refresh:
             connection = await fresh_connection(session, snapshot.connection.id)
             connection.next_refresh_at = due
             connection.updated_at = now
+        self.left = ConnectionRead(connection, snapshot.tenant)
 
     async def _call_ehr(
         self, snapshot: _Snapshot, tokens: StoredTokens, refresh_token: str
@@ -215,9 +247,16 @@ class _Refresh:
         response: TokenResponse,
         now: dt.datetime,
     ) -> RefreshResult:
-        """Transaction 2 after a successful refresh: the binding check, tokens and bookkeeping."""
+        """Transaction 2 after a successful refresh: the binding check, tokens and bookkeeping.
+
+        The connection is not read again: transaction 1's copy is taken into this session as it
+        was read, and only the columns changed here are written. What the refresh decides on
+        (base, patient, grant, status) is changed only by a refresh, which the lease keeps to
+        this process, or by a reconnect or disconnect, which replace or delete the tokens: the
+        compare-and-swap of the tokens then fails, and the race is settled as lost.
+        """
         async with self._ctx.sessionmaker.begin() as session:
-            connection = await fresh_connection(session, snapshot.connection.id)
+            connection = await session.merge(snapshot.connection, load=False)
             ended = await end_if_misbound(
                 self._ctx,
                 session,
@@ -230,6 +269,7 @@ class _Refresh:
                 result = await self._store_in(
                     session, snapshot, connection, previous=previous, response=response, now=now
                 )
+                self.left = ConnectionRead(connection, snapshot.tenant)
             else:
                 result = RefreshResult(
                     "misbound", None, message=ended.message, reason=connection.status_reason

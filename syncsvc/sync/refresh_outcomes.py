@@ -12,7 +12,7 @@ are used instead.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -26,6 +26,7 @@ from syncsvc.vocabulary import (
 )
 
 from .backoff import Backoff
+from .connection_read import ConnectionRead
 from .context import SyncContext
 from .credentials import StoredTokens, load_tokens
 from .grant_states import GrantChange
@@ -81,6 +82,9 @@ class RefreshResult:
     error_uri: str | None = None
     #: For ``refreshed``: the readable types the response took away or gave, if any.
     scope_change: GrantChange | None = None
+    #: For ``refreshed`` and ``not_due``: the connection and tenant as the refresh left them,
+    #: for a pull that follows at once (see :class:`~syncsvc.sync.connection_read.ConnectionRead`).
+    read: ConnectionRead | None = field(default=None, repr=False)
 
 
 def reauth_message(reason: str) -> str:

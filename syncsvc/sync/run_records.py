@@ -23,6 +23,7 @@ from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
 from syncsvc.errors import NotFound
 from syncsvc.fhir.grant_parts import in_parts
+from syncsvc.sync.connection_read import ConnectionRead
 from syncsvc.sync.grant_states import readable_types
 from syncsvc.sync.pipeline.sink import TypePages
 from syncsvc.sync.pipeline.store import Counts
@@ -130,24 +131,38 @@ async def start_run(
     owner: str,
     full: bool,
     now: dt.datetime,
+    read: ConnectionRead | None = None,
 ) -> tuple[Connection, Tenant, dict[str, SyncState]] | None:
     """Open a run record; the connection, its tenant and its types' states, or None.
 
     None when the connection is not syncing, or (made ``no_access`` here) when its grant lets
-    syncsvc read no type of its tenant's any more.
+    syncsvc read no type of its tenant's any more. ``read``: see :class:`ConnectionRead`.
     """
-    found = await repo.get_connection_with(session, connection_id)
-    if found is None:
-        raise NotFound("No such connection.")
-    connection, tenant, _ = found
+    if read is not None and read.connection.id == connection_id:
+        connection, tenant = read.connection, read.tenant
+    else:
+        found = await repo.get_connection_with(session, connection_id)
+        if found is None:
+            raise NotFound("No such connection.")
+        connection, tenant, _ = found
     if connection.status not in SYNCING_STATUSES:
         return None
     if not readable_types(connection.granted_scopes, tenant):
+        if read is not None:
+            # A status is about to be set: decided on the connection as it is now.
+            return await start_run(
+                session, connection_id, run_id=run_id, owner=owner, full=full, now=now
+            )
         # The tenant's types changed under the grant: a run would read nothing and call
         # that ``ok``. The connection says what it is instead.
         await repo.set_connection_status(
             session, connection_id, status="no_access", now=now, reason=NO_READABLE_TYPE
         )
+        return None
+    if not await run_repo.start_run(
+        session, run_id=run_id, connection_id=connection_id, owner=owner, full=full, now=now
+    ):
+        # Ended (disconnected, say) since ``read`` was read: nothing of it is written.
         return None
     states = await run_repo.sync_states(session, connection_id)
     # The server's offer may have changed since the last run (a fresh discovery document).
@@ -158,9 +173,6 @@ async def start_run(
         session, connection_id, tenant, connection.granted_scopes, states, now=now
     ):
         states = await run_repo.sync_states(session, connection_id)
-    await run_repo.start_run(
-        session, run_id=run_id, connection_id=connection_id, owner=owner, full=full, now=now
-    )
     return connection, tenant, states
 
 

@@ -41,7 +41,7 @@ from syncsvc.sync.backoff import Backoff
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.limits import TenantGate, TenantLimiter
 from syncsvc.sync.outcomes import ConnectionRun, record_run
-from syncsvc.sync.pull import pull_connection
+from syncsvc.sync.pull import announce_run, close_run, pull_connection
 from syncsvc.sync.refresh import refresh_connection, reschedule_refresh
 from syncsvc.sync.refresh_scopes import widened_since
 from syncsvc.sync.run_records import RunSummary, TypeResult
@@ -224,6 +224,8 @@ async def _close_run(
         # The unit runs again if its group fails, so it returns the events it added, never adds.
         released = False
         if summary is not None:
+            # The run record ends here, with the write that schedules the next run.
+            await close_run(session, summary)
             if leases is not None:
                 # Renewals stop here: one that ran after this commit would find the lease gone
                 # and take it for lost.
@@ -255,6 +257,8 @@ async def _close_run(
         return added, released
 
     added, released = await ctx.pages.run(connection_id, close, beside_pages=True)
+    if summary is not None:
+        announce_run(ctx, tenant, summary)
     report.events += added
     # Counted from the events just committed, so the counter and the events agree.
     meter = ctx.metrics.tenant(tenant)
@@ -358,6 +362,7 @@ async def _work(
 ) -> None:
     now = ctx.now()
     known = None
+    read = None
     if _is_due(connection.next_refresh_at, now):
         result = await refresh_connection(ctx, connection.id)
         run.refreshes.append(result)
@@ -365,7 +370,7 @@ async def _work(
         if result.outcome in ("needs_reauth", "misbound", "lost_lease"):
             return
         if result.outcome in ("refreshed", "not_due"):
-            known = result.tokens
+            known, read = result.tokens, result.read
     if not _is_due(connection.next_sync_at, now):
         return
 
@@ -385,7 +390,8 @@ async def _work(
         source,
         full=pull.full,
         on_type=None if on_type is None else lambda result: on_type(connection.id, result),
-        stamp=False,
+        caller_closes=True,
+        read=read,
     )
     run.summary = summary
     report.sync[summary.outcome] += 1

@@ -18,13 +18,14 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
 from syncsvc.db import connection_claims, repo
 from syncsvc.db.models.activity import PendingRevocation
 from syncsvc.db.models.connections import Connection
+from syncsvc.db.models.records import Resource, SyncRun, SyncState
 from syncsvc.errors import ReauthRequired, Transient
 from syncsvc.lifecycle.disconnect import disconnect_connection
 from syncsvc.lifecycle.revocations import retry_pending, token_purpose
@@ -35,6 +36,7 @@ from syncsvc.settings import Settings
 from syncsvc.smart.oauth import TokenResponse
 from syncsvc.sync.context import SyncContext
 from syncsvc.sync.credentials import StoredTokens, load_tokens, save_tokens
+from syncsvc.sync.pull import pull_connection
 from syncsvc.sync.refresh import refresh_connection, reschedule_refresh
 from syncsvc.sync.refresh_outcomes import REFRESH_BACKOFF, RefreshResult
 from syncsvc.sync.token_source import TokenSource
@@ -871,3 +873,57 @@ async def test_a_disconnect_during_the_refresh_queues_the_new_token_for_revocati
     report = await retry_pending(ctx)
     assert report.revoked >= 1
     assert grant.revoked
+
+
+async def test_a_held_lease_is_checked_by_reading_and_renewed_only_when_short(
+    ctx: SyncContext, sandbox: RunningSandbox, clock: Clock
+) -> None:
+    cid = await connect(ctx, sandbox, CERNER_TENANT)
+
+    async def lease_until() -> dt.datetime | None:
+        async with ctx.sessionmaker() as session:
+            return await session.scalar(select(Connection.lease_until).where(Connection.id == cid))
+
+    claimed_until = await lease_until()
+    assert claimed_until is not None
+    clock.advance(10)
+    fresh = await refresh(ctx, cid, force=True)
+    # Most of the lease was left: the refresh read it and did not write it.
+    assert fresh.outcome == "refreshed"
+    assert await lease_until() == claimed_until
+    # Less than half left (the runner's renewals fell behind): renewed before the EHR is called.
+    clock.advance(ctx.settings.lease_seconds * 0.6)
+    lease = dt.timedelta(seconds=ctx.settings.lease_seconds)
+    before = clock.now()
+    short = await refresh(ctx, cid, force=True)
+    after = clock.now()
+    assert short.outcome == "refreshed"
+    renewed_until = await lease_until()
+    assert renewed_until is not None
+    assert before + lease <= renewed_until <= after + lease
+
+
+async def test_a_pull_after_a_refresh_starts_from_its_read_and_a_disconnect_meanwhile_stops_it(
+    ctx: SyncContext, sandbox: RunningSandbox
+) -> None:
+    cid = await connect(ctx, sandbox, CERNER_TENANT)
+    result = await refresh(ctx, cid, force=True)
+    assert result.outcome == "refreshed"
+    assert result.read is not None
+    assert result.read.connection.id == cid
+    assert result.read.connection.status == "active"
+    # The patient disconnects (and erases) between the refresh and the pull it was for.
+    await disconnect_connection(ctx, cid, by="patient", erase=True)
+    mark = log_size(sandbox)
+
+    source = TokenSource(ctx, cid, known=result.tokens)
+    summary = await asyncio.wait_for(
+        pull_connection(ctx, cid, source, caller_closes=True, read=result.read), STEP_TIMEOUT
+    )
+
+    assert summary.outcome == "inactive"
+    assert list(sandbox.state.request_log)[mark:] == []
+    async with ctx.sessionmaker() as session:
+        assert await session.scalar(select(func.count()).select_from(SyncRun)) == 0
+        assert await session.scalar(select(func.count()).select_from(SyncState)) == 0
+        assert await session.scalar(select(func.count()).select_from(Resource)) == 0
