@@ -347,6 +347,10 @@ async def update_connection(session: AsyncSession, connection_id: str, **values:
     return await _CONNECTION_UPDATE.execute(session, {"id": connection_id}, values)
 
 
+#: A refresh's compare-and-swap: the row is written only while it holds the version read.
+_CREDENTIALS_SWAP = UpdateBy(Credential, "connection_id", "version")
+
+
 async def upsert_credentials(
     session: AsyncSession,
     connection_id: str,
@@ -385,16 +389,12 @@ async def upsert_credentials(
         if rowcount(await session.execute(statement)) != 1:
             raise Conflict("Credentials already exist for this connection.")
         return 1
-    result = await session.execute(
-        update(Credential)
-        .where(
-            Credential.connection_id == connection_id,
-            Credential.version == expected_version,
-        )
-        .values(version=expected_version + 1, **values)
-        .execution_options(synchronize_session=False)
+    swapped = await _CREDENTIALS_SWAP.execute(
+        session,
+        {"connection_id": connection_id, "version": expected_version},
+        {"version": expected_version + 1, **values},
     )
-    if rowcount(result) != 1:
+    if swapped != 1:
         raise Conflict("The credentials changed since they were read.")
     return expected_version + 1
 

@@ -319,7 +319,11 @@ def type_grants(
     scopes: Iterable[str], candidates: Sequence[str], known: Mapping[str, str] | None = None
 ) -> dict[str, TypeGrant]:
     """Each of ``candidates`` the grant lets syncsvc sync, with its parts, in candidate order."""
-    grant = read_grant(scopes, known)
+    return grant_types(read_grant(scopes, known), candidates)
+
+
+def grant_types(grant: Grant, candidates: Sequence[str]) -> dict[str, TypeGrant]:
+    """:func:`type_grants` of a grant already read."""
     found: dict[str, TypeGrant] = {}
     for resource_type in candidates:
         type_grant = grant.type_grant(resource_type, sync_letter(resource_type))

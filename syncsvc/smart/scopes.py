@@ -8,6 +8,7 @@ decision downstream is taken from the *granted* scopes through :func:`grant_repo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -78,6 +79,8 @@ READ_BY_LINK: dict[str, tuple[str, str]] = {
     "Binary": ("the contents of clinical documents", "DocumentReference DiagnosticReport"),
 }
 _CANONICAL_TYPES = {name.lower(): name for name in RESOURCE_DESCRIPTIONS}
+#: Distinct grants kept read (see ``_read_grant``): a tenant's connections mostly share a few.
+GRANTS_REMEMBERED = 4096
 
 
 def parse_scope(scope: str) -> ResourceScope | None:
@@ -87,12 +90,20 @@ def parse_scope(scope: str) -> ResourceScope | None:
 
 def read_grant(scopes: Iterable[str]) -> Grant:
     """A grant's scopes read into resource scopes (see :mod:`syncsvc.smart.scope_grammar`)."""
+    return _read_grant(tuple(scopes))
+
+
+@functools.lru_cache(maxsize=GRANTS_REMEMBERED)
+def _read_grant(scopes: tuple[str, ...]) -> Grant:
+    # A grant is read several times in every sync (the plan, the type states, the readable
+    # types), and most connections of a tenant hold the same few: each is parsed once. A Grant
+    # is immutable, so the one read is shared.
     return scope_grammar.read_grant(scopes, _CANONICAL_TYPES)
 
 
 def type_grants(granted: Iterable[str], candidates: Sequence[str]) -> dict[str, TypeGrant]:
     """Which of ``candidates`` the granted scopes let syncsvc sync, each whole or in parts."""
-    return scope_grammar.type_grants(granted, candidates, _CANONICAL_TYPES)
+    return scope_grammar.grant_types(read_grant(granted), candidates)
 
 
 def split_scope_string(scope: str | None) -> list[str]:
