@@ -56,7 +56,7 @@ from syncsvc.db.models.connections import Connection
 from syncsvc.db.models.records import SyncRun
 from syncsvc.sandbox.config import COMPARTMENT_TYPES, PatientSpec, TenantConfig, vendor_policy
 from syncsvc.sync.context import SyncContext, utcnow
-from syncsvc.sync.runner import WorkReport, run_due
+from syncsvc.sync.runner import PullOptions, Workload, WorkReport, run_due
 
 CERNER = "fleet-cerner"
 EPIC = "fleet-epic"
@@ -424,6 +424,9 @@ class SimulatedDay:
         self.figures = figures
         self.rng = random.Random(options.seed)  # noqa: S311 - which patients get news, not security
         self.postgres = figures.database == "postgresql"
+        #: The stops' work, kept from one to the next as the scheduler keeps its own across
+        #: ticks (what it has read of the tenants included).
+        self.work = Workload(self.ctx, limiter=unlimited(), stop=None, pull=PullOptions())
 
     def now(self) -> dt.datetime:
         """syncsvc's simulated clock: the wall clock plus the offset the day has reached."""
@@ -551,12 +554,18 @@ class SimulatedDay:
         return LoggedRequests(len(fleet), max((e["in_flight"] for e in fleet), default=0))
 
     async def run_stop(self, meter: Meter, report: WorkReport) -> None:
-        """Work everything due now, counting its CPU (the requests in flight are read from the
-        sandbox's log after it: a sampler in this process would have been counted as syncsvc's
-        CPU)."""
+        """Work everything due now as a scheduler tick does, counting its CPU (the requests in
+        flight are read from the sandbox's log after it: a sampler in this process would have
+        been counted as syncsvc's CPU)."""
         server = await self.server_cpu()
         with meter.measuring():
-            report.add(await run_due(self.ctx, limiter=unlimited(), max_batches=1_000_000))
+            try:
+                await self.work.fill(report)
+            except BaseException:
+                self.work.cancel()
+                raise
+            finally:
+                await self.work.drain()
         meter.add_server(server, await self.server_cpu())
 
     async def server_cpu(self) -> dict[int, float]:
