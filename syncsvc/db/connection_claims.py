@@ -8,10 +8,11 @@ lease makes refresh and sync single-flight across processes.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, func, select, text, update
+from sqlalchemy import ColumnElement, Update, and_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import rowcount
@@ -212,15 +213,39 @@ async def release_lease(session: AsyncSession, connection_id: str, owner: str) -
     return rowcount(result) == 1
 
 
+#: The release with columns set in the same statement, built once per set of columns.
+_RELEASE_SETTING: dict[tuple[str, ...], Update] = {}
+
+
+def _release_setting(names: tuple[str, ...]) -> Update:
+    statement = _RELEASE_SETTING.get(names)
+    if statement is None:
+        columns = _CONNECTIONS.c
+        statement = _RELEASE_HELD.values(
+            {name: bindparam(f"set_{name}", type_=columns[name].type) for name in names}
+        )
+        _RELEASE_SETTING[names] = statement
+    return statement
+
+
 async def release_held_lease(
-    session: AsyncSession, connection_id: str, owner: str, *, now: dt.datetime
+    session: AsyncSession,
+    connection_id: str,
+    owner: str,
+    *,
+    now: dt.datetime,
+    setting: Mapping[str, Any] | None = None,
 ) -> bool:
     """Give back ``owner``'s unexpired lease; False if it had expired or was taken over.
 
     The check :func:`renew_lease` makes, with the lease handed back in the same statement: the
     closing write of a run both proves the connection is still this process's and frees it.
+    ``setting``: columns the same statement sets, only if the lease was still held (a run's
+    next schedule, which must not overwrite the one of a process that took the connection over).
     """
-    result = await session.execute(
-        _RELEASE_HELD, {"connection_id": connection_id, "owner": owner, "now": now}
-    )
-    return rowcount(result) == 1
+    params: dict[str, Any] = {"connection_id": connection_id, "owner": owner, "now": now}
+    if not setting:
+        return rowcount(await session.execute(_RELEASE_HELD, params)) == 1
+    params.update({f"set_{name}": value for name, value in setting.items()})
+    statement = _release_setting(tuple(sorted(setting)))
+    return rowcount(await session.execute(statement, params)) == 1

@@ -22,7 +22,7 @@ from syncsvc.errors import Conflict, NotFound
 from .base import rowcount
 from .columns import new_id
 from .models.connections import Connection, Credential, Tenant
-from .prebuilt import UpdateBy
+from .prebuilt import UpdateBy, table_of
 
 
 def _dialect(session: AsyncSession) -> str:
@@ -307,6 +307,8 @@ class ConnectionSchedule:
     connected_at: dt.datetime | None
     next_sync_at: dt.datetime | None
     next_refresh_at: dt.datetime | None
+    lease_owner: str | None
+    lease_until: dt.datetime | None
 
 
 _SCHEDULE_COLUMNS = tuple(
@@ -323,13 +325,19 @@ _WITH_LIFETIMES = (
     .outerjoin(Credential, Credential.connection_id == Connection.id)
     .where(Connection.id == bindparam("connection_id"))
 )
+_WITH_LIFETIMES_LOCKED = _WITH_LIFETIMES.with_for_update(of=table_of(Connection))
 
 
 async def connection_schedule(
-    session: AsyncSession, connection_id: str
+    session: AsyncSession, connection_id: str, *, lock: bool = False
 ) -> tuple[ConnectionSchedule, TokenLifetimes | None] | None:
-    """The connection's :class:`ConnectionSchedule` with :func:`token_lifetimes`, in one read."""
-    row = (await session.execute(_WITH_LIFETIMES, {"connection_id": connection_id})).first()
+    """The connection's :class:`ConnectionSchedule` with :func:`token_lifetimes`, in one read.
+
+    ``lock``: the connection's row stays locked until the transaction ends (PostgreSQL; a
+    SQLite transaction that writes holds the whole database already).
+    """
+    statement = _WITH_LIFETIMES_LOCKED if lock else _WITH_LIFETIMES
+    row = (await session.execute(statement, {"connection_id": connection_id})).first()
     if row is None:
         return None
     width = len(_SCHEDULE_COLUMNS)

@@ -231,27 +231,29 @@ async def _close_run(
                 # and take it for lost.
                 leases.pending.discard(connection_id)
             # A process that stalled past its lease must not overwrite the schedule of the
-            # process that took the connection over. Handing the lease back is the check (and
-            # on PostgreSQL locks the row first): the run's last write, in the same transaction.
-            released = await connection_claims.release_held_lease(
-                session, connection_id, ctx.owner, now=ctx.now()
-            )
-            found = await repo.connection_schedule(session, connection_id)
+            # process that took the connection over. The row is read locked (PostgreSQL), and
+            # the lease is handed back by the UPDATE that sets the next schedule, only if it is
+            # still this process's: the run's last write, in the same transaction.
+            found = await repo.connection_schedule(session, connection_id, lock=True)
             if found is not None:
                 connection, expiry = found
-                values: dict[str, Any] = {}
+                stamps: dict[str, Any] = {}
                 if summary.run_id is not None:
                     # Stamped here, in the UPDATE that schedules the next pull (the pull
                     # left it to this write).
-                    values["last_sync_at"] = summary.finished_at
+                    stamps["last_sync_at"] = summary.finished_at
                     if summary.succeeded:
-                        values["last_success_at"] = summary.finished_at
-                if released:
-                    values |= await _schedule_after_sync(
+                        stamps["last_success_at"] = summary.finished_at
+                now = ctx.now()
+                if connection.lease_owner == ctx.owner:
+                    schedule = await _schedule_after_sync(
                         ctx, session, connection, summary, expiry=expiry
                     )
-                if values:
-                    await repo.update_connection(session, connection_id, **values)
+                    released = await connection_claims.release_held_lease(
+                        session, connection_id, ctx.owner, now=now, setting=stamps | schedule
+                    )
+                if not released and stamps:
+                    await repo.update_connection(session, connection_id, **stamps)
         added = await record_run(session, run, at=ctx.now())
         await _notify_host_app(ctx, session, connection_id, run)
         return added, released
