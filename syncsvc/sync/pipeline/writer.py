@@ -64,6 +64,8 @@ class GroupWriter:
         self._writing = 0
         #: Time of each group transaction, committed or not (read by ``/metrics``).
         self.stats = LatencyStats(WRITE_BUCKETS)
+        #: The session the groups are written in, one transaction each (see ``_commit``).
+        self._session: AsyncSession | None = None
 
     @property
     def depth(self) -> int:
@@ -106,6 +108,13 @@ class GroupWriter:
         if task is not None and not task.done():
             await asyncio.wait({task})  # not cancelled with its waiter: others' units are in it
 
+    async def close(self) -> None:
+        """Wait until the units submitted so far are written; close the writer's session."""
+        await self.drained()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
     async def _drain(self) -> None:
         while self._waiting:
             group, self._waiting = self._waiting[:GROUP_LIMIT], self._waiting[GROUP_LIMIT:]
@@ -126,8 +135,13 @@ class GroupWriter:
         results: list[Any] = []
         started = time.perf_counter()
         self._writing = len(group)
+        # One session for every group, a transaction each: making and closing a session per
+        # group cost more CPU than many of the groups' statements.
+        session = self._session
+        if session is None:
+            session = self._session = self._sessionmaker()
         try:
-            async with self._sessionmaker.begin() as session:
+            async with session.begin():
                 batch = PageBatch()
                 for unit in group:
                     if unit.batched:
@@ -137,7 +151,15 @@ class GroupWriter:
                         await batch.flush(session)
                     results.append(await unit.work(session))
                 await batch.flush(session)
+        except BaseException:
+            # A failed group's session is dropped: the next group starts from a new one.
+            self._session = None
+            await session.close()
+            raise
         finally:
+            # What the group read is the units' now (detached, as a closed session leaves it),
+            # never what a later group finds in the session instead of reading it again.
+            session.expunge_all()
             self._writing = 0
             self.stats.observe(time.perf_counter() - started)
         self.groups += 1
@@ -201,9 +223,10 @@ class GroupWriters:
         return len(self._writers)
 
     async def close(self) -> None:
-        """Wait until every unit submitted so far is written (or has failed)."""
+        """Wait until every unit submitted so far is written (or has failed); close the writers'
+        sessions."""
         for writer in self._writers:
-            await writer.drained()
+            await writer.close()
 
 
 @contextlib.asynccontextmanager
