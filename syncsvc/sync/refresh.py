@@ -38,7 +38,7 @@ from syncsvc.vocabulary import OFFLINE_ACCESS_NOT_GRANTED
 from .connection_read import ConnectionRead
 from .context import SyncContext
 from .credentials import StoredTokens, load_tokens, save_tokens, tokens_of
-from .misbound import ATTEMPT_TIMEOUT_SECONDS, revoke_now
+from .misbound import ATTEMPT_TIMEOUT_SECONDS, MisboundEnd, revoke_now
 from .refresh_binding import end_if_misbound
 from .refresh_outcomes import (
     RefreshResult,
@@ -129,7 +129,8 @@ class _Refresh:
         """
         ctx = self._ctx
         lease_seconds = ctx.settings.lease_seconds
-        async with ctx.sessionmaker.begin() as session:
+
+        async def read(session: AsyncSession) -> _Snapshot | None:
             found = await repo.get_connection_with(session, self._id, credentials=True)
             if found is None:
                 return None
@@ -144,8 +145,14 @@ class _Refresh:
                 if not renewed:
                     return None
             tokens = None if row is None else tokens_of(ctx.vault, row)
-        self.left = ConnectionRead(connection, tenant)
-        return _Snapshot(connection, tenant, client_credentials(ctx.vault, tenant), tokens)
+            return _Snapshot(connection, tenant, client_credentials(ctx.vault, tenant), tokens)
+
+        # Through the connection's group writer, like the run's own writes: its session serves
+        # the reads of refreshes due together, in one transaction.
+        snapshot = await ctx.pages.run(self._id, read, beside_pages=True)
+        if snapshot is not None:
+            self.left = ConnectionRead(snapshot.connection, snapshot.tenant)
+        return snapshot
 
     def _due(self, snapshot: _Snapshot, tokens: StoredTokens, now: dt.datetime) -> dt.datetime:
         return next_refresh_at(
@@ -255,7 +262,9 @@ class _Refresh:
         this process, or by a reconnect or disconnect, which replace or delete the tokens: the
         compare-and-swap of the tokens then fails, and the race is settled as lost.
         """
-        async with self._ctx.sessionmaker.begin() as session:
+
+        async def store(session: AsyncSession) -> tuple[RefreshResult, MisboundEnd | None]:
+            # Run again alone if its group fails: it reads and sets only what it was given.
             connection = await session.merge(snapshot.connection, load=False)
             ended = await end_if_misbound(
                 self._ctx,
@@ -265,15 +274,18 @@ class _Refresh:
                 response=response,
                 now=now,
             )
-            if ended is None:
-                result = await self._store_in(
-                    session, snapshot, connection, previous=previous, response=response, now=now
-                )
-                self.left = ConnectionRead(connection, snapshot.tenant)
-            else:
-                result = RefreshResult(
-                    "misbound", None, message=ended.message, reason=connection.status_reason
-                )
+            if ended is not None:
+                reason = connection.status_reason
+                return RefreshResult("misbound", None, message=ended.message, reason=reason), ended
+            result = await self._store_in(
+                session, snapshot, connection, previous=previous, response=response, now=now
+            )
+            self.left = ConnectionRead(connection, snapshot.tenant)
+            return result, None
+
+        # Through the connection's group writer: stores of refreshes ending together share a
+        # transaction, and it is committed before the new access token is handed to anyone.
+        result, ended = await self._ctx.pages.run(self._id, store, beside_pages=True)
         if ended is not None:
             await revoke_now(self._ctx, ended, timeout_seconds=ATTEMPT_TIMEOUT_SECONDS)
         return result
