@@ -549,9 +549,10 @@ class Workload:
                 continue
             skipped = self.full_tenants()
             limit = min(self.room, self._ctx.settings.claim_batch_size)
+            asked = limit if budget is None else min(limit, budget)
             batch = await claim(
                 self._ctx,
-                limit if budget is None else min(limit, budget),
+                asked,
                 tenant_id=tenant_id,
                 connection_ids=connection_ids,
                 exclude_tenants=skipped,
@@ -561,6 +562,10 @@ class Workload:
                     budget -= len(batch)
                 report.claimed += len(batch)
                 await self.start(batch, report)
+                if len(batch) < asked and not skipped:
+                    # Fewer were due than asked for, of every tenant: nothing more is now, and
+                    # a claim to find that out would be a transaction for nothing.
+                    return False
             elif skipped and self.busy:
                 # Only a full tenant's connections may be due: claim again when one is released.
                 if not await self._wait_for_room(until):
