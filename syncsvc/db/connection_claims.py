@@ -12,13 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Update, and_, bindparam, func, select, text, update
+from sqlalchemy import ColumnElement, and_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .base import rowcount
 from .leases import claim_columns, lease_free
 from .models.connections import ACTIVE_SQL, Connection
-from .prebuilt import table_of
+from .prebuilt import UpdateBy, table_of
 
 # --- leases ----------------------------------------------------------------------------------
 
@@ -126,11 +126,12 @@ async def due_backlog(session: AsyncSession, now: dt.datetime) -> tuple[int, dt.
 
 _CONNECTIONS = table_of(Connection)
 #: ``owner`` still holds an unexpired lease on the connection.
-_HELD = and_(
-    _CONNECTIONS.c.id == bindparam("connection_id"),
+#: The lease is still ``owner``'s and unexpired at ``now``.
+_HOLDER = and_(
     _CONNECTIONS.c.lease_owner == bindparam("owner"),
     _CONNECTIONS.c.lease_until > bindparam("now", type_=_CONNECTIONS.c.lease_until.type),
 )
+_HELD = and_(_CONNECTIONS.c.id == bindparam("connection_id"), _HOLDER)
 #: Built once: every run renews or releases its connection's lease.
 _RENEW = (
     update(_CONNECTIONS)
@@ -213,19 +214,8 @@ async def release_lease(session: AsyncSession, connection_id: str, owner: str) -
     return rowcount(result) == 1
 
 
-#: The release with columns set in the same statement, built once per set of columns.
-_RELEASE_SETTING: dict[tuple[str, ...], Update] = {}
-
-
-def _release_setting(names: tuple[str, ...]) -> Update:
-    statement = _RELEASE_SETTING.get(names)
-    if statement is None:
-        columns = _CONNECTIONS.c
-        statement = _RELEASE_HELD.values(
-            {name: bindparam(f"set_{name}", type_=columns[name].type) for name in names}
-        )
-        _RELEASE_SETTING[names] = statement
-    return statement
+#: The release with columns set in the same statement, while the lease is still the owner's.
+_RELEASE_SETTING = UpdateBy(Connection, "id", guard=_HOLDER)
 
 
 async def release_held_lease(
@@ -243,9 +233,9 @@ async def release_held_lease(
     ``setting``: columns the same statement sets, only if the lease was still held (a run's
     next schedule, which must not overwrite the one of a process that took the connection over).
     """
-    params: dict[str, Any] = {"connection_id": connection_id, "owner": owner, "now": now}
     if not setting:
+        params = {"connection_id": connection_id, "owner": owner, "now": now}
         return rowcount(await session.execute(_RELEASE_HELD, params)) == 1
-    params.update({f"set_{name}": value for name, value in setting.items()})
-    statement = _release_setting(tuple(sorted(setting)))
-    return rowcount(await session.execute(statement, params)) == 1
+    values = {"lease_owner": None, "lease_until": None, **setting}
+    holder = {"owner": owner, "now": now}
+    return await _RELEASE_SETTING.execute(session, {"id": connection_id}, values, holder) == 1

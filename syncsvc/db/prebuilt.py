@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Table, Update, and_, bindparam, update
+from sqlalchemy import ColumnElement, Table, Update, and_, bindparam, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.dml import Insert
@@ -25,11 +25,18 @@ def table_of(model: type[Base]) -> Table:
 
 
 class UpdateBy:
-    """UPDATEs of one table's row by its key columns: one statement per set of columns set."""
+    """UPDATEs of one table's row by its key columns: one statement per set of columns set.
 
-    def __init__(self, model: type[Base], *keys: str) -> None:
+    ``guard``: a further condition every UPDATE carries (its own bound parameters are given to
+    :meth:`execute` as ``guard_params``), so the row is written only while it holds.
+    """
+
+    def __init__(
+        self, model: type[Base], *keys: str, guard: ColumnElement[bool] | None = None
+    ) -> None:
         self._table = table_of(model)
         self._keys = keys
+        self._guard = guard
         self._built: dict[tuple[str, ...], Update] = {}
 
     def _statement(self, names: tuple[str, ...]) -> Update:
@@ -43,15 +50,23 @@ class UpdateBy:
                     {name: bindparam(f"set_{name}", type_=table.c[name].type) for name in names}
                 )
             )
+            if self._guard is not None:
+                statement = statement.where(self._guard)
             self._built[names] = statement
         return statement
 
     async def execute(
-        self, session: AsyncSession, keys: Mapping[str, Any], values: Mapping[str, Any]
+        self,
+        session: AsyncSession,
+        keys: Mapping[str, Any],
+        values: Mapping[str, Any],
+        guard_params: Mapping[str, Any] | None = None,
     ) -> int:
-        """Set ``values`` on the row with ``keys``; how many rows changed."""
+        """Set ``values`` on the row with ``keys`` (while ``guard`` holds); rows changed."""
         params = {f"set_{name}": value for name, value in values.items()}
         params.update({f"key_{key}": keys[key] for key in self._keys})
+        if guard_params:
+            params.update(guard_params)
         result = await session.execute(self._statement(tuple(sorted(values))), params)
         return rowcount(result)
 

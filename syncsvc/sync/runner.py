@@ -244,13 +244,12 @@ async def _close_run(
                     stamps["last_sync_at"] = summary.finished_at
                     if summary.succeeded:
                         stamps["last_success_at"] = summary.finished_at
-                now = ctx.now()
                 if connection.lease_owner == ctx.owner:
                     schedule = await _schedule_after_sync(
                         ctx, session, connection, summary, expiry=expiry
                     )
                     released = await connection_claims.release_held_lease(
-                        session, connection_id, ctx.owner, now=now, setting=stamps | schedule
+                        session, connection_id, ctx.owner, now=ctx.now(), setting=stamps | schedule
                     )
                 if not released and stamps:
                     await repo.update_connection(session, connection_id, **stamps)
