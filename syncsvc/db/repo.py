@@ -154,9 +154,12 @@ async def create_connection(
     return connection
 
 
-async def get_connection(session: AsyncSession, connection_id: str) -> Connection | None:
-    """The connection with this id."""
-    return await session.get(Connection, connection_id)
+async def get_connection(
+    session: AsyncSession, connection_id: str, *, lock: bool = False
+) -> Connection | None:
+    """The connection with this id (``lock``: its row locked for update until the transaction
+    ends, on PostgreSQL)."""
+    return await session.get(Connection, connection_id, with_for_update=lock or None)
 
 
 #: Built once (every refresh and every pull read a connection with its tenant).

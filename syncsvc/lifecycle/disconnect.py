@@ -140,7 +140,9 @@ async def disconnect_connection(
     now = ctx.now()
     claimed: ClaimedRevocation | None = None
     async with ctx.sessionmaker.begin() as session:
-        connection = await repo.get_connection(session, connection_id)
+        # Locked first: a pull's write of this record in flight commits before the erase, which
+        # then deletes it too, and later writes see the disconnect (syncsvc.db.record_guard).
+        connection = await repo.get_connection(session, connection_id, lock=True)
         if connection is None or (user_id is not None and connection.user_id != user_id):
             raise NotFound("No such connection.")
         tenant = await repo.get_tenant(session, connection.tenant_id)

@@ -49,7 +49,7 @@ from syncsvc.db import repo, resource_repo, run_repo
 from syncsvc.db.columns import new_id
 from syncsvc.db.models.connections import Connection, Tenant
 from syncsvc.db.models.records import SyncState
-from syncsvc.errors import SyncsvcError, VaultError
+from syncsvc.errors import SyncsvcError, Transient, VaultError
 from syncsvc.fhir.plans import plan_for
 from syncsvc.fhir.references import REFERENCED_TYPES
 from syncsvc.sync import everything
@@ -506,7 +506,15 @@ class PullRun:
             await states.write(session)
             return vanished
 
-        vanished = await self.ctx.pages.run(self.connection.id, save_all)
+        try:
+            vanished = await self.ctx.pages.run(self.connection.id, save_all)
+        except Transient as exc:
+            # Disconnected meanwhile (or written by another process): the run ends here.
+            failure = failure_of(exc)
+            if not isinstance(failure, StopRun):
+                raise
+            self._stops.append(failure)
+            return
         for count, (_, result, _) in zip(vanished, completed, strict=True):
             if count:
                 result.counts.deleted += count

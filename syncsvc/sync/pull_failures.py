@@ -24,9 +24,9 @@ from syncsvc.sync.grant_client import TokenUnavailable
 from syncsvc.vocabulary import REFUSAL_KINDS, PullOutcome, TypeRunStatus
 
 #: Transient reasons of syncsvc's own making, which end the whole run rather than count against
-#: a type: another writer stored this connection's resources (its lease was lost), or a
-#: page-decoding process died.
-_RUN_TRANSIENTS = frozenset({"concurrent_write", "lost_lease", "decoder_failed"})
+#: a type: another writer stored this connection's resources (its lease was lost), a
+#: page-decoding process died, or the connection was disconnected while it synced.
+_RUN_TRANSIENTS = frozenset({"concurrent_write", "lost_lease", "decoder_failed", "disconnected"})
 #: Which of several stops of one run is reported (lower first).
 _STOP_RANK: dict[PullOutcome, int] = {"misbound": 0, "reauth": 1}
 

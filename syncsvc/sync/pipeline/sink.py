@@ -101,8 +101,12 @@ class PageSink:
 
         ``beside_pages`` says ``work`` reads no resource rows (opening or closing a run,
         releasing a lease), so the pages waiting to be written need not be written before it.
+        Any other ``work`` writes the connection's record (states, references, attachments),
+        so it does not run once the connection is disconnected: it raises ``Transient`` then.
         """
-        return self._writers.of(connection_id).run(work, beside_pages=beside_pages)
+        writer = self._writers.of(connection_id)
+        record_of = None if beside_pages else connection_id
+        return writer.run(work, beside_pages=beside_pages, record_of=record_of)
 
     @property
     def decoding(self) -> int:
@@ -193,7 +197,8 @@ class TypePages:
                 session, connection_id, page, now=now, stored_ids=stored_ids, batch=batch
             )
 
-        self._in_flight.append((self._writer.submit_batched(write), page))
+        written = self._writer.submit_batched(write, record_of=connection_id)
+        self._in_flight.append((written, page))
 
     async def drain(self) -> None:
         """Wait for every page put; raises the first failure once all are settled.

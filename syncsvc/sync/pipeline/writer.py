@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from syncsvc.db.record_guard import lock_open_records
+from syncsvc.errors import Transient
 from syncsvc.sync.pipeline.batch import PageBatch
 from syncsvc.work_metrics import WRITE_BUCKETS, LatencyStats
 
@@ -41,6 +43,9 @@ class _Unit:
     batched: bool = False
     #: Reads nothing the group's pages write, so the batch need not be flushed before it.
     beside_pages: bool = False
+    #: The connection whose record the unit writes: it runs only while that connection is not
+    #: disconnected (see :mod:`syncsvc.db.record_guard`).
+    record_of: str | None = None
 
 
 class GroupWriter:
@@ -73,22 +78,35 @@ class GroupWriter:
         return len(self._waiting) + self._writing
 
     def submit(
-        self, work: Callable[[AsyncSession], Awaitable[T]], *, beside_pages: bool = False
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        beside_pages: bool = False,
+        record_of: str | None = None,
     ) -> asyncio.Future[T]:
         """Queue ``work`` (called with the group's session); its result arrives in the future.
 
         ``beside_pages`` says ``work`` reads no resource rows (closing a run, releasing a lease):
         the pages waiting in the group's batch are then not flushed before it, so such units
         between page writes do not split the group's rows into several small writes.
+        ``record_of``: the connection whose record ``work`` writes; once it is disconnected,
+        ``work`` does not run and the future holds :func:`disconnected_meanwhile`.
         """
-        unit = _Unit(work, asyncio.get_running_loop().create_future(), beside_pages=beside_pages)
+        unit = _Unit(
+            work,
+            asyncio.get_running_loop().create_future(),
+            beside_pages=beside_pages,
+            record_of=record_of,
+        )
         return self._queue(unit)
 
     def submit_batched(
-        self, work: Callable[[AsyncSession, PageBatch], Awaitable[T]]
+        self, work: Callable[[AsyncSession, PageBatch], Awaitable[T]], *, record_of: str
     ) -> asyncio.Future[T]:
-        """Queue a page write: ``work`` is called with the session and the group's batch."""
-        return self._queue(_Unit(work, asyncio.get_running_loop().create_future(), batched=True))
+        """Queue a page write of ``record_of``'s record: ``work`` is called with the session and
+        the group's batch (and not at all once the connection is disconnected)."""
+        future = asyncio.get_running_loop().create_future()
+        return self._queue(_Unit(work, future, batched=True, record_of=record_of))
 
     def _queue(self, unit: _Unit) -> asyncio.Future[Any]:
         self._waiting.append(unit)
@@ -97,10 +115,14 @@ class GroupWriter:
         return unit.done
 
     async def run(
-        self, work: Callable[[AsyncSession], Awaitable[T]], *, beside_pages: bool = False
+        self,
+        work: Callable[[AsyncSession], Awaitable[T]],
+        *,
+        beside_pages: bool = False,
+        record_of: str | None = None,
     ) -> T:
-        """Submit ``work`` and wait for it to be committed (``beside_pages``: see ``submit``)."""
-        return await self.submit(work, beside_pages=beside_pages)
+        """Submit ``work`` and wait for it to be committed (the keywords: see ``submit``)."""
+        return await self.submit(work, beside_pages=beside_pages, record_of=record_of)
 
     async def drained(self) -> None:
         """Wait until the units submitted so far are written (or have failed)."""
@@ -128,8 +150,7 @@ class GroupWriter:
                     await _settle(unit, self._commit)
                 continue
             for unit, result in zip(group, results, strict=True):
-                if not unit.done.done():
-                    unit.done.set_result(result)
+                _settled(unit, result)
 
     async def _commit(self, group: list[_Unit]) -> list[Any]:
         results: list[Any] = []
@@ -142,8 +163,14 @@ class GroupWriter:
             session = self._session = self._sessionmaker()
         try:
             async with session.begin():
+                records = {unit.record_of for unit in group if unit.record_of is not None}
+                # First in the transaction: on SQLite the check takes the write lock.
+                open_records = await lock_open_records(session, records) if records else set()
                 batch = PageBatch()
                 for unit in group:
+                    if unit.record_of is not None and unit.record_of not in open_records:
+                        results.append(_Refused(disconnected_meanwhile()))
+                        continue
                     if unit.batched:
                         results.append(await unit.work(session, batch))
                         continue
@@ -167,6 +194,29 @@ class GroupWriter:
         return results
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """The result of a unit that did not run: its connection was disconnected."""
+
+    error: Exception
+
+
+def disconnected_meanwhile() -> Transient:
+    """What a write of a disconnected connection's record gets instead of being written."""
+    # The disconnect may have erased the record: a pull still running must not store it again.
+    return Transient(
+        "The connection was disconnected while it synced; nothing more of it is stored.",
+        reason="disconnected",
+    )
+
+
+def _settled(unit: _Unit, result: Any) -> None:
+    if isinstance(result, _Refused):
+        _fail(unit, result.error)
+    elif not unit.done.done():
+        unit.done.set_result(result)
+
+
 def _fail(unit: _Unit, exc: Exception) -> None:
     if not unit.done.done():
         unit.done.set_exception(exc)
@@ -179,8 +229,7 @@ async def _settle(unit: _Unit, commit: Callable[[list[_Unit]], Awaitable[list[An
     except Exception as exc:
         _fail(unit, exc)
         return
-    if not unit.done.done():
-        unit.done.set_result(result)
+    _settled(unit, result)
 
 
 def write_lanes(sessionmaker: async_sessionmaker[AsyncSession], asked: int | None = None) -> int:

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+
+from sqlalchemy import func, select
+
 from syncsvc.db import repo
+from syncsvc.db.models.records import SyncState
+from syncsvc.sandbox.config import FaultSpec
 from syncsvc.sandbox.patient import ScriptedPatient
+from syncsvc.sync.pull import pull_connection
+from syncsvc.sync.token_source import TokenSource
 from syncsvc.web.keys import SERVICES
+from tests.fixtures.sandbox import GENERIC_TENANT
 from tests.integration.patient.helpers import (
     NOTHING_LEFT,
     connect_and_sync,
     connection,
+    context,
     counts,
     disconnect_url,
     events,
@@ -17,6 +27,7 @@ from tests.integration.patient.helpers import (
     open_disconnect,
     words,
 )
+from tests.integration.scheduler import wait_until
 from tests.integration.web.flows import Flow
 from tests.integration.web.service import RunningService
 
@@ -83,6 +94,53 @@ async def test_keeping_the_data_then_erasing_it_later(flow: Flow) -> None:
     assert len(await events(service, "revocation")) == 1
     row = await connection(service, connected.id)
     assert row.status_reason == "disconnected_by_patient"
+
+
+#: How long the EHR holds the pull's Observation search: the erase happens meanwhile.
+HELD_SECONDS = 2.0
+
+
+async def test_an_erase_while_a_pull_is_fetching_is_not_undone_by_its_later_pages(
+    flow: Flow,
+) -> None:
+    service = flow.service
+    async with ScriptedPatient(username="nancysmart") as patient:
+        connected = await connect_and_sync(flow, patient)
+        held = FaultSpec(
+            kind="latency", target="Observation", latency_ms=int(HELD_SECONDS * 1000), count=1
+        )
+        flow.sandbox.tenant(GENERIC_TENANT).faults = [held]
+        ctx = context(flow)
+        # A full pull, so every page it fetches holds resources to store again.
+        pull = asyncio.create_task(
+            pull_connection(ctx, connected.id, TokenSource(ctx, connected.id), full=True)
+        )
+        counters = flow.sandbox.state.fault_counters
+
+        async def held_at_the_ehr() -> bool:
+            return id(held) in counters or pull.done()
+
+        await wait_until(held_at_the_ehr, within=10)
+        assert id(held) in counters, "the Observation search never reached the EHR"
+        # The search is at the EHR now; the patient disconnects and erases meanwhile.
+        confirm, form = await open_disconnect(patient, disconnect_url(service, connected.id))
+        done = await patient.submit(confirm.url, form)
+        assert "Your synced data was erased" in words(done.body)
+        assert not pull.done(), "the pull ended before the erase: nothing was tested"
+        summary = await asyncio.wait_for(pull, 30)
+
+    # The Observation page came back after the erase: it was not stored, nor any type's state.
+    assert await counts(service, connected.id) == NOTHING_LEFT
+    async with service.app[SERVICES].sessionmaker() as session:
+        states = select(func.count()).where(SyncState.connection_id == connected.id)
+        assert await session.scalar(states) == 0
+    # Ended for the disconnect: by a write refused, or by the token the grant no longer has.
+    assert (summary.outcome, summary.error_class) in {
+        ("transient", "disconnected"),
+        ("transient", "lost_lease"),
+    }
+    row = await connection(service, connected.id)
+    assert row.status == "revoked"
 
 
 async def test_the_form_needs_its_session_token(flow: Flow) -> None:

@@ -7,10 +7,11 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from syncsvc.db import resource_repo, resource_writes
+from syncsvc.db import disconnect_repo, repo, resource_repo, resource_writes
+from syncsvc.db.models.connections import Connection
 from syncsvc.db.models.records import Resource
 from syncsvc.errors import Transient
 from syncsvc.sync.pipeline.batch import PageBatch, PendingRow
@@ -85,7 +86,9 @@ async def test_a_group_of_pages_gets_each_connections_seqs_in_page_order(
         return unit
 
     # Submitted together, so they share one transaction and one batch.
-    counts = await asyncio.gather(*(writer.submit_batched(write(c, p)) for c, p in pages))
+    counts = await asyncio.gather(
+        *(writer.submit_batched(write(c, p), record_of=c) for c, p in pages)
+    )
 
     assert writer.groups == 1
     assert [c.new for c in counts] == [2, 1, 1, 2]
@@ -125,7 +128,9 @@ async def test_an_id_twice_in_one_group_is_compared_with_the_waiting_row_and_kep
 
         return unit
 
-    counts = await asyncio.gather(*(writer.submit_batched(write(p)) for p in pages))
+    counts = await asyncio.gather(
+        *(writer.submit_batched(write(p), record_of=connection_id) for p in pages)
+    )
 
     assert writer.groups == 1
     assert [(c.new, c.changed, c.unchanged) for c in counts] == [(1, 1, 0), (0, 0, 1), (0, 1, 0)]
@@ -179,7 +184,9 @@ async def test_new_and_changed_resources_of_one_group_are_all_written_in_order(
         _page(_observation("c", 1), _observation("a", 2)),  # c new, a changed
         _page(_observation("b", 2), _observation("d", 1)),  # b changed, d new
     ]
-    counts = await asyncio.gather(*(writer.submit_batched(write(page)) for page in pages))
+    counts = await asyncio.gather(
+        *(writer.submit_batched(write(page), record_of=connection_id) for page in pages)
+    )
 
     assert writer.groups == 1
     assert [(c.new, c.changed) for c in counts] == [(1, 1), (1, 1)]
@@ -202,7 +209,7 @@ async def test_other_work_in_the_group_sees_the_pages_written_before_it(
     async def reader(session: AsyncSession) -> set[str]:
         return await resource_repo.live_resource_ids(session, connection_id, "Observation")
 
-    written = writer.submit_batched(page_unit)
+    written = writer.submit_batched(page_unit, record_of=connection_id)
     seen = writer.submit(reader)
     await written
 
@@ -219,7 +226,7 @@ async def test_work_beside_the_pages_runs_in_the_group_without_flushing_them_fir
     async def reader(session: AsyncSession) -> set[str]:
         return await resource_repo.live_resource_ids(session, connection_id, "Observation")
 
-    written = writer.submit_batched(_page_of_a(connection_id, utcnow()))
+    written = writer.submit_batched(_page_of_a(connection_id, utcnow()), record_of=connection_id)
     beside = writer.submit(reader, beside_pages=True)
     after = writer.submit(reader)
     await written
@@ -250,9 +257,9 @@ async def test_a_failing_page_fails_alone_and_the_others_are_written(
         return await store_page(session, second, _page(_observation("c", 1)), now=now, batch=batch)
 
     results = await asyncio.gather(
-        writer.submit_batched(good),
-        writer.submit_batched(bad),
-        writer.submit_batched(also_good),
+        writer.submit_batched(good, record_of=first),
+        writer.submit_batched(bad, record_of=first),
+        writer.submit_batched(also_good, record_of=second),
         return_exceptions=True,
     )
 
@@ -325,7 +332,7 @@ async def test_a_group_retried_after_another_unit_failed_counts_its_pages_again(
     async def failing(session: AsyncSession) -> None:
         raise RuntimeError
 
-    written = writer.submit_batched(page_unit)
+    written = writer.submit_batched(page_unit, record_of=connection_id)
     failed = writer.submit(failing)
     counts = await written
     with pytest.raises(RuntimeError):
@@ -400,8 +407,8 @@ async def test_a_group_held_open_holds_up_only_the_connections_of_its_own_lane(
         await asyncio.wait_for(release.wait(), timeout=10)
         return counts
 
-    stuck = writers.of(held).submit_batched(slow)
-    other = writers.of(free).submit_batched(_page_of_a(free, now))
+    stuck = writers.of(held).submit_batched(slow, record_of=held)
+    other = writers.of(free).submit_batched(_page_of_a(free, now), record_of=free)
 
     if db_backend == "sqlite":
         # The other connection's page waits in the same writer, behind the open group.
@@ -436,7 +443,7 @@ async def test_pages_of_many_connections_through_lanes_keep_each_connections_ord
 
     writers = GroupWriters(sessionmaker, lanes=3)
     futures = [
-        writers.of(cid).submit_batched(unit(cid, number))
+        writers.of(cid).submit_batched(unit(cid, number), record_of=cid)
         for number in range(5)
         for cid in connections
     ]
@@ -447,3 +454,83 @@ async def test_pages_of_many_connections_through_lanes_keep_each_connections_ord
         rows = await _rows(sessionmaker, cid)
         assert [seq for _, seq, _ in rows] == list(range(1, 16))
         assert [rid for rid, _, _ in rows] == [f"r{n}-{i}" for n in range(5) for i in range(3)]
+
+
+async def test_a_disconnected_connections_units_are_refused_and_the_groups_others_written(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    gone, kept = await _connections(sessionmaker, 2)
+    async with sessionmaker.begin() as session:
+        await session.execute(
+            update(Connection).where(Connection.id == gone).values(status="revoked")
+        )
+    writer = GroupWriter(sessionmaker)
+    now = utcnow()
+    ran: list[str] = []
+
+    async def state_of(session: AsyncSession) -> None:
+        ran.append("state")
+
+    async def beside(session: AsyncSession) -> None:
+        ran.append("beside")
+
+    results = await asyncio.gather(
+        writer.submit_batched(_page_of_a(gone, now), record_of=gone),
+        writer.submit_batched(_page_of_a(kept, now), record_of=kept),
+        writer.submit(state_of, record_of=gone),
+        # Closing a run or releasing a lease names no record: it runs whatever the status.
+        writer.submit(beside, beside_pages=True),
+        return_exceptions=True,
+    )
+
+    assert writer.groups == 1
+    assert isinstance(results[0], Transient)
+    assert results[0].reason == "disconnected"
+    assert isinstance(results[1], Counts)
+    assert results[1].new == 1
+    assert isinstance(results[2], Transient)
+    assert results[2].reason == "disconnected"
+    assert ran == ["beside"]
+    assert await _rows(sessionmaker, gone) == []
+    assert [rid for rid, _, _ in await _rows(sessionmaker, kept)] == ["a"]
+
+
+async def test_an_erase_during_a_group_waits_for_it_and_erases_its_pages_too(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    (cid,) = await _connections(sessionmaker, 1)
+    writer = GroupWriter(sessionmaker)
+    now = utcnow()
+    in_group, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(session: AsyncSession, batch: PageBatch) -> Counts:
+        # Nothing written yet: only the group's check of the record holds the erase off.
+        in_group.set()
+        await asyncio.wait_for(release.wait(), timeout=10)
+        return await store_page(session, cid, _page(_observation("a", 1)), now=now, batch=batch)
+
+    async def disconnect_and_erase() -> int:
+        # What a disconnect does first: lock the connection, mark it, erase its record.
+        async with sessionmaker.begin() as session:
+            row = await repo.get_connection(session, cid, lock=True)
+            assert row is not None
+            row.status = "revoked"
+            await session.flush()
+            return await disconnect_repo.erase_synced_data(session, cid)
+
+    stored = writer.submit_batched(slow, record_of=cid)
+    await asyncio.wait_for(in_group.wait(), timeout=10)
+    erasing = asyncio.create_task(disconnect_and_erase())
+    finished, _ = await asyncio.wait({erasing}, timeout=0.3)
+    assert not finished  # held off by the group's lock on the record
+    release.set()
+    assert (await asyncio.wait_for(stored, timeout=10)).new == 1
+    # The erase ran after the group's commit, so it erased the group's page as well.
+    assert await asyncio.wait_for(erasing, timeout=15) == 1
+    assert await _rows(sessionmaker, cid) == []
+    later = await asyncio.gather(
+        writer.submit_batched(_page_of_a(cid, now), record_of=cid), return_exceptions=True
+    )
+    assert isinstance(later[0], Transient)
+    assert later[0].reason == "disconnected"
+    assert await _rows(sessionmaker, cid) == []
