@@ -189,6 +189,13 @@ class TypePages:
         """Queue a decoded page for writing; waits while too many pages wait for the writer."""
         while len(self._in_flight) >= PAGES_IN_FLIGHT:
             await self._settle_oldest()
+        if not page.items:
+            # Nothing to store (an incremental search that found nothing new, say): no unit,
+            # so no group transaction and no check of the record for it.
+            nothing: asyncio.Future[Counts] = asyncio.get_running_loop().create_future()
+            nothing.set_result(Counts(rejected=len(page.rejected)))
+            self._in_flight.append((nothing, page))
+            return
         now = self._clock()
         connection_id, stored_ids = self.connection_id, self._stored_ids
 

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from syncsvc.db.record_guard import lock_open_records
 from syncsvc.errors import Transient
 from syncsvc.sync.pipeline.batch import PageBatch
+from syncsvc.sync.pipeline.store import Counts
 from syncsvc.work_metrics import WRITE_BUCKETS, LatencyStats
 
 #: Units of work one group transaction takes at most (a bound on its size and duration).
@@ -140,17 +141,33 @@ class GroupWriter:
     async def _drain(self) -> None:
         while self._waiting:
             group, self._waiting = self._waiting[:GROUP_LIMIT], self._waiting[GROUP_LIMIT:]
+            await self._write(group)
+
+    async def _write(self, group: list[_Unit]) -> None:
+        # Each pass that finds records disconnected drops their units: the loop is bounded.
+        while group:
             try:
                 results = await self._commit(group)
+            except _Disconnected as gone:
+                kept = []
+                for unit in group:
+                    if unit.record_of in gone.connection_ids:
+                        _fail(unit, disconnected_meanwhile())
+                    else:
+                        kept.append(unit)
+                group = kept
+                continue
             except Exception as exc:
                 if len(group) == 1:
                     _fail(group[0], exc)
-                    continue
+                    return
                 for unit in group:
                     await _settle(unit, self._commit)
-                continue
+                return
             for unit, result in zip(group, results, strict=True):
-                _settled(unit, result)
+                if not unit.done.done():
+                    unit.done.set_result(result)
+            return
 
     async def _commit(self, group: list[_Unit]) -> list[Any]:
         results: list[Any] = []
@@ -163,14 +180,8 @@ class GroupWriter:
             session = self._session = self._sessionmaker()
         try:
             async with session.begin():
-                records = {unit.record_of for unit in group if unit.record_of is not None}
-                # First in the transaction: on SQLite the check takes the write lock.
-                open_records = await lock_open_records(session, records) if records else set()
                 batch = PageBatch()
                 for unit in group:
-                    if unit.record_of is not None and unit.record_of not in open_records:
-                        results.append(_Refused(disconnected_meanwhile()))
-                        continue
                     if unit.batched:
                         results.append(await unit.work(session, batch))
                         continue
@@ -178,6 +189,18 @@ class GroupWriter:
                         await batch.flush(session)
                     results.append(await unit.work(session))
                 await batch.flush(session)
+                # Last, once the group's writes hold their locks: a record disconnected before
+                # then rolls the group back; a disconnect after waits for the commit and erases
+                # what it wrote (syncsvc.db.record_guard).
+                written = {
+                    unit.record_of
+                    for unit, result in zip(group, results, strict=True)
+                    if unit.record_of is not None and _may_have_written(unit, result)
+                }
+                if written:
+                    gone = written - await lock_open_records(session, written)
+                    if gone:
+                        raise _Disconnected(gone)
         except BaseException:
             # A failed group's session is dropped: the next group starts from a new one.
             self._session = None
@@ -194,11 +217,19 @@ class GroupWriter:
         return results
 
 
-@dataclass(frozen=True)
-class _Refused:
-    """The result of a unit that did not run: its connection was disconnected."""
+def _may_have_written(unit: _Unit, result: Any) -> bool:
+    """Whether a unit may have written its record (a page found all unchanged wrote nothing)."""
+    if unit.batched and isinstance(result, Counts):
+        return bool(result.new or result.changed or result.deleted)
+    return True
 
-    error: Exception
+
+class _Disconnected(Exception):
+    """Records of a group were disconnected before it could commit; its writes are undone."""
+
+    def __init__(self, connection_ids: set[str]) -> None:
+        super().__init__("disconnected meanwhile")
+        self.connection_ids = connection_ids
 
 
 def disconnected_meanwhile() -> Transient:
@@ -210,13 +241,6 @@ def disconnected_meanwhile() -> Transient:
     )
 
 
-def _settled(unit: _Unit, result: Any) -> None:
-    if isinstance(result, _Refused):
-        _fail(unit, result.error)
-    elif not unit.done.done():
-        unit.done.set_result(result)
-
-
 def _fail(unit: _Unit, exc: Exception) -> None:
     if not unit.done.done():
         unit.done.set_exception(exc)
@@ -226,10 +250,14 @@ async def _settle(unit: _Unit, commit: Callable[[list[_Unit]], Awaitable[list[An
     """Run one unit alone, handing its result or its exception to its submitter."""
     try:
         (result,) = await commit([unit])
+    except _Disconnected:
+        _fail(unit, disconnected_meanwhile())
+        return
     except Exception as exc:
         _fail(unit, exc)
         return
-    _settled(unit, result)
+    if not unit.done.done():
+        unit.done.set_result(result)
 
 
 def write_lanes(sessionmaker: async_sessionmaker[AsyncSession], asked: int | None = None) -> int:

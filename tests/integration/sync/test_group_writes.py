@@ -468,8 +468,9 @@ async def test_a_disconnected_connections_units_are_refused_and_the_groups_other
     now = utcnow()
     ran: list[str] = []
 
-    async def state_of(session: AsyncSession) -> None:
-        ran.append("state")
+    async def direct_write(session: AsyncSession) -> Counts:
+        # A unit that writes the record itself, not through the group's batch.
+        return await store_page(session, gone, _page(_observation("b", 1)), now=now)
 
     async def beside(session: AsyncSession) -> None:
         ran.append("beside")
@@ -477,12 +478,13 @@ async def test_a_disconnected_connections_units_are_refused_and_the_groups_other
     results = await asyncio.gather(
         writer.submit_batched(_page_of_a(gone, now), record_of=gone),
         writer.submit_batched(_page_of_a(kept, now), record_of=kept),
-        writer.submit(state_of, record_of=gone),
+        writer.submit(direct_write, record_of=gone),
         # Closing a run or releasing a lease names no record: it runs whatever the status.
         writer.submit(beside, beside_pages=True),
         return_exceptions=True,
     )
 
+    # Rolled back once, then committed without the disconnected record's units.
     assert writer.groups == 1
     assert isinstance(results[0], Transient)
     assert results[0].reason == "disconnected"
@@ -490,12 +492,23 @@ async def test_a_disconnected_connections_units_are_refused_and_the_groups_other
     assert results[1].new == 1
     assert isinstance(results[2], Transient)
     assert results[2].reason == "disconnected"
-    assert ran == ["beside"]
+    assert results[3] is None
+    assert ran == ["beside", "beside"]  # a unit runs again when its group does
     assert await _rows(sessionmaker, gone) == []
     assert [rid for rid, _, _ in await _rows(sessionmaker, kept)] == ["a"]
 
 
-async def test_an_erase_during_a_group_waits_for_it_and_erases_its_pages_too(
+async def _disconnect_and_erase(sessionmaker: async_sessionmaker[AsyncSession], cid: str) -> int:
+    """What a disconnect does first: lock the connection, mark it, erase its record."""
+    async with sessionmaker.begin() as session:
+        row = await repo.get_connection(session, cid, lock=True)
+        assert row is not None
+        row.status = "revoked"
+        await session.flush()
+        return await disconnect_repo.erase_synced_data(session, cid)
+
+
+async def test_an_erase_after_a_groups_write_waits_for_it_and_erases_that_page_too(
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> None:
     (cid,) = await _connections(sessionmaker, 1)
@@ -504,33 +517,49 @@ async def test_an_erase_during_a_group_waits_for_it_and_erases_its_pages_too(
     in_group, release = asyncio.Event(), asyncio.Event()
 
     async def slow(session: AsyncSession, batch: PageBatch) -> Counts:
-        # Nothing written yet: only the group's check of the record holds the erase off.
+        counts = await store_page(session, cid, _page(_observation("a", 1)), now=now, batch=batch)
+        await batch.flush(session)
         in_group.set()
         await asyncio.wait_for(release.wait(), timeout=10)
-        return await store_page(session, cid, _page(_observation("a", 1)), now=now, batch=batch)
-
-    async def disconnect_and_erase() -> int:
-        # What a disconnect does first: lock the connection, mark it, erase its record.
-        async with sessionmaker.begin() as session:
-            row = await repo.get_connection(session, cid, lock=True)
-            assert row is not None
-            row.status = "revoked"
-            await session.flush()
-            return await disconnect_repo.erase_synced_data(session, cid)
+        return counts
 
     stored = writer.submit_batched(slow, record_of=cid)
     await asyncio.wait_for(in_group.wait(), timeout=10)
-    erasing = asyncio.create_task(disconnect_and_erase())
+    erasing = asyncio.create_task(_disconnect_and_erase(sessionmaker, cid))
     finished, _ = await asyncio.wait({erasing}, timeout=0.3)
-    assert not finished  # held off by the group's lock on the record
+    assert not finished  # held off by the locks of the group's write
     release.set()
     assert (await asyncio.wait_for(stored, timeout=10)).new == 1
     # The erase ran after the group's commit, so it erased the group's page as well.
     assert await asyncio.wait_for(erasing, timeout=15) == 1
     assert await _rows(sessionmaker, cid) == []
-    later = await asyncio.gather(
-        writer.submit_batched(_page_of_a(cid, now), record_of=cid), return_exceptions=True
-    )
-    assert isinstance(later[0], Transient)
-    assert later[0].reason == "disconnected"
-    assert await _rows(sessionmaker, cid) == []
+
+
+async def test_a_page_written_after_an_erase_in_the_same_group_is_rolled_back_and_refused(
+    sessionmaker: async_sessionmaker[AsyncSession],
+) -> None:
+    gone, kept = await _connections(sessionmaker, 2)
+    writer = GroupWriter(sessionmaker)
+    now = utcnow()
+    in_group, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(session: AsyncSession, batch: PageBatch) -> Counts:
+        # Its group has begun and written nothing yet when the erase commits.
+        in_group.set()
+        await asyncio.wait_for(release.wait(), timeout=10)
+        return await store_page(session, gone, _page(_observation("a", 1)), now=now, batch=batch)
+
+    stored = writer.submit_batched(slow, record_of=gone)
+    other = writer.submit_batched(_page_of_a(kept, now), record_of=kept)
+    await asyncio.wait_for(in_group.wait(), timeout=10)
+    assert await asyncio.wait_for(_disconnect_and_erase(sessionmaker, gone), timeout=15) == 0
+    release.set()
+
+    results = await asyncio.gather(stored, other, return_exceptions=True)
+    assert isinstance(results[0], Transient)
+    assert results[0].reason == "disconnected"
+    # The group is written again without the disconnected record's unit.
+    assert isinstance(results[1], Counts)
+    assert results[1].new == 1
+    assert await _rows(sessionmaker, gone) == []
+    assert [rid for rid, _, _ in await _rows(sessionmaker, kept)] == ["a"]
