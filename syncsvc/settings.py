@@ -274,6 +274,8 @@ class Settings:
     #: Database connections the process's pool keeps (0, the default: derived from
     #: ``sync_concurrency`` and ``write_lanes``, see default_db_pool_size).
     db_pool_size: int = 0
+    #: Whether ``db_pool_size`` was derived (never set): :meth:`replace` derives it again.
+    db_pool_size_derived: bool = False
     #: Worker processes that decode pulled pages (0: in the event loop's thread; unset: one per
     #: core beyond the first, at most 4).
     decode_workers: int | None = None
@@ -335,6 +337,7 @@ class Settings:
         if self.db_pool_size == 0:
             pool = default_db_pool_size(self.sync_concurrency, self.write_lanes)
             object.__setattr__(self, "db_pool_size", pool)
+            object.__setattr__(self, "db_pool_size_derived", True)
         for name in (
             "refresh_margin_seconds",
             "min_refresh_interval_seconds",
@@ -416,8 +419,14 @@ class Settings:
         return self.replace(public_url=f"http://{url_host(host)}:{port}")
 
     def replace(self, **changes: Any) -> Self:
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (validated again).
+
+        A pool size that was derived is derived again, from the copy's concurrency and lanes.
+        """
+        if "db_pool_size" not in changes and self.db_pool_size_derived:
+            changes = {**changes, "db_pool_size": 0}
+        # Set again from the copy's own pool size (0: derived).
+        return dataclasses.replace(self, **changes, db_pool_size_derived=False)
 
     @classmethod
     def _from_raw(cls, raw: dict[str, Any]) -> Self:
@@ -448,7 +457,9 @@ class Settings:
 
 #: Settings read from the environment and the file (the flag is derived, never set).
 _FIELD_NAMES = tuple(
-    f.name for f in dataclasses.fields(Settings) if f.name != "public_url_configured"
+    f.name
+    for f in dataclasses.fields(Settings)
+    if f.name not in ("public_url_configured", "db_pool_size_derived")
 )
 _INT_FIELDS = {
     "refresh_margin_seconds",

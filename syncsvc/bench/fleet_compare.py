@@ -37,6 +37,7 @@ from syncsvc.bench.fleet_day import FLEET_TYPES, Meter, SimulatedDay
 from syncsvc.bench.ingest import BenchError, unlimited
 from syncsvc.bench.peer_fleet import PeerConnection, run_pass
 from syncsvc.bench.peers import PEERS, PeerName, peer_available
+from syncsvc.db.engine import POOL_OVERFLOW
 from syncsvc.db.models.connections import Connection
 from syncsvc.db.models.records import SyncRun
 from syncsvc.sandbox.config import SandboxConfig
@@ -386,6 +387,9 @@ class AfterDay:
             # Small claims, so the due connections spread over the workers instead of the
             # first tick leasing them all.
             claim_batch_size=max(len(ids) // (4 * count), 1),
+            # Within what the server has left: a worker that cannot open a transaction fails
+            # the run it is working, which another worker then runs again.
+            db_pool_size=await worker_pool_size(day.sessionmaker, count),
         )
         with fleet_ops.scale_workers(settings, count) as owners:
             await day.count_requests()
@@ -407,6 +411,23 @@ class AfterDay:
             raise BenchError(f"a due sync did not run exactly once: {figures.to_json()}")
         self.say(f"fleet: {count} worker(s): {figures.syncs_per_second:.1f} syncs/s")
         return figures
+
+
+#: Connections PostgreSQL keeps for superusers (``superuser_reserved_connections``), and a
+#: margin for this process's own reads while the workers run.
+SERVER_RESERVE = 3 + 4
+#: The least pool a worker gets, however full the server is.
+MIN_WORKER_POOL = 2
+
+
+async def worker_pool_size(sessionmaker: async_sessionmaker[AsyncSession], count: int) -> int:
+    """The pool each of ``count`` worker processes gets, so that with their overflow they fit in
+    what the server has left (its ``max_connections`` less the connections open now)."""
+    async with sessionmaker() as session:
+        limit = int(await session.scalar(text("SHOW max_connections")) or 0)
+        open_now = int(await session.scalar(text("SELECT count(*) FROM pg_stat_activity")) or 0)
+    room = max(limit - open_now - SERVER_RESERVE, 0)
+    return max(MIN_WORKER_POOL, room // count - POOL_OVERFLOW)
 
 
 async def runs_per_connection(

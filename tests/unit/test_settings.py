@@ -259,3 +259,14 @@ def test_the_database_pool_follows_the_concurrency_up_to_a_cap() -> None:
     assert Settings.from_env({"SYNCSVC_DB_POOL_SIZE": "12"}).db_pool_size == 12
     with pytest.raises(ConfigError, match="db_pool_size"):
         Settings.for_tests(db_pool_size=-1)
+
+
+def test_a_copy_with_other_concurrency_derives_its_pool_again_unless_the_pool_was_set() -> None:
+    derived = Settings.for_tests(sync_concurrency=4, write_lanes=1)
+    wider = derived.replace(sync_concurrency=10)
+    assert wider.db_pool_size == 10 + 1 + DB_POOL_RESERVE
+    assert wider.replace(write_lanes=3).db_pool_size == 10 + 3 + DB_POOL_RESERVE
+    assert derived.replace(db_pool_size=5).db_pool_size == 5
+    # A pool that was set stays as set whatever else a copy changes.
+    assert Settings.for_tests(db_pool_size=7).replace(sync_concurrency=50).db_pool_size == 7
+    assert derived.replace(db_pool_size=5).replace(sync_concurrency=50).db_pool_size == 5
