@@ -413,6 +413,7 @@ async def _work_leased(
     tenant: str,
 ) -> None:
     released = False
+    failed = False
     try:
         # The tenant's slot first: a connection waiting for its tenant holds no process slot.
         async with gate.working(), concurrency:
@@ -428,16 +429,34 @@ async def _work_leased(
         # One connection's unexpected failure must not stop the batch; it is logged with
         # its id and retried when its lease expires or is released.
         report.failures += 1
+        failed = True
         log.exception("connection work failed", connection_id=connection.id)
     finally:
         leases.pending.discard(connection.id)
         leases.lost.discard(connection.id)
         if not released:
-
-            async def release(session: AsyncSession) -> bool:
-                return await connection_claims.release_lease(session, connection.id, ctx.owner)
-
+            release = functools.partial(_release, ctx, connection.id, failed=failed)
             await ctx.pages.run(connection.id, release, beside_pages=True)
+
+
+async def _release(
+    ctx: SyncContext, connection_id: str, session: AsyncSession, *, failed: bool
+) -> bool:
+    """Hand the lease back; after an unexpected failure, with a back-off before the next try.
+
+    Without one, a failure that repeats (a database refusing connections, a bug one record
+    trips) would be claimed again at every tick, each time calling the EHR again.
+    """
+    if not failed:
+        return await connection_claims.release_lease(session, connection_id, ctx.owner)
+    found = await repo.connection_schedule(session, connection_id)
+    failures = (0 if found is None else found[0].failure_count) + 1
+    now = ctx.now()
+    retry_at = now + dt.timedelta(seconds=SYNC_BACKOFF.delay(failures))
+    setting = {"backoff_until": retry_at, "failure_count": failures, "updated_at": now}
+    return await connection_claims.release_held_lease(
+        session, connection_id, ctx.owner, now=now, setting=setting
+    )
 
 
 async def claim(
