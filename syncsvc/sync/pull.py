@@ -231,9 +231,7 @@ class PullRun:
         """Pull the planned types, close the run record, and say what the run did."""
         summary, client = self.summary, self.client
         try:
-            await self._pull_types()
-            await self._resolve_references()
-            await self._pull_attachments()
+            await self._stages()
         except StopRun as stop:
             summary.outcome = stop.outcome
             summary.stopped_type = stop.resource_type
@@ -258,6 +256,19 @@ class PullRun:
         )
         announce_run(self.ctx, self.tenant.name, summary)
         return summary
+
+    async def _stages(self) -> None:
+        """The types, then their references and attachments. A write refused at any of them
+        (the connection disconnected meanwhile) ends the run as a :class:`StopRun`."""
+        try:
+            await self._pull_types()
+            await self._resolve_references()
+            await self._pull_attachments()
+        except Transient as exc:
+            failure = failure_of(exc)
+            if not isinstance(failure, StopRun):
+                raise
+            raise failure from exc
 
     async def _pull_attachments(self) -> None:
         """Fetch the attachments of the documents and reports this run pulled, if any.
@@ -506,15 +517,7 @@ class PullRun:
             await states.write(session)
             return vanished
 
-        try:
-            vanished = await self.ctx.pages.run(self.connection.id, save_all)
-        except Transient as exc:
-            # Disconnected meanwhile (or written by another process): the run ends here.
-            failure = failure_of(exc)
-            if not isinstance(failure, StopRun):
-                raise
-            self._stops.append(failure)
-            return
+        vanished = await self.ctx.pages.run(self.connection.id, save_all)
         for count, (_, result, _) in zip(vanished, completed, strict=True):
             if count:
                 result.counts.deleted += count

@@ -452,7 +452,7 @@ async def _release(
     found = await repo.connection_schedule(session, connection_id)
     failures = (0 if found is None else found[0].failure_count) + 1
     now = ctx.now()
-    retry_at = now + dt.timedelta(seconds=SYNC_BACKOFF.delay(failures))
+    retry_at = SYNC_BACKOFF.retry_at(now, failures)
     setting = {"backoff_until": retry_at, "failure_count": failures, "updated_at": now}
     return await connection_claims.release_held_lease(
         session, connection_id, ctx.owner, now=now, setting=setting
