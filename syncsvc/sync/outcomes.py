@@ -51,7 +51,8 @@ _MESSAGE_TO_CLASS: tuple[tuple[str, str], ...] = (
 
 #: Reasons that say syncsvc itself stood aside (another worker holds the connection, or our
 #: own back-off withheld a token): no event.
-_NOT_THE_EHR = frozenset({"lost_lease", "conflict", "backing_off"})
+#: ``disconnected``: the patient or an operator disconnected while the run was writing.
+_NOT_THE_EHR = frozenset({"lost_lease", "conflict", "backing_off", "disconnected"})
 
 
 def health_class(reason: str | None, message: str | None = None) -> str | None:

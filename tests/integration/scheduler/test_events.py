@@ -158,6 +158,8 @@ async def test_a_token_for_another_tenant_is_recorded_as_tenant_mismatch(
         ("transient", "The token response has no access_token", "malformed"),
         ("lost_lease", "The lease on this connection was lost.", None),
         ("backing_off", "Backing off after a failed refresh.", None),
+        # A run ended by a disconnect while it wrote: not the EHR's failure.
+        ("disconnected", "The connection was disconnected while it synced.", None),
     ],
 )
 def test_failure_reasons_map_onto_the_health_vocabulary(
